@@ -1,1 +1,6 @@
-//! placeholder
+//! skelpi-agent: the node daemon of skelpi.
+#![forbid(unsafe_code)]
+
+pub mod announce;
+pub mod key;
+pub mod logging;

@@ -1,1 +1,4 @@
-//! placeholder
+//! skelpi: the master library.
+#![forbid(unsafe_code)]
+
+pub mod discover;

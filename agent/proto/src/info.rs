@@ -1,0 +1,26 @@
+//! What an agent says about itself: in its mDNS TXT record and in its
+//! handshake reply.
+
+use serde::{Deserialize, Serialize};
+
+/// Facts about one agent, as announced over DNS-SD and returned by
+/// [`crate::Message::Welcome`].
+///
+/// `id` is the identity: names can be renamed on mDNS clashes, ids cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Stable agent id (16 lower-case hex digits), unique per agent.
+    pub id: String,
+    /// Human-readable name (by default the host name).
+    pub name: String,
+    /// Wire protocol version the agent speaks.
+    pub version: u16,
+    /// CPU architecture, as `std::env::consts::ARCH` (`x86_64`, `aarch64`, `arm`).
+    pub arch: String,
+    /// Number of worker threads the agent runs kernels on.
+    pub cores: u32,
+    /// Total physical memory of the board, bytes.
+    pub memory_bytes: u64,
+    /// TCP port the agent listens on.
+    pub port: u16,
+}
