@@ -1,8 +1,47 @@
-//! skelpi-proto: the wire protocol, sans-IO.
+//! skelpi-proto: skelpi's wire protocol as a sans-IO crate — frames,
+//! messages, typed `f64` arrays and the handshake preamble. It opens no
+//! socket and reads no clock; the agent and master wrap it in their runtime.
+//!
+//! # Examples
+//! A ping and a chunk of an echoed array, encoded and decoded:
+//! ```
+//! use skelpi_proto::{codec, frame::DEFAULT_MAX_FRAME, Chunk, Message, Shape};
+//! let data = [1.5, -2.0, 3.25];
+//! let mut wire = Vec::new();
+//! let msg = Message::Echo(Chunk { id: 1, offset: 0, total: 3 });
+//! codec::encode_frame(&msg, Some((Shape::List(3), &data)), DEFAULT_MAX_FRAME, &mut wire)?;
+//! // 4 B prefix + 3 B [kind, ...] + a small map + descriptor + 24 payload bytes.
+//! let mut floats = Vec::new();
+//! let codec::Decoded::Frame { msg: got, bulk, .. } =
+//!     codec::decode_frame(&wire, DEFAULT_MAX_FRAME, &mut floats)? else { unreachable!() };
+//! assert_eq!(got, msg);
+//! assert_eq!(bulk, Some(Shape::List(3)));
+//! assert_eq!(floats, data);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Implementation
+//! A frame is a big-endian `u32` length and one CBOR item `[kind, body,
+//! bulk]`. `bulk` is null or an RFC 8746 typed array (tag 86, `f64` little
+//! endian; wrapped in tag 40 with its shape for a matrix) whose bytes end the
+//! frame, so a receiver decodes the head from the first bytes and then reads
+//! the payload straight into an aligned `Vec<f64>`.
 #![forbid(unsafe_code)]
 
+pub mod bulk;
+pub mod codec;
+mod error;
+pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod info;
+mod message;
+pub mod preamble;
+
+pub use bulk::Shape;
+pub use error::{DecodeError, EncodeError};
 pub use info::AgentInfo;
+pub use message::{Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, kind_name};
 
 /// The wire protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -1,0 +1,125 @@
+//! The typed messages of the protocol.
+//!
+//! On the wire every message is one CBOR array of three items:
+//! `[kind, body, bulk]` — a small unsigned kind number, the body as a CBOR
+//! map (serde), and either null or a typed `f64` array (see [`crate::bulk`]).
+
+use crate::AgentInfo;
+use serde::{Deserialize, Serialize};
+
+/// A protocol message. Bulk arrays travel beside it, not inside it: see
+/// [`crate::codec`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Message {
+    /// Master → agent, first message after the secure handshake.
+    Hello(Hello),
+    /// Agent → master, the reply to [`Message::Hello`].
+    Welcome(AgentInfo),
+    /// Either side: are you there? Answered with [`Message::Pong`].
+    Ping(Ping),
+    /// The answer to a [`Message::Ping`], with the same nonce.
+    Pong(Ping),
+    /// Master → agent: one chunk of an array for the echo role. Carries bulk.
+    Echo(Chunk),
+    /// Agent → master: the echoed chunk. Carries bulk.
+    EchoReply(Chunk),
+    /// Either side: a request failed; the connection stays usable.
+    Error(ErrorReply),
+    /// Either side: I am closing this connection on purpose.
+    Bye,
+}
+
+/// The master's greeting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// A name for the master, for the agent's logs.
+    pub master: String,
+}
+
+/// Ping payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Opaque value echoed back in the pong.
+    pub nonce: u64,
+}
+
+/// Where a chunk of an array belongs.
+///
+/// Arrays larger than one frame travel as consecutive chunks; a chunk of a
+/// matrix is a band of whole rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Request id chosen by the sender; replies carry the same id.
+    pub id: u64,
+    /// Index of this chunk's first element in the whole array.
+    pub offset: u64,
+    /// Elements in the whole array.
+    pub total: u64,
+}
+
+/// What went wrong with a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Machine-readable category.
+    pub code: ErrorCode,
+    /// Human-readable explanation, lower case.
+    pub message: String,
+}
+
+/// Categories of [`ErrorReply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The message was understood but is not valid here.
+    BadRequest,
+    /// The agent does not offer what was asked.
+    Unsupported,
+    /// The agent is shutting down.
+    ShuttingDown,
+    /// A code from a newer peer.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Message {
+    /// The kind number written on the wire.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(_) => 1,
+            Message::Welcome(_) => 2,
+            Message::Ping(_) => 3,
+            Message::Pong(_) => 4,
+            Message::Echo(_) => 5,
+            Message::EchoReply(_) => 6,
+            Message::Error(_) => 7,
+            Message::Bye => 8,
+        }
+    }
+
+    /// The kind's name, for errors and logs.
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.kind().into())
+    }
+
+    /// Whether this kind of message carries a bulk array.
+    pub fn carries_bulk(&self) -> bool {
+        matches!(self, Message::Echo(_) | Message::EchoReply(_))
+    }
+}
+
+/// Name of a kind number, `"unknown"` for numbers this version lacks.
+pub fn kind_name(kind: u64) -> &'static str {
+    match kind {
+        1 => "hello",
+        2 => "welcome",
+        3 => "ping",
+        4 => "pong",
+        5 => "echo",
+        6 => "echo-reply",
+        7 => "error",
+        8 => "bye",
+        _ => "unknown",
+    }
+}
