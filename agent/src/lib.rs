@@ -1,6 +1,33 @@
-//! skelpi-agent: the node daemon of skelpi.
+//! skelpi-agent: the node daemon of skelpi, as a library.
+//!
+//! An agent listens for masters, authenticates them with the cluster key
+//! ([`wire::handshake`]), announces itself over DNS-SD ([`announce`]) and
+//! plays skeleton roles for them ([`roles`]). The `skelpi-agent` binary is a
+//! thin shell over [`node::run`]; the master starts in-process agents with
+//! [`local::LocalAgent`].
+//!
+//! # Examples
+//! An in-process agent on loopback, reached by a master connection:
+//! ```
+//! use skelpi_agent::{key::ClusterKey, local::LocalAgent, wire::handshake};
+//! let key = ClusterKey::generate()?;
+//! let agent = LocalAgent::start("doc-agent", key.clone(), Default::default())?;
+//! smol::block_on(async {
+//!     let stream = async_net::TcpStream::connect(agent.addr()).await?;
+//!     let est = handshake::connect(stream, &key, &Default::default()).await?;
+//!     assert!(!est.plaintext);
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod announce;
+pub mod identity;
 pub mod key;
+pub mod local;
 pub mod logging;
+pub mod node;
+pub mod roles;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,90 @@
+//! In-process agents on loopback: the embedded cluster that tests and the
+//! default benchmark run on when no board answers.
+
+use crate::identity;
+use crate::key::ClusterKey;
+use crate::server::{self, ServerConfig};
+use crate::wire::handshake::AcceptOptions;
+use skelpi_proto::AgentInfo;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Options of an in-process agent.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Grant masters' requests for a plaintext transport.
+    pub allow_plaintext: bool,
+    /// Worker threads it reports (and will run kernels on).
+    pub workers: usize,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            allow_plaintext: true,
+            workers: 1,
+        }
+    }
+}
+
+/// An agent serving on `127.0.0.1` from its own thread, with no mDNS.
+/// Dropping it shuts it down and joins its thread.
+#[derive(Debug)]
+pub struct LocalAgent {
+    addr: SocketAddr,
+    info: AgentInfo,
+    stop: Option<async_channel::Sender<()>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl LocalAgent {
+    /// Binds `127.0.0.1:0` and starts serving.
+    pub fn start(name: &str, key: ClusterKey, opts: LocalOptions) -> std::io::Result<LocalAgent> {
+        let std_listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = std_listener.local_addr()?;
+        let listener = async_net::TcpListener::try_from(std_listener)?;
+        let info = identity::local_info(name, None, opts.workers, addr.port());
+        let config = Arc::new(ServerConfig {
+            info: info.clone(),
+            key,
+            accept: AcceptOptions {
+                allow_plaintext: opts.allow_plaintext,
+                ..AcceptOptions::default()
+            },
+        });
+        let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("agent-{name}"))
+            .spawn(move || {
+                smol::block_on(server::serve(listener, config, async move {
+                    let _ = stop_rx.recv().await;
+                }))
+            })?;
+        Ok(LocalAgent {
+            addr,
+            info,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What it says about itself.
+    pub fn info(&self) -> &AgentInfo {
+        &self.info
+    }
+}
+
+impl Drop for LocalAgent {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

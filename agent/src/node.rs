@@ -1,0 +1,108 @@
+//! Running an agent as a daemon: bind, announce, serve until SIGTERM or
+//! SIGINT, say goodbye.
+
+use crate::announce::{AnnounceError, Announcer};
+use crate::identity;
+use crate::key::ClusterKey;
+use crate::server::{self, ServerConfig};
+use crate::wire::handshake::AcceptOptions;
+use futures_lite::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Everything a daemon needs, parsed from its command line.
+#[derive(Debug)]
+pub struct NodeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Agent name (host name by default).
+    pub name: String,
+    /// Fixed agent id; derived from the machine id, name and port if absent.
+    pub id: Option<String>,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// Worker threads for kernels.
+    pub workers: usize,
+    /// Announce over mDNS/DNS-SD.
+    pub mdns: bool,
+    /// Grant masters' requests for a plaintext transport.
+    pub allow_plaintext: bool,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// mDNS registration failed.
+    #[error("cannot announce over mDNS (use --no-mdns to run without it): {0}")]
+    Announce(#[from] AnnounceError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The server failed.
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the agent until SIGTERM or SIGINT; returns `Ok` after a clean
+/// shutdown (sessions closed, mDNS goodbye sent).
+pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let bind = |source| NodeError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind)?;
+    let local = std_listener.local_addr().map_err(bind)?;
+    let listener = async_net::TcpListener::try_from(std_listener).map_err(bind)?;
+    let info = identity::local_info(
+        &config.name,
+        config.id.as_deref(),
+        config.workers,
+        local.port(),
+    );
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(NodeError::Signals)?;
+    let announcer = if config.mdns {
+        Some(Announcer::start(&info, local)?)
+    } else {
+        None
+    };
+    log::info!(
+        "skelpi-agent {} ({}) listening on {local}, {} workers, mDNS {}",
+        info.id,
+        info.name,
+        config.workers,
+        if config.mdns { "on" } else { "off" }
+    );
+    let server_config = Arc::new(ServerConfig {
+        info,
+        key: config.key,
+        accept: AcceptOptions {
+            allow_plaintext: config.allow_plaintext,
+            ..AcceptOptions::default()
+        },
+    });
+    let served = smol::block_on(server::serve(listener, server_config, async {
+        if let Some(sig) = signals.next().await {
+            log::info!("received {sig:?}, shutting down");
+        }
+    }));
+    if let Some(a) = announcer {
+        if let Err(e) = a.stop() {
+            log::warn!("mDNS goodbye failed: {e}");
+        }
+    }
+    served.map_err(NodeError::Serve)?;
+    log::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Message channels: typed messages and bulk arrays over a byte stream.
+
+use super::WireError;
+use super::stream::{ByteReader, ByteWriter, WireStats};
+use skelpi_proto::bulk::{f64_bytes, f64_bytes_mut};
+use skelpi_proto::codec::{self, Head};
+use skelpi_proto::frame::{self, LEN_PREFIX};
+use skelpi_proto::{Message, Shape};
+use std::sync::Arc;
+
+/// Bytes read before the first attempt to decode a frame's head.
+const HEAD_PROBE: usize = 4096;
+/// Arrays up to this size are copied next to their head and sent in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// The sending half of a connection.
+pub struct Sender {
+    w: ByteWriter,
+    head: Vec<u8>,
+    max_frame: u32,
+    stats: Arc<WireStats>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+impl Sender {
+    pub(crate) fn new(w: ByteWriter, max_frame: u32, stats: Arc<WireStats>) -> Self {
+        Sender {
+            w,
+            head: Vec::with_capacity(256),
+            max_frame,
+            stats,
+        }
+    }
+
+    /// Sends a message that carries no array.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
+        self.head.clear();
+        codec::encode_head(msg, None, self.max_frame, &mut self.head)?;
+        self.w.write(&self.head).await?;
+        self.w.flush().await
+    }
+
+    /// Sends a message with its array. `data` must hold exactly the
+    /// elements of `shape`, and the frame must fit the frame limit: larger
+    /// arrays are sent as chunks by the caller.
+    pub async fn send_bulk(
+        &mut self,
+        msg: &Message,
+        shape: Shape,
+        data: &[f64],
+    ) -> Result<(), WireError> {
+        if shape.elements() != Some(data.len() as u64) {
+            return Err(skelpi_proto::EncodeError::ShapeMismatch {
+                shape,
+                elements: data.len(),
+            }
+            .into());
+        }
+        self.head.clear();
+        codec::encode_head(msg, Some(shape), self.max_frame, &mut self.head)?;
+        let bytes = f64_bytes(data);
+        if bytes.len() <= COALESCE {
+            self.head.extend_from_slice(bytes);
+            self.w.write(&self.head).await?;
+        } else {
+            self.w.write(&self.head).await?;
+            self.w.write(bytes).await?;
+        }
+        self.w.flush().await
+    }
+
+    /// Byte counters of this connection (shared with its receiver).
+    pub fn stats(&self) -> &Arc<WireStats> {
+        &self.stats
+    }
+
+    /// Closes the write direction; the peer sees end of stream.
+    pub fn close(&self) {
+        self.w.shutdown();
+    }
+}
+
+/// A message as received, with the shape of the array that came with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The message.
+    pub msg: Message,
+    /// The array's shape, if the message carried one.
+    pub bulk: Option<Shape>,
+}
+
+/// The receiving half of a connection.
+pub struct Receiver {
+    r: ByteReader,
+    head: Vec<u8>,
+    max_frame: u32,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+impl Receiver {
+    pub(crate) fn new(r: ByteReader, max_frame: u32) -> Self {
+        Receiver {
+            r,
+            head: Vec::with_capacity(HEAD_PROBE),
+            max_frame,
+        }
+    }
+
+    /// Receives the next message; an array that comes with it is read into
+    /// `bulk` (resized, its capacity reused).
+    pub async fn recv(&mut self, bulk: &mut Vec<f64>) -> Result<Received, WireError> {
+        self.recv_with(|_, shape| {
+            let n = shape.elements().unwrap_or(0) as usize;
+            bulk.clear();
+            bulk.resize(n, 0.0);
+            Ok(&mut bulk[..])
+        })
+        .await
+    }
+
+    /// Receives the next message. If it carries an array, `place` is asked
+    /// where to put it and the payload is read from the socket straight
+    /// into that slice, which must have exactly the array's length.
+    ///
+    /// If `place` refuses, the payload is skipped and its error returned;
+    /// the connection stays in sync.
+    pub async fn recv_with<'a, F>(&mut self, place: F) -> Result<Received, WireError>
+    where
+        F: FnOnce(&Message, Shape) -> Result<&'a mut [f64], WireError>,
+    {
+        let len = self.read_len().await?;
+        let head = self.read_head(len).await?;
+        let Some(bulk) = head.bulk else {
+            return Ok(Received {
+                msg: head.msg,
+                bulk: None,
+            });
+        };
+        let already = self.head.len() - bulk.offset;
+        let rest = len - self.head.len();
+        let dst = match place(&head.msg, bulk.shape) {
+            Ok(dst) if dst.len() == bulk.elements() => dst,
+            Ok(dst) => {
+                let want = dst.len();
+                self.r.skip(rest).await?;
+                return Err(WireError::BulkSize {
+                    got: bulk.elements(),
+                    want,
+                });
+            }
+            Err(e) => {
+                self.r.skip(rest).await?;
+                return Err(e);
+            }
+        };
+        let bytes = f64_bytes_mut(dst);
+        bytes[..already].copy_from_slice(&self.head[bulk.offset..]);
+        self.r.read_exact(&mut bytes[already..]).await?;
+        Ok(Received {
+            msg: head.msg,
+            bulk: Some(bulk.shape),
+        })
+    }
+
+    async fn read_len(&mut self) -> Result<usize, WireError> {
+        let mut prefix = [0u8; LEN_PREFIX];
+        self.r.read_exact(&mut prefix).await?;
+        frame::frame_len(prefix, self.max_frame).map_err(|source| WireError::BadFrame {
+            source,
+            skipped: false,
+        })
+    }
+
+    /// Reads the head of a frame of `len` bytes into `self.head`; bytes of
+    /// the payload read along with it stay at the end of `self.head`.
+    async fn read_head(&mut self, len: usize) -> Result<Head, WireError> {
+        self.head.clear();
+        self.head.resize(len.min(HEAD_PROBE), 0);
+        let mut have = 0;
+        while have < self.head.len() {
+            have += self.r.read_some(&mut self.head[have..]).await?;
+            match codec::decode_head(&self.head[..have], len) {
+                Ok(Some(head)) => {
+                    self.head.truncate(have);
+                    return Ok(head);
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    self.r.skip(len - have).await?;
+                    return Err(WireError::BadFrame {
+                        source,
+                        skipped: true,
+                    });
+                }
+            }
+        }
+        // A head larger than the probe: read the whole frame (bounded by the
+        // frame limit) and decode once.
+        self.head.resize(len, 0);
+        self.r.read_exact(&mut self.head[have..]).await?;
+        match codec::decode_head(&self.head, len) {
+            Ok(Some(head)) => Ok(head),
+            Ok(None) => Err(WireError::BadFrame {
+                source: skelpi_proto::DecodeError::Malformed(
+                    "head incomplete in a whole frame".into(),
+                ),
+                skipped: true,
+            }),
+            Err(source) => Err(WireError::BadFrame {
+                source,
+                skipped: true,
+            }),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The connection handshake: the preamble (version, cipher choice), then a
+//! Noise `NNpsk0` handshake keyed by the cluster key.
+//!
+//! `NNpsk0` mixes the pre-shared key into the very first message, so an agent
+//! learns whether the master holds the key from 48 bytes, before it
+//! processes anything else, and a man in the middle learns nothing. Both
+//! preambles are the Noise prologue: rewriting them breaks the handshake.
+
+use super::channel::{Receiver, Sender};
+use super::stream::{ByteReader, ByteWriter, WireStats};
+use crate::key::ClusterKey;
+use async_net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use skelpi_proto::PROTOCOL_VERSION;
+use skelpi_proto::preamble::{
+    self, Cipher, ClientPreamble, MAX_HANDSHAKE_MSG, PREAMBLE_LEN, PreambleError, ServerPreamble,
+    Verdict,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Sent by an agent in place of its handshake reply when the master's first
+/// Noise message did not authenticate: a zero length.
+const AUTH_REJECTED: [u8; 2] = [0, 0];
+
+/// How a master connects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Ask for a plaintext transport after authentication (benchmark
+    /// networks only; the agent must allow it).
+    pub plaintext: bool,
+    /// Largest frame accepted from the agent.
+    pub max_frame: u32,
+    /// Time allowed for the whole handshake.
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            plaintext: false,
+            max_frame: skelpi_proto::frame::DEFAULT_MAX_FRAME,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How an agent accepts.
+#[derive(Debug, Clone)]
+pub struct AcceptOptions {
+    /// Grant a master's request for a plaintext transport.
+    pub allow_plaintext: bool,
+    /// Largest frame accepted from the master.
+    pub max_frame: u32,
+    /// Time a peer has to complete the handshake.
+    pub timeout: Duration,
+}
+
+impl Default for AcceptOptions {
+    fn default() -> Self {
+        AcceptOptions {
+            allow_plaintext: false,
+            max_frame: skelpi_proto::frame::DEFAULT_MAX_FRAME,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An authenticated connection.
+#[derive(Debug)]
+pub struct Established {
+    /// Sending half.
+    pub sender: Sender,
+    /// Receiving half.
+    pub receiver: Receiver,
+    /// The cipher the handshake used.
+    pub cipher: Cipher,
+    /// Whether frames now travel unencrypted.
+    pub plaintext: bool,
+    /// Socket byte counters, handshake included.
+    pub stats: Arc<WireStats>,
+}
+
+/// Why a handshake failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The socket failed.
+    #[error("i/o error during handshake: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer took too long.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// The peer closed the connection during the handshake.
+    #[error("peer closed the connection during the handshake")]
+    Closed,
+    /// The peer is not a skelpi peer, or sent a malformed preamble.
+    #[error("not a skelpi handshake: {0}")]
+    Preamble(#[from] PreambleError),
+    /// The two sides speak different protocol versions.
+    #[error(
+        "protocol version mismatch: this side speaks {ours}, the peer speaks {theirs}; upgrade the older side"
+    )]
+    VersionMismatch {
+        /// Our version.
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The master asked for plaintext and the agent does not allow it.
+    #[error("the agent refuses a plaintext connection (start it with --allow-plaintext)")]
+    PlaintextRefused,
+    /// The agent rejected our key.
+    #[error("the agent rejected our cluster key: the key files differ")]
+    KeyRejected,
+    /// The peer failed to prove it holds the cluster key.
+    #[error("peer failed authentication (wrong cluster key or not a skelpi master)")]
+    AuthFailed,
+    /// The Noise library refused an operation.
+    #[error("noise handshake failed: {0}")]
+    Noise(String),
+}
+
+/// Whether this CPU has AES instructions that ring uses.
+pub fn has_aes_hw() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Runs the master's side of the handshake on a connected socket.
+pub async fn connect(
+    stream: TcpStream,
+    key: &ClusterKey,
+    opts: &ConnectOptions,
+) -> Result<Established, HandshakeError> {
+    with_timeout(opts.timeout, connect_inner(stream, key, opts)).await
+}
+
+/// Runs the agent's side of the handshake on an accepted socket.
+pub async fn accept(
+    stream: TcpStream,
+    key: &ClusterKey,
+    opts: &AcceptOptions,
+) -> Result<Established, HandshakeError> {
+    with_timeout(opts.timeout, accept_inner(stream, key, opts)).await
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, HandshakeError>>,
+) -> Result<T, HandshakeError> {
+    futures_lite::future::or(fut, async {
+        async_io::Timer::after(limit).await;
+        Err(HandshakeError::Timeout(limit))
+    })
+    .await
+}
+
+async fn connect_inner(
+    mut stream: TcpStream,
+    key: &ClusterKey,
+    opts: &ConnectOptions,
+) -> Result<Established, HandshakeError> {
+    stream.set_nodelay(true)?;
+    let stats = Arc::new(WireStats::default());
+    let hello = ClientPreamble {
+        version: PROTOCOL_VERSION,
+        aes_hw: has_aes_hw(),
+        plaintext: opts.plaintext,
+    }
+    .encode();
+    write(&mut stream, &stats, &hello).await?;
+    let mut reply = [0u8; PREAMBLE_LEN];
+    read(&mut stream, &stats, &mut reply).await?;
+    let answer = ServerPreamble::decode(reply)?;
+    let (cipher, plaintext) = match answer.verdict {
+        Verdict::Accept { cipher, plaintext } => (cipher, plaintext),
+        Verdict::VersionMismatch => {
+            return Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: answer.version,
+            });
+        }
+        Verdict::PlaintextRefused => return Err(HandshakeError::PlaintextRefused),
+        other => return Err(noise_err(format!("unknown verdict {other:?}"))),
+    };
+    if plaintext != opts.plaintext {
+        return Err(HandshakeError::Noise(
+            "agent changed the transport mode".into(),
+        ));
+    }
+    let prologue = preamble::prologue(&hello, &reply);
+    let mut noise = builder(cipher, key, &prologue)?
+        .build_initiator()
+        .map_err(noise_err)?;
+    let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+    let n = noise.write_message(&[], &mut buf).map_err(noise_err)?;
+    let mut msg = Vec::with_capacity(2 + n);
+    msg.extend_from_slice(&(n as u16).to_be_bytes());
+    msg.extend_from_slice(&buf[..n]);
+    write(&mut stream, &stats, &msg).await?;
+    let mut len = [0u8; 2];
+    read(&mut stream, &stats, &mut len).await?;
+    if len == AUTH_REJECTED {
+        return Err(HandshakeError::KeyRejected);
+    }
+    let len = preamble::handshake_len(len)?;
+    read(&mut stream, &stats, &mut buf[..len]).await?;
+    let mut payload = [0u8; MAX_HANDSHAKE_MSG];
+    noise
+        .read_message(&buf[..len], &mut payload)
+        .map_err(|_| HandshakeError::AuthFailed)?;
+    finish(stream, noise, cipher, plaintext, opts.max_frame, stats)
+}
+
+async fn accept_inner(
+    mut stream: TcpStream,
+    key: &ClusterKey,
+    opts: &AcceptOptions,
+) -> Result<Established, HandshakeError> {
+    stream.set_nodelay(true)?;
+    let stats = Arc::new(WireStats::default());
+    let mut hello = [0u8; PREAMBLE_LEN];
+    read(&mut stream, &stats, &mut hello).await?;
+    let client = ClientPreamble::decode(hello)?;
+    let answer = preamble::answer(
+        &client,
+        PROTOCOL_VERSION,
+        has_aes_hw(),
+        opts.allow_plaintext,
+    );
+    let reply = answer.encode();
+    write(&mut stream, &stats, &reply).await?;
+    let (cipher, plaintext) = match answer.verdict {
+        Verdict::Accept { cipher, plaintext } => (cipher, plaintext),
+        Verdict::PlaintextRefused => return Err(HandshakeError::PlaintextRefused),
+        _ => {
+            return Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: client.version,
+            });
+        }
+    };
+    let prologue = preamble::prologue(&hello, &reply);
+    let mut noise = builder(cipher, key, &prologue)?
+        .build_responder()
+        .map_err(noise_err)?;
+    let mut len = [0u8; 2];
+    read(&mut stream, &stats, &mut len).await?;
+    let len = preamble::handshake_len(len)?;
+    let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+    read(&mut stream, &stats, &mut buf[..len]).await?;
+    let mut payload = [0u8; MAX_HANDSHAKE_MSG];
+    if noise.read_message(&buf[..len], &mut payload).is_err() {
+        let _ = write(&mut stream, &stats, &AUTH_REJECTED).await;
+        return Err(HandshakeError::AuthFailed);
+    }
+    let n = noise.write_message(&[], &mut buf).map_err(noise_err)?;
+    let mut msg = Vec::with_capacity(2 + n);
+    msg.extend_from_slice(&(n as u16).to_be_bytes());
+    msg.extend_from_slice(&buf[..n]);
+    write(&mut stream, &stats, &msg).await?;
+    finish(stream, noise, cipher, plaintext, opts.max_frame, stats)
+}
+
+fn builder<'a>(
+    cipher: Cipher,
+    key: &'a ClusterKey,
+    prologue: &'a [u8],
+) -> Result<snow::Builder<'a>, HandshakeError> {
+    let params = cipher.noise_params().parse().map_err(noise_err)?;
+    snow::Builder::new(params)
+        .psk(0, key.as_bytes())
+        .and_then(|b| b.prologue(prologue))
+        .map_err(noise_err)
+}
+
+fn finish(
+    stream: TcpStream,
+    noise: snow::HandshakeState,
+    cipher: Cipher,
+    plaintext: bool,
+    max_frame: u32,
+    stats: Arc<WireStats>,
+) -> Result<Established, HandshakeError> {
+    let transport = noise.into_stateless_transport_mode().map_err(noise_err)?;
+    let shared = if plaintext {
+        None
+    } else {
+        Some(Arc::new(transport))
+    };
+    let reader = ByteReader::new(stream.clone(), shared.clone(), stats.clone());
+    let writer = ByteWriter::new(stream, shared, stats.clone());
+    Ok(Established {
+        sender: Sender::new(writer, max_frame, stats.clone()),
+        receiver: Receiver::new(reader, max_frame),
+        cipher,
+        plaintext,
+        stats,
+    })
+}
+
+fn noise_err(e: impl std::fmt::Display) -> HandshakeError {
+    HandshakeError::Noise(e.to_string())
+}
+
+async fn read(
+    stream: &mut TcpStream,
+    stats: &WireStats,
+    buf: &mut [u8],
+) -> Result<(), HandshakeError> {
+    stream.read_exact(buf).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            HandshakeError::Closed
+        } else {
+            HandshakeError::Io(e)
+        }
+    })?;
+    stats.add_received(buf.len());
+    Ok(())
+}
+
+async fn write(
+    stream: &mut TcpStream,
+    stats: &WireStats,
+    buf: &[u8],
+) -> Result<(), HandshakeError> {
+    stream.write_all(buf).await?;
+    stats.add_sent(buf.len());
+    Ok(())
+}

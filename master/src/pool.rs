@@ -1,0 +1,180 @@
+//! Where the agents of a job come from: `--agents` (the `.hosts.erlang`
+//! replacement), `--local N`, or mDNS discovery.
+
+use crate::cluster::Cluster;
+use crate::discover::{DiscoverOptions, discover};
+use skelpi_agent::key::{self, ClusterKey};
+use skelpi_agent::wire::handshake::ConnectOptions;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The port agents listen on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7871;
+
+/// How to form the pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Explicit agents, `host[:port]`.
+    pub agents: Vec<String>,
+    /// Run on this many in-process agents instead.
+    pub local: Option<usize>,
+    /// How long to browse mDNS when neither is given.
+    pub discover_timeout: Duration,
+    /// When discovery finds nobody, fall back to a local cluster of one
+    /// agent per core (the main job does this; other commands fail).
+    pub fallback_local: bool,
+    /// Cluster key file [default: `key::default_key_path()`].
+    pub key_file: Option<PathBuf>,
+    /// Ask for plaintext transport after authentication.
+    pub plaintext: bool,
+}
+
+/// Why no pool could be formed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// An `--agents` entry does not resolve.
+    #[error("cannot resolve agent address {0:?} (expected host or host:port)")]
+    BadAddress(String),
+    /// Discovery found no agent.
+    #[error("no agents answered on mDNS within {0:?}; name them with --agents or use --local N")]
+    NoneFound(Duration),
+    /// Discovery failed.
+    #[error("mDNS discovery failed: {0}")]
+    Discover(String),
+    /// The key file is unusable.
+    #[error("cannot use cluster key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Connecting failed.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+}
+
+/// What [`connect`] formed, and how.
+#[derive(Debug)]
+pub struct Pool {
+    /// The connected cluster.
+    pub cluster: Cluster,
+    /// One line saying where the agents came from.
+    pub origin: String,
+}
+
+/// Parses `host[:port]` into socket addresses (first resolution of each).
+pub fn parse_agents(list: &[String]) -> Result<Vec<SocketAddr>, PoolError> {
+    list.iter()
+        .map(|s| {
+            let s = s.trim();
+            let with_port = if s.parse::<SocketAddr>().is_ok() || has_port(s) {
+                s.to_owned()
+            } else {
+                format!("{s}:{DEFAULT_PORT}")
+            };
+            with_port
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| PoolError::BadAddress(s.to_owned()))
+        })
+        .collect()
+}
+
+fn has_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.contains(':') && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+/// Forms the pool: explicit agents, a local cluster, or discovered agents
+/// (with a local fallback if `opts.fallback_local`).
+pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
+    let connect_opts = ConnectOptions {
+        plaintext: opts.plaintext,
+        ..ConnectOptions::default()
+    };
+    if let Some(n) = opts.local {
+        return local(
+            n,
+            &connect_opts,
+            format!("embedded local cluster of {n} agents"),
+        )
+        .await;
+    }
+    let (addrs, origin) = if !opts.agents.is_empty() {
+        let addrs = parse_agents(&opts.agents)?;
+        let origin = format!("{} agents from --agents", addrs.len());
+        (addrs, origin)
+    } else {
+        let timeout = opts.discover_timeout;
+        let found = smol::unblock(move || {
+            discover(&DiscoverOptions {
+                timeout,
+                expect: None,
+            })
+        })
+        .await
+        .map_err(|e| PoolError::Discover(e.to_string()))?;
+        if found.is_empty() {
+            if opts.fallback_local {
+                let n = skelpi_agent::identity::cores();
+                return local(
+                    n,
+                    &connect_opts,
+                    format!(
+                        "no agents answered on mDNS within {timeout:?}: running on an embedded local cluster of {n} agents (one per core)"
+                    ),
+                )
+                .await;
+            }
+            return Err(PoolError::NoneFound(timeout));
+        }
+        let origin = format!("{} agents found by mDNS", found.len());
+        (found.iter().map(|a| a.socket_addr()).collect(), origin)
+    };
+    let key = load_key(opts)?;
+    let cluster = Cluster::connect(&addrs, &key, &connect_opts).await?;
+    Ok(Pool { cluster, origin })
+}
+
+async fn local(n: usize, opts: &ConnectOptions, origin: String) -> Result<Pool, PoolError> {
+    let cluster = Cluster::local(n.max(1), opts).await?;
+    Ok(Pool { cluster, origin })
+}
+
+/// Loads the cluster key named by the options or the default path.
+pub fn load_key(opts: &PoolOptions) -> Result<ClusterKey, PoolError> {
+    let path = opts.key_file.clone().unwrap_or_else(key::default_key_path);
+    ClusterKey::load(&path).map_err(|e| PoolError::Key {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_get_the_default_port() {
+        let got = parse_agents(&[
+            "127.0.0.1".into(),
+            "127.0.0.1:9000".into(),
+            "[::1]:7".into(),
+        ])
+        .unwrap();
+        assert_eq!(got[0].port(), DEFAULT_PORT);
+        assert_eq!(got[1].port(), 9000);
+        assert_eq!(got[2].port(), 7);
+        assert!(matches!(
+            parse_agents(&["no such host.invalid:1".into()]),
+            Err(PoolError::BadAddress(_))
+        ));
+    }
+}
