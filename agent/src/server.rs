@@ -55,7 +55,11 @@ pub async fn serve(
             }
         }
     };
-    ex.run(future::or(accept_loop, shutdown)).await;
+    // The accept loop is a task of its own so that it is polled only when a
+    // connection arrives, not every time a session wakes the executor.
+    let acceptor = ex.spawn(accept_loop);
+    ex.run(shutdown).await;
+    drop(acceptor);
     drop(stop_tx);
     // Sessions see the closed stop channel and end; let them say goodbye.
     ex.run(async {

@@ -28,15 +28,17 @@ impl RawEchoServer {
         let thread = std::thread::Builder::new()
             .name("raw-echo".into())
             .spawn(move || {
-                let ex = smol::LocalExecutor::new();
-                let accept = async {
+                let ex = std::rc::Rc::new(smol::LocalExecutor::new());
+                let spawner = ex.clone();
+                let acceptor = ex.spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
-                        ex.spawn(echo_conn(stream)).detach();
+                        spawner.spawn(echo_conn(stream)).detach();
                     }
-                };
-                smol::block_on(ex.run(future::or(accept, async {
+                });
+                smol::block_on(ex.run(async {
                     let _ = stop_rx.recv().await;
-                })));
+                }));
+                drop(acceptor);
             })?;
         Ok(RawEchoServer {
             addr,

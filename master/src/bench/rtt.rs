@@ -141,33 +141,30 @@ pub async fn run(
         let name = agent.info().name.clone();
         progress.set_message(format!("{name}: ping"));
         if opts.pings > 0 {
+            // Each skelpi ping is followed by a raw ping of the same wire
+            // size, so drift in CPU frequency or load hits both alike.
             let (s0, r0) = agent.wire_bytes();
+            agent.ping().await?;
+            let (s1, r1) = agent.wire_bytes();
+            let wire = (s1 - s0, r1 - r0);
+            let msg = vec![0x5a; wire.0 as usize];
+            let mut back = vec![0; msg.len()];
             let mut rtts = Vec::with_capacity(opts.pings);
+            let mut raw_rtts = Vec::with_capacity(opts.pings);
             for _ in 0..opts.pings {
                 rtts.push(agent.ping().await?);
-            }
-            let (s1, r1) = agent.wire_bytes();
-            let wire_sent = (s1 - s0) / opts.pings as u64;
-            let raw_rtt = match raw.as_mut() {
-                Some((_, client)) => {
-                    let msg = vec![0x5a; wire_sent as usize];
-                    let mut back = vec![0; msg.len()];
-                    let mut v = Vec::with_capacity(opts.pings);
-                    for _ in 0..opts.pings {
-                        v.push(client.echo(&msg, &mut back).await.map_err(raw_err)?);
-                    }
-                    Some(median(&v))
+                if let Some((_, client)) = raw.as_mut() {
+                    raw_rtts.push(client.echo(&msg, &mut back).await.map_err(raw_err)?);
                 }
-                None => None,
-            };
+            }
             rows.push(row(
                 &name,
                 "ping",
                 0,
                 0,
-                (wire_sent, (r1 - r0) / opts.pings as u64),
+                wire,
                 (median(&rtts), quantile(&rtts, 0.99)),
-                raw_rtt,
+                raw.as_ref().map(|_| median(&raw_rtts)),
                 opts.link_mbps,
             ));
             progress.inc(1);
