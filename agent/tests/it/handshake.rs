@@ -1,0 +1,194 @@
+//! The handshake and the server on loopback, in-process: good and bad peers.
+
+use async_net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use skelpi_agent::key::ClusterKey;
+use skelpi_agent::local::{LocalAgent, LocalOptions};
+use skelpi_agent::wire::WireError;
+use skelpi_agent::wire::handshake::{self, ConnectOptions, HandshakeError};
+use skelpi_proto::preamble::{ClientPreamble, PREAMBLE_LEN, ServerPreamble, Verdict};
+use skelpi_proto::{Chunk, Hello, Message, Ping, Shape};
+
+fn agent(allow_plaintext: bool) -> (LocalAgent, ClusterKey) {
+    let key = ClusterKey::generate().unwrap();
+    let opts = LocalOptions {
+        allow_plaintext,
+        workers: 1,
+    };
+    (LocalAgent::start("hs-test", key.clone(), opts).unwrap(), key)
+}
+
+async fn ping_ok(agent: &LocalAgent, key: &ClusterKey, plaintext: bool) {
+    let stream = TcpStream::connect(agent.addr()).await.unwrap();
+    let opts = ConnectOptions {
+        plaintext,
+        ..Default::default()
+    };
+    let mut est = handshake::connect(stream, key, &opts).await.unwrap();
+    assert_eq!(est.plaintext, plaintext);
+    est.sender
+        .send(&Message::Hello(Hello { master: "t".into() }))
+        .await
+        .unwrap();
+    let mut bulk = Vec::new();
+    match est.receiver.recv(&mut bulk).await.unwrap().msg {
+        Message::Welcome(info) => assert_eq!(info.id, agent.info().id),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    est.sender
+        .send(&Message::Ping(Ping { nonce: 42 }))
+        .await
+        .unwrap();
+    let got = est.receiver.recv(&mut bulk).await.unwrap();
+    assert_eq!(got.msg, Message::Pong(Ping { nonce: 42 }));
+}
+
+#[test]
+fn good_key_pings_encrypted_and_plaintext() {
+    let (agent, key) = agent(true);
+    smol::block_on(async {
+        ping_ok(&agent, &key, false).await;
+        ping_ok(&agent, &key, true).await;
+    });
+}
+
+#[test]
+fn echo_returns_every_bit_across_chunks() {
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        let stream = TcpStream::connect(agent.addr()).await.unwrap();
+        let mut est = handshake::connect(stream, &key, &Default::default())
+            .await
+            .unwrap();
+        let data: Vec<f64> = (0..70_000u64)
+            .map(|i| f64::from_bits(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        let msg = Message::Echo(Chunk { id: 1, offset: 0, total: 70_000 });
+        est.sender
+            .send_bulk(&msg, Shape::List(70_000), &data)
+            .await
+            .unwrap();
+        let mut back = Vec::new();
+        let got = est.receiver.recv(&mut back).await.unwrap();
+        assert_eq!(got.bulk, Some(Shape::List(70_000)));
+        assert!(data.iter().zip(&back).all(|(a, b)| a.to_bits() == b.to_bits()));
+    });
+}
+
+#[test]
+fn wrong_key_is_rejected_and_agent_keeps_serving() {
+    let (agent, key) = agent(false);
+    let wrong = ClusterKey::generate().unwrap();
+    smol::block_on(async {
+        let stream = TcpStream::connect(agent.addr()).await.unwrap();
+        let err = handshake::connect(stream, &wrong, &Default::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandshakeError::KeyRejected), "{err}");
+        ping_ok(&agent, &key, false).await;
+    });
+}
+
+#[test]
+fn plaintext_is_refused_unless_allowed() {
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        let stream = TcpStream::connect(agent.addr()).await.unwrap();
+        let opts = ConnectOptions {
+            plaintext: true,
+            ..Default::default()
+        };
+        let err = handshake::connect(stream, &key, &opts).await.unwrap_err();
+        assert!(matches!(err, HandshakeError::PlaintextRefused), "{err}");
+        assert!(err.to_string().contains("--allow-plaintext"));
+    });
+}
+
+#[test]
+fn other_version_is_refused_with_both_versions_named() {
+    let (agent, _key) = agent(false);
+    smol::block_on(async {
+        let mut s = TcpStream::connect(agent.addr()).await.unwrap();
+        let hello = ClientPreamble {
+            version: 99,
+            aes_hw: false,
+            plaintext: false,
+        };
+        s.write_all(&hello.encode()).await.unwrap();
+        let mut reply = [0u8; PREAMBLE_LEN];
+        s.read_exact(&mut reply).await.unwrap();
+        let answer = ServerPreamble::decode(reply).unwrap();
+        assert_eq!(answer.verdict, Verdict::VersionMismatch);
+        assert_eq!(answer.version, skelpi_proto::PROTOCOL_VERSION);
+        // And the agent closes the connection.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    });
+}
+
+#[test]
+fn garbage_and_huge_claims_before_auth_are_dropped() {
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        for bytes in [
+            vec![0xff; 4],
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            [&b"SKPI\x00\x01\x00\x00"[..], &[0xff, 0xff]].concat(),
+        ] {
+            let mut s = TcpStream::connect(agent.addr()).await.unwrap();
+            s.write_all(&bytes).await.unwrap();
+            let mut rest = Vec::new();
+            // The agent closes without sending more than its 8-byte preamble.
+            let _ = s.read_to_end(&mut rest).await;
+            assert!(rest.len() <= PREAMBLE_LEN, "got {} bytes back", rest.len());
+        }
+        ping_ok(&agent, &key, false).await;
+    });
+}
+
+#[test]
+fn oversized_frame_after_auth_gets_an_error_and_a_close() {
+    let (agent, key) = agent(true);
+    smol::block_on(async {
+        let stream = TcpStream::connect(agent.addr()).await.unwrap();
+        let mut raw = stream.clone();
+        let opts = ConnectOptions {
+            plaintext: true,
+            ..Default::default()
+        };
+        let mut est = handshake::connect(stream, &key, &opts).await.unwrap();
+        raw.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        let mut bulk = Vec::new();
+        match est.receiver.recv(&mut bulk).await.unwrap().msg {
+            Message::Error(e) => assert!(e.message.contains("exceeds the limit"), "{}", e.message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert!(matches!(est.receiver.recv(&mut bulk).await, Err(WireError::Closed)));
+        ping_ok(&agent, &key, false).await;
+    });
+}
+
+#[test]
+fn malformed_frame_after_auth_is_skipped_and_the_connection_goes_on() {
+    let (agent, key) = agent(true);
+    smol::block_on(async {
+        let stream = TcpStream::connect(agent.addr()).await.unwrap();
+        let mut raw = stream.clone();
+        let opts = ConnectOptions {
+            plaintext: true,
+            ..Default::default()
+        };
+        let mut est = handshake::connect(stream, &key, &opts).await.unwrap();
+        // A well-framed 6-byte frame whose CBOR is not a message.
+        raw.write_all(&[0, 0, 0, 6, 0x83, 0x18, 0x63, 0xa0, 0xf6, 0x00]).await.unwrap();
+        let mut bulk = Vec::new();
+        match est.receiver.recv(&mut bulk).await.unwrap().msg {
+            Message::Error(e) => assert!(e.message.contains("unknown message kind 99"), "{}", e.message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        est.sender.send(&Message::Ping(Ping { nonce: 5 })).await.unwrap();
+        let got = est.receiver.recv(&mut bulk).await.unwrap();
+        assert_eq!(got.msg, Message::Pong(Ping { nonce: 5 }));
+    });
+}

@@ -1,0 +1,6 @@
+//! Integration tests of skelpi-agent: the real server on loopback, and the
+//! real `skelpi-agent` binary.
+
+mod daemon;
+mod handshake;
+mod support;
