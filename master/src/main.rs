@@ -108,19 +108,19 @@ struct RttArgs {
     /// List lengths to send (floats).
     #[arg(
         long,
-        value_delimiter = ',',
         default_value = "1000,100000,1000000,1500000",
+        value_parser = parse_sizes,
         global = true
     )]
-    lists: Vec<usize>,
+    lists: Sizes,
     /// Matrix sizes D to send (D×D floats).
     #[arg(
         long,
-        value_delimiter = ',',
         default_value = "50,100,150,200,300,1000,2000",
+        value_parser = parse_sizes,
         global = true
     )]
-    matrices: Vec<usize>,
+    matrices: Sizes,
     /// Timed repeats per size (the median is reported).
     #[arg(long, default_value_t = 5, global = true)]
     repeats: usize,
@@ -144,6 +144,25 @@ struct RttArgs {
     json: bool,
 }
 
+/// A comma-separated list of sizes; empty or `none` for no sizes.
+#[derive(Debug, Clone)]
+struct Sizes(Vec<usize>);
+
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    if s.trim().is_empty() || s.trim() == "none" {
+        return Ok(Sizes(Vec::new()));
+    }
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .replace('_', "")
+                .parse::<usize>()
+                .map_err(|_| format!("{p:?} is not a size (expected e.g. 1000,1000000 or none)"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Sizes)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     skelpi_agent::logging::init(log::LevelFilter::Warn);
@@ -164,7 +183,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keygen { out, force } => {
             let path = out.unwrap_or_else(key::default_key_path);
-            ClusterKey::generate()?.write(&path, force)?;
+            ClusterKey::generate()?
+                .write(&path, force)
+                .context("cannot write the key (pass --force to replace an existing one)")?;
             println!("wrote a new cluster key to {} (mode 0600)", path.display());
             println!("copy it to each agent (e.g. /etc/skelpi/cluster.key, mode 0600)");
             Ok(())
@@ -258,8 +279,8 @@ fn bench_rtt(pool_args: &PoolArgs, args: &RttArgs) -> anyhow::Result<()> {
         let mut pool = pool::connect(&pool_options(pool_args, true)).await?;
         eprintln!("{}", pool.origin);
         let opts = rtt::RttOptions {
-            lists: args.lists.clone(),
-            matrices: args.matrices.clone(),
+            lists: args.lists.0.clone(),
+            matrices: args.matrices.0.clone(),
             repeats: args.repeats,
             pings: args.pings,
             link_mbps: args.link_mbps,

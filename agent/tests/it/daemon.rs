@@ -9,7 +9,6 @@ use skelpi_agent::wire::handshake::{self, HandshakeError};
 use skelpi_proto::{Message, Ping};
 use std::os::unix::fs::PermissionsExt;
 
-
 #[test]
 fn refuses_to_start_without_a_key() {
     let dir = TempDir::new("nokey");
@@ -59,7 +58,10 @@ async fn good_ping(addr: std::net::SocketAddr, key: &ClusterKey) {
     let mut est = handshake::connect(stream, key, &Default::default())
         .await
         .unwrap();
-    est.sender.send(&Message::Ping(Ping { nonce: 1 })).await.unwrap();
+    est.sender
+        .send(&Message::Ping(Ping { nonce: 1 }))
+        .await
+        .unwrap();
     let mut bulk = Vec::new();
     let got = est.receiver.recv(&mut bulk).await.unwrap();
     assert_eq!(got.msg, Message::Pong(Ping { nonce: 1 }));
@@ -85,7 +87,9 @@ async fn bad_peer(addr: std::net::SocketAddr, i: usize, wrong: &ClusterKey) {
         _ => {
             // A valid preamble, then a Noise message length claim of 64 KiB
             // and a frame-style 4 GiB claim.
-            let _ = s.write_all(b"SKPI\x00\x01\x00\x00\xff\xff\xff\xff\xff\xff").await;
+            let _ = s
+                .write_all(b"SKPI\x00\x01\x00\x00\xff\xff\xff\xff\xff\xff")
+                .await;
             let mut sink = Vec::new();
             let _ = s.read_to_end(&mut sink).await;
         }
@@ -126,5 +130,8 @@ fn bad_peers_are_refused_without_growing_memory() {
     });
     // The agent logged why it refused them.
     let said: Vec<String> = agent.lines.try_iter().collect();
-    assert!(said.iter().any(|l| l.contains("failed authentication")), "no refusal logged");
+    assert!(
+        said.iter().any(|l| l.contains("failed authentication")),
+        "no refusal logged"
+    );
 }

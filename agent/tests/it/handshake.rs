@@ -15,7 +15,10 @@ fn agent(allow_plaintext: bool) -> (LocalAgent, ClusterKey) {
         allow_plaintext,
         workers: 1,
     };
-    (LocalAgent::start("hs-test", key.clone(), opts).unwrap(), key)
+    (
+        LocalAgent::start("hs-test", key.clone(), opts).unwrap(),
+        key,
+    )
 }
 
 async fn ping_ok(agent: &LocalAgent, key: &ClusterKey, plaintext: bool) {
@@ -63,7 +66,11 @@ fn echo_returns_every_bit_across_chunks() {
         let data: Vec<f64> = (0..70_000u64)
             .map(|i| f64::from_bits(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
             .collect();
-        let msg = Message::Echo(Chunk { id: 1, offset: 0, total: 70_000 });
+        let msg = Message::Echo(Chunk {
+            id: 1,
+            offset: 0,
+            total: 70_000,
+        });
         est.sender
             .send_bulk(&msg, Shape::List(70_000), &data)
             .await
@@ -71,7 +78,11 @@ fn echo_returns_every_bit_across_chunks() {
         let mut back = Vec::new();
         let got = est.receiver.recv(&mut back).await.unwrap();
         assert_eq!(got.bulk, Some(Shape::List(70_000)));
-        assert!(data.iter().zip(&back).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            data.iter()
+                .zip(&back)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
     });
 }
 
@@ -164,7 +175,10 @@ fn oversized_frame_after_auth_gets_an_error_and_a_close() {
             Message::Error(e) => assert!(e.message.contains("exceeds the limit"), "{}", e.message),
             other => panic!("expected an error, got {other:?}"),
         }
-        assert!(matches!(est.receiver.recv(&mut bulk).await, Err(WireError::Closed)));
+        assert!(matches!(
+            est.receiver.recv(&mut bulk).await,
+            Err(WireError::Closed)
+        ));
         ping_ok(&agent, &key, false).await;
     });
 }
@@ -181,13 +195,22 @@ fn malformed_frame_after_auth_is_skipped_and_the_connection_goes_on() {
         };
         let mut est = handshake::connect(stream, &key, &opts).await.unwrap();
         // A well-framed 6-byte frame whose CBOR is not a message.
-        raw.write_all(&[0, 0, 0, 6, 0x83, 0x18, 0x63, 0xa0, 0xf6, 0x00]).await.unwrap();
+        raw.write_all(&[0, 0, 0, 6, 0x83, 0x18, 0x63, 0xa0, 0xf6, 0x00])
+            .await
+            .unwrap();
         let mut bulk = Vec::new();
         match est.receiver.recv(&mut bulk).await.unwrap().msg {
-            Message::Error(e) => assert!(e.message.contains("unknown message kind 99"), "{}", e.message),
+            Message::Error(e) => assert!(
+                e.message.contains("unknown message kind 99"),
+                "{}",
+                e.message
+            ),
             other => panic!("expected an error, got {other:?}"),
         }
-        est.sender.send(&Message::Ping(Ping { nonce: 5 })).await.unwrap();
+        est.sender
+            .send(&Message::Ping(Ping { nonce: 5 }))
+            .await
+            .unwrap();
         let got = est.receiver.recv(&mut bulk).await.unwrap();
         assert_eq!(got.msg, Message::Pong(Ping { nonce: 5 }));
     });

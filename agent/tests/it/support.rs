@@ -33,7 +33,10 @@ impl Drop for TempDir {
 pub fn key_file(dir: &Path, name: &str, key: &ClusterKey) -> PathBuf {
     let p = dir.join(name);
     key.write(&p, false).unwrap();
-    assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     p
 }
 
@@ -106,5 +109,8 @@ pub fn run_agent(args: &[&str]) -> (Option<i32>, String) {
         .env_remove("JOURNAL_STREAM")
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -1,0 +1,139 @@
+//! The `skelpi` binary, driven as a user would.
+
+use std::process::Command;
+
+fn skelpi(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skelpi"))
+        .args(args)
+        .env_remove("SKELPI_KEY_FILE")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bench_rtt_on_a_local_cluster_prints_the_table() {
+    let (code, out, err) = skelpi(&[
+        "bench",
+        "rtt",
+        "--local",
+        "2",
+        "--lists",
+        "1000",
+        "--matrices",
+        "50",
+        "--repeats",
+        "2",
+        "--pings",
+        "20",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("embedded local cluster of 2 agents"), "{err}");
+    for needle in [
+        "local-0", "local-1", "ping", "list", "matrix", "wire out", "vs raw",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+}
+
+#[test]
+fn a_million_floats_cost_eight_million_wire_bytes_each_way() {
+    let (code, out, err) = skelpi(&[
+        "bench",
+        "rtt",
+        "--local",
+        "1",
+        "--lists",
+        "1000000",
+        "--matrices",
+        "",
+        "--repeats",
+        "1",
+        "--pings",
+        "0",
+        "--no-baseline",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(row["data"], "list");
+    assert_eq!(row["payload_bytes"], 8_000_000);
+    for dir in ["wire_sent", "wire_received"] {
+        let wire = row[dir].as_f64().unwrap();
+        let excess = wire / 8_000_000.0 - 1.0;
+        assert!((0.0..0.01).contains(&excess), "{dir} = {wire} bytes");
+    }
+}
+
+#[test]
+fn csv_output_has_one_row_per_measurement() {
+    let dir = std::env::temp_dir().join(format!("skelpi-csv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("rtt.csv");
+    let (code, _, err) = skelpi(&[
+        "bench",
+        "rtt",
+        "--local",
+        "1",
+        "--lists",
+        "10,20",
+        "--matrices",
+        "3",
+        "--repeats",
+        "1",
+        "--pings",
+        "5",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<_> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("agent,data,size,payload_bytes"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines.len(), 1 + 4, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_key_file_is_named_with_exit_code_two() {
+    let (code, _, err) = skelpi(&[
+        "ping",
+        "--agents",
+        "127.0.0.1:9",
+        "--key-file",
+        "/nonexistent/skelpi.key",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent/skelpi.key"), "{err}");
+}
+
+#[test]
+fn keygen_writes_a_0600_key_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("skelpi-keygen-{}", std::process::id()));
+    let path = dir.join("sub").join("cluster.key");
+    let (code, out, err) = skelpi(&["keygen", "--out", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(path.to_str().unwrap()));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(first.trim().len(), 64);
+    let (code, _, err) = skelpi(&["keygen", "--out", path.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("exists") || err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+    let (code, _, err) = skelpi(&["keygen", "--out", path.to_str().unwrap(), "--force"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), first);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

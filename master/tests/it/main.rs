@@ -1,0 +1,4 @@
+//! Integration tests of skelpi: the library against in-process agents, and
+//! the real `skelpi` and `skelpi-agent` binaries.
+
+mod cli;
