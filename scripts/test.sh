@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The project's test command: ./scripts/test.sh [NEXTEST-ARGS...]
+#
+# On a fresh Debian machine, as root, it installs what the tests need, then
+# builds the workspace once, runs every test (with cargo-nextest when it can)
+# and the doctests. Extra arguments go to nextest, e.g. a filter:
+#   ./scripts/test.sh key::
+# `./scripts/test.sh --setup-only` does the set-up and stops (.ci/run uses it
+# before clippy).
+#
+# Exit status: 0 all passed; 2 set-up impossible; otherwise that of the
+# step that failed (cargo: 101, nextest: 100).
+set -euo pipefail
+
+# Debian packages the tests use. Add new ones here, one per line.
+APT_PACKAGES=(
+    iproute2    # ip netns: multi-host tests in network namespaces
+    avahi-utils # avahi-browse: reads our mDNS records as standard DNS-SD
+)
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+die() {
+    local status=$1
+    shift
+    printf 'test.sh: %s\n' "$*" >&2
+    exit "$status"
+}
+
+setup_only=false
+if [[ ${1-} == --setup-only ]]; then
+    setup_only=true
+    shift
+fi
+
+# --- set-up -----------------------------------------------------------------
+
+step "system packages: ${APT_PACKAGES[*]}"
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+if ((${#missing[@]} == 0)); then
+    echo "all installed"
+elif [[ $(id -u) -ne 0 ]]; then
+    die 2 "missing Debian packages: ${missing[*]}; run as root, or install them:" \
+        "apt-get install --no-install-recommends ${missing[*]}"
+else
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+step "rust components: rustfmt clippy"
+command -v cargo >/dev/null || die 2 "cargo not found: install a Rust toolchain (rustup) first"
+components=()
+cargo fmt --version >/dev/null 2>&1 || components+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || components+=(clippy)
+if ((${#components[@]} == 0)); then
+    echo "all installed"
+elif command -v rustup >/dev/null; then
+    rustup component add "${components[@]}"
+else
+    die 2 "missing rust components: ${components[*]}, and no rustup to add them"
+fi
+
+step "cargo-nextest"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest --version | head -n1
+else
+    echo "not found: cargo install --locked cargo-nextest"
+    cargo install --locked cargo-nextest ||
+        echo "test.sh: could not install cargo-nextest; falling back to cargo test" >&2
+fi
+
+if $setup_only; then
+    exit 0
+fi
+
+# --- build and test ---------------------------------------------------------
+
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run --workspace --no-fail-fast $*"
+    cargo nextest run --workspace --no-fail-fast "$@"
+else
+    step "cargo test --workspace --no-fail-fast $* (nextest unavailable)"
+    cargo test --workspace --no-fail-fast "$@"
+fi
+
+step "cargo test --workspace --doc"
+cargo test --workspace --doc
