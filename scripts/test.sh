@@ -85,6 +85,9 @@ fi
 step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
+step "architecture invariants"
+./scripts/check-invariants.sh
+
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run --workspace --no-fail-fast $*"
     cargo nextest run --workspace --no-fail-fast "$@"
