@@ -28,6 +28,7 @@ pub mod key;
 pub mod local;
 pub mod logging;
 pub mod node;
+pub mod process;
 pub mod roles;
 pub mod server;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! The real `skelpi-agent` binary: key checks, clean shutdown, and bounded
 //! memory under a stream of bad peers.
 
-use super::support::{AgentProcess, TempDir, key_file, run_agent};
+use super::support::{TempDir, key_file, run_agent, start_agent};
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use skelpi_agent::key::ClusterKey;
@@ -35,21 +35,17 @@ fn refuses_a_group_or_world_readable_key() {
 fn sigterm_shuts_down_cleanly_with_exit_zero() {
     let dir = TempDir::new("term");
     let path = key_file(&dir.0, "cluster.key", &ClusterKey::generate().unwrap());
-    let mut agent = AgentProcess::start(&[
+    let mut agent = start_agent(&[
         "--no-mdns",
         "--listen",
         "127.0.0.1:0",
         "--key-file",
         path.to_str().unwrap(),
     ]);
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &agent.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = agent.child.wait().unwrap();
+    let lines = std::mem::replace(&mut agent.lines, std::sync::mpsc::channel().1);
+    let exit = agent.terminate().unwrap();
     assert_eq!(exit.code(), Some(0));
-    let said: Vec<String> = agent.lines.try_iter().collect();
+    let said: Vec<String> = lines.try_iter().collect();
     assert!(said.iter().any(|l| l.contains("shutting down")), "{said:?}");
 }
 
@@ -101,7 +97,7 @@ fn bad_peers_are_refused_without_growing_memory() {
     let dir = TempDir::new("bad");
     let key = ClusterKey::generate().unwrap();
     let path = key_file(&dir.0, "cluster.key", &key);
-    let agent = AgentProcess::start(&[
+    let agent = start_agent(&[
         "--no-mdns",
         "--listen",
         "127.0.0.1:0",
@@ -115,7 +111,7 @@ fn bad_peers_are_refused_without_growing_memory() {
             bad_peer(agent.addr, i, &wrong).await;
         }
         good_ping(agent.addr, &key).await;
-        let before = agent.rss();
+        let before = agent.rss().unwrap();
         for i in 0..1000 {
             bad_peer(agent.addr, i, &wrong).await;
             if i % 250 == 0 {
@@ -123,7 +119,7 @@ fn bad_peers_are_refused_without_growing_memory() {
             }
         }
         good_ping(agent.addr, &key).await;
-        let after = agent.rss();
+        let after = agent.rss().unwrap();
         let growth = after.saturating_sub(before);
         eprintln!("agent RSS before {before} B, after 1000 bad peers {after} B, growth {growth} B");
         assert!(growth <= 1 << 20, "RSS grew by {growth} bytes");

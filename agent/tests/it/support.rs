@@ -1,12 +1,10 @@
 //! Shared test helpers: temporary key files, a running agent binary.
 
 use skelpi_agent::key::ClusterKey;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+pub use skelpi_agent::process::AgentProcess;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 /// A directory under the system temp dir, removed on drop.
@@ -40,66 +38,14 @@ pub fn key_file(dir: &Path, name: &str, key: &ClusterKey) -> PathBuf {
     p
 }
 
-/// A `skelpi-agent` process; killed on drop if still running.
-pub struct AgentProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub lines: mpsc::Receiver<String>,
-}
-
-impl AgentProcess {
-    /// Starts the agent binary and waits (bounded) for its "listening on" line.
-    pub fn start(args: &[&str]) -> AgentProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skelpi-agent"))
-            .args(args)
-            .env_remove("JOURNAL_STREAM")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn skelpi-agent");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("agent printed its listening line within 20 s");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split([',', ' ']).next().unwrap().parse().unwrap();
-            }
-        };
-        AgentProcess {
-            child,
-            addr,
-            lines: rx,
-        }
-    }
-
-    /// Resident set size of the process, bytes.
-    pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kib * 1024
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the agent binary built with these tests.
+pub fn start_agent(args: &[&str]) -> AgentProcess {
+    AgentProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_skelpi-agent")),
+        args,
+        Duration::from_secs(20),
+    )
+    .expect("agent starts")
 }
 
 /// Runs a command and returns (exit code, stderr).
