@@ -45,14 +45,14 @@ impl LocalAgent {
         let addr = std_listener.local_addr()?;
         let listener = async_net::TcpListener::try_from(std_listener)?;
         let info = identity::local_info(name, None, opts.workers, addr.port());
-        let config = Arc::new(ServerConfig {
-            info: info.clone(),
+        let config = Arc::new(ServerConfig::new(
+            info.clone(),
             key,
-            accept: AcceptOptions {
+            AcceptOptions {
                 allow_plaintext: opts.allow_plaintext,
                 ..AcceptOptions::default()
             },
-        });
+        ));
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name(format!("agent-{name}"))

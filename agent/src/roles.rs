@@ -3,19 +3,42 @@
 
 use crate::wire::WireError;
 use crate::wire::handshake::Established;
+use futures_lite::future;
 use skelpi_proto::{AgentInfo, ErrorCode, ErrorReply, Message};
 use std::net::SocketAddr;
 
-/// Serves one authenticated connection until the master leaves.
-pub async fn serve_session(est: Established, peer: SocketAddr, info: &AgentInfo) {
+/// Serves one authenticated connection until the master leaves or `stop`
+/// completes; in the latter case the master is told the agent is shutting
+/// down.
+pub async fn serve_session(
+    est: Established,
+    peer: SocketAddr,
+    info: &AgentInfo,
+    stop: impl Future<Output = ()>,
+) {
     let Established {
         mut sender,
         mut receiver,
         ..
     } = est;
     let mut bulk = Vec::new();
+    let mut stop = std::pin::pin!(stop);
     loop {
-        let received = match receiver.recv(&mut bulk).await {
+        let next = future::or(async { Some(receiver.recv(&mut bulk).await) }, async {
+            stop.as_mut().await;
+            None
+        })
+        .await;
+        let Some(next) = next else {
+            let bye = Message::Error(ErrorReply {
+                code: ErrorCode::ShuttingDown,
+                message: "agent is shutting down".into(),
+            });
+            let _ = sender.send(&bye).await;
+            sender.close();
+            return;
+        };
+        let received = match next {
             Ok(r) => r,
             Err(WireError::Closed) => {
                 log::info!("master {peer} disconnected");

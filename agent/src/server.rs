@@ -7,10 +7,17 @@ use crate::wire::handshake::{self, AcceptOptions};
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future;
 use skelpi_proto::AgentInfo;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Connections served at once unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// How long sessions get to say goodbye when the agent shuts down.
+const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 
 /// What a serving agent needs.
 #[derive(Debug)]
@@ -21,10 +28,26 @@ pub struct ServerConfig {
     pub key: ClusterKey,
     /// Handshake and frame limits.
     pub accept: AcceptOptions,
+    /// Connections served at once (handshakes included); more are closed
+    /// as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// A configuration with default limits.
+    pub fn new(info: AgentInfo, key: ClusterKey, accept: AcceptOptions) -> ServerConfig {
+        ServerConfig {
+            info,
+            key,
+            accept,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Serves connections from `listener` until `shutdown` completes; then stops
-/// accepting, ends every open session and returns.
+/// accepting, tells every open session to end (masters receive a
+/// "shutting down" error) and returns once they have, or after a short grace.
 ///
 /// Sessions run on a single-threaded executor owned by this call: the
 /// executor only moves bytes; CPU-bound work belongs on worker threads.
@@ -34,11 +57,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let ex = Rc::new(smol::LocalExecutor::new());
+    // Sessions hold a clone of `alive_tx`; `alive_rx` closes when all ended.
+    let (alive_tx, alive_rx) = async_channel::bounded::<()>(1);
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let accept_loop = {
+    let open = Rc::new(Cell::new(0usize));
+    let acceptor = {
         let ex = ex.clone();
-        async move {
-            let mut sessions: Vec<smol::Task<()>> = Vec::new();
+        ex.clone().spawn(async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(conn) => conn,
@@ -48,25 +73,37 @@ pub async fn serve(
                         continue;
                     }
                 };
-                sessions.retain(|t| !t.is_finished());
+                if open.get() >= config.max_connections {
+                    log::warn!(
+                        "refused connection from {peer}: {} connections open (the limit)",
+                        open.get()
+                    );
+                    continue;
+                }
+                open.set(open.get() + 1);
+                let guard = (open.clone(), alive_tx.clone());
                 let config = config.clone();
                 let stop = stop_rx.clone();
-                sessions.push(ex.spawn(session(stream, peer, config, stop)));
+                ex.spawn(async move {
+                    session(stream, peer, config, stop).await;
+                    guard.0.set(guard.0.get() - 1);
+                    drop(guard);
+                })
+                .detach();
             }
-        }
+        })
     };
-    // The accept loop is a task of its own so that it is polled only when a
-    // connection arrives, not every time a session wakes the executor.
-    let acceptor = ex.spawn(accept_loop);
     ex.run(shutdown).await;
     drop(acceptor);
     drop(stop_tx);
-    // Sessions see the closed stop channel and end; let them say goodbye.
-    ex.run(async {
-        while !ex.is_empty() {
-            future::yield_now().await;
-        }
-    })
+    ex.run(future::or(
+        async {
+            let _ = alive_rx.recv().await;
+        },
+        async {
+            async_io::Timer::after(GOODBYE_GRACE).await;
+        },
+    ))
     .await;
     Ok(())
 }
@@ -80,24 +117,33 @@ async fn session(
     let stopped = async {
         let _ = stop.recv().await;
     };
-    let run = async {
-        let est = match handshake::accept(stream, &config.key, &config.accept).await {
-            Ok(est) => est,
-            Err(e) => {
-                log::warn!("refused connection from {peer}: {e}");
-                return;
-            }
-        };
-        log::info!(
-            "master {peer} authenticated ({:?}{})",
-            est.cipher,
-            if est.plaintext {
-                ", plaintext transport"
-            } else {
-                ""
-            }
-        );
-        roles::serve_session(est, peer, &config.info).await;
+    let est = match future::or(
+        async { Some(handshake::accept(stream, &config.key, &config.accept).await) },
+        async {
+            stopped.await;
+            None
+        },
+    )
+    .await
+    {
+        None => return,
+        Some(Ok(est)) => est,
+        Some(Err(e)) => {
+            log::warn!("refused connection from {peer}: {e}");
+            return;
+        }
     };
-    future::or(run, stopped).await;
+    log::info!(
+        "master {peer} authenticated ({:?}{})",
+        est.cipher,
+        if est.plaintext {
+            ", plaintext transport"
+        } else {
+            ""
+        }
+    );
+    roles::serve_session(est, peer, &config.info, async {
+        let _ = stop.recv().await;
+    })
+    .await;
 }

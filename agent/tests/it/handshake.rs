@@ -215,3 +215,28 @@ fn malformed_frame_after_auth_is_skipped_and_the_connection_goes_on() {
         assert_eq!(got.msg, Message::Pong(Ping { nonce: 5 }));
     });
 }
+
+#[test]
+fn a_connected_master_is_told_when_the_agent_shuts_down() {
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        let stream = TcpStream::connect(agent.addr()).await.unwrap();
+        let mut est = handshake::connect(stream, &key, &Default::default())
+            .await
+            .unwrap();
+        let stopper = std::thread::spawn(move || drop(agent));
+        let mut bulk = Vec::new();
+        match est.receiver.recv(&mut bulk).await.unwrap().msg {
+            Message::Error(e) => {
+                assert_eq!(e.code, skelpi_proto::ErrorCode::ShuttingDown);
+                assert!(e.message.contains("shutting down"));
+            }
+            other => panic!("expected a shutdown notice, got {other:?}"),
+        }
+        assert!(matches!(
+            est.receiver.recv(&mut bulk).await,
+            Err(WireError::Closed)
+        ));
+        stopper.join().unwrap();
+    });
+}
