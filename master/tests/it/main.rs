@@ -2,3 +2,4 @@
 //! the real `skelpi` and `skelpi-agent` binaries.
 
 mod cli;
+mod discovery;
