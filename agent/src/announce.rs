@@ -141,17 +141,19 @@ impl Announcer {
             fullname,
         };
         let daemon = announcer.daemon.as_ref().expect("just set");
-        if ip.is_loopback() {
-            // mdns-sd 0.21 enables loopback by default; say so explicitly in
-            // case a later version changes its mind.
-            let kind = if ip.is_ipv4() {
-                IfKind::LoopbackV4
-            } else {
-                IfKind::LoopbackV6
+        if !ip.is_unspecified() {
+            // An agent bound to one address speaks mDNS on that address's
+            // interface only: no queries or announcements leak onto other
+            // networks (and a loopback agent stays on loopback).
+            let kind = match ip {
+                std::net::IpAddr::V4(_) if ip.is_loopback() => IfKind::LoopbackV4,
+                std::net::IpAddr::V6(_) if ip.is_loopback() => IfKind::LoopbackV6,
+                _ => IfKind::Addr(ip),
             };
             daemon
-                .enable_interface(kind)
-                .map_err(AnnounceError::daemon("enable loopback interface"))?;
+                .disable_interface(IfKind::All)
+                .and_then(|()| daemon.enable_interface(kind))
+                .map_err(AnnounceError::daemon("select the listening interface"))?;
         }
         daemon
             .register(service)

@@ -60,6 +60,9 @@ pub struct DiscoverOptions {
     pub timeout: Duration,
     /// Return early once this many distinct ids are resolved.
     pub expect: Option<usize>,
+    /// Browse on this network interface only (e.g. `lo`, `eth0`);
+    /// `None` browses on every interface.
+    pub interface: Option<String>,
 }
 
 /// Errors of [`discover`].
@@ -121,11 +124,18 @@ fn browse(
     opts: &DiscoverOptions,
 ) -> Result<HashMap<String, Seen>, DiscoverError> {
     let deadline = Instant::now() + opts.timeout;
-    // Loopback is on by default in mdns-sd 0.21; agents on 127.0.0.1 must
-    // stay visible if that default changes.
-    daemon
-        .enable_interface(IfKind::LoopbackV4)
-        .map_err(DiscoverError::daemon("enable loopback interface"))?;
+    match &opts.interface {
+        // Queries go out on the named interface only.
+        Some(name) => daemon
+            .disable_interface(IfKind::All)
+            .and_then(|()| daemon.enable_interface(IfKind::Name(name.clone())))
+            .map_err(DiscoverError::daemon("select the browsing interface"))?,
+        // Loopback is on by default in mdns-sd 0.21; agents on 127.0.0.1
+        // must stay visible if that default changes.
+        None => daemon
+            .enable_interface(IfKind::LoopbackV4)
+            .map_err(DiscoverError::daemon("enable loopback interface"))?,
+    }
     let events = daemon
         .browse(SERVICE_TYPE)
         .map_err(DiscoverError::daemon("browse"))?;

@@ -46,6 +46,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Browse on this network interface only (e.g. eth0, lo).
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
     },
     /// Measure each agent's small-message round-trip time.
     Ping {
@@ -95,6 +98,9 @@ struct PoolArgs {
     /// Cluster key file.
     #[arg(long, value_name = "PATH", global = true)]
     key_file: Option<PathBuf>,
+    /// Browse mDNS on this network interface only (e.g. eth0, lo).
+    #[arg(long, value_name = "NAME", global = true)]
+    interface: Option<String>,
     /// How long to browse mDNS for agents.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     discover_timeout: Duration,
@@ -191,10 +197,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("copy it to each agent (e.g. /etc/skelpi/cluster.key, mode 0600)");
             Ok(())
         }
-        Command::Discover { timeout, json } => {
+        Command::Discover {
+            timeout,
+            json,
+            interface,
+        } => {
             let agents = discover(&DiscoverOptions {
                 timeout,
                 expect: None,
+                interface,
             })?;
             if json {
                 let v: Vec<_> = agents
@@ -269,6 +280,7 @@ fn pool_options(p: &PoolArgs, fallback_local: bool) -> PoolOptions {
         agents: p.agents.clone(),
         local: p.local,
         discover_timeout: p.discover_timeout,
+        interface: p.interface.clone(),
         fallback_local,
         key_file: p.key_file.clone(),
         plaintext: p.plaintext,

@@ -22,6 +22,8 @@ pub struct PoolOptions {
     pub local: Option<usize>,
     /// How long to browse mDNS when neither is given.
     pub discover_timeout: Duration,
+    /// Browse on this network interface only.
+    pub interface: Option<String>,
     /// When discovery finds nobody, fall back to a local cluster of one
     /// agent per core (the main job does this; other commands fail).
     pub fallback_local: bool,
@@ -113,10 +115,12 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         (addrs, origin)
     } else {
         let timeout = opts.discover_timeout;
+        let interface = opts.interface.clone();
         let found = smol::unblock(move || {
             discover(&DiscoverOptions {
                 timeout,
                 expect: None,
+                interface,
             })
         })
         .await

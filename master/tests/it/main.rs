@@ -1,5 +1,6 @@
 //! Integration tests of skelpi: the library against in-process agents, and
 //! the real `skelpi` and `skelpi-agent` binaries.
 
+mod agents;
 mod cli;
 mod discovery;
