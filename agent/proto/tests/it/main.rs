@@ -8,3 +8,4 @@
 mod cases;
 mod golden;
 mod hostile;
+mod roundtrip;
