@@ -6,6 +6,7 @@
 //! golden files from the current encoder; review the diff before committing.
 
 mod cases;
+mod corpus;
 mod golden;
 mod hostile;
 mod roundtrip;
