@@ -165,7 +165,9 @@ fn a_matrix_without_tag_86_or_with_three_dimensions_is_bad_bulk() {
     // Shape [1, 2, 3]: only two dimensions are spoken.
     bad_bulk(&frame(&[
         ECHO_HEAD,
-        &[0xd8, 0x28, 0x82, 0x83, 0x01, 0x02, 0x03, 0xd8, 0x56, 0x58, 0x30],
+        &[
+            0xd8, 0x28, 0x82, 0x83, 0x01, 0x02, 0x03, 0xd8, 0x56, 0x58, 0x30,
+        ],
         &[0; 48],
     ]));
 }
@@ -173,7 +175,12 @@ fn a_matrix_without_tag_86_or_with_three_dimensions_is_bad_bulk() {
 #[test]
 fn an_indefinite_or_foreign_typed_array_is_bad_bulk() {
     // Indefinite-length byte string: cannot be read in place.
-    bad_bulk(&frame(&[ECHO_HEAD, &[0xd8, 0x56, 0x5f, 0x48], &[0; 8], &[0xff]]));
+    bad_bulk(&frame(&[
+        ECHO_HEAD,
+        &[0xd8, 0x56, 0x5f, 0x48],
+        &[0; 8],
+        &[0xff],
+    ]));
     // Tag 82 is f64 *big* endian: not ours.
     bad_bulk(&frame(&[ECHO_HEAD, &[0xd8, 0x52, 0x48], &[0; 8]]));
     // A CBOR array of floats (the 9 B/element form) is refused.
@@ -185,7 +192,10 @@ fn an_unknown_kind_is_named() {
     for (kind, bytes) in [
         (0, &[0x00][..]),
         (9, &[0x09]),
-        (u64::MAX, &[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        (
+            u64::MAX,
+            &[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ),
     ] {
         assert_eq!(
             decode(&frame(&[&[0x83], bytes, &[NULL, NULL]])),
@@ -292,7 +302,12 @@ fn the_encoder_refuses_what_the_decoder_would() {
     let mut out = Vec::new();
     let ping = Message::Ping(Ping { nonce: 1 });
     assert_eq!(
-        codec::encode_frame(&ping, Some((Shape::List(1), &[1.0])), DEFAULT_MAX_FRAME, &mut out),
+        codec::encode_frame(
+            &ping,
+            Some((Shape::List(1), &[1.0])),
+            DEFAULT_MAX_FRAME,
+            &mut out
+        ),
         Err(EncodeError::BulkMismatch {
             kind: "ping",
             what: "cannot carry an array"
