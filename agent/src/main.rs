@@ -1,1 +1,2 @@
+//! skelpi-agent binary: placeholder until the node runtime lands.
 fn main() {}

@@ -1,1 +1,2 @@
+//! The `skelpi` CLI: placeholder until the master library lands.
 fn main() {}
