@@ -156,7 +156,9 @@ pub fn decode_head(body: &[u8], frame_len: usize) -> Result<Option<Head>, Decode
         Descriptor::None => None,
         Descriptor::Array(shape) => {
             let byte_len = shape.byte_len().unwrap_or(u64::MAX);
-            if offset as u64 + byte_len != frame_len as u64 {
+            // A peer's byte-string length may be near 2^64: add with a check.
+            let end = (offset as u64).checked_add(byte_len);
+            if end != Some(frame_len as u64) {
                 return Err(DecodeError::BadBulk(format!(
                     "payload of {byte_len} bytes at offset {offset} does not end the frame of {frame_len} bytes"
                 )));

@@ -155,6 +155,9 @@ impl ServerPreamble {
                 cipher,
                 plaintext: true,
             },
+            // A refusal names no cipher: its byte is zero, as `encode` writes
+            // it, so that every accepted preamble has one encoding.
+            2 | 3 if b[7] != 0 => return Err(PreambleError::Malformed("cipher set in a refusal")),
             2 => Verdict::VersionMismatch,
             3 => Verdict::PlaintextRefused,
             _ => return Err(PreambleError::Malformed("unknown verdict")),
@@ -219,5 +222,98 @@ pub fn handshake_len(prefix: [u8; 2]) -> Result<usize, PreambleError> {
         ))
     } else {
         Ok(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every preamble a decoder accepts has exactly one encoding: decoding
+    /// then encoding gives back the same 8 bytes. Exhaustive over the two
+    /// bytes that carry choices.
+    #[test]
+    fn accepted_preambles_are_canonical() {
+        let mut accepted = (0, 0);
+        for b6 in 0..=255u8 {
+            for b7 in 0..=255u8 {
+                let b = [b'S', b'K', b'P', b'I', 0x12, 0x34, b6, b7];
+                if let Ok(p) = ClientPreamble::decode(b) {
+                    assert_eq!(p.encode(), b, "client {b:02x?}");
+                    accepted.0 += 1;
+                }
+                if let Ok(p) = ServerPreamble::decode(b) {
+                    assert_eq!(p.encode(), b, "server {b:02x?}");
+                    accepted.1 += 1;
+                }
+            }
+        }
+        // Client: 4 capability combinations. Server: 2 accepts x 2 ciphers + 2 refusals.
+        assert_eq!(accepted, (4, 6));
+    }
+
+    #[test]
+    fn a_refusal_naming_a_cipher_is_malformed() {
+        for verdict in [2, 3] {
+            let b = [b'S', b'K', b'P', b'I', 0, 1, verdict, 1];
+            assert_eq!(
+                ServerPreamble::decode(b),
+                Err(PreambleError::Malformed("cipher set in a refusal"))
+            );
+        }
+    }
+
+    #[test]
+    fn the_agent_picks_aes_only_when_both_ends_have_it() {
+        let client = |aes_hw, plaintext| ClientPreamble {
+            version: 1,
+            aes_hw,
+            plaintext,
+        };
+        let accept = |cipher, plaintext| Verdict::Accept { cipher, plaintext };
+        let cases = [
+            // (master aes, master plaintext, agent aes, agent allows plaintext) -> verdict
+            ((true, false, true, false), accept(Cipher::AesGcm, false)),
+            (
+                (true, false, false, false),
+                accept(Cipher::ChaChaPoly, false),
+            ),
+            (
+                (false, false, true, false),
+                accept(Cipher::ChaChaPoly, false),
+            ),
+            ((true, true, true, true), accept(Cipher::AesGcm, true)),
+            ((false, true, false, false), Verdict::PlaintextRefused),
+        ];
+        for ((c_aes, c_plain, a_aes, allow), want) in cases {
+            let got = answer(&client(c_aes, c_plain), 1, a_aes, allow);
+            assert_eq!(
+                got,
+                ServerPreamble {
+                    version: 1,
+                    verdict: want
+                }
+            );
+        }
+        // A version mismatch wins over everything else; the agent states its own.
+        let got = answer(&client(true, true), 2, true, false);
+        assert_eq!(
+            got,
+            ServerPreamble {
+                version: 2,
+                verdict: Verdict::VersionMismatch
+            }
+        );
+    }
+
+    #[test]
+    fn the_prologue_binds_both_preambles_in_order() {
+        let c = [1; PREAMBLE_LEN];
+        let s = [2; PREAMBLE_LEN];
+        let p = prologue(&c, &s);
+        assert_eq!(&p[..8], b"skelpi/1");
+        assert_eq!(p[8..16], c);
+        assert_eq!(p[16..], s);
+        assert_ne!(prologue(&s, &c), p);
     }
 }

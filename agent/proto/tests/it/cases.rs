@@ -1,0 +1,306 @@
+//! Helpers shared by the test modules: building and decoding frames, hex
+//! text, and the fixed cases that the golden files pin.
+
+use skelpi_proto::codec::{self, Decoded};
+use skelpi_proto::frame::DEFAULT_MAX_FRAME;
+use skelpi_proto::preamble::{Cipher, ClientPreamble, ServerPreamble, Verdict};
+use skelpi_proto::{AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, Shape};
+use std::fmt::Write as _;
+
+/// A message with the array it carries, if any.
+#[derive(Debug, Clone)]
+pub struct Framed {
+    pub msg: Message,
+    pub bulk: Option<(Shape, Vec<f64>)>,
+}
+
+impl Framed {
+    pub fn plain(msg: Message) -> Self {
+        Framed { msg, bulk: None }
+    }
+
+    pub fn with_bulk(msg: Message, shape: Shape, data: Vec<f64>) -> Self {
+        Framed {
+            msg,
+            bulk: Some((shape, data)),
+        }
+    }
+
+    /// The whole frame, prefix included, under the default limit.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let bulk = self.bulk.as_ref().map(|(s, d)| (*s, d.as_slice()));
+        codec::encode_frame(&self.msg, bulk, DEFAULT_MAX_FRAME, &mut wire)
+            .expect("test frames encode");
+        wire
+    }
+
+    /// Asserts that `wire` is exactly one frame holding this message, with
+    /// floats compared bit for bit (so NaN payloads count).
+    pub fn assert_decodes_from(&self, wire: &[u8]) {
+        let mut floats = vec![f64::NAN; 3]; // stale contents must be replaced
+        let decoded = codec::decode_frame(wire, DEFAULT_MAX_FRAME, &mut floats)
+            .unwrap_or_else(|e| panic!("{} does not decode: {e}", self.msg.kind_name()));
+        let Decoded::Frame {
+            msg,
+            bulk,
+            consumed,
+        } = decoded
+        else {
+            panic!("a whole frame reported as incomplete: {decoded:?}");
+        };
+        assert_eq!(msg, self.msg);
+        assert_eq!(consumed, wire.len(), "frame does not span the buffer");
+        assert_eq!(bulk, self.bulk.as_ref().map(|b| b.0));
+        if let Some((_, data)) = &self.bulk {
+            assert_eq!(bits(&floats), bits(data), "payload differs");
+        }
+    }
+}
+
+/// Floats as bit patterns, so that NaNs compare equal to themselves.
+pub fn bits(data: &[f64]) -> Vec<u64> {
+    data.iter().map(|x| x.to_bits()).collect()
+}
+
+/// What one golden file holds.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// A frame, length prefix included.
+    Frame(Framed),
+    /// The master's 8-byte preamble.
+    Client(ClientPreamble),
+    /// The agent's 8-byte preamble.
+    Server(ServerPreamble),
+}
+
+impl Value {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Value::Frame(f) => f.encode(),
+            Value::Client(p) => p.encode().to_vec(),
+            Value::Server(p) => p.encode().to_vec(),
+        }
+    }
+
+    /// Asserts that `bytes` decode back to this value.
+    pub fn assert_decodes_from(&self, bytes: &[u8]) {
+        match self {
+            Value::Frame(f) => f.assert_decodes_from(bytes),
+            Value::Client(p) => {
+                let b = bytes.try_into().expect("a preamble is 8 bytes");
+                assert_eq!(ClientPreamble::decode(b).as_ref(), Ok(p));
+            }
+            Value::Server(p) => {
+                let b = bytes.try_into().expect("a preamble is 8 bytes");
+                assert_eq!(ServerPreamble::decode(b).as_ref(), Ok(p));
+            }
+        }
+    }
+}
+
+/// One golden case: its file stem, a line saying what it is, and the value.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub value: Value,
+}
+
+/// The agent every `welcome` case describes.
+pub fn sample_agent() -> AgentInfo {
+    AgentInfo {
+        id: "0123456789abcdef".into(),
+        name: "pi-1".into(),
+        version: skelpi_proto::PROTOCOL_VERSION,
+        arch: "aarch64".into(),
+        cores: 4,
+        memory_bytes: 4 << 30,
+        port: 7878,
+    }
+}
+
+/// Every golden case. Adding one here and running with `SKELPI_BLESS=1`
+/// creates its file.
+pub fn golden_cases() -> Vec<Case> {
+    let chunk = Chunk {
+        id: 1,
+        offset: 0,
+        total: 3,
+    };
+    let frame = |f| Value::Frame(f);
+    vec![
+        Case {
+            name: "ping",
+            about: "ping, nonce 1000000 (a 4-byte CBOR integer)",
+            value: frame(Framed::plain(Message::Ping(Ping { nonce: 1_000_000 }))),
+        },
+        Case {
+            name: "pong",
+            about: "pong answering the golden ping",
+            value: frame(Framed::plain(Message::Pong(Ping { nonce: 1_000_000 }))),
+        },
+        Case {
+            name: "hello",
+            about: "hello from master \"laptop\"",
+            value: frame(Framed::plain(Message::Hello(Hello {
+                master: "laptop".into(),
+            }))),
+        },
+        Case {
+            name: "welcome",
+            about: "welcome from a 4-core aarch64 agent with 4 GiB on port 7878",
+            value: frame(Framed::plain(Message::Welcome(sample_agent()))),
+        },
+        Case {
+            name: "echo_list",
+            about: "echo of the list [1.5, -2.0, 3.25], chunk id 1 offset 0 total 3",
+            value: frame(Framed::with_bulk(
+                Message::Echo(chunk),
+                Shape::List(3),
+                vec![1.5, -2.0, 3.25],
+            )),
+        },
+        Case {
+            name: "echo_matrix",
+            about: "echo of the 2x3 matrix [[1, 2, 3], [4, 5, 6]], row-major",
+            value: frame(Framed::with_bulk(
+                Message::Echo(Chunk {
+                    id: 2,
+                    offset: 0,
+                    total: 6,
+                }),
+                Shape::Matrix { rows: 2, cols: 3 },
+                vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            )),
+        },
+        Case {
+            name: "echo_reply_list",
+            about: "echo-reply of the golden echo_list",
+            value: frame(Framed::with_bulk(
+                Message::EchoReply(chunk),
+                Shape::List(3),
+                vec![1.5, -2.0, 3.25],
+            )),
+        },
+        Case {
+            name: "echo_empty",
+            about: "echo of an empty list: tag 86 over a zero-length byte string",
+            value: frame(Framed::with_bulk(
+                Message::Echo(Chunk {
+                    id: 3,
+                    offset: 0,
+                    total: 0,
+                }),
+                Shape::List(0),
+                vec![],
+            )),
+        },
+        Case {
+            name: "error",
+            about: "error reply: unsupported, \"no such kernel\"",
+            value: frame(Framed::plain(Message::Error(ErrorReply {
+                code: ErrorCode::Unsupported,
+                message: "no such kernel".into(),
+            }))),
+        },
+        Case {
+            name: "bye",
+            about: "bye: the smallest frame, [8, null, null]",
+            value: frame(Framed::plain(Message::Bye)),
+        },
+        Case {
+            name: "client_preamble",
+            about: "master preamble: version 1, AES hardware, encrypted transport",
+            value: Value::Client(ClientPreamble {
+                version: 1,
+                aes_hw: true,
+                plaintext: false,
+            }),
+        },
+        Case {
+            name: "client_preamble_plaintext",
+            about: "master preamble: version 1, no AES hardware, asks for plaintext",
+            value: Value::Client(ClientPreamble {
+                version: 1,
+                aes_hw: false,
+                plaintext: true,
+            }),
+        },
+        Case {
+            name: "server_preamble_accept_aes",
+            about: "agent preamble: version 1, accept with AES-GCM, encrypted",
+            value: Value::Server(ServerPreamble {
+                version: 1,
+                verdict: Verdict::Accept {
+                    cipher: Cipher::AesGcm,
+                    plaintext: false,
+                },
+            }),
+        },
+        Case {
+            name: "server_preamble_accept_chacha_plaintext",
+            about: "agent preamble: version 1, accept with ChaChaPoly, plaintext after auth",
+            value: Value::Server(ServerPreamble {
+                version: 1,
+                verdict: Verdict::Accept {
+                    cipher: Cipher::ChaChaPoly,
+                    plaintext: true,
+                },
+            }),
+        },
+        Case {
+            name: "server_preamble_version_mismatch",
+            about: "agent preamble: version 1, refuses a master of another version",
+            value: Value::Server(ServerPreamble {
+                version: 1,
+                verdict: Verdict::VersionMismatch,
+            }),
+        },
+        Case {
+            name: "server_preamble_plaintext_refused",
+            about: "agent preamble: version 1, refuses plaintext",
+            value: Value::Server(ServerPreamble {
+                version: 1,
+                verdict: Verdict::PlaintextRefused,
+            }),
+        },
+    ]
+}
+
+/// Hex text as written to golden files: 32 bytes a line, lower case.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for line in bytes.chunks(32) {
+        for b in line {
+            write!(s, "{b:02x}").unwrap();
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Parses hex text, skipping whitespace and `#` comment lines.
+pub fn from_hex(text: &str) -> Vec<u8> {
+    let digits: Vec<u8> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.bytes())
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    assert!(digits.len() % 2 == 0, "odd number of hex digits");
+    digits
+        .chunks(2)
+        .map(|p| {
+            let p = std::str::from_utf8(p).expect("hex is ascii");
+            u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("bad hex digits {p:?}"))
+        })
+        .collect()
+}
+
+/// A directory under `agent/proto/tests/`.
+pub fn tests_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name)
+}
