@@ -29,6 +29,7 @@ pub mod local;
 pub mod logging;
 pub mod node;
 pub mod process;
+pub mod raw_echo;
 pub mod roles;
 pub mod server;
 pub mod wire;

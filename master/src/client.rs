@@ -1,5 +1,6 @@
 //! One authenticated connection from the master to an agent.
 
+use crate::bench::baseline::RawClient;
 use async_net::TcpStream;
 use futures_lite::future;
 use skelpi_agent::key::ClusterKey;
@@ -282,6 +283,39 @@ impl AgentConn {
         };
         future::try_zip(send, recv).await?;
         Ok(())
+    }
+
+    /// Asks the agent for a raw TCP echo socket (the benchmark baseline)
+    /// and connects to it.
+    pub async fn open_raw_echo(&mut self) -> Result<RawClient, ClientError> {
+        let addr = self.addr;
+        self.sender
+            .send(&Message::RawEchoOpen)
+            .await
+            .map_err(|source| ClientError::Wire { addr, source })?;
+        let reply = self.receiver.recv(&mut self.scratch).await;
+        let port = match reply
+            .map_err(|source| ClientError::Wire { addr, source })?
+            .msg
+        {
+            Message::RawEchoReady(r) => r.port,
+            Message::Error(e) => {
+                return Err(ClientError::Agent {
+                    addr,
+                    message: e.message,
+                });
+            }
+            other => {
+                return Err(ClientError::Protocol {
+                    addr,
+                    what: format!("answered raw-echo-open with {}", other.kind_name()),
+                });
+            }
+        };
+        let raw = SocketAddr::new(addr.ip(), port);
+        RawClient::connect(raw)
+            .await
+            .map_err(|source| ClientError::Connect { addr: raw, source })
     }
 
     /// Says goodbye and closes the connection.

@@ -10,7 +10,7 @@
 
 use crate::bulk::{self, Descriptor, Shape};
 use crate::frame::{self, LEN_PREFIX};
-use crate::message::{Chunk, ErrorReply, Hello, Ping, kind_name};
+use crate::message::{Chunk, ErrorReply, Hello, Ping, RawEchoReady, kind_name};
 use crate::{AgentInfo, DecodeError, EncodeError, Message};
 use ciborium_ll::{Decoder, Encoder, Header};
 use serde::de::DeserializeOwned;
@@ -93,7 +93,8 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::Ping(b) | Message::Pong(b) => ciborium::into_writer(b, &mut *out),
         Message::Echo(b) | Message::EchoReply(b) => ciborium::into_writer(b, &mut *out),
         Message::Error(b) => ciborium::into_writer(b, &mut *out),
-        Message::Bye => ciborium::into_writer(&(), &mut *out),
+        Message::Bye | Message::RawEchoOpen => ciborium::into_writer(&(), &mut *out),
+        Message::RawEchoReady(b) => ciborium::into_writer(b, &mut *out),
     };
     body.map_err(|e| EncodeError::Body(e.to_string()))?;
     bulk::write_descriptor(&mut Encoder::from(&mut *out), shape).map_err(io)?;
@@ -221,6 +222,11 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
             body::<()>(kind, rest)?;
             Message::Bye
         }
+        9 => {
+            body::<()>(kind, rest)?;
+            Message::RawEchoOpen
+        }
+        10 => Message::RawEchoReady(body::<RawEchoReady>(kind, rest)?),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

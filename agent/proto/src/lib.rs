@@ -41,7 +41,7 @@ pub mod preamble;
 pub use bulk::Shape;
 pub use error::{DecodeError, EncodeError};
 pub use info::AgentInfo;
-pub use message::{Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, kind_name};
+pub use message::{Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, kind_name};
 
 /// The wire protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

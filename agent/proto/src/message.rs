@@ -28,6 +28,19 @@ pub enum Message {
     Error(ErrorReply),
     /// Either side: I am closing this connection on purpose.
     Bye,
+    /// Master → agent: open a one-shot raw TCP echo socket for this master,
+    /// the baseline that benchmarks compare skelpi with on the same agent.
+    RawEchoOpen,
+    /// Agent → master: the raw echo socket listens on this port; it accepts
+    /// one connection from this master's address, for this session only.
+    RawEchoReady(RawEchoReady),
+}
+
+/// Where the raw echo baseline listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawEchoReady {
+    /// TCP port on the agent's address.
+    pub port: u16,
 }
 
 /// The master's greeting.
@@ -95,6 +108,8 @@ impl Message {
             Message::EchoReply(_) => 6,
             Message::Error(_) => 7,
             Message::Bye => 8,
+            Message::RawEchoOpen => 9,
+            Message::RawEchoReady(_) => 10,
         }
     }
 
@@ -120,6 +135,8 @@ pub fn kind_name(kind: u64) -> &'static str {
         6 => "echo-reply",
         7 => "error",
         8 => "bye",
+        9 => "raw-echo-open",
+        10 => "raw-echo-ready",
         _ => "unknown",
     }
 }

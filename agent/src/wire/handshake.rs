@@ -80,6 +80,8 @@ pub struct Established {
     pub plaintext: bool,
     /// Socket byte counters, handshake included.
     pub stats: Arc<WireStats>,
+    /// This end's socket address.
+    pub local_addr: std::net::SocketAddr,
 }
 
 /// Why a handshake failed.
@@ -295,6 +297,7 @@ fn finish(
     max_frame: u32,
     stats: Arc<WireStats>,
 ) -> Result<Established, HandshakeError> {
+    let local_addr = stream.local_addr()?;
     let transport = noise.into_stateless_transport_mode().map_err(noise_err)?;
     let shared = if plaintext {
         None
@@ -309,6 +312,7 @@ fn finish(
         cipher,
         plaintext,
         stats,
+        local_addr,
     })
 }
 

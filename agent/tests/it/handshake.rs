@@ -143,7 +143,7 @@ fn garbage_and_huge_claims_before_auth_are_dropped() {
     let (agent, key) = agent(false);
     smol::block_on(async {
         for bytes in [
-            vec![0xff; 4],
+            vec![0xff; 8],
             b"GET / HTTP/1.1\r\n\r\n".to_vec(),
             [&b"SKPI\x00\x01\x00\x00"[..], &[0xff, 0xff]].concat(),
         ] {
@@ -238,5 +238,54 @@ fn a_connected_master_is_told_when_the_agent_shuts_down() {
             Err(WireError::Closed)
         ));
         stopper.join().unwrap();
+    });
+}
+
+#[test]
+fn raw_echo_baseline_serves_only_the_master_address() {
+    use std::io::{Read, Write};
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        let stream = TcpStream::connect(agent.addr()).await.unwrap();
+        let mut est = handshake::connect(stream, &key, &Default::default())
+            .await
+            .unwrap();
+        est.sender.send(&Message::RawEchoOpen).await.unwrap();
+        let mut bulk = Vec::new();
+        let port = match est.receiver.recv(&mut bulk).await.unwrap().msg {
+            Message::RawEchoReady(r) => r.port,
+            other => panic!("expected raw-echo-ready, got {other:?}"),
+        };
+        // Another address (127.0.0.2 is loopback too) is turned away...
+        let foreign =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        foreign
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+            .unwrap();
+        foreign
+            .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        let mut foreign: std::net::TcpStream = foreign.into();
+        let _ = foreign.write_all(b"echo me?");
+        foreign
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = foreign.read_to_end(&mut got);
+        assert!(got.is_empty(), "a foreign address was served");
+        // ...and the master's own address is echoed.
+        let mut own = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        own.write_all(&payload).unwrap();
+        let mut back = vec![0u8; payload.len()];
+        own.read_exact(&mut back).unwrap();
+        assert_eq!(back, payload);
+        // The session itself goes on.
+        est.sender
+            .send(&Message::Ping(Ping { nonce: 9 }))
+            .await
+            .unwrap();
+        let got = est.receiver.recv(&mut bulk).await.unwrap();
+        assert_eq!(got.msg, Message::Pong(Ping { nonce: 9 }));
     });
 }

@@ -55,8 +55,8 @@ pub fn rtt_table(r: &RttReport) -> String {
     }
     s.push_str(
         "MB/s counts the payload both ways; util is the busier direction's wire bits over the RTT\n\
-         against --link-mbps; vs raw is raw-TCP RTT / skelpi RTT for the same bytes, measured\n\
-         in this process on loopback (1.00 = as fast as raw TCP).\n",
+         against --link-mbps; vs raw is raw-TCP RTT / skelpi RTT for the same bytes, sent in the\n\
+         same run to the same agent's raw echo socket (1.00 = as fast as raw TCP).\n",
     );
     s
 }

@@ -6,7 +6,6 @@
 //! checked bit for bit outside the timed region. Wire bytes are counted on
 //! the socket, framing and encryption included.
 
-use super::baseline::{RawClient, RawEchoServer};
 use crate::client::ClientError;
 use crate::cluster::Cluster;
 use crate::stats::{median, quantile};
@@ -29,7 +28,8 @@ pub struct RttOptions {
     pub pings: usize,
     /// Link speed for the utilisation column, Mb/s.
     pub link_mbps: Option<f64>,
-    /// Also measure raw TCP on loopback in this process, for the ratio column.
+    /// Also measure raw TCP to each agent's raw echo socket, for the ratio
+    /// column.
     pub baseline: bool,
     /// Seed of the random inputs.
     pub seed: u64,
@@ -105,14 +105,6 @@ pub async fn run(
     opts: &RttOptions,
     progress: &ProgressBar,
 ) -> Result<RttReport, ClientError> {
-    let raw = if opts.baseline {
-        let server = RawEchoServer::start().map_err(raw_err)?;
-        let client = RawClient::connect(server.addr()).await.map_err(raw_err)?;
-        Some((server, client))
-    } else {
-        None
-    };
-    let mut raw = raw;
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut rows = Vec::new();
     let mut out = Vec::new();
@@ -139,6 +131,11 @@ pub async fn run(
     }));
     for agent in cluster.agents_mut() {
         let name = agent.info().name.clone();
+        let mut raw = if opts.baseline {
+            Some(agent.open_raw_echo().await?)
+        } else {
+            None
+        };
         progress.set_message(format!("{name}: ping"));
         if opts.pings > 0 {
             // Each skelpi ping is followed by a raw ping of the same wire
@@ -153,7 +150,7 @@ pub async fn run(
             let mut raw_rtts = Vec::with_capacity(opts.pings);
             for _ in 0..opts.pings {
                 rtts.push(agent.ping().await?);
-                if let Some((_, client)) = raw.as_mut() {
+                if let Some(client) = raw.as_mut() {
                     raw_rtts.push(client.echo(&msg, &mut back).await.map_err(raw_err)?);
                 }
             }
@@ -192,7 +189,7 @@ pub async fn run(
             let (s1, r1) = agent.wire_bytes();
             let reps = opts.repeats.max(1) as u64;
             let raw_rtt = match raw.as_mut() {
-                Some((_, client)) => {
+                Some(client) => {
                     let bytes = skelpi_proto::bulk::f64_bytes(&data);
                     let mut back = vec![0u8; bytes.len()];
                     let mut v = Vec::with_capacity(opts.repeats);
@@ -219,7 +216,6 @@ pub async fn run(
             ));
         }
     }
-    drop(raw);
     Ok(RttReport {
         origin: origin.to_owned(),
         transport,

@@ -4,7 +4,9 @@
 use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::DEFAULT_MAX_FRAME;
 use skelpi_proto::preamble::{Cipher, ClientPreamble, ServerPreamble, Verdict};
-use skelpi_proto::{AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, Shape};
+use skelpi_proto::{
+    AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape,
+};
 use std::fmt::Write as _;
 
 /// A message with the array it carries, if any.
@@ -208,6 +210,18 @@ pub fn golden_cases() -> Vec<Case> {
             name: "bye",
             about: "bye: the smallest frame, [8, null, null]",
             value: frame(Framed::plain(Message::Bye)),
+        },
+        Case {
+            name: "raw_echo_open",
+            about: "raw-echo-open: [9, null, null]",
+            value: frame(Framed::plain(Message::RawEchoOpen)),
+        },
+        Case {
+            name: "raw_echo_ready",
+            about: "raw-echo-ready: [10, {port: 40000}, null]",
+            value: frame(Framed::plain(Message::RawEchoReady(RawEchoReady {
+                port: 40000,
+            }))),
         },
         Case {
             name: "client_preamble",

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::{CHUNK_ELEMENTS, DEFAULT_MAX_FRAME, LEN_PREFIX};
 use skelpi_proto::{
-    AgentInfo, Chunk, EncodeError, ErrorCode, ErrorReply, Hello, Message, Ping, Shape,
+    AgentInfo, Chunk, EncodeError, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape,
 };
 
 /// Any f64 bit pattern, NaNs with payloads and signs included.
@@ -71,6 +71,8 @@ fn plain_message() -> impl Strategy<Value = Message> {
         (error_code(), any::<String>())
             .prop_map(|(code, message)| Message::Error(ErrorReply { code, message })),
         Just(Message::Bye),
+        Just(Message::RawEchoOpen),
+        any::<u16>().prop_map(|port| Message::RawEchoReady(RawEchoReady { port })),
     ]
 }
 
