@@ -137,7 +137,7 @@ struct RttArgs {
     /// Link speed in Mb/s, for the utilisation column.
     #[arg(long, value_name = "MBPS", global = true)]
     link_mbps: Option<f64>,
-    /// Skip the raw-TCP baseline (measured in this process on loopback).
+    /// Skip the raw-TCP baseline (raw TCP to the same agents, same run).
     #[arg(long, global = true)]
     no_baseline: bool,
     /// Seed of the random inputs.
