@@ -112,18 +112,7 @@ impl AgentConn {
         let mut scratch = Vec::new();
         let info = match receiver.recv(&mut scratch).await.map_err(wire)?.msg {
             Message::Welcome(info) => info,
-            Message::Error(e) => {
-                return Err(ClientError::Agent {
-                    addr,
-                    message: e.message,
-                });
-            }
-            other => {
-                return Err(ClientError::Protocol {
-                    addr,
-                    what: format!("answered hello with {}", other.kind_name()),
-                });
-            }
+            other => return Err(unexpected(addr, other, "answering hello")),
         };
         Ok(AgentConn {
             addr,
@@ -181,14 +170,7 @@ impl AgentConn {
             .msg
         {
             Message::Pong(p) if p.nonce == nonce => Ok(rtt),
-            Message::Error(e) => Err(ClientError::Agent {
-                addr: self.addr,
-                message: e.message,
-            }),
-            other => Err(ClientError::Protocol {
-                addr: self.addr,
-                what: format!("answered ping with {}", other.kind_name()),
-            }),
+            other => Err(unexpected(self.addr, other, "answering ping")),
         }
     }
 
@@ -258,18 +240,7 @@ impl AgentConn {
                         Message::EchoReply(_) => {
                             got += rec.bulk.and_then(|s| s.elements()).unwrap_or(0) as usize
                         }
-                        Message::Error(e) => {
-                            return Err(ClientError::Agent {
-                                addr,
-                                message: e.message,
-                            });
-                        }
-                        other => {
-                            return Err(ClientError::Protocol {
-                                addr,
-                                what: format!("unexpected {} during echo", other.kind_name()),
-                            });
-                        }
+                        other => return Err(unexpected(addr, other, "during echo")),
                     },
                     Err(source) => {
                         return Err(match refused {
@@ -299,18 +270,7 @@ impl AgentConn {
             .msg
         {
             Message::RawEchoReady(r) => r.port,
-            Message::Error(e) => {
-                return Err(ClientError::Agent {
-                    addr,
-                    message: e.message,
-                });
-            }
-            other => {
-                return Err(ClientError::Protocol {
-                    addr,
-                    what: format!("answered raw-echo-open with {}", other.kind_name()),
-                });
-            }
+            other => return Err(unexpected(addr, other, "answering raw-echo-open")),
         };
         let raw = SocketAddr::new(addr.ip(), port);
         RawClient::connect(raw)
@@ -329,6 +289,21 @@ impl AgentConn {
             addr: self.addr,
             source,
         }
+    }
+}
+
+/// The error for a message that is not the expected answer: the agent's
+/// own error report, or a protocol violation naming what came instead.
+fn unexpected(addr: SocketAddr, msg: Message, context: &str) -> ClientError {
+    match msg {
+        Message::Error(e) => ClientError::Agent {
+            addr,
+            message: e.message,
+        },
+        other => ClientError::Protocol {
+            addr,
+            what: format!("sent {} when {context}", other.kind_name()),
+        },
     }
 }
 

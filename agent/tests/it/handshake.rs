@@ -21,13 +21,24 @@ fn agent(allow_plaintext: bool) -> (LocalAgent, ClusterKey) {
     )
 }
 
-async fn ping_ok(agent: &LocalAgent, key: &ClusterKey, plaintext: bool) {
+/// An authenticated connection, and a clone of its socket for writing raw
+/// bytes behind the channel's back (meaningful in plaintext mode).
+async fn connect(
+    agent: &LocalAgent,
+    key: &ClusterKey,
+    plaintext: bool,
+) -> (skelpi_agent::wire::handshake::Established, TcpStream) {
     let stream = TcpStream::connect(agent.addr()).await.unwrap();
+    let raw = stream.clone();
     let opts = ConnectOptions {
         plaintext,
         ..Default::default()
     };
-    let mut est = handshake::connect(stream, key, &opts).await.unwrap();
+    (handshake::connect(stream, key, &opts).await.unwrap(), raw)
+}
+
+async fn ping_ok(agent: &LocalAgent, key: &ClusterKey, plaintext: bool) {
+    let (mut est, _) = connect(agent, key, plaintext).await;
     assert_eq!(est.plaintext, plaintext);
     est.sender
         .send(&Message::Hello(Hello { master: "t".into() }))
@@ -59,10 +70,7 @@ fn good_key_pings_encrypted_and_plaintext() {
 fn echo_returns_every_bit_across_chunks() {
     let (agent, key) = agent(false);
     smol::block_on(async {
-        let stream = TcpStream::connect(agent.addr()).await.unwrap();
-        let mut est = handshake::connect(stream, &key, &Default::default())
-            .await
-            .unwrap();
+        let (mut est, _) = connect(&agent, &key, false).await;
         let data: Vec<f64> = (0..70_000u64)
             .map(|i| f64::from_bits(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
             .collect();
@@ -162,13 +170,7 @@ fn garbage_and_huge_claims_before_auth_are_dropped() {
 fn oversized_frame_after_auth_gets_an_error_and_a_close() {
     let (agent, key) = agent(true);
     smol::block_on(async {
-        let stream = TcpStream::connect(agent.addr()).await.unwrap();
-        let mut raw = stream.clone();
-        let opts = ConnectOptions {
-            plaintext: true,
-            ..Default::default()
-        };
-        let mut est = handshake::connect(stream, &key, &opts).await.unwrap();
+        let (mut est, mut raw) = connect(&agent, &key, true).await;
         raw.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
         let mut bulk = Vec::new();
         match est.receiver.recv(&mut bulk).await.unwrap().msg {
@@ -187,13 +189,7 @@ fn oversized_frame_after_auth_gets_an_error_and_a_close() {
 fn malformed_frame_after_auth_is_skipped_and_the_connection_goes_on() {
     let (agent, key) = agent(true);
     smol::block_on(async {
-        let stream = TcpStream::connect(agent.addr()).await.unwrap();
-        let mut raw = stream.clone();
-        let opts = ConnectOptions {
-            plaintext: true,
-            ..Default::default()
-        };
-        let mut est = handshake::connect(stream, &key, &opts).await.unwrap();
+        let (mut est, mut raw) = connect(&agent, &key, true).await;
         // A well-framed 6-byte frame whose CBOR is not a message.
         raw.write_all(&[0, 0, 0, 6, 0x83, 0x18, 0x63, 0xa0, 0xf6, 0x00])
             .await
@@ -220,10 +216,7 @@ fn malformed_frame_after_auth_is_skipped_and_the_connection_goes_on() {
 fn a_connected_master_is_told_when_the_agent_shuts_down() {
     let (agent, key) = agent(false);
     smol::block_on(async {
-        let stream = TcpStream::connect(agent.addr()).await.unwrap();
-        let mut est = handshake::connect(stream, &key, &Default::default())
-            .await
-            .unwrap();
+        let (mut est, _) = connect(&agent, &key, false).await;
         let stopper = std::thread::spawn(move || drop(agent));
         let mut bulk = Vec::new();
         match est.receiver.recv(&mut bulk).await.unwrap().msg {
@@ -246,10 +239,7 @@ fn raw_echo_baseline_serves_only_the_master_address() {
     use std::io::{Read, Write};
     let (agent, key) = agent(false);
     smol::block_on(async {
-        let stream = TcpStream::connect(agent.addr()).await.unwrap();
-        let mut est = handshake::connect(stream, &key, &Default::default())
-            .await
-            .unwrap();
+        let (mut est, _) = connect(&agent, &key, false).await;
         est.sender.send(&Message::RawEchoOpen).await.unwrap();
         let mut bulk = Vec::new();
         let port = match est.receiver.recv(&mut bulk).await.unwrap().msg {

@@ -1,6 +1,7 @@
 //! Real `skelpi-agent` processes on 127.0.0.1, found by mDNS or named with
 //! `--agents`, driven by the real `skelpi` binary.
 
+use super::support::skelpi;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::process::AgentProcess;
 use std::path::{Path, PathBuf};
@@ -54,18 +55,6 @@ fn start(key: &Path, name: &str, mdns: bool) -> AgentProcess {
         args.push("--no-mdns");
     }
     AgentProcess::start(&agent_binary(), &args, Duration::from_secs(20)).unwrap()
-}
-
-fn skelpi(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skelpi"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

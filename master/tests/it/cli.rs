@@ -1,19 +1,6 @@
 //! The `skelpi` binary, driven as a user would.
 
-use std::process::Command;
-
-fn skelpi(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skelpi"))
-        .args(args)
-        .env_remove("SKELPI_KEY_FILE")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use super::support::skelpi;
 
 #[test]
 fn bench_rtt_on_a_local_cluster_prints_the_table() {
