@@ -10,7 +10,9 @@
 
 use crate::bulk::{self, Descriptor, Shape};
 use crate::frame::{self, LEN_PREFIX};
-use crate::message::{Chunk, ErrorReply, Hello, Ping, RawEchoReady, kind_name};
+use crate::message::{
+    Chunk, ErrorReply, Hello, Ping, RawEchoReady, TaskDone, TaskFailed, TaskHead, kind_name,
+};
 use crate::{AgentInfo, DecodeError, EncodeError, Message};
 use ciborium_ll::{Decoder, Encoder, Header};
 use serde::de::DeserializeOwned;
@@ -95,6 +97,9 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::Error(b) => ciborium::into_writer(b, &mut *out),
         Message::Bye | Message::RawEchoOpen => ciborium::into_writer(&(), &mut *out),
         Message::RawEchoReady(b) => ciborium::into_writer(b, &mut *out),
+        Message::Task(b) => ciborium::into_writer(b, &mut *out),
+        Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
+        Message::TaskFailed(b) => ciborium::into_writer(b, &mut *out),
     };
     body.map_err(|e| EncodeError::Body(e.to_string()))?;
     bulk::write_descriptor(&mut Encoder::from(&mut *out), shape).map_err(io)?;
@@ -227,6 +232,9 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
             Message::RawEchoOpen
         }
         10 => Message::RawEchoReady(body::<RawEchoReady>(kind, rest)?),
+        11 => Message::Task(body::<TaskHead>(kind, rest)?),
+        12 => Message::TaskDone(body::<TaskDone>(kind, rest)?),
+        13 => Message::TaskFailed(body::<TaskFailed>(kind, rest)?),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

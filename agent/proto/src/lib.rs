@@ -37,11 +37,15 @@ pub mod fuzzing;
 mod info;
 mod message;
 pub mod preamble;
+pub mod skeleton;
 
 pub use bulk::Shape;
 pub use error::{DecodeError, EncodeError};
 pub use info::AgentInfo;
-pub use message::{Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, kind_name};
+pub use message::{
+    Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, TaskDone, TaskFailed,
+    TaskHead, kind_name,
+};
 
 /// The wire protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

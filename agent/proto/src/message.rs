@@ -34,6 +34,42 @@ pub enum Message {
     /// Agent → master: the raw echo socket listens on this port; it accepts
     /// one connection from this master's address, for this session only.
     RawEchoReady(RawEchoReady),
+    /// Master → agent: run a kernel on the array that comes with it.
+    /// Carries bulk (the input).
+    Task(TaskHead),
+    /// Agent → master: a task's result. Carries bulk (the output).
+    TaskDone(TaskDone),
+    /// Agent → master: a task failed (kernel error, panic, unknown kernel).
+    TaskFailed(TaskFailed),
+}
+
+/// A task: which kernel to run, with what arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskHead {
+    /// Task id chosen by the master; the result carries it.
+    pub id: u64,
+    /// Kernel name.
+    pub kernel: String,
+    /// Kernel arguments.
+    pub args: Vec<f64>,
+}
+
+/// A finished task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDone {
+    /// The task's id.
+    pub id: u64,
+}
+
+/// A failed task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailed {
+    /// The task's id.
+    pub id: u64,
+    /// What went wrong, lower case.
+    pub error: String,
+    /// The kernel panicked (rather than returning an error).
+    pub panicked: bool,
 }
 
 /// Where the raw echo baseline listens.
@@ -110,6 +146,9 @@ impl Message {
             Message::Bye => 8,
             Message::RawEchoOpen => 9,
             Message::RawEchoReady(_) => 10,
+            Message::Task(_) => 11,
+            Message::TaskDone(_) => 12,
+            Message::TaskFailed(_) => 13,
         }
     }
 
@@ -120,7 +159,10 @@ impl Message {
 
     /// Whether this kind of message carries a bulk array.
     pub fn carries_bulk(&self) -> bool {
-        matches!(self, Message::Echo(_) | Message::EchoReply(_))
+        matches!(
+            self,
+            Message::Echo(_) | Message::EchoReply(_) | Message::Task(_) | Message::TaskDone(_)
+        )
     }
 }
 
@@ -137,6 +179,9 @@ pub fn kind_name(kind: u64) -> &'static str {
         8 => "bye",
         9 => "raw-echo-open",
         10 => "raw-echo-ready",
+        11 => "task",
+        12 => "task-done",
+        13 => "task-failed",
         _ => "unknown",
     }
 }

@@ -5,7 +5,8 @@ use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::DEFAULT_MAX_FRAME;
 use skelpi_proto::preamble::{Cipher, ClientPreamble, ServerPreamble, Verdict};
 use skelpi_proto::{
-    AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape,
+    AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape, TaskDone,
+    TaskFailed, TaskHead,
 };
 use std::fmt::Write as _;
 
@@ -210,6 +211,37 @@ pub fn golden_cases() -> Vec<Case> {
             name: "bye",
             about: "bye: the smallest frame, [8, null, null]",
             value: frame(Framed::plain(Message::Bye)),
+        },
+        Case {
+            name: "task",
+            about: "task: erf_burn(50) on a 2-element list",
+            value: frame(Framed::with_bulk(
+                Message::Task(TaskHead {
+                    id: 7,
+                    kernel: "erf_burn".into(),
+                    args: vec![50.0],
+                }),
+                Shape::List(2),
+                vec![0.5, -0.25],
+            )),
+        },
+        Case {
+            name: "task_done",
+            about: "task-done: the result of task 7",
+            value: frame(Framed::with_bulk(
+                Message::TaskDone(TaskDone { id: 7 }),
+                Shape::List(2),
+                vec![0.5, -0.25],
+            )),
+        },
+        Case {
+            name: "task_failed",
+            about: "task-failed: task 7 panicked",
+            value: frame(Framed::plain(Message::TaskFailed(TaskFailed {
+                id: 7,
+                error: "kernel panicked: boom".into(),
+                panicked: true,
+            }))),
         },
         Case {
             name: "raw_echo_open",

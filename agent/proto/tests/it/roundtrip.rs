@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::{CHUNK_ELEMENTS, DEFAULT_MAX_FRAME, LEN_PREFIX};
 use skelpi_proto::{
-    AgentInfo, Chunk, EncodeError, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape,
+    AgentInfo, Chunk, EncodeError, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady,
+    Shape, TaskDone, TaskFailed, TaskHead,
 };
 
 /// Any f64 bit pattern, NaNs with payloads and signs included.
@@ -73,6 +74,13 @@ fn plain_message() -> impl Strategy<Value = Message> {
         Just(Message::Bye),
         Just(Message::RawEchoOpen),
         any::<u16>().prop_map(|port| Message::RawEchoReady(RawEchoReady { port })),
+        (any::<u64>(), any::<String>(), any::<bool>()).prop_map(|(id, error, panicked)| {
+            Message::TaskFailed(TaskFailed {
+                id,
+                error,
+                panicked,
+            })
+        }),
     ]
 }
 
@@ -100,6 +108,18 @@ fn framed(max_elements: u64) -> impl Strategy<Value = Framed> {
                 Message::Echo(c)
             };
             Framed::with_bulk(msg, shape, data)
+        }),
+        (
+            any::<u64>(),
+            any::<String>(),
+            prop::collection::vec(-1e12f64..1e12, 0..4),
+            bulk(max_elements)
+        )
+            .prop_map(|(id, kernel, args, (shape, data))| {
+                Framed::with_bulk(Message::Task(TaskHead { id, kernel, args }), shape, data)
+            }),
+        (any::<u64>(), bulk(max_elements)).prop_map(|(id, (shape, data))| {
+            Framed::with_bulk(Message::TaskDone(TaskDone { id }), shape, data)
         }),
     ]
 }
