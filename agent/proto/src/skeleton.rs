@@ -231,7 +231,8 @@ mod tests {
 
     #[test]
     fn kernels_are_listed_in_tree_order() {
-        let names: Vec<&str> = nested().kernels().iter().map(|k| k.name.as_str()).collect();
+        let tree = nested();
+        let names: Vec<&str> = tree.kernels().iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["square", "erf_burn", "identity", "fail", "sum"]);
     }
 }
