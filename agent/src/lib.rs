@@ -24,6 +24,7 @@
 
 pub mod announce;
 pub mod identity;
+pub mod kernels;
 pub mod key;
 pub mod local;
 pub mod logging;
@@ -33,3 +34,4 @@ pub mod raw_echo;
 pub mod roles;
 pub mod server;
 pub mod wire;
+pub mod workers;

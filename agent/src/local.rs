@@ -52,7 +52,7 @@ impl LocalAgent {
                 allow_plaintext: opts.allow_plaintext,
                 ..AcceptOptions::default()
             },
-        ));
+        )?);
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name(format!("agent-{name}"))

@@ -84,14 +84,17 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.workers,
         if config.mdns { "on" } else { "off" }
     );
-    let server_config = Arc::new(ServerConfig::new(
-        info,
-        config.key,
-        AcceptOptions {
-            allow_plaintext: config.allow_plaintext,
-            ..AcceptOptions::default()
-        },
-    ));
+    let server_config = Arc::new(
+        ServerConfig::new(
+            info,
+            config.key,
+            AcceptOptions {
+                allow_plaintext: config.allow_plaintext,
+                ..AcceptOptions::default()
+            },
+        )
+        .map_err(NodeError::Serve)?,
+    );
     let served = smol::block_on(server::serve(listener, server_config, async {
         if let Some(sig) = signals.next().await {
             log::info!("received {sig:?}, shutting down");

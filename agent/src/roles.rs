@@ -1,33 +1,48 @@
-//! The roles an agent plays for a master. For now: ping and echo (the
-//! round-trip benchmark's far end).
+//! The roles an agent plays for a master on one connection: ping, echo
+//! (the round-trip benchmark's far end), the raw echo baseline, and tasks —
+//! kernel calls run on the agent's worker threads.
+//!
+//! # Implementation
+//! Two loops share the connection's [`Sender`]: the reader answers
+//! requests in order and queues tasks on the workers (waiting while their
+//! bounded queue is full, which stops reading and so throttles the
+//! master through TCP); the writer sends task outcomes as workers finish.
 
+use crate::kernels::Array;
 use crate::raw_echo;
-use crate::wire::WireError;
+use crate::server::ServerConfig;
 use crate::wire::handshake::Established;
+use crate::wire::{Sender, WireError};
+use crate::workers::Outcome;
 use futures_lite::future;
-use skelpi_proto::{AgentInfo, ErrorCode, ErrorReply, Message, RawEchoReady};
+use skelpi_proto::{
+    ErrorCode, ErrorReply, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
+};
+use smol::lock::Mutex;
 use std::net::SocketAddr;
 
 /// Serves one authenticated connection until the master leaves or `stop`
 /// completes; in the latter case the master is told the agent is shutting
-/// down.
+/// down. Tasks still running for this master are abandoned: their outcomes
+/// are dropped when the workers finish them.
 pub async fn serve_session(
     est: Established,
     peer: SocketAddr,
-    info: &AgentInfo,
+    config: &ServerConfig,
     stop: impl Future<Output = ()>,
 ) {
     let Established {
-        mut sender,
+        sender,
         mut receiver,
         local_addr,
         ..
     } = est;
+    let sender = Mutex::new(sender);
     let (raw_tx, raw_rx) = async_channel::bounded(1);
-    let raw = raw_echo::serve_opened(raw_rx, peer.ip());
+    let (done_tx, done_rx) = async_channel::bounded::<Outcome>(2 * config.workers.len());
     let mut bulk = Vec::new();
     let mut stop = std::pin::pin!(stop);
-    let session = async {
+    let reader = async {
         loop {
             let next = future::or(async { Some(receiver.recv(&mut bulk).await) }, async {
                 stop.as_mut().await;
@@ -39,8 +54,9 @@ pub async fn serve_session(
                     code: ErrorCode::ShuttingDown,
                     message: "agent is shutting down".into(),
                 });
-                let _ = sender.send(&bye).await;
-                sender.close();
+                let mut s = sender.lock().await;
+                let _ = s.send(&bye).await;
+                s.close();
                 return;
             };
             let received = match next {
@@ -51,62 +67,72 @@ pub async fn serve_session(
                 }
                 Err(e) => {
                     log::warn!("bad input from master {peer}: {e}");
-                    let reply = Message::Error(ErrorReply {
-                        code: ErrorCode::BadRequest,
-                        message: e.to_string(),
-                    });
-                    let sent = sender.send(&reply).await;
+                    let sent = sender
+                        .lock()
+                        .await
+                        .send(&error(ErrorCode::BadRequest, e.to_string()))
+                        .await;
                     if e.is_recoverable() && sent.is_ok() {
                         continue;
                     }
-                    sender.close();
+                    sender.lock().await.close();
                     return;
                 }
             };
             let result = match received.msg {
                 Message::Hello(hello) => {
                     log::info!("master {peer} is {:?}", hello.master);
-                    sender.send(&Message::Welcome(info.clone())).await
+                    let welcome = Message::Welcome(config.info.clone());
+                    sender.lock().await.send(&welcome).await
                 }
-                Message::Ping(p) => sender.send(&Message::Pong(p)).await,
+                Message::Ping(p) => sender.lock().await.send(&Message::Pong(p)).await,
                 Message::Echo(chunk) => match received.bulk {
                     Some(shape) => {
-                        sender
-                            .send_bulk(&Message::EchoReply(chunk), shape, &bulk)
-                            .await
+                        let reply = Message::EchoReply(chunk);
+                        sender.lock().await.send_bulk(&reply, shape, &bulk).await
                     }
                     None => Ok(()),
                 },
+                Message::Task(task) => {
+                    let shape = received.bulk.unwrap_or(Shape::List(0));
+                    let input = Array {
+                        shape,
+                        data: std::mem::take(&mut bulk),
+                    };
+                    start_task(config, task, input, &done_tx, &sender).await
+                }
+                Message::RawEchoOpen => {
+                    let reply = match open_raw_echo(local_addr.ip()) {
+                        Ok((listener, port)) => match raw_tx.try_send(listener) {
+                            Ok(()) => Message::RawEchoReady(RawEchoReady { port }),
+                            Err(_) => error(
+                                ErrorCode::BadRequest,
+                                "a raw echo socket is already open and unused".into(),
+                            ),
+                        },
+                        Err(e) => error(
+                            ErrorCode::Unsupported,
+                            format!("cannot open a raw echo socket: {e}"),
+                        ),
+                    };
+                    sender.lock().await.send(&reply).await
+                }
                 Message::Bye => {
                     log::info!("master {peer} said goodbye");
-                    sender.close();
+                    sender.lock().await.close();
                     return;
                 }
-                Message::RawEchoOpen => match open_raw_echo(local_addr.ip()) {
-                    Ok((listener, port)) => {
-                        let _ = raw_tx.try_send(listener);
-                        sender
-                            .send(&Message::RawEchoReady(RawEchoReady { port }))
-                            .await
-                    }
-                    Err(e) => {
-                        let reply = Message::Error(ErrorReply {
-                            code: ErrorCode::Unsupported,
-                            message: format!("cannot open a raw echo socket: {e}"),
-                        });
-                        sender.send(&reply).await
-                    }
-                },
                 Message::Error(e) => {
                     log::warn!("master {peer} reported an error: {}", e.message);
                     Ok(())
                 }
                 other => {
-                    let reply = Message::Error(ErrorReply {
-                        code: ErrorCode::Unsupported,
-                        message: format!("agent does not handle {} messages", other.kind_name()),
-                    });
-                    sender.send(&reply).await
+                    let what = format!("agent does not handle {} messages", other.kind_name());
+                    sender
+                        .lock()
+                        .await
+                        .send(&error(ErrorCode::Unsupported, what))
+                        .await
                 }
             };
             if let Err(e) = result {
@@ -115,7 +141,67 @@ pub async fn serve_session(
             }
         }
     };
-    future::or(session, raw).await;
+    let writer = async {
+        while let Ok((id, outcome)) = done_rx.recv().await {
+            let mut s = sender.lock().await;
+            let sent = match outcome {
+                Ok(out) => {
+                    s.send_bulk(&Message::TaskDone(TaskDone { id }), out.shape, &out.data)
+                        .await
+                }
+                Err(f) => {
+                    let failed = TaskFailed {
+                        id,
+                        error: f.message,
+                        panicked: f.panicked,
+                    };
+                    s.send(&Message::TaskFailed(failed)).await
+                }
+            };
+            if let Err(e) = sent {
+                log::warn!("cannot send a task result to master {peer}: {e}");
+                return;
+            }
+        }
+    };
+    let raw = raw_echo::serve_opened(raw_rx, peer.ip());
+    future::or(reader, future::or(writer, raw)).await;
+}
+
+/// Queues a task on the workers, or answers at once if its kernel is unknown.
+async fn start_task(
+    config: &ServerConfig,
+    task: TaskHead,
+    input: Array,
+    done: &async_channel::Sender<Outcome>,
+    sender: &Mutex<Sender>,
+) -> Result<(), WireError> {
+    match config.kernels.get(&task.kernel) {
+        Some(kernel) => {
+            config
+                .workers
+                .submit(task.id, kernel, task.args, input, done.clone())
+                .await;
+            Ok(())
+        }
+        None => {
+            let failed = TaskFailed {
+                id: task.id,
+                error: format!(
+                    "agent {} has no kernel {:?} (it has: {})",
+                    config.info.name,
+                    task.kernel,
+                    config.kernels.names().join(", ")
+                ),
+                panicked: false,
+            };
+            sender.lock().await.send(&Message::TaskFailed(failed)).await
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> Message {
+    Message::Error(ErrorReply { code, message })
 }
 
 /// Binds an ephemeral port on `ip` for a raw echo baseline.

@@ -1,9 +1,11 @@
 //! The agent's server: accepts masters, authenticates them, and serves each
 //! connection's requests until it closes or the agent shuts down.
 
+use crate::kernels::Registry;
 use crate::key::ClusterKey;
 use crate::roles;
 use crate::wire::handshake::{self, AcceptOptions};
+use crate::workers::Workers;
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future;
 use skelpi_proto::AgentInfo;
@@ -31,17 +33,29 @@ pub struct ServerConfig {
     /// Connections served at once (handshakes included); more are closed
     /// as soon as they are accepted.
     pub max_connections: usize,
+    /// The kernels this agent offers.
+    pub kernels: Registry,
+    /// The threads kernels run on, shared by all sessions.
+    pub workers: Workers,
 }
 
 impl ServerConfig {
-    /// A configuration with default limits.
-    pub fn new(info: AgentInfo, key: ClusterKey, accept: AcceptOptions) -> ServerConfig {
-        ServerConfig {
+    /// A configuration with the built-in kernels, `info.cores` worker
+    /// threads and default limits.
+    pub fn new(
+        info: AgentInfo,
+        key: ClusterKey,
+        accept: AcceptOptions,
+    ) -> std::io::Result<ServerConfig> {
+        let workers = Workers::new(info.cores as usize)?;
+        Ok(ServerConfig {
             info,
             key,
             accept,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-        }
+            kernels: Registry::builtin(),
+            workers,
+        })
     }
 }
 
@@ -142,7 +156,7 @@ async fn session(
             ""
         }
     );
-    roles::serve_session(est, peer, &config.info, async {
+    roles::serve_session(est, peer, &config, async {
         let _ = stop.recv().await;
     })
     .await;

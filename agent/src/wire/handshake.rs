@@ -30,7 +30,8 @@ pub struct ConnectOptions {
     /// Ask for a plaintext transport after authentication (benchmark
     /// networks only; the agent must allow it).
     pub plaintext: bool,
-    /// Largest frame accepted from the agent.
+    /// Largest frame accepted from the agent (default: the 16 MiB hard cap;
+    /// task arrays travel in one frame, echo arrays in chunks).
     pub max_frame: u32,
     /// Time allowed for the whole handshake.
     pub timeout: Duration,
@@ -40,7 +41,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             plaintext: false,
-            max_frame: skelpi_proto::frame::DEFAULT_MAX_FRAME,
+            max_frame: skelpi_proto::frame::HARD_MAX_FRAME,
             timeout: Duration::from_secs(5),
         }
     }
@@ -51,7 +52,8 @@ impl Default for ConnectOptions {
 pub struct AcceptOptions {
     /// Grant a master's request for a plaintext transport.
     pub allow_plaintext: bool,
-    /// Largest frame accepted from the master.
+    /// Largest frame accepted from the master once it has authenticated
+    /// (default: the 16 MiB hard cap).
     pub max_frame: u32,
     /// Time a peer has to complete the handshake.
     pub timeout: Duration,
@@ -61,7 +63,7 @@ impl Default for AcceptOptions {
     fn default() -> Self {
         AcceptOptions {
             allow_plaintext: false,
-            max_frame: skelpi_proto::frame::DEFAULT_MAX_FRAME,
+            max_frame: skelpi_proto::frame::HARD_MAX_FRAME,
             timeout: Duration::from_secs(5),
         }
     }

@@ -279,3 +279,60 @@ fn raw_echo_baseline_serves_only_the_master_address() {
         assert_eq!(got.msg, Message::Pong(Ping { nonce: 9 }));
     });
 }
+
+#[test]
+fn tasks_run_and_failures_come_back_as_task_errors() {
+    use skelpi_proto::{TaskDone, TaskHead};
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        let (mut est, _) = connect(&agent, &key, false).await;
+        let task = |id: u64, kernel: &str| {
+            Message::Task(TaskHead {
+                id,
+                kernel: kernel.into(),
+                args: vec![],
+            })
+        };
+        let input = [1.0, -2.0, 3.0];
+        for (id, kernel) in [
+            (1, "square"),
+            (2, "panic"),
+            (3, "no_such_kernel"),
+            (4, "fail"),
+        ] {
+            est.sender
+                .send_bulk(&task(id, kernel), Shape::List(3), &input)
+                .await
+                .unwrap();
+        }
+        let mut bulk = Vec::new();
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..4 {
+            let got = est.receiver.recv(&mut bulk).await.unwrap();
+            match got.msg {
+                Message::TaskDone(TaskDone { id }) => {
+                    assert_eq!(bulk, [1.0, 4.0, 9.0]);
+                    seen.insert(id, "done".to_owned());
+                }
+                Message::TaskFailed(f) => {
+                    seen.insert(f.id, format!("{} {}", f.panicked, f.error));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen[&1], "done");
+        assert!(seen[&2].starts_with("true kernel panicked"), "{}", seen[&2]);
+        assert!(
+            seen[&3].contains("no kernel \"no_such_kernel\"") && seen[&3].contains("square"),
+            "{}",
+            seen[&3]
+        );
+        assert!(
+            seen[&4].starts_with("false the fail kernel"),
+            "{}",
+            seen[&4]
+        );
+        // The agent survived the panic and still serves.
+        ping_ok(&agent, &key, false).await;
+    });
+}

@@ -1,0 +1,130 @@
+//! Kernels: the functions skeletons apply, registered by name.
+//!
+//! A kernel maps numeric arguments and an input array to an output array.
+//! Agents carry a [`Registry`]; a job names kernels, never ships code. Users
+//! add kernels by building their own agent with [`Registry::with`].
+//!
+//! # Examples
+//! ```
+//! use skelpi_agent::kernels::{Array, Registry};
+//! let reg = Registry::builtin();
+//! let square = reg.get("square").unwrap();
+//! let out = square.call(&[], Array::list(vec![1.0, -2.0, 3.0])).unwrap();
+//! assert_eq!(out.data, [1.0, 4.0, 9.0]);
+//! ```
+
+mod builtin;
+
+use skelpi_proto::Shape;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// An array of floats with its shape (row-major for matrices).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Array {
+    /// Its shape.
+    pub shape: Shape,
+    /// Its elements.
+    pub data: Vec<f64>,
+}
+
+impl Array {
+    /// A flat list.
+    pub fn list(data: Vec<f64>) -> Array {
+        Array {
+            shape: Shape::List(data.len() as u64),
+            data,
+        }
+    }
+
+    /// A `rows × cols` matrix; `None` if `data` does not hold that many elements.
+    pub fn matrix(rows: u64, cols: u64, data: Vec<f64>) -> Option<Array> {
+        let shape = Shape::Matrix { rows, cols };
+        (shape.elements() == Some(data.len() as u64)).then_some(Array { shape, data })
+    }
+}
+
+/// Why a kernel failed: its own words, lower case.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct KernelError(pub String);
+
+/// A kernel: a pure function of its arguments and input.
+pub trait Kernel: Send + Sync {
+    /// Runs the kernel. It may panic; callers catch that and report it.
+    fn call(&self, args: &[f64], input: Array) -> Result<Array, KernelError>;
+}
+
+impl<F> Kernel for F
+where
+    F: Fn(&[f64], Array) -> Result<Array, KernelError> + Send + Sync,
+{
+    fn call(&self, args: &[f64], input: Array) -> Result<Array, KernelError> {
+        self(args, input)
+    }
+}
+
+/// Kernels by name. Cheap to clone; fixed once the agent starts.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kernels: BTreeMap<String, Arc<dyn Kernel>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kernels.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// The built-in kernels: `identity`, `square`, `sum`, `max`, `scale(f)`,
+    /// `above(t)`, `erf_burn(c)`, `matmul_power(c, d)`, `sleep_ms(ms)`,
+    /// `fail`, `panic`.
+    pub fn builtin() -> Registry {
+        Registry {
+            kernels: builtin::all()
+                .into_iter()
+                .map(|(name, k)| (name.to_owned(), k))
+                .collect(),
+        }
+    }
+
+    /// Adds (or replaces) a kernel.
+    pub fn with(mut self, name: &str, kernel: impl Kernel + 'static) -> Registry {
+        self.kernels.insert(name.to_owned(), Arc::new(kernel));
+        self
+    }
+
+    /// The kernel registered under `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Kernel>> {
+        self.kernels.get(name).cloned()
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.kernels.keys().map(String::as_str).collect()
+    }
+}
+
+/// Reads argument `i` of `name` as a non-negative whole number.
+pub fn count_arg(name: &str, args: &[f64], i: usize, what: &str) -> Result<u64, KernelError> {
+    match args.get(i) {
+        Some(&v) if v >= 0.0 && v.fract() == 0.0 && v < 1e15 => Ok(v as u64),
+        Some(&v) => Err(KernelError(format!(
+            "{name}: argument {what} must be a whole number >= 0, got {v}"
+        ))),
+        None => Err(KernelError(format!(
+            "{name}: missing argument {what} (expected {name}({what}, ...))"
+        ))),
+    }
+}
+
+/// Reads argument `i` of `name` as a float.
+pub fn float_arg(name: &str, args: &[f64], i: usize, what: &str) -> Result<f64, KernelError> {
+    args.get(i).copied().ok_or_else(|| {
+        KernelError(format!(
+            "{name}: missing argument {what} (expected {name}({what}, ...))"
+        ))
+    })
+}

@@ -1,0 +1,164 @@
+//! Worker threads: where kernels run, one thread per core, never on the
+//! executor that moves bytes. The queue in front of them is bounded, so a
+//! master that sends faster than the cores compute is slowed down by TCP
+//! backpressure instead of growing the agent's memory.
+
+use crate::kernels::{Array, Kernel};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How a kernel call ended badly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong.
+    pub message: String,
+    /// The kernel panicked.
+    pub panicked: bool,
+}
+
+/// The result a worker sends back, tagged with the caller's id.
+pub type Outcome = (u64, Result<Array, Failure>);
+
+struct Job {
+    id: u64,
+    kernel: Arc<dyn Kernel>,
+    args: Vec<f64>,
+    input: Array,
+    reply: async_channel::Sender<Outcome>,
+}
+
+/// A fixed pool of worker threads with a bounded queue of jobs.
+#[derive(Debug)]
+pub struct Workers {
+    queue: async_channel::Sender<Job>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads (at least one); the queue holds `2 n` jobs.
+    pub fn new(n: usize) -> std::io::Result<Workers> {
+        let n = n.max(1);
+        let (queue, jobs) = async_channel::bounded::<Job>(2 * n);
+        let threads = (0..n)
+            .map(|i| {
+                let jobs = jobs.clone();
+                std::thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = jobs.recv_blocking() {
+                            let outcome = run(&*job.kernel, &job.args, job.input);
+                            // A gone caller (its session ended) is not an error.
+                            let _ = job.reply.send_blocking((job.id, outcome));
+                        }
+                    })
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Workers { queue, threads })
+    }
+
+    /// Number of worker threads.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Whether there are no workers (never: there is at least one).
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+
+    /// Queues a kernel call; waits while the queue is full. The outcome is
+    /// sent to `reply` with `id`.
+    pub async fn submit(
+        &self,
+        id: u64,
+        kernel: Arc<dyn Kernel>,
+        args: Vec<f64>,
+        input: Array,
+        reply: async_channel::Sender<Outcome>,
+    ) {
+        let job = Job {
+            id,
+            kernel,
+            args,
+            input,
+            reply,
+        };
+        // The queue closes only when `self` is dropped, which cannot happen
+        // while `self` is borrowed here.
+        let _ = self.queue.send(job).await;
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.queue.close();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs a kernel, turning a panic into a [`Failure`].
+fn run(kernel: &dyn Kernel, args: &[f64], input: Array) -> Result<Array, Failure> {
+    match catch_unwind(AssertUnwindSafe(|| kernel.call(args, input))) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(e)) => Err(Failure {
+            message: e.0,
+            panicked: false,
+        }),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(Failure {
+                message: format!("kernel panicked: {what}"),
+                panicked: true,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Registry;
+
+    #[test]
+    fn kernels_run_on_worker_threads_and_panics_are_failures() {
+        let workers = Workers::new(2).unwrap();
+        let reg = Registry::builtin().with("thread_name", |_: &[f64], _: Array| {
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            Ok(Array::list(vec![name.starts_with("worker-") as u8 as f64]))
+        });
+        let (tx, rx) = async_channel::bounded(8);
+        smol::block_on(async {
+            for (id, k) in [(1, "thread_name"), (2, "panic"), (3, "fail"), (4, "square")] {
+                let input = Array::list(vec![3.0]);
+                workers
+                    .submit(id, reg.get(k).unwrap(), vec![], input, tx.clone())
+                    .await;
+            }
+            let mut got: Vec<Outcome> = Vec::new();
+            for _ in 0..4 {
+                got.push(rx.recv().await.unwrap());
+            }
+            got.sort_by_key(|o| o.0);
+            assert_eq!(
+                got[0].1.as_ref().unwrap().data,
+                [1.0],
+                "ran on a worker thread"
+            );
+            let panic = got[1].1.as_ref().unwrap_err();
+            assert!(
+                panic.panicked && panic.message.contains("panics, as asked"),
+                "{panic:?}"
+            );
+            let fail = got[2].1.as_ref().unwrap_err();
+            assert!(!fail.panicked && fail.message.contains("fails"), "{fail:?}");
+            assert_eq!(got[3].1.as_ref().unwrap().data, [9.0]);
+        });
+    }
+}
