@@ -22,6 +22,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod announce;
 pub mod identity;
 pub mod kernels;

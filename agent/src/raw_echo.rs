@@ -4,8 +4,10 @@
 //!
 //! A master asks for it over its authenticated session
 //! ([`skelpi_proto::Message::RawEchoOpen`]); the agent binds an ephemeral
-//! port on the session's address and accepts one connection from the same
-//! master address. The socket lives no longer than the session.
+//! port on the session's address and answers with the port and a random
+//! token. It then accepts one connection from the same master address that
+//! sends that token first (compared in constant time), and echoes it. One
+//! raw echo per session; the socket lives no longer than the session.
 
 use async_net::{TcpListener, TcpStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
@@ -34,16 +36,41 @@ pub async fn echo(mut stream: TcpStream) {
     }
 }
 
-/// Serves the raw echo sockets a session opens: each listener received
-/// from `opened` accepts one connection from `master` within
-/// [`ACCEPT_WINDOW`] and echoes it. Never returns while `opened` is open.
-pub async fn serve_opened(opened: async_channel::Receiver<TcpListener>, master: IpAddr) {
-    while let Ok(listener) = opened.recv().await {
+/// An opened raw echo socket and the token that unlocks it.
+#[derive(Debug)]
+pub struct Opened {
+    /// The listening socket.
+    pub listener: TcpListener,
+    /// What the master must send first.
+    pub token: [u8; 16],
+}
+
+/// Binds an ephemeral port on `ip` and draws a token.
+pub fn open(ip: IpAddr) -> std::io::Result<Opened> {
+    let std_listener = std::net::TcpListener::bind((ip, 0))?;
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token).map_err(std::io::Error::other)?;
+    Ok(Opened {
+        listener: TcpListener::try_from(std_listener)?,
+        token,
+    })
+}
+
+/// Serves the raw echo socket a session opens: accepts, within
+/// [`ACCEPT_WINDOW`], one connection from `master` that opens with the
+/// token, and echoes it. Never returns while `opened` is open.
+pub async fn serve_opened(opened: async_channel::Receiver<Opened>, master: IpAddr) {
+    while let Ok(Opened { listener, token }) = opened.recv().await {
         let accepted = future::or(
             async {
                 loop {
                     match listener.accept().await {
-                        Ok((stream, peer)) if peer.ip() == master => return Some(stream),
+                        Ok((stream, peer)) if peer.ip() == master => {
+                            if let Some(stream) = unlock(stream, &token).await {
+                                return Some(stream);
+                            }
+                            log::warn!("raw echo: refused {peer}, wrong token");
+                        }
                         Ok((_, peer)) => log::warn!("raw echo: refused {peer}, not the master"),
                         Err(e) => {
                             log::warn!("raw echo: accept failed: {e}");
@@ -65,4 +92,16 @@ pub async fn serve_opened(opened: async_channel::Receiver<TcpListener>, master: 
         }
     }
     future::pending::<()>().await;
+}
+
+/// Reads the 16-byte token (within 2 s) and checks it in constant time.
+async fn unlock(mut stream: TcpStream, token: &[u8; 16]) -> Option<TcpStream> {
+    use subtle::ConstantTimeEq;
+    let mut got = [0u8; 16];
+    let read = future::or(async { stream.read_exact(&mut got).await.is_ok() }, async {
+        async_io::Timer::after(Duration::from_secs(2)).await;
+        false
+    })
+    .await;
+    (read && bool::from(got.ct_eq(token))).then_some(stream)
 }

@@ -41,6 +41,7 @@ pub async fn serve_session(
     let (raw_tx, raw_rx) = async_channel::bounded(1);
     let (done_tx, done_rx) = async_channel::bounded::<Outcome>(2 * config.workers.len());
     let mut bulk = Vec::new();
+    let mut raw_opened = false;
     let mut stop = std::pin::pin!(stop);
     let reader = async {
         loop {
@@ -63,6 +64,10 @@ pub async fn serve_session(
                 Ok(r) => r,
                 Err(WireError::Closed) => {
                     log::info!("master {peer} disconnected");
+                    return;
+                }
+                Err(WireError::Io(e)) => {
+                    log::info!("connection to master {peer} ended: {e}");
                     return;
                 }
                 Err(e) => {
@@ -91,7 +96,14 @@ pub async fn serve_session(
                         let reply = Message::EchoReply(chunk);
                         sender.lock().await.send_bulk(&reply, shape, &bulk).await
                     }
-                    None => Ok(()),
+                    None => {
+                        let what = "echo without an array".to_owned();
+                        sender
+                            .lock()
+                            .await
+                            .send(&error(ErrorCode::BadRequest, what))
+                            .await
+                    }
                 },
                 Message::Task(task) => {
                     let shape = received.bulk.unwrap_or(Shape::List(0));
@@ -102,18 +114,25 @@ pub async fn serve_session(
                     start_task(config, task, input, &done_tx, &sender).await
                 }
                 Message::RawEchoOpen => {
-                    let reply = match open_raw_echo(local_addr.ip()) {
-                        Ok((listener, port)) => match raw_tx.try_send(listener) {
-                            Ok(()) => Message::RawEchoReady(RawEchoReady { port }),
-                            Err(_) => error(
-                                ErrorCode::BadRequest,
-                                "a raw echo socket is already open and unused".into(),
+                    let reply = if raw_opened {
+                        error(
+                            ErrorCode::BadRequest,
+                            "this session already opened its raw echo socket".into(),
+                        )
+                    } else {
+                        match raw_echo::open(local_addr.ip())
+                            .and_then(|o| Ok((o.listener.local_addr()?.port(), o.token, o)))
+                        {
+                            Ok((port, token, opened)) => {
+                                raw_opened = true;
+                                let _ = raw_tx.try_send(opened);
+                                Message::RawEchoReady(RawEchoReady { port, token })
+                            }
+                            Err(e) => error(
+                                ErrorCode::Unsupported,
+                                format!("cannot open a raw echo socket: {e}"),
                             ),
-                        },
-                        Err(e) => error(
-                            ErrorCode::Unsupported,
-                            format!("cannot open a raw echo socket: {e}"),
-                        ),
+                        }
                     };
                     sender.lock().await.send(&reply).await
                 }
@@ -202,11 +221,4 @@ async fn start_task(
 
 fn error(code: ErrorCode, message: String) -> Message {
     Message::Error(ErrorReply { code, message })
-}
-
-/// Binds an ephemeral port on `ip` for a raw echo baseline.
-fn open_raw_echo(ip: std::net::IpAddr) -> std::io::Result<(async_net::TcpListener, u16)> {
-    let std_listener = std::net::TcpListener::bind((ip, 0))?;
-    let port = std_listener.local_addr()?.port();
-    Ok((async_net::TcpListener::try_from(std_listener)?, port))
 }

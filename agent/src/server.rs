@@ -1,6 +1,7 @@
 //! The agent's server: accepts masters, authenticates them, and serves each
 //! connection's requests until it closes or the agent shuts down.
 
+use crate::admission::{Admission, HandshakeSlot};
 use crate::kernels::Registry;
 use crate::key::ClusterKey;
 use crate::roles;
@@ -8,8 +9,7 @@ use crate::wire::handshake::{self, AcceptOptions};
 use crate::workers::Workers;
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future;
-use skelpi_proto::AgentInfo;
-use std::cell::Cell;
+use skelpi_proto::{AgentInfo, ErrorCode, ErrorReply, Message};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,8 +30,9 @@ pub struct ServerConfig {
     pub key: ClusterKey,
     /// Handshake and frame limits.
     pub accept: AcceptOptions,
-    /// Connections served at once (handshakes included); more are closed
-    /// as soon as they are accepted.
+    /// Authenticated sessions served at once; a master beyond that is told
+    /// the agent is busy. (Handshakes have their own budget, see
+    /// [`crate::admission`].)
     pub max_connections: usize,
     /// The kernels this agent offers.
     pub kernels: Registry,
@@ -74,7 +75,7 @@ pub async fn serve(
     // Sessions hold a clone of `alive_tx`; `alive_rx` closes when all ended.
     let (alive_tx, alive_rx) = async_channel::bounded::<()>(1);
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
-    let open = Rc::new(Cell::new(0usize));
+    let admission = Admission::new(config.max_connections);
     let acceptor = {
         let ex = ex.clone();
         ex.clone().spawn(async move {
@@ -87,21 +88,22 @@ pub async fn serve(
                         continue;
                     }
                 };
-                if open.get() >= config.max_connections {
-                    log::warn!(
-                        "refused connection from {peer}: {} connections open (the limit)",
-                        open.get()
-                    );
-                    continue;
-                }
-                open.set(open.get() + 1);
-                let guard = (open.clone(), alive_tx.clone());
+                let slot = match admission.handshake(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        admission
+                            .complaints
+                            .warn(|| format!("refused connection from {peer}: {why}"));
+                        continue;
+                    }
+                };
+                let alive = alive_tx.clone();
                 let config = config.clone();
                 let stop = stop_rx.clone();
+                let admission = admission.clone();
                 ex.spawn(async move {
-                    session(stream, peer, config, stop).await;
-                    guard.0.set(guard.0.get() - 1);
-                    drop(guard);
+                    session(stream, peer, config, admission, slot, stop).await;
+                    drop(alive);
                 })
                 .detach();
             }
@@ -126,6 +128,8 @@ async fn session(
     stream: TcpStream,
     peer: SocketAddr,
     config: Arc<ServerConfig>,
+    admission: Rc<Admission>,
+    slot: HandshakeSlot,
     stop: async_channel::Receiver<()>,
 ) {
     let stopped = async {
@@ -143,7 +147,25 @@ async fn session(
         None => return,
         Some(Ok(est)) => est,
         Some(Err(e)) => {
-            log::warn!("refused connection from {peer}: {e}");
+            admission
+                .complaints
+                .warn(|| format!("refused connection from {peer}: {e}"));
+            return;
+        }
+    };
+    let _session = match admission.session(slot) {
+        Ok(s) => s,
+        Err(why) => {
+            let mut sender = est.sender;
+            let busy = Message::Error(ErrorReply {
+                code: ErrorCode::Unsupported,
+                message: format!("agent is busy: {why}"),
+            });
+            let _ = sender.send(&busy).await;
+            sender.close();
+            admission
+                .complaints
+                .warn(|| format!("turned away master {peer}: {why}"));
             return;
         }
     };

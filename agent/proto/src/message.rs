@@ -32,7 +32,8 @@ pub enum Message {
     /// the baseline that benchmarks compare skelpi with on the same agent.
     RawEchoOpen,
     /// Agent → master: the raw echo socket listens on this port; it accepts
-    /// one connection from this master's address, for this session only.
+    /// one connection from this master's address that opens with the token,
+    /// for this session only.
     RawEchoReady(RawEchoReady),
     /// Master → agent: run a kernel on the array that comes with it.
     /// Carries bulk (the input).
@@ -72,11 +73,14 @@ pub struct TaskFailed {
     pub panicked: bool,
 }
 
-/// Where the raw echo baseline listens.
+/// Where the raw echo baseline listens, and the token that opens it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawEchoReady {
     /// TCP port on the agent's address.
     pub port: u16,
+    /// 16 random bytes the master sends first on the raw socket; they
+    /// travel to it only inside the authenticated session.
+    pub token: [u8; 16],
 }
 
 /// The master's greeting.

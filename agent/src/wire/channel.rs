@@ -121,15 +121,20 @@ impl Receiver {
     }
 
     /// Receives the next message; an array that comes with it is read into
-    /// `bulk` (resized, its capacity reused).
+    /// `bulk` (resized, its capacity reused). On error `bulk` is emptied.
     pub async fn recv(&mut self, bulk: &mut Vec<f64>) -> Result<Received, WireError> {
-        self.recv_with(|_, shape| {
-            let n = shape.elements().unwrap_or(0) as usize;
+        let got = self
+            .recv_with(|_, shape| {
+                let n = shape.elements().unwrap_or(0) as usize;
+                bulk.clear();
+                bulk.resize(n, 0.0);
+                Ok(&mut bulk[..])
+            })
+            .await;
+        if got.is_err() {
             bulk.clear();
-            bulk.resize(n, 0.0);
-            Ok(&mut bulk[..])
-        })
-        .await
+        }
+        got
     }
 
     /// Receives the next message. If it carries an array, `place` is asked
@@ -137,7 +142,9 @@ impl Receiver {
     /// into that slice, which must have exactly the array's length.
     ///
     /// If `place` refuses, the payload is skipped and its error returned;
-    /// the connection stays in sync.
+    /// the connection stays in sync. If this returns an error after `place`
+    /// accepted, the slice's contents are unspecified (possibly bytes that
+    /// failed authentication): discard them.
     pub async fn recv_with<'a, F>(&mut self, place: F) -> Result<Received, WireError>
     where
         F: FnOnce(&Message, Shape) -> Result<&'a mut [f64], WireError>,

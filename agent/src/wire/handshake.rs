@@ -1,10 +1,13 @@
 //! The connection handshake: the preamble (version, cipher choice), then a
 //! Noise `NNpsk0` handshake keyed by the cluster key.
 //!
-//! `NNpsk0` mixes the pre-shared key into the very first message, so an agent
-//! learns whether the master holds the key from 48 bytes, before it
-//! processes anything else, and a man in the middle learns nothing. Both
-//! preambles are the Noise prologue: rewriting them breaks the handshake.
+//! `NNpsk0` mixes the pre-shared key into the very first message, so a peer
+//! without the key is refused after 48 bytes, before anything else is
+//! processed. That first message can be replayed, though, so the agent
+//! counts a master as authenticated only once it has also decrypted a key
+//! confirmation under the fresh session keys (the master's first transport
+//! message, which depends on the agent's new ephemeral key). Both preambles
+//! are the Noise prologue: rewriting them breaks the handshake.
 
 use super::channel::{Receiver, Sender};
 use super::stream::{ByteReader, ByteWriter, WireStats};
@@ -23,6 +26,10 @@ use thiserror::Error;
 /// Sent by an agent in place of its handshake reply when the master's first
 /// Noise message did not authenticate: a zero length.
 const AUTH_REJECTED: [u8; 2] = [0, 0];
+
+/// The master's key confirmation: the first transport message (nonce 0),
+/// sent even when the transport then goes plaintext.
+const CONFIRM: &[u8; 16] = b"skelpi-confirm/1";
 
 /// How a master connects.
 #[derive(Debug, Clone)]
@@ -211,10 +218,7 @@ async fn connect_inner(
         .map_err(noise_err)?;
     let mut buf = [0u8; MAX_HANDSHAKE_MSG];
     let n = noise.write_message(&[], &mut buf).map_err(noise_err)?;
-    let mut msg = Vec::with_capacity(2 + n);
-    msg.extend_from_slice(&(n as u16).to_be_bytes());
-    msg.extend_from_slice(&buf[..n]);
-    write(&mut stream, &stats, &msg).await?;
+    write(&mut stream, &stats, &framed(&buf[..n])).await?;
     let mut len = [0u8; 2];
     read(&mut stream, &stats, &mut len).await?;
     if len == AUTH_REJECTED {
@@ -226,7 +230,20 @@ async fn connect_inner(
     noise
         .read_message(&buf[..len], &mut payload)
         .map_err(|_| HandshakeError::AuthFailed)?;
-    finish(stream, noise, cipher, plaintext, opts.max_frame, stats)
+    let transport = noise.into_stateless_transport_mode().map_err(noise_err)?;
+    let n = transport
+        .write_message(0, CONFIRM, &mut buf)
+        .map_err(noise_err)?;
+    write(&mut stream, &stats, &framed(&buf[..n])).await?;
+    finish(
+        stream,
+        transport,
+        Side::Initiator,
+        cipher,
+        plaintext,
+        opts.max_frame,
+        stats,
+    )
 }
 
 async fn accept_inner(
@@ -272,11 +289,27 @@ async fn accept_inner(
         return Err(HandshakeError::AuthFailed);
     }
     let n = noise.write_message(&[], &mut buf).map_err(noise_err)?;
-    let mut msg = Vec::with_capacity(2 + n);
-    msg.extend_from_slice(&(n as u16).to_be_bytes());
-    msg.extend_from_slice(&buf[..n]);
-    write(&mut stream, &stats, &msg).await?;
-    finish(stream, noise, cipher, plaintext, opts.max_frame, stats)
+    write(&mut stream, &stats, &framed(&buf[..n])).await?;
+    let transport = noise.into_stateless_transport_mode().map_err(noise_err)?;
+    let mut len = [0u8; 2];
+    read(&mut stream, &stats, &mut len).await?;
+    let len = preamble::handshake_len(len)?;
+    read(&mut stream, &stats, &mut buf[..len]).await?;
+    let confirmed = transport
+        .read_message(0, &buf[..len], &mut payload)
+        .is_ok_and(|n| &payload[..n] == CONFIRM);
+    if !confirmed {
+        return Err(HandshakeError::AuthFailed);
+    }
+    finish(
+        stream,
+        transport,
+        Side::Responder,
+        cipher,
+        plaintext,
+        opts.max_frame,
+        stats,
+    )
 }
 
 fn builder<'a>(
@@ -291,23 +324,42 @@ fn builder<'a>(
         .map_err(noise_err)
 }
 
+/// Which end of the handshake this is: the master's key confirmation used
+/// nonce 0 of the master-to-agent direction.
+enum Side {
+    Initiator,
+    Responder,
+}
+
+/// A Noise handshake message with its u16 length prefix.
+fn framed(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
 fn finish(
     stream: TcpStream,
-    noise: snow::HandshakeState,
+    transport: snow::StatelessTransportState,
+    side: Side,
     cipher: Cipher,
     plaintext: bool,
     max_frame: u32,
     stats: Arc<WireStats>,
 ) -> Result<Established, HandshakeError> {
     let local_addr = stream.local_addr()?;
-    let transport = noise.into_stateless_transport_mode().map_err(noise_err)?;
     let shared = if plaintext {
         None
     } else {
         Some(Arc::new(transport))
     };
-    let reader = ByteReader::new(stream.clone(), shared.clone(), stats.clone());
-    let writer = ByteWriter::new(stream, shared, stats.clone());
+    let (read_nonce, write_nonce) = match side {
+        Side::Initiator => (0, 1),
+        Side::Responder => (1, 0),
+    };
+    let reader = ByteReader::new(stream.clone(), shared.clone(), read_nonce, stats.clone());
+    let writer = ByteWriter::new(stream, shared, write_nonce, stats.clone());
     Ok(Established {
         sender: Sender::new(writer, max_frame, stats.clone()),
         receiver: Receiver::new(reader, max_frame),

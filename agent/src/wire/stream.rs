@@ -64,12 +64,18 @@ pub(crate) struct ByteReader {
 }
 
 impl ByteReader {
-    pub(crate) fn new(stream: TcpStream, cipher: Cipher, stats: Arc<WireStats>) -> Self {
+    /// A reader whose next Noise message has nonce `nonce`.
+    pub(crate) fn new(
+        stream: TcpStream,
+        cipher: Cipher,
+        nonce: u64,
+        stats: Arc<WireStats>,
+    ) -> Self {
         let plain_len = if cipher.is_some() { MAX_NOISE_MSG } else { 0 };
         ByteReader {
             stream,
             cipher,
-            nonce: 0,
+            nonce,
             raw: vec![0; RAW_BUF].into_boxed_slice(),
             raw_pos: 0,
             raw_end: 0,
@@ -214,11 +220,17 @@ pub(crate) struct ByteWriter {
 }
 
 impl ByteWriter {
-    pub(crate) fn new(stream: TcpStream, cipher: Cipher, stats: Arc<WireStats>) -> Self {
+    /// A writer whose next Noise message gets nonce `nonce`.
+    pub(crate) fn new(
+        stream: TcpStream,
+        cipher: Cipher,
+        nonce: u64,
+        stats: Arc<WireStats>,
+    ) -> Self {
         ByteWriter {
             stream,
             cipher,
-            nonce: 0,
+            nonce,
             pending: Vec::with_capacity(NOISE_PLAIN),
             out: Vec::with_capacity(WRITE_BUF + MAX_NOISE_MSG + 2),
             stats,

@@ -242,8 +242,8 @@ fn raw_echo_baseline_serves_only_the_master_address() {
         let (mut est, _) = connect(&agent, &key, false).await;
         est.sender.send(&Message::RawEchoOpen).await.unwrap();
         let mut bulk = Vec::new();
-        let port = match est.receiver.recv(&mut bulk).await.unwrap().msg {
-            Message::RawEchoReady(r) => r.port,
+        let (port, token) = match est.receiver.recv(&mut bulk).await.unwrap().msg {
+            Message::RawEchoReady(r) => (r.port, r.token),
             other => panic!("expected raw-echo-ready, got {other:?}"),
         };
         // Another address (127.0.0.2 is loopback too) is turned away...
@@ -256,6 +256,7 @@ fn raw_echo_baseline_serves_only_the_master_address() {
             .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
             .unwrap();
         let mut foreign: std::net::TcpStream = foreign.into();
+        let _ = foreign.write_all(&token);
         let _ = foreign.write_all(b"echo me?");
         foreign
             .set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -263,13 +264,30 @@ fn raw_echo_baseline_serves_only_the_master_address() {
         let mut got = Vec::new();
         let _ = foreign.read_to_end(&mut got);
         assert!(got.is_empty(), "a foreign address was served");
-        // ...and the master's own address is echoed.
+        // ...so is the master's own address without the token...
+        let mut tokenless = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = tokenless.write_all(&[0u8; 16]);
+        let _ = tokenless.write_all(b"echo me?");
+        tokenless
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokenless.read_to_end(&mut got);
+        assert!(got.is_empty(), "a connection without the token was served");
+        // ...and the master's own address with the token is echoed.
         let mut own = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        own.write_all(&token).unwrap();
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         own.write_all(&payload).unwrap();
         let mut back = vec![0u8; payload.len()];
         own.read_exact(&mut back).unwrap();
         assert_eq!(back, payload);
+        // One raw echo per session.
+        est.sender.send(&Message::RawEchoOpen).await.unwrap();
+        match est.receiver.recv(&mut bulk).await.unwrap().msg {
+            Message::Error(e) => assert!(e.message.contains("already opened"), "{}", e.message),
+            other => panic!("expected an error, got {other:?}"),
+        }
         // The session itself goes on.
         est.sender
             .send(&Message::Ping(Ping { nonce: 9 }))
@@ -335,4 +353,85 @@ fn tasks_run_and_failures_come_back_as_task_errors() {
         // The agent survived the panic and still serves.
         ping_ok(&agent, &key, false).await;
     });
+}
+
+/// The preamble and first Noise message a real master would send: what an
+/// eavesdropper could record and replay.
+fn recorded_opening(key: &ClusterKey) -> Vec<u8> {
+    use skelpi_proto::preamble::{self, Verdict};
+    let hello = ClientPreamble {
+        version: skelpi_proto::PROTOCOL_VERSION,
+        aes_hw: handshake::has_aes_hw(),
+        plaintext: false,
+    };
+    let answer = preamble::answer(
+        &hello,
+        skelpi_proto::PROTOCOL_VERSION,
+        handshake::has_aes_hw(),
+        false,
+    );
+    let Verdict::Accept { cipher, .. } = answer.verdict else {
+        panic!("agent would refuse");
+    };
+    let prologue = preamble::prologue(&hello.encode(), &answer.encode());
+    let mut noise = snow::Builder::new(cipher.noise_params().parse().unwrap())
+        .psk(0, key.as_bytes())
+        .unwrap()
+        .prologue(&prologue)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut msg = [0u8; 256];
+    let n = noise.write_message(&[], &mut msg).unwrap();
+    let mut out = hello.encode().to_vec();
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(&msg[..n]);
+    out
+}
+
+#[test]
+fn a_replayed_first_message_does_not_make_a_session() {
+    let (agent, key) = agent(false);
+    let opening = recorded_opening(&key);
+    smol::block_on(async {
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(agent.addr()).await.unwrap();
+            s.write_all(&opening).await.unwrap();
+            // The agent answers (it cannot tell a replay yet)...
+            let mut reply = [0u8; PREAMBLE_LEN + 2];
+            s.read_exact(&mut reply).await.unwrap();
+            let len = u16::from_be_bytes([reply[8], reply[9]]) as usize;
+            let mut msg2 = vec![0u8; len];
+            s.read_exact(&mut msg2).await.unwrap();
+            // ...but without the session keys the replayer cannot confirm,
+            // and the agent hangs up instead of opening a session.
+            let mut bogus = vec![0, 32];
+            bogus.extend_from_slice(&[0x42; 32]);
+            s.write_all(&bogus).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+            assert!(rest.is_empty(), "the replayer got {} bytes", rest.len());
+        }
+        ping_ok(&agent, &key, false).await;
+    });
+}
+
+#[test]
+fn idle_sockets_from_elsewhere_do_not_lock_masters_out() {
+    let (agent, key) = agent(false);
+    // More silent connections from another address (127.0.0.2 is loopback)
+    // than the agent has session slots...
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+                .unwrap();
+            s.connect(&agent.addr().into()).unwrap();
+            s.into()
+        })
+        .collect();
+    // ...leave room for a master from this address.
+    smol::block_on(ping_ok(&agent, &key, false));
+    drop(idle);
 }

@@ -16,20 +16,34 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    /// Connects with `TCP_NODELAY`, like skelpi connections.
-    pub async fn connect(addr: SocketAddr) -> std::io::Result<RawClient> {
-        let stream = TcpStream::connect(addr).await?;
+    /// Connects with `TCP_NODELAY`, like skelpi connections, and unlocks
+    /// the socket with the token the agent gave over the session.
+    pub async fn connect(addr: SocketAddr, token: &[u8; 16]) -> std::io::Result<RawClient> {
+        let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        stream.write_all(token).await?;
         Ok(RawClient { stream })
     }
 
     /// Writes `data` while reading its echo into `out` (same length);
-    /// returns the round-trip time.
+    /// returns the round-trip time. Gives up after
+    /// [`crate::client::REQUEST_TIMEOUT`].
     pub async fn echo(&mut self, data: &[u8], out: &mut [u8]) -> std::io::Result<Duration> {
         let start = Instant::now();
         let mut w = self.stream.clone();
         let mut r = self.stream.clone();
-        future::try_zip(w.write_all(data), r.read_exact(out)).await?;
+        let limit = crate::client::REQUEST_TIMEOUT;
+        future::or(
+            future::try_zip(w.write_all(data), r.read_exact(out)),
+            async {
+                async_io::Timer::after(limit).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no echo within {limit:?}"),
+                ))
+            },
+        )
+        .await?;
         Ok(start.elapsed())
     }
 }

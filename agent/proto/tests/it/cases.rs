@@ -250,9 +250,10 @@ pub fn golden_cases() -> Vec<Case> {
         },
         Case {
             name: "raw_echo_ready",
-            about: "raw-echo-ready: [10, {port: 40000}, null]",
+            about: "raw-echo-ready: [10, {port: 40000, token: [0, 1, .., 15]}, null]",
             value: frame(Framed::plain(Message::RawEchoReady(RawEchoReady {
                 port: 40000,
+                token: std::array::from_fn(|i| i as u8),
             }))),
         },
         Case {

@@ -73,7 +73,8 @@ fn plain_message() -> impl Strategy<Value = Message> {
             .prop_map(|(code, message)| Message::Error(ErrorReply { code, message })),
         Just(Message::Bye),
         Just(Message::RawEchoOpen),
-        any::<u16>().prop_map(|port| Message::RawEchoReady(RawEchoReady { port })),
+        (any::<u16>(), any::<[u8; 16]>())
+            .prop_map(|(port, token)| Message::RawEchoReady(RawEchoReady { port, token })),
         (any::<u64>(), any::<String>(), any::<bool>()).prop_map(|(id, error, panicked)| {
             Message::TaskFailed(TaskFailed {
                 id,
