@@ -66,6 +66,26 @@ pub enum ClientError {
         /// The limit.
         limit: Duration,
     },
+    /// An earlier request failed halfway, so the connection's framing can
+    /// no longer be trusted.
+    #[error("connection to agent at {addr} is unusable after an earlier failure: {why}")]
+    Broken {
+        /// The agent's address.
+        addr: SocketAddr,
+        /// The earlier failure.
+        why: String,
+    },
+    /// The raw TCP baseline socket of an agent failed.
+    #[error("raw echo baseline at {addr} failed: {source}")]
+    Baseline {
+        /// The raw socket's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// In-process agents could not be started.
+    #[error("cannot start in-process agents: {0}")]
+    LocalStart(std::io::Error),
 }
 
 /// A connection to one agent.
@@ -80,7 +100,13 @@ pub struct AgentConn {
     plaintext: bool,
     next_id: u64,
     scratch: Vec<f64>,
+    request_timeout: Duration,
+    broken: Option<String>,
 }
+
+/// Time an agent has to answer a ping or a raw echo request, and to move
+/// each chunk of an echo.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl AgentConn {
     /// Connects, authenticates and greets the agent at `addr`.
@@ -124,6 +150,8 @@ impl AgentConn {
             plaintext: est.plaintext,
             next_id: 1,
             scratch,
+            request_timeout: REQUEST_TIMEOUT,
+            broken: None,
         })
     }
 
@@ -151,144 +179,163 @@ impl AgentConn {
         }
     }
 
+    /// Runs one request with a deadline; any failure marks the connection
+    /// broken, since a request abandoned halfway leaves its framing unknown.
+    async fn guarded<T>(
+        &mut self,
+        limit: Duration,
+        request: impl AsyncFnOnce(&mut Self) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let addr = self.addr;
+        if let Some(why) = &self.broken {
+            return Err(ClientError::Broken {
+                addr,
+                why: why.clone(),
+            });
+        }
+        let result = future::or(request(self), async {
+            async_io::Timer::after(limit).await;
+            Err(ClientError::Timeout { addr, limit })
+        })
+        .await;
+        if let Err(e) = &result {
+            self.broken = Some(e.to_string());
+        }
+        result
+    }
+
     /// One ping round trip; returns its duration.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
-        let nonce = self.next_id;
-        self.next_id += 1;
-        let start = Instant::now();
-        self.sender
-            .send(&Message::Ping(Ping { nonce }))
-            .await
-            .map_err(|source| self.wire(source))?;
-        let got = self.receiver.recv(&mut self.scratch).await;
-        let rtt = start.elapsed();
-        match got
-            .map_err(|source| ClientError::Wire {
-                addr: self.addr,
-                source,
-            })?
-            .msg
-        {
-            Message::Pong(p) if p.nonce == nonce => Ok(rtt),
-            other => Err(unexpected(self.addr, other, "answering ping")),
-        }
+        let limit = self.request_timeout;
+        self.guarded(limit, async |c: &mut Self| {
+            let nonce = c.next_id;
+            c.next_id += 1;
+            let addr = c.addr;
+            let wire = |source| ClientError::Wire { addr, source };
+            let start = Instant::now();
+            c.sender
+                .send(&Message::Ping(Ping { nonce }))
+                .await
+                .map_err(wire)?;
+            let got = c.receiver.recv(&mut c.scratch).await;
+            let rtt = start.elapsed();
+            match got.map_err(wire)?.msg {
+                Message::Pong(p) if p.nonce == nonce => Ok(rtt),
+                other => Err(unexpected(addr, other, "answering ping")),
+            }
+        })
+        .await
     }
 
     /// Sends `data` (of `shape`) to the agent's echo role and reads the
     /// echo into `out`. Arrays larger than a frame go as chunks; sending and
-    /// receiving overlap, as on a real link.
+    /// receiving overlap, as on a real link. Every chunk must come back once,
+    /// in order, with its offset and shape.
     pub async fn echo(
         &mut self,
         shape: Shape,
         data: &[f64],
         out: &mut Vec<f64>,
     ) -> Result<(), ClientError> {
-        let addr = self.addr;
         let total = data.len();
         if shape.elements() != Some(total as u64) {
             return Err(ClientError::Protocol {
-                addr,
+                addr: self.addr,
                 what: format!("shape {shape:?} does not hold {total} elements"),
             });
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        out.clear();
-        out.resize(total, 0.0);
         let plan = chunk_plan(shape);
-        let sender = &mut self.sender;
-        let receiver = &mut self.receiver;
-        let send = async {
-            for &(chunk_shape, offset, len) in &plan {
-                let msg = Message::Echo(Chunk {
-                    id,
-                    offset: offset as u64,
-                    total: total as u64,
-                });
-                sender
-                    .send_bulk(&msg, chunk_shape, &data[offset..offset + len])
-                    .await
-                    .map_err(|source| ClientError::Wire { addr, source })?;
-            }
-            Ok(())
-        };
-        let recv = async {
-            let mut got = 0usize;
-            while got < total {
-                let mut refused = None;
-                let out_ref: &mut [f64] = &mut out[..];
-                let r = receiver
-                    .recv_with(|msg, s| {
-                        let n = s.elements().unwrap_or(0) as usize;
-                        match msg {
+        let limit = self.request_timeout.saturating_mul(plan.len() as u32);
+        // Every element is overwritten by the echo; only resize.
+        if out.len() != total {
+            out.resize(total, 0.0);
+        }
+        self.guarded(limit, async |c: &mut Self| {
+            let addr = c.addr;
+            let id = c.next_id;
+            c.next_id += 1;
+            let sender = &mut c.sender;
+            let receiver = &mut c.receiver;
+            let send = async {
+                for &(chunk_shape, offset, len) in &plan {
+                    let msg = Message::Echo(Chunk {
+                        id,
+                        offset: offset as u64,
+                        total: total as u64,
+                    });
+                    sender
+                        .send_bulk(&msg, chunk_shape, &data[offset..offset + len])
+                        .await
+                        .map_err(|source| ClientError::Wire { addr, source })?;
+                }
+                Ok(())
+            };
+            let recv = async {
+                for &(chunk_shape, offset, len) in &plan {
+                    let mut refused = None;
+                    let dst = &mut out[offset..offset + len];
+                    let r = receiver
+                        .recv_with(|msg, s| match msg {
                             Message::EchoReply(c)
-                                if c.id == id && (c.offset as usize).saturating_add(n) <= total =>
+                                if c.id == id && c.offset == offset as u64 && s == chunk_shape =>
                             {
-                                let o = c.offset as usize;
-                                Ok(&mut out_ref[o..o + n])
+                                Ok(dst)
                             }
                             other => {
-                                refused =
-                                    Some(format!("unexpected {} during echo", other.kind_name()));
-                                Err(WireError::BulkSize { got: n, want: 0 })
+                                refused = Some(match other {
+                                    Message::EchoReply(c) => format!(
+                                        "echoed chunk (id {}, offset {}, {s:?}) where (id {id}, offset {offset}, {chunk_shape:?}) was due",
+                                        c.id, c.offset
+                                    ),
+                                    other => format!("sent {} during echo", other.kind_name()),
+                                });
+                                Err(WireError::BulkSize { got: 0, want: len })
                             }
+                        })
+                        .await;
+                    match r {
+                        Ok(rec) if matches!(rec.msg, Message::EchoReply(_)) => {}
+                        Ok(rec) => return Err(unexpected(addr, rec.msg, "during echo")),
+                        Err(source) => {
+                            return Err(match refused {
+                                Some(what) => ClientError::Protocol { addr, what },
+                                None => ClientError::Wire { addr, source },
+                            });
                         }
-                    })
-                    .await;
-                match r {
-                    Ok(rec) => match rec.msg {
-                        Message::EchoReply(_) => {
-                            got += rec.bulk.and_then(|s| s.elements()).unwrap_or(0) as usize
-                        }
-                        other => return Err(unexpected(addr, other, "during echo")),
-                    },
-                    Err(source) => {
-                        return Err(match refused {
-                            Some(what) => ClientError::Protocol { addr, what },
-                            None => ClientError::Wire { addr, source },
-                        });
                     }
                 }
-            }
-            Ok(())
-        };
-        future::try_zip(send, recv).await?;
-        Ok(())
+                Ok(())
+            };
+            future::try_zip(send, recv).await.map(|_| ())
+        })
+        .await
     }
 
-    /// Asks the agent for a raw TCP echo socket (the benchmark baseline)
-    /// and connects to it.
+    /// Asks the agent for its raw TCP echo socket (the benchmark baseline;
+    /// one per connection) and connects to it.
     pub async fn open_raw_echo(&mut self) -> Result<RawClient, ClientError> {
-        let addr = self.addr;
-        self.sender
-            .send(&Message::RawEchoOpen)
-            .await
-            .map_err(|source| ClientError::Wire { addr, source })?;
-        let reply = self.receiver.recv(&mut self.scratch).await;
-        let port = match reply
-            .map_err(|source| ClientError::Wire { addr, source })?
-            .msg
-        {
-            Message::RawEchoReady(r) => r.port,
-            other => return Err(unexpected(addr, other, "answering raw-echo-open")),
-        };
-        let raw = SocketAddr::new(addr.ip(), port);
-        RawClient::connect(raw)
-            .await
-            .map_err(|source| ClientError::Connect { addr: raw, source })
+        let limit = self.request_timeout;
+        self.guarded(limit, async |c: &mut Self| {
+            let addr = c.addr;
+            let wire = |source| ClientError::Wire { addr, source };
+            c.sender.send(&Message::RawEchoOpen).await.map_err(wire)?;
+            let reply = c.receiver.recv(&mut c.scratch).await;
+            let ready = match reply.map_err(wire)?.msg {
+                Message::RawEchoReady(r) => r,
+                other => return Err(unexpected(addr, other, "answering raw-echo-open")),
+            };
+            let raw = SocketAddr::new(addr.ip(), ready.port);
+            RawClient::connect(raw, &ready.token)
+                .await
+                .map_err(|source| ClientError::Baseline { addr: raw, source })
+        })
+        .await
     }
 
     /// Says goodbye and closes the connection.
     pub async fn close(mut self) {
         let _ = self.sender.send(&Message::Bye).await;
         self.sender.close();
-    }
-
-    fn wire(&self, source: WireError) -> ClientError {
-        ClientError::Wire {
-            addr: self.addr,
-            source,
-        }
     }
 }
 

@@ -42,14 +42,43 @@ impl Cluster {
         })
     }
 
+    /// Connects to every agent in `addrs` it can, concurrently: agents that
+    /// fail are returned beside the cluster instead of failing it (for
+    /// discovered agents, which may belong to another cluster or be gone).
+    pub async fn connect_reachable(
+        addrs: &[SocketAddr],
+        key: &ClusterKey,
+        opts: &ConnectOptions,
+    ) -> (Cluster, Vec<ClientError>) {
+        let tasks: Vec<_> = addrs
+            .iter()
+            .map(|&addr| {
+                let key = key.clone();
+                let opts = opts.clone();
+                smol::spawn(async move { AgentConn::connect(addr, &key, &opts).await })
+            })
+            .collect();
+        let mut agents = Vec::new();
+        let mut failed = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(a) => agents.push(a),
+                Err(e) => failed.push(e),
+            }
+        }
+        let cluster = Cluster {
+            agents,
+            local: Vec::new(),
+        };
+        (cluster, failed)
+    }
+
     /// Starts `n` in-process agents on loopback with a throwaway key and
     /// connects to them. `opts.plaintext` asks for the plaintext transport,
     /// which local agents allow.
     pub async fn local(n: usize, opts: &ConnectOptions) -> Result<Cluster, ClientError> {
-        let key = ClusterKey::generate().map_err(|e| ClientError::Connect {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let key = ClusterKey::generate()
+            .map_err(|e| ClientError::LocalStart(std::io::Error::other(e.to_string())))?;
         let mut local = Vec::with_capacity(n);
         for i in 0..n {
             let agent =

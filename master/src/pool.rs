@@ -46,6 +46,9 @@ pub enum PoolError {
     /// Discovery failed.
     #[error("mDNS discovery failed: {0}")]
     Discover(String),
+    /// Agents were discovered but none could be used.
+    #[error("agents answered on mDNS but none could be used: {0}")]
+    NoneReachable(String),
     /// The key file is unusable.
     #[error("cannot use cluster key {path}: {reason}")]
     Key {
@@ -109,11 +112,14 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         )
         .await;
     }
-    let (addrs, origin) = if !opts.agents.is_empty() {
+    if !opts.agents.is_empty() {
         let addrs = parse_agents(&opts.agents)?;
         let origin = format!("{} agents from --agents", addrs.len());
-        (addrs, origin)
-    } else {
+        let key = load_key(opts)?;
+        let cluster = Cluster::connect(&addrs, &key, &connect_opts).await?;
+        return Ok(Pool { cluster, origin });
+    }
+    let (addrs, origin) = {
         let timeout = opts.discover_timeout;
         let interface = opts.interface.clone();
         let found = smol::unblock(move || {
@@ -140,10 +146,32 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
             return Err(PoolError::NoneFound(timeout));
         }
         let origin = format!("{} agents found by mDNS", found.len());
-        (found.iter().map(|a| a.socket_addr()).collect(), origin)
+        (
+            found.iter().map(|a| a.socket_addr()).collect::<Vec<_>>(),
+            origin,
+        )
     };
+    // Discovered agents are hints: one that refuses our key belongs to
+    // another cluster, one that does not answer is gone. Skip them.
     let key = load_key(opts)?;
-    let cluster = Cluster::connect(&addrs, &key, &connect_opts).await?;
+    let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
+    for e in &failed {
+        log::warn!("skipping a discovered agent: {e}");
+    }
+    if cluster.agents().is_empty() {
+        return Err(PoolError::NoneReachable(
+            failed
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
+    let origin = if failed.is_empty() {
+        origin
+    } else {
+        format!("{origin} ({} skipped: {})", failed.len(), failed[0])
+    };
     Ok(Pool { cluster, origin })
 }
 

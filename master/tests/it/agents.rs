@@ -96,7 +96,8 @@ fn three_agents_are_discovered_and_a_silent_one_is_reachable_by_address() {
         found.iter().all(|a| a["id"] != quiet.id.as_str()),
         "--no-mdns agent was announced"
     );
-    assert!(took < Duration::from_secs(5), "discover took {took:?}");
+    // `--timeout 3s` bounds the browse; allow process start and shutdown.
+    assert!(took < Duration::from_secs(10), "discover took {took:?}");
 
     // The silent agent works when named.
     let addr = quiet.addr.to_string();

@@ -62,9 +62,12 @@ fn master_finds_loopback_agents_and_forgets_stopped_ones() {
     };
     let started = Instant::now();
     let mut found = discover(&opts).expect("discover");
+    // Bounded: a browse of 3 s may overrun by the daemon's shutdown, not
+    // by whole seconds (generous for a loaded 2-core CI machine).
     assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "discover overran its timeout"
+        started.elapsed() < Duration::from_secs(8),
+        "discover overran its timeout: {:?}",
+        started.elapsed()
     );
     if ours(&found, &infos).iter().any(Option::is_none) && ids(&found).len() >= 3 {
         // Agents of another run filled `expect` first: browse the full time.

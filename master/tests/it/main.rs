@@ -3,5 +3,6 @@
 
 mod agents;
 mod cli;
+mod client;
 mod discovery;
 mod support;
