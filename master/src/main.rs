@@ -129,8 +129,9 @@ struct RttArgs {
     )]
     matrices: Sizes,
     /// Timed repeats per size (the median is reported).
-    #[arg(long, default_value_t = 5, global = true)]
-    repeats: usize,
+    #[arg(long, default_value_t = 5, global = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
     /// Pings per agent for the small-message row (0 to skip).
     #[arg(long, default_value_t = 1000, global = true)]
     pings: usize,
@@ -294,7 +295,7 @@ fn bench_rtt(pool_args: &PoolArgs, args: &RttArgs) -> anyhow::Result<()> {
         let opts = rtt::RttOptions {
             lists: args.lists.0.clone(),
             matrices: args.matrices.0.clone(),
-            repeats: args.repeats,
+            repeats: args.repeats as usize,
             pings: args.pings,
             link_mbps: args.link_mbps,
             baseline: !args.no_baseline,

@@ -22,7 +22,7 @@ pub struct RttOptions {
     pub lists: Vec<usize>,
     /// Matrix sizes D (D×D floats).
     pub matrices: Vec<usize>,
-    /// Timed repeats per size (after one untimed warm-up).
+    /// Timed repeats per size (after one untimed warm-up); at least 1.
     pub repeats: usize,
     /// Pings per agent for the small-message row (0: none).
     pub pings: usize,
@@ -74,7 +74,8 @@ pub struct RttRow {
     pub link_util: Option<f64>,
     /// Median RTT of raw TCP moving the same payload, seconds.
     pub raw_rtt_s: Option<f64>,
-    /// raw RTT / skelpi RTT: the fraction of raw TCP's speed achieved.
+    /// raw RTT / skelpi RTT: the fraction of raw TCP's speed achieved
+    /// (for arrays, the median of per-repeat ratios).
     pub vs_raw: Option<f64>,
 }
 
@@ -151,7 +152,11 @@ pub async fn run(
             for _ in 0..opts.pings {
                 rtts.push(agent.ping().await?);
                 if let Some(client) = raw.as_mut() {
-                    raw_rtts.push(client.echo(&msg, &mut back).await.map_err(raw_err)?);
+                    let t = client
+                        .echo(&msg, &mut back)
+                        .await
+                        .map_err(|e| raw_err(agent, e))?;
+                    raw_rtts.push(t);
                 }
             }
             rows.push(row(
@@ -170,8 +175,15 @@ pub async fn run(
             progress.set_message(format!("{name}: {data_kind} {size}"));
             let n = shape.elements().unwrap_or(0) as usize;
             let data: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0e6..1.0e6)).collect();
+            let bytes = skelpi_proto::bulk::f64_bytes(&data);
+            let mut back = vec![0u8; bytes.len()];
             let mut rtts = Vec::with_capacity(opts.repeats);
+            let mut raw_rtts = Vec::with_capacity(opts.repeats);
+            let mut ratios = Vec::with_capacity(opts.repeats);
             let (mut s0, mut r0) = (0, 0);
+            // Repeat 0 warms both paths up and is not timed. Each skelpi
+            // round trip is followed by a raw one of the same bytes, and
+            // both echoes are checked outside the timed region.
             for rep in 0..=opts.repeats {
                 if rep == 1 {
                     (s0, r0) = agent.wire_bytes();
@@ -181,39 +193,46 @@ pub async fn run(
                 let rtt = start.elapsed();
                 std::hint::black_box(&out);
                 check_echo(agent.addr(), &data, &out)?;
+                let raw_rtt = match raw.as_mut() {
+                    Some(client) => {
+                        let t = client
+                            .echo(bytes, &mut back)
+                            .await
+                            .map_err(|e| raw_err(agent, e))?;
+                        std::hint::black_box(&back);
+                        if back != bytes {
+                            return Err(raw_err(
+                                agent,
+                                std::io::Error::other("raw echo came back different"),
+                            ));
+                        }
+                        Some(t)
+                    }
+                    None => None,
+                };
                 if rep > 0 {
                     rtts.push(rtt);
+                    if let Some(t) = raw_rtt {
+                        raw_rtts.push(t);
+                        ratios.push(t.as_secs_f64() / rtt.as_secs_f64().max(1e-9));
+                    }
                 }
                 progress.inc(1);
             }
             let (s1, r1) = agent.wire_bytes();
-            let reps = opts.repeats.max(1) as u64;
-            let raw_rtt = match raw.as_mut() {
-                Some(client) => {
-                    let bytes = skelpi_proto::bulk::f64_bytes(&data);
-                    let mut back = vec![0u8; bytes.len()];
-                    let mut v = Vec::with_capacity(opts.repeats);
-                    for rep in 0..=opts.repeats {
-                        let t = client.echo(bytes, &mut back).await.map_err(raw_err)?;
-                        std::hint::black_box(&back);
-                        if rep > 0 {
-                            v.push(t);
-                        }
-                    }
-                    Some(median(&v))
-                }
-                None => None,
-            };
-            rows.push(row(
+            let reps = opts.repeats as u64;
+            let mut r = row(
                 &name,
                 data_kind,
                 size,
                 8 * n as u64,
                 ((s1 - s0) / reps, (r1 - r0) / reps),
                 (median(&rtts), *rtts.iter().min().unwrap_or(&Duration::ZERO)),
-                raw_rtt,
+                raw.as_ref().map(|_| median(&raw_rtts)),
                 opts.link_mbps,
-            ));
+            );
+            r.vs_raw = raw.as_ref().map(|_| median_f64(&mut ratios));
+            rows.push(r);
         }
     }
     Ok(RttReport {
@@ -269,9 +288,18 @@ fn check_echo(addr: std::net::SocketAddr, sent: &[f64], got: &[f64]) -> Result<(
     }
 }
 
-fn raw_err(source: std::io::Error) -> ClientError {
-    ClientError::Connect {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+fn raw_err(agent: &crate::client::AgentConn, source: std::io::Error) -> ClientError {
+    ClientError::Baseline {
+        addr: agent.addr(),
         source,
     }
+}
+
+/// The median of per-repeat ratios (0 when there are none).
+fn median_f64(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
