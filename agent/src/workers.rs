@@ -47,7 +47,7 @@ impl Workers {
                     .name(format!("worker-{i}"))
                     .spawn(move || {
                         while let Ok(job) = jobs.recv_blocking() {
-                            let outcome = run(&*job.kernel, &job.args, job.input);
+                            let outcome = call_kernel(&*job.kernel, &job.args, job.input);
                             // A gone caller (its session ended) is not an error.
                             let _ = job.reply.send_blocking((job.id, outcome));
                         }
@@ -99,8 +99,8 @@ impl Drop for Workers {
     }
 }
 
-/// Runs a kernel, turning a panic into a [`Failure`].
-fn run(kernel: &dyn Kernel, args: &[f64], input: Array) -> Result<Array, Failure> {
+/// Runs a kernel on this thread, turning a panic into a [`Failure`].
+pub fn call_kernel(kernel: &dyn Kernel, args: &[f64], input: Array) -> Result<Array, Failure> {
     match catch_unwind(AssertUnwindSafe(|| kernel.call(args, input))) {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(e)) => Err(Failure {

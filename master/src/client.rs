@@ -311,6 +311,21 @@ impl AgentConn {
         .await
     }
 
+    /// Marks the connection unusable (a job saw it fail).
+    pub(crate) fn mark_broken(&mut self, why: String) {
+        self.broken.get_or_insert(why);
+    }
+
+    /// Whether an earlier failure made the connection unusable.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// The connection's two halves, for a job's dispatcher.
+    pub(crate) fn halves(&mut self) -> (&mut Sender, &mut Receiver) {
+        (&mut self.sender, &mut self.receiver)
+    }
+
     /// Asks the agent for its raw TCP echo socket (the benchmark baseline;
     /// one per connection) and connects to it.
     pub async fn open_raw_echo(&mut self) -> Result<RawClient, ClientError> {

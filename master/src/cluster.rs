@@ -2,9 +2,12 @@
 //! embedded cluster of in-process agents on loopback.
 
 use crate::client::{AgentConn, ClientError};
+use crate::runtime::{JobError, job};
+use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
 use skelpi_agent::wire::handshake::ConnectOptions;
+use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::net::SocketAddr;
 
 /// Connected agents, in pool order.
@@ -108,6 +111,85 @@ impl Cluster {
     /// The connected agents, mutably.
     pub fn agents_mut(&mut self) -> &mut [AgentConn] {
         &mut self.agents
+    }
+
+    /// Worker threads of the pool, all agents together.
+    pub fn cores(&self) -> usize {
+        self.agents.iter().map(|a| a.info().cores as usize).sum()
+    }
+
+    /// Runs `skeleton` on `inputs` and returns the results (in input order
+    /// where the tree keeps order).
+    ///
+    /// # Examples
+    /// The seed's pmap of `x -> x * x` over three chunks:
+    /// ```
+    /// use skelpi::cluster::Cluster;
+    /// use skelpi_agent::kernels::Array;
+    /// use skelpi_proto::skeleton::{Kernel, Skeleton};
+    /// smol::block_on(async {
+    ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
+    ///     let chunks = vec![Array::list(vec![1.0, 2.0]), Array::list(vec![3.0]), Array::list(vec![])];
+    ///     let out = cluster.pmap(Kernel::new("square", []), chunks).await?;
+    ///     assert_eq!(out.iter().map(|a| a.data.clone()).collect::<Vec<_>>(),
+    ///                [vec![1.0, 4.0], vec![9.0], vec![]]);
+    ///     Ok::<_, Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn run(
+        &mut self,
+        skeleton: &Skeleton,
+        inputs: Vec<Array>,
+    ) -> Result<Vec<Array>, JobError> {
+        let mut out = Vec::new();
+        self.run_each(skeleton, inputs, |a| out.push(a)).await?;
+        Ok(out)
+    }
+
+    /// Runs `skeleton` on `inputs`, handing each result to `on_result` as
+    /// soon as it is ready.
+    pub async fn run_each(
+        &mut self,
+        skeleton: &Skeleton,
+        inputs: Vec<Array>,
+        on_result: impl FnMut(Array),
+    ) -> Result<(), JobError> {
+        let live: Vec<usize> = (0..self.agents.len())
+            .filter(|&i| !self.agents[i].is_broken())
+            .collect();
+        if live.len() < self.agents.len() {
+            // Jobs run on the connections that are still good.
+            let mut good: Vec<AgentConn> = Vec::new();
+            let mut bad = Vec::new();
+            for a in std::mem::take(&mut self.agents) {
+                if a.is_broken() {
+                    bad.push(a)
+                } else {
+                    good.push(a)
+                }
+            }
+            let result = job::run(&mut good, skeleton, inputs, on_result).await;
+            good.extend(bad);
+            self.agents = good;
+            return result;
+        }
+        job::run(&mut self.agents, skeleton, inputs, on_result).await
+    }
+
+    /// The seed's pmap: `kernel` applied to every chunk, one task per chunk,
+    /// dispatched on demand; results in chunk order.
+    pub async fn pmap(
+        &mut self,
+        kernel: Kernel,
+        chunks: Vec<Array>,
+    ) -> Result<Vec<Array>, JobError> {
+        let farm = Skeleton::Farm {
+            worker: Box::new(Skeleton::Seq(kernel)),
+            replicas: Some(chunks.len().max(1) as u32),
+            ordered: true,
+        };
+        self.run(&farm, chunks).await
     }
 
     /// Says goodbye to every agent.

@@ -23,4 +23,5 @@ pub mod client;
 pub mod cluster;
 pub mod discover;
 pub mod pool;
+pub mod runtime;
 pub mod stats;

@@ -5,4 +5,5 @@ mod agents;
 mod cli;
 mod client;
 mod discovery;
+mod skeletons;
 mod support;

@@ -1,0 +1,291 @@
+//! On-demand task dispatch with credits.
+
+use super::{JobError, TaskError};
+use crate::client::{AgentConn, ClientError};
+use skelpi_agent::kernels::Array;
+use skelpi_agent::wire::{Receiver, Sender};
+use skelpi_proto::skeleton::Kernel;
+use skelpi_proto::{Message, TaskHead};
+use smol::lock::Mutex;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Credits per agent worker: one task running, one queued behind it.
+pub const CREDITS_PER_WORKER: usize = 2;
+
+/// Task ids are unique in the process, so a late result of an aborted job
+/// can never be taken for a result of the next one.
+static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
+
+type Outcome = Result<Array, JobError>;
+
+/// A task in flight: who asked, for what, and where the result goes.
+struct Pending {
+    task: String,
+    kernel: String,
+    reply: async_channel::Sender<Outcome>,
+}
+
+struct Link<'c> {
+    label: String,
+    addr: SocketAddr,
+    sender: Mutex<&'c mut Sender>,
+    receiver: RefCell<&'c mut Receiver>,
+    pending: RefCell<HashMap<u64, Pending>>,
+    dead: Cell<bool>,
+    why_dead: RefCell<Option<String>>,
+}
+
+/// Hands kernel calls to the agents of a cluster for the duration of one
+/// job. Its reader loops ([`Dispatcher::run_readers`]) must run alongside
+/// the calls.
+pub struct Dispatcher<'c> {
+    links: Vec<Link<'c>>,
+    tokens_tx: async_channel::Sender<usize>,
+    tokens_rx: async_channel::Receiver<usize>,
+    progress_tx: async_channel::Sender<()>,
+    progress_rx: async_channel::Receiver<()>,
+}
+
+impl std::fmt::Debug for Dispatcher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let labels: Vec<&str> = self.links.iter().map(|l| l.label.as_str()).collect();
+        f.debug_struct("Dispatcher")
+            .field("agents", &labels)
+            .finish()
+    }
+}
+
+impl<'c> Dispatcher<'c> {
+    /// A dispatcher over these connections, with `2 × cores` credits each,
+    /// interleaved so that the first tasks spread over all agents.
+    pub fn new(conns: &'c mut [AgentConn]) -> Dispatcher<'c> {
+        let credits: Vec<usize> = conns
+            .iter()
+            .map(|c| CREDITS_PER_WORKER * (c.info().cores as usize).max(1))
+            .collect();
+        let total: usize = credits.iter().sum();
+        let (tokens_tx, tokens_rx) = async_channel::bounded(total.max(1));
+        for round in 0..credits.iter().copied().max().unwrap_or(0) {
+            for (i, &c) in credits.iter().enumerate() {
+                if round < c {
+                    let _ = tokens_tx.try_send(i);
+                }
+            }
+        }
+        if conns.is_empty() {
+            tokens_tx.close();
+        }
+        let links = conns
+            .iter_mut()
+            .map(|conn| {
+                let label = format!("{} ({})", conn.info().name, conn.addr());
+                let addr = conn.addr();
+                let (sender, receiver) = conn.halves();
+                Link {
+                    label,
+                    addr,
+                    sender: Mutex::new(sender),
+                    receiver: RefCell::new(receiver),
+                    pending: RefCell::new(HashMap::new()),
+                    dead: Cell::new(false),
+                    why_dead: RefCell::new(None),
+                }
+            })
+            .collect();
+        let (progress_tx, progress_rx) = async_channel::bounded(1);
+        Dispatcher {
+            links,
+            tokens_tx,
+            tokens_rx,
+            progress_tx,
+            progress_rx,
+        }
+    }
+
+    /// Runs `kernel` on `input` on whichever agent has a free credit first.
+    /// `task` names the call in errors (e.g. `item 3 part 1`).
+    pub async fn call(&self, task: &str, kernel: &Kernel, input: Array) -> Outcome {
+        let link = loop {
+            let i = self
+                .tokens_rx
+                .recv()
+                .await
+                .map_err(|_| JobError::NoAgents)?;
+            if !self.links[i].dead.get() {
+                break i;
+            }
+        };
+        let result = self.call_on(link, task, kernel, input).await;
+        if !self.links[link].dead.get() {
+            let _ = self.tokens_tx.try_send(link);
+        }
+        result
+    }
+
+    async fn call_on(&self, i: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
+        let link = &self.links[i];
+        let id = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = async_channel::bounded(1);
+        let pending = Pending {
+            task: task.to_owned(),
+            kernel: kernel.name.clone(),
+            reply: tx,
+        };
+        link.pending.borrow_mut().insert(id, pending);
+        let head = Message::Task(TaskHead {
+            id,
+            kernel: kernel.name.clone(),
+            args: kernel.args.clone(),
+        });
+        let sent = link
+            .sender
+            .lock()
+            .await
+            .send_bulk(&head, input.shape, &input.data)
+            .await;
+        if let Err(source) = sent {
+            link.pending.borrow_mut().remove(&id);
+            return Err(ClientError::Wire {
+                addr: link.addr,
+                source,
+            }
+            .into());
+        }
+        drop(input);
+        rx.recv().await.unwrap_or_else(|_| {
+            Err(ClientError::Protocol {
+                addr: link.addr,
+                what: "the connection ended before the task's result arrived".into(),
+            }
+            .into())
+        })
+    }
+
+    /// Reads results from every agent and routes them to their callers.
+    /// It never returns: run it alongside the calls, and drop it when the
+    /// job is done (after [`Dispatcher::drain`], so that no frame is cut).
+    pub async fn run_readers(&self) {
+        let readers = self.links.iter().map(|link| self.read(link));
+        let mut all: Vec<_> = readers.map(Box::pin).collect();
+        futures_lite::future::poll_fn(|cx| {
+            all.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+            if all.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        std::future::pending::<()>().await;
+    }
+
+    // The receiver stays borrowed across awaits: only one reader per link
+    // runs at a time, and dropping this future (between frames, after
+    // `drain`) releases it.
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn read(&self, link: &Link<'c>) {
+        if link.dead.get() {
+            return;
+        }
+        let mut receiver = link.receiver.borrow_mut();
+        loop {
+            let mut data = Vec::new();
+            let received = match receiver.recv(&mut data).await {
+                Ok(r) => r,
+                Err(source) => {
+                    self.kill(
+                        link,
+                        ClientError::Wire {
+                            addr: link.addr,
+                            source,
+                        },
+                    );
+                    break;
+                }
+            };
+            let (id, outcome) = match received.msg {
+                Message::TaskDone(done) => {
+                    let shape = received.bulk.unwrap_or(skelpi_proto::Shape::List(0));
+                    (done.id, Ok(Array { shape, data }))
+                }
+                Message::TaskFailed(f) => (f.id, Err((f.error, f.panicked))),
+                Message::Error(e) => {
+                    let what = format!("agent reported: {}", e.message);
+                    self.kill(
+                        link,
+                        ClientError::Agent {
+                            addr: link.addr,
+                            message: what,
+                        },
+                    );
+                    break;
+                }
+                other => {
+                    log::warn!("{}: ignoring unexpected {}", link.label, other.kind_name());
+                    continue;
+                }
+            };
+            let entry = link.pending.borrow_mut().remove(&id);
+            if let Some(p) = entry {
+                let outcome = outcome.map_err(|(message, panicked)| {
+                    JobError::Task(TaskError {
+                        task: p.task,
+                        kernel: p.kernel,
+                        agent: link.label.clone(),
+                        message,
+                        panicked,
+                    })
+                });
+                let _ = p.reply.try_send(outcome);
+            }
+            let _ = self.progress_tx.try_send(());
+        }
+    }
+
+    /// Marks a link dead and fails the calls waiting on it.
+    fn kill(&self, link: &Link<'c>, why: ClientError) {
+        log::warn!("{}: {why}", link.label);
+        link.dead.set(true);
+        let message = why.to_string();
+        *link.why_dead.borrow_mut() = Some(message.clone());
+        for (_, p) in link.pending.borrow_mut().drain() {
+            let _ = p.reply.try_send(Err(JobError::Agent(ClientError::Protocol {
+                addr: link.addr,
+                what: message.clone(),
+            })));
+        }
+        if self.links.iter().all(|l| l.dead.get()) {
+            self.tokens_tx.close();
+        }
+        let _ = self.progress_tx.try_send(());
+    }
+
+    /// Waits until no task is in flight on a live agent, so that a job that
+    /// ends early (an error) leaves every connection between frames.
+    pub async fn drain(&self) {
+        loop {
+            let busy = self
+                .links
+                .iter()
+                .any(|l| !l.dead.get() && !l.pending.borrow().is_empty());
+            if !busy {
+                return;
+            }
+            let _ = self.progress_rx.recv().await;
+        }
+    }
+}
+
+impl Dispatcher<'_> {
+    /// Why each connection died during the job (`None`: still good), in
+    /// pool order.
+    pub fn casualties(&self) -> Vec<Option<String>> {
+        self.links
+            .iter()
+            .map(|l| l.why_dead.borrow().clone())
+            .collect()
+    }
+}

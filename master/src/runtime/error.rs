@@ -1,0 +1,42 @@
+//! Errors of jobs.
+
+use crate::client::ClientError;
+use thiserror::Error;
+
+/// A kernel call that failed on an agent.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("task {task} ({kernel}) failed on agent {agent}: {message}")]
+pub struct TaskError {
+    /// Which task: the item's index in the job input, with the part or
+    /// round inside nested skeletons (`item 3`, `item 3 part 1`).
+    pub task: String,
+    /// The kernel that failed.
+    pub kernel: String,
+    /// The agent it ran on (name and address).
+    pub agent: String,
+    /// The kernel's or agent's explanation.
+    pub message: String,
+    /// The kernel panicked.
+    pub panicked: bool,
+}
+
+/// Why a job failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// A task failed; the cluster remains usable.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// An agent connection failed.
+    #[error(transparent)]
+    Agent(#[from] ClientError),
+    /// The pool has no live agent.
+    #[error("no agent is left to run tasks on")]
+    NoAgents,
+    /// The job was stopped before this part of it finished.
+    #[error("the job was cancelled")]
+    Cancelled,
+    /// The skeleton cannot run on these inputs.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+}

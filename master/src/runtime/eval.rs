@@ -1,0 +1,433 @@
+//! Skeleton trees as graphs of bounded streams over the dispatcher.
+//!
+//! Every node reads a stream of items and writes one; channels hold at most
+//! [`STREAM_BUFFER`] items, so a slow stage holds back its producers. An
+//! error travels down the stream as an `Err` item and ends the job.
+
+use super::dispatch::Dispatcher;
+use super::sequential::concat;
+use super::{Item, JobError, split};
+use skelpi_agent::kernels::Array;
+use skelpi_proto::skeleton::{Kernel, Skeleton};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+/// Items a stream buffers between two nodes.
+pub const STREAM_BUFFER: usize = 8;
+
+/// A stream of items (or the error that ended it).
+pub type Stream = async_channel::Receiver<Result<Item, JobError>>;
+type Sink = async_channel::Sender<Result<Item, JobError>>;
+
+/// A future that a node wants run next to it.
+pub type Spawned<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// Starts futures on the job's executor. Nodes own a clone; the job's
+/// driver receives the futures and spawns them, so no node borrows the
+/// executor. (The queue holds only futures not yet started: it is emptied
+/// as fast as nodes fill it.)
+#[derive(Clone)]
+pub struct Spawner<'a>(pub async_channel::Sender<Spawned<'a>>);
+
+impl std::fmt::Debug for Spawner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spawner")
+    }
+}
+
+impl<'a> Spawner<'a> {
+    /// Runs `f` next to the caller.
+    pub fn spawn(&self, f: impl Future<Output = ()> + 'a) {
+        let _ = self.0.try_send(Box::pin(f));
+    }
+
+    /// Runs `f` next to the caller; the returned future yields its output
+    /// (`None` if the job was cancelled first).
+    pub fn spawn_with<T: 'a>(
+        &self,
+        f: impl Future<Output = T> + 'a,
+    ) -> impl Future<Output = Option<T>> + 'a {
+        let (tx, rx) = async_channel::bounded(1);
+        self.spawn(async move {
+            let _ = tx.send(f.await).await;
+        });
+        async move { rx.recv().await.ok() }
+    }
+}
+
+/// What evaluation needs: where to start nodes, where to send tasks, and
+/// the default farm width.
+#[derive(Clone)]
+pub struct Ctx<'a, 'c> {
+    /// Starts the nodes.
+    pub spawner: Spawner<'a>,
+    /// Task dispatch.
+    pub d: &'a Dispatcher<'c>,
+    /// Replicas of a farm that does not say: the pool's cores.
+    pub cores: usize,
+}
+
+impl std::fmt::Debug for Ctx<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("cores", &self.cores).finish()
+    }
+}
+
+fn channel() -> (Sink, Stream) {
+    async_channel::bounded(STREAM_BUFFER)
+}
+
+/// Spawns the graph of `skel` reading `input`; returns its output stream.
+pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> Stream {
+    match skel {
+        Skeleton::Seq(k) => seq(cx, k, input),
+        Skeleton::Pipe(stages) => stages
+            .iter()
+            .fold(input, |s, stage| eval(cx.clone(), stage, s)),
+        Skeleton::Farm {
+            worker,
+            replicas,
+            ordered,
+        } => {
+            let n = replicas.map_or(cx.cores, |r| r as usize).max(1);
+            farm(cx, worker, n, *ordered, input)
+        }
+        Skeleton::Map { parts, worker } => map(cx, *parts as usize, worker, input),
+        Skeleton::Reduce(k) => reduce(cx, k, input),
+        Skeleton::Feedback {
+            body,
+            until,
+            max_rounds,
+        } => feedback(cx, body, until, *max_rounds, input),
+        other => {
+            let (tx, rx) = channel();
+            let _ = tx.try_send(Err(JobError::Invalid(format!(
+                "unsupported skeleton {other}"
+            ))));
+            rx
+        }
+    }
+}
+
+/// Feeds `items` into a new stream.
+pub fn source<'a>(spawner: &Spawner<'a>, items: Vec<Item>) -> Stream {
+    let (tx, rx) = channel();
+    spawner.spawn(async move {
+        for item in items {
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn seq<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
+    let (tx, rx) = channel();
+    cx.spawner.clone().spawn(async move {
+        while let Ok(next) = input.recv().await {
+            let out = match next {
+                Ok(item) => {
+                    cx.d.call(&item.origin, k, item.data)
+                        .await
+                        .map(|data| Item {
+                            data,
+                            ..item_meta(&item.origin, item.index)
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            let failed = out.is_err();
+            if tx.send(out).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn item_meta(origin: &str, index: u64) -> Item {
+    Item {
+        index,
+        origin: origin.to_owned(),
+        data: Array::list(Vec::new()),
+    }
+}
+
+/// `n` replicas of `worker` pulling items on demand from one queue; the
+/// collector restores input order if `ordered`. At most `4 n` items are
+/// between the emitter and the collector at any time.
+fn farm<'a, 'c: 'a>(
+    cx: Ctx<'a, 'c>,
+    worker: &'a Skeleton,
+    n: usize,
+    ordered: bool,
+    input: Stream,
+) -> Stream {
+    let window = 4 * n;
+    let (credit_tx, credit_rx) = async_channel::bounded::<()>(window);
+    for _ in 0..window {
+        let _ = credit_tx.try_send(());
+    }
+    let (work_tx, work_rx) = async_channel::bounded(n);
+    let (merge_tx, merge_rx) = channel();
+    let (out_tx, out_rx) = channel();
+    let (index_tx, index_rx) = async_channel::unbounded::<(u64, u64)>();
+    // Emitter: number the items 0, 1, 2... (the collector maps them back).
+    cx.spawner.clone().spawn(async move {
+        let mut seq = 0u64;
+        while let Ok(next) = input.recv().await {
+            match next {
+                Ok(mut item) => {
+                    if credit_rx.recv().await.is_err() {
+                        return;
+                    }
+                    let _ = index_tx.try_send((seq, item.index));
+                    item.index = seq;
+                    seq += 1;
+                    if work_tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = work_tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    for _ in 0..n {
+        let out = eval(cx.clone(), worker, work_rx.clone());
+        let merge = merge_tx.clone();
+        cx.spawner.spawn(async move {
+            while let Ok(r) = out.recv().await {
+                if merge.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(merge_tx);
+    // Collector.
+    cx.spawner.clone().spawn(async move {
+        let mut original = BTreeMap::new();
+        let mut held = BTreeMap::new();
+        let mut next = 0u64;
+        while let Ok(r) = merge_rx.recv().await {
+            let item = match r {
+                Ok(item) => item,
+                Err(e) => {
+                    let _ = out_tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Ok((seq, index)) = index_rx.try_recv() {
+                original.insert(seq, index);
+            }
+            let ready: Vec<Item> = if ordered {
+                held.insert(item.index, item);
+                let mut ready = Vec::new();
+                while let Some(item) = held.remove(&next) {
+                    ready.push(item);
+                    next += 1;
+                }
+                ready
+            } else {
+                vec![item]
+            };
+            for mut item in ready {
+                item.index = original.remove(&item.index).unwrap_or(item.index);
+                let _ = credit_tx.try_send(());
+                if out_tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    out_rx
+}
+
+/// Per item: split into `parts` chunks, run them through a farm of
+/// `worker` (one replica per chunk), concatenate in chunk order.
+fn map<'a, 'c: 'a>(cx: Ctx<'a, 'c>, parts: usize, worker: &'a Skeleton, input: Stream) -> Stream {
+    let (tx, rx) = channel();
+    cx.spawner.clone().spawn(async move {
+        while let Ok(next) = input.recv().await {
+            let out = match next {
+                Ok(item) => map_one(cx.clone(), parts, worker, item).await,
+                Err(e) => Err(e),
+            };
+            let failed = out.is_err();
+            if tx.send(out).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn map_one<'a, 'c: 'a>(
+    cx: Ctx<'a, 'c>,
+    parts: usize,
+    worker: &'a Skeleton,
+    item: Item,
+) -> Result<Item, JobError> {
+    let chunks: Vec<Item> = split(&item.data.data, parts)
+        .into_iter()
+        .enumerate()
+        .map(|(j, data)| Item {
+            index: j as u64,
+            origin: format!("{} part {j}", item.origin),
+            data: Array::list(data),
+        })
+        .collect();
+    let n = chunks.len();
+    let spawner = cx.spawner.clone();
+    let out = farm(cx, worker, n, true, source(&spawner, chunks));
+    let mut data = Vec::with_capacity(item.data.data.len());
+    while let Ok(r) = out.recv().await {
+        data.extend_from_slice(&r?.data.data);
+    }
+    Ok(Item {
+        index: item.index,
+        origin: item.origin,
+        data: Array::list(data),
+    })
+}
+
+/// Collects the stream, then combines pairs level by level, each level's
+/// pairs in parallel; emits one item (none for an empty stream).
+fn reduce<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
+    let (tx, rx) = channel();
+    cx.spawner.clone().spawn(async move {
+        let mut level = Vec::new();
+        while let Ok(next) = input.recv().await {
+            match next {
+                Ok(item) => level.push(item.data),
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        let out = reduce_levels(cx, k, level).await;
+        if let Some(out) = out.transpose() {
+            let _ = tx
+                .send(out.map(|data| Item {
+                    index: 0,
+                    origin: "reduce".into(),
+                    data,
+                }))
+                .await;
+        }
+    });
+    rx
+}
+
+async fn reduce_levels<'a, 'c: 'a>(
+    cx: Ctx<'a, 'c>,
+    k: &'a Kernel,
+    mut level: Vec<Array>,
+) -> Result<Option<Array>, JobError> {
+    if level.is_empty() {
+        return Ok(None);
+    }
+    let mut depth = 0;
+    loop {
+        let single = level.len() == 1;
+        let mut tasks = Vec::new();
+        let mut carry = None;
+        let mut it = level.into_iter();
+        let mut pair = 0;
+        while let Some(a) = it.next() {
+            let joined = match it.next() {
+                Some(b) => concat(a, b),
+                None if single => a,
+                None => {
+                    // An odd one out waits for the next level as it is.
+                    carry = Some(a);
+                    break;
+                }
+            };
+            let origin = format!("reduce level {depth} pair {pair}");
+            let d = cx.d;
+            tasks.push(
+                cx.spawner
+                    .spawn_with(async move { d.call(&origin, k, joined).await }),
+            );
+            pair += 1;
+        }
+        let mut next = Vec::with_capacity(tasks.len() + 1);
+        for t in tasks {
+            let done = t.await.ok_or(JobError::Cancelled)?;
+            next.push(done?);
+        }
+        next.extend(carry);
+        if next.len() == 1 {
+            return Ok(next.pop());
+        }
+        level = next;
+        depth += 1;
+    }
+}
+
+/// Per item: run `body`, then `until`; go round again while `until`'s first
+/// element is > 0, at most `max_rounds` times.
+fn feedback<'a, 'c: 'a>(
+    cx: Ctx<'a, 'c>,
+    body: &'a Skeleton,
+    until: &'a Kernel,
+    max_rounds: u32,
+    input: Stream,
+) -> Stream {
+    let (tx, rx) = channel();
+    cx.spawner.clone().spawn(async move {
+        while let Ok(next) = input.recv().await {
+            let out = match next {
+                Ok(item) => feedback_one(cx.clone(), body, until, max_rounds, item).await,
+                Err(e) => Err(e),
+            };
+            let failed = out.is_err();
+            if tx.send(out).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn feedback_one<'a, 'c: 'a>(
+    cx: Ctx<'a, 'c>,
+    body: &'a Skeleton,
+    until: &'a Kernel,
+    max_rounds: u32,
+    mut item: Item,
+) -> Result<Item, JobError> {
+    let origin = item.origin.clone();
+    for round in 0..max_rounds {
+        let mut one = item;
+        one.origin = format!("{origin} round {round}");
+        let out = eval(cx.clone(), body, source(&cx.spawner, vec![one]));
+        let mut results = Vec::new();
+        while let Ok(r) = out.recv().await {
+            results.push(r?);
+        }
+        let [done] = <[Item; 1]>::try_from(results).map_err(|r| {
+            JobError::Invalid(format!(
+                "feedback body {body} gave {} items for one; it must give exactly one",
+                r.len()
+            ))
+        })?;
+        let verdict = cx.d.call(&done.origin, until, done.data.clone()).await?;
+        item = Item {
+            origin: origin.clone(),
+            ..done
+        };
+        if verdict.data.first().is_none_or(|&v| v <= 0.0) {
+            return Ok(item);
+        }
+    }
+    Err(JobError::Invalid(format!(
+        "{origin} still loops after {max_rounds} rounds of feedback({body}, {until})"
+    )))
+}
