@@ -143,17 +143,19 @@ impl Cluster {
         inputs: Vec<Array>,
     ) -> Result<Vec<Array>, JobError> {
         let mut out = Vec::new();
-        self.run_each(skeleton, inputs, |a| out.push(a)).await?;
+        self.run_each(skeleton, inputs, |_, a| out.push(a)).await?;
         Ok(out)
     }
 
-    /// Runs `skeleton` on `inputs`, handing each result to `on_result` as
-    /// soon as it is ready.
+    /// Runs `skeleton` on `inputs`, handing each result and its input's
+    /// index to `on_result` as soon as it is ready. Inputs are drawn from the iterator only as the
+    /// tree has room for them, so an endless or huge generator runs in
+    /// bounded memory.
     pub async fn run_each(
         &mut self,
         skeleton: &Skeleton,
-        inputs: Vec<Array>,
-        on_result: impl FnMut(Array),
+        inputs: impl IntoIterator<Item = Array>,
+        on_result: impl FnMut(u64, Array),
     ) -> Result<(), JobError> {
         let live: Vec<usize> = (0..self.agents.len())
             .filter(|&i| !self.agents[i].is_broken())
@@ -169,12 +171,20 @@ impl Cluster {
                     good.push(a)
                 }
             }
-            let result = job::run(&mut good, skeleton, inputs, on_result).await;
+            let result =
+                job::run(&mut good, skeleton, inputs, &Default::default(), on_result).await;
             good.extend(bad);
             self.agents = good;
             return result;
         }
-        job::run(&mut self.agents, skeleton, inputs, on_result).await
+        job::run(
+            &mut self.agents,
+            skeleton,
+            inputs,
+            &Default::default(),
+            on_result,
+        )
+        .await
     }
 
     /// The seed's pmap: `kernel` applied to every chunk, one task per chunk,

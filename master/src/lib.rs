@@ -22,6 +22,7 @@ pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod discover;
+pub mod jobfile;
 pub mod pool;
 pub mod runtime;
 pub mod stats;

@@ -3,10 +3,14 @@
 //! key or file error).
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use skelpi::bench::{report, rtt};
+use clap::{Parser, Subcommand};
+mod cmd;
+
+use cmd::bench::{BenchArgs, BenchCommand};
+use cmd::pool_args::PoolArgs;
+use cmd::run::RunArgs;
 use skelpi::discover::{DiscoverOptions, discover};
-use skelpi::pool::{self, PoolError, PoolOptions};
+use skelpi::pool::{self, PoolError};
 use skelpi_agent::key::{self, ClusterKey};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,117 +62,25 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         count: usize,
     },
-    /// Run the benchmark suite; with no agents found, on an embedded local
-    /// cluster of one agent per core.
+    /// Run the benchmark suite (rtt, pmap, farm, pipeline), or one of its
+    /// benchmarks; with no agents found, on an embedded local cluster of
+    /// one agent per core. Tables go to stdout, CSV files and SVG plots to
+    /// --out.
     Bench {
         #[command(subcommand)]
         which: Option<BenchCommand>,
         #[command(flatten)]
         pool: PoolArgs,
         #[command(flatten)]
-        rtt: RttArgs,
+        args: BenchArgs,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Round-trip times of lists and matrices of floats (the seed's first
-    /// table) and of small messages.
-    Rtt {
+    /// Run a job file: a skeleton tree and its inputs (see the README).
+    Run {
         #[command(flatten)]
         pool: PoolArgs,
         #[command(flatten)]
-        rtt: RttArgs,
+        args: RunArgs,
     },
-}
-
-#[derive(Debug, Clone, Args)]
-struct PoolArgs {
-    /// Agents to use, `host[:port]` comma-separated (port 7871 by default).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "HOST:PORT,...",
-        global = true
-    )]
-    agents: Vec<String>,
-    /// Run on N in-process agents on loopback instead.
-    #[arg(long, value_name = "N", global = true, conflicts_with = "agents")]
-    local: Option<usize>,
-    /// Cluster key file.
-    #[arg(long, value_name = "PATH", global = true)]
-    key_file: Option<PathBuf>,
-    /// Browse mDNS on this network interface only (e.g. eth0, lo).
-    #[arg(long, value_name = "NAME", global = true)]
-    interface: Option<String>,
-    /// How long to browse mDNS for agents.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, global = true)]
-    discover_timeout: Duration,
-    /// Skip encryption after authenticating (agents must run with
-    /// --allow-plaintext; for trusted benchmark networks).
-    #[arg(long, global = true)]
-    plaintext: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-struct RttArgs {
-    /// List lengths to send (floats).
-    #[arg(
-        long,
-        default_value = "1000,100000,1000000,1500000",
-        value_parser = parse_sizes,
-        global = true
-    )]
-    lists: Sizes,
-    /// Matrix sizes D to send (D×D floats).
-    #[arg(
-        long,
-        default_value = "50,100,150,200,300,1000,2000",
-        value_parser = parse_sizes,
-        global = true
-    )]
-    matrices: Sizes,
-    /// Timed repeats per size (the median is reported).
-    #[arg(long, default_value_t = 5, global = true,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    repeats: u32,
-    /// Pings per agent for the small-message row (0 to skip).
-    #[arg(long, default_value_t = 1000, global = true)]
-    pings: usize,
-    /// Link speed in Mb/s, for the utilisation column.
-    #[arg(long, value_name = "MBPS", global = true)]
-    link_mbps: Option<f64>,
-    /// Skip the raw-TCP baseline (raw TCP to the same agents, same run).
-    #[arg(long, global = true)]
-    no_baseline: bool,
-    /// Seed of the random inputs.
-    #[arg(long, default_value_t = 2010, global = true)]
-    seed: u64,
-    /// Also write the rows as CSV to this file.
-    #[arg(long, value_name = "FILE", global = true)]
-    csv: Option<PathBuf>,
-    /// Print JSON instead of the table.
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-/// A comma-separated list of sizes; empty or `none` for no sizes.
-#[derive(Debug, Clone)]
-struct Sizes(Vec<usize>);
-
-fn parse_sizes(s: &str) -> Result<Sizes, String> {
-    if s.trim().is_empty() || s.trim() == "none" {
-        return Ok(Sizes(Vec::new()));
-    }
-    s.split(',')
-        .map(|p| {
-            p.trim()
-                .replace('_', "")
-                .parse::<usize>()
-                .map_err(|_| format!("{p:?} is not a size (expected e.g. 1000,1000000 or none)"))
-        })
-        .collect::<Result<_, _>>()
-        .map(Sizes)
 }
 
 fn main() -> ExitCode {
@@ -181,7 +93,8 @@ fn main() -> ExitCode {
             let usage = e
                 .downcast_ref::<PoolError>()
                 .is_some_and(|p| matches!(p, PoolError::Key { .. } | PoolError::BadAddress(_)))
-                || e.downcast_ref::<std::io::Error>().is_some();
+                || e.downcast_ref::<std::io::Error>().is_some()
+                || e.downcast_ref::<skelpi::jobfile::JobFileError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -243,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ping { pool, count } => smol::block_on(async {
-            let mut pool = pool::connect(&pool_options(&pool, false)).await?;
+            let mut pool = pool::connect(&pool.options(false)).await?;
             eprintln!("{}", pool.origin);
             println!(
                 "{:<16} {:<22} {:>10} {:>10} {:>10}",
@@ -266,58 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pool.cluster.close().await;
             Ok(())
         }),
-        Command::Bench { which, pool, rtt } => {
-            let (pool, rtt) = match which {
-                Some(BenchCommand::Rtt { pool, rtt }) => (pool, rtt),
-                None => (pool, rtt),
-            };
-            bench_rtt(&pool, &rtt)
-        }
+        Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
+        Command::Run { pool, args } => cmd::run::run(&pool, &args),
     }
-}
-
-fn pool_options(p: &PoolArgs, fallback_local: bool) -> PoolOptions {
-    PoolOptions {
-        agents: p.agents.clone(),
-        local: p.local,
-        discover_timeout: p.discover_timeout,
-        interface: p.interface.clone(),
-        fallback_local,
-        key_file: p.key_file.clone(),
-        plaintext: p.plaintext,
-    }
-}
-
-fn bench_rtt(pool_args: &PoolArgs, args: &RttArgs) -> anyhow::Result<()> {
-    smol::block_on(async {
-        let mut pool = pool::connect(&pool_options(pool_args, true)).await?;
-        eprintln!("{}", pool.origin);
-        let opts = rtt::RttOptions {
-            lists: args.lists.0.clone(),
-            matrices: args.matrices.0.clone(),
-            repeats: args.repeats as usize,
-            pings: args.pings,
-            link_mbps: args.link_mbps,
-            baseline: !args.no_baseline,
-            seed: args.seed,
-        };
-        let bar = indicatif::ProgressBar::new(rtt::steps(&opts, pool.cluster.agents().len()));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
-                .expect("static template"),
-        );
-        let report = rtt::run(&mut pool.cluster, &pool.origin, &opts, &bar).await?;
-        bar.finish_and_clear();
-        pool.cluster.close().await;
-        if let Some(path) = &args.csv {
-            report::write_csv(&report, path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report::rtt_table(&report));
-        }
-        Ok(())
-    })
 }

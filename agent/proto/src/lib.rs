@@ -38,6 +38,7 @@ mod info;
 mod message;
 pub mod preamble;
 pub mod skeleton;
+pub mod skeleton_text;
 
 pub use bulk::Shape;
 pub use error::{DecodeError, EncodeError};

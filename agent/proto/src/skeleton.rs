@@ -54,7 +54,8 @@ pub enum Skeleton {
     Farm {
         /// What each replica computes.
         worker: Box<Skeleton>,
-        /// Number of replicas; `None`: one per core of the pool.
+        /// Number of replicas; `None`: one per core of the pool, and one
+        /// more per core queued behind it so no core idles between tasks.
         #[serde(default)]
         replicas: Option<u32>,
         /// Emit results in input order (otherwise as they finish).
@@ -194,7 +195,17 @@ impl fmt::Display for Skeleton {
             }
             Skeleton::Map { parts, worker } => write!(f, "map({parts}, {worker})"),
             Skeleton::Reduce(k) => write!(f, "reduce({k})"),
-            Skeleton::Feedback { body, until, .. } => write!(f, "feedback({body}, {until})"),
+            Skeleton::Feedback {
+                body,
+                until,
+                max_rounds,
+            } => {
+                write!(f, "feedback({body}, {until}")?;
+                if *max_rounds != default_rounds() {
+                    write!(f, ", {max_rounds}")?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Rendering benchmark reports: an aligned table for people, CSV and JSON
 //! for tools.
 
+use super::farm::FarmReport;
+use super::pipeline::PipelineReport;
+use super::pmap::PmapReport;
 use super::rtt::RttReport;
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -61,14 +65,108 @@ pub fn rtt_table(r: &RttReport) -> String {
     s
 }
 
-/// Writes the rows as CSV.
-pub fn write_csv(r: &RttReport, path: &Path) -> Result<(), csv::Error> {
+/// Writes rows (of any report) as CSV with a header line.
+pub fn write_csv<T: Serialize>(rows: &[T], path: &Path) -> Result<(), csv::Error> {
     let mut w = csv::Writer::from_path(path)?;
-    for row in &r.rows {
+    for row in rows {
         w.serialize(row)?;
     }
     w.flush()?;
     Ok(())
+}
+
+/// Renders the pmap report like the seed's speedup table.
+pub fn pmap_table(r: &PmapReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "pmap: {} — D = {} floats, erf applied C = {} times, median of {} repeats",
+        r.origin, r.d, r.c, r.repeats
+    );
+    let _ = writeln!(
+        s,
+        "sequential (one call over all D, this process): {}",
+        secs(r.sequential_s)
+    );
+    let _ = writeln!(
+        s,
+        "{:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
+        "agents", "workers", "chunks", "time", "speedup", "efficiency"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:>7} {:>8} {:>7} {:>10} {:>8.2} {:>9.0}%",
+            row.agents,
+            row.workers,
+            row.chunks,
+            secs(row.time_s),
+            row.speedup,
+            row.efficiency * 100.0
+        );
+    }
+    s.push_str("speedup is the sequential time over the pmap time; efficiency is speedup per worker thread.\n");
+    s
+}
+
+/// Renders the farm report.
+pub fn farm_table(r: &FarmReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "farm: {} — {} agents, {} workers, {} no-op tasks, median of {} repeats",
+        r.origin, r.agents, r.workers, r.tasks, r.repeats
+    );
+    let _ = writeln!(
+        s,
+        "{:>14} {:>12} {:>20} {:>14}",
+        "farm tasks/s", "µs per task", "one-at-a-time tasks/s", "vs one-at-a-time"
+    );
+    let _ = writeln!(
+        s,
+        "{:>14.0} {:>12.1} {:>20.0} {:>13.1}x",
+        r.farm_tasks_per_s, r.farm_us_per_task, r.sequential_tasks_per_s, r.vs_sequential
+    );
+    s
+}
+
+/// Renders the pipeline report like the seed's Ts / Ta / rho table.
+pub fn pipeline_table(r: &PipelineReport) -> String {
+    let mut s = String::new();
+    let feed = r.interval_s.map_or("as fast as possible".to_owned(), |t| {
+        format!("one every {}", secs(t))
+    });
+    let _ = writeln!(
+        s,
+        "pipeline: {} — {} matrices of {}x{}, fed {feed}",
+        r.origin, r.items, r.size, r.size
+    );
+    let _ = writeln!(
+        s,
+        "{:>5} {:<26} {:<12} {:>10} {:>10} {:>6}",
+        "stage", "kernel", "agent", "Ts", "Ta", "rho"
+    );
+    for st in &r.stages {
+        let _ = writeln!(
+            s,
+            "{:>5} {:<26} {:<12} {:>10} {:>10} {:>6.2}",
+            st.stage,
+            st.kernel,
+            st.agent,
+            secs(st.ts_s),
+            secs(st.ta_s),
+            st.rho
+        );
+    }
+    let _ = writeln!(
+        s,
+        "throughput {:.1} items/s; model 1/max(Ts) {:.1} items/s; measured/model {:.2}; wall {}",
+        r.throughput,
+        r.model_throughput,
+        r.vs_model,
+        secs(r.wall_s)
+    );
+    s
 }
 
 fn bytes(n: u64) -> String {

@@ -125,6 +125,21 @@ impl<'c> Dispatcher<'c> {
         result
     }
 
+    /// Runs `kernel` on agent `home` (a pipeline stage placed there), or on
+    /// demand if that agent is gone. Placed stages run one call at a time,
+    /// so they need no credit.
+    pub async fn call_at(&self, home: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
+        match self.links.get(home) {
+            Some(link) if !link.dead.get() => self.call_on(home, task, kernel, input).await,
+            _ => self.call(task, kernel, input).await,
+        }
+    }
+
+    /// Number of agents.
+    pub fn agents(&self) -> usize {
+        self.links.len()
+    }
+
     async fn call_on(&self, i: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
         let link = &self.links[i];
         let id = NEXT_TASK.fetch_add(1, Ordering::Relaxed);

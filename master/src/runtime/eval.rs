@@ -4,13 +4,16 @@
 //! [`STREAM_BUFFER`] items, so a slow stage holds back its producers. An
 //! error travels down the stream as an `Err` item and ends the job.
 
-use super::dispatch::Dispatcher;
+use super::dispatch::{CREDITS_PER_WORKER, Dispatcher};
+use super::probe::{Call, Probe};
 use super::sequential::concat;
 use super::{Item, JobError, split};
 use skelpi_agent::kernels::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Instant;
 
 /// Items a stream buffers between two nodes.
 pub const STREAM_BUFFER: usize = 8;
@@ -63,8 +66,46 @@ pub struct Ctx<'a, 'c> {
     pub spawner: Spawner<'a>,
     /// Task dispatch.
     pub d: &'a Dispatcher<'c>,
-    /// Replicas of a farm that does not say: the pool's cores.
+    /// Worker threads of the pool (a farm that does not say how many
+    /// replicas it has gets one per credit: [`CREDITS_PER_WORKER`] per
+    /// core).
     pub cores: usize,
+    /// The agent a `seq` runs on when it is a pipeline stage (`None`: on
+    /// demand, wherever a credit is free).
+    pub home: Option<usize>,
+    /// Inside a farm or a map, whose replicas take any agent on demand:
+    /// pipelines there are not placed.
+    pub replicated: bool,
+    /// Where the tree's calls are timed, if anywhere.
+    pub probe: Option<&'a Probe>,
+    /// This node's place in the tree, for the probe (`0`, `0.1`, `0.1.farm`).
+    pub node: Rc<str>,
+}
+
+impl<'a, 'c> Ctx<'a, 'c> {
+    fn at(&self, home: Option<usize>, node: String) -> Ctx<'a, 'c> {
+        Ctx {
+            home,
+            node: node.into(),
+            ..self.clone()
+        }
+    }
+
+    fn replicas(&self, what: &str) -> Ctx<'a, 'c> {
+        Ctx {
+            home: None,
+            replicated: true,
+            node: format!("{}.{what}", self.node).into(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The seed's `get_nodes(n)`: `n` agents for `n` stages, spread over the
+/// pool and wrapping, so consecutive stages share an agent only when agents
+/// are fewer than stages.
+pub fn get_nodes(n: usize, agents: usize) -> Vec<usize> {
+    (0..n).map(|i| i % agents.max(1)).collect()
 }
 
 impl std::fmt::Debug for Ctx<'_, '_> {
@@ -81,18 +122,28 @@ fn channel() -> (Sink, Stream) {
 pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> Stream {
     match skel {
         Skeleton::Seq(k) => seq(cx, k, input),
-        Skeleton::Pipe(stages) => stages
-            .iter()
-            .fold(input, |s, stage| eval(cx.clone(), stage, s)),
+        Skeleton::Pipe(stages) => {
+            let homes = get_nodes(stages.len(), cx.d.agents());
+            let stages = stages.iter().zip(homes).enumerate();
+            stages.fold(input, |s, (i, (stage, home))| {
+                let placed = (!cx.replicated).then_some(home);
+                eval(cx.at(placed, format!("{}.{i}", cx.node)), stage, s)
+            })
+        }
         Skeleton::Farm {
             worker,
             replicas,
             ordered,
         } => {
-            let n = replicas.map_or(cx.cores, |r| r as usize).max(1);
-            farm(cx, worker, n, *ordered, input)
+            // One replica per credit by default: every core of the pool
+            // has a task running and one queued behind it, so no core
+            // idles during a round trip.
+            let n = replicas
+                .map_or(cx.cores * CREDITS_PER_WORKER, |r| r as usize)
+                .max(1);
+            farm(cx.replicas("farm"), worker, n, *ordered, input)
         }
-        Skeleton::Map { parts, worker } => map(cx, *parts as usize, worker, input),
+        Skeleton::Map { parts, worker } => map(cx.replicas("map"), *parts as usize, worker, input),
         Skeleton::Reduce(k) => reduce(cx, k, input),
         Skeleton::Feedback {
             body,
@@ -109,8 +160,8 @@ pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> S
     }
 }
 
-/// Feeds `items` into a new stream.
-pub fn source<'a>(spawner: &Spawner<'a>, items: Vec<Item>) -> Stream {
+/// Feeds `items` into a new stream, as fast as the stream takes them.
+pub fn source<'a>(spawner: &Spawner<'a>, items: impl IntoIterator<Item = Item> + 'a) -> Stream {
     let (tx, rx) = channel();
     spawner.spawn(async move {
         for item in items {
@@ -128,12 +179,21 @@ fn seq<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
         while let Ok(next) = input.recv().await {
             let out = match next {
                 Ok(item) => {
-                    cx.d.call(&item.origin, k, item.data)
-                        .await
-                        .map(|data| Item {
-                            data,
-                            ..item_meta(&item.origin, item.index)
-                        })
+                    let meta = item_meta(&item.origin, item.index);
+                    let start = Instant::now();
+                    let done = match cx.home {
+                        Some(home) => cx.d.call_at(home, &item.origin, k, item.data).await,
+                        None => cx.d.call(&item.origin, k, item.data).await,
+                    };
+                    if let Some(probe) = cx.probe {
+                        probe.record(Call {
+                            node: cx.node.to_string(),
+                            index: meta.index,
+                            start,
+                            end: Instant::now(),
+                        });
+                    }
+                    done.map(|data| Item { data, ..meta })
                 }
                 Err(e) => Err(e),
             };

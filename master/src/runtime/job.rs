@@ -1,25 +1,40 @@
-//! One job: a skeleton tree run over a list of inputs on a cluster's
+//! One job: a skeleton tree run over a stream of inputs on a cluster's
 //! connections.
 
 use super::dispatch::Dispatcher;
-use super::eval::{Ctx, Spawner, eval, source};
+use super::eval::{Ctx, Spawner, Stream, eval, source};
+use super::probe::Probe;
 use super::{Item, JobError};
 use crate::client::AgentConn;
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
 use skelpi_proto::skeleton::Skeleton;
 use smol::LocalExecutor;
+use std::time::{Duration, Instant};
 
-/// Runs `skeleton` on `inputs` over `conns`, handing each result to
-/// `on_result` as it leaves the tree (in input order where the tree keeps
-/// order). On the first error the job stops, waits for the tasks still in
-/// flight (so every connection is left between frames) and returns it;
-/// connections that failed are marked broken.
+/// How a job feeds its inputs and what it records.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JobOptions<'a> {
+    /// Feed one input every `interval` (the pipeline benchmark's
+    /// inter-arrival time); `None`: as fast as the tree takes them.
+    pub interval: Option<Duration>,
+    /// Time every kernel call here.
+    pub probe: Option<&'a Probe>,
+}
+
+/// Runs `skeleton` on `inputs` over `conns`, handing each result and the
+/// index of its input (for a reduction: 0) to `on_result` as it leaves the
+/// tree (in input order where the tree keeps
+/// order). Inputs are drawn only as the tree has room for them. On the
+/// first error the job stops, waits for the tasks still in flight (so every
+/// connection is left between frames) and returns it; connections that
+/// failed are marked broken.
 pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
-    inputs: Vec<Array>,
-    mut on_result: impl FnMut(Array),
+    inputs: impl IntoIterator<Item = Array>,
+    opts: &JobOptions<'_>,
+    mut on_result: impl FnMut(u64, Array),
 ) -> Result<(), JobError> {
     if conns.is_empty() {
         return Err(JobError::NoAgents);
@@ -37,21 +52,25 @@ pub async fn run(
             spawner: Spawner(spawn_tx),
             d: &dispatcher,
             cores,
+            home: None,
+            replicated: false,
+            probe: opts.probe,
+            node: "0".into(),
         };
-        let items = inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, data)| Item {
-                index: i as u64,
-                origin: format!("item {i}"),
-                data,
-            })
-            .collect();
+        let items = inputs.into_iter().enumerate().map(|(i, data)| Item {
+            index: i as u64,
+            origin: format!("item {i}"),
+            data,
+        });
+        let input = match opts.interval {
+            None => source(&cx.spawner, items),
+            Some(every) => paced(&cx.spawner, items, every),
+        };
         let work = async {
-            let input = source(&cx.spawner, items);
             let out = eval(cx, skeleton, input);
             while let Ok(r) = out.recv().await {
-                on_result(r?.data);
+                let item = r?;
+                on_result(item.index, item.data);
             }
             Ok(())
         };
@@ -79,4 +98,24 @@ pub async fn run(
         }
     }
     result
+}
+
+/// Like [`source`], but item `i` enters no earlier than `i × every` after
+/// the first (later if the tree is full: then it waits for room).
+fn paced<'a>(
+    spawner: &Spawner<'a>,
+    items: impl IntoIterator<Item = Item> + 'a,
+    every: Duration,
+) -> Stream {
+    let (tx, rx) = async_channel::bounded(1);
+    spawner.spawn(async move {
+        let start = Instant::now();
+        for (i, item) in items.into_iter().enumerate() {
+            async_io::Timer::at(start + every * i as u32).await;
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

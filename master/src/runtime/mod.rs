@@ -12,6 +12,7 @@ pub mod dispatch;
 mod error;
 pub mod eval;
 pub mod job;
+pub mod probe;
 pub mod sequential;
 
 pub use error::{JobError, TaskError};

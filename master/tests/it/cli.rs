@@ -47,7 +47,7 @@ fn a_million_floats_cost_eight_million_wire_bytes_each_way() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let row = &report["rows"][0];
+    let row = &report["rtt"]["rows"][0];
     assert_eq!(row["data"], "list");
     assert_eq!(row["payload_bytes"], 8_000_000);
     for dir in ["wire_sent", "wire_received"] {

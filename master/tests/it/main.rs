@@ -5,5 +5,6 @@ mod agents;
 mod cli;
 mod client;
 mod discovery;
+mod skeleton_cli;
 mod skeletons;
 mod support;

@@ -7,6 +7,9 @@ pub fn skelpi(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_skelpi"))
         .args(args)
         .env_remove("SKELPI_KEY_FILE")
+        // Default output folders (bench's `skelpi-bench`) land there, not
+        // in the source tree.
+        .current_dir(std::env::temp_dir())
         .output()
         .unwrap();
     (
@@ -14,4 +17,28 @@ pub fn skelpi(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A fresh scratch folder for one test, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// Creates `$TMPDIR/skelpi-<name>-<pid>`.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("skelpi-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// A path inside it, as a string for command lines.
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

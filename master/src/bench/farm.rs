@@ -1,0 +1,139 @@
+//! Farm dispatch overhead: T tasks of a no-op kernel (`identity` on one
+//! float) through an unordered farm over the whole pool, against the same
+//! tasks sent one at a time (a `seq`: each waits for the previous result) in
+//! the same run. The ratio is what on-demand dispatch with credits buys
+//! over stop-and-wait.
+
+use crate::cluster::Cluster;
+use crate::runtime::JobError;
+use crate::runtime::job::{self, JobOptions};
+use crate::stats::median;
+use indicatif::ProgressBar;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use skelpi_agent::kernels::Array;
+use skelpi_proto::skeleton::{Kernel, Skeleton};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct FarmOptions {
+    /// Tasks per run.
+    pub tasks: usize,
+    /// Timed repeats (the median is reported); at least 1.
+    pub repeats: usize,
+    /// Seed of the random inputs.
+    pub seed: u64,
+}
+
+impl Default for FarmOptions {
+    fn default() -> Self {
+        FarmOptions {
+            tasks: 20_000,
+            repeats: 3,
+            seed: 2010,
+        }
+    }
+}
+
+/// The result.
+#[derive(Debug, Clone, Serialize)]
+pub struct FarmReport {
+    /// Where the agents came from.
+    pub origin: String,
+    /// Agents in the pool.
+    pub agents: usize,
+    /// Worker threads of the pool.
+    pub workers: usize,
+    /// Tasks per run.
+    pub tasks: usize,
+    /// Timed repeats.
+    pub repeats: usize,
+    /// Farm: tasks per second (median run).
+    pub farm_tasks_per_s: f64,
+    /// Farm: wall time per task, microseconds.
+    pub farm_us_per_task: f64,
+    /// One at a time: tasks per second (median run).
+    pub sequential_tasks_per_s: f64,
+    /// Farm tasks/s over one-at-a-time tasks/s.
+    pub vs_sequential: f64,
+}
+
+/// Number of progress steps [`run`] will report.
+pub fn steps(opts: &FarmOptions) -> u64 {
+    2 * opts.repeats.max(1) as u64
+}
+
+/// Runs the measurement; the one-at-a-time runs use a tenth of the tasks
+/// (at least 100) to keep the run short.
+pub async fn run(
+    cluster: &mut Cluster,
+    origin: &str,
+    opts: &FarmOptions,
+    progress: &ProgressBar,
+) -> Result<FarmReport, JobError> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let noop = Skeleton::seq(Kernel::new("identity", []));
+    let farm = Skeleton::Farm {
+        worker: Box::new(noop.clone()),
+        replicas: None,
+        ordered: false,
+    };
+    let repeats = opts.repeats.max(1);
+    let tasks = opts.tasks.max(1);
+    let seq_tasks = (tasks / 10).max(100);
+    let mut farm_times = Vec::new();
+    let mut seq_times = Vec::new();
+    for _ in 0..repeats {
+        for (tree, n, times) in [
+            (&farm, tasks, &mut farm_times),
+            (&noop, seq_tasks, &mut seq_times),
+        ] {
+            progress.set_message(format!("farm: {n} tasks through {tree}"));
+            let inputs: Vec<Array> = (0..n)
+                .map(|_| Array::list(vec![rng.random::<f64>()]))
+                .collect();
+            let want: f64 = inputs.iter().map(|a| a.data[0]).sum();
+            let mut got = 0.0;
+            let mut count = 0;
+            let start = Instant::now();
+            job::run(
+                cluster.agents_mut(),
+                tree,
+                inputs,
+                &JobOptions::default(),
+                |_, a| {
+                    got += a.data.first().copied().unwrap_or(f64::NAN);
+                    count += 1;
+                },
+            )
+            .await?;
+            let elapsed = start.elapsed();
+            black_box(got);
+            // Unordered: compare the multiset by count and a sum that any
+            // lost, duplicated or altered result would change.
+            if count != n || (got - want).abs() > 1e-9 * want.abs().max(1.0) {
+                return Err(JobError::Invalid(format!(
+                    "{tree}: {count} results for {n} tasks, or wrong values"
+                )));
+            }
+            times.push(elapsed.div_f64(n as f64));
+            progress.inc(1);
+        }
+    }
+    let per_task = median(&farm_times);
+    let seq_per_task = median(&seq_times);
+    let rate = |d: Duration| 1.0 / d.as_secs_f64().max(1e-12);
+    Ok(FarmReport {
+        origin: origin.to_owned(),
+        agents: cluster.agents().len(),
+        workers: cluster.cores(),
+        tasks,
+        repeats,
+        farm_tasks_per_s: rate(per_task),
+        farm_us_per_task: per_task.as_secs_f64() * 1e6,
+        sequential_tasks_per_s: rate(seq_per_task),
+        vs_sequential: rate(per_task) / rate(seq_per_task),
+    })
+}

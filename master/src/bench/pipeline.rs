@@ -1,0 +1,222 @@
+//! The seed's pipeline benchmark: S stages of `matmul_power(c, d)` (each
+//! multiplies c copies of a d×d matrix and passes its input through), fed M
+//! random D×D matrices at a chosen inter-arrival time or as fast as
+//! possible. Stage i is placed on agent i mod (agents), as `get_nodes`.
+//!
+//! Per stage, from the master's timing of every call: the service time Ts
+//! (mean time from sending an item to the stage to its result), the
+//! inter-arrival time Ta (mean spacing of the items reaching the stage:
+//! the previous stage's results, or the feed for the first one; when
+//! unpaced, the first stage takes items as fast as it can and Ta is its own
+//! cycle), and the utilisation rho = Ts/Ta. The measured throughput is
+//! compared with the model 1/max(Ts).
+
+use crate::cluster::Cluster;
+use crate::runtime::JobError;
+use crate::runtime::job::{self, JobOptions};
+use crate::runtime::probe::{Call, Probe};
+use indicatif::ProgressBar;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use skelpi_agent::kernels::Array;
+use skelpi_proto::Shape;
+use skelpi_proto::skeleton::{Kernel, Skeleton};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Stages (S).
+    pub stages: usize,
+    /// Matrices fed (M).
+    pub items: usize,
+    /// Size D of the D×D matrices fed.
+    pub size: usize,
+    /// Multiplications per stage (c of `matmul_power(c, d)`), one entry per
+    /// stage or one for all.
+    pub work: Vec<u32>,
+    /// Size d of the matrices each stage multiplies.
+    pub work_size: u32,
+    /// Inter-arrival time of the feed; `None`: as fast as possible.
+    pub interval: Option<Duration>,
+    /// Seed of the random matrices.
+    pub seed: u64,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            stages: 3,
+            items: 200,
+            size: 100,
+            work: vec![4],
+            work_size: 100,
+            interval: None,
+            seed: 2010,
+        }
+    }
+}
+
+/// One stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRow {
+    /// Stage number, from 0.
+    pub stage: usize,
+    /// The kernel.
+    pub kernel: String,
+    /// The agent it was placed on.
+    pub agent: String,
+    /// Mean service time, seconds.
+    pub ts_s: f64,
+    /// Mean inter-arrival time, seconds.
+    pub ta_s: f64,
+    /// Ts / Ta.
+    pub rho: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineReport {
+    /// Where the agents came from.
+    pub origin: String,
+    /// Matrices fed.
+    pub items: usize,
+    /// Their size D.
+    pub size: usize,
+    /// The feed's inter-arrival time, seconds (`None`: as fast as possible).
+    pub interval_s: Option<f64>,
+    /// The stages.
+    pub stages: Vec<StageRow>,
+    /// Items per second leaving the last stage, first to last result.
+    pub throughput: f64,
+    /// 1 / max(Ts).
+    pub model_throughput: f64,
+    /// throughput / model.
+    pub vs_model: f64,
+    /// Wall time of the whole job, seconds.
+    pub wall_s: f64,
+}
+
+/// The tree measured.
+pub fn tree(opts: &PipelineOptions) -> Skeleton {
+    Skeleton::pipe((0..opts.stages.max(1)).map(|i| {
+        let c = opts.work.get(i).or(opts.work.last()).copied().unwrap_or(1);
+        Skeleton::seq(Kernel::new(
+            "matmul_power",
+            [f64::from(c), f64::from(opts.work_size)],
+        ))
+    }))
+}
+
+/// Runs the measurement (one run; M items give the averages).
+pub async fn run(
+    cluster: &mut Cluster,
+    origin: &str,
+    opts: &PipelineOptions,
+    progress: &ProgressBar,
+) -> Result<PipelineReport, JobError> {
+    let tree = tree(opts);
+    let Skeleton::Pipe(stages) = &tree else {
+        unreachable!("tree() builds a pipe")
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let d = opts.size as u64;
+    let n = opts.size * opts.size;
+    // Generated as the pipeline asks for them: M matrices never sit in
+    // memory at once. Each result is checked against its input (the stages
+    // pass their input through) by a running checksum.
+    let mut sum_in = 0.0f64;
+    let inputs = (0..opts.items).map(|_| {
+        let data: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        sum_in += data.iter().sum::<f64>();
+        Array {
+            shape: Shape::Matrix { rows: d, cols: d },
+            data,
+        }
+    });
+    let probe = Probe::new();
+    let job_opts = JobOptions {
+        interval: opts.interval,
+        probe: Some(&probe),
+    };
+    let mut sum_out = 0.0f64;
+    let mut count = 0usize;
+    progress.set_message(format!("pipeline: {tree}"));
+    let start = Instant::now();
+    job::run(cluster.agents_mut(), &tree, inputs, &job_opts, |_, a| {
+        sum_out += black_box(a.data.iter().sum::<f64>());
+        count += 1;
+        progress.inc(1);
+    })
+    .await?;
+    let wall = start.elapsed();
+    if count != opts.items || (sum_out - sum_in).abs() > 1e-6 * sum_in.abs().max(1.0) {
+        return Err(JobError::Invalid(format!(
+            "the pipeline returned {count} of {} items, or altered them",
+            opts.items
+        )));
+    }
+
+    let calls = probe.calls();
+    let per_stage: Vec<Vec<&Call>> = (0..stages.len())
+        .map(|i| {
+            let node = format!("0.{i}");
+            let mut v: Vec<&Call> = calls.iter().filter(|c| c.node == node).collect();
+            v.sort_by_key(|c| c.index);
+            v
+        })
+        .collect();
+    let agents = cluster.agents().len();
+    let mut rows = Vec::new();
+    for (i, calls) in per_stage.iter().enumerate() {
+        let ts = mean(calls.iter().map(|c| c.end - c.start));
+        let arrivals: Vec<Instant> = match (i, opts.interval) {
+            (0, _) => calls.iter().map(|c| c.start).collect(),
+            _ => per_stage[i - 1].iter().map(|c| c.end).collect(),
+        };
+        let ta = match (i, opts.interval) {
+            (0, Some(every)) => every,
+            _ => spacing(&arrivals),
+        };
+        rows.push(StageRow {
+            stage: i,
+            kernel: stages[i].to_string(),
+            agent: cluster.agents()[i % agents].info().name.clone(),
+            ts_s: ts.as_secs_f64(),
+            ta_s: ta.as_secs_f64(),
+            rho: ts.as_secs_f64() / ta.as_secs_f64().max(1e-12),
+        });
+    }
+    let last: Vec<Instant> = per_stage
+        .last()
+        .map(|v| v.iter().map(|c| c.end).collect())
+        .unwrap_or_default();
+    let throughput = 1.0 / spacing(&last).as_secs_f64().max(1e-12);
+    let max_ts = rows.iter().map(|r| r.ts_s).fold(0.0, f64::max);
+    let model = 1.0 / max_ts.max(1e-12);
+    Ok(PipelineReport {
+        origin: origin.to_owned(),
+        items: opts.items,
+        size: opts.size,
+        interval_s: opts.interval.map(|d| d.as_secs_f64()),
+        stages: rows,
+        throughput,
+        model_throughput: model,
+        vs_model: throughput / model,
+        wall_s: wall.as_secs_f64(),
+    })
+}
+
+fn mean(ds: impl Iterator<Item = Duration>) -> Duration {
+    let (sum, n) = ds.fold((Duration::ZERO, 0u32), |(s, n), d| (s + d, n + 1));
+    if n == 0 { Duration::ZERO } else { sum / n }
+}
+
+/// Mean spacing of instants taken in item order: (last - first) / (n - 1).
+fn spacing(ts: &[Instant]) -> Duration {
+    match (ts.iter().min(), ts.iter().max()) {
+        (Some(a), Some(b)) if ts.len() > 1 => (*b - *a) / (ts.len() - 1) as u32,
+        _ => Duration::ZERO,
+    }
+}

@@ -1,0 +1,190 @@
+//! The seed's pmap benchmark: D random floats split into N chunks, `erf`
+//! applied C times to every element, on the first 1, 2, ... agents of the
+//! pool, against the best sequential version (one call of the same kernel
+//! over all D floats) run in this process.
+//!
+//! Every distributed result is compared bit for bit with the sequential
+//! one, outside the timed region.
+
+use crate::cluster::Cluster;
+use crate::runtime::job::{self, JobOptions};
+use crate::runtime::{JobError, TaskError};
+use crate::stats::median;
+use indicatif::ProgressBar;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use skelpi_agent::kernels::{Array, Registry};
+use skelpi_proto::skeleton::{Kernel, Skeleton};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct PmapOptions {
+    /// Floats in the input (D).
+    pub d: usize,
+    /// Times `erf` is applied to each element (C).
+    pub c: u32,
+    /// Numbers of chunks (N) to try.
+    pub chunks: Vec<usize>,
+    /// Numbers of agents to try (the first k of the pool); empty: 1 to all.
+    pub agents: Vec<usize>,
+    /// Timed repeats per point (the median is reported); at least 1.
+    pub repeats: usize,
+    /// Seed of the random input.
+    pub seed: u64,
+}
+
+impl Default for PmapOptions {
+    fn default() -> Self {
+        PmapOptions {
+            d: 200_000,
+            c: 50,
+            chunks: vec![2, 4, 8, 16, 32],
+            agents: Vec::new(),
+            repeats: 5,
+            seed: 2010,
+        }
+    }
+}
+
+/// One point: k agents, N chunks.
+#[derive(Debug, Clone, Serialize)]
+pub struct PmapRow {
+    /// Agents used (the first k of the pool).
+    pub agents: usize,
+    /// Worker threads of those agents together.
+    pub workers: usize,
+    /// Chunks (N).
+    pub chunks: usize,
+    /// Median wall time of the pmap, seconds.
+    pub time_s: f64,
+    /// Sequential time / pmap time.
+    pub speedup: f64,
+    /// Speedup / workers.
+    pub efficiency: f64,
+}
+
+/// The whole table.
+#[derive(Debug, Clone, Serialize)]
+pub struct PmapReport {
+    /// Where the agents came from.
+    pub origin: String,
+    /// Floats in the input.
+    pub d: usize,
+    /// erf applications per element.
+    pub c: u32,
+    /// Timed repeats per point.
+    pub repeats: usize,
+    /// Median time of the sequential run in this process, seconds.
+    pub sequential_s: f64,
+    /// The points.
+    pub rows: Vec<PmapRow>,
+}
+
+/// The agent counts [`run`] will try on a pool of `pool` agents.
+pub fn agent_counts(opts: &PmapOptions, pool: usize) -> Vec<usize> {
+    if opts.agents.is_empty() {
+        (1..=pool).collect()
+    } else {
+        opts.agents
+            .iter()
+            .copied()
+            .filter(|&k| k >= 1 && k <= pool)
+            .collect()
+    }
+}
+
+/// Number of progress steps [`run`] will report on a pool of `pool` agents.
+pub fn steps(opts: &PmapOptions, pool: usize) -> u64 {
+    let points = agent_counts(opts, pool).len() * opts.chunks.len();
+    ((points + 1) * opts.repeats.max(1)) as u64
+}
+
+/// Runs the table.
+pub async fn run(
+    cluster: &mut Cluster,
+    origin: &str,
+    opts: &PmapOptions,
+    progress: &ProgressBar,
+) -> Result<PmapReport, JobError> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let input: Vec<f64> = (0..opts.d).map(|_| rng.random_range(-3.0..3.0)).collect();
+    let kernel = Kernel::new("erf_burn", [f64::from(opts.c)]);
+    let repeats = opts.repeats.max(1);
+
+    progress.set_message("pmap: sequential");
+    let registry = Registry::builtin();
+    let erf = registry
+        .get(&kernel.name)
+        .ok_or_else(|| JobError::Invalid("this build has no erf_burn kernel".into()))?;
+    let mut seq_times = Vec::with_capacity(repeats);
+    let mut reference = Vec::new();
+    for _ in 0..repeats {
+        let data = Array::list(input.clone());
+        let start = Instant::now();
+        let out = erf.call(&kernel.args, black_box(data)).map_err(|e| {
+            JobError::Task(TaskError {
+                task: "sequential".into(),
+                kernel: kernel.name.clone(),
+                agent: "this process".into(),
+                message: e.to_string(),
+                panicked: false,
+            })
+        })?;
+        seq_times.push(start.elapsed());
+        reference = black_box(out).data;
+        progress.inc(1);
+    }
+    let sequential = median(&seq_times);
+
+    let mut rows = Vec::new();
+    for k in agent_counts(opts, cluster.agents().len()) {
+        let conns = &mut cluster.agents_mut()[..k];
+        let workers: usize = conns.iter().map(|c| c.info().cores as usize).sum();
+        for &n in &opts.chunks {
+            progress.set_message(format!("pmap: {k} agents, {n} chunks"));
+            let tree = Skeleton::map(n as u32, Skeleton::seq(kernel.clone()));
+            let mut times = Vec::with_capacity(repeats);
+            for _ in 0..repeats {
+                let data = Array::list(input.clone());
+                let mut out = None;
+                let start = Instant::now();
+                job::run(conns, &tree, [data], &JobOptions::default(), |_, a| {
+                    out = Some(a)
+                })
+                .await?;
+                times.push(start.elapsed());
+                let out = black_box(out).map(|a| a.data);
+                if out.as_deref() != Some(&reference[..]) {
+                    return Err(JobError::Invalid(format!(
+                        "pmap on {k} agents with {n} chunks gave a result that differs from the sequential one"
+                    )));
+                }
+                progress.inc(1);
+            }
+            let time = median(&times);
+            let speedup = ratio(sequential, time);
+            rows.push(PmapRow {
+                agents: k,
+                workers,
+                chunks: n,
+                time_s: time.as_secs_f64(),
+                speedup,
+                efficiency: speedup / workers.max(1) as f64,
+            });
+        }
+    }
+    Ok(PmapReport {
+        origin: origin.to_owned(),
+        d: opts.d,
+        c: opts.c,
+        repeats,
+        sequential_s: sequential.as_secs_f64(),
+        rows,
+    })
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+}

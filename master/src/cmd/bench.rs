@@ -1,0 +1,321 @@
+//! `skelpi bench [rtt|pmap|farm|pipeline]`: the seed's benchmark suite.
+
+use super::pool_args::PoolArgs;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use skelpi::bench::farm::{self, FarmOptions};
+use skelpi::bench::pipeline::{self, PipelineOptions};
+use skelpi::bench::pmap::{self, PmapOptions};
+use skelpi::bench::{plot, report, rtt};
+use skelpi::pool::{self, Pool};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Which benchmark; none: the whole suite.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Round-trip times of lists and matrices of floats (the seed's first
+    /// table) and of small messages, against raw TCP to the same agents.
+    Rtt,
+    /// The seed's pmap: D random floats in N chunks, erf applied C times, on
+    /// 1, 2, ... agents, against the same kernel run sequentially here.
+    Pmap,
+    /// Farm dispatch overhead: no-op tasks per second through a farm over
+    /// the pool, against the same tasks sent one at a time.
+    Farm,
+    /// The seed's pipeline: S stages of matmul_power fed M matrices; Ts,
+    /// Ta and rho per stage, throughput against 1/max(Ts).
+    Pipeline,
+}
+
+/// Flags of every benchmark (each applies to the benchmarks it names).
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    rtt: RttArgs,
+    #[command(flatten)]
+    pmap: PmapArgs,
+    #[command(flatten)]
+    farm: FarmArgs,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct CommonArgs {
+    /// Timed repeats per measurement (the median is reported).
+    #[arg(long, default_value_t = 5, global = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 2010, global = true)]
+    seed: u64,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Folder for the CSV files and SVG plots (created if missing).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "skelpi-bench",
+        global = true
+    )]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "rtt")]
+struct RttArgs {
+    /// rtt: list lengths to send (floats); `none` for none.
+    #[arg(long, default_value = "1000,100000,1000000,1500000", value_parser = parse_sizes, global = true)]
+    lists: Sizes,
+    /// rtt: matrix sizes D to send (D×D floats); `none` for none.
+    #[arg(long, default_value = "50,100,150,200,300,1000,2000", value_parser = parse_sizes, global = true)]
+    matrices: Sizes,
+    /// rtt: pings per agent for the small-message row (0 to skip).
+    #[arg(long, default_value_t = 1000, global = true)]
+    pings: usize,
+    /// rtt: link speed in Mb/s, for the utilisation column.
+    #[arg(long, value_name = "MBPS", global = true)]
+    link_mbps: Option<f64>,
+    /// rtt: skip the raw-TCP baseline.
+    #[arg(long, global = true)]
+    no_baseline: bool,
+    /// rtt: also write the rows as CSV to this file.
+    #[arg(long, value_name = "FILE", global = true)]
+    csv: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "pmap")]
+struct PmapArgs {
+    /// pmap: floats in the input (D).
+    #[arg(long = "d", value_name = "D", default_value_t = 200_000, global = true)]
+    d: usize,
+    /// pmap: times erf is applied to each element (C).
+    #[arg(long = "c", value_name = "C", default_value_t = 50, global = true)]
+    c: u32,
+    /// pmap: numbers of chunks (N) to try.
+    #[arg(long, default_value = "2,4,8,16,32", value_parser = parse_sizes, global = true)]
+    chunks: Sizes,
+    /// pmap: numbers of agents to try (the first k of the pool) [default: 1 to all].
+    #[arg(long, value_parser = parse_sizes, global = true)]
+    agent_counts: Option<Sizes>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "farm")]
+struct FarmArgs {
+    /// farm: no-op tasks per run.
+    #[arg(long, default_value_t = 20_000, global = true)]
+    tasks: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "pipeline")]
+struct PipelineArgs {
+    /// pipeline: stages (S).
+    #[arg(long, default_value_t = 3, global = true)]
+    stages: usize,
+    /// pipeline: matrices fed (M).
+    #[arg(long, default_value_t = 200, global = true)]
+    items: usize,
+    /// pipeline: size D of the D×D matrices fed.
+    #[arg(long, default_value_t = 100, global = true)]
+    size: usize,
+    /// pipeline: multiplications per stage (c of matmul_power(c, d)); one
+    /// value for all stages or one per stage.
+    #[arg(long, default_value = "4", value_parser = parse_sizes, global = true)]
+    work: Sizes,
+    /// pipeline: size d of the matrices each stage multiplies.
+    #[arg(long, default_value_t = 100, global = true)]
+    work_size: u32,
+    /// pipeline: inter-arrival time of the feed (e.g. 5ms) [default: as fast as possible].
+    #[arg(long, value_parser = humantime::parse_duration, global = true)]
+    interval: Option<Duration>,
+}
+
+/// A comma-separated list of sizes; empty or `none` for no sizes.
+#[derive(Debug, Clone)]
+pub struct Sizes(pub Vec<usize>);
+
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    if s.trim().is_empty() || s.trim() == "none" {
+        return Ok(Sizes(Vec::new()));
+    }
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .replace('_', "")
+                .parse::<usize>()
+                .map_err(|_| format!("{p:?} is not a size (expected e.g. 1000,1000000 or none)"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Sizes)
+}
+
+fn bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("static template"),
+    );
+    bar
+}
+
+/// What the suite measured, for `--json`.
+#[derive(Debug, Default, Serialize)]
+struct Suite {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt: Option<rtt::RttReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pmap: Option<pmap::PmapReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    farm: Option<farm::FarmReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<pipeline::PipelineReport>,
+}
+
+/// Runs one benchmark, or the whole suite when `which` is `None`.
+pub fn run(which: Option<BenchCommand>, pool: &PoolArgs, args: &BenchArgs) -> anyhow::Result<()> {
+    smol::block_on(async {
+        let mut pool = pool::connect(&pool.options(true)).await?;
+        eprintln!("{}", pool.origin);
+        let all = which.is_none();
+        let wants = |b: BenchCommand| all || which.as_ref().is_some_and(|w| same(w, &b));
+        let mut suite = Suite::default();
+        let result = async {
+            if wants(BenchCommand::Rtt) {
+                suite.rtt = Some(run_rtt(&mut pool, args).await?);
+            }
+            if wants(BenchCommand::Pmap) {
+                suite.pmap = Some(run_pmap(&mut pool, args).await?);
+            }
+            if wants(BenchCommand::Farm) {
+                suite.farm = Some(run_farm(&mut pool, args).await?);
+            }
+            if wants(BenchCommand::Pipeline) {
+                suite.pipeline = Some(run_pipeline(&mut pool, args).await?);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        pool.cluster.close().await;
+        result?;
+        if args.common.json {
+            println!("{}", serde_json::to_string_pretty(&suite)?);
+        }
+        if suite.pmap.is_some() || suite.pipeline.is_some() || all {
+            eprintln!("CSV files and plots are in {}", args.common.out.display());
+        }
+        Ok(())
+    })
+}
+
+fn same(a: &BenchCommand, b: &BenchCommand) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+fn out_file(args: &BenchArgs, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = &args.common.out;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.join(name))
+}
+
+fn csv<T: Serialize>(rows: &[T], path: &Path) -> anyhow::Result<()> {
+    report::write_csv(rows, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn show(args: &BenchArgs, table: String) {
+    if !args.common.json {
+        println!("{table}");
+    }
+}
+
+async fn run_rtt(pool: &mut Pool, args: &BenchArgs) -> anyhow::Result<rtt::RttReport> {
+    let opts = rtt::RttOptions {
+        lists: args.rtt.lists.0.clone(),
+        matrices: args.rtt.matrices.0.clone(),
+        repeats: args.common.repeats as usize,
+        pings: args.rtt.pings,
+        link_mbps: args.rtt.link_mbps,
+        baseline: !args.rtt.no_baseline,
+        seed: args.common.seed,
+    };
+    let progress = bar(rtt::steps(&opts, pool.cluster.agents().len()));
+    let r = rtt::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;
+    progress.finish_and_clear();
+    let r = r?;
+    if let Some(path) = &args.rtt.csv {
+        csv(&r.rows, path)?;
+    }
+    csv(&r.rows, &out_file(args, "rtt.csv")?)?;
+    show(args, report::rtt_table(&r));
+    Ok(r)
+}
+
+async fn run_pmap(pool: &mut Pool, args: &BenchArgs) -> anyhow::Result<pmap::PmapReport> {
+    let opts = PmapOptions {
+        d: args.pmap.d,
+        c: args.pmap.c,
+        chunks: args.pmap.chunks.0.clone(),
+        agents: args
+            .pmap
+            .agent_counts
+            .clone()
+            .map(|s| s.0)
+            .unwrap_or_default(),
+        repeats: args.common.repeats as usize,
+        seed: args.common.seed,
+    };
+    let progress = bar(pmap::steps(&opts, pool.cluster.agents().len()));
+    let r = pmap::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;
+    progress.finish_and_clear();
+    let r = r?;
+    csv(&r.rows, &out_file(args, "pmap.csv")?)?;
+    plot::pmap_speedup(&r, &out_file(args, "pmap-speedup.svg")?)?;
+    show(args, report::pmap_table(&r));
+    Ok(r)
+}
+
+async fn run_farm(pool: &mut Pool, args: &BenchArgs) -> anyhow::Result<farm::FarmReport> {
+    let opts = FarmOptions {
+        tasks: args.farm.tasks,
+        repeats: args.common.repeats as usize,
+        seed: args.common.seed,
+    };
+    let progress = bar(farm::steps(&opts));
+    let r = farm::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;
+    progress.finish_and_clear();
+    let r = r?;
+    csv(std::slice::from_ref(&r), &out_file(args, "farm.csv")?)?;
+    show(args, report::farm_table(&r));
+    Ok(r)
+}
+
+async fn run_pipeline(
+    pool: &mut Pool,
+    args: &BenchArgs,
+) -> anyhow::Result<pipeline::PipelineReport> {
+    let a = &args.pipeline;
+    let opts = PipelineOptions {
+        stages: a.stages,
+        items: a.items,
+        size: a.size,
+        work: a.work.0.iter().map(|&c| c as u32).collect(),
+        work_size: a.work_size,
+        interval: a.interval,
+        seed: args.common.seed,
+    };
+    let progress = bar(opts.items as u64);
+    let r = pipeline::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;
+    progress.finish_and_clear();
+    let r = r?;
+    csv(&r.stages, &out_file(args, "pipeline.csv")?)?;
+    plot::pipeline_stages(&r, &out_file(args, "pipeline-stages.svg")?)?;
+    show(args, report::pipeline_table(&r));
+    Ok(r)
+}

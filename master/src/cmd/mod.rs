@@ -1,0 +1,6 @@
+//! The commands of the `skelpi` binary that need more than a few lines:
+//! argument structs and the glue from them to the library.
+
+pub mod bench;
+pub mod pool_args;
+pub mod run;

@@ -1,0 +1,105 @@
+//! `skelpi run JOB.toml`: runs a job file's skeleton on the pool.
+
+use super::pool_args::PoolArgs;
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use skelpi::jobfile;
+use skelpi::pool;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Flags of `skelpi run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The job file (TOML): `skeleton = "..."` and an `[input]` table; see
+    /// the README's "Running skeletons" for the format.
+    #[arg(value_name = "JOB.toml")]
+    job: PathBuf,
+    /// Write every result to this file as JSON lines
+    /// (`{"index": 3, "data": [...]}`), in the order they leave the tree.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Results to print when there is no --out (the first N).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    show: usize,
+}
+
+/// Runs the job.
+pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
+    let job = jobfile::load(&args.job)?;
+    let mut out = match &args.out {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
+    smol::block_on(async {
+        let mut pool = pool::connect(&pool_args.options(true)).await?;
+        eprintln!("{}", pool.origin);
+        eprintln!("running {} on {} inputs", job.skeleton, job.input.len());
+        let progress = ProgressBar::new(job.input.len() as u64);
+        progress.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} results {msg}")
+                .expect("static template"),
+        );
+        let start = Instant::now();
+        let mut count = 0usize;
+        let mut shown = Vec::new();
+        let mut write_error = None;
+        let result = pool
+            .cluster
+            .run_each(&job.skeleton, job.input.clone().arrays(), |index, a| {
+                count += 1;
+                progress.inc(1);
+                match out.as_mut() {
+                    Some(w) if write_error.is_none() => {
+                        let line = serde_json::json!({ "index": index, "data": a.data });
+                        if let Err(e) = writeln!(w, "{line}") {
+                            write_error = Some(e);
+                        }
+                    }
+                    Some(_) => {}
+                    None if shown.len() < args.show => shown.push((index, a.data)),
+                    None => {}
+                }
+            })
+            .await;
+        progress.finish_and_clear();
+        pool.cluster.close().await;
+        let elapsed = start.elapsed();
+        result.with_context(|| format!("job {} failed", args.job.display()))?;
+        if let Some(e) = write_error {
+            return Err(e).context(format!(
+                "cannot write {}",
+                args.out.as_ref().expect("set").display()
+            ));
+        }
+        if let Some(mut w) = out {
+            w.flush()?;
+        }
+        for (index, data) in shown {
+            println!("result of input {index}: {}", preview(&data));
+        }
+        eprintln!(
+            "{count} results in {elapsed:.2?} ({:.1} results/s){}",
+            count as f64 / elapsed.as_secs_f64().max(1e-9),
+            args.out
+                .as_ref()
+                .map_or(String::new(), |p| format!(", written to {}", p.display()))
+        );
+        Ok(())
+    })
+}
+
+/// The first few elements of an array and its length.
+fn preview(data: &[f64]) -> String {
+    let head: Vec<String> = data.iter().take(6).map(|v| format!("{v}")).collect();
+    if data.len() > 6 {
+        format!("[{}, ...] ({} floats)", head.join(", "), data.len())
+    } else {
+        format!("[{}]", head.join(", "))
+    }
+}

@@ -1,0 +1,316 @@
+//! Job files for `skelpi run JOB.toml`: a skeleton tree, and where its
+//! inputs come from (a generator or a file).
+//!
+//! ```toml
+//! # The seed's pmap: 200,000 random floats in 8 chunks, erf applied 50 times.
+//! skeleton = "map(8, seq(erf_burn(50)))"
+//!
+//! [input]
+//! generate = "random"   # random | range | constant
+//! items = 1             # arrays in the input stream
+//! length = 200000       # floats per array
+//! ```
+//! The tree may also be written as a table (`[skeleton.farm] ...`, the
+//! serde form of [`Skeleton`]). Instead of a generator, `file = "in.json"`
+//! reads a JSON array of arrays of numbers, and any other file one array
+//! per line, numbers separated by commas or spaces (blank lines and lines
+//! starting with `#` are skipped). A relative path is relative to the job
+//! file.
+
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use skelpi_agent::kernels::Array;
+use skelpi_proto::skeleton::Skeleton;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Why a job file cannot be used.
+#[derive(Debug, Error)]
+pub enum JobFileError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid job.
+    #[error("{path} is not a valid job file: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its place in the file.
+        message: String,
+    },
+}
+
+/// A parsed job file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// The tree to run.
+    pub skeleton: Skeleton,
+    /// Its inputs.
+    pub input: Input,
+}
+
+/// Where the inputs come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Generated as the job asks for them.
+    Generate(Generator),
+    /// Read from a file (already loaded).
+    Arrays(Vec<Array>),
+}
+
+/// An input generator.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Generator {
+    /// `random` (uniform in [min, max)), `range` (0, 1, 2... continuing
+    /// across arrays) or `constant` (every element `min`).
+    pub generate: GeneratorKind,
+    /// Number of arrays.
+    #[serde(default = "one")]
+    pub items: usize,
+    /// Floats per array.
+    pub length: usize,
+    /// Lower bound (and the constant).
+    #[serde(default)]
+    pub min: f64,
+    /// Upper bound.
+    #[serde(default = "one_f")]
+    pub max: f64,
+    /// Seed of `random`.
+    #[serde(default = "seed")]
+    pub seed: u64,
+}
+
+/// Kinds of generated inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratorKind {
+    /// Uniform random floats.
+    Random,
+    /// Consecutive integers.
+    Range,
+    /// One value everywhere.
+    Constant,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn seed() -> u64 {
+    2010
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    skeleton: RawSkeleton,
+    input: RawInput,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSkeleton {
+    Text(String),
+    Tree(Skeleton),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInput {
+    File { file: PathBuf },
+    Generate(Generator),
+}
+
+impl Generator {
+    /// The arrays, produced one at a time.
+    pub fn arrays(&self) -> impl Iterator<Item = Array> + use<> {
+        let g = self.clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(g.seed);
+        let mut next = 0.0f64;
+        (0..g.items).map(move |_| {
+            let data = (0..g.length)
+                .map(|_| match g.generate {
+                    GeneratorKind::Random if g.max > g.min => rng.random_range(g.min..g.max),
+                    GeneratorKind::Random | GeneratorKind::Constant => g.min,
+                    GeneratorKind::Range => {
+                        next += 1.0;
+                        next - 1.0
+                    }
+                })
+                .collect();
+            Array::list(data)
+        })
+    }
+}
+
+impl Input {
+    /// Number of arrays.
+    pub fn len(&self) -> usize {
+        match self {
+            Input::Generate(g) => g.items,
+            Input::Arrays(a) => a.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The arrays, in order.
+    pub fn arrays(self) -> Box<dyn Iterator<Item = Array>> {
+        match self {
+            Input::Generate(g) => Box::new(g.arrays()),
+            Input::Arrays(a) => Box::new(a.into_iter()),
+        }
+    }
+}
+
+/// Reads and checks a job file (and its input file, if any).
+pub fn load(path: &Path) -> Result<Job, JobFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| JobFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses a job file's text; `path` names it in errors and anchors
+/// relative input paths.
+pub fn parse(text: &str, path: &Path) -> Result<Job, JobFileError> {
+    let invalid = |message: String| JobFileError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let raw: RawJob = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let skeleton = match raw.skeleton {
+        RawSkeleton::Text(t) => t.parse().map_err(|e| invalid(format!("skeleton: {e}")))?,
+        RawSkeleton::Tree(t) => t,
+    };
+    let input = match raw.input {
+        RawInput::Generate(g) => Input::Generate(g),
+        RawInput::File { file } => {
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            Input::Arrays(read_arrays(&file)?)
+        }
+    };
+    Ok(Job { skeleton, input })
+}
+
+/// Reads input arrays from a JSON or text file (see the module docs).
+pub fn read_arrays(path: &Path) -> Result<Vec<Array>, JobFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| JobFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |message: String| JobFileError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    if path.extension().is_some_and(|e| e == "json") {
+        let lists: Vec<Vec<f64>> = serde_json::from_str(&text)
+            .map_err(|e| invalid(format!("expected a JSON array of arrays of numbers: {e}")))?;
+        return Ok(lists.into_iter().map(Array::list).collect());
+    }
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let data = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                w.parse::<f64>()
+                    .map_err(|_| invalid(format!("line {}: {w:?} is not a number", n + 1)))
+            })
+            .collect::<Result<Vec<f64>, _>>()?;
+        out.push(Array::list(data));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_pmap_job() {
+        let job = parse(
+            "skeleton = \"map(8, seq(erf_burn(50)))\"\n[input]\ngenerate = \"random\"\nlength = 10\nmin = -3\nmax = 3\n",
+            Path::new("j.toml"),
+        )
+        .unwrap();
+        assert_eq!(job.skeleton.to_string(), "map(8, seq(erf_burn(50)))");
+        let arrays: Vec<Array> = job.input.arrays().collect();
+        assert_eq!(arrays.len(), 1);
+        assert_eq!(arrays[0].data.len(), 10);
+        assert!(arrays[0].data.iter().all(|v| (-3.0..3.0).contains(v)));
+    }
+
+    #[test]
+    fn a_tree_as_a_table_and_a_range() {
+        let job = parse(
+            "[skeleton.farm]\nworker = { seq = { name = \"square\" } }\nreplicas = 3\n\
+             [input]\ngenerate = \"range\"\nitems = 2\nlength = 3\n",
+            Path::new("j.toml"),
+        )
+        .unwrap();
+        assert_eq!(job.skeleton.to_string(), "farm(seq(square), 3)");
+        let data: Vec<Vec<f64>> = job.input.arrays().map(|a| a.data).collect();
+        assert_eq!(data, [vec![0.0, 1.0, 2.0], vec![3.0, 4.0, 5.0]]);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let e = parse(
+            "skeleton = \"pipe(seq(x)\"\n[input]\ngenerate = \"range\"\nlength = 1\n",
+            Path::new("bad.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("bad.toml") && e.to_string().contains("')'"),
+            "{e}"
+        );
+        let e = parse("skeleton = \"seq(x)\"\n", Path::new("j.toml")).unwrap_err();
+        assert!(e.to_string().contains("input"), "{e}");
+        let e = parse(
+            "skeleton = \"seq(x)\"\n[input]\nfile = \"/nonexistent/in.txt\"\n",
+            Path::new("j.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/in.txt"), "{e}");
+    }
+
+    #[test]
+    fn text_and_json_input_files() {
+        let dir = std::env::temp_dir().join(format!("skelpi-jobfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("in.txt"), "# two arrays\n1, 2 3\n\n-4.5\n").unwrap();
+        std::fs::write(dir.join("in.json"), "[[1, 2, 3], [-4.5], []]").unwrap();
+        std::fs::write(dir.join("bad.txt"), "1, two\n").unwrap();
+        let text: Vec<Vec<f64>> = read_arrays(&dir.join("in.txt"))
+            .unwrap()
+            .into_iter()
+            .map(|a| a.data)
+            .collect();
+        assert_eq!(text, [vec![1.0, 2.0, 3.0], vec![-4.5]]);
+        let json = read_arrays(&dir.join("in.json")).unwrap();
+        assert_eq!(json.len(), 3);
+        let e = read_arrays(&dir.join("bad.txt")).unwrap_err();
+        assert!(
+            e.to_string().contains("line 1") && e.to_string().contains("\"two\""),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,174 @@
+//! `skelpi bench pmap|farm|pipeline` and `skelpi run JOB.toml`, as a user
+//! runs them, on small embedded clusters.
+
+use super::support::{Scratch, skelpi};
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn bench_pmap_reports_every_point_and_draws_the_speedup_plot() {
+    let dir = Scratch::new("pmap");
+    let (code, out, err) = skelpi(&[
+        "bench",
+        "pmap",
+        "--local",
+        "2",
+        "--d",
+        "20000",
+        "--c",
+        "2",
+        "--chunks",
+        "2,5",
+        "--repeats",
+        "1",
+        "--json",
+        "--out",
+        &dir.path("out"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let r = &json(&out)["pmap"];
+    assert_eq!(r["d"], 20000);
+    let rows = r["rows"].as_array().unwrap();
+    let points: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|p| (p["agents"].as_u64().unwrap(), p["chunks"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(points, [(1, 2), (1, 5), (2, 2), (2, 5)]);
+    assert!(rows.iter().all(|p| p["speedup"].as_f64().unwrap() > 0.0));
+    let csv = std::fs::read_to_string(dir.0.join("out/pmap.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    let svg = std::fs::read_to_string(dir.0.join("out/pmap-speedup.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("N = 5"), "{svg}");
+}
+
+#[test]
+fn bench_farm_counts_its_tasks() {
+    let dir = Scratch::new("farm");
+    let (code, out, err) = skelpi(&[
+        "bench",
+        "farm",
+        "--local",
+        "2",
+        "--tasks",
+        "500",
+        "--repeats",
+        "1",
+        "--out",
+        &dir.path("out"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("farm tasks/s") && out.contains("500 no-op tasks"),
+        "{out}"
+    );
+    let csv = std::fs::read_to_string(dir.0.join("out/farm.csv")).unwrap();
+    assert!(csv.starts_with("origin,agents,workers,tasks"), "{csv}");
+}
+
+#[test]
+fn bench_pipeline_places_one_stage_per_agent_and_reports_rho() {
+    let dir = Scratch::new("pipeline");
+    let (code, out, err) = skelpi(&[
+        "bench",
+        "pipeline",
+        "--local",
+        "3",
+        "--items",
+        "30",
+        "--size",
+        "16",
+        "--work",
+        "1,2,1",
+        "--work-size",
+        "16",
+        "--interval",
+        "1ms",
+        "--json",
+        "--out",
+        &dir.path("out"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let r = &json(&out)["pipeline"];
+    let stages = r["stages"].as_array().unwrap();
+    let agents: Vec<&str> = stages
+        .iter()
+        .map(|s| s["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(agents, ["local-0", "local-1", "local-2"]);
+    assert_eq!(stages[1]["kernel"], "seq(matmul_power(2, 16))");
+    assert_eq!(stages[0]["ta_s"], 0.001);
+    for s in stages {
+        let (ts, ta, rho) = (
+            s["ts_s"].as_f64().unwrap(),
+            s["ta_s"].as_f64().unwrap(),
+            s["rho"].as_f64().unwrap(),
+        );
+        assert!(ts > 0.0 && ta > 0.0 && (rho - ts / ta).abs() < 1e-9, "{s}");
+    }
+    assert!(r["throughput"].as_f64().unwrap() > 0.0);
+    assert!(
+        std::fs::read_to_string(dir.0.join("out/pipeline-stages.svg"))
+            .unwrap()
+            .contains("Ts (service)")
+    );
+}
+
+#[test]
+fn run_a_job_file_writes_every_result_once() {
+    let dir = Scratch::new("run");
+    let job = dir.path("square.toml");
+    std::fs::write(
+        &job,
+        "# squares of 0..40 in 8 arrays, through a pipeline of a farm and a map\n\
+         skeleton = \"pipe(farm(seq(square), 3, unordered), map(2, seq(scale(0.5))))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 8\nlength = 5\n",
+    )
+    .unwrap();
+    let results = dir.path("out.jsonl");
+    let (code, _, err) = skelpi(&["run", &job, "--local", "2", "--out", &results]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("8 results"), "{err}");
+    let mut seen = vec![false; 8];
+    for line in std::fs::read_to_string(&results).unwrap().lines() {
+        let v = json(line);
+        let i = v["index"].as_u64().unwrap() as usize;
+        assert!(!seen[i], "input {i} twice");
+        seen[i] = true;
+        let want: Vec<f64> = (0..5).map(|j| ((5 * i + j) as f64).powi(2) * 0.5).collect();
+        let got: Vec<f64> = serde_json::from_value(v["data"].clone()).unwrap();
+        assert_eq!(got, want);
+    }
+    assert!(seen.iter().all(|&s| s), "{seen:?}");
+}
+
+#[test]
+fn run_reports_bad_job_files_and_failing_kernels() {
+    let dir = Scratch::new("run-bad");
+    let bad = dir.path("bad.toml");
+    std::fs::write(
+        &bad,
+        "skeleton = \"farm(seq(square), 0)\"\n[input]\ngenerate = \"range\"\nlength = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = skelpi(&["run", &bad, "--local", "1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("replica count"),
+        "{err}"
+    );
+
+    let (code, _, err) = skelpi(&["run", &dir.path("missing.toml"), "--local", "1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
+
+    let failing = dir.path("failing.toml");
+    std::fs::write(&failing, "skeleton = \"pipe(seq(square), farm(seq(fail)))\"\n[input]\ngenerate = \"range\"\nitems = 4\nlength = 2\n").unwrap();
+    let (code, _, err) = skelpi(&["run", &failing, "--local", "2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("task item ") && err.contains("(fail) failed on agent local-"),
+        "{err}"
+    );
+}
