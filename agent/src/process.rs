@@ -80,13 +80,22 @@ impl AgentProcess {
 
     /// Resident set size of the process in bytes, from `/proc`.
     pub fn rss(&self) -> std::io::Result<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// Peak resident set size of the process so far, in bytes.
+    pub fn peak_rss(&self) -> std::io::Result<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    fn status_bytes(&self, field: &str) -> std::io::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kib| kib * 1024)
-            .ok_or_else(|| std::io::Error::other("no VmRSS in /proc status"))
+            .ok_or_else(|| std::io::Error::other(format!("no {field} in /proc status")))
     }
 
     /// Sends SIGTERM (through `kill(1)`) and waits for the exit status.

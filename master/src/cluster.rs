@@ -122,25 +122,27 @@ impl Cluster {
     /// where the tree keeps order).
     ///
     /// # Examples
-    /// The seed's pmap of `x -> x * x` over three chunks:
+    /// A pipeline of a farm and a reduction, written in the text form:
     /// ```
     /// use skelpi::cluster::Cluster;
     /// use skelpi_agent::kernels::Array;
-    /// use skelpi_proto::skeleton::{Kernel, Skeleton};
-    /// smol::block_on(async {
-    ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
-    ///     let chunks = vec![Array::list(vec![1.0, 2.0]), Array::list(vec![3.0]), Array::list(vec![])];
-    ///     let out = cluster.pmap(Kernel::new("square", []), chunks).await?;
-    ///     assert_eq!(out.iter().map(|a| a.data.clone()).collect::<Vec<_>>(),
-    ///                [vec![1.0, 4.0], vec![9.0], vec![]]);
-    ///     Ok::<_, Box<dyn std::error::Error>>(())
-    /// })?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// use skelpi_proto::skeleton::Skeleton;
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol::block_on(async {
+    ///         let mut cluster = Cluster::local(2, &Default::default()).await?;
+    ///         let tree: Skeleton = "pipe(farm(seq(square)), reduce(sum))".parse()?;
+    ///         let inputs = (0..100).map(|i| Array::list(vec![f64::from(i)]));
+    ///         let out = cluster.run(&tree, inputs).await?;
+    ///         assert_eq!(out[0].data, [328350.0]);
+    ///         Ok(())
+    ///     })
+    /// }
     /// ```
     pub async fn run(
         &mut self,
         skeleton: &Skeleton,
-        inputs: Vec<Array>,
+        inputs: impl IntoIterator<Item = Array>,
     ) -> Result<Vec<Array>, JobError> {
         let mut out = Vec::new();
         self.run_each(skeleton, inputs, |_, a| out.push(a)).await?;
@@ -189,6 +191,23 @@ impl Cluster {
 
     /// The seed's pmap: `kernel` applied to every chunk, one task per chunk,
     /// dispatched on demand; results in chunk order.
+    ///
+    /// # Examples
+    /// `x -> x * x` over three chunks:
+    /// ```
+    /// use skelpi::cluster::Cluster;
+    /// use skelpi_agent::kernels::Array;
+    /// use skelpi_proto::skeleton::Kernel;
+    /// smol::block_on(async {
+    ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
+    ///     let chunks = vec![Array::list(vec![1.0, 2.0]), Array::list(vec![3.0]), Array::list(vec![])];
+    ///     let out = cluster.pmap(Kernel::new("square", []), chunks).await?;
+    ///     assert_eq!(out.iter().map(|a| a.data.clone()).collect::<Vec<_>>(),
+    ///                [vec![1.0, 4.0], vec![9.0], vec![]]);
+    ///     Ok::<_, Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn pmap(
         &mut self,
         kernel: Kernel,

@@ -59,8 +59,14 @@ pub(super) fn all() -> Vec<Entry> {
             Ok(x)
         }),
         entry("sleep_ms", |args, x| {
-            let ms = count_arg("sleep_ms", args, 0, "ms")?;
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+            // Fractions allowed (`sleep_ms(0.05)`: 50 µs), at most a minute.
+            let ms = float_arg("sleep_ms", args, 0, "ms")?;
+            if !(0.0..=60_000.0).contains(&ms) {
+                return Err(KernelError(format!(
+                    "sleep_ms: argument ms must be between 0 and 60000, got {ms}"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_secs_f64(ms / 1e3));
             Ok(x)
         }),
         entry("fail", |_, _| {

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The agent binary of this workspace's target directory, built if missing.
-fn agent_binary() -> PathBuf {
+pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("skelpi-agent");
     if !bin.exists() {
