@@ -10,3 +10,4 @@ mod corpus;
 mod golden;
 mod hostile;
 mod roundtrip;
+mod skeleton_text;
