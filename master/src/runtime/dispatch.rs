@@ -6,7 +6,6 @@ use skelpi_agent::kernels::Array;
 use skelpi_agent::wire::{Receiver, Sender};
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::{Message, TaskHead};
-use smol::lock::Mutex;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,11 +14,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Credits per agent worker: one task running, one queued behind it.
 pub const CREDITS_PER_WORKER: usize = 2;
 
+/// Frames a connection's writer holds (callers wait beyond that).
+const OUTBOX: usize = 16;
+
 /// Task ids are unique in the process, so a late result of an aborted job
 /// can never be taken for a result of the next one.
 static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
 
 type Outcome = Result<Array, JobError>;
+
+/// A task frame waiting for its connection's writer.
+struct Outgoing {
+    id: u64,
+    head: Message,
+    input: Array,
+}
 
 /// A task in flight: who asked, for what, and where the result goes.
 struct Pending {
@@ -31,15 +40,20 @@ struct Pending {
 struct Link<'c> {
     label: String,
     addr: SocketAddr,
-    sender: Mutex<&'c mut Sender>,
+    sender: RefCell<&'c mut Sender>,
     receiver: RefCell<&'c mut Receiver>,
+    /// Frames for the writer. Callers only queue: a frame, once queued, is
+    /// written whole even if its caller is cancelled, so a job that stops
+    /// never cuts a frame.
+    outbox_tx: async_channel::Sender<Outgoing>,
+    outbox_rx: async_channel::Receiver<Outgoing>,
     pending: RefCell<HashMap<u64, Pending>>,
     dead: Cell<bool>,
     why_dead: RefCell<Option<String>>,
 }
 
 /// Hands kernel calls to the agents of a cluster for the duration of one
-/// job. Its reader loops ([`Dispatcher::run_readers`]) must run alongside
+/// job. Its I/O loops ([`Dispatcher::run_io`]) must run alongside
 /// the calls.
 pub struct Dispatcher<'c> {
     links: Vec<Link<'c>>,
@@ -84,11 +98,14 @@ impl<'c> Dispatcher<'c> {
                 let label = format!("{} ({})", conn.info().name, conn.addr());
                 let addr = conn.addr();
                 let (sender, receiver) = conn.halves();
+                let (outbox_tx, outbox_rx) = async_channel::bounded(OUTBOX);
                 Link {
                     label,
                     addr,
-                    sender: Mutex::new(sender),
+                    sender: RefCell::new(sender),
                     receiver: RefCell::new(receiver),
+                    outbox_tx,
+                    outbox_rx,
                     pending: RefCell::new(HashMap::new()),
                     dead: Cell::new(false),
                     why_dead: RefCell::new(None),
@@ -144,47 +161,53 @@ impl<'c> Dispatcher<'c> {
         let link = &self.links[i];
         let id = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);
-        let pending = Pending {
-            task: task.to_owned(),
-            kernel: kernel.name.clone(),
-            reply: tx,
-        };
-        link.pending.borrow_mut().insert(id, pending);
         let head = Message::Task(TaskHead {
             id,
             kernel: kernel.name.clone(),
             args: kernel.args.clone(),
         });
-        let sent = link
-            .sender
-            .lock()
-            .await
-            .send_bulk(&head, input.shape, &input.data)
-            .await;
-        if let Err(source) = sent {
-            link.pending.borrow_mut().remove(&id);
-            return Err(ClientError::Wire {
-                addr: link.addr,
-                source,
-            }
-            .into());
+        let queued = link.outbox_tx.send(Outgoing { id, head, input }).await;
+        if queued.is_err() {
+            return Err(self.dead_error(link));
         }
-        drop(input);
-        rx.recv().await.unwrap_or_else(|_| {
-            Err(ClientError::Protocol {
-                addr: link.addr,
-                what: "the connection ended before the task's result arrived".into(),
-            }
-            .into())
-        })
+        // No await between queueing and registering: the result cannot
+        // arrive before its entry exists.
+        link.pending.borrow_mut().insert(
+            id,
+            Pending {
+                task: task.to_owned(),
+                kernel: kernel.name.clone(),
+                reply: tx,
+            },
+        );
+        rx.recv()
+            .await
+            .unwrap_or_else(|_| Err(self.dead_error(link)))
     }
 
-    /// Reads results from every agent and routes them to their callers.
-    /// It never returns: run it alongside the calls, and drop it when the
-    /// job is done (after [`Dispatcher::drain`], so that no frame is cut).
-    pub async fn run_readers(&self) {
-        let readers = self.links.iter().map(|link| self.read(link));
-        let mut all: Vec<_> = readers.map(Box::pin).collect();
+    fn dead_error(&self, link: &Link<'c>) -> JobError {
+        let what = link
+            .why_dead
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "the connection ended before the task's result arrived".into());
+        ClientError::Protocol {
+            addr: link.addr,
+            what,
+        }
+        .into()
+    }
+
+    /// Moves every connection's frames: writes queued tasks, reads results
+    /// and routes them to their callers. It never returns: keep one such
+    /// future alive for the whole job, through [`Dispatcher::drain`], and
+    /// drop it only after the drain (between frames).
+    pub async fn run_io(&self) {
+        let readers = self
+            .links
+            .iter()
+            .map(|link| Box::pin(futures_lite::future::or(self.read(link), self.write(link))));
+        let mut all: Vec<_> = readers.collect();
         futures_lite::future::poll_fn(|cx| {
             all.retain_mut(|f| f.as_mut().poll(cx).is_pending());
             if all.is_empty() {
@@ -197,9 +220,34 @@ impl<'c> Dispatcher<'c> {
         std::future::pending::<()>().await;
     }
 
+    // Only this writer uses the sender; the borrow lasts as long as the
+    // link's I/O future.
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn write(&self, link: &Link<'c>) {
+        let mut sender = link.sender.borrow_mut();
+        while let Ok(out) = link.outbox_rx.recv().await {
+            if link.dead.get() {
+                continue;
+            }
+            let sent = sender
+                .send_bulk(&out.head, out.input.shape, &out.input.data)
+                .await;
+            if let Err(source) = sent {
+                log::debug!("task {} not sent", out.id);
+                self.kill(
+                    link,
+                    ClientError::Wire {
+                        addr: link.addr,
+                        source,
+                    },
+                );
+            }
+        }
+    }
+
     // The receiver stays borrowed across awaits: only one reader per link
-    // runs at a time, and dropping this future (between frames, after
-    // `drain`) releases it.
+    // runs, and it is dropped (between frames, after `drain`) with the
+    // link's I/O future.
     #[allow(clippy::await_holding_refcell_ref)]
     async fn read(&self, link: &Link<'c>) {
         if link.dead.get() {
@@ -272,6 +320,7 @@ impl<'c> Dispatcher<'c> {
                 what: message.clone(),
             })));
         }
+        link.outbox_tx.close();
         if self.links.iter().all(|l| l.dead.get()) {
             self.tokens_tx.close();
         }
@@ -279,7 +328,8 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Waits until no task is in flight on a live agent, so that a job that
-    /// ends early (an error) leaves every connection between frames.
+    /// ends early (an error) leaves every connection between frames. Run it
+    /// with the job's [`Dispatcher::run_io`] future still alive.
     pub async fn drain(&self) {
         loop {
             let busy = self
@@ -295,6 +345,22 @@ impl<'c> Dispatcher<'c> {
 }
 
 impl Dispatcher<'_> {
+    /// Marks every live agent that still has tasks in flight dead (the job
+    /// gave up waiting for them).
+    pub fn abandon_busy(&self, why: &str) {
+        for link in &self.links {
+            if !link.dead.get() && !link.pending.borrow().is_empty() {
+                self.kill(
+                    link,
+                    ClientError::Protocol {
+                        addr: link.addr,
+                        what: why.to_owned(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Why each connection died during the job (`None`: still good), in
     /// pool order.
     pub fn casualties(&self) -> Vec<Option<String>> {

@@ -12,6 +12,9 @@ use skelpi_proto::skeleton::Skeleton;
 use smol::LocalExecutor;
 use std::time::{Duration, Instant};
 
+/// How long a stopped job waits for the results of tasks already sent.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How a job feeds its inputs and what it records.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JobOptions<'a> {
@@ -26,9 +29,10 @@ pub struct JobOptions<'a> {
 /// index of its input (for a reduction: 0) to `on_result` as it leaves the
 /// tree (in input order where the tree keeps
 /// order). Inputs are drawn only as the tree has room for them. On the
-/// first error the job stops, waits for the tasks still in flight (so every
-/// connection is left between frames) and returns it; connections that
-/// failed are marked broken.
+/// first error the job stops, waits (at most [`DRAIN_TIMEOUT`]) for the
+/// results of tasks already sent, so every connection is left between
+/// frames, and returns it; connections that failed, or whose tasks did not
+/// come back in time, are marked broken.
 pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
@@ -45,6 +49,9 @@ pub async fn run(
         .sum::<usize>()
         .max(1);
     let dispatcher = Dispatcher::new(conns);
+    // One I/O future for the whole job, drain included: dropping it
+    // mid-frame would cut a frame.
+    let mut io = Box::pin(dispatcher.run_io());
     let result = {
         let ex = LocalExecutor::new();
         let (spawn_tx, spawn_rx) = async_channel::unbounded();
@@ -83,13 +90,21 @@ pub async fn run(
             future::pending().await
         };
         future::or(ex.run(future::or(work, driver)), async {
-            dispatcher.run_readers().await;
+            io.as_mut().await;
             Err(JobError::NoAgents)
         })
         .await
-        // `ex` drops here: every node of the graph is cancelled.
+        // `ex` drops here: every node of the graph is cancelled; frames
+        // already queued are still written by `io`.
     };
-    future::or(dispatcher.drain(), dispatcher.run_readers()).await;
+    let deadline = async {
+        async_io::Timer::after(DRAIN_TIMEOUT).await;
+        dispatcher.abandon_busy(&format!(
+            "tasks in flight when the job stopped got no result within {DRAIN_TIMEOUT:?}"
+        ));
+    };
+    future::or(future::or(dispatcher.drain(), deadline), io.as_mut()).await;
+    drop(io);
     let casualties = dispatcher.casualties();
     drop(dispatcher);
     for (conn, why) in conns.iter_mut().zip(casualties) {
@@ -109,12 +124,14 @@ fn paced<'a>(
 ) -> Stream {
     let (tx, rx) = async_channel::bounded(1);
     spawner.spawn(async move {
-        let start = Instant::now();
-        for (i, item) in items.into_iter().enumerate() {
-            async_io::Timer::at(start + every * i as u32).await;
+        let mut due = Instant::now();
+        for item in items {
+            async_io::Timer::at(due).await;
             if tx.send(Ok(item)).await.is_err() {
                 return;
             }
+            // Past the clock's range: no more pacing.
+            due = due.checked_add(every).unwrap_or(due);
         }
     });
     rx

@@ -183,3 +183,29 @@ fn a_feedback_that_never_ends_is_an_error_not_a_hang() {
         cluster.close().await;
     });
 }
+
+#[test]
+fn a_job_that_fails_with_large_frames_in_flight_leaves_the_connections_usable() {
+    // Large items keep frames in flight when the error stops the job: the
+    // tasks already queued are written whole and their results awaited, so
+    // the (encrypted) connections stay in step for the next job.
+    smol::block_on(async {
+        let mut cluster = Cluster::local(2, &Default::default()).await.unwrap();
+        let tree = Skeleton::pipe([Skeleton::farm(seq("identity", &[]), None), seq("fail", &[])]);
+        for round in 0..3 {
+            let inputs = (0..24).map(|i| Array::list(vec![f64::from(i); 300_000]));
+            let err = cluster.run(&tree, inputs).await.unwrap_err();
+            assert!(matches!(err, JobError::Task(_)), "round {round}: {err}");
+            let ok = cluster
+                .run(&seq("sum", &[]), [Array::list(vec![1.5; 1000])])
+                .await
+                .unwrap();
+            assert_eq!(ok[0].data, [1500.0]);
+            for agent in cluster.agents_mut() {
+                agent.ping().await.unwrap();
+                assert!(!agent.is_broken());
+            }
+        }
+        cluster.close().await;
+    });
+}
