@@ -150,9 +150,9 @@ impl Cluster {
     }
 
     /// Runs `skeleton` on `inputs`, handing each result and its input's
-    /// index to `on_result` as soon as it is ready. Inputs are drawn from the iterator only as the
-    /// tree has room for them, so an endless or huge generator runs in
-    /// bounded memory.
+    /// index to `on_result` as soon as it is ready. Inputs are drawn from
+    /// the iterator only as the tree has room for them, so a huge generator
+    /// runs in bounded memory (a `reduce` holds its whole input, though).
     pub async fn run_each(
         &mut self,
         skeleton: &Skeleton,

@@ -25,9 +25,14 @@ pub struct ParseError {
     pub expected: String,
 }
 
+/// Deepest nesting the parser accepts (deeper text is refused, not a
+/// stack overflow).
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser<'t> {
     text: &'t str,
     at: usize,
+    depth: usize,
 }
 
 impl<'t> Parser<'t> {
@@ -118,6 +123,16 @@ impl<'t> Parser<'t> {
     }
 
     fn skeleton(&mut self) -> Result<Skeleton, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return self.fail(format!("at most {MAX_DEPTH} nested skeletons"));
+        }
+        self.depth += 1;
+        let skel = self.skeleton_at_depth();
+        self.depth -= 1;
+        skel
+    }
+
+    fn skeleton_at_depth(&mut self) -> Result<Skeleton, ParseError> {
         let start = self.at;
         let head = self.word();
         let known = ["seq", "pipe", "farm", "map", "reduce", "feedback"];
@@ -172,6 +187,9 @@ impl<'t> Parser<'t> {
                 let mut skel = Skeleton::feedback(body, self.kernel()?);
                 if self.eat(',') {
                     let rounds = self.count("the most rounds")?;
+                    if rounds == 0 {
+                        return self.fail("at least 1 round");
+                    }
                     if let Skeleton::Feedback { max_rounds, .. } = &mut skel {
                         *max_rounds = rounds;
                     }
@@ -188,7 +206,11 @@ impl FromStr for Skeleton {
     type Err = ParseError;
 
     fn from_str(text: &str) -> Result<Skeleton, ParseError> {
-        let mut p = Parser { text, at: 0 };
+        let mut p = Parser {
+            text,
+            at: 0,
+            depth: 0,
+        };
         let skel = p.skeleton()?;
         p.skip_space();
         if p.at < text.len() {
@@ -216,6 +238,13 @@ mod tests {
             assert_eq!(skel.to_string(), text);
             assert_eq!(skel.to_string().parse::<Skeleton>().unwrap(), skel);
         }
+        let deep = (0..100).fold("seq(x)".to_owned(), |t, _| format!("pipe({t})"));
+        assert!(
+            deep.parse::<Skeleton>()
+                .unwrap_err()
+                .expected
+                .contains("nested")
+        );
         let spaced: Skeleton = " pipe ( seq( square ) ,seq(sum) ) ".parse().unwrap();
         assert_eq!(spaced.to_string(), "pipe(seq(square), seq(sum))");
     }
@@ -230,6 +259,7 @@ mod tests {
             ("seq(f(1, a))", 9, "a number"),
             ("seq(x) seq(y)", 7, "the end"),
             ("seq()", 4, "a kernel name"),
+            ("feedback(seq(x), y, 0)", 21, "at least 1 round"),
         ];
         for (text, at, expected) in cases {
             let e = text.parse::<Skeleton>().unwrap_err();

@@ -116,13 +116,22 @@ pub async fn run(
     opts: &PipelineOptions,
     progress: &ProgressBar,
 ) -> Result<PipelineReport, JobError> {
+    if opts.items < 2 {
+        return Err(JobError::Invalid(
+            "the pipeline benchmark needs at least 2 items to measure spacing".into(),
+        ));
+    }
+    let n = opts
+        .size
+        .checked_mul(opts.size)
+        .filter(|&n| n <= 1 << 28)
+        .ok_or_else(|| JobError::Invalid(format!("--size {} is too large", opts.size)))?;
     let tree = tree(opts);
     let Skeleton::Pipe(stages) = &tree else {
         unreachable!("tree() builds a pipe")
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let d = opts.size as u64;
-    let n = opts.size * opts.size;
     // Generated as the pipeline asks for them: M matrices never sit in
     // memory at once. Each result is checked against its input (the stages
     // pass their input through) by a running checksum.
@@ -144,16 +153,24 @@ pub async fn run(
     let mut count = 0usize;
     progress.set_message(format!("pipeline: {tree}"));
     let start = Instant::now();
-    job::run(cluster.agents_mut(), &tree, inputs, &job_opts, |_, a| {
-        sum_out += black_box(a.data.iter().sum::<f64>());
-        count += 1;
-        progress.inc(1);
-    })
+    let mut in_order = true;
+    job::run(
+        cluster.agents_mut(),
+        &tree,
+        inputs,
+        &job_opts,
+        |index, a| {
+            sum_out += black_box(a.data.iter().sum::<f64>());
+            in_order &= index == count as u64;
+            count += 1;
+            progress.inc(1);
+        },
+    )
     .await?;
     let wall = start.elapsed();
-    if count != opts.items || (sum_out - sum_in).abs() > 1e-6 * sum_in.abs().max(1.0) {
+    if !in_order || count != opts.items || (sum_out - sum_in).abs() > 1e-6 * sum_in.abs().max(1.0) {
         return Err(JobError::Invalid(format!(
-            "the pipeline returned {count} of {} items, or altered them",
+            "the pipeline returned {count} of {} items, out of order, or altered",
             opts.items
         )));
     }
@@ -171,14 +188,14 @@ pub async fn run(
     let mut rows = Vec::new();
     for (i, calls) in per_stage.iter().enumerate() {
         let ts = mean(calls.iter().map(|c| c.end - c.start));
-        let arrivals: Vec<Instant> = match (i, opts.interval) {
-            (0, _) => calls.iter().map(|c| c.start).collect(),
+        // Items reach stage 0 when the feed lets them in (it starts them
+        // at once when paced and not held back); later stages when the
+        // previous stage's results come back.
+        let arrivals: Vec<Instant> = match i {
+            0 => calls.iter().map(|c| c.start).collect(),
             _ => per_stage[i - 1].iter().map(|c| c.end).collect(),
         };
-        let ta = match (i, opts.interval) {
-            (0, Some(every)) => every,
-            _ => spacing(&arrivals),
-        };
+        let ta = spacing(&arrivals);
         rows.push(StageRow {
             stage: i,
             kernel: stages[i].to_string(),

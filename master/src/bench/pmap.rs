@@ -108,6 +108,12 @@ pub async fn run(
     opts: &PmapOptions,
     progress: &ProgressBar,
 ) -> Result<PmapReport, JobError> {
+    if let Some(&bad) = opts.chunks.iter().find(|&&n| n == 0 || n > 1 << 20) {
+        return Err(JobError::Invalid(format!(
+            "pmap: {bad} chunks (expected 1 to {})",
+            1 << 20
+        )));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let input: Vec<f64> = (0..opts.d).map(|_| rng.random_range(-3.0..3.0)).collect();
     let kernel = Kernel::new("erf_burn", [f64::from(opts.c)]);

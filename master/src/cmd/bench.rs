@@ -305,7 +305,12 @@ async fn run_pipeline(
         stages: a.stages,
         items: a.items,
         size: a.size,
-        work: a.work.0.iter().map(|&c| c as u32).collect(),
+        work: a
+            .work
+            .0
+            .iter()
+            .map(|&c| u32::try_from(c).context("--work: too many multiplications"))
+            .collect::<anyhow::Result<_>>()?,
         work_size: a.work_size,
         interval: a.interval,
         seed: args.common.seed,

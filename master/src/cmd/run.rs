@@ -39,8 +39,9 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     smol::block_on(async {
         let mut pool = pool::connect(&pool_args.options(true)).await?;
         eprintln!("{}", pool.origin);
-        eprintln!("running {} on {} inputs", job.skeleton, job.input.len());
-        let progress = ProgressBar::new(job.input.len() as u64);
+        let inputs = job.input.len();
+        eprintln!("running {} on {inputs} inputs", job.skeleton);
+        let progress = ProgressBar::new(inputs as u64);
         progress.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} results {msg}")
                 .expect("static template"),
@@ -51,7 +52,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let mut write_error = None;
         let result = pool
             .cluster
-            .run_each(&job.skeleton, job.input.clone().arrays(), |index, a| {
+            .run_each(&job.skeleton, job.input.arrays(), |index, a| {
                 count += 1;
                 progress.inc(1);
                 match out.as_mut() {

@@ -296,7 +296,15 @@ fn farm<'a, 'c: 'a>(
                 vec![item]
             };
             for mut item in ready {
-                item.index = original.remove(&item.index).unwrap_or(item.index);
+                let Some(index) = original.remove(&item.index) else {
+                    let what = format!(
+                        "farm: a replica returned item {} twice or unasked",
+                        item.index
+                    );
+                    let _ = out_tx.send(Err(JobError::Invalid(what))).await;
+                    return;
+                };
+                item.index = index;
                 let _ = credit_tx.try_send(());
                 if out_tx.send(Ok(item)).await.is_err() {
                     return;

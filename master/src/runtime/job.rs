@@ -1,6 +1,7 @@
 //! One job: a skeleton tree run over a stream of inputs on a cluster's
 //! connections.
 
+use super::check::check;
 use super::dispatch::Dispatcher;
 use super::eval::{Ctx, Spawner, Stream, eval, source};
 use super::probe::Probe;
@@ -40,8 +41,15 @@ pub async fn run(
     opts: &JobOptions<'_>,
     mut on_result: impl FnMut(u64, Array),
 ) -> Result<(), JobError> {
+    check(skeleton)?;
     if conns.is_empty() {
         return Err(JobError::NoAgents);
+    }
+    if let Some(c) = conns.iter().find(|c| c.is_broken()) {
+        return Err(JobError::Invalid(format!(
+            "the connection to {} failed earlier; reconnect before running a job",
+            c.addr()
+        )));
     }
     let cores = conns
         .iter()

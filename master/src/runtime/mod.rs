@@ -1,13 +1,18 @@
 //! Running skeleton trees on the pool.
 //!
 //! [`dispatch::Dispatcher`] hands kernel calls (tasks) to agents on demand:
-//! each agent has `2 × cores` credits, a task takes one and returns it when
-//! its result arrives, so faster agents get more work and no queue grows
-//! without bound. [`eval`] turns a skeleton tree into a graph of bounded
-//! streams over that dispatcher. [`sequential`] evaluates the same tree in
-//! this process, one call at a time: the reference semantics, and the
-//! "best sequential" baseline of the benchmarks.
+//! each agent has `2 × cores` credits, a farm's or map's task takes one and
+//! returns it when its result arrives, so faster agents get more work; a
+//! pipeline stage placed on an agent (`get_nodes`) runs one call at a time
+//! there without a credit. [`eval`] turns a skeleton tree into a graph of
+//! bounded streams over that dispatcher: the master holds only what is in
+//! flight, except that `reduce` collects its whole input before combining.
+//! [`check`] refuses trees the runtime cannot run as written.
+//! [`sequential`] evaluates the same tree in this process, one call at a
+//! time: the reference semantics, and the "best sequential" baseline of the
+//! benchmarks.
 
+pub mod check;
 pub mod dispatch;
 mod error;
 pub mod eval;

@@ -98,7 +98,12 @@ fn bench_pipeline_places_one_stage_per_agent_and_reports_rho() {
         .collect();
     assert_eq!(agents, ["local-0", "local-1", "local-2"]);
     assert_eq!(stages[1]["kernel"], "seq(matmul_power(2, 16))");
-    assert_eq!(stages[0]["ta_s"], 0.001);
+    // Paced at 1 ms: items reach stage 0 no faster than that.
+    assert!(
+        stages[0]["ta_s"].as_f64().unwrap() >= 0.0009,
+        "{}",
+        stages[0]
+    );
     for s in stages {
         let (ts, ta, rho) = (
             s["ts_s"].as_f64().unwrap(),
