@@ -59,7 +59,8 @@ pub struct PmapRow {
     pub chunks: usize,
     /// Median wall time of the pmap, seconds.
     pub time_s: f64,
-    /// Sequential time / pmap time.
+    /// Median over repeats of sequential time / pmap time, the sequential
+    /// run timed just before each pmap.
     pub speedup: f64,
     /// Speedup / workers.
     pub efficiency: f64,
@@ -76,7 +77,7 @@ pub struct PmapReport {
     pub c: u32,
     /// Timed repeats per point.
     pub repeats: usize,
-    /// Median time of the sequential run in this process, seconds.
+    /// Median time of the sequential runs in this process, seconds.
     pub sequential_s: f64,
     /// The points.
     pub rows: Vec<PmapRow>,
@@ -98,7 +99,7 @@ pub fn agent_counts(opts: &PmapOptions, pool: usize) -> Vec<usize> {
 /// Number of progress steps [`run`] will report on a pool of `pool` agents.
 pub fn steps(opts: &PmapOptions, pool: usize) -> u64 {
     let points = agent_counts(opts, pool).len() * opts.chunks.len();
-    ((points + 1) * opts.repeats.max(1)) as u64
+    (points * opts.repeats.max(1) + 1) as u64
 }
 
 /// Runs the table.
@@ -124,9 +125,8 @@ pub async fn run(
     let erf = registry
         .get(&kernel.name)
         .ok_or_else(|| JobError::Invalid("this build has no erf_burn kernel".into()))?;
-    let mut seq_times = Vec::with_capacity(repeats);
-    let mut reference = Vec::new();
-    for _ in 0..repeats {
+    // The sequential run, timed; it also gives the reference result.
+    let run_sequential = || -> Result<(Duration, Vec<f64>), JobError> {
         let data = Array::list(input.clone());
         let start = Instant::now();
         let out = erf.call(&kernel.args, black_box(data)).map_err(|e| {
@@ -138,11 +138,11 @@ pub async fn run(
                 panicked: false,
             })
         })?;
-        seq_times.push(start.elapsed());
-        reference = black_box(out).data;
-        progress.inc(1);
-    }
-    let sequential = median(&seq_times);
+        Ok((start.elapsed(), black_box(out).data))
+    };
+    let (first, reference) = run_sequential()?;
+    let mut seq_times = vec![first];
+    progress.inc(1);
 
     let mut rows = Vec::new();
     for k in agent_counts(opts, cluster.agents().len()) {
@@ -152,7 +152,12 @@ pub async fn run(
             progress.set_message(format!("pmap: {k} agents, {n} chunks"));
             let tree = Skeleton::map(n as u32, Skeleton::seq(kernel.clone()));
             let mut times = Vec::with_capacity(repeats);
+            let mut ratios = Vec::with_capacity(repeats);
             for _ in 0..repeats {
+                // Sequential and distributed alternate, so that drift in
+                // the machine's speed hits both.
+                let (seq_time, _) = run_sequential()?;
+                seq_times.push(seq_time);
                 let data = Array::list(input.clone());
                 let mut out = None;
                 let start = Instant::now();
@@ -160,7 +165,9 @@ pub async fn run(
                     out = Some(a)
                 })
                 .await?;
-                times.push(start.elapsed());
+                let time = start.elapsed();
+                times.push(time);
+                ratios.push(ratio(seq_time, time));
                 let out = black_box(out).map(|a| a.data);
                 if out.as_deref() != Some(&reference[..]) {
                     return Err(JobError::Invalid(format!(
@@ -170,7 +177,8 @@ pub async fn run(
                 progress.inc(1);
             }
             let time = median(&times);
-            let speedup = ratio(sequential, time);
+            ratios.sort_by(f64::total_cmp);
+            let speedup = ratios[ratios.len() / 2];
             rows.push(PmapRow {
                 agents: k,
                 workers,
@@ -186,7 +194,7 @@ pub async fn run(
         d: opts.d,
         c: opts.c,
         repeats,
-        sequential_s: sequential.as_secs_f64(),
+        sequential_s: median(&seq_times).as_secs_f64(),
         rows,
     })
 }

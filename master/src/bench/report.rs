@@ -105,7 +105,7 @@ pub fn pmap_table(r: &PmapReport) -> String {
             row.efficiency * 100.0
         );
     }
-    s.push_str("speedup is the sequential time over the pmap time; efficiency is speedup per worker thread.\n");
+    s.push_str("speedup: median over repeats of sequential time / pmap time, the sequential run timed just before\neach pmap; efficiency: speedup per worker thread.\n");
     s
 }
 
