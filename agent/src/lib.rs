@@ -34,5 +34,6 @@ pub mod process;
 pub mod raw_echo;
 pub mod roles;
 pub mod server;
+pub mod stages;
 pub mod wire;
 pub mod workers;

@@ -1,6 +1,8 @@
 //! The roles an agent plays for a master on one connection: ping, echo
-//! (the round-trip benchmark's far end), the raw echo baseline, and tasks —
-//! kernel calls run on the agent's worker threads.
+//! (the round-trip benchmark's far end), the raw echo baseline, tasks —
+//! kernel calls run on the agent's worker threads — and one pipeline stage
+//! ([`crate::stages`]); and, on any connection, delivery of stream items to
+//! the stages running here.
 //!
 //! # Implementation
 //! Two loops share the connection's [`Sender`]: the reader answers
@@ -11,6 +13,7 @@
 use crate::kernels::Array;
 use crate::raw_echo;
 use crate::server::ServerConfig;
+use crate::stages;
 use crate::wire::handshake::Established;
 use crate::wire::{Sender, WireError};
 use crate::workers::Outcome;
@@ -35,6 +38,7 @@ pub async fn serve_session(
         sender,
         mut receiver,
         local_addr,
+        plaintext,
         ..
     } = est;
     let sender = Mutex::new(sender);
@@ -42,6 +46,8 @@ pub async fn serve_session(
     let (done_tx, done_rx) = async_channel::bounded::<Outcome>(2 * config.workers.len());
     let mut bulk = Vec::new();
     let mut raw_opened = false;
+    let (stage_tx, stage_rx) = async_channel::bounded(1);
+    let mut stage_opened = false;
     let mut stop = std::pin::pin!(stop);
     let reader = async {
         loop {
@@ -136,6 +142,48 @@ pub async fn serve_session(
                     };
                     sender.lock().await.send(&reply).await
                 }
+                Message::StageOpen(open) => {
+                    if stage_opened {
+                        let what = "this session already runs a stage".to_owned();
+                        sender
+                            .lock()
+                            .await
+                            .send(&error(ErrorCode::BadRequest, what))
+                            .await
+                    } else {
+                        stage_opened = true;
+                        let _ = stage_tx.try_send(open);
+                        Ok(())
+                    }
+                }
+                Message::StreamItem(item) => {
+                    let shape = received.bulk.unwrap_or(Shape::List(0));
+                    let data = Array {
+                        shape,
+                        data: std::mem::take(&mut bulk),
+                    };
+                    match stages::deliver(config, item, data).await {
+                        Ok(()) => Ok(()),
+                        Err(what) => {
+                            log::warn!("{peer}: {what}");
+                            sender
+                                .lock()
+                                .await
+                                .send(&error(ErrorCode::BadRequest, what))
+                                .await
+                        }
+                    }
+                }
+                Message::StreamEnd(end) => {
+                    if !config.streams.end(end.stream, end.stage) {
+                        log::debug!(
+                            "{peer}: end of stage {} of stream {}, which has ended",
+                            end.stage,
+                            end.stream
+                        );
+                    }
+                    Ok(())
+                }
                 Message::Bye => {
                     log::info!("master {peer} said goodbye");
                     sender.lock().await.close();
@@ -184,7 +232,14 @@ pub async fn serve_session(
         }
     };
     let raw = raw_echo::serve_opened(raw_rx, peer.ip());
-    future::or(reader, future::or(writer, raw)).await;
+    // The stage this session opened, if any: dropped with the session.
+    let stage = async {
+        if let Ok(open) = stage_rx.recv().await {
+            stages::run_stage(config, open, &sender, plaintext).await;
+        }
+        future::pending::<()>().await
+    };
+    future::or(reader, future::or(writer, future::or(raw, stage))).await;
 }
 
 /// Queues a task on the workers, or answers at once if its kernel is unknown.

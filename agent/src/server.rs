@@ -5,6 +5,7 @@ use crate::admission::{Admission, HandshakeSlot};
 use crate::kernels::Registry;
 use crate::key::ClusterKey;
 use crate::roles;
+use crate::stages::Streams;
 use crate::wire::handshake::{self, AcceptOptions};
 use crate::workers::Workers;
 use async_net::{TcpListener, TcpStream};
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub kernels: Registry,
     /// The threads kernels run on, shared by all sessions.
     pub workers: Workers,
+    /// The pipeline stages running here, for items arriving on any session.
+    pub streams: Streams,
 }
 
 impl ServerConfig {
@@ -56,6 +59,7 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             kernels: Registry::builtin(),
             workers,
+            streams: Streams::default(),
         })
     }
 }

@@ -90,6 +90,26 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Runs one kernel call on the workers and waits for its outcome.
+    pub async fn call(
+        &self,
+        kernel: Arc<dyn Kernel>,
+        args: Vec<f64>,
+        input: Array,
+    ) -> Result<Array, Failure> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.submit(0, kernel, args, input, tx).await;
+        match rx.recv().await {
+            Ok((_, outcome)) => outcome,
+            Err(_) => Err(Failure {
+                message: "the worker threads are gone".into(),
+                panicked: false,
+            }),
+        }
+    }
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         self.queue.close();

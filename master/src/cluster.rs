@@ -2,6 +2,8 @@
 //! embedded cluster of in-process agents on loopback.
 
 use crate::client::{AgentConn, ClientError};
+use crate::runtime::eval::get_nodes;
+use crate::runtime::stream::{self, Placement, StageReport};
 use crate::runtime::{JobError, job};
 use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
@@ -9,6 +11,7 @@ use skelpi_agent::local::{LocalAgent, LocalOptions};
 use skelpi_agent::wire::handshake::ConnectOptions;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Connected agents, in pool order.
 #[derive(Debug)]
@@ -17,6 +20,10 @@ pub struct Cluster {
     /// In-process agents this cluster owns; stopped when it is dropped
     /// (after the connections, which are declared first).
     local: Vec<LocalAgent>,
+    /// The key and options the connections were made with: streamed
+    /// pipelines open more.
+    key: ClusterKey,
+    opts: ConnectOptions,
 }
 
 impl Cluster {
@@ -42,6 +49,8 @@ impl Cluster {
         Ok(Cluster {
             agents,
             local: Vec::new(),
+            key: key.clone(),
+            opts: opts.clone(),
         })
     }
 
@@ -72,6 +81,8 @@ impl Cluster {
         let cluster = Cluster {
             agents,
             local: Vec::new(),
+            key: key.clone(),
+            opts: opts.clone(),
         };
         (cluster, failed)
     }
@@ -159,24 +170,25 @@ impl Cluster {
         inputs: impl IntoIterator<Item = Array>,
         on_result: impl FnMut(u64, Array),
     ) -> Result<(), JobError> {
-        let live: Vec<usize> = (0..self.agents.len())
-            .filter(|&i| !self.agents[i].is_broken())
-            .collect();
-        if live.len() < self.agents.len() {
-            // Jobs run on the connections that are still good.
-            let mut good: Vec<AgentConn> = Vec::new();
-            let mut bad = Vec::new();
-            for a in std::mem::take(&mut self.agents) {
-                if a.is_broken() {
-                    bad.push(a)
-                } else {
-                    good.push(a)
-                }
-            }
+        if let Some(stages) = streamable(skeleton) {
+            self.stream_pipeline(&stages, inputs, None, on_result)
+                .await?;
+            return Ok(());
+        }
+        if self.agents.iter().any(AgentConn::is_broken) {
+            // Jobs run on the connections that are still good; the pool
+            // keeps its order.
+            let (good, bad): (Vec<_>, Vec<_>) = std::mem::take(&mut self.agents)
+                .into_iter()
+                .enumerate()
+                .partition(|(_, a)| !a.is_broken());
+            let (places, mut conns): (Vec<usize>, Vec<AgentConn>) = good.into_iter().unzip();
             let result =
-                job::run(&mut good, skeleton, inputs, &Default::default(), on_result).await;
-            good.extend(bad);
-            self.agents = good;
+                job::run(&mut conns, skeleton, inputs, &Default::default(), on_result).await;
+            let mut all: Vec<(usize, AgentConn)> = places.into_iter().zip(conns).collect();
+            all.extend(bad);
+            all.sort_by_key(|(i, _)| *i);
+            self.agents = all.into_iter().map(|(_, a)| a).collect();
             return result;
         }
         job::run(
@@ -185,6 +197,34 @@ impl Cluster {
             inputs,
             &Default::default(),
             on_result,
+        )
+        .await
+    }
+
+    /// Runs a pipeline of `seq` stages streamed agent to agent: stage i on
+    /// the pool's agent i mod (live agents), as the seed's `get_nodes`.
+    /// Feeds one input every `interval` if given. Returns what each stage
+    /// measured.
+    pub async fn stream_pipeline(
+        &mut self,
+        stages: &[Kernel],
+        inputs: impl IntoIterator<Item = Array>,
+        interval: Option<Duration>,
+        on_result: impl FnMut(u64, Array),
+    ) -> Result<Vec<StageReport>, JobError> {
+        let live: Vec<&AgentConn> = self.agents.iter().filter(|a| !a.is_broken()).collect();
+        if live.is_empty() {
+            return Err(JobError::NoAgents);
+        }
+        let placement: Vec<Placement> = get_nodes(stages.len(), live.len())
+            .into_iter()
+            .map(|i| Placement {
+                addr: live[i].addr(),
+                name: live[i].info().name.clone(),
+            })
+            .collect();
+        stream::run_pipeline(
+            &placement, &self.key, &self.opts, stages, inputs, interval, on_result,
         )
         .await
     }
@@ -221,10 +261,29 @@ impl Cluster {
         self.run(&farm, chunks).await
     }
 
+    /// The kernels of a tree that is a pipeline of two or more `seq`
+    /// stages, which stream agent to agent.
+    pub fn streamable(tree: &Skeleton) -> Option<Vec<Kernel>> {
+        streamable(tree)
+    }
+
     /// Says goodbye to every agent.
     pub async fn close(mut self) {
         for a in std::mem::take(&mut self.agents) {
             a.close().await;
         }
+    }
+}
+
+fn streamable(tree: &Skeleton) -> Option<Vec<Kernel>> {
+    match tree {
+        Skeleton::Pipe(stages) if stages.len() >= 2 => stages
+            .iter()
+            .map(|s| match s {
+                Skeleton::Seq(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
     }
 }

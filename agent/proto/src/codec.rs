@@ -11,7 +11,8 @@
 use crate::bulk::{self, Descriptor, Shape};
 use crate::frame::{self, LEN_PREFIX};
 use crate::message::{
-    Chunk, ErrorReply, Hello, Ping, RawEchoReady, TaskDone, TaskFailed, TaskHead, kind_name,
+    Chunk, ErrorReply, Hello, Ping, RawEchoReady, StageFailed, StageOpen, StageStats, StreamItem,
+    StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,
 };
 use crate::{AgentInfo, DecodeError, EncodeError, Message};
 use ciborium_ll::{Decoder, Encoder, Header};
@@ -100,6 +101,11 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::Task(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskFailed(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageOpen(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageReady(b) | Message::StreamEnd(b) => ciborium::into_writer(b, &mut *out),
+        Message::StreamItem(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageFailed(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageStats(b) => ciborium::into_writer(b, &mut *out),
     };
     body.map_err(|e| EncodeError::Body(e.to_string()))?;
     bulk::write_descriptor(&mut Encoder::from(&mut *out), shape).map_err(io)?;
@@ -235,6 +241,12 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         11 => Message::Task(body::<TaskHead>(kind, rest)?),
         12 => Message::TaskDone(body::<TaskDone>(kind, rest)?),
         13 => Message::TaskFailed(body::<TaskFailed>(kind, rest)?),
+        14 => Message::StageOpen(body::<StageOpen>(kind, rest)?),
+        15 => Message::StageReady(body::<StreamRef>(kind, rest)?),
+        16 => Message::StreamItem(body::<StreamItem>(kind, rest)?),
+        17 => Message::StreamEnd(body::<StreamRef>(kind, rest)?),
+        18 => Message::StageFailed(body::<StageFailed>(kind, rest)?),
+        19 => Message::StageStats(body::<StageStats>(kind, rest)?),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

@@ -44,8 +44,8 @@ pub use bulk::Shape;
 pub use error::{DecodeError, EncodeError};
 pub use info::AgentInfo;
 pub use message::{
-    Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, TaskDone, TaskFailed,
-    TaskHead, kind_name,
+    Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, StageFailed, StageNext,
+    StageOpen, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,
 };
 
 /// The wire protocol version this crate speaks.

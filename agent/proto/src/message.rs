@@ -42,6 +42,97 @@ pub enum Message {
     TaskDone(TaskDone),
     /// Agent → master: a task failed (kernel error, panic, unknown kernel).
     TaskFailed(TaskFailed),
+    /// Master → agent, on a connection dedicated to it: run a pipeline
+    /// stage, sending its results to the next stage's agent (or back on
+    /// this connection for the last stage).
+    StageOpen(StageOpen),
+    /// Agent → master: the stage is registered and connected to its next
+    /// stage; items may flow.
+    StageReady(StreamRef),
+    /// Into a stage (from the master or the previous stage's agent), or out
+    /// of the last stage to the master. Carries bulk (the item).
+    StreamItem(StreamItem),
+    /// No more items for that stage.
+    StreamEnd(StreamRef),
+    /// Agent → master: a stage's kernel failed on an item; the stage stops.
+    StageFailed(StageFailed),
+    /// Agent → master, after the stage forwarded its end of stream: what
+    /// the stage measured.
+    StageStats(StageStats),
+}
+
+/// A pipeline stage to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageOpen {
+    /// The pipeline, a number chosen by the master.
+    pub stream: u64,
+    /// This stage's position, from 0.
+    pub stage: u32,
+    /// Kernel name.
+    pub kernel: String,
+    /// Kernel arguments.
+    pub args: Vec<f64>,
+    /// Where results go; `None`: back to the master on this connection.
+    pub next: Option<StageNext>,
+}
+
+/// The stage after this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageNext {
+    /// Its agent's address, `host:port`.
+    pub addr: String,
+    /// Its position.
+    pub stage: u32,
+}
+
+/// A stage of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRef {
+    /// The pipeline.
+    pub stream: u64,
+    /// The stage.
+    pub stage: u32,
+}
+
+/// One item of a pipeline's stream, addressed to a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamItem {
+    /// The pipeline.
+    pub stream: u64,
+    /// The stage it goes to (one past the last: the master).
+    pub stage: u32,
+    /// Its position in the pipeline's input.
+    pub index: u64,
+}
+
+/// A stage's kernel failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageFailed {
+    /// The pipeline.
+    pub stream: u64,
+    /// The stage.
+    pub stage: u32,
+    /// The item it failed on.
+    pub index: u64,
+    /// What went wrong, lower case.
+    pub error: String,
+    /// The kernel panicked.
+    pub panicked: bool,
+}
+
+/// A stage's own measurements, on the agent's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageStats {
+    /// The pipeline.
+    pub stream: u64,
+    /// The stage.
+    pub stage: u32,
+    /// Items it processed.
+    pub items: u64,
+    /// Time its kernel ran, all items together, nanoseconds.
+    pub busy_ns: u64,
+    /// From the first item's arrival to the last's, nanoseconds.
+    pub span_ns: u64,
 }
 
 /// A task: which kernel to run, with what arguments.
@@ -153,6 +244,12 @@ impl Message {
             Message::Task(_) => 11,
             Message::TaskDone(_) => 12,
             Message::TaskFailed(_) => 13,
+            Message::StageOpen(_) => 14,
+            Message::StageReady(_) => 15,
+            Message::StreamItem(_) => 16,
+            Message::StreamEnd(_) => 17,
+            Message::StageFailed(_) => 18,
+            Message::StageStats(_) => 19,
         }
     }
 
@@ -165,7 +262,11 @@ impl Message {
     pub fn carries_bulk(&self) -> bool {
         matches!(
             self,
-            Message::Echo(_) | Message::EchoReply(_) | Message::Task(_) | Message::TaskDone(_)
+            Message::Echo(_)
+                | Message::EchoReply(_)
+                | Message::Task(_)
+                | Message::TaskDone(_)
+                | Message::StreamItem(_)
         )
     }
 }
@@ -186,6 +287,12 @@ pub fn kind_name(kind: u64) -> &'static str {
         11 => "task",
         12 => "task-done",
         13 => "task-failed",
+        14 => "stage-open",
+        15 => "stage-ready",
+        16 => "stream-item",
+        17 => "stream-end",
+        18 => "stage-failed",
+        19 => "stage-stats",
         _ => "unknown",
     }
 }

@@ -13,8 +13,6 @@
 
 use crate::cluster::Cluster;
 use crate::runtime::JobError;
-use crate::runtime::job::{self, JobOptions};
-use crate::runtime::probe::{Call, Probe};
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -144,29 +142,28 @@ pub async fn run(
             data,
         }
     });
-    let probe = Probe::new();
-    let job_opts = JobOptions {
-        interval: opts.interval,
-        probe: Some(&probe),
-    };
+    let kernels: Vec<Kernel> = stages
+        .iter()
+        .map(|s| match s {
+            Skeleton::Seq(k) => k.clone(),
+            _ => unreachable!("tree() builds seq stages"),
+        })
+        .collect();
     let mut sum_out = 0.0f64;
     let mut count = 0usize;
+    let mut in_order = true;
+    let mut arrivals = Vec::with_capacity(opts.items);
     progress.set_message(format!("pipeline: {tree}"));
     let start = Instant::now();
-    let mut in_order = true;
-    job::run(
-        cluster.agents_mut(),
-        &tree,
-        inputs,
-        &job_opts,
-        |index, a| {
+    let reports = cluster
+        .stream_pipeline(&kernels, inputs, opts.interval, |index, a| {
+            arrivals.push(Instant::now());
             sum_out += black_box(a.data.iter().sum::<f64>());
             in_order &= index == count as u64;
             count += 1;
             progress.inc(1);
-        },
-    )
-    .await?;
+        })
+        .await?;
     let wall = start.elapsed();
     if !in_order || count != opts.items || (sum_out - sum_in).abs() > 1e-6 * sum_in.abs().max(1.0) {
         return Err(JobError::Invalid(format!(
@@ -174,42 +171,23 @@ pub async fn run(
             opts.items
         )));
     }
-
-    let calls = probe.calls();
-    let per_stage: Vec<Vec<&Call>> = (0..stages.len())
-        .map(|i| {
-            let node = format!("0.{i}");
-            let mut v: Vec<&Call> = calls.iter().filter(|c| c.node == node).collect();
-            v.sort_by_key(|c| c.index);
-            v
+    let rows: Vec<StageRow> = reports
+        .iter()
+        .map(|r| {
+            let items = r.items.max(1) as u32;
+            let ts = r.busy / items;
+            let ta = r.span / (items.max(2) - 1);
+            StageRow {
+                stage: r.stage,
+                kernel: stages[r.stage].to_string(),
+                agent: r.agent.clone(),
+                ts_s: ts.as_secs_f64(),
+                ta_s: ta.as_secs_f64(),
+                rho: ts.as_secs_f64() / ta.as_secs_f64().max(1e-12),
+            }
         })
         .collect();
-    let agents = cluster.agents().len();
-    let mut rows = Vec::new();
-    for (i, calls) in per_stage.iter().enumerate() {
-        let ts = mean(calls.iter().map(|c| c.end - c.start));
-        // Items reach stage 0 when the feed lets them in (it starts them
-        // at once when paced and not held back); later stages when the
-        // previous stage's results come back.
-        let arrivals: Vec<Instant> = match i {
-            0 => calls.iter().map(|c| c.start).collect(),
-            _ => per_stage[i - 1].iter().map(|c| c.end).collect(),
-        };
-        let ta = spacing(&arrivals);
-        rows.push(StageRow {
-            stage: i,
-            kernel: stages[i].to_string(),
-            agent: cluster.agents()[i % agents].info().name.clone(),
-            ts_s: ts.as_secs_f64(),
-            ta_s: ta.as_secs_f64(),
-            rho: ts.as_secs_f64() / ta.as_secs_f64().max(1e-12),
-        });
-    }
-    let last: Vec<Instant> = per_stage
-        .last()
-        .map(|v| v.iter().map(|c| c.end).collect())
-        .unwrap_or_default();
-    let throughput = 1.0 / spacing(&last).as_secs_f64().max(1e-12);
+    let throughput = 1.0 / spacing(&arrivals).as_secs_f64().max(1e-12);
     let max_ts = rows.iter().map(|r| r.ts_s).fold(0.0, f64::max);
     let model = 1.0 / max_ts.max(1e-12);
     Ok(PipelineReport {
@@ -223,11 +201,6 @@ pub async fn run(
         vs_model: throughput / model,
         wall_s: wall.as_secs_f64(),
     })
-}
-
-fn mean(ds: impl Iterator<Item = Duration>) -> Duration {
-    let (sum, n) = ds.fold((Duration::ZERO, 0u32), |(s, n), d| (s + d, n + 1));
-    if n == 0 { Duration::ZERO } else { sum / n }
 }
 
 /// Mean spacing of instants taken in item order: (last - first) / (n - 1).

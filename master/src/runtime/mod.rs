@@ -19,6 +19,7 @@ pub mod eval;
 pub mod job;
 pub mod probe;
 pub mod sequential;
+pub mod stream;
 
 pub use error::{JobError, TaskError};
 

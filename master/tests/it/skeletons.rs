@@ -209,3 +209,71 @@ fn a_job_that_fails_with_large_frames_in_flight_leaves_the_connections_usable() 
         cluster.close().await;
     });
 }
+
+#[test]
+fn a_pipeline_of_seq_stages_streams_agent_to_agent_and_wraps_over_fewer_agents() {
+    smol::block_on(async {
+        let mut cluster = Cluster::local(2, &Default::default()).await.unwrap();
+        let stages = [k("square", &[]), k("scale", &[2.0]), k("scale", &[-1.0])];
+        let inputs: Vec<Array> = (0..300)
+            .map(|i| Array::list(vec![f64::from(i); 3]))
+            .collect();
+        let mut got = Vec::new();
+        let reports = cluster
+            .stream_pipeline(&stages, inputs, None, |index, a| got.push((index, a.data)))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 300);
+        for (i, (index, data)) in got.into_iter().enumerate() {
+            assert_eq!(index, i as u64);
+            assert_eq!(data, vec![-2.0 * (i * i) as f64; 3]);
+        }
+        // get_nodes: stage i on agent i mod 2. The master sends items only
+        // to stage 0, so stages 1 and 2 got theirs from the previous
+        // stage's agent.
+        let placed: Vec<(&str, u64)> = reports
+            .iter()
+            .map(|r| (r.agent.as_str(), r.items))
+            .collect();
+        assert_eq!(
+            placed,
+            [("local-0", 300), ("local-1", 300), ("local-0", 300)]
+        );
+        cluster.close().await;
+    });
+}
+
+#[test]
+fn a_streamed_stage_that_fails_names_item_kernel_and_agent() {
+    smol::block_on(async {
+        let mut cluster = Cluster::local(3, &Default::default()).await.unwrap();
+        let inputs = || (0..50).map(|i| Array::list(vec![f64::from(i)]));
+        let tree = Skeleton::pipe([seq("square", &[]), seq("fail", &[]), seq("identity", &[])]);
+        let err = cluster.run(&tree, inputs()).await.unwrap_err();
+        let JobError::Task(t) = &err else {
+            panic!("expected a task error, got {err}");
+        };
+        assert_eq!(
+            (t.task.as_str(), t.kernel.as_str()),
+            ("item 0", "fail"),
+            "{err}"
+        );
+        assert!(t.agent.starts_with("local-1 ("), "{err}");
+        // A kernel no agent has is refused when the stage opens.
+        let tree = Skeleton::pipe([seq("square", &[]), seq("no_such_kernel", &[])]);
+        let err = cluster.run(&tree, inputs()).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("no_such_kernel") && text.contains("local-1"),
+            "{text}"
+        );
+        // The cluster streams the next pipeline as if nothing happened.
+        let tree = Skeleton::pipe([seq("square", &[]), seq("sum", &[])]);
+        let out = cluster.run(&tree, inputs()).await.unwrap();
+        assert_eq!(out[7].data, [49.0]);
+        for agent in cluster.agents_mut() {
+            agent.ping().await.unwrap();
+        }
+        cluster.close().await;
+    });
+}

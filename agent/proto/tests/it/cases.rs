@@ -5,8 +5,9 @@ use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::DEFAULT_MAX_FRAME;
 use skelpi_proto::preamble::{Cipher, ClientPreamble, ServerPreamble, Verdict};
 use skelpi_proto::{
-    AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape, TaskDone,
-    TaskFailed, TaskHead,
+    AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape,
+    StageFailed, StageNext, StageOpen, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed,
+    TaskHead,
 };
 use std::fmt::Write as _;
 
@@ -241,6 +242,71 @@ pub fn golden_cases() -> Vec<Case> {
                 id: 7,
                 error: "kernel panicked: boom".into(),
                 panicked: true,
+            }))),
+        },
+        Case {
+            name: "stage_open",
+            about: "stage-open: stage 1 of stream 9, matmul_power(4, 100), results to stage 2 at 10.0.0.3:7871",
+            value: frame(Framed::plain(Message::StageOpen(StageOpen {
+                stream: 9,
+                stage: 1,
+                kernel: "matmul_power".into(),
+                args: vec![4.0, 100.0],
+                next: Some(StageNext {
+                    addr: "10.0.0.3:7871".into(),
+                    stage: 2,
+                }),
+            }))),
+        },
+        Case {
+            name: "stage_ready",
+            about: "stage-ready: stage 1 of stream 9",
+            value: frame(Framed::plain(Message::StageReady(StreamRef {
+                stream: 9,
+                stage: 1,
+            }))),
+        },
+        Case {
+            name: "stream_item",
+            about: "stream-item: item 3 of stream 9 for stage 2, a 1x2 matrix",
+            value: frame(Framed::with_bulk(
+                Message::StreamItem(StreamItem {
+                    stream: 9,
+                    stage: 2,
+                    index: 3,
+                }),
+                Shape::Matrix { rows: 1, cols: 2 },
+                vec![1.0, -2.0],
+            )),
+        },
+        Case {
+            name: "stream_end",
+            about: "stream-end: no more items for stage 2 of stream 9",
+            value: frame(Framed::plain(Message::StreamEnd(StreamRef {
+                stream: 9,
+                stage: 2,
+            }))),
+        },
+        Case {
+            name: "stage_failed",
+            about: "stage-failed: stage 1 of stream 9 failed on item 3",
+            value: frame(Framed::plain(Message::StageFailed(StageFailed {
+                stream: 9,
+                stage: 1,
+                index: 3,
+                error: "the fail kernel fails, as asked".into(),
+                panicked: false,
+            }))),
+        },
+        Case {
+            name: "stage_stats",
+            about: "stage-stats: stage 1 of stream 9 ran 200 items for 0.3 s over 0.35 s",
+            value: frame(Framed::plain(Message::StageStats(StageStats {
+                stream: 9,
+                stage: 1,
+                items: 200,
+                busy_ns: 300_000_000,
+                span_ns: 350_000_000,
             }))),
         },
         Case {

@@ -191,7 +191,7 @@ fn an_indefinite_or_foreign_typed_array_is_bad_bulk() {
 fn an_unknown_kind_is_named() {
     for (kind, bytes) in [
         (0, &[0x00][..]),
-        (14, &[0x0e]),
+        (20, &[0x14]),
         (
             u64::MAX,
             &[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],

@@ -7,7 +7,8 @@ use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::{CHUNK_ELEMENTS, DEFAULT_MAX_FRAME, LEN_PREFIX};
 use skelpi_proto::{
     AgentInfo, Chunk, EncodeError, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady,
-    Shape, TaskDone, TaskFailed, TaskHead,
+    Shape, StageFailed, StageNext, StageOpen, StageStats, StreamItem, StreamRef, TaskDone,
+    TaskFailed, TaskHead,
 };
 
 /// Any f64 bit pattern, NaNs with payloads and signs included.
@@ -82,6 +83,51 @@ fn plain_message() -> impl Strategy<Value = Message> {
                 panicked,
             })
         }),
+        stage_message(),
+    ]
+}
+
+/// The pipeline-stage kinds that carry no array.
+fn stage_message() -> impl Strategy<Value = Message> {
+    let at = (any::<u64>(), any::<u32>());
+    prop_oneof![
+        (
+            at,
+            any::<String>(),
+            prop::collection::vec(-1e12f64..1e12, 0..4),
+            prop::option::of((any::<String>(), any::<u32>()))
+        )
+            .prop_map(|((stream, stage), kernel, args, next)| {
+                Message::StageOpen(StageOpen {
+                    stream,
+                    stage,
+                    kernel,
+                    args,
+                    next: next.map(|(addr, stage)| StageNext { addr, stage }),
+                })
+            }),
+        at.prop_map(|(stream, stage)| Message::StageReady(StreamRef { stream, stage })),
+        at.prop_map(|(stream, stage)| Message::StreamEnd(StreamRef { stream, stage })),
+        (at, any::<u64>(), any::<String>(), any::<bool>()).prop_map(
+            |((stream, stage), index, error, panicked)| {
+                Message::StageFailed(StageFailed {
+                    stream,
+                    stage,
+                    index,
+                    error,
+                    panicked,
+                })
+            }
+        ),
+        (at, any::<[u64; 3]>()).prop_map(|((stream, stage), [items, busy_ns, span_ns])| {
+            Message::StageStats(StageStats {
+                stream,
+                stage,
+                items,
+                busy_ns,
+                span_ns,
+            })
+        }),
     ]
 }
 
@@ -122,6 +168,16 @@ fn framed(max_elements: u64) -> impl Strategy<Value = Framed> {
         (any::<u64>(), bulk(max_elements)).prop_map(|(id, (shape, data))| {
             Framed::with_bulk(Message::TaskDone(TaskDone { id }), shape, data)
         }),
+        (any::<u64>(), any::<u32>(), any::<u64>(), bulk(max_elements)).prop_map(
+            |(stream, stage, index, (shape, data))| {
+                let item = StreamItem {
+                    stream,
+                    stage,
+                    index,
+                };
+                Framed::with_bulk(Message::StreamItem(item), shape, data)
+            }
+        ),
     ]
 }
 

@@ -1,0 +1,281 @@
+//! Pipeline stages that stream agent to agent, like the seed's stages that
+//! hold their successor's pid.
+//!
+//! The master opens each stage on a connection dedicated to it
+//! ([`skelpi_proto::StageOpen`]). A stage registers an inbox under
+//! `(stream, stage)` in the agent's [`Streams`]; items addressed to it
+//! arrive on any authenticated connection — the master's for the first
+//! stage, the previous stage's agent's for the others — and the session
+//! that reads one waits while the inbox is full, so a slow stage slows its
+//! producer through TCP. The stage runs its kernel on the worker threads
+//! one item at a time, in order, sends each result to the next stage's
+//! agent over its own authenticated connection (the last stage: back to the
+//! master), then forwards the end of the stream and reports its
+//! measurements to the master. A kernel failure is reported to the master
+//! as [`skelpi_proto::StageFailed`]; when the master closes the stage's
+//! connection, the stage is dropped with its session.
+
+use crate::kernels::Array;
+use crate::server::ServerConfig;
+use crate::wire::Sender;
+use crate::wire::handshake::{self, ConnectOptions};
+use async_net::TcpStream;
+use futures_lite::future;
+use skelpi_proto::{
+    ErrorCode, ErrorReply, Message, StageFailed, StageOpen, StageStats, StreamItem, StreamRef,
+};
+use smol::lock::Mutex;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Items an inbox holds before its producer waits.
+pub const INBOX: usize = 8;
+
+/// One item on its way into a stage.
+#[derive(Debug)]
+pub struct StageItem {
+    /// Its position in the pipeline's input.
+    pub index: u64,
+    /// The data.
+    pub data: Array,
+}
+
+type Key = (u64, u32);
+
+/// The stages this agent runs, by `(stream, stage)`.
+#[derive(Debug, Default)]
+pub struct Streams {
+    inboxes: std::sync::Mutex<HashMap<Key, async_channel::Sender<StageItem>>>,
+}
+
+/// Removes a stage's inbox when the stage ends.
+#[derive(Debug)]
+pub struct Registration<'s> {
+    streams: &'s Streams,
+    key: Key,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.streams.lock().remove(&self.key);
+    }
+}
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, async_channel::Sender<StageItem>>> {
+        self.inboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a stage's inbox; refused if that stage already runs here.
+    pub fn register(
+        &self,
+        stream: u64,
+        stage: u32,
+    ) -> Result<(async_channel::Receiver<StageItem>, Registration<'_>), String> {
+        let mut map = self.lock();
+        if map.contains_key(&(stream, stage)) {
+            return Err(format!(
+                "stage {stage} of stream {stream} already runs here"
+            ));
+        }
+        let (tx, rx) = async_channel::bounded(INBOX);
+        map.insert((stream, stage), tx);
+        let key = (stream, stage);
+        Ok((rx, Registration { streams: self, key }))
+    }
+
+    /// The inbox of a stage running here.
+    pub fn inbox(&self, stream: u64, stage: u32) -> Option<async_channel::Sender<StageItem>> {
+        self.lock().get(&(stream, stage)).cloned()
+    }
+
+    /// Ends a stage's input: once the items already in its inbox are done,
+    /// the stage finishes. Returns whether the stage runs here.
+    pub fn end(&self, stream: u64, stage: u32) -> bool {
+        match self.lock().get(&(stream, stage)) {
+            Some(tx) => {
+                tx.close();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Hands a received stream item to its stage, waiting while the stage's
+/// inbox is full. An error names an item no stage here expects.
+pub async fn deliver(config: &ServerConfig, item: StreamItem, data: Array) -> Result<(), String> {
+    let Some(inbox) = config.streams.inbox(item.stream, item.stage) else {
+        return Err(format!(
+            "no stage {} of stream {} runs on agent {}",
+            item.stage, item.stream, config.info.name
+        ));
+    };
+    let index = item.index;
+    inbox.send(StageItem { index, data }).await.map_err(|_| {
+        format!(
+            "stage {} of stream {} has ended; item {index} is late",
+            item.stage, item.stream
+        )
+    })
+}
+
+/// Runs a stage opened on this session until its input ends, then
+/// forwards the end and reports. `control` is the session's sender (to the
+/// master); `plaintext`: the transport the master chose, used for the
+/// connection to the next stage too.
+pub async fn run_stage(
+    config: &ServerConfig,
+    open: StageOpen,
+    control: &Mutex<Sender>,
+    plaintext: bool,
+) {
+    let (stream, stage) = (open.stream, open.stage);
+    let report = |msg: Message| async move {
+        let _ = control.lock().await.send(&msg).await;
+    };
+    let refuse = |message: String| {
+        log::warn!("stage {stage} of stream {stream}: {message}");
+        report(Message::Error(ErrorReply {
+            code: ErrorCode::BadRequest,
+            message,
+        }))
+    };
+    let Some(kernel) = config.kernels.get(&open.kernel) else {
+        let names = config.kernels.names().join(", ");
+        let what = format!(
+            "agent {} has no kernel {:?} (it has: {names})",
+            config.info.name, open.kernel
+        );
+        return refuse(what).await;
+    };
+    let (inbox, _registration) = match config.streams.register(stream, stage) {
+        Ok(r) => r,
+        Err(what) => return refuse(what).await,
+    };
+    let mut next = match &open.next {
+        None => None,
+        Some(n) => match connect(config, &n.addr, plaintext).await {
+            Ok(sender) => Some((sender, n.stage)),
+            Err(e) => {
+                let what = format!("cannot reach stage {} at {}: {e}", n.stage, n.addr);
+                return refuse(what).await;
+            }
+        },
+    };
+    report(Message::StageReady(StreamRef { stream, stage })).await;
+    let out_stage = next.as_ref().map_or(stage + 1, |(_, s)| *s);
+    let (mut items, mut busy) = (0u64, Duration::ZERO);
+    let (mut first, mut last) = (None, None);
+    // Computing and forwarding overlap: item k+1 runs on a worker while
+    // item k travels to the next stage. At most two results wait between.
+    let (out_tx, out_rx) = async_channel::bounded::<(u64, Array)>(2);
+    let compute = async {
+        while let Ok(item) = inbox.recv().await {
+            let arrived = Instant::now();
+            first.get_or_insert(arrived);
+            last = Some(arrived);
+            let outcome = config
+                .workers
+                .call(kernel.clone(), open.args.clone(), item.data)
+                .await;
+            busy += arrived.elapsed();
+            items += 1;
+            match outcome {
+                Ok(out) => {
+                    if out_tx.send((item.index, out)).await.is_err() {
+                        return None;
+                    }
+                }
+                Err(f) => {
+                    return Some(StageFailed {
+                        stream,
+                        stage,
+                        index: item.index,
+                        error: f.message,
+                        panicked: f.panicked,
+                    });
+                }
+            }
+        }
+        drop(out_tx);
+        None
+    };
+    let forward = async {
+        while let Ok((index, out)) = out_rx.recv().await {
+            let head = Message::StreamItem(StreamItem {
+                stream,
+                stage: out_stage,
+                index,
+            });
+            let sent = match next.as_mut() {
+                Some((sender, _)) => sender.send_bulk(&head, out.shape, &out.data).await,
+                None => {
+                    control
+                        .lock()
+                        .await
+                        .send_bulk(&head, out.shape, &out.data)
+                        .await
+                }
+            };
+            if let Err(e) = sent {
+                out_rx.close();
+                return Some(StageFailed {
+                    stream,
+                    stage,
+                    index,
+                    error: format!("cannot pass the result on to stage {out_stage}: {e}"),
+                    panicked: false,
+                });
+            }
+        }
+        None
+    };
+    let (computed, forwarded) = future::zip(compute, forward).await;
+    if let Some(failed) = forwarded.or(computed) {
+        return report(Message::StageFailed(failed)).await;
+    }
+    let end = Message::StreamEnd(StreamRef {
+        stream,
+        stage: out_stage,
+    });
+    match next.as_mut() {
+        Some((sender, _)) => {
+            let _ = sender.send(&end).await;
+            sender.close();
+        }
+        None => report(end).await,
+    }
+    let span = match (first, last) {
+        (Some(a), Some(b)) => b - a,
+        _ => Duration::ZERO,
+    };
+    report(Message::StageStats(StageStats {
+        stream,
+        stage,
+        items,
+        busy_ns: busy.as_nanos().try_into().unwrap_or(u64::MAX),
+        span_ns: span.as_nanos().try_into().unwrap_or(u64::MAX),
+    }))
+    .await;
+}
+
+/// Opens an authenticated connection to the next stage's agent.
+async fn connect(config: &ServerConfig, addr: &str, plaintext: bool) -> Result<Sender, String> {
+    let limit = Duration::from_secs(10);
+    let stream = future::or(async { TcpStream::connect(addr).await.map(Some) }, async {
+        async_io::Timer::after(limit).await;
+        Ok(None)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| format!("no connection within {limit:?}"))?;
+    let opts = ConnectOptions {
+        plaintext,
+        ..Default::default()
+    };
+    let est = handshake::connect(stream, &config.key, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(est.sender)
+}
