@@ -163,7 +163,7 @@ impl Cluster {
     /// Runs `skeleton` on `inputs`, handing each result and its input's
     /// index to `on_result` as soon as it is ready. Inputs are drawn from
     /// the iterator only as the tree has room for them, so a huge generator
-    /// runs in bounded memory (a `reduce` holds its whole input, though).
+    /// runs in bounded memory.
     pub async fn run_each(
         &mut self,
         skeleton: &Skeleton,

@@ -13,6 +13,7 @@ use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Items a stream buffers between two nodes.
@@ -363,80 +364,104 @@ async fn map_one<'a, 'c: 'a>(
     })
 }
 
-/// Collects the stream, then combines pairs level by level, each level's
-/// pairs in parallel; emits one item (none for an empty stream).
+/// A partial result of a reduction: ready, or being combined.
+type Partial<'a> = Pin<Box<dyn Future<Output = Result<Array, JobError>> + 'a>>;
+
+/// Combines pairs as the stream flows, like a binary counter: a partial at
+/// level L stands for 2^L consecutive items, and two partials of the same
+/// level are combined (concurrently with the rest) as soon as both exist.
+/// At the end the partials left are combined from the right. This pairs
+/// items exactly as the level-by-level reduction of [`super::sequential`],
+/// holds O(log n) partials, and emits one item (none for an empty stream).
 fn reduce<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
     let (tx, rx) = channel();
     cx.spawner.clone().spawn(async move {
-        let mut level = Vec::new();
+        let mut stack: Vec<(u32, Partial<'a>)> = Vec::new();
+        let mut pairs: Vec<u64> = Vec::new();
+        let mut count = 0u64;
+        // Combinations started and not finished are bounded: reading the
+        // input waits for one to finish, so a fast input cannot pile up
+        // arrays in front of slow agents.
+        let limit = cx.cores * CREDITS_PER_WORKER + 8;
+        let running = Arc::new(smol::lock::Semaphore::new(limit));
         while let Ok(next) = input.recv().await {
-            match next {
-                Ok(item) => level.push(item.data),
+            let item = match next {
+                Ok(item) => item,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
+            };
+            count += 1;
+            let data = item.data;
+            let mut top: (u32, Partial<'a>) = (0, Box::pin(async move { Ok(data) }));
+            while stack.last().is_some_and(|(level, _)| *level == top.0) {
+                let (level, left) = stack.pop().expect("checked");
+                let permit = running.acquire_arc().await;
+                let joined = combine(&cx, k, &mut pairs, level, left, top.1, permit);
+                top = (level + 1, joined);
             }
+            stack.push(top);
         }
-        let out = reduce_levels(cx, k, level).await;
-        if let Some(out) = out.transpose() {
-            let _ = tx
-                .send(out.map(|data| Item {
-                    index: 0,
-                    origin: "reduce".into(),
-                    data,
-                }))
-                .await;
-        }
+        let out = match stack.len() {
+            0 => return,
+            // A single item is still passed through the kernel once.
+            1 if count == 1 => match stack.pop() {
+                Some((_, only)) => match only.await {
+                    Ok(only) => cx.d.call("reduce level 0 pair 0", k, only).await,
+                    Err(e) => Err(e),
+                },
+                None => return,
+            },
+            _ => {
+                while stack.len() > 1 {
+                    let (_, right) = stack.pop().expect("two or more");
+                    let (level, left) = stack.pop().expect("two or more");
+                    let permit = running.acquire_arc().await;
+                    let joined = combine(&cx, k, &mut pairs, level, left, right, permit);
+                    stack.push((level + 1, joined));
+                }
+                match stack.pop() {
+                    Some((_, last)) => last.await,
+                    None => return,
+                }
+            }
+        };
+        let _ = tx
+            .send(out.map(|data| Item {
+                index: 0,
+                origin: "reduce".into(),
+                data,
+            }))
+            .await;
     });
     rx
 }
 
-async fn reduce_levels<'a, 'c: 'a>(
-    cx: Ctx<'a, 'c>,
+/// Starts `k(left ++ right)` as soon as both are ready, holding `permit`
+/// until it is done.
+fn combine<'a, 'c: 'a>(
+    cx: &Ctx<'a, 'c>,
     k: &'a Kernel,
-    mut level: Vec<Array>,
-) -> Result<Option<Array>, JobError> {
-    if level.is_empty() {
-        return Ok(None);
+    pairs: &mut Vec<u64>,
+    level: u32,
+    left: Partial<'a>,
+    right: Partial<'a>,
+    permit: smol::lock::SemaphoreGuardArc,
+) -> Partial<'a> {
+    let level = level as usize;
+    if pairs.len() <= level {
+        pairs.resize(level + 1, 0);
     }
-    let mut depth = 0;
-    loop {
-        let single = level.len() == 1;
-        let mut tasks = Vec::new();
-        let mut carry = None;
-        let mut it = level.into_iter();
-        let mut pair = 0;
-        while let Some(a) = it.next() {
-            let joined = match it.next() {
-                Some(b) => concat(a, b),
-                None if single => a,
-                None => {
-                    // An odd one out waits for the next level as it is.
-                    carry = Some(a);
-                    break;
-                }
-            };
-            let origin = format!("reduce level {depth} pair {pair}");
-            let d = cx.d;
-            tasks.push(
-                cx.spawner
-                    .spawn_with(async move { d.call(&origin, k, joined).await }),
-            );
-            pair += 1;
-        }
-        let mut next = Vec::with_capacity(tasks.len() + 1);
-        for t in tasks {
-            let done = t.await.ok_or(JobError::Cancelled)?;
-            next.push(done?);
-        }
-        next.extend(carry);
-        if next.len() == 1 {
-            return Ok(next.pop());
-        }
-        level = next;
-        depth += 1;
-    }
+    let origin = format!("reduce level {level} pair {}", pairs[level]);
+    pairs[level] += 1;
+    let d = cx.d;
+    let done = cx.spawner.spawn_with(async move {
+        let _permit = permit;
+        let (a, b) = futures_lite::future::zip(left, right).await;
+        d.call(&origin, k, concat(a?, b?)).await
+    });
+    Box::pin(async move { done.await.ok_or(JobError::Cancelled)? })
 }
 
 /// Per item: run `body`, then `until`; go round again while `until`'s first

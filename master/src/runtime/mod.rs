@@ -6,7 +6,7 @@
 //! pipeline stage placed on an agent (`get_nodes`) runs one call at a time
 //! there without a credit. [`eval`] turns a skeleton tree into a graph of
 //! bounded streams over that dispatcher: the master holds only what is in
-//! flight, except that `reduce` collects its whole input before combining.
+//! flight (a `reduce` holds O(log n) partial results).
 //! [`check`] refuses trees the runtime cannot run as written.
 //! [`sequential`] evaluates the same tree in this process, one call at a
 //! time: the reference semantics, and the "best sequential" baseline of the

@@ -277,3 +277,24 @@ fn a_streamed_stage_that_fails_names_item_kernel_and_agent() {
         cluster.close().await;
     });
 }
+
+#[test]
+fn a_streaming_reduce_pairs_items_like_the_reference_for_every_count() {
+    let reg = Registry::builtin();
+    let mut rng = StdRng::seed_from_u64(11);
+    smol::block_on(async {
+        let mut cluster = Cluster::local(2, &Default::default()).await.unwrap();
+        // sum over floats of mixed magnitudes: any other pairing would
+        // round differently.
+        let tree = Skeleton::reduce(k("sum", &[]));
+        for n in [1, 2, 3, 5, 6, 7, 8, 11, 16, 17, 33, 100] {
+            let inputs: Vec<Array> = (0..n)
+                .map(|_| Array::list(vec![rng.random_range(-1e8..1e8), rng.random::<f64>()]))
+                .collect();
+            let want = sequential::run(&reg, &tree, inputs.clone()).unwrap();
+            let got = cluster.run(&tree, inputs).await.unwrap();
+            assert_eq!(got, want, "{n} items");
+        }
+        cluster.close().await;
+    });
+}
