@@ -162,10 +162,29 @@ pub async fn serve_session(
                         shape,
                         data: std::mem::take(&mut bulk),
                     };
-                    match stages::deliver(config, item, data).await {
-                        Ok(()) => Ok(()),
-                        Err(what) => {
-                            log::warn!("{peer}: {what}");
+                    // A full inbox holds this reader; shutdown still ends it.
+                    let delivered = future::or(
+                        async { Some(stages::deliver(config, item, data).await) },
+                        async {
+                            stop.as_mut().await;
+                            None
+                        },
+                    )
+                    .await;
+                    match delivered {
+                        None => {
+                            let mut s = sender.lock().await;
+                            let bye =
+                                error(ErrorCode::ShuttingDown, "agent is shutting down".into());
+                            let _ = s.send(&bye).await;
+                            s.close();
+                            return;
+                        }
+                        Some(Ok(())) => Ok(()),
+                        Some(Err(what)) => {
+                            // Items still in flight after a stage ended are
+                            // many: not worth a warning each.
+                            log::debug!("{peer}: {what}");
                             sender
                                 .lock()
                                 .await

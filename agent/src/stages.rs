@@ -17,15 +17,17 @@
 
 use crate::kernels::Array;
 use crate::server::ServerConfig;
-use crate::wire::Sender;
 use crate::wire::handshake::{self, ConnectOptions};
+use crate::wire::{Receiver, Sender};
 use async_net::TcpStream;
 use futures_lite::future;
 use skelpi_proto::{
-    ErrorCode, ErrorReply, Message, StageFailed, StageOpen, StageStats, StreamItem, StreamRef,
+    ErrorCode, ErrorReply, Hello, Message, StageFailed, StageOpen, StageStats, StreamItem,
+    StreamRef,
 };
 use smol::lock::Mutex;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Items an inbox holds before its producer waits.
@@ -38,6 +40,8 @@ pub struct StageItem {
     pub index: u64,
     /// The data.
     pub data: Array,
+    /// When its frame was read, before it waited for room in the inbox.
+    pub arrived: Instant,
 }
 
 type Key = (u64, u32);
@@ -112,7 +116,13 @@ pub async fn deliver(config: &ServerConfig, item: StreamItem, data: Array) -> Re
         ));
     };
     let index = item.index;
-    inbox.send(StageItem { index, data }).await.map_err(|_| {
+    let arrived = Instant::now();
+    let item_in = StageItem {
+        index,
+        data,
+        arrived,
+    };
+    inbox.send(item_in).await.map_err(|_| {
         format!(
             "stage {} of stream {} has ended; item {index} is late",
             item.stage, item.stream
@@ -153,10 +163,10 @@ pub async fn run_stage(
         Ok(r) => r,
         Err(what) => return refuse(what).await,
     };
-    let mut next = match &open.next {
-        None => None,
+    let (mut next_tx, mut next_rx, out_stage) = match &open.next {
+        None => (None, None, stage.saturating_add(1)),
         Some(n) => match connect(config, &n.addr, plaintext).await {
-            Ok(sender) => Some((sender, n.stage)),
+            Ok((tx, rx)) => (Some(tx), Some(rx), n.stage),
             Err(e) => {
                 let what = format!("cannot reach stage {} at {}: {e}", n.stage, n.addr);
                 return refuse(what).await;
@@ -164,7 +174,6 @@ pub async fn run_stage(
         },
     };
     report(Message::StageReady(StreamRef { stream, stage })).await;
-    let out_stage = next.as_ref().map_or(stage + 1, |(_, s)| *s);
     let (mut items, mut busy) = (0u64, Duration::ZERO);
     let (mut first, mut last) = (None, None);
     // Computing and forwarding overlap: item k+1 runs on a worker while
@@ -172,14 +181,14 @@ pub async fn run_stage(
     let (out_tx, out_rx) = async_channel::bounded::<(u64, Array)>(2);
     let compute = async {
         while let Ok(item) = inbox.recv().await {
-            let arrived = Instant::now();
-            first.get_or_insert(arrived);
-            last = Some(arrived);
+            first.get_or_insert(item.arrived);
+            last = Some(item.arrived);
+            let started = Instant::now();
             let outcome = config
                 .workers
                 .call(kernel.clone(), open.args.clone(), item.data)
                 .await;
-            busy += arrived.elapsed();
+            busy += started.elapsed();
             items += 1;
             match outcome {
                 Ok(out) => {
@@ -188,13 +197,13 @@ pub async fn run_stage(
                     }
                 }
                 Err(f) => {
-                    return Some(StageFailed {
+                    return Some(Message::StageFailed(StageFailed {
                         stream,
                         stage,
                         index: item.index,
                         error: f.message,
                         panicked: f.panicked,
-                    });
+                    }));
                 }
             }
         }
@@ -202,49 +211,76 @@ pub async fn run_stage(
         None
     };
     let forward = async {
-        while let Ok((index, out)) = out_rx.recv().await {
-            let head = Message::StreamItem(StreamItem {
+        let link_failed = |what: String| {
+            Some(Message::Error(ErrorReply {
+                code: ErrorCode::BadRequest,
+                message: format!("stage {stage} lost its link to stage {out_stage}: {what}"),
+            }))
+        };
+        let send_all = async {
+            while let Ok((index, out)) = out_rx.recv().await {
+                let head = Message::StreamItem(StreamItem {
+                    stream,
+                    stage: out_stage,
+                    index,
+                });
+                let sent = match next_tx.as_mut() {
+                    Some(tx) => tx.send_bulk(&head, out.shape, &out.data).await,
+                    None => {
+                        control
+                            .lock()
+                            .await
+                            .send_bulk(&head, out.shape, &out.data)
+                            .await
+                    }
+                };
+                if let Err(e) = sent {
+                    return link_failed(e.to_string());
+                }
+            }
+            // The end follows the last item.
+            let end = Message::StreamEnd(StreamRef {
                 stream,
                 stage: out_stage,
-                index,
             });
-            let sent = match next.as_mut() {
-                Some((sender, _)) => sender.send_bulk(&head, out.shape, &out.data).await,
-                None => {
-                    control
-                        .lock()
-                        .await
-                        .send_bulk(&head, out.shape, &out.data)
-                        .await
-                }
+            let sent = match next_tx.as_mut() {
+                Some(tx) => tx.send(&end).await,
+                None => control.lock().await.send(&end).await,
             };
-            if let Err(e) = sent {
-                out_rx.close();
-                return Some(StageFailed {
-                    stream,
-                    stage,
-                    index,
-                    error: format!("cannot pass the result on to stage {out_stage}: {e}"),
-                    panicked: false,
-                });
+            sent.err().and_then(|e| link_failed(e.to_string()))
+        };
+        // The next stage's agent says nothing on this link unless it
+        // refuses an item or goes away.
+        let watch = async {
+            match next_rx.as_mut() {
+                Some(rx) => {
+                    let mut scratch = Vec::new();
+                    let heard = rx.recv(&mut scratch).await;
+                    match heard {
+                        Ok(r) => match r.msg {
+                            Message::Error(e) => link_failed(e.message),
+                            other => link_failed(format!("it sent {}", other.kind_name())),
+                        },
+                        Err(e) => link_failed(e.to_string()),
+                    }
+                }
+                None => future::pending().await,
             }
+        };
+        let failed = future::or(send_all, watch).await;
+        if failed.is_some() {
+            // Stop computing: nothing more can be passed on.
+            inbox.close();
+            out_rx.close();
         }
-        None
+        failed
     };
     let (computed, forwarded) = future::zip(compute, forward).await;
-    if let Some(failed) = forwarded.or(computed) {
-        return report(Message::StageFailed(failed)).await;
+    if let Some(failed) = computed.or(forwarded) {
+        return report(failed).await;
     }
-    let end = Message::StreamEnd(StreamRef {
-        stream,
-        stage: out_stage,
-    });
-    match next.as_mut() {
-        Some((sender, _)) => {
-            let _ = sender.send(&end).await;
-            sender.close();
-        }
-        None => report(end).await,
+    if let Some(tx) = next_tx.as_mut() {
+        tx.close();
     }
     let span = match (first, last) {
         (Some(a), Some(b)) => b - a,
@@ -260,8 +296,17 @@ pub async fn run_stage(
     .await;
 }
 
-/// Opens an authenticated connection to the next stage's agent.
-async fn connect(config: &ServerConfig, addr: &str, plaintext: bool) -> Result<Sender, String> {
+/// Opens an authenticated connection to the next stage's agent at `addr`
+/// (an address, never a name to resolve) and greets it, so that an agent
+/// that turns the connection away is known before any item is sent.
+async fn connect(
+    config: &ServerConfig,
+    addr: &str,
+    plaintext: bool,
+) -> Result<(Sender, Receiver), String> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an address (ip:port)"))?;
     let limit = Duration::from_secs(10);
     let stream = future::or(async { TcpStream::connect(addr).await.map(Some) }, async {
         async_io::Timer::after(limit).await;
@@ -277,5 +322,25 @@ async fn connect(config: &ServerConfig, addr: &str, plaintext: bool) -> Result<S
     let est = handshake::connect(stream, &config.key, &opts)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(est.sender)
+    let (mut sender, mut receiver) = (est.sender, est.receiver);
+    let hello = Message::Hello(Hello {
+        master: format!("stage link from agent {}", config.info.name),
+    });
+    sender.send(&hello).await.map_err(|e| e.to_string())?;
+    let mut scratch = Vec::new();
+    let answer = future::or(
+        async { receiver.recv(&mut scratch).await.map(Some) },
+        async {
+            async_io::Timer::after(limit).await;
+            Ok(None)
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    match answer.map(|r| r.msg) {
+        Some(Message::Welcome(_)) => Ok((sender, receiver)),
+        Some(Message::Error(e)) => Err(e.message),
+        Some(other) => Err(format!("it answered hello with {}", other.kind_name())),
+        None => Err(format!("no answer to hello within {limit:?}")),
+    }
 }

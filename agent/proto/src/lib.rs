@@ -48,5 +48,6 @@ pub use message::{
     StageOpen, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,
 };
 
-/// The wire protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The wire protocol version this crate speaks (2: pipeline stages that
+/// stream agent to agent).
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -3,4 +3,5 @@
 
 mod daemon;
 mod handshake;
+mod stages;
 mod support;

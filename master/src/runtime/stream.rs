@@ -15,6 +15,7 @@ use skelpi_agent::key::ClusterKey;
 use skelpi_agent::wire::handshake::ConnectOptions;
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::{Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -141,10 +142,13 @@ pub async fn run_pipeline(
 
     // Split every connection: the first's sender feeds, every receiver
     // listens to its stage.
+    // Items sent to stage 0; every stage must report that many.
+    let fed = Cell::new(0u64);
     let mut halves: Vec<_> = conns.iter_mut().map(|c| (c.addr(), c.halves())).collect();
     let mut tasks: Vec<Part<'_>> = Vec::new();
     let mut on_result = Some(&mut on_result);
     let mut inputs = Some(inputs);
+    let fed = &fed;
     for (i, (addr, (sender, receiver))) in halves.iter_mut().enumerate() {
         let addr = *addr;
         let wire = move |source| JobError::Agent(ClientError::Wire { addr, source });
@@ -166,6 +170,7 @@ pub async fn run_pipeline(
                         .send_bulk(&head, data.shape, &data.data)
                         .await
                         .map_err(wire)?;
+                    fed.set(index as u64 + 1);
                 }
                 let end = Message::StreamEnd(StreamRef { stream, stage: 0 });
                 sender.send(&end).await.map_err(wire)?;
@@ -180,6 +185,7 @@ pub async fn run_pipeline(
         let listen = async move {
             let mut results = results;
             let mut expected = 0u64;
+            let mut ended = false;
             let mut data = Vec::new();
             loop {
                 let got = receiver.recv(&mut data).await.map_err(wire)?;
@@ -201,7 +207,7 @@ pub async fn run_pipeline(
                             f(item.index, out);
                         }
                     }
-                    Message::StreamEnd(_) if results.is_some() => {}
+                    Message::StreamEnd(_) if results.is_some() => ended = true,
                     Message::StageFailed(f) => {
                         return Err(TaskError {
                             task: format!("item {}", f.index),
@@ -213,6 +219,14 @@ pub async fn run_pipeline(
                         .into());
                     }
                     Message::StageStats(s) => {
+                        let all = fed.get();
+                        if s.items != all || (results.is_some() && (!ended || expected != all)) {
+                            return Err(JobError::Invalid(format!(
+                                "stage {i} on {agent} ended after {} of {all} items \
+                                 ({expected} results came back)",
+                                s.items
+                            )));
+                        }
                         return Ok(Some(StageReport {
                             stage: i,
                             kernel: kernel.clone(),
@@ -242,9 +256,41 @@ pub async fn run_pipeline(
         tasks.push(Box::pin(listen));
     }
     // Poll everything; the first error ends the pipeline (the connections
-    // close when the caller's job ends, which stops every stage).
+    // close when the caller's job ends, which stops every stage). A stage
+    // that failed makes its neighbours complain too, over other
+    // connections: a task error arriving shortly after is the one reported.
     let mut reports = Vec::with_capacity(n);
-    let outcome = future::poll_fn(|cx| {
+    let mut outcome = poll_all(&mut tasks, &mut reports).await;
+    if let Err(first) = &outcome
+        && !matches!(first, JobError::Task(_))
+    {
+        let grace = async {
+            async_io::Timer::after(Duration::from_millis(500)).await;
+            Ok(())
+        };
+        if let Err(task @ JobError::Task(_)) =
+            future::or(poll_all(&mut tasks, &mut reports), grace).await
+        {
+            outcome = Err(task);
+        }
+    }
+    drop(tasks);
+    drop(halves);
+    outcome?;
+    for c in conns {
+        c.close().await;
+    }
+    reports.sort_by_key(|r| r.stage);
+    Ok(reports)
+}
+
+/// Polls every part until all are done or one fails (the failed one is
+/// removed; the others can be polled again).
+async fn poll_all(
+    tasks: &mut Vec<Part<'_>>,
+    reports: &mut Vec<StageReport>,
+) -> Result<(), JobError> {
+    future::poll_fn(|cx| {
         let mut i = 0;
         while i < tasks.len() {
             match tasks[i].as_mut().poll(cx) {
@@ -252,7 +298,10 @@ pub async fn run_pipeline(
                     reports.extend(report);
                     drop(tasks.swap_remove(i));
                 }
-                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Ready(Err(e)) => {
+                    drop(tasks.swap_remove(i));
+                    return std::task::Poll::Ready(Err(e));
+                }
                 std::task::Poll::Pending => i += 1,
             }
         }
@@ -262,13 +311,5 @@ pub async fn run_pipeline(
             std::task::Poll::Pending
         }
     })
-    .await;
-    drop(tasks);
-    drop(halves);
-    outcome?;
-    for c in conns {
-        c.close().await;
-    }
-    reports.sort_by_key(|r| r.stage);
-    Ok(reports)
+    .await
 }

@@ -1,0 +1,108 @@
+//! The stage role at the protocol level: what a stage refuses, and items
+//! addressed to stages that do not run here.
+
+use skelpi_agent::key::ClusterKey;
+use skelpi_agent::local::{LocalAgent, LocalOptions};
+use skelpi_agent::wire::handshake::{self, ConnectOptions, Established};
+use skelpi_proto::{Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
+
+async fn session(agent: &LocalAgent, key: &ClusterKey) -> Established {
+    let stream = async_net::TcpStream::connect(agent.addr()).await.unwrap();
+    handshake::connect(stream, key, &ConnectOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn next_message(est: &mut Established) -> Message {
+    let mut bulk = Vec::new();
+    est.receiver.recv(&mut bulk).await.unwrap().msg
+}
+
+fn open(stream: u64, kernel: &str, next: Option<&str>) -> Message {
+    Message::StageOpen(StageOpen {
+        stream,
+        stage: 0,
+        kernel: kernel.into(),
+        args: vec![],
+        next: next.map(|addr| StageNext {
+            addr: addr.into(),
+            stage: 1,
+        }),
+    })
+}
+
+#[test]
+fn stages_that_cannot_run_are_refused_with_the_reason() {
+    let key = ClusterKey::generate().unwrap();
+    let agent = LocalAgent::start("stage-host", key.clone(), LocalOptions::default()).unwrap();
+    // A listener that is not an agent: it accepts and says nothing useful.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    drop(silent);
+    smol::block_on(async {
+        for (msg, expected) in [
+            (
+                open(1, "no_such_kernel", None),
+                "no kernel \"no_such_kernel\"",
+            ),
+            (
+                open(2, "square", Some("pi4.local:7871")),
+                "is not an address",
+            ),
+            (
+                open(3, "square", Some(&silent_addr)),
+                "cannot reach stage 1",
+            ),
+        ] {
+            let mut est = session(&agent, &key).await;
+            est.sender.send(&msg).await.unwrap();
+            match next_message(&mut est).await {
+                Message::Error(e) => assert!(e.message.contains(expected), "{}", e.message),
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+        // Items for a stage that does not run here are refused by name.
+        let mut est = session(&agent, &key).await;
+        let item = Message::StreamItem(StreamItem {
+            stream: 42,
+            stage: 3,
+            index: 0,
+        });
+        est.sender
+            .send_bulk(&item, Shape::List(1), &[1.0])
+            .await
+            .unwrap();
+        match next_message(&mut est).await {
+            Message::Error(e) => {
+                assert!(
+                    e.message.contains("no stage 3 of stream 42"),
+                    "{}",
+                    e.message
+                )
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        // A stage with nothing to do ends at once, and reports zero items.
+        est.sender.send(&open(7, "square", None)).await.unwrap();
+        assert!(matches!(
+            next_message(&mut est).await,
+            Message::StageReady(_)
+        ));
+        let end = Message::StreamEnd(StreamRef {
+            stream: 7,
+            stage: 0,
+        });
+        est.sender.send(&end).await.unwrap();
+        assert_eq!(
+            next_message(&mut est).await,
+            Message::StreamEnd(StreamRef {
+                stream: 7,
+                stage: 1
+            })
+        );
+        match next_message(&mut est).await {
+            Message::StageStats(s) => assert_eq!((s.stream, s.items), (7, 0)),
+            other => panic!("expected stats, got {other:?}"),
+        }
+    });
+}
