@@ -4,7 +4,11 @@
 //! over all D floats) run in this process.
 //!
 //! Every distributed result is compared bit for bit with the sequential
-//! one, outside the timed region.
+//! one, outside the timed region. A second baseline runs the same chunks on
+//! as many threads in this process as the agents have workers: the speedup
+//! this machine allows without a network, so that `vs_threads` separates
+//! skelpi's overhead from the machine's limits (on an embedded cluster the
+//! agents share this machine's cores).
 
 use crate::cluster::Cluster;
 use crate::runtime::job::{self, JobOptions};
@@ -64,6 +68,12 @@ pub struct PmapRow {
     pub speedup: f64,
     /// Speedup / workers.
     pub efficiency: f64,
+    /// Speedup of the same chunks on as many threads in this process (no
+    /// network, no agents): what this machine allows.
+    pub threads_speedup: f64,
+    /// speedup / threads_speedup: the fraction of the machine's parallel
+    /// speedup that pmap over agents achieves.
+    pub vs_threads: f64,
 }
 
 /// The whole table.
@@ -153,7 +163,12 @@ pub async fn run(
             let tree = Skeleton::map(n as u32, Skeleton::seq(kernel.clone()));
             let mut times = Vec::with_capacity(repeats);
             let mut ratios = Vec::with_capacity(repeats);
+            let mut thread_ratios = Vec::with_capacity(repeats);
             for _ in 0..repeats {
+                // The same chunks on `workers` threads here, on demand.
+                let (seq_time, _) = run_sequential()?;
+                let thread_time = on_threads(&*erf, &kernel.args, &input, n, workers)?;
+                thread_ratios.push(ratio(seq_time, thread_time));
                 // Sequential and distributed alternate, so that drift in
                 // the machine's speed hits both.
                 let (seq_time, _) = run_sequential()?;
@@ -177,8 +192,8 @@ pub async fn run(
                 progress.inc(1);
             }
             let time = median(&times);
-            ratios.sort_by(f64::total_cmp);
-            let speedup = ratios[ratios.len() / 2];
+            let speedup = median_f64(&mut ratios);
+            let threads_speedup = median_f64(&mut thread_ratios);
             rows.push(PmapRow {
                 agents: k,
                 workers,
@@ -186,6 +201,8 @@ pub async fn run(
                 time_s: time.as_secs_f64(),
                 speedup,
                 efficiency: speedup / workers.max(1) as f64,
+                threads_speedup,
+                vs_threads: speedup / threads_speedup.max(1e-12),
             });
         }
     }
@@ -197,6 +214,50 @@ pub async fn run(
         sequential_s: median(&seq_times).as_secs_f64(),
         rows,
     })
+}
+
+fn median_f64(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `kernel` over `input` split into `chunks` chunks on `threads`
+/// threads of this process, each taking the next chunk when it is free;
+/// returns the wall time. The results are consumed.
+fn on_threads(
+    kernel: &dyn skelpi_agent::kernels::Kernel,
+    args: &[f64],
+    input: &[f64],
+    chunks: usize,
+    threads: usize,
+) -> Result<Duration, JobError> {
+    let parts: Vec<Vec<f64>> = crate::runtime::split(input, chunks);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(part) = parts.get(i) else { break };
+                    match kernel.call(args, Array::list(part.clone())) {
+                        Ok(out) => {
+                            black_box(out);
+                        }
+                        Err(e) => {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(message) => Err(JobError::Invalid(format!("threads baseline: {message}"))),
+        None => Ok(elapsed),
+    }
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {

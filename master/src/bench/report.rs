@@ -90,22 +90,24 @@ pub fn pmap_table(r: &PmapReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>7} {:>8} {:>7} {:>10} {:>8} {:>10}",
-        "agents", "workers", "chunks", "time", "speedup", "efficiency"
+        "{:>7} {:>8} {:>7} {:>10} {:>8} {:>10} {:>8} {:>10}",
+        "agents", "workers", "chunks", "time", "speedup", "efficiency", "threads", "vs threads"
     );
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "{:>7} {:>8} {:>7} {:>10} {:>8.2} {:>9.0}%",
+            "{:>7} {:>8} {:>7} {:>10} {:>8.2} {:>9.0}% {:>8.2} {:>10.2}",
             row.agents,
             row.workers,
             row.chunks,
             secs(row.time_s),
             row.speedup,
-            row.efficiency * 100.0
+            row.efficiency * 100.0,
+            row.threads_speedup,
+            row.vs_threads
         );
     }
-    s.push_str("speedup: median over repeats of sequential time / pmap time, the sequential run timed just before\neach pmap; efficiency: speedup per worker thread.\n");
+    s.push_str("speedup: median over repeats of sequential time / pmap time, the sequential run timed just before\neach pmap; efficiency: speedup per worker thread; threads: the same chunks on as many threads in\nthis process (the machine's own parallel speedup); vs threads: speedup / threads.\n");
     s
 }
 

@@ -36,7 +36,11 @@ fn bench_pmap_reports_every_point_and_draws_the_speedup_plot() {
         .map(|p| (p["agents"].as_u64().unwrap(), p["chunks"].as_u64().unwrap()))
         .collect();
     assert_eq!(points, [(1, 2), (1, 5), (2, 2), (2, 5)]);
-    assert!(rows.iter().all(|p| p["speedup"].as_f64().unwrap() > 0.0));
+    for p in rows {
+        for field in ["speedup", "threads_speedup", "vs_threads"] {
+            assert!(p[field].as_f64().unwrap() > 0.0, "{field} in {p}");
+        }
+    }
     let csv = std::fs::read_to_string(dir.0.join("out/pmap.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
     let svg = std::fs::read_to_string(dir.0.join("out/pmap-speedup.svg")).unwrap();
