@@ -1,5 +1,6 @@
 //! Backpressure through a pipeline whose last stage is slow: real agent
-//! processes, 64 KiB items, and every agent's peak RSS stays bounded.
+//! processes, stages streaming agent to agent, 64 KiB items, and every
+//! agent's peak RSS stays bounded.
 //!
 //! CI feeds 4,000 items (256 MiB of data, more than the bound, so a queue
 //! that grew with the input would fail); `SKELPI_MEMORY_ITEMS=100000` runs
