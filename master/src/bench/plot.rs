@@ -41,7 +41,7 @@ pub fn pmap_speedup(r: &PmapReport, path: &Path) -> Result<(), PlotError> {
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("pmap speedup, D = {}, C = {} ({})", r.d, r.c, r.origin),
+            format!("pmap speedup, D = {}, C = {}", r.d, r.c),
             ("sans-serif", 18),
         )
         .margin(12)
@@ -112,15 +112,15 @@ pub fn pipeline_stages(r: &PipelineReport, path: &Path) -> Result<(), PlotError>
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "pipeline: {:.1} items/s measured, {:.1} model ({})",
-                r.throughput, r.model_throughput, r.origin
+                "pipeline: {:.1} items/s measured, {:.1} model 1/max(Ts)",
+                r.throughput, r.model_throughput
             ),
             ("sans-serif", 18),
         )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..top * 1.2)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..top * 1.5)
         .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
@@ -152,6 +152,7 @@ pub fn pipeline_stages(r: &PipelineReport, path: &Path) -> Result<(), PlotError>
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))
