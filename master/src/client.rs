@@ -102,6 +102,7 @@ pub struct AgentConn {
     scratch: Vec<f64>,
     request_timeout: Duration,
     broken: Option<String>,
+    echo_chunk: usize,
 }
 
 /// Time an agent has to answer a ping or a raw echo request, and to move
@@ -152,6 +153,7 @@ impl AgentConn {
             scratch,
             request_timeout: REQUEST_TIMEOUT,
             broken: None,
+            echo_chunk: CHUNK_ELEMENTS,
         })
     }
 
@@ -244,7 +246,7 @@ impl AgentConn {
                 what: format!("shape {shape:?} does not hold {total} elements"),
             });
         }
-        let plan = chunk_plan(shape);
+        let plan = chunk_plan_of(shape, self.echo_chunk);
         let limit = self.request_timeout.saturating_mul(plan.len() as u32);
         // Every element is overwritten by the echo; only resize.
         if out.len() != total {
@@ -311,6 +313,14 @@ impl AgentConn {
         .await
     }
 
+    /// Sends echoes in chunks of at most `elements` floats (default and
+    /// most [`CHUNK_ELEMENTS`]). The agent echoes a chunk once it has all
+    /// of it, so on a slow link smaller chunks overlap the two directions
+    /// sooner; on loopback larger ones cost fewer frames.
+    pub fn set_echo_chunk(&mut self, elements: usize) {
+        self.echo_chunk = elements.clamp(1, CHUNK_ELEMENTS);
+    }
+
     /// Marks the connection unusable (a job saw it fail).
     pub(crate) fn mark_broken(&mut self, why: String) {
         self.broken.get_or_insert(why);
@@ -373,11 +383,18 @@ fn unexpected(addr: SocketAddr, msg: Message, context: &str) -> ClientError {
 /// rows of a matrix (runs of a list when one row is larger than a chunk).
 /// Returns (shape of the chunk, first element, elements).
 pub fn chunk_plan(shape: Shape) -> Vec<(Shape, usize, usize)> {
+    chunk_plan_of(shape, CHUNK_ELEMENTS)
+}
+
+/// [`chunk_plan`] with chunks of at most `chunk` elements (1 to
+/// [`CHUNK_ELEMENTS`]).
+pub fn chunk_plan_of(shape: Shape, chunk: usize) -> Vec<(Shape, usize, usize)> {
+    let chunk = chunk.clamp(1, CHUNK_ELEMENTS);
     let total = shape.elements().unwrap_or(0) as usize;
     let mut plan = Vec::new();
     match shape {
-        Shape::Matrix { rows, cols } if cols as usize <= CHUNK_ELEMENTS && cols > 0 => {
-            let band = (CHUNK_ELEMENTS / cols as usize).max(1);
+        Shape::Matrix { rows, cols } if cols as usize <= chunk && cols > 0 => {
+            let band = (chunk / cols as usize).max(1);
             let mut row = 0usize;
             while row < rows as usize {
                 let n = band.min(rows as usize - row);
@@ -395,7 +412,7 @@ pub fn chunk_plan(shape: Shape) -> Vec<(Shape, usize, usize)> {
         _ => {
             let mut off = 0;
             while off < total {
-                let n = CHUNK_ELEMENTS.min(total - off);
+                let n = chunk.min(total - off);
                 plan.push((Shape::List(n as u64), off, n));
                 off += n;
             }

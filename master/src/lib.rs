@@ -23,6 +23,7 @@ pub mod client;
 pub mod cluster;
 pub mod discover;
 pub mod jobfile;
+pub mod lab;
 pub mod pool;
 pub mod runtime;
 pub mod stats;

@@ -74,6 +74,12 @@ enum Command {
         #[command(flatten)]
         args: BenchArgs,
     },
+    /// A cluster lab on this machine: hosts in network namespaces on a
+    /// (shaped) bridge, each running a real agent (needs root).
+    Lab {
+        #[command(subcommand)]
+        command: cmd::lab::LabCommand,
+    },
     /// Run a job file: a skeleton tree and its inputs (see the README).
     Run {
         #[command(flatten)]
@@ -94,7 +100,13 @@ fn main() -> ExitCode {
                 .downcast_ref::<PoolError>()
                 .is_some_and(|p| matches!(p, PoolError::Key { .. } | PoolError::BadAddress(_)))
                 || e.downcast_ref::<std::io::Error>().is_some()
-                || e.downcast_ref::<skelpi::jobfile::JobFileError>().is_some();
+                || e.downcast_ref::<skelpi::jobfile::JobFileError>().is_some()
+                || e.downcast_ref::<skelpi::lab::LabError>().is_some_and(|l| {
+                    matches!(
+                        l,
+                        skelpi::lab::LabError::NotRoot | skelpi::lab::LabError::Invalid(_)
+                    )
+                });
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -181,5 +193,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
         Command::Run { pool, args } => cmd::run::run(&pool, &args),
+        Command::Lab { command } => {
+            let code = cmd::lab::run(command)?;
+            if code != 0 {
+                std::process::exit(code.into());
+            }
+            Ok(())
+        }
     }
 }

@@ -33,6 +33,8 @@ pub struct RttOptions {
     pub baseline: bool,
     /// Seed of the random inputs.
     pub seed: u64,
+    /// Floats per echo chunk (`None`: the protocol's largest).
+    pub chunk: Option<usize>,
 }
 
 impl Default for RttOptions {
@@ -45,6 +47,7 @@ impl Default for RttOptions {
             link_mbps: None,
             baseline: true,
             seed: 2010,
+            chunk: None,
         }
     }
 }
@@ -131,6 +134,9 @@ pub async fn run(
         )
     }));
     for agent in cluster.agents_mut() {
+        if let Some(chunk) = opts.chunk {
+            agent.set_echo_chunk(chunk);
+        }
         let name = agent.info().name.clone();
         let mut raw = if opts.baseline {
             Some(agent.open_raw_echo().await?)

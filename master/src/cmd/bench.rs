@@ -85,6 +85,12 @@ struct RttArgs {
     /// rtt: skip the raw-TCP baseline.
     #[arg(long, global = true)]
     no_baseline: bool,
+    /// rtt: floats per echo chunk (at most 65536) [default: 65536]; on a
+    /// slow link, smaller chunks start the echo back sooner (e.g. 8192 at
+    /// 100 Mb/s).
+    #[arg(long, value_name = "FLOATS", global = true,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    chunk_floats: Option<u32>,
     /// rtt: also write the rows as CSV to this file.
     #[arg(long, value_name = "FILE", global = true)]
     csv: Option<PathBuf>,
@@ -244,6 +250,7 @@ async fn run_rtt(pool: &mut Pool, args: &BenchArgs) -> anyhow::Result<rtt::RttRe
         link_mbps: args.rtt.link_mbps,
         baseline: !args.rtt.no_baseline,
         seed: args.common.seed,
+        chunk: args.rtt.chunk_floats.map(|c| c as usize),
     };
     let progress = bar(rtt::steps(&opts, pool.cluster.agents().len()));
     let r = rtt::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;

@@ -2,5 +2,6 @@
 //! argument structs and the glue from them to the library.
 
 pub mod bench;
+pub mod lab;
 pub mod pool_args;
 pub mod run;

@@ -5,6 +5,7 @@ mod agents;
 mod cli;
 mod client;
 mod discovery;
+mod lab;
 mod memory;
 mod skeleton_cli;
 mod skeletons;

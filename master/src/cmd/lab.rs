@@ -1,0 +1,121 @@
+//! `skelpi lab up|down|exec`: a cluster of network-namespace hosts on this
+//! machine (root only).
+
+use clap::Subcommand;
+use skelpi::lab::{self, LabOptions};
+use std::path::PathBuf;
+
+/// What to do with a lab.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create N hosts (network namespaces on one bridge), each running a
+    /// real skelpi-agent with mDNS, and a namespace for the master.
+    Up {
+        /// Lab number (0-250): several labs can coexist. Addresses are
+        /// 10.77.ID.N, the master 10.77.ID.254.
+        #[arg(long, default_value_t = 0)]
+        id: u8,
+        /// Hosts, one agent each.
+        #[arg(long, default_value_t = 4)]
+        hosts: usize,
+        /// Shape every link to this rate, Mb/s (tbf), e.g. 100 as in the seed.
+        #[arg(long, value_name = "MBPS")]
+        link_mbps: Option<f64>,
+        /// Add this one-way delay to every link, ms (netem).
+        #[arg(long, value_name = "MS")]
+        delay_ms: Option<f64>,
+        /// Drop this share of packets on every link, percent (netem).
+        #[arg(long, value_name = "PCT")]
+        loss_pct: Option<f64>,
+        /// The agent binary [default: skelpi-agent next to this skelpi].
+        #[arg(long, value_name = "PATH")]
+        agent_binary: Option<PathBuf>,
+        /// Worker threads per agent [default: the agent's, one per core].
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Let agents grant plaintext transport (for --plaintext benches).
+        #[arg(long)]
+        allow_plaintext: bool,
+    },
+    /// Stop the lab's agents and remove its namespaces (safe to repeat, and
+    /// after a crash).
+    Down {
+        /// Lab number.
+        #[arg(long, default_value_t = 0)]
+        id: u8,
+    },
+    /// Run a command in the lab's master namespace, with the lab's key:
+    /// e.g. `skelpi lab exec -- skelpi bench rtt`.
+    Exec {
+        /// Lab number.
+        #[arg(long, default_value_t = 0)]
+        id: u8,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+}
+
+/// Runs a lab command; returns the exit code for `exec`.
+pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
+    match cmd {
+        LabCommand::Up {
+            id,
+            hosts,
+            link_mbps,
+            delay_ms,
+            loss_pct,
+            agent_binary,
+            workers,
+            allow_plaintext,
+        } => {
+            let agent_binary = agent_binary.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|e| e.parent().map(|d| d.join("skelpi-agent")))
+                    .unwrap_or_else(|| PathBuf::from("skelpi-agent"))
+            });
+            let lab = lab::up(&LabOptions {
+                id,
+                hosts,
+                link_mbps,
+                delay_ms,
+                loss_pct,
+                agent_binary,
+                workers,
+                allow_plaintext,
+            })?;
+            println!(
+                "lab {} is up: {} hosts ({}), master namespace {}",
+                lab.id,
+                lab.host_ns.len(),
+                lab.host_addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                lab.master_ns
+            );
+            println!(
+                "key: {}; agent logs: {}",
+                lab.key_file.display(),
+                lab.dir.display()
+            );
+            println!("try: skelpi lab exec --id {id} -- skelpi discover");
+            Ok(0)
+        }
+        LabCommand::Down { id } => {
+            let n = lab::down(id)?;
+            if n == 0 {
+                println!("lab {id} was not up");
+            } else {
+                println!("lab {id} is down ({n} namespaces removed)");
+            }
+            Ok(0)
+        }
+        LabCommand::Exec { id, command } => {
+            let status = lab::exec(id, &command)?;
+            Ok(status.code().unwrap_or(1).clamp(0, 255) as u8)
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! A cluster lab on one machine: hosts that are Linux network namespaces
+//! joined by a bridge (itself in a namespace of its own, so nothing is
+//! added to the machine's own network), a real `skelpi-agent` process in
+//! each host, a namespace for the master, and optionally every link shaped
+//! with `tc` (tbf for the rate, netem for delay and loss) — the seed's
+//! 100 Mb/s LAN of single-core machines, reproducible anywhere with root.
+//!
+//! Everything a lab creates is named `skl<id>-...` (namespaces) and lives
+//! in those namespaces, so [`down`] can remove a lab even after a crash,
+//! without any state. Addresses are `10.77.<id>.<n>/24`: host n is `.n`
+//! (from 1), the master `.254`.
+//!
+//! It is a subcommand of `skelpi` rather than a script because it starts
+//! and supervises the agent binary, reuses the key handling and is tested
+//! like the rest of the tool.
+
+mod sh;
+
+use skelpi_agent::key::ClusterKey;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The port lab agents listen on.
+pub const PORT: u16 = 7871;
+
+/// Why a lab operation failed.
+#[derive(Debug, Error)]
+pub enum LabError {
+    /// Not running as root.
+    #[error("the lab needs root (network namespaces, bridges and tc): run it with sudo")]
+    NotRoot,
+    /// A command failed.
+    #[error("`{command}` failed: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed or why it could not run.
+        message: String,
+    },
+    /// A lab with this id already exists.
+    #[error("lab {0} is already up (skelpi lab down --id {0} first)")]
+    Exists(u8),
+    /// Bad options.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An agent did not start.
+    #[error("agent on host {host} did not start: {why} (its log: {log})")]
+    Agent {
+        /// The host number.
+        host: usize,
+        /// What happened.
+        why: String,
+        /// Its log file.
+        log: PathBuf,
+    },
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Lab number (0–250): names and subnet; several labs can coexist.
+    pub id: u8,
+    /// Hosts, each with one agent (1–200).
+    pub hosts: usize,
+    /// Rate of every link, Mb/s (`None`: unshaped).
+    pub link_mbps: Option<f64>,
+    /// One-way delay added on every link, ms.
+    pub delay_ms: Option<f64>,
+    /// Packet loss on every link, percent.
+    pub loss_pct: Option<f64>,
+    /// The agent binary.
+    pub agent_binary: PathBuf,
+    /// Worker threads per agent (`None`: the agent's default).
+    pub workers: Option<usize>,
+    /// Let agents grant plaintext transport.
+    pub allow_plaintext: bool,
+}
+
+/// A lab that is up: where to find its parts.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    /// Its number.
+    pub id: u8,
+    /// The master's namespace.
+    pub master_ns: String,
+    /// The hosts' namespaces, in order.
+    pub host_ns: Vec<String>,
+    /// The hosts' addresses, in order.
+    pub host_addrs: Vec<Ipv4Addr>,
+    /// The agents' process ids, in order.
+    pub agent_pids: Vec<u32>,
+    /// The cluster key file of the lab.
+    pub key_file: PathBuf,
+    /// Where logs and the key live.
+    pub dir: PathBuf,
+}
+
+/// Namespace-name prefix of lab `id`.
+pub fn prefix(id: u8) -> String {
+    format!("skl{id}-")
+}
+
+/// The folder of lab `id`: key and agent logs.
+pub fn dir(id: u8) -> PathBuf {
+    std::env::temp_dir().join(format!("skelpi-lab-{id}"))
+}
+
+/// The master namespace of lab `id`.
+pub fn master_ns(id: u8) -> String {
+    format!("{}master", prefix(id))
+}
+
+fn require_root() -> Result<(), LabError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("");
+    if uid == "0" {
+        Ok(())
+    } else {
+        Err(LabError::NotRoot)
+    }
+}
+
+/// The namespaces of lab `id` that exist.
+pub fn namespaces(id: u8) -> Result<Vec<String>, LabError> {
+    let p = prefix(id);
+    Ok(sh::ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&p))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Builds the lab: namespaces, bridge, links, shaping, key, agents.
+/// On failure, whatever was created is removed again.
+pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
+    require_root()?;
+    if opts.id > 250 {
+        return Err(LabError::Invalid("--id must be 0 to 250".into()));
+    }
+    if !(1..=200).contains(&opts.hosts) {
+        return Err(LabError::Invalid("--hosts must be 1 to 200".into()));
+    }
+    if !namespaces(opts.id)?.is_empty() {
+        return Err(LabError::Exists(opts.id));
+    }
+    if !opts.agent_binary.is_file() {
+        return Err(LabError::Invalid(format!(
+            "agent binary {} not found (build it: cargo build --release -p skelpi-agent, or pass --agent-binary)",
+            opts.agent_binary.display()
+        )));
+    }
+    let built = build(opts);
+    if built.is_err() {
+        let _ = down(opts.id);
+    }
+    built
+}
+
+fn build(opts: &LabOptions) -> Result<Lab, LabError> {
+    let id = opts.id;
+    let p = prefix(id);
+    let sw = format!("{p}sw");
+    let master = master_ns(id);
+    let hosts: Vec<String> = (1..=opts.hosts).map(|n| format!("{p}h{n}")).collect();
+    let addr = |n: u8| Ipv4Addr::new(10, 77, id, n);
+
+    // The switch: a bridge alone in its namespace.
+    sh::ip(&["netns", "add", &sw])?;
+    sh::ip_in(&sw, &["link", "set", "lo", "up"])?;
+    sh::ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
+    sh::ip_in(&sw, &["link", "set", "br0", "up"])?;
+    let mut members: Vec<(String, Ipv4Addr)> = vec![(master.clone(), addr(254))];
+    for (i, h) in hosts.iter().enumerate() {
+        members.push((h.clone(), addr(i as u8 + 1)));
+    }
+    for (k, (ns, ip)) in members.iter().enumerate() {
+        sh::ip(&["netns", "add", ns])?;
+        sh::ip_in(ns, &["link", "set", "lo", "up"])?;
+        // A veth pair made in the switch: one end on the bridge, the other
+        // moved into the host and named eth0 there.
+        let port = format!("p{k}");
+        let far = format!("e{k}");
+        sh::ip_in(
+            &sw,
+            &["link", "add", &port, "type", "veth", "peer", "name", &far],
+        )?;
+        sh::ip_in(&sw, &["link", "set", &port, "master", "br0"])?;
+        sh::ip_in(&sw, &["link", "set", &port, "up"])?;
+        sh::ip_in(&sw, &["link", "set", &far, "netns", ns])?;
+        sh::ip_in(ns, &["link", "set", &far, "name", "eth0"])?;
+        sh::ip_in(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        sh::ip_in(ns, &["link", "set", "eth0", "up"])?;
+        shape(ns, opts)?;
+        // Shape the switch side too, so traffic towards the host is held
+        // to the same rate as traffic from it.
+        shape_dev(&sw, &port, opts)?;
+    }
+
+    let dir = dir(id);
+    std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let key_file = dir.join("cluster.key");
+    let key = ClusterKey::generate().map_err(|e| LabError::Invalid(e.to_string()))?;
+    key.write(&key_file, true)
+        .map_err(|e| LabError::Invalid(format!("cannot write {}: {e}", key_file.display())))?;
+
+    let mut pids = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        pids.push(start_agent(
+            opts,
+            h,
+            i + 1,
+            addr(i as u8 + 1),
+            &key_file,
+            &dir,
+        )?);
+    }
+    Ok(Lab {
+        id,
+        master_ns: master,
+        host_ns: hosts,
+        host_addrs: (1..=opts.hosts).map(|n| addr(n as u8)).collect(),
+        agent_pids: pids,
+        key_file,
+        dir,
+    })
+}
+
+fn shape(ns: &str, opts: &LabOptions) -> Result<(), LabError> {
+    shape_dev(ns, "eth0", opts)
+}
+
+/// tbf at the link rate (32 KiB of burst, 50 ms of queue), with netem
+/// below it for delay and loss. tbf counts 1514 bytes for a full frame;
+/// Ethernet also sends a preamble, a gap and a checksum (24 bytes), so the
+/// rate is scaled by 1514/1538: TCP's goodput ceiling at 100 Mb/s is then
+/// the real 94.15 Mb/s (1448 payload bytes of 1538 on the wire). (A tc
+/// size table would count those bytes once per 64 KB segment-offload
+/// packet on a veth, not once per frame.)
+fn shape_dev(ns: &str, dev: &str, opts: &LabOptions) -> Result<(), LabError> {
+    let mut netem: Vec<String> = Vec::new();
+    if let Some(d) = opts.delay_ms.filter(|d| *d > 0.0) {
+        netem.extend(["delay".to_owned(), format!("{d}ms")]);
+    }
+    if let Some(l) = opts.loss_pct.filter(|l| *l > 0.0) {
+        netem.extend(["loss".to_owned(), format!("{l}%")]);
+    }
+    let netem: Vec<&str> = netem.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = vec!["qdisc", "add", "dev", dev];
+    match opts.link_mbps {
+        Some(mbps) => {
+            let rate = format!("{}kbit", (mbps * 1000.0 * 1514.0 / 1538.0).round() as u64);
+            let tbf = [
+                "root", "handle", "1:", "tbf", "rate", &rate, "burst", "32kb", "latency", "50ms",
+            ];
+            sh::tc_in(ns, &[&args[..], &tbf[..]].concat())?;
+            if !netem.is_empty() {
+                args.extend(["parent", "1:1", "handle", "10:", "netem"]);
+                sh::tc_in(ns, &[&args[..], &netem[..]].concat())?;
+            }
+        }
+        None if !netem.is_empty() => {
+            args.extend(["root", "netem"]);
+            sh::tc_in(ns, &[&args[..], &netem[..]].concat())?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn start_agent(
+    opts: &LabOptions,
+    ns: &str,
+    n: usize,
+    ip: Ipv4Addr,
+    key_file: &Path,
+    dir: &Path,
+) -> Result<u32, LabError> {
+    use std::os::unix::process::CommandExt;
+    let log = dir.join(format!("agent-h{n}.log"));
+    let file = std::fs::File::create(&log).map_err(|source| LabError::Io {
+        path: log.clone(),
+        source,
+    })?;
+    let listen = format!("{ip}:{PORT}");
+    let name = format!("lab{}-h{n}", opts.id);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(&opts.agent_binary)
+        .args(["--listen", &listen, "--name", &name, "--id", &name])
+        .arg("--key-file")
+        .arg(key_file)
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        // Its own process group: the agent outlives `skelpi lab up`.
+        .process_group(0);
+    if let Some(w) = opts.workers {
+        cmd.args(["--workers", &w.to_string()]);
+    }
+    if opts.allow_plaintext {
+        cmd.arg("--allow-plaintext");
+    }
+    let child = cmd.spawn().map_err(|e| LabError::Agent {
+        host: n,
+        why: e.to_string(),
+        log: log.clone(),
+    })?;
+    let pid = child.id();
+    // `ip netns exec` execs the agent, so this is the agent's pid. Wait for
+    // its "listening on" line.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("listening on") {
+            return Ok(pid);
+        }
+        let alive = Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z");
+        if !alive || Instant::now() > deadline {
+            let why = if alive {
+                "no \"listening on\" line within 15 s".to_owned()
+            } else {
+                "it exited".to_owned()
+            };
+            return Err(LabError::Agent { host: n, why, log });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes lab `id`: stops every process in its namespaces (SIGTERM, then
+/// SIGKILL after 5 s), deletes the namespaces (and with them the bridge and
+/// links) and its folder. Idempotent: a lab that is not there is fine.
+pub fn down(id: u8) -> Result<usize, LabError> {
+    require_root()?;
+    let spaces = namespaces(id)?;
+    let pids = |ns: &str| -> Vec<String> {
+        sh::ip(&["netns", "pids", ns])
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    for ns in &spaces {
+        for pid in pids(ns) {
+            let _ = sh::run("kill", &["-TERM", &pid]);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while spaces.iter().any(|ns| !pids(ns).is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for ns in &spaces {
+        for pid in pids(ns) {
+            let _ = sh::run("kill", &["-KILL", &pid]);
+        }
+    }
+    for ns in &spaces {
+        sh::ip(&["netns", "del", ns])?;
+    }
+    let _ = std::fs::remove_dir_all(dir(id));
+    Ok(spaces.len())
+}
+
+/// Runs `command` in lab `id`'s master namespace with the lab's key as
+/// `SKELPI_KEY_FILE`; returns its exit status.
+pub fn exec(id: u8, command: &[String]) -> Result<std::process::ExitStatus, LabError> {
+    require_root()?;
+    let ns = master_ns(id);
+    if !namespaces(id)?.contains(&ns) {
+        return Err(LabError::Invalid(format!(
+            "lab {id} is not up (skelpi lab up --id {id})"
+        )));
+    }
+    let Some((program, args)) = command.split_first() else {
+        return Err(LabError::Invalid(
+            "no command given (skelpi lab exec -- COMMAND...)".into(),
+        ));
+    };
+    Command::new("ip")
+        .args(["netns", "exec", &ns, program])
+        .args(args)
+        .env("SKELPI_KEY_FILE", dir(id).join("cluster.key"))
+        .status()
+        .map_err(|e| LabError::Command {
+            command: format!("ip netns exec {ns} {program}"),
+            message: e.to_string(),
+        })
+}

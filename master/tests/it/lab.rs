@@ -1,0 +1,163 @@
+//! The cluster lab: four network-namespace hosts with real agents, found
+//! by mDNS from the master's namespace, running a pmap and a pipeline; then
+//! nothing is left behind. Needs root (CI has it); without root it says so
+//! and does nothing, since namespaces cannot be made.
+
+use super::agents::agent_binary;
+use super::support::{Scratch, skelpi};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// Takes the lab down even if the test fails half-way.
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = skelpi(&["lab", "down", "--id", &self.0]);
+    }
+}
+
+fn netns_list() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
+    if !is_root() {
+        eprintln!("SKIPPED: the lab needs root to create network namespaces");
+        return;
+    }
+    // An id of its own, so a developer's lab 0 is left alone.
+    let id = (200 + std::process::id() % 50).to_string();
+    let prefix = format!("skl{id}-");
+    let _ = skelpi(&["lab", "down", "--id", &id]);
+    let agent = agent_binary();
+    let (code, out, err) = skelpi(&[
+        "lab",
+        "up",
+        "--id",
+        &id,
+        "--hosts",
+        "4",
+        "--workers",
+        "1",
+        "--agent-binary",
+        agent.to_str().unwrap(),
+    ]);
+    let guard = LabGuard(id.clone());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(netns_list().matches(&prefix).count(), 6, "{}", netns_list());
+
+    // mDNS across the bridge, from the master's namespace, within 3 s.
+    let me = env!("CARGO_BIN_EXE_skelpi");
+    let (code, out, err) = skelpi(&[
+        "lab",
+        "exec",
+        "--id",
+        &id,
+        "--",
+        me,
+        "discover",
+        "--json",
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let found: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut names: Vec<String> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    let want: Vec<String> = (1..=4).map(|n| format!("lab{id}-h{n}")).collect();
+    assert_eq!(names, want, "{out}");
+
+    // A pmap and a pipeline on the discovered agents.
+    let dir = Scratch::new("lab");
+    for (name, tree, check) in [
+        (
+            "pmap",
+            "map(8, seq(square))",
+            Box::new(|i: usize, data: &[f64]| {
+                let want: Vec<f64> = (0..100).map(|j| ((100 * i + j) as f64).powi(2)).collect();
+                assert_eq!(data, &want[..]);
+            }) as Box<dyn Fn(usize, &[f64])>,
+        ),
+        (
+            "pipeline",
+            "pipe(seq(square), seq(scale(2)), seq(scale(-1)), seq(identity))",
+            Box::new(|i: usize, data: &[f64]| {
+                let want: Vec<f64> = (0..100)
+                    .map(|j| -2.0 * ((100 * i + j) as f64).powi(2))
+                    .collect();
+                assert_eq!(data, &want[..]);
+            }),
+        ),
+    ] {
+        let job = dir.path(&format!("{name}.toml"));
+        std::fs::write(
+            &job,
+            format!(
+                "skeleton = \"{tree}\"\n[input]\ngenerate = \"range\"\nitems = 6\nlength = 100\n"
+            ),
+        )
+        .unwrap();
+        let results = dir.path(&format!("{name}.jsonl"));
+        let (code, _, err) = skelpi(&[
+            "lab",
+            "exec",
+            "--id",
+            &id,
+            "--",
+            me,
+            "run",
+            &job,
+            "--out",
+            &results,
+            "--discover-timeout",
+            "3s",
+        ]);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert!(err.contains("4 agents"), "{name} ran on: {err}");
+        let text = std::fs::read_to_string(&results).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{name}: {text}");
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let i = v["index"].as_u64().unwrap() as usize;
+            let data: Vec<f64> = serde_json::from_value(v["data"].clone()).unwrap();
+            check(i, &data);
+        }
+    }
+
+    // Down: no namespace, link or agent process of this lab remains.
+    drop(guard);
+    assert!(!netns_list().contains(&prefix), "{}", netns_list());
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&prefix));
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.contains(&format!("--name lab{id}-h")), "{ps}");
+    let (code, out, _) = skelpi(&["lab", "down", "--id", &id]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("was not up"), "{out}");
+}
