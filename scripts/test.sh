@@ -14,7 +14,8 @@ set -euo pipefail
 
 # Debian packages the tests use. Add new ones here, one per line.
 APT_PACKAGES=(
-    iproute2    # ip netns: multi-host tests in network namespaces
+    iproute2    # ip netns, tc: the cluster lab and its test
+    procps      # kill, ps: the lab stops its agents; tests look for leftovers
     avahi-utils # avahi-browse: reads our mDNS records as standard DNS-SD
 )
 
