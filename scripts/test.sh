@@ -16,6 +16,7 @@ set -euo pipefail
 APT_PACKAGES=(
     iproute2    # ip netns, tc: the cluster lab and its test
     procps      # kill, ps: the lab stops its agents; tests look for leftovers
+    systemd     # systemd-analyze: the unit is verified and its exposure scored
     avahi-utils # avahi-browse: reads our mDNS records as standard DNS-SD
 )
 

@@ -34,6 +34,7 @@ pub mod process;
 pub mod raw_echo;
 pub mod roles;
 pub mod server;
+pub mod service;
 pub mod stages;
 pub mod wire;
 pub mod workers;

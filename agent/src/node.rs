@@ -5,6 +5,7 @@ use crate::announce::{AnnounceError, Announcer};
 use crate::identity;
 use crate::key::ClusterKey;
 use crate::server::{self, ServerConfig};
+use crate::service;
 use crate::wire::handshake::AcceptOptions;
 use futures_lite::StreamExt;
 use std::net::SocketAddr;
@@ -77,13 +78,14 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     } else {
         None
     };
-    log::info!(
+    let status = format!(
         "skelpi-agent {} ({}) listening on {local}, {} workers, mDNS {}",
         info.id,
         info.name,
         config.workers,
         if config.mdns { "on" } else { "off" }
     );
+    log::info!("{status}");
     let server_config = Arc::new(
         ServerConfig::new(
             info,
@@ -95,10 +97,16 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         )
         .map_err(NodeError::Serve)?,
     );
-    let served = smol::block_on(server::serve(listener, server_config, async {
+    service::ready(&status);
+    let serve = server::serve(listener, server_config, async {
         if let Some(sig) = signals.next().await {
             log::info!("received {sig:?}, shutting down");
+            service::stopping();
         }
+    });
+    let served = smol::block_on(futures_lite::future::or(serve, async {
+        service::watchdog().await;
+        Ok(())
     }));
     if let Some(a) = announcer {
         if let Err(e) = a.stop() {

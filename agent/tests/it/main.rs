@@ -5,3 +5,4 @@ mod daemon;
 mod handshake;
 mod stages;
 mod support;
+mod systemd;
