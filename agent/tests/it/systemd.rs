@@ -93,7 +93,7 @@ fn the_agent_notifies_ready_pings_the_watchdog_and_says_stopping() {
     }
     let pid = child.id();
     let mut child = Kill(child);
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 4096];
         let n = socket.recv(&mut buf).expect("a notification within 20 s");
         String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
