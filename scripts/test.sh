@@ -17,6 +17,9 @@ APT_PACKAGES=(
     iproute2    # ip netns, tc: the cluster lab and its test
     procps      # kill, ps: the lab stops its agents; tests look for leftovers
     systemd     # systemd-analyze: the unit is verified and its exposure scored
+    clang       # C parts of ring for the aarch64 agent
+    llvm        # llvm-ar for the same
+    qemu-user-static # runs the aarch64 agent in the cross-architecture test
     avahi-utils # avahi-browse: reads our mDNS records as standard DNS-SD
 )
 
@@ -69,6 +72,15 @@ else
     die 2 "missing rust components: ${components[*]}, and no rustup to add them"
 fi
 
+step "rust target aarch64-unknown-linux-musl (the boards' agent)"
+if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-musl; then
+    echo "installed"
+elif command -v rustup >/dev/null; then
+    rustup target add aarch64-unknown-linux-musl
+else
+    die 2 "the aarch64-unknown-linux-musl target is missing, and no rustup to add it"
+fi
+
 step "cargo-nextest"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest --version | head -n1
@@ -86,6 +98,9 @@ fi
 
 step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
+
+step "cargo build --target aarch64-unknown-linux-musl -p skelpi-agent"
+cargo build --target aarch64-unknown-linux-musl -p skelpi-agent --bin skelpi-agent
 
 step "architecture invariants"
 ./scripts/check-invariants.sh

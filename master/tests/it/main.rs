@@ -4,6 +4,7 @@
 mod agents;
 mod cli;
 mod client;
+mod cross;
 mod discovery;
 mod lab;
 mod memory;
