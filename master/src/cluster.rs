@@ -183,22 +183,14 @@ impl Cluster {
                 .enumerate()
                 .partition(|(_, a)| !a.is_broken());
             let (places, mut conns): (Vec<usize>, Vec<AgentConn>) = good.into_iter().unzip();
-            let result =
-                job::run(&mut conns, skeleton, inputs, &Default::default(), on_result).await;
+            let result = job::run(&mut conns, skeleton, inputs, on_result).await;
             let mut all: Vec<(usize, AgentConn)> = places.into_iter().zip(conns).collect();
             all.extend(bad);
             all.sort_by_key(|(i, _)| *i);
             self.agents = all.into_iter().map(|(_, a)| a).collect();
             return result;
         }
-        job::run(
-            &mut self.agents,
-            skeleton,
-            inputs,
-            &Default::default(),
-            on_result,
-        )
-        .await
+        job::run(&mut self.agents, skeleton, inputs, on_result).await
     }
 
     /// Runs a pipeline of `seq` stages streamed agent to agent: stage i on
@@ -261,12 +253,6 @@ impl Cluster {
         self.run(&farm, chunks).await
     }
 
-    /// The kernels of a tree that is a pipeline of two or more `seq`
-    /// stages, which stream agent to agent.
-    pub fn streamable(tree: &Skeleton) -> Option<Vec<Kernel>> {
-        streamable(tree)
-    }
-
     /// Says goodbye to every agent.
     pub async fn close(mut self) {
         for a in std::mem::take(&mut self.agents) {
@@ -275,6 +261,8 @@ impl Cluster {
     }
 }
 
+/// The kernels of a tree that is a pipeline of two or more `seq` stages,
+/// which stream agent to agent.
 fn streamable(tree: &Skeleton) -> Option<Vec<Kernel>> {
     match tree {
         Skeleton::Pipe(stages) if stages.len() >= 2 => stages

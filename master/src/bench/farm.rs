@@ -6,7 +6,7 @@
 
 use crate::cluster::Cluster;
 use crate::runtime::JobError;
-use crate::runtime::job::{self, JobOptions};
+use crate::runtime::job;
 use crate::stats::median;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
@@ -98,16 +98,10 @@ pub async fn run(
             let mut got = 0.0;
             let mut count = 0;
             let start = Instant::now();
-            job::run(
-                cluster.agents_mut(),
-                tree,
-                inputs,
-                &JobOptions::default(),
-                |_, a| {
-                    got += a.data.first().copied().unwrap_or(f64::NAN);
-                    count += 1;
-                },
-            )
+            job::run(cluster.agents_mut(), tree, inputs, |_, a| {
+                got += a.data.first().copied().unwrap_or(f64::NAN);
+                count += 1;
+            })
             .await?;
             let elapsed = start.elapsed();
             black_box(got);

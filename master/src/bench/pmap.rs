@@ -11,7 +11,7 @@
 //! agents share this machine's cores).
 
 use crate::cluster::Cluster;
-use crate::runtime::job::{self, JobOptions};
+use crate::runtime::job;
 use crate::runtime::{JobError, TaskError};
 use crate::stats::median;
 use indicatif::ProgressBar;
@@ -176,10 +176,7 @@ pub async fn run(
                 let data = Array::list(input.clone());
                 let mut out = None;
                 let start = Instant::now();
-                job::run(conns, &tree, [data], &JobOptions::default(), |_, a| {
-                    out = Some(a)
-                })
-                .await?;
+                job::run(conns, &tree, [data], |_, a| out = Some(a)).await?;
                 let time = start.elapsed();
                 times.push(time);
                 ratios.push(ratio(seq_time, time));

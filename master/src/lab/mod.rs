@@ -206,7 +206,7 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
         sh::ip_in(ns, &["link", "set", &far, "name", "eth0"])?;
         sh::ip_in(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         sh::ip_in(ns, &["link", "set", "eth0", "up"])?;
-        shape(ns, opts)?;
+        shape_dev(ns, "eth0", opts)?;
         // Shape the switch side too, so traffic towards the host is held
         // to the same rate as traffic from it.
         shape_dev(&sw, &port, opts)?;
@@ -242,10 +242,6 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
         key_file,
         dir,
     })
-}
-
-fn shape(ns: &str, opts: &LabOptions) -> Result<(), LabError> {
-    shape_dev(ns, "eth0", opts)
 }
 
 /// tbf at the link rate (32 KiB of burst, 50 ms of queue), with netem

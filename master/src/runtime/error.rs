@@ -40,3 +40,24 @@ pub enum JobError {
     #[error("invalid job: {0}")]
     Invalid(String),
 }
+
+impl JobError {
+    /// A feedback body that did not turn one item into one.
+    pub(super) fn feedback_count(body: &impl std::fmt::Display, got: usize) -> JobError {
+        JobError::Invalid(format!(
+            "feedback body {body} gave {got} items for one; it must give exactly one"
+        ))
+    }
+
+    /// A feedback loop that hit its bound.
+    pub(super) fn feedback_endless(
+        origin: &str,
+        max_rounds: u32,
+        body: &impl std::fmt::Display,
+        until: &impl std::fmt::Display,
+    ) -> JobError {
+        JobError::Invalid(format!(
+            "{origin} still loops after {max_rounds} rounds of feedback({body}, {until})"
+        ))
+    }
+}

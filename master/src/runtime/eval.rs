@@ -5,16 +5,13 @@
 //! error travels down the stream as an `Err` item and ends the job.
 
 use super::dispatch::{CREDITS_PER_WORKER, Dispatcher};
-use super::probe::{Call, Probe};
 use super::sequential::concat;
 use super::{Item, JobError, split};
 use skelpi_agent::kernels::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Items a stream buffers between two nodes.
 pub const STREAM_BUFFER: usize = 8;
@@ -77,26 +74,20 @@ pub struct Ctx<'a, 'c> {
     /// Inside a farm or a map, whose replicas take any agent on demand:
     /// pipelines there are not placed.
     pub replicated: bool,
-    /// Where the tree's calls are timed, if anywhere.
-    pub probe: Option<&'a Probe>,
-    /// This node's place in the tree, for the probe (`0`, `0.1`, `0.1.farm`).
-    pub node: Rc<str>,
 }
 
 impl<'a, 'c> Ctx<'a, 'c> {
-    fn at(&self, home: Option<usize>, node: String) -> Ctx<'a, 'c> {
+    fn at(&self, home: Option<usize>) -> Ctx<'a, 'c> {
         Ctx {
             home,
-            node: node.into(),
             ..self.clone()
         }
     }
 
-    fn replicas(&self, what: &str) -> Ctx<'a, 'c> {
+    fn replicas(&self) -> Ctx<'a, 'c> {
         Ctx {
             home: None,
             replicated: true,
-            node: format!("{}.{what}", self.node).into(),
             ..self.clone()
         }
     }
@@ -125,10 +116,9 @@ pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> S
         Skeleton::Seq(k) => seq(cx, k, input),
         Skeleton::Pipe(stages) => {
             let homes = get_nodes(stages.len(), cx.d.agents());
-            let stages = stages.iter().zip(homes).enumerate();
-            stages.fold(input, |s, (i, (stage, home))| {
+            stages.iter().zip(homes).fold(input, |s, (stage, home)| {
                 let placed = (!cx.replicated).then_some(home);
-                eval(cx.at(placed, format!("{}.{i}", cx.node)), stage, s)
+                eval(cx.at(placed), stage, s)
             })
         }
         Skeleton::Farm {
@@ -142,9 +132,9 @@ pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> S
             let n = replicas
                 .map_or(cx.cores * CREDITS_PER_WORKER, |r| r as usize)
                 .max(1);
-            farm(cx.replicas("farm"), worker, n, *ordered, input)
+            farm(cx.replicas(), worker, n, *ordered, input)
         }
-        Skeleton::Map { parts, worker } => map(cx.replicas("map"), *parts as usize, worker, input),
+        Skeleton::Map { parts, worker } => map(cx.replicas(), *parts as usize, worker, input),
         Skeleton::Reduce(k) => reduce(cx, k, input),
         Skeleton::Feedback {
             body,
@@ -181,19 +171,10 @@ fn seq<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
             let out = match next {
                 Ok(item) => {
                     let meta = item_meta(&item.origin, item.index);
-                    let start = Instant::now();
                     let done = match cx.home {
                         Some(home) => cx.d.call_at(home, &item.origin, k, item.data).await,
                         None => cx.d.call(&item.origin, k, item.data).await,
                     };
-                    if let Some(probe) = cx.probe {
-                        probe.record(Call {
-                            node: cx.node.to_string(),
-                            index: meta.index,
-                            start,
-                            end: Instant::now(),
-                        });
-                    }
                     done.map(|data| Item { data, ..meta })
                 }
                 Err(e) => Err(e),
@@ -505,12 +486,8 @@ async fn feedback_one<'a, 'c: 'a>(
         while let Ok(r) = out.recv().await {
             results.push(r?);
         }
-        let [done] = <[Item; 1]>::try_from(results).map_err(|r| {
-            JobError::Invalid(format!(
-                "feedback body {body} gave {} items for one; it must give exactly one",
-                r.len()
-            ))
-        })?;
+        let [done] =
+            <[Item; 1]>::try_from(results).map_err(|r| JobError::feedback_count(body, r.len()))?;
         let verdict = cx.d.call(&done.origin, until, done.data.clone()).await?;
         item = Item {
             origin: origin.clone(),
@@ -520,7 +497,5 @@ async fn feedback_one<'a, 'c: 'a>(
             return Ok(item);
         }
     }
-    Err(JobError::Invalid(format!(
-        "{origin} still loops after {max_rounds} rounds of feedback({body}, {until})"
-    )))
+    Err(JobError::feedback_endless(&origin, max_rounds, body, until))
 }

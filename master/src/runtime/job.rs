@@ -3,28 +3,17 @@
 
 use super::check::check;
 use super::dispatch::Dispatcher;
-use super::eval::{Ctx, Spawner, Stream, eval, source};
-use super::probe::Probe;
+use super::eval::{Ctx, Spawner, eval, source};
 use super::{Item, JobError};
 use crate::client::AgentConn;
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
 use skelpi_proto::skeleton::Skeleton;
 use smol::LocalExecutor;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a stopped job waits for the results of tasks already sent.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How a job feeds its inputs and what it records.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct JobOptions<'a> {
-    /// Feed one input every `interval` (the pipeline benchmark's
-    /// inter-arrival time); `None`: as fast as the tree takes them.
-    pub interval: Option<Duration>,
-    /// Time every kernel call here.
-    pub probe: Option<&'a Probe>,
-}
 
 /// Runs `skeleton` on `inputs` over `conns`, handing each result and the
 /// index of its input (for a reduction: 0) to `on_result` as it leaves the
@@ -38,7 +27,6 @@ pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
     inputs: impl IntoIterator<Item = Array>,
-    opts: &JobOptions<'_>,
     mut on_result: impl FnMut(u64, Array),
 ) -> Result<(), JobError> {
     check(skeleton)?;
@@ -69,18 +57,13 @@ pub async fn run(
             cores,
             home: None,
             replicated: false,
-            probe: opts.probe,
-            node: "0".into(),
         };
         let items = inputs.into_iter().enumerate().map(|(i, data)| Item {
             index: i as u64,
             origin: format!("item {i}"),
             data,
         });
-        let input = match opts.interval {
-            None => source(&cx.spawner, items),
-            Some(every) => paced(&cx.spawner, items, every),
-        };
+        let input = source(&cx.spawner, items);
         let work = async {
             let out = eval(cx, skeleton, input);
             while let Ok(r) = out.recv().await {
@@ -121,26 +104,4 @@ pub async fn run(
         }
     }
     result
-}
-
-/// Like [`source`], but item `i` enters no earlier than `i × every` after
-/// the first (later if the tree is full: then it waits for room).
-fn paced<'a>(
-    spawner: &Spawner<'a>,
-    items: impl IntoIterator<Item = Item> + 'a,
-    every: Duration,
-) -> Stream {
-    let (tx, rx) = async_channel::bounded(1);
-    spawner.spawn(async move {
-        let mut due = Instant::now();
-        for item in items {
-            async_io::Timer::at(due).await;
-            if tx.send(Ok(item)).await.is_err() {
-                return;
-            }
-            // Past the clock's range: no more pacing.
-            due = due.checked_add(every).unwrap_or(due);
-        }
-    });
-    rx
 }

@@ -17,7 +17,6 @@ pub mod dispatch;
 mod error;
 pub mod eval;
 pub mod job;
-pub mod probe;
 pub mod sequential;
 pub mod stream;
 

@@ -119,10 +119,7 @@ fn eval(reg: &Registry, skel: &Skeleton, items: Vec<Item>) -> Result<Vec<Item>, 
                     };
                     let mut out = eval(reg, body, vec![one])?;
                     if out.len() != 1 {
-                        return Err(JobError::Invalid(format!(
-                            "feedback body {body} gave {} items for one; it must give exactly one",
-                            out.len()
-                        )));
+                        return Err(JobError::feedback_count(body, out.len()));
                     }
                     let done = out.pop().expect("one item");
                     let verdict = call(reg, &done.origin, until, done.data.clone())?;
@@ -134,9 +131,12 @@ fn eval(reg: &Registry, skel: &Skeleton, items: Vec<Item>) -> Result<Vec<Item>, 
                         return Ok(item);
                     }
                 }
-                Err(JobError::Invalid(format!(
-                    "{origin} still loops after {max_rounds} rounds of feedback({body}, {until})"
-                )))
+                Err(JobError::feedback_endless(
+                    &origin,
+                    *max_rounds,
+                    body,
+                    until,
+                ))
             })
             .collect(),
         other => Err(JobError::Invalid(format!("unsupported skeleton {other}"))),
