@@ -19,11 +19,22 @@
 //! variable but had its stderr redirected logs where it was pointed. The
 //! journal logger fails when no journald socket exists (e.g. in containers),
 //! so its failure falls back to stderr (DESIGN §9).
+//!
+//! # Journal fields
+//! Besides the journal logger's standard fields (`MESSAGE`, `PRIORITY`,
+//! `SYSLOG_IDENTIFIER`, `CODE_FILE`, …), every record carries
+//! `SKELPI_AGENT_ID` once [`set_agent_id`] has named the agent, and records
+//! about a job carry `SKELPI_JOB` (16 hex digits, see
+//! [`skelpi_proto::JobId`]): `journalctl -u skelpi-agent SKELPI_JOB=…`.
+//! Record key-values become fields, upper-cased: `skelpi_job` →
+//! `SKELPI_JOB`.
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::OnceLock;
+
+use log::kv::{Key, Source, Value, VisitSource};
 
 /// Where journald listens for native-protocol messages.
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -93,10 +104,56 @@ fn stderr_id() -> Option<String> {
     Some(format!("{}:{}", meta.dev(), meta.ino()))
 }
 
+/// The agent's id, once known (after the agent has bound its port).
+static AGENT_ID: OnceLock<String> = OnceLock::new();
+
+/// Names this agent in every later journal record, as the field
+/// `SKELPI_AGENT_ID` (the id `skelpi discover` shows). The first call wins:
+/// a process serves one agent.
+pub fn set_agent_id(id: &str) {
+    let _ = AGENT_ID.set(id.to_owned());
+}
+
+/// The journal logger, adding `SKELPI_AGENT_ID` to every record.
+struct AgentJournal(systemd_journal_logger::JournalLog);
+
+impl log::Log for AgentJournal {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let Some(id) = AGENT_ID.get() else {
+            return self.0.log(record);
+        };
+        let fields = WithAgentId {
+            id,
+            rest: record.key_values(),
+        };
+        self.0.log(&record.to_builder().key_values(&fields).build());
+    }
+
+    fn flush(&self) {}
+}
+
+/// A record's key-values with the agent id in front.
+struct WithAgentId<'a> {
+    id: &'a str,
+    rest: &'a dyn Source,
+}
+
+impl Source for WithAgentId<'_> {
+    fn visit<'kvs>(&'kvs self, visitor: &mut dyn VisitSource<'kvs>) -> Result<(), log::kv::Error> {
+        visitor.visit_pair(Key::from_str("SKELPI_AGENT_ID"), Value::from(self.id))?;
+        self.rest.visit(visitor)
+    }
+}
+
 /// Installs the journal logger; fails if journald cannot be reached or a
 /// logger is already installed.
 fn install_journal(level: log::LevelFilter) -> Result<(), Box<dyn std::error::Error>> {
-    systemd_journal_logger::JournalLog::new()?.install()?;
+    let journal = systemd_journal_logger::JournalLog::new()?;
+    log::set_boxed_logger(Box::new(AgentJournal(journal)))?;
     log::set_max_level(level);
     Ok(())
 }

@@ -85,6 +85,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.workers,
         if config.mdns { "on" } else { "off" }
     );
+    crate::logging::set_agent_id(&info.id);
     log::info!("{status}");
     let server_config = Arc::new(
         ServerConfig::new(

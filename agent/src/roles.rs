@@ -16,13 +16,18 @@ use crate::server::ServerConfig;
 use crate::stages;
 use crate::wire::handshake::Established;
 use crate::wire::{Sender, WireError};
-use crate::workers::Outcome;
+use crate::workers::{Outcome, Tag};
 use futures_lite::future;
 use skelpi_proto::{
     ErrorCode, ErrorReply, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
 };
 use smol::lock::Mutex;
+use std::collections::HashSet;
 use std::net::SocketAddr;
+
+/// Job ids a session remembers for logging each job once; beyond that it
+/// forgets them all and may log a job again.
+const JOBS_REMEMBERED: usize = 1024;
 
 /// Serves one authenticated connection until the master leaves or `stop`
 /// completes; in the latter case the master is told the agent is shutting
@@ -49,6 +54,8 @@ pub async fn serve_session(
     let (stage_tx, stage_rx) = async_channel::bounded(1);
     let mut stage_opened = false;
     let mut stop = std::pin::pin!(stop);
+    // Jobs this session has run tasks for, to log each job once.
+    let mut jobs = HashSet::new();
     let reader = async {
         loop {
             let next = future::or(async { Some(receiver.recv(&mut bulk).await) }, async {
@@ -112,6 +119,13 @@ pub async fn serve_session(
                     }
                 },
                 Message::Task(task) => {
+                    if jobs.len() >= JOBS_REMEMBERED {
+                        jobs.clear();
+                    }
+                    if jobs.insert(task.job) {
+                        let job = task.job;
+                        log::info!(skelpi_job:% = job; "job {job}: tasks from master {peer}");
+                    }
                     let shape = received.bulk.unwrap_or(Shape::List(0));
                     let input = Array {
                         shape,
@@ -228,7 +242,16 @@ pub async fn serve_session(
         }
     };
     let writer = async {
-        while let Ok((id, outcome)) = done_rx.recv().await {
+        while let Ok((tag, outcome)) = done_rx.recv().await {
+            let id = tag.id;
+            if let Err(f) = &outcome {
+                let job = tag.job;
+                log::warn!(
+                    skelpi_job:% = job;
+                    "job {job}: task {id} for master {peer} failed: {}",
+                    f.message
+                );
+            }
             let mut s = sender.lock().await;
             let sent = match outcome {
                 Ok(out) => {
@@ -271,21 +294,28 @@ async fn start_task(
 ) -> Result<(), WireError> {
     match config.kernels.get(&task.kernel) {
         Some(kernel) => {
+            let tag = Tag {
+                id: task.id,
+                job: task.job,
+            };
             config
                 .workers
-                .submit(task.id, kernel, task.args, input, done.clone())
+                .submit(tag, kernel, task.args, input, done.clone())
                 .await;
             Ok(())
         }
         None => {
+            let error = format!(
+                "agent {} has no kernel {:?} (it has: {})",
+                config.info.name,
+                task.kernel,
+                config.kernels.names().join(", ")
+            );
+            let job = task.job;
+            log::warn!(skelpi_job:% = job; "job {job}: task {}: {error}", task.id);
             let failed = TaskFailed {
                 id: task.id,
-                error: format!(
-                    "agent {} has no kernel {:?} (it has: {})",
-                    config.info.name,
-                    task.kernel,
-                    config.kernels.names().join(", ")
-                ),
+                error,
                 panicked: false,
             };
             sender.lock().await.send(&Message::TaskFailed(failed)).await

@@ -22,7 +22,7 @@ use crate::wire::{Receiver, Sender};
 use async_net::TcpStream;
 use futures_lite::future;
 use skelpi_proto::{
-    ErrorCode, ErrorReply, Hello, Message, StageFailed, StageOpen, StageStats, StreamItem,
+    ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageStats, StreamItem,
     StreamRef,
 };
 use smol::lock::Mutex;
@@ -144,8 +144,10 @@ pub async fn run_stage(
     let report = |msg: Message| async move {
         let _ = control.lock().await.send(&msg).await;
     };
+    // The stream id is the job's id (see `JobId`).
+    let job = JobId(stream);
     let refuse = |message: String| {
-        log::warn!("stage {stage} of stream {stream}: {message}");
+        log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
         report(Message::Error(ErrorReply {
             code: ErrorCode::BadRequest,
             message,
@@ -173,6 +175,13 @@ pub async fn run_stage(
             }
         },
     };
+    log::info!(
+        skelpi_job:% = job;
+        "job {job}: stage {stage} runs {}{:?}, sending to {}",
+        open.kernel,
+        open.args,
+        open.next.as_ref().map_or("the master", |n| n.addr.as_str())
+    );
     report(Message::StageReady(StreamRef { stream, stage })).await;
     let (mut items, mut busy) = (0u64, Duration::ZERO);
     let (mut first, mut last) = (None, None);
@@ -197,6 +206,12 @@ pub async fn run_stage(
                     }
                 }
                 Err(f) => {
+                    log::warn!(
+                        skelpi_job:% = job;
+                        "job {job}: stage {stage} failed on item {}: {}",
+                        item.index,
+                        f.message
+                    );
                     return Some(Message::StageFailed(StageFailed {
                         stream,
                         stage,
@@ -277,6 +292,9 @@ pub async fn run_stage(
     };
     let (computed, forwarded) = future::zip(compute, forward).await;
     if let Some(failed) = computed.or(forwarded) {
+        if let Message::Error(e) = &failed {
+            log::warn!(skelpi_job:% = job; "job {job}: {}", e.message);
+        }
         return report(failed).await;
     }
     if let Some(tx) = next_tx.as_mut() {
@@ -286,6 +304,10 @@ pub async fn run_stage(
         (Some(a), Some(b)) => b - a,
         _ => Duration::ZERO,
     };
+    log::info!(
+        skelpi_job:% = job;
+        "job {job}: stage {stage} done: {items} items, busy {busy:.2?} of {span:.2?}"
+    );
     report(Message::StageStats(StageStats {
         stream,
         stage,

@@ -4,6 +4,7 @@
 //! backpressure instead of growing the agent's memory.
 
 use crate::kernels::{Array, Kernel};
+use skelpi_proto::JobId;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,11 +18,20 @@ pub struct Failure {
     pub panicked: bool,
 }
 
-/// The result a worker sends back, tagged with the caller's id.
-pub type Outcome = (u64, Result<Array, Failure>);
+/// Which task a worker's result belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tag {
+    /// The caller's task id.
+    pub id: u64,
+    /// The job the task is part of (for logs).
+    pub job: JobId,
+}
+
+/// The result a worker sends back, tagged as its caller asked.
+pub type Outcome = (Tag, Result<Array, Failure>);
 
 struct Job {
-    id: u64,
+    tag: Tag,
     kernel: Arc<dyn Kernel>,
     args: Vec<f64>,
     input: Array,
@@ -49,7 +59,7 @@ impl Workers {
                         while let Ok(job) = jobs.recv_blocking() {
                             let outcome = call_kernel(&*job.kernel, &job.args, job.input);
                             // A gone caller (its session ended) is not an error.
-                            let _ = job.reply.send_blocking((job.id, outcome));
+                            let _ = job.reply.send_blocking((job.tag, outcome));
                         }
                     })
             })
@@ -68,17 +78,17 @@ impl Workers {
     }
 
     /// Queues a kernel call; waits while the queue is full. The outcome is
-    /// sent to `reply` with `id`.
+    /// sent to `reply` with `tag`.
     pub async fn submit(
         &self,
-        id: u64,
+        tag: Tag,
         kernel: Arc<dyn Kernel>,
         args: Vec<f64>,
         input: Array,
         reply: async_channel::Sender<Outcome>,
     ) {
         let job = Job {
-            id,
+            tag,
             kernel,
             args,
             input,
@@ -99,7 +109,7 @@ impl Workers {
         input: Array,
     ) -> Result<Array, Failure> {
         let (tx, rx) = async_channel::bounded(1);
-        self.submit(0, kernel, args, input, tx).await;
+        self.submit(Tag::default(), kernel, args, input, tx).await;
         match rx.recv().await {
             Ok((_, outcome)) => outcome,
             Err(_) => Err(Failure {
@@ -157,15 +167,17 @@ mod tests {
         smol::block_on(async {
             for (id, k) in [(1, "thread_name"), (2, "panic"), (3, "fail"), (4, "square")] {
                 let input = Array::list(vec![3.0]);
+                let tag = Tag { id, job: JobId(9) };
                 workers
-                    .submit(id, reg.get(k).unwrap(), vec![], input, tx.clone())
+                    .submit(tag, reg.get(k).unwrap(), vec![], input, tx.clone())
                     .await;
             }
             let mut got: Vec<Outcome> = Vec::new();
             for _ in 0..4 {
                 got.push(rx.recv().await.unwrap());
             }
-            got.sort_by_key(|o| o.0);
+            assert!(got.iter().all(|o| o.0.job == JobId(9)), "tags come back");
+            got.sort_by_key(|o| o.0.id);
             assert_eq!(
                 got[0].1.as_ref().unwrap().data,
                 [1.0],

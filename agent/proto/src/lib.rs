@@ -35,6 +35,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod info;
+pub mod job;
 mod message;
 pub mod preamble;
 pub mod skeleton;
@@ -43,6 +44,7 @@ pub mod skeleton_text;
 pub use bulk::Shape;
 pub use error::{DecodeError, EncodeError};
 pub use info::AgentInfo;
+pub use job::{BadJobId, JobId};
 pub use message::{
     Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, StageFailed, StageNext,
     StageOpen, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,

@@ -4,7 +4,7 @@
 //! `[kind, body, bulk]` — a small unsigned kind number, the body as a CBOR
 //! map (serde), and either null or a typed `f64` array (see [`crate::bulk`]).
 
-use crate::AgentInfo;
+use crate::{AgentInfo, JobId};
 use serde::{Deserialize, Serialize};
 
 /// A protocol message. Bulk arrays travel beside it, not inside it: see
@@ -140,6 +140,10 @@ pub struct StageStats {
 pub struct TaskHead {
     /// Task id chosen by the master; the result carries it.
     pub id: u64,
+    /// The job the task belongs to, for the agent's logs (absent from
+    /// masters older than this field: then 0).
+    #[serde(default)]
+    pub job: JobId,
     /// Kernel name.
     pub kernel: String,
     /// Kernel arguments.

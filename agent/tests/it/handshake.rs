@@ -300,13 +300,14 @@ fn raw_echo_baseline_serves_only_the_master_address() {
 
 #[test]
 fn tasks_run_and_failures_come_back_as_task_errors() {
-    use skelpi_proto::{TaskDone, TaskHead};
+    use skelpi_proto::{JobId, TaskDone, TaskHead};
     let (agent, key) = agent(false);
     smol::block_on(async {
         let (mut est, _) = connect(&agent, &key, false).await;
         let task = |id: u64, kernel: &str| {
             Message::Task(TaskHead {
                 id,
+                job: JobId(1),
                 kernel: kernel.into(),
                 args: vec![],
             })

@@ -3,6 +3,7 @@
 
 mod daemon;
 mod handshake;
+mod journal;
 mod stages;
 mod support;
 mod systemd;

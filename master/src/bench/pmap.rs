@@ -141,6 +141,7 @@ pub async fn run(
         let start = Instant::now();
         let out = erf.call(&kernel.args, black_box(data)).map_err(|e| {
             JobError::Task(TaskError {
+                job: None,
                 task: "sequential".into(),
                 kernel: kernel.name.clone(),
                 agent: "this process".into(),

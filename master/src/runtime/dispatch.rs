@@ -5,7 +5,7 @@ use crate::client::{AgentConn, ClientError};
 use skelpi_agent::kernels::Array;
 use skelpi_agent::wire::{Receiver, Sender};
 use skelpi_proto::skeleton::Kernel;
-use skelpi_proto::{Message, TaskHead};
+use skelpi_proto::{JobId, Message, TaskHead};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +56,7 @@ struct Link<'c> {
 /// job. Its I/O loops ([`Dispatcher::run_io`]) must run alongside
 /// the calls.
 pub struct Dispatcher<'c> {
+    job: JobId,
     links: Vec<Link<'c>>,
     tokens_tx: async_channel::Sender<usize>,
     tokens_rx: async_channel::Receiver<usize>,
@@ -67,15 +68,17 @@ impl std::fmt::Debug for Dispatcher<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let labels: Vec<&str> = self.links.iter().map(|l| l.label.as_str()).collect();
         f.debug_struct("Dispatcher")
+            .field("job", &self.job)
             .field("agents", &labels)
             .finish()
     }
 }
 
 impl<'c> Dispatcher<'c> {
-    /// A dispatcher over these connections, with `2 × cores` credits each,
-    /// interleaved so that the first tasks spread over all agents.
-    pub fn new(conns: &'c mut [AgentConn]) -> Dispatcher<'c> {
+    /// A dispatcher for job `job` over these connections, with
+    /// `2 × cores` credits each, interleaved so that the first tasks spread
+    /// over all agents.
+    pub fn new(conns: &'c mut [AgentConn], job: JobId) -> Dispatcher<'c> {
         let credits: Vec<usize> = conns
             .iter()
             .map(|c| CREDITS_PER_WORKER * (c.info().cores as usize).max(1))
@@ -114,6 +117,7 @@ impl<'c> Dispatcher<'c> {
             .collect();
         let (progress_tx, progress_rx) = async_channel::bounded(1);
         Dispatcher {
+            job,
             links,
             tokens_tx,
             tokens_rx,
@@ -163,6 +167,7 @@ impl<'c> Dispatcher<'c> {
         let (tx, rx) = async_channel::bounded(1);
         let head = Message::Task(TaskHead {
             id,
+            job: self.job,
             kernel: kernel.name.clone(),
             args: kernel.args.clone(),
         });
@@ -295,6 +300,7 @@ impl<'c> Dispatcher<'c> {
             if let Some(p) = entry {
                 let outcome = outcome.map_err(|(message, panicked)| {
                     JobError::Task(TaskError {
+                        job: Some(self.job),
                         task: p.task,
                         kernel: p.kernel,
                         agent: link.label.clone(),

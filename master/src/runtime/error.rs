@@ -1,12 +1,19 @@
 //! Errors of jobs.
 
 use crate::client::ClientError;
+use skelpi_proto::JobId;
 use thiserror::Error;
 
 /// A kernel call that failed on an agent.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("task {task} ({kernel}) failed on agent {agent}: {message}")]
+#[error(
+    "{}task {task} ({kernel}) failed on agent {agent}: {message}",
+    job.map(|j| format!("job {j}: ")).unwrap_or_default()
+)]
 pub struct TaskError {
+    /// The job, when it ran on agents: the agents' journals carry it as
+    /// `SKELPI_JOB`.
+    pub job: Option<JobId>,
     /// Which task: the item's index in the job input, with the part or
     /// round inside nested skeletons (`item 3`, `item 3 part 1`).
     pub task: String,

@@ -8,6 +8,7 @@ use super::{Item, JobError};
 use crate::client::AgentConn;
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
+use skelpi_proto::JobId;
 use skelpi_proto::skeleton::Skeleton;
 use smol::LocalExecutor;
 use std::time::Duration;
@@ -44,7 +45,9 @@ pub async fn run(
         .map(|c| c.info().cores as usize)
         .sum::<usize>()
         .max(1);
-    let dispatcher = Dispatcher::new(conns);
+    let job = JobId(rand::random());
+    log::debug!("job {job}: {skeleton} on {} agents", conns.len());
+    let dispatcher = Dispatcher::new(conns, job);
     // One I/O future for the whole job, drain included: dropping it
     // mid-frame would cut a frame.
     let mut io = Box::pin(dispatcher.run_io());

@@ -146,6 +146,7 @@ fn eval(reg: &Registry, skel: &Skeleton, items: Vec<Item>) -> Result<Vec<Item>, 
 fn call(reg: &Registry, task: &str, k: &Kernel, input: Array) -> Result<Array, JobError> {
     let fail = |message: String, panicked: bool| {
         JobError::Task(TaskError {
+            job: None,
             task: task.to_owned(),
             kernel: k.name.clone(),
             agent: "this process".into(),

@@ -14,7 +14,7 @@ use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::wire::handshake::ConnectOptions;
 use skelpi_proto::skeleton::Kernel;
-use skelpi_proto::{Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
+use skelpi_proto::{JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,7 +76,10 @@ pub async fn run_pipeline(
             "a pipeline needs at least one stage".into(),
         ));
     }
-    let stream: u64 = rand::random();
+    // The stream id is the job id the agents log.
+    let job = JobId(rand::random());
+    let stream = job.0;
+    log::debug!("job {job}: pipeline of {n} streamed stages");
     let opened = future::or(
         async {
             let mut conns = Vec::with_capacity(n);
@@ -210,6 +213,7 @@ pub async fn run_pipeline(
                     Message::StreamEnd(_) if results.is_some() => ended = true,
                     Message::StageFailed(f) => {
                         return Err(TaskError {
+                            job: Some(JobId(stream)),
                             task: format!("item {}", f.index),
                             kernel: kernel.name.clone(),
                             agent: format!("{agent} ({addr})"),

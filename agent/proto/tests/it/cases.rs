@@ -5,7 +5,7 @@ use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::DEFAULT_MAX_FRAME;
 use skelpi_proto::preamble::{Cipher, ClientPreamble, ServerPreamble, Verdict};
 use skelpi_proto::{
-    AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, Shape,
+    AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, JobId, Message, Ping, RawEchoReady, Shape,
     StageFailed, StageNext, StageOpen, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed,
     TaskHead,
 };
@@ -215,10 +215,11 @@ pub fn golden_cases() -> Vec<Case> {
         },
         Case {
             name: "task",
-            about: "task: erf_burn(50) on a 2-element list",
+            about: "task: erf_burn(50) on a 2-element list, of job 0x5eed",
             value: frame(Framed::with_bulk(
                 Message::Task(TaskHead {
                     id: 7,
+                    job: JobId(0x5eed),
                     kernel: "erf_burn".into(),
                     args: vec![50.0],
                 }),

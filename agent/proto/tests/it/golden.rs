@@ -2,7 +2,8 @@
 //! message kind and preamble. A change to the wire format shows up here as a
 //! failing test, and is made on purpose with `SKELPI_BLESS=1`.
 
-use crate::cases::{Value, from_hex, golden_cases, tests_dir, to_hex};
+use crate::cases::{Framed, Value, from_hex, golden_cases, tests_dir, to_hex};
+use skelpi_proto::{JobId, Message, Shape, TaskHead};
 use std::collections::BTreeSet;
 
 fn blessing() -> bool {
@@ -126,4 +127,26 @@ fn bye_is_the_minimum_frame() {
     // [8, null, null]: array(3), unsigned(8), null body (unit), null bulk.
     assert_eq!(bye, [0, 0, 0, 4, 0x83, 0x08, 0xf6, 0xf6]);
     assert_eq!(bye.len() - 4, skelpi_proto::frame::MIN_FRAME as usize);
+}
+
+/// A task from a master older than the `job` field (the bytes `task.hex`
+/// pinned before it) still decodes, as job 0: the field is optional, so
+/// the protocol version did not change.
+#[test]
+fn a_task_without_a_job_decodes_as_job_zero() {
+    let before_job = from_hex(
+        "00000033830ba362696407666b65726e656c686572665f6275726e6461726773\
+         81f95240d85650000000000000e03f000000000000d0bf",
+    );
+    let expected = Framed::with_bulk(
+        Message::Task(TaskHead {
+            id: 7,
+            job: JobId(0),
+            kernel: "erf_burn".into(),
+            args: vec![50.0],
+        }),
+        Shape::List(2),
+        vec![0.5, -0.25],
+    );
+    expected.assert_decodes_from(&before_job);
 }

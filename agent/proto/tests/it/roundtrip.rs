@@ -6,9 +6,9 @@ use proptest::prelude::*;
 use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::{CHUNK_ELEMENTS, DEFAULT_MAX_FRAME, LEN_PREFIX};
 use skelpi_proto::{
-    AgentInfo, Chunk, EncodeError, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady,
-    Shape, StageFailed, StageNext, StageOpen, StageStats, StreamItem, StreamRef, TaskDone,
-    TaskFailed, TaskHead,
+    AgentInfo, Chunk, EncodeError, ErrorCode, ErrorReply, Hello, JobId, Message, Ping,
+    RawEchoReady, Shape, StageFailed, StageNext, StageOpen, StageStats, StreamItem, StreamRef,
+    TaskDone, TaskFailed, TaskHead,
 };
 
 /// Any f64 bit pattern, NaNs with payloads and signs included.
@@ -158,12 +158,19 @@ fn framed(max_elements: u64) -> impl Strategy<Value = Framed> {
         }),
         (
             any::<u64>(),
+            any::<u64>(),
             any::<String>(),
             prop::collection::vec(-1e12f64..1e12, 0..4),
             bulk(max_elements)
         )
-            .prop_map(|(id, kernel, args, (shape, data))| {
-                Framed::with_bulk(Message::Task(TaskHead { id, kernel, args }), shape, data)
+            .prop_map(|(id, job, kernel, args, (shape, data))| {
+                let head = TaskHead {
+                    id,
+                    job: JobId(job),
+                    kernel,
+                    args,
+                };
+                Framed::with_bulk(Message::Task(head), shape, data)
             }),
         (any::<u64>(), bulk(max_elements)).prop_map(|(id, (shape, data))| {
             Framed::with_bulk(Message::TaskDone(TaskDone { id }), shape, data)
