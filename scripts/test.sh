@@ -21,6 +21,10 @@ APT_PACKAGES=(
     llvm        # llvm-ar for the same
     qemu-user-static # runs the aarch64 agent in the cross-architecture test
     avahi-utils # avahi-browse: reads our mDNS records as standard DNS-SD
+    dosfstools  # fsck.fat -n: checks the boot partitions `skelpi image` writes
+    mtools      # mdir, mcopy: read those partitions without mounting them
+    cloud-init  # cloud-init schema: validates the user-data those images carry
+    python3-yaml # parses their network-config
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

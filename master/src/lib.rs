@@ -22,6 +22,7 @@ pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod discover;
+pub mod image;
 pub mod jobfile;
 pub mod lab;
 pub mod pool;

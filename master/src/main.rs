@@ -80,6 +80,9 @@ enum Command {
         #[command(subcommand)]
         command: cmd::lab::LabCommand,
     },
+    /// Write a Raspberry Pi OS image whose first boot installs and starts
+    /// the agent with the cluster key (edits only the FAT boot partition).
+    Image(cmd::image::ImageArgs),
     /// Run a job file: a skeleton tree and its inputs (see the README).
     Run {
         #[command(flatten)]
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
                 .is_some_and(|p| matches!(p, PoolError::Key { .. } | PoolError::BadAddress(_)))
                 || e.downcast_ref::<std::io::Error>().is_some()
                 || e.downcast_ref::<skelpi::jobfile::JobFileError>().is_some()
+                || e.downcast_ref::<skelpi::image::ImageError>().is_some()
                 || e.downcast_ref::<skelpi::lab::LabError>().is_some_and(|l| {
                     matches!(
                         l,
@@ -193,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
         Command::Run { pool, args } => cmd::run::run(&pool, &args),
+        Command::Image(args) => cmd::image::run(&args),
         Command::Lab { command } => {
             let code = cmd::lab::run(command)?;
             if code != 0 {

@@ -20,7 +20,7 @@ const TARGET: &str = "aarch64-unknown-linux-musl";
 
 /// The aarch64 agent of this workspace (built by scripts/test.sh; built
 /// here if missing).
-fn arm_agent() -> PathBuf {
+pub fn arm_agent() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target_dir = exe.ancestors().nth(3).unwrap().to_owned();
     let bin = target_dir.join(TARGET).join("debug").join("skelpi-agent");

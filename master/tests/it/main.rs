@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod cross;
 mod discovery;
+mod image;
 mod lab;
 mod memory;
 mod skeleton_cli;
