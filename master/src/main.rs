@@ -82,6 +82,16 @@ enum Command {
     },
     /// Write a Raspberry Pi OS image whose first boot installs and starts
     /// the agent with the cluster key (edits only the FAT boot partition).
+    ///
+    /// No root is needed and nothing is mounted. The agent, its systemd
+    /// unit, the key and skelpi-install.sh go in the boot partition's root
+    /// (/boot/firmware on the board). The first boot runs the script:
+    /// cloud-init runs it on Trixie images (detected by their
+    /// user-data/meta-data files), firstrun.sh on Bookworm images. It
+    /// moves the key to /etc/skelpi/cluster.key (0600) and off the FAT
+    /// partition, installs /usr/local/bin/skelpi-agent and the unit, and
+    /// enables and starts the agent. Flash the result to every board's SD
+    /// card, boot them, then run `skelpi discover`.
     Image(cmd::image::ImageArgs),
     /// Run a job file: a skeleton tree and its inputs (see the README).
     Run {

@@ -6,17 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use skelpi::image::{self, FirstBoot, Flavor, ImageOptions, Wifi};
 use std::path::PathBuf;
 
-/// Write a copy of a Raspberry Pi OS image whose first boot installs and
-/// starts skelpi-agent with the cluster key.
-///
-/// Only the FAT boot partition is changed (no root needed, no loop mount).
-/// The agent, its systemd unit, the key and skelpi-install.sh go in the
-/// partition's root (/boot/firmware on the board). The first boot runs the
-/// script: cloud-init runs it on Trixie images (detected by their
-/// user-data/meta-data files), firstrun.sh on Bookworm images. It moves
-/// the key to /etc/skelpi/cluster.key (0600), installs
-/// /usr/local/bin/skelpi-agent and the unit, and enables the agent. Flash
-/// the result to every board's SD card; then `skelpi discover`.
+/// The arguments of `skelpi image` (its help text is on the command).
 #[derive(Debug, Args)]
 pub struct ImageArgs {
     /// Raspberry Pi OS image (.img, or .img.xz as downloaded).
