@@ -19,7 +19,9 @@ APT_PACKAGES=(
     systemd     # systemd-analyze: the unit is verified and its exposure scored
     clang       # C parts of ring for the aarch64 agent
     llvm        # llvm-ar for the same
-    qemu-user-static # runs the aarch64 agent in the cross-architecture test
+    qemu-user-static # runs the aarch64 and armv7 agents in the cross-architecture tests
+    gcc-arm-linux-gnueabihf # links the armv7 agent and compiles ring's C for it
+    libc6-dev-armhf-cross   # its sysroot; qemu-arm-static -L runs the agent with it
     avahi-utils # avahi-browse: reads our mDNS records as standard DNS-SD
     dosfstools  # fsck.fat -n: checks the boot partitions `skelpi image` writes
     mtools      # mdir, mcopy: read those partitions without mounting them
@@ -76,14 +78,18 @@ else
     die 2 "missing rust components: ${components[*]}, and no rustup to add them"
 fi
 
-step "rust target aarch64-unknown-linux-musl (the boards' agent)"
-if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-musl; then
-    echo "installed"
-elif command -v rustup >/dev/null; then
-    rustup target add aarch64-unknown-linux-musl
-else
-    die 2 "the aarch64-unknown-linux-musl target is missing, and no rustup to add it"
-fi
+# The boards' agent: 64-bit (static musl) and 32-bit Raspberry Pi OS.
+BOARD_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
+for target in "${BOARD_TARGETS[@]}"; do
+    step "rust target $target (the boards' agent)"
+    if rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        echo "installed"
+    elif command -v rustup >/dev/null; then
+        rustup target add "$target"
+    else
+        die 2 "the $target target is missing, and no rustup to add it"
+    fi
+done
 
 step "cargo-nextest"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -103,8 +109,10 @@ fi
 step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
-step "cargo build --target aarch64-unknown-linux-musl -p skelpi-agent"
-cargo build --target aarch64-unknown-linux-musl -p skelpi-agent --bin skelpi-agent
+for target in "${BOARD_TARGETS[@]}"; do
+    step "cargo build --target $target -p skelpi-agent"
+    cargo build --target "$target" -p skelpi-agent --bin skelpi-agent
+done
 
 step "architecture invariants"
 ./scripts/check-invariants.sh
