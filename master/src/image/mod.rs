@@ -138,6 +138,7 @@ pub fn build(opts: &ImageOptions, progress: impl FnMut(u64)) -> Result<ImageRepo
     if let Some(prefix) = &opts.first_boot.hostname_prefix {
         check_hostname_prefix(prefix)?;
     }
+    check_user(&opts.first_boot.user)?;
     if same_file(&opts.base, &opts.out) {
         return Err(ImageError::Option(format!(
             "--out {} is the base image; write the copy elsewhere",
@@ -284,6 +285,25 @@ fn check_hostname_prefix(prefix: &str) -> Result<(), ImageError> {
     }
 }
 
+/// A login name Debian's `adduser` accepts: a lower-case letter or `_`,
+/// then up to 31 lower-case letters, digits, `_` or `-`.
+fn check_user(user: &str) -> Result<(), ImageError> {
+    let mut bytes = user.bytes();
+    let ok = user.len() <= 32
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::Option(format!(
+            "user name {user:?} must start with a lower-case letter or '_' and hold at most \
+             32 lower-case letters, digits, '_' or '-'"
+        )))
+    }
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -332,6 +352,16 @@ mod tests {
         assert!(check_hostname_prefix("rack-2").is_ok());
         for bad in ["", "Pi", "-pi", "pi_1", &"p".repeat(57)] {
             assert!(check_hostname_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_names_are_login_names() {
+        for good in ["pi", "alice", "_svc", "build-2"] {
+            assert!(check_user(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Pi", "2pi", "a b", "x'y", &"a".repeat(33)] {
+            assert!(check_user(bad).is_err(), "{bad:?}");
         }
     }
 
