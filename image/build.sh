@@ -13,6 +13,6 @@ if [[ ${1-} == -h || ${1-} == --help ]]; then
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
-cargo build --release --target "$target" -p skelpi-agent --bin skelpi-agent
+cargo build --profile board --target "$target" -p skelpi-agent --bin skelpi-agent
 cargo build --release -p skelpi --bin skelpi
-exec ./target/release/skelpi image --agent-binary "target/$target/release/skelpi-agent" "$@"
+exec ./target/release/skelpi image --agent-binary "target/$target/board/skelpi-agent" "$@"

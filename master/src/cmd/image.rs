@@ -19,7 +19,7 @@ pub struct ImageArgs {
     #[arg(long)]
     force: bool,
     /// The agent built for the boards, e.g.
-    /// target/aarch64-unknown-linux-musl/release/skelpi-agent.
+    /// target/aarch64-unknown-linux-musl/board/skelpi-agent.
     #[arg(long, value_name = "PATH")]
     agent_binary: PathBuf,
     /// Cluster key [default: $SKELPI_KEY_FILE or ~/.config/skelpi/cluster.key].

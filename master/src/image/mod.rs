@@ -110,7 +110,7 @@ pub fn elf_arch(head: &[u8]) -> Result<&'static str, String> {
         (1, 40) => Ok("arm (32-bit)"),
         (_, 62) => Err(
             "is an x86-64 program; the boards need an aarch64 or armv7 build \
-             (cargo build --release --target aarch64-unknown-linux-musl -p skelpi-agent)"
+             (cargo build --profile board --target aarch64-unknown-linux-musl -p skelpi-agent)"
                 .into(),
         ),
         (_, m) => Err(format!("is an ELF program for machine {m}, not ARM")),
