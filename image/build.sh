@@ -7,12 +7,12 @@
 # Everything else is `skelpi image` (see `skelpi image --help`); the cluster
 # key defaults to ~/.config/skelpi/cluster.key (`skelpi keygen` makes one).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-target=${SKELPI_BOARD_TARGET:-aarch64-unknown-linux-musl}
 if [[ ${1-} == -h || ${1-} == --help ]]; then
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
 fi
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+target=${SKELPI_BOARD_TARGET:-aarch64-unknown-linux-musl}
 cargo build --profile board --target "$target" -p skelpi-agent --bin skelpi-agent
 cargo build --release -p skelpi --bin skelpi
 exec ./target/release/skelpi image --agent-binary "target/$target/board/skelpi-agent" "$@"

@@ -122,7 +122,8 @@ pub async fn serve_session(
                     if jobs.len() >= JOBS_REMEMBERED {
                         jobs.clear();
                     }
-                    if jobs.insert(task.job) {
+                    let first = jobs.insert(task.job);
+                    if first {
                         let job = task.job;
                         log::info!(skelpi_job:% = job; "job {job}: tasks from master {peer}");
                     }
@@ -131,7 +132,7 @@ pub async fn serve_session(
                         shape,
                         data: std::mem::take(&mut bulk),
                     };
-                    start_task(config, task, input, &done_tx, &sender).await
+                    start_task(config, task, input, first, &done_tx, &sender).await
                 }
                 Message::RawEchoOpen => {
                     let reply = if raw_opened {
@@ -242,11 +243,24 @@ pub async fn serve_session(
         }
     };
     let writer = async {
+        // Jobs with a failed task logged: later failures of the same job
+        // go to debug, so a failing job of many tasks cannot flood the
+        // journal (journald would drop the agent's other records).
+        let mut failed_jobs = HashSet::new();
         while let Ok((tag, outcome)) = done_rx.recv().await {
             let id = tag.id;
             if let Err(f) = &outcome {
                 let job = tag.job;
-                log::warn!(
+                if failed_jobs.len() >= JOBS_REMEMBERED {
+                    failed_jobs.clear();
+                }
+                let level = if failed_jobs.insert(job) {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
                     skelpi_job:% = job;
                     "job {job}: task {id} for master {peer} failed: {}",
                     f.message
@@ -289,6 +303,7 @@ async fn start_task(
     config: &ServerConfig,
     task: TaskHead,
     input: Array,
+    first_of_job: bool,
     done: &async_channel::Sender<Outcome>,
     sender: &Mutex<Sender>,
 ) -> Result<(), WireError> {
@@ -312,7 +327,13 @@ async fn start_task(
                 config.kernels.names().join(", ")
             );
             let job = task.job;
-            log::warn!(skelpi_job:% = job; "job {job}: task {}: {error}", task.id);
+            // Once per job: a job of many tasks would flood the journal.
+            let level = if first_of_job {
+                log::Level::Warn
+            } else {
+                log::Level::Debug
+            };
+            log::log!(level, skelpi_job:% = job; "job {job}: task {}: {error}", task.id);
             let failed = TaskFailed {
                 id: task.id,
                 error,

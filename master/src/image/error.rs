@@ -11,7 +11,7 @@ pub enum ImageError {
     #[error("{0}")]
     Option(String),
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("cannot use {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -94,7 +94,11 @@ if [ -n "$HOSTNAME_PREFIX" ]; then
     else
         printf '127.0.1.1\t%s\n' "$name" >> "$ROOT/etc/hosts"
     fi
-    [ -n "$ROOT" ] || hostname "$name" || true
+    if [ -z "$ROOT" ]; then
+        hostnamectl set-hostname "$name" 2>/dev/null || hostname "$name" || true
+        # Announce the new name on mDNS now, not after a reboot.
+        systemctl try-restart avahi-daemon.service 2>/dev/null || true
+    fi
     say "host name $name"
 fi
 
@@ -238,7 +242,7 @@ fi
         ));
     }
     s.push_str(&format!(
-        "sh {BOOT_MOUNT}/skelpi-install.sh\n\
+        "sh {BOOT_MOUNT}/skelpi-install.sh || rm -f {BOOT_MOUNT}/skelpi-cluster.key\n\
          rm -f {BOOT_MOUNT}/firstrun.sh\n\
          sed -i 's| systemd.run.*||g' {BOOT_MOUNT}/cmdline.txt\n\
          exit 0\n"

@@ -145,10 +145,27 @@ pub fn build(opts: &ImageOptions, progress: impl FnMut(u64)) -> Result<ImageRepo
             opts.out.display()
         )));
     }
-    if opts.out.exists() && !opts.force {
-        return Err(ImageError::OutputExists(opts.out.clone()));
+    if let Ok(meta) = std::fs::symlink_metadata(&opts.out) {
+        if !meta.is_file() {
+            return Err(ImageError::Option(format!(
+                "--out {} is not a regular file; write the image to a file, then flash it \
+                 (e.g. with dd)",
+                opts.out.display()
+            )));
+        }
+        if !opts.force {
+            return Err(ImageError::OutputExists(opts.out.clone()));
+        }
     }
     let tmp = temp_path(&opts.out);
+    if same_file(&opts.base, &tmp) {
+        return Err(ImageError::Option(format!(
+            "the base {} is where the output is written first; rename it",
+            opts.base.display()
+        )));
+    }
+    // A leftover of an interrupted run.
+    let _ = std::fs::remove_file(&tmp);
     let result = build_into(opts, &tmp, &agent, arch, &key_text, progress);
     match result {
         Ok(report) => {

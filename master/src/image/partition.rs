@@ -42,12 +42,19 @@ pub fn boot_partition(image: &mut (impl Read + Seek), len: u64) -> Result<ByteRa
                 }
             )
         })?;
+    // Every partition must fit: a partly downloaded image is refused.
+    for (j, q) in &used {
+        let end = (u64::from(q.starting_lba) + u64::from(q.sectors)) * u64::from(SECTOR);
+        if end > len {
+            return Err(format!(
+                "partition {j} ends at byte {end} but the image has {len} bytes (truncated?)"
+            ));
+        }
+    }
+    if p.sectors == 0 {
+        return Err(format!("partition {i} is empty"));
+    }
     let start = u64::from(p.starting_lba) * u64::from(SECTOR);
     let end = start + u64::from(p.sectors) * u64::from(SECTOR);
-    if p.sectors == 0 || end > len {
-        return Err(format!(
-            "partition {i} claims bytes {start}..{end} but the image has {len} bytes (truncated?)"
-        ));
-    }
     Ok(ByteRange { start, end })
 }

@@ -4,6 +4,7 @@
 use super::ImageError;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The first bytes of every `.xz` stream.
@@ -42,7 +43,7 @@ impl<R: Read, F: FnMut(u64)> Read for Counting<R, F> {
     }
 }
 
-/// Writes the raw image of `base` to `out` (created or truncated),
+/// Writes the raw image of `base` to `out` (created; it must not exist),
 /// decompressing an `.xz` base. `progress` gets the number of base bytes
 /// read each time some are (its total is the base's size).
 pub fn write_raw(base: &Path, out: &Path, progress: impl FnMut(u64)) -> Result<u64, ImageError> {
@@ -52,23 +53,43 @@ pub fn write_raw(base: &Path, out: &Path, progress: impl FnMut(u64)) -> Result<u
         inner: BufReader::with_capacity(1 << 20, input),
         progress,
     };
-    let mut output = File::create(out).map_err(ImageError::io(out))?;
-    let copied = if xz {
-        let mut decoder = liblzma::read::XzDecoder::new_multi_decoder(counted);
-        io::copy(&mut decoder, &mut output).map_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::Other {
-                ImageError::Base {
-                    path: base.to_owned(),
-                    what: format!("is not a valid .xz file ({e})"),
-                }
-            } else {
-                ImageError::io(base)(e)
+    // The image will hold the cluster key and the wifi key: only its owner
+    // may read it. A file (or link) already there is not followed.
+    let mut output = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(ImageError::io(out))?;
+    let read_error = |e: io::Error| {
+        if xz && matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::Other) {
+            ImageError::Base {
+                path: base.to_owned(),
+                what: format!("is not a valid .xz file ({e})"),
             }
-        })?
-    } else {
-        let mut counted = counted;
-        io::copy(&mut counted, &mut output).map_err(ImageError::io(out))?
+        } else {
+            ImageError::io(base)(e)
+        }
     };
+    let mut reader: Box<dyn Read> = if xz {
+        Box::new(liblzma::read::XzDecoder::new_multi_decoder(counted))
+    } else {
+        Box::new(counted)
+    };
+    // Read and write errors are told apart: a full disk names the output.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e)),
+        };
+        output.write_all(&buf[..n]).map_err(ImageError::io(out))?;
+        copied += n as u64;
+    }
     output.flush().map_err(ImageError::io(out))?;
     Ok(copied)
 }

@@ -28,9 +28,14 @@ impl Wifi {
     /// Checks the three parts; the country is upper-cased.
     pub fn new(ssid: &str, passphrase: &str, country: &str) -> Result<Wifi, ImageError> {
         let bad = |what: String| Err(ImageError::Option(what));
-        if ssid.is_empty() || ssid.len() > 32 || ssid.chars().any(char::is_control) {
+        if ssid.is_empty()
+            || ssid.len() > 32
+            || ssid.chars().any(|c| c.is_control() || c == '\\')
+            || ssid.trim() != ssid
+        {
             return bad(format!(
-                "wifi network name {ssid:?} must be 1 to 32 bytes without control characters"
+                "wifi network name {ssid:?} must be 1 to 32 bytes, without control characters, \
+                 backslashes or spaces at either end"
             ));
         }
         if !(8..=63).contains(&passphrase.len())

@@ -218,6 +218,11 @@ fn a_trixie_image_gets_the_agent_and_a_cloud_init_seed() {
     assert!(stdout.contains("cloud-init (Trixie), detected"), "{stdout}");
     assert!(stdout.contains("agent: aarch64"), "{stdout}");
     assert!(!dir.0.join("cluster.img.partial").exists());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the image holds keys: owner only");
+    }
     // Nothing outside the boot partition changed: MBR, gap, root partition.
     assert!(
         outside_boot(&out) == outside_boot(&base),
@@ -426,7 +431,9 @@ fn a_bookworm_image_gets_firstrun_and_a_second_run_replaces_it() {
     let (ok, said) = tool("bash", &["-n", firstrun.to_str().unwrap()]);
     assert!(ok, "firstrun.sh does not parse: {said}");
     let script = std::fs::read_to_string(&firstrun).unwrap();
-    assert!(script.contains("sh /boot/firmware/skelpi-install.sh\n"));
+    assert!(script.contains(
+        "sh /boot/firmware/skelpi-install.sh || rm -f /boot/firmware/skelpi-cluster.key\n"
+    ));
     assert!(
         !script.contains("secret"),
         "the passphrase is stored only as its PSK"
@@ -525,6 +532,22 @@ fn bad_inputs_are_refused_by_name_and_leave_no_file() {
         ],
     );
     assert!(e.contains("8 to 63"), "{e}");
+    // A device (or anything but a file) is not an output.
+    let (code, _, stderr) = skelpi(&[
+        "image",
+        "--base",
+        base.to_str().unwrap(),
+        "--out",
+        "/dev/null",
+        "--force",
+        "--agent-binary",
+        arm.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+    assert!(!Path::new("/dev/null.partial").exists());
     // An existing output is kept unless --force.
     std::fs::write(&out, b"keep me").unwrap();
     let (code, _, stderr) = skelpi(&[
