@@ -9,7 +9,7 @@
 //! on `/run/systemd/journal`, where the agent's journal logger sends its
 //! datagrams. Nothing outside the namespace changes.
 
-use super::support::{TempDir, key_file};
+use super::support::{KillOnDrop, TempDir, key_file};
 use async_net::TcpStream;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::wire::handshake;
@@ -103,14 +103,7 @@ fn under_systemd_the_agent_logs_structured_records_to_the_journal() {
         .stderr(stderr)
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(child);
+    let mut child = KillOnDrop(child);
     let stderr_text = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
     // The next record; the logger's empty probe datagram is skipped.
     let next = || {

@@ -3,7 +3,7 @@
 //! speaks the notify protocol (ready, watchdog, stopping) on a real
 //! datagram socket, as systemd would receive it.
 
-use super::support::{TempDir, key_file};
+use super::support::{KillOnDrop, TempDir, key_file};
 use skelpi_agent::key::ClusterKey;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -84,15 +84,8 @@ fn the_agent_notifies_ready_pings_the_watchdog_and_says_stopping() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let pid = child.id();
-    let mut child = Kill(child);
+    let mut child = KillOnDrop(child);
     let next = || {
         let mut buf = [0u8; 4096];
         let n = socket.recv(&mut buf).expect("a notification within 20 s");

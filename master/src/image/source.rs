@@ -3,31 +3,12 @@
 
 use super::ImageError;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The first bytes of every `.xz` stream.
 const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
-
-/// Whether `base` starts with the `.xz` magic bytes.
-pub fn is_xz(base: &Path) -> Result<bool, ImageError> {
-    let mut head = [0u8; 6];
-    let mut f = File::open(base).map_err(ImageError::io(base))?;
-    let n = read_up_to(&mut f, &mut head).map_err(ImageError::io(base))?;
-    Ok(n == head.len() && head == XZ_MAGIC)
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
 
 /// A reader that reports how many bytes have gone through it.
 struct Counting<R, F> {
@@ -47,10 +28,15 @@ impl<R: Read, F: FnMut(u64)> Read for Counting<R, F> {
 /// decompressing an `.xz` base. `progress` gets the number of base bytes
 /// read each time some are (its total is the base's size).
 pub fn write_raw(base: &Path, out: &Path, progress: impl FnMut(u64)) -> Result<u64, ImageError> {
-    let xz = is_xz(base)?;
     let input = File::open(base).map_err(ImageError::io(base))?;
+    let mut input = BufReader::with_capacity(1 << 20, input);
+    // A regular file fills the buffer: its first bytes tell the format.
+    let xz = input
+        .fill_buf()
+        .map_err(ImageError::io(base))?
+        .starts_with(&XZ_MAGIC);
     let counted = Counting {
-        inner: BufReader::with_capacity(1 << 20, input),
+        inner: input,
         progress,
     };
     // The image will hold the cluster key and the wifi key: only its owner

@@ -113,6 +113,30 @@ fn extract_boot(image: &Path, out: &Path) {
     }
 }
 
+/// Runs `skelpi image` from `base` to `out` with this agent and key, and
+/// `extra` options; returns (exit code, stdout, stderr).
+fn skelpi_image(
+    base: &Path,
+    out: &Path,
+    agent: &Path,
+    key: &Path,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut args = vec![
+        "image",
+        "--base",
+        base.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--agent-binary",
+        agent.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    skelpi(&args)
+}
+
 /// Runs a tool; returns (success, stdout + stderr).
 fn tool(program: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(program)
@@ -193,27 +217,24 @@ fn a_trixie_image_gets_the_agent_and_a_cloud_init_seed() {
     .unwrap();
     let agent = super::cross::arm_agent();
     let out = dir.0.join("cluster.img");
-    let (code, stdout, stderr) = skelpi(&[
-        "image",
-        "--base",
-        base_xz.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--agent-binary",
-        agent.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-        "--hostname-prefix",
-        "pi",
-        "--ssh-key",
-        ssh.to_str().unwrap(),
-        "--wifi",
-        "lab net",
-        "--wifi-passphrase",
-        "correct horse",
-        "--wifi-country",
-        "gb",
-    ]);
+    let (code, stdout, stderr) = skelpi_image(
+        &base_xz,
+        &out,
+        &agent,
+        &key,
+        &[
+            "--hostname-prefix",
+            "pi",
+            "--ssh-key",
+            ssh.to_str().unwrap(),
+            "--wifi",
+            "lab net",
+            "--wifi-passphrase",
+            "correct horse",
+            "--wifi-country",
+            "gb",
+        ],
+    );
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("cloud-init (Trixie), detected"), "{stdout}");
     assert!(stdout.contains("agent: aarch64"), "{stdout}");
@@ -385,23 +406,20 @@ fn a_bookworm_image_gets_firstrun_and_a_second_run_replaces_it() {
     std::fs::write(&agent, fake_arm_elf()).unwrap();
     let out = dir.0.join("cluster.img");
     let args = |base: &Path, out: &Path| {
-        skelpi(&[
-            "image",
-            "--base",
-            base.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--agent-binary",
-            agent.to_str().unwrap(),
-            "--key-file",
-            key.to_str().unwrap(),
-            "--wifi",
-            "lab",
-            "--wifi-passphrase",
-            "it's a secret",
-            "--wifi-country",
-            "DE",
-        ])
+        skelpi_image(
+            base,
+            out,
+            &agent,
+            &key,
+            &[
+                "--wifi",
+                "lab",
+                "--wifi-passphrase",
+                "it's a secret",
+                "--wifi-country",
+                "DE",
+            ],
+        )
     };
     let (code, stdout, stderr) = args(&base, &out);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
@@ -467,19 +485,7 @@ fn bad_inputs_are_refused_by_name_and_leave_no_file() {
     std::fs::write(&arm, fake_arm_elf()).unwrap();
     let out = dir.0.join("out.img");
     let run = |base: &Path, agent: &Path, key: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "image",
-            "--base",
-            base.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--agent-binary",
-            agent.to_str().unwrap(),
-            "--key-file",
-            key.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (code, _, stderr) = skelpi(&args);
+        let (code, _, stderr) = skelpi_image(base, &out, agent, key, extra);
         assert_eq!(code, Some(2), "{stderr}");
         assert!(
             !out.exists() && !dir.0.join("out.img.partial").exists(),
@@ -533,34 +539,13 @@ fn bad_inputs_are_refused_by_name_and_leave_no_file() {
     );
     assert!(e.contains("8 to 63"), "{e}");
     // A device (or anything but a file) is not an output.
-    let (code, _, stderr) = skelpi(&[
-        "image",
-        "--base",
-        base.to_str().unwrap(),
-        "--out",
-        "/dev/null",
-        "--force",
-        "--agent-binary",
-        arm.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = skelpi_image(&base, Path::new("/dev/null"), &arm, &key, &["--force"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("not a regular file"), "{stderr}");
     assert!(!Path::new("/dev/null.partial").exists());
     // An existing output is kept unless --force.
     std::fs::write(&out, b"keep me").unwrap();
-    let (code, _, stderr) = skelpi(&[
-        "image",
-        "--base",
-        base.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--agent-binary",
-        arm.to_str().unwrap(),
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = skelpi_image(&base, &out, &arm, &key, &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--force"), "{stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
