@@ -36,5 +36,6 @@ pub mod roles;
 pub mod server;
 pub mod service;
 pub mod stages;
+pub mod trace;
 pub mod wire;
 pub mod workers;

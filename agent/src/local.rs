@@ -17,6 +17,9 @@ pub struct LocalOptions {
     pub allow_plaintext: bool,
     /// Worker threads it reports (and will run kernels on).
     pub workers: usize,
+    /// Shift of its trace clock, nanoseconds (see
+    /// [`crate::trace::Recorder::set_clock_offset`]).
+    pub clock_offset_ns: i64,
 }
 
 impl Default for LocalOptions {
@@ -24,6 +27,7 @@ impl Default for LocalOptions {
         LocalOptions {
             allow_plaintext: true,
             workers: 1,
+            clock_offset_ns: 0,
         }
     }
 }
@@ -53,6 +57,10 @@ impl LocalAgent {
                 ..AcceptOptions::default()
             },
         )?);
+        config
+            .workers
+            .recorder()
+            .set_clock_offset(opts.clock_offset_ns);
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name(format!("agent-{name}"))

@@ -14,16 +14,19 @@ use crate::kernels::Array;
 use crate::raw_echo;
 use crate::server::ServerConfig;
 use crate::stages;
+use crate::trace::nanos;
 use crate::wire::handshake::Established;
 use crate::wire::{Sender, WireError};
-use crate::workers::{Outcome, Tag};
+use crate::workers::{Outcome, Tag, Traced};
 use futures_lite::future;
+use skelpi_proto::trace::{ClockReading, Lane, NO_STAGE, TraceEvent, TraceKind};
 use skelpi_proto::{
     ErrorCode, ErrorReply, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
 };
 use smol::lock::Mutex;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Job ids a session remembers for logging each job once; beyond that it
 /// forgets them all and may log a job again.
@@ -56,6 +59,9 @@ pub async fn serve_session(
     let mut stop = std::pin::pin!(stop);
     // Jobs this session has run tasks for, to log each job once.
     let mut jobs = HashSet::new();
+    let recorder = config.workers.recorder();
+    // This connection's number in traces.
+    let conn = recorder.new_conn();
     let reader = async {
         loop {
             let next = future::or(async { Some(receiver.recv(&mut bulk).await) }, async {
@@ -132,7 +138,24 @@ pub async fn serve_session(
                         shape,
                         data: std::mem::take(&mut bulk),
                     };
-                    start_task(config, task, input, first, &done_tx, &sender).await
+                    let traced = task.trace.then(|| {
+                        let event = TraceEvent {
+                            kind: TraceKind::TaskRecv,
+                            lane: Lane::conn(conn, false),
+                            id: task.id,
+                            stage: NO_STAGE,
+                            start_ns: recorder.clock_at(received.started),
+                            dur_ns: nanos(received.started.elapsed()),
+                            bytes: received.frame_len as u64,
+                            wait_ns: 0,
+                        };
+                        recorder.io(task.job, event);
+                        Traced {
+                            stage: NO_STAGE,
+                            since: received.started,
+                        }
+                    });
+                    start_task(config, task, input, first, traced, &done_tx, &sender).await
                 }
                 Message::RawEchoOpen => {
                     let reply = if raw_opened {
@@ -177,9 +200,14 @@ pub async fn serve_session(
                         shape,
                         data: std::mem::take(&mut bulk),
                     };
+                    let arrived = stages::Arrival {
+                        conn,
+                        started: received.started,
+                        frame_len: received.frame_len,
+                    };
                     // A full inbox holds this reader; shutdown still ends it.
                     let delivered = future::or(
-                        async { Some(stages::deliver(config, item, data).await) },
+                        async { Some(stages::deliver(config, item, data, arrived).await) },
                         async {
                             stop.as_mut().await;
                             None
@@ -217,6 +245,28 @@ pub async fn serve_session(
                         );
                     }
                     Ok(())
+                }
+                Message::ClockProbe(p) => {
+                    let reading = ClockReading {
+                        nonce: p.nonce,
+                        agent_ns: recorder.now_ns(),
+                    };
+                    sender
+                        .lock()
+                        .await
+                        .send(&Message::ClockReading(reading))
+                        .await
+                }
+                Message::TraceCollect(req) => {
+                    let mut s = sender.lock().await;
+                    let mut sent = Ok(());
+                    for batch in recorder.batches(req.job) {
+                        sent = s.send(&Message::TraceBatch(batch)).await;
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    sent
                 }
                 Message::Bye => {
                     log::info!("master {peer} said goodbye");
@@ -267,6 +317,7 @@ pub async fn serve_session(
                 );
             }
             let mut s = sender.lock().await;
+            let started = Instant::now();
             let sent = match outcome {
                 Ok(out) => {
                     s.send_bulk(&Message::TaskDone(TaskDone { id }), out.shape, &out.data)
@@ -281,6 +332,20 @@ pub async fn serve_session(
                     s.send(&Message::TaskFailed(failed)).await
                 }
             };
+            if tag.trace.is_some() {
+                let event = TraceEvent {
+                    kind: TraceKind::ResultSend,
+                    lane: Lane::conn(conn, true),
+                    id,
+                    stage: NO_STAGE,
+                    start_ns: recorder.clock_at(started),
+                    dur_ns: nanos(started.elapsed()),
+                    bytes: s.last_frame_len() as u64,
+                    wait_ns: 0,
+                };
+                recorder.io(tag.job, event);
+            }
+            drop(s);
             if let Err(e) = sent {
                 log::warn!("cannot send a task result to master {peer}: {e}");
                 return;
@@ -291,7 +356,7 @@ pub async fn serve_session(
     // The stage this session opened, if any: dropped with the session.
     let stage = async {
         if let Ok(open) = stage_rx.recv().await {
-            stages::run_stage(config, open, &sender, plaintext).await;
+            stages::run_stage(config, open, &sender, conn, plaintext).await;
         }
         future::pending::<()>().await
     };
@@ -304,6 +369,7 @@ async fn start_task(
     task: TaskHead,
     input: Array,
     first_of_job: bool,
+    trace: Option<Traced>,
     done: &async_channel::Sender<Outcome>,
     sender: &Mutex<Sender>,
 ) -> Result<(), WireError> {
@@ -312,6 +378,7 @@ async fn start_task(
             let tag = Tag {
                 id: task.id,
                 job: task.job,
+                trace,
             };
             config
                 .workers

@@ -17,10 +17,13 @@
 
 use crate::kernels::Array;
 use crate::server::ServerConfig;
+use crate::trace::nanos;
 use crate::wire::handshake::{self, ConnectOptions};
 use crate::wire::{Receiver, Sender};
+use crate::workers::{Tag, Traced};
 use async_net::TcpStream;
 use futures_lite::future;
+use skelpi_proto::trace::{Lane, TraceEvent, TraceKind};
 use skelpi_proto::{
     ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageStats, StreamItem,
     StreamRef,
@@ -40,16 +43,31 @@ pub struct StageItem {
     pub index: u64,
     /// The data.
     pub data: Array,
-    /// When its frame was read, before it waited for room in the inbox.
+    /// When its frame began to arrive, before it waited for room in the
+    /// inbox.
     pub arrived: Instant,
+}
+
+/// How a stream item's frame arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// The connection's number in traces.
+    pub conn: u32,
+    /// When its first bytes were in.
+    pub started: Instant,
+    /// Its bytes.
+    pub frame_len: usize,
 }
 
 type Key = (u64, u32);
 
+/// A stage's inbox, and whether its stream is traced.
+type Inbox = (async_channel::Sender<StageItem>, bool);
+
 /// The stages this agent runs, by `(stream, stage)`.
 #[derive(Debug, Default)]
 pub struct Streams {
-    inboxes: std::sync::Mutex<HashMap<Key, async_channel::Sender<StageItem>>>,
+    inboxes: std::sync::Mutex<HashMap<Key, Inbox>>,
 }
 
 /// Removes a stage's inbox when the stage ends.
@@ -66,15 +84,17 @@ impl Drop for Registration<'_> {
 }
 
 impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, async_channel::Sender<StageItem>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Inbox>> {
         self.inboxes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a stage's inbox; refused if that stage already runs here.
+    /// Registers a stage's inbox (`traced`: record its items' arrivals);
+    /// refused if that stage already runs here.
     pub fn register(
         &self,
         stream: u64,
         stage: u32,
+        traced: bool,
     ) -> Result<(async_channel::Receiver<StageItem>, Registration<'_>), String> {
         let mut map = self.lock();
         if map.contains_key(&(stream, stage)) {
@@ -83,13 +103,13 @@ impl Streams {
             ));
         }
         let (tx, rx) = async_channel::bounded(INBOX);
-        map.insert((stream, stage), tx);
+        map.insert((stream, stage), (tx, traced));
         let key = (stream, stage);
         Ok((rx, Registration { streams: self, key }))
     }
 
-    /// The inbox of a stage running here.
-    pub fn inbox(&self, stream: u64, stage: u32) -> Option<async_channel::Sender<StageItem>> {
+    /// The inbox of a stage running here, and whether it is traced.
+    pub fn inbox(&self, stream: u64, stage: u32) -> Option<Inbox> {
         self.lock().get(&(stream, stage)).cloned()
     }
 
@@ -97,7 +117,7 @@ impl Streams {
     /// the stage finishes. Returns whether the stage runs here.
     pub fn end(&self, stream: u64, stage: u32) -> bool {
         match self.lock().get(&(stream, stage)) {
-            Some(tx) => {
+            Some((tx, _)) => {
                 tx.close();
                 true
             }
@@ -108,15 +128,34 @@ impl Streams {
 
 /// Hands a received stream item to its stage, waiting while the stage's
 /// inbox is full. An error names an item no stage here expects.
-pub async fn deliver(config: &ServerConfig, item: StreamItem, data: Array) -> Result<(), String> {
-    let Some(inbox) = config.streams.inbox(item.stream, item.stage) else {
+pub async fn deliver(
+    config: &ServerConfig,
+    item: StreamItem,
+    data: Array,
+    arrival: Arrival,
+) -> Result<(), String> {
+    let Some((inbox, traced)) = config.streams.inbox(item.stream, item.stage) else {
         return Err(format!(
             "no stage {} of stream {} runs on agent {}",
             item.stage, item.stream, config.info.name
         ));
     };
     let index = item.index;
-    let arrived = Instant::now();
+    let arrived = arrival.started;
+    if traced {
+        let recorder = config.workers.recorder();
+        let event = TraceEvent {
+            kind: TraceKind::ItemRecv,
+            lane: Lane::conn(arrival.conn, false),
+            id: index,
+            stage: item.stage,
+            start_ns: recorder.clock_at(arrived),
+            dur_ns: nanos(arrived.elapsed()),
+            bytes: arrival.frame_len as u64,
+            wait_ns: 0,
+        };
+        recorder.io(JobId(item.stream), event);
+    }
     let item_in = StageItem {
         index,
         data,
@@ -132,12 +171,14 @@ pub async fn deliver(config: &ServerConfig, item: StreamItem, data: Array) -> Re
 
 /// Runs a stage opened on this session until its input ends, then
 /// forwards the end and reports. `control` is the session's sender (to the
-/// master); `plaintext`: the transport the master chose, used for the
-/// connection to the next stage too.
+/// master), `conn` the session's number in traces; `plaintext`: the
+/// transport the master chose, used for the connection to the next stage
+/// too.
 pub async fn run_stage(
     config: &ServerConfig,
     open: StageOpen,
     control: &Mutex<Sender>,
+    conn: u32,
     plaintext: bool,
 ) {
     let (stream, stage) = (open.stream, open.stage);
@@ -161,7 +202,7 @@ pub async fn run_stage(
         );
         return refuse(what).await;
     };
-    let (inbox, _registration) = match config.streams.register(stream, stage) {
+    let (inbox, _registration) = match config.streams.register(stream, stage, open.trace) {
         Ok(r) => r,
         Err(what) => return refuse(what).await,
     };
@@ -193,9 +234,17 @@ pub async fn run_stage(
             first.get_or_insert(item.arrived);
             last = Some(item.arrived);
             let started = Instant::now();
+            let tag = Tag {
+                id: item.index,
+                job,
+                trace: open.trace.then_some(Traced {
+                    stage,
+                    since: item.arrived,
+                }),
+            };
             let outcome = config
                 .workers
-                .call(kernel.clone(), open.args.clone(), item.data)
+                .call(tag, kernel.clone(), open.args.clone(), item.data)
                 .await;
             busy += started.elapsed();
             items += 1;
@@ -232,6 +281,13 @@ pub async fn run_stage(
                 message: format!("stage {stage} lost its link to stage {out_stage}: {what}"),
             }))
         };
+        let recorder = config.workers.recorder();
+        // The link to the next stage is a connection of its own in traces.
+        let out_conn = if next_tx.is_some() {
+            recorder.new_conn()
+        } else {
+            conn
+        };
         let send_all = async {
             while let Ok((index, out)) = out_rx.recv().await {
                 let head = Message::StreamItem(StreamItem {
@@ -239,16 +295,32 @@ pub async fn run_stage(
                     stage: out_stage,
                     index,
                 });
-                let sent = match next_tx.as_mut() {
-                    Some(tx) => tx.send_bulk(&head, out.shape, &out.data).await,
+                let (started, sent, bytes) = match next_tx.as_mut() {
+                    Some(tx) => {
+                        let started = Instant::now();
+                        let sent = tx.send_bulk(&head, out.shape, &out.data).await;
+                        (started, sent, tx.last_frame_len())
+                    }
                     None => {
-                        control
-                            .lock()
-                            .await
-                            .send_bulk(&head, out.shape, &out.data)
-                            .await
+                        let mut tx = control.lock().await;
+                        let started = Instant::now();
+                        let sent = tx.send_bulk(&head, out.shape, &out.data).await;
+                        (started, sent, tx.last_frame_len())
                     }
                 };
+                if open.trace {
+                    let event = TraceEvent {
+                        kind: TraceKind::ItemSend,
+                        lane: Lane::conn(out_conn, true),
+                        id: index,
+                        stage: out_stage,
+                        start_ns: recorder.clock_at(started),
+                        dur_ns: nanos(started.elapsed()),
+                        bytes: bytes as u64,
+                        wait_ns: 0,
+                    };
+                    recorder.io(job, event);
+                }
                 if let Err(e) = sent {
                     return link_failed(e.to_string());
                 }

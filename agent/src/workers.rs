@@ -4,10 +4,13 @@
 //! backpressure instead of growing the agent's memory.
 
 use crate::kernels::{Array, Kernel};
+use crate::trace::{Recorder, nanos};
 use skelpi_proto::JobId;
+use skelpi_proto::trace::{Lane, TraceEvent, TraceKind};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// How a kernel call ended badly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,17 @@ pub struct Tag {
     pub id: u64,
     /// The job the task is part of (for logs).
     pub job: JobId,
+    /// Record the call in the job's trace.
+    pub trace: Option<Traced>,
+}
+
+/// How a traced call is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traced {
+    /// The streamed stage it runs for, or `NO_STAGE`.
+    pub stage: u32,
+    /// When its input arrived: the time until the call is its wait.
+    pub since: Instant,
 }
 
 /// The result a worker sends back, tagged as its caller asked.
@@ -43,28 +57,55 @@ struct Job {
 pub struct Workers {
     queue: async_channel::Sender<Job>,
     threads: Vec<JoinHandle<()>>,
+    recorder: Arc<Recorder>,
 }
 
 impl Workers {
     /// Starts `n` worker threads (at least one); the queue holds `2 n` jobs.
+    /// Traced calls are recorded in a new [`Recorder`].
     pub fn new(n: usize) -> std::io::Result<Workers> {
         let n = n.max(1);
+        let recorder = Arc::new(Recorder::new(n));
         let (queue, jobs) = async_channel::bounded::<Job>(2 * n);
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
+                let recorder = recorder.clone();
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
                     .spawn(move || {
                         while let Ok(job) = jobs.recv_blocking() {
+                            let started = job.tag.trace.map(|t| (t, Instant::now()));
                             let outcome = call_kernel(&*job.kernel, &job.args, job.input);
+                            if let Some((t, at)) = started {
+                                let event = TraceEvent {
+                                    kind: TraceKind::Kernel,
+                                    lane: Lane::worker(i),
+                                    id: job.tag.id,
+                                    stage: t.stage,
+                                    start_ns: recorder.clock_at(at),
+                                    dur_ns: nanos(at.elapsed()),
+                                    bytes: 0,
+                                    wait_ns: nanos(at.saturating_duration_since(t.since)),
+                                };
+                                recorder.worker(i, job.tag.job, event);
+                            }
                             // A gone caller (its session ended) is not an error.
                             let _ = job.reply.send_blocking((job.tag, outcome));
                         }
                     })
             })
             .collect::<std::io::Result<_>>()?;
-        Ok(Workers { queue, threads })
+        Ok(Workers {
+            queue,
+            threads,
+            recorder,
+        })
+    }
+
+    /// The recorder of traced calls (shared with the sessions).
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.recorder
     }
 
     /// Number of worker threads.
@@ -104,12 +145,13 @@ impl Workers {
     /// Runs one kernel call on the workers and waits for its outcome.
     pub async fn call(
         &self,
+        tag: Tag,
         kernel: Arc<dyn Kernel>,
         args: Vec<f64>,
         input: Array,
     ) -> Result<Array, Failure> {
         let (tx, rx) = async_channel::bounded(1);
-        self.submit(Tag::default(), kernel, args, input, tx).await;
+        self.submit(tag, kernel, args, input, tx).await;
         match rx.recv().await {
             Ok((_, outcome)) => outcome,
             Err(_) => Err(Failure {
@@ -167,7 +209,11 @@ mod tests {
         smol::block_on(async {
             for (id, k) in [(1, "thread_name"), (2, "panic"), (3, "fail"), (4, "square")] {
                 let input = Array::list(vec![3.0]);
-                let tag = Tag { id, job: JobId(9) };
+                let tag = Tag {
+                    id,
+                    job: JobId(9),
+                    trace: None,
+                };
                 workers
                     .submit(tag, reg.get(k).unwrap(), vec![], input, tx.clone())
                     .await;

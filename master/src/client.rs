@@ -206,6 +206,75 @@ impl AgentConn {
         result
     }
 
+    /// Reads the agent's trace clock once: the master's trace clock (`clock`)
+    /// when the probe left and when the reading came back, around the
+    /// agent's reading.
+    pub async fn clock_probe(
+        &mut self,
+        clock: &crate::trace::MasterClock,
+    ) -> Result<crate::trace::ClockSample, ClientError> {
+        let limit = self.request_timeout;
+        self.guarded(limit, async |c: &mut Self| {
+            let nonce = c.next_id;
+            c.next_id += 1;
+            let addr = c.addr;
+            let wire = |source| ClientError::Wire { addr, source };
+            let sent_ns = clock.now_ns();
+            c.sender
+                .send(&Message::ClockProbe(Ping { nonce }))
+                .await
+                .map_err(wire)?;
+            let got = c.receiver.recv(&mut c.scratch).await;
+            let back_ns = clock.now_ns();
+            match got.map_err(wire)?.msg {
+                Message::ClockReading(r) if r.nonce == nonce => Ok(crate::trace::ClockSample {
+                    sent_ns,
+                    agent_ns: r.agent_ns,
+                    back_ns,
+                }),
+                other => Err(unexpected(addr, other, "answering a clock probe")),
+            }
+        })
+        .await
+    }
+
+    /// Collects what the agent recorded for a traced job: its events and
+    /// how many were overwritten before collection.
+    pub async fn collect_trace(
+        &mut self,
+        job: skelpi_proto::JobId,
+    ) -> Result<crate::trace::AgentEvents, ClientError> {
+        let limit = self.request_timeout;
+        self.guarded(limit, async |c: &mut Self| {
+            let addr = c.addr;
+            let wire = |source| ClientError::Wire { addr, source };
+            let ask = skelpi_proto::trace::TraceRequest { job };
+            c.sender
+                .send(&Message::TraceCollect(ask))
+                .await
+                .map_err(wire)?;
+            let mut got = crate::trace::AgentEvents {
+                workers: 0,
+                dropped: 0,
+                events: Vec::new(),
+            };
+            loop {
+                match c.receiver.recv(&mut c.scratch).await.map_err(wire)?.msg {
+                    Message::TraceBatch(b) if b.job == job => {
+                        got.workers = b.workers;
+                        got.dropped += b.dropped;
+                        got.events.extend(b.events);
+                        if b.last {
+                            return Ok(got);
+                        }
+                    }
+                    other => return Err(unexpected(addr, other, "sending a trace")),
+                }
+            }
+        })
+        .await
+    }
+
     /// One ping round trip; returns its duration.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
         let limit = self.request_timeout;

@@ -5,6 +5,7 @@ use crate::client::{AgentConn, ClientError};
 use crate::runtime::eval::get_nodes;
 use crate::runtime::stream::{self, Placement, StageReport};
 use crate::runtime::{JobError, job};
+use crate::trace::{Trace, TraceError};
 use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
@@ -24,6 +25,10 @@ pub struct Cluster {
     /// pipelines open more.
     key: ClusterKey,
     opts: ConnectOptions,
+    /// Trace the jobs it runs.
+    tracing: bool,
+    /// The last traced job's trace, until taken.
+    last_trace: Option<Result<Trace, TraceError>>,
 }
 
 impl Cluster {
@@ -51,6 +56,8 @@ impl Cluster {
             local: Vec::new(),
             key: key.clone(),
             opts: opts.clone(),
+            tracing: false,
+            last_trace: None,
         })
     }
 
@@ -83,6 +90,8 @@ impl Cluster {
             local: Vec::new(),
             key: key.clone(),
             opts: opts.clone(),
+            tracing: false,
+            last_trace: None,
         };
         (cluster, failed)
     }
@@ -91,22 +100,41 @@ impl Cluster {
     /// connects to them. `opts.plaintext` asks for the plaintext transport,
     /// which local agents allow.
     pub async fn local(n: usize, opts: &ConnectOptions) -> Result<Cluster, ClientError> {
+        Cluster::local_with(&vec![LocalOptions::default(); n], opts).await
+    }
+
+    /// [`Cluster::local`] with options for each agent (one agent per entry).
+    pub async fn local_with(
+        agents: &[LocalOptions],
+        opts: &ConnectOptions,
+    ) -> Result<Cluster, ClientError> {
         let key = ClusterKey::generate()
             .map_err(|e| ClientError::LocalStart(std::io::Error::other(e.to_string())))?;
-        let mut local = Vec::with_capacity(n);
-        for i in 0..n {
-            let agent =
-                LocalAgent::start(&format!("local-{i}"), key.clone(), LocalOptions::default())
-                    .map_err(|source| ClientError::Connect {
-                        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                        source,
-                    })?;
+        let mut local = Vec::with_capacity(agents.len());
+        for (i, options) in agents.iter().enumerate() {
+            let agent = LocalAgent::start(&format!("local-{i}"), key.clone(), options.clone())
+                .map_err(|source| ClientError::Connect {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    source,
+                })?;
             local.push(agent);
         }
         let addrs: Vec<_> = local.iter().map(LocalAgent::addr).collect();
         let mut cluster = Cluster::connect(&addrs, &key, opts).await?;
         cluster.local = local;
         Ok(cluster)
+    }
+
+    /// Traces the jobs it runs from now on (`false`: stops). Each traced
+    /// job's trace replaces the previous one until [`Cluster::take_trace`].
+    pub fn set_tracing(&mut self, on: bool) {
+        self.tracing = on;
+    }
+
+    /// The trace of the last job run while tracing was on (an error if it
+    /// could not be collected), once.
+    pub fn take_trace(&mut self) -> Option<Result<Trace, TraceError>> {
+        self.last_trace.take()
     }
 
     /// Whether the agents are in-process ones.
@@ -183,14 +211,34 @@ impl Cluster {
                 .enumerate()
                 .partition(|(_, a)| !a.is_broken());
             let (places, mut conns): (Vec<usize>, Vec<AgentConn>) = good.into_iter().unzip();
-            let result = job::run(&mut conns, skeleton, inputs, on_result).await;
+            let trace = (self.tracing, &mut self.last_trace);
+            let result = Self::job(trace, &mut conns, skeleton, inputs, on_result).await;
             let mut all: Vec<(usize, AgentConn)> = places.into_iter().zip(conns).collect();
             all.extend(bad);
             all.sort_by_key(|(i, _)| *i);
             self.agents = all.into_iter().map(|(_, a)| a).collect();
             return result;
         }
-        job::run(&mut self.agents, skeleton, inputs, on_result).await
+        let trace = (self.tracing, &mut self.last_trace);
+        Self::job(trace, &mut self.agents, skeleton, inputs, on_result).await
+    }
+
+    /// One dispatched job on `conns`; if tracing (`trace.0`), its trace
+    /// goes to `trace.1`.
+    async fn job(
+        trace: (bool, &mut Option<Result<Trace, TraceError>>),
+        conns: &mut [AgentConn],
+        skeleton: &Skeleton,
+        inputs: impl IntoIterator<Item = Array>,
+        on_result: impl FnMut(u64, Array),
+    ) -> Result<(), JobError> {
+        let (tracing, last) = trace;
+        if !tracing {
+            return job::run(conns, skeleton, inputs, on_result).await;
+        }
+        let (result, got) = job::run_traced(conns, skeleton, inputs, on_result).await;
+        *last = Some(got);
+        result
     }
 
     /// Runs a pipeline of `seq` stages streamed agent to agent: stage i on
@@ -215,10 +263,16 @@ impl Cluster {
                 name: live[i].info().name.clone(),
             })
             .collect();
-        stream::run_pipeline(
-            &placement, &self.key, &self.opts, stages, inputs, interval, on_result,
+        let mut trace = Err(TraceError::Stopped);
+        let out = self.tracing.then_some(&mut trace);
+        let result = stream::run_pipeline_with(
+            &placement, &self.key, &self.opts, stages, inputs, interval, on_result, out,
         )
-        .await
+        .await;
+        if self.tracing {
+            self.last_trace = Some(trace);
+        }
+        result
     }
 
     /// The seed's pmap: `kernel` applied to every chunk, one task per chunk,

@@ -28,3 +28,4 @@ pub mod lab;
 pub mod pool;
 pub mod runtime;
 pub mod stats;
+pub mod trace;

@@ -100,6 +100,11 @@ enum Command {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// Work with traces written by `run --trace` or `bench --trace`.
+    Trace {
+        #[command(subcommand)]
+        command: cmd::trace::TraceCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -115,6 +120,14 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<std::io::Error>().is_some()
                 || e.downcast_ref::<skelpi::jobfile::JobFileError>().is_some()
                 || e.downcast_ref::<skelpi::image::ImageError>().is_some()
+                || e.downcast_ref::<skelpi::trace::TraceError>()
+                    .is_some_and(|t| {
+                        matches!(
+                            t,
+                            skelpi::trace::TraceError::File { .. }
+                                | skelpi::trace::TraceError::Format { .. }
+                        )
+                    })
                 || e.downcast_ref::<skelpi::lab::LabError>().is_some_and(|l| {
                     matches!(
                         l,
@@ -208,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
         Command::Run { pool, args } => cmd::run::run(&pool, &args),
         Command::Image(args) => cmd::image::run(&args),
+        Command::Trace { command } => cmd::trace::run(&command),
         Command::Lab { command } => {
             let code = cmd::lab::run(command)?;
             if code != 0 {

@@ -14,6 +14,7 @@ use crate::message::{
     Chunk, ErrorReply, Hello, Ping, RawEchoReady, StageFailed, StageOpen, StageStats, StreamItem,
     StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,
 };
+use crate::trace::{ClockReading, TraceBatch, TraceRequest};
 use crate::{AgentInfo, DecodeError, EncodeError, Message};
 use ciborium_ll::{Decoder, Encoder, Header};
 use serde::de::DeserializeOwned;
@@ -106,6 +107,10 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::StreamItem(b) => ciborium::into_writer(b, &mut *out),
         Message::StageFailed(b) => ciborium::into_writer(b, &mut *out),
         Message::StageStats(b) => ciborium::into_writer(b, &mut *out),
+        Message::ClockProbe(b) => ciborium::into_writer(b, &mut *out),
+        Message::ClockReading(b) => ciborium::into_writer(b, &mut *out),
+        Message::TraceCollect(b) => ciborium::into_writer(b, &mut *out),
+        Message::TraceBatch(b) => ciborium::into_writer(b, &mut *out),
     };
     body.map_err(|e| EncodeError::Body(e.to_string()))?;
     bulk::write_descriptor(&mut Encoder::from(&mut *out), shape).map_err(io)?;
@@ -247,6 +252,10 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         17 => Message::StreamEnd(body::<StreamRef>(kind, rest)?),
         18 => Message::StageFailed(body::<StageFailed>(kind, rest)?),
         19 => Message::StageStats(body::<StageStats>(kind, rest)?),
+        20 => Message::ClockProbe(body::<Ping>(kind, rest)?),
+        21 => Message::ClockReading(body::<ClockReading>(kind, rest)?),
+        22 => Message::TraceCollect(body::<TraceRequest>(kind, rest)?),
+        23 => Message::TraceBatch(body::<TraceBatch>(kind, rest)?),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

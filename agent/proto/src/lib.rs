@@ -40,6 +40,7 @@ mod message;
 pub mod preamble;
 pub mod skeleton;
 pub mod skeleton_text;
+pub mod trace;
 
 pub use bulk::Shape;
 pub use error::{DecodeError, EncodeError};

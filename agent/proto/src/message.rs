@@ -4,6 +4,7 @@
 //! `[kind, body, bulk]` — a small unsigned kind number, the body as a CBOR
 //! map (serde), and either null or a typed `f64` array (see [`crate::bulk`]).
 
+use crate::trace::{ClockReading, TraceBatch, TraceRequest};
 use crate::{AgentInfo, JobId};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,20 @@ pub enum Message {
     /// Agent → master, after the stage forwarded its end of stream: what
     /// the stage measured.
     StageStats(StageStats),
+    /// Master → agent: read your trace clock now. Answered with
+    /// [`Message::ClockReading`] at once.
+    ClockProbe(Ping),
+    /// Agent → master: its trace clock when it handled the probe.
+    ClockReading(ClockReading),
+    /// Master → agent: send what was recorded for a traced job. Answered
+    /// with one or more [`Message::TraceBatch`]es, the last one marked.
+    TraceCollect(TraceRequest),
+    /// Agent → master: recorded events of a job.
+    TraceBatch(TraceBatch),
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A pipeline stage to run.
@@ -74,6 +89,9 @@ pub struct StageOpen {
     pub args: Vec<f64>,
     /// Where results go; `None`: back to the master on this connection.
     pub next: Option<StageNext>,
+    /// Record trace events for this stage (absent: no).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trace: bool,
 }
 
 /// The stage after this one.
@@ -148,6 +166,9 @@ pub struct TaskHead {
     pub kernel: String,
     /// Kernel arguments.
     pub args: Vec<f64>,
+    /// Record trace events for this task (absent: no).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trace: bool,
 }
 
 /// A finished task.
@@ -254,6 +275,10 @@ impl Message {
             Message::StreamEnd(_) => 17,
             Message::StageFailed(_) => 18,
             Message::StageStats(_) => 19,
+            Message::ClockProbe(_) => 20,
+            Message::ClockReading(_) => 21,
+            Message::TraceCollect(_) => 22,
+            Message::TraceBatch(_) => 23,
         }
     }
 
@@ -297,6 +322,10 @@ pub fn kind_name(kind: u64) -> &'static str {
         17 => "stream-end",
         18 => "stage-failed",
         19 => "stage-stats",
+        20 => "clock-probe",
+        21 => "clock-reading",
+        22 => "trace-collect",
+        23 => "trace-batch",
         _ => "unknown",
     }
 }

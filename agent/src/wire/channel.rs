@@ -7,6 +7,7 @@ use skelpi_proto::codec::{self, Head};
 use skelpi_proto::frame::{self, LEN_PREFIX};
 use skelpi_proto::{Message, Shape};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Bytes read before the first attempt to decode a frame's head.
 const HEAD_PROBE: usize = 4096;
@@ -19,6 +20,7 @@ pub struct Sender {
     head: Vec<u8>,
     max_frame: u32,
     stats: Arc<WireStats>,
+    last_frame: usize,
 }
 
 impl std::fmt::Debug for Sender {
@@ -36,6 +38,7 @@ impl Sender {
             head: Vec::with_capacity(256),
             max_frame,
             stats,
+            last_frame: 0,
         }
     }
 
@@ -43,6 +46,7 @@ impl Sender {
     pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
         self.head.clear();
         codec::encode_head(msg, None, self.max_frame, &mut self.head)?;
+        self.last_frame = self.head.len();
         self.w.write(&self.head).await?;
         self.w.flush().await
     }
@@ -66,6 +70,7 @@ impl Sender {
         self.head.clear();
         codec::encode_head(msg, Some(shape), self.max_frame, &mut self.head)?;
         let bytes = f64_bytes(data);
+        self.last_frame = self.head.len() + bytes.len();
         if bytes.len() <= COALESCE {
             self.head.extend_from_slice(bytes);
             self.w.write(&self.head).await?;
@@ -74,6 +79,12 @@ impl Sender {
             self.w.write(bytes).await?;
         }
         self.w.flush().await
+    }
+
+    /// The bytes of the last frame sent (or being sent), length prefix
+    /// included.
+    pub fn last_frame_len(&self) -> usize {
+        self.last_frame
     }
 
     /// Byte counters of this connection (shared with its receiver).
@@ -94,6 +105,11 @@ pub struct Received {
     pub msg: Message,
     /// The array's shape, if the message carried one.
     pub bulk: Option<Shape>,
+    /// The frame's bytes, length prefix included.
+    pub frame_len: usize,
+    /// When its length prefix had been read: the frame's first bytes were
+    /// in (for traces).
+    pub started: Instant,
 }
 
 /// The receiving half of a connection.
@@ -150,11 +166,15 @@ impl Receiver {
         F: FnOnce(&Message, Shape) -> Result<&'a mut [f64], WireError>,
     {
         let len = self.read_len().await?;
+        let started = Instant::now();
+        let frame_len = len + LEN_PREFIX;
         let head = self.read_head(len).await?;
         let Some(bulk) = head.bulk else {
             return Ok(Received {
                 msg: head.msg,
                 bulk: None,
+                frame_len,
+                started,
             });
         };
         let already = self.head.len() - bulk.offset;
@@ -180,6 +200,8 @@ impl Receiver {
         Ok(Received {
             msg: head.msg,
             bulk: Some(bulk.shape),
+            frame_len,
+            started,
         })
     }
 

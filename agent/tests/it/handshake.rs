@@ -14,6 +14,7 @@ fn agent(allow_plaintext: bool) -> (LocalAgent, ClusterKey) {
     let opts = LocalOptions {
         allow_plaintext,
         workers: 1,
+        clock_offset_ns: 0,
     };
     (
         LocalAgent::start("hs-test", key.clone(), opts).unwrap(),
@@ -310,6 +311,7 @@ fn tasks_run_and_failures_come_back_as_task_errors() {
                 job: JobId(1),
                 kernel: kernel.into(),
                 args: vec![],
+                trace: false,
             })
         };
         let input = [1.0, -2.0, 3.0];

@@ -158,6 +158,7 @@ fn under_systemd_the_agent_logs_structured_records_to_the_journal() {
                 job,
                 kernel: kernel.into(),
                 args: vec![],
+                trace: false,
             });
             est.sender
                 .send_bulk(&task, Shape::List(1), &[3.0])

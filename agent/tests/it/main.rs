@@ -7,3 +7,4 @@ mod journal;
 mod stages;
 mod support;
 mod systemd;
+mod trace;

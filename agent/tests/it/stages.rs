@@ -28,6 +28,7 @@ fn open(stream: u64, kernel: &str, next: Option<&str>) -> Message {
             addr: addr.into(),
             stage: 1,
         }),
+        trace: false,
     })
 }
 

@@ -1,12 +1,16 @@
 //! Farm dispatch overhead: T tasks of a no-op kernel (`identity` on one
-//! float) through an unordered farm over the whole pool, against the same
-//! tasks sent one at a time (a `seq`: each waits for the previous result) in
-//! the same run. The ratio is what on-demand dispatch with credits buys
-//! over stop-and-wait.
+//! float; `sleep_ms(MS)` with a task time) through an unordered farm over
+//! the whole pool, against the same tasks sent one at a time (a `seq`:
+//! each waits for the previous result) in the same run. The ratio is what
+//! on-demand dispatch with credits buys over stop-and-wait.
+//!
+//! With tracing, every repeat also runs the farm traced, alternating which
+//! goes first, and reports the traced throughput against the untraced one:
+//! the cost of tracing. The last traced run's trace is left in the
+//! cluster ([`Cluster::take_trace`]).
 
 use crate::cluster::Cluster;
 use crate::runtime::JobError;
-use crate::runtime::job;
 use crate::stats::median;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
@@ -25,6 +29,10 @@ pub struct FarmOptions {
     pub repeats: usize,
     /// Seed of the random inputs.
     pub seed: u64,
+    /// Task time, milliseconds: 0 for no-op tasks, else `sleep_ms` tasks.
+    pub task_ms: f64,
+    /// Also run the farm traced, to measure what tracing costs.
+    pub trace: bool,
 }
 
 impl Default for FarmOptions {
@@ -33,6 +41,8 @@ impl Default for FarmOptions {
             tasks: 20_000,
             repeats: 3,
             seed: 2010,
+            task_ms: 0.0,
+            trace: false,
         }
     }
 }
@@ -58,11 +68,18 @@ pub struct FarmReport {
     pub sequential_tasks_per_s: f64,
     /// Farm tasks/s over one-at-a-time tasks/s.
     pub vs_sequential: f64,
+    /// The kernel of the tasks.
+    pub kernel: String,
+    /// Traced farm: tasks per second (median run), if measured.
+    pub traced_tasks_per_s: Option<f64>,
+    /// Traced over untraced time per task, minus 1 (0.03: tracing costs
+    /// 3% of the farm's throughput), if measured.
+    pub trace_cost: Option<f64>,
 }
 
 /// Number of progress steps [`run`] will report.
 pub fn steps(opts: &FarmOptions) -> u64 {
-    2 * opts.repeats.max(1) as u64
+    (2 + u64::from(opts.trace)) * opts.repeats.max(1) as u64
 }
 
 /// Runs the measurement; the one-at-a-time runs use a tenth of the tasks
@@ -74,7 +91,18 @@ pub async fn run(
     progress: &ProgressBar,
 ) -> Result<FarmReport, JobError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let noop = Skeleton::seq(Kernel::new("identity", []));
+    if !(opts.task_ms >= 0.0 && opts.task_ms <= 60_000.0) {
+        return Err(JobError::Invalid(format!(
+            "a task time of {} ms is not between 0 and 60000",
+            opts.task_ms
+        )));
+    }
+    let kernel = if opts.task_ms > 0.0 {
+        Kernel::new("sleep_ms", [opts.task_ms])
+    } else {
+        Kernel::new("identity", [])
+    };
+    let noop = Skeleton::seq(kernel.clone());
     let farm = Skeleton::Farm {
         worker: Box::new(noop.clone()),
         replicas: None,
@@ -84,26 +112,38 @@ pub async fn run(
     let tasks = opts.tasks.max(1);
     let seq_tasks = (tasks / 10).max(100);
     let mut farm_times = Vec::new();
+    let mut traced_times = Vec::new();
     let mut seq_times = Vec::new();
-    for _ in 0..repeats {
-        for (tree, n, times) in [
-            (&farm, tasks, &mut farm_times),
-            (&noop, seq_tasks, &mut seq_times),
-        ] {
-            progress.set_message(format!("farm: {n} tasks through {tree}"));
+    for repeat in 0..repeats {
+        let mut runs = vec![
+            (&farm, tasks, false, &mut farm_times),
+            (&noop, seq_tasks, false, &mut seq_times),
+        ];
+        if opts.trace {
+            // Alternate which of the traced and untraced farms runs first.
+            let at = if repeat % 2 == 0 { 1 } else { 0 };
+            runs.insert(at, (&farm, tasks, true, &mut traced_times));
+        }
+        for (tree, n, traced, times) in runs {
+            let how = if traced { " (traced)" } else { "" };
+            progress.set_message(format!("farm: {n} tasks through {tree}{how}"));
             let inputs: Vec<Array> = (0..n)
                 .map(|_| Array::list(vec![rng.random::<f64>()]))
                 .collect();
             let want: f64 = inputs.iter().map(|a| a.data[0]).sum();
             let mut got = 0.0;
             let mut count = 0;
+            cluster.set_tracing(traced);
             let start = Instant::now();
-            job::run(cluster.agents_mut(), tree, inputs, |_, a| {
-                got += a.data.first().copied().unwrap_or(f64::NAN);
-                count += 1;
-            })
-            .await?;
+            let ran = cluster
+                .run_each(tree, inputs, |_, a| {
+                    got += a.data.first().copied().unwrap_or(f64::NAN);
+                    count += 1;
+                })
+                .await;
             let elapsed = start.elapsed();
+            cluster.set_tracing(false);
+            ran?;
             black_box(got);
             // Unordered: compare the multiset by count and a sum that any
             // lost, duplicated or altered result would change.
@@ -119,6 +159,7 @@ pub async fn run(
     let per_task = median(&farm_times);
     let seq_per_task = median(&seq_times);
     let rate = |d: Duration| 1.0 / d.as_secs_f64().max(1e-12);
+    let traced = (!traced_times.is_empty()).then(|| median(&traced_times));
     Ok(FarmReport {
         origin: origin.to_owned(),
         agents: cluster.agents().len(),
@@ -129,5 +170,8 @@ pub async fn run(
         farm_us_per_task: per_task.as_secs_f64() * 1e6,
         sequential_tasks_per_s: rate(seq_per_task),
         vs_sequential: rate(per_task) / rate(seq_per_task),
+        kernel: kernel.to_string(),
+        traced_tasks_per_s: traced.map(rate),
+        trace_cost: traced.map(|t| t.as_secs_f64() / per_task.as_secs_f64().max(1e-12) - 1.0),
     })
 }

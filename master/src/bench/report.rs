@@ -116,8 +116,8 @@ pub fn farm_table(r: &FarmReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "farm: {} — {} agents, {} workers, {} no-op tasks, median of {} repeats",
-        r.origin, r.agents, r.workers, r.tasks, r.repeats
+        "farm: {} — {} agents, {} workers, {} tasks of {}, median of {} repeats",
+        r.origin, r.agents, r.workers, r.tasks, r.kernel, r.repeats
     );
     let _ = writeln!(
         s,
@@ -129,6 +129,13 @@ pub fn farm_table(r: &FarmReport) -> String {
         "{:>14.0} {:>12.1} {:>20.0} {:>13.1}x",
         r.farm_tasks_per_s, r.farm_us_per_task, r.sequential_tasks_per_s, r.vs_sequential
     );
+    if let (Some(traced), Some(cost)) = (r.traced_tasks_per_s, r.trace_cost) {
+        let _ = writeln!(
+            s,
+            "traced farm: {traced:.0} tasks/s, tracing costs {:+.1}% of the time per task",
+            100.0 * cost
+        );
+    }
     s
 }
 

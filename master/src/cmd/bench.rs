@@ -65,6 +65,12 @@ struct CommonArgs {
         global = true
     )]
     out: PathBuf,
+    /// Trace the farm and pipeline benchmarks: DIR/farm/ and DIR/pipeline/
+    /// get trace.json (opens in https://ui.perfetto.dev), analysis.txt and
+    /// analysis.json. The farm then also runs traced beside untraced and
+    /// reports what tracing costs.
+    #[arg(long, value_name = "DIR", global = true)]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -116,9 +122,13 @@ struct PmapArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "farm")]
 struct FarmArgs {
-    /// farm: no-op tasks per run.
+    /// farm: tasks per run.
     #[arg(long, default_value_t = 20_000, global = true)]
     tasks: usize,
+    /// farm: task time in milliseconds (sleep_ms tasks); 0: no-op tasks,
+    /// which measure dispatch alone.
+    #[arg(long, default_value_t = 0.0, value_name = "MS", global = true)]
+    task_ms: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -293,11 +303,17 @@ async fn run_farm(pool: &mut Pool, args: &BenchArgs) -> anyhow::Result<farm::Far
         tasks: args.farm.tasks,
         repeats: args.common.repeats as usize,
         seed: args.common.seed,
+        task_ms: args.farm.task_ms,
+        trace: args.common.trace.is_some(),
     };
     let progress = bar(farm::steps(&opts));
     let r = farm::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;
     progress.finish_and_clear();
     let r = r?;
+    if let Some(dir) = &args.common.trace {
+        let trace = pool.cluster.take_trace();
+        super::trace::save(trace, &dir.join("farm"), "the farm's last traced run")?;
+    }
     csv(std::slice::from_ref(&r), &out_file(args, "farm.csv")?)?;
     show(args, report::farm_table(&r));
     Ok(r)
@@ -323,9 +339,15 @@ async fn run_pipeline(
         seed: args.common.seed,
     };
     let progress = bar(opts.items as u64);
+    pool.cluster.set_tracing(args.common.trace.is_some());
     let r = pipeline::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;
+    pool.cluster.set_tracing(false);
     progress.finish_and_clear();
     let r = r?;
+    if let Some(dir) = &args.common.trace {
+        let trace = pool.cluster.take_trace();
+        super::trace::save(trace, &dir.join("pipeline"), "the pipeline benchmark")?;
+    }
     csv(&r.stages, &out_file(args, "pipeline.csv")?)?;
     plot::pipeline_stages(&r, &out_file(args, "pipeline-stages.svg")?)?;
     show(args, report::pipeline_table(&r));

@@ -6,3 +6,4 @@ pub mod image;
 pub mod lab;
 pub mod pool_args;
 pub mod run;
+pub mod trace;

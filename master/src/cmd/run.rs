@@ -24,6 +24,13 @@ pub struct RunArgs {
     /// Results to print when there is no --out (the first N).
     #[arg(long, default_value_t = 5, value_name = "N")]
     show: usize,
+    /// Trace the job: write DIR/trace.json (Chrome Trace Event format,
+    /// opens in https://ui.perfetto.dev), DIR/analysis.txt and
+    /// DIR/analysis.json (compute vs communication per node, Ts, Ta and
+    /// rho per stage, the bottleneck). The trace is written even when the
+    /// job fails, if the agents can still be reached.
+    #[arg(long, value_name = "DIR")]
+    trace: Option<PathBuf>,
 }
 
 /// Runs the job.
@@ -39,6 +46,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     smol::block_on(async {
         let mut pool = pool::connect(&pool_args.options(true)).await?;
         eprintln!("{}", pool.origin);
+        pool.cluster.set_tracing(args.trace.is_some());
         let inputs = job.input.len();
         eprintln!("running {} on {inputs} inputs", job.skeleton);
         let progress = ProgressBar::new(inputs as u64);
@@ -69,8 +77,17 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
             })
             .await;
         progress.finish_and_clear();
-        pool.cluster.close().await;
         let elapsed = start.elapsed();
+        let trace = pool.cluster.take_trace();
+        pool.cluster.close().await;
+        if let Some(dir) = &args.trace {
+            let saved = super::trace::save(trace, dir, &format!("job {}", args.job.display()));
+            match (&result, saved) {
+                (_, Ok(())) => {}
+                (Ok(()), Err(e)) => return Err(e),
+                (Err(_), Err(e)) => eprintln!("skelpi: {e:#}"),
+            }
+        }
         result.with_context(|| format!("job {} failed", args.job.display()))?;
         if let Some(e) = write_error {
             return Err(e).context(format!(

@@ -2,14 +2,17 @@
 
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
+use crate::trace::Recorder;
 use skelpi_agent::kernels::Array;
 use skelpi_agent::wire::{Receiver, Sender};
 use skelpi_proto::skeleton::Kernel;
+use skelpi_proto::trace::{NO_STAGE, TraceKind};
 use skelpi_proto::{JobId, Message, TaskHead};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// Credits per agent worker: one task running, one queued behind it.
 pub const CREDITS_PER_WORKER: usize = 2;
@@ -38,6 +41,8 @@ struct Pending {
 }
 
 struct Link<'c> {
+    /// Its position in the pool (its connection number in traces).
+    index: usize,
     label: String,
     addr: SocketAddr,
     sender: RefCell<&'c mut Sender>,
@@ -57,6 +62,7 @@ struct Link<'c> {
 /// the calls.
 pub struct Dispatcher<'c> {
     job: JobId,
+    trace: Option<&'c Recorder>,
     links: Vec<Link<'c>>,
     tokens_tx: async_channel::Sender<usize>,
     tokens_rx: async_channel::Receiver<usize>,
@@ -77,8 +83,13 @@ impl std::fmt::Debug for Dispatcher<'_> {
 impl<'c> Dispatcher<'c> {
     /// A dispatcher for job `job` over these connections, with
     /// `2 × cores` credits each, interleaved so that the first tasks spread
-    /// over all agents.
-    pub fn new(conns: &'c mut [AgentConn], job: JobId) -> Dispatcher<'c> {
+    /// over all agents. With a recorder, the job is traced: its tasks ask
+    /// the agents to record, and the master's frames are recorded there.
+    pub fn new(
+        conns: &'c mut [AgentConn],
+        job: JobId,
+        trace: Option<&'c Recorder>,
+    ) -> Dispatcher<'c> {
         let credits: Vec<usize> = conns
             .iter()
             .map(|c| CREDITS_PER_WORKER * (c.info().cores as usize).max(1))
@@ -97,12 +108,14 @@ impl<'c> Dispatcher<'c> {
         }
         let links = conns
             .iter_mut()
-            .map(|conn| {
+            .enumerate()
+            .map(|(index, conn)| {
                 let label = format!("{} ({})", conn.info().name, conn.addr());
                 let addr = conn.addr();
                 let (sender, receiver) = conn.halves();
                 let (outbox_tx, outbox_rx) = async_channel::bounded(OUTBOX);
                 Link {
+                    index,
                     label,
                     addr,
                     sender: RefCell::new(sender),
@@ -118,6 +131,7 @@ impl<'c> Dispatcher<'c> {
         let (progress_tx, progress_rx) = async_channel::bounded(1);
         Dispatcher {
             job,
+            trace,
             links,
             tokens_tx,
             tokens_rx,
@@ -170,7 +184,11 @@ impl<'c> Dispatcher<'c> {
             job: self.job,
             kernel: kernel.name.clone(),
             args: kernel.args.clone(),
+            trace: self.trace.is_some(),
         });
+        if let Some(t) = self.trace {
+            t.task(id, kernel.to_string());
+        }
         let queued = link.outbox_tx.send(Outgoing { id, head, input }).await;
         if queued.is_err() {
             return Err(self.dead_error(link));
@@ -234,9 +252,21 @@ impl<'c> Dispatcher<'c> {
             if link.dead.get() {
                 continue;
             }
+            let started = Instant::now();
             let sent = sender
                 .send_bulk(&out.head, out.input.shape, &out.input.data)
                 .await;
+            if let Some(t) = self.trace {
+                let bytes = sender.last_frame_len();
+                t.frame(
+                    TraceKind::TaskSend,
+                    link.index,
+                    out.id,
+                    NO_STAGE,
+                    started,
+                    bytes,
+                );
+            }
             if let Err(source) = sent {
                 log::debug!("task {} not sent", out.id);
                 self.kill(
@@ -274,6 +304,7 @@ impl<'c> Dispatcher<'c> {
                     break;
                 }
             };
+            let (started, frame_len) = (received.started, received.frame_len);
             let (id, outcome) = match received.msg {
                 Message::TaskDone(done) => {
                     let shape = received.bulk.unwrap_or(skelpi_proto::Shape::List(0));
@@ -296,6 +327,16 @@ impl<'c> Dispatcher<'c> {
                     continue;
                 }
             };
+            if let Some(t) = self.trace {
+                t.frame(
+                    TraceKind::ResultRecv,
+                    link.index,
+                    id,
+                    NO_STAGE,
+                    started,
+                    frame_len,
+                );
+            }
             let entry = link.pending.borrow_mut().remove(&id);
             if let Some(p) = entry {
                 let outcome = outcome.map_err(|(message, panicked)| {

@@ -6,6 +6,7 @@ use super::dispatch::Dispatcher;
 use super::eval::{Ctx, Spawner, eval, source};
 use super::{Item, JobError};
 use crate::client::AgentConn;
+use crate::trace::{self, Recorder, Trace, TraceError};
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
 use skelpi_proto::JobId;
@@ -28,7 +29,30 @@ pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
     inputs: impl IntoIterator<Item = Array>,
+    on_result: impl FnMut(u64, Array),
+) -> Result<(), JobError> {
+    run_with(conns, skeleton, inputs, on_result, None).await
+}
+
+/// [`run`], traced: also returns the job's merged trace, which is there
+/// even when the job failed (as far as the agents could still be reached).
+pub async fn run_traced(
+    conns: &mut [AgentConn],
+    skeleton: &Skeleton,
+    inputs: impl IntoIterator<Item = Array>,
+    on_result: impl FnMut(u64, Array),
+) -> (Result<(), JobError>, Result<Trace, TraceError>) {
+    let mut trace = Err(TraceError::Stopped);
+    let result = run_with(conns, skeleton, inputs, on_result, Some(&mut trace)).await;
+    (result, trace)
+}
+
+async fn run_with(
+    conns: &mut [AgentConn],
+    skeleton: &Skeleton,
+    inputs: impl IntoIterator<Item = Array>,
     mut on_result: impl FnMut(u64, Array),
+    trace_out: Option<&mut Result<Trace, TraceError>>,
 ) -> Result<(), JobError> {
     check(skeleton)?;
     if conns.is_empty() {
@@ -40,6 +64,22 @@ pub async fn run(
             c.addr()
         )));
     }
+    let recorder = trace_out.is_some().then(Recorder::new);
+    let mut probes = Vec::new();
+    if let Some(rec) = &recorder {
+        for conn in conns.iter_mut() {
+            match trace::probe(conn, rec.clock()).await {
+                Ok(p) => probes.push(p),
+                Err(e) => {
+                    let why = JobError::Invalid(e.to_string());
+                    if let Some(out) = trace_out {
+                        *out = Err(e);
+                    }
+                    return Err(why);
+                }
+            }
+        }
+    }
     let cores = conns
         .iter()
         .map(|c| c.info().cores as usize)
@@ -47,7 +87,7 @@ pub async fn run(
         .max(1);
     let job = JobId(rand::random());
     log::debug!("job {job}: {skeleton} on {} agents", conns.len());
-    let dispatcher = Dispatcher::new(conns, job);
+    let dispatcher = Dispatcher::new(conns, job, recorder.as_ref());
     // One I/O future for the whole job, drain included: dropping it
     // mid-frame would cut a frame.
     let mut io = Box::pin(dispatcher.run_io());
@@ -106,5 +146,37 @@ pub async fn run(
             conn.mark_broken(why);
         }
     }
+    if let (Some(rec), Some(out)) = (recorder, trace_out) {
+        *out = gather(conns, rec, job, skeleton, probes).await;
+    }
     result
+}
+
+/// Collects the agents' events of a traced job and merges them; an agent
+/// whose connection failed is left out, and the trace says so.
+async fn gather(
+    conns: &mut [AgentConn],
+    rec: Recorder,
+    job: JobId,
+    skeleton: &Skeleton,
+    probes: Vec<Vec<trace::ClockSample>>,
+) -> Result<Trace, TraceError> {
+    let mut agents = Vec::with_capacity(conns.len());
+    for (conn, before) in conns.iter_mut().zip(probes) {
+        if conn.is_broken() {
+            // Without probes, merging leaves it out and says so.
+            agents.push(trace::AgentTrace {
+                name: conn.info().name.clone(),
+                addr: conn.addr().to_string(),
+                before: Vec::new(),
+                after: Vec::new(),
+                events: Default::default(),
+            });
+            continue;
+        }
+        agents.push(trace::collect(conn, rec.clock(), job, before).await?);
+    }
+    let peers: Vec<usize> = (0..agents.len()).collect();
+    let collected = rec.finish(job, skeleton.to_string(), Vec::new(), agents);
+    Ok(trace::merge::merge(&collected, &peers))
 }

@@ -9,11 +9,13 @@
 
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
+use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::wire::handshake::ConnectOptions;
-use skelpi_proto::skeleton::Kernel;
+use skelpi_proto::skeleton::{Kernel, Skeleton};
+use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
 use std::cell::Cell;
 use std::future::Future;
@@ -67,8 +69,31 @@ pub async fn run_pipeline(
     stages: &[Kernel],
     inputs: impl IntoIterator<Item = Array>,
     interval: Option<Duration>,
-    mut on_result: impl FnMut(u64, Array),
+    on_result: impl FnMut(u64, Array),
 ) -> Result<Vec<StageReport>, JobError> {
+    run_pipeline_with(
+        placement, key, opts, stages, inputs, interval, on_result, None,
+    )
+    .await
+}
+
+/// [`run_pipeline`], traced when `trace_out` is given: the merged trace
+/// of a pipeline that ran to its end is put there (one that failed leaves
+/// [`TraceError::Stopped`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_pipeline_with(
+    placement: &[Placement],
+    key: &ClusterKey,
+    opts: &ConnectOptions,
+    stages: &[Kernel],
+    inputs: impl IntoIterator<Item = Array>,
+    interval: Option<Duration>,
+    mut on_result: impl FnMut(u64, Array),
+    mut trace_out: Option<&mut Result<Trace, TraceError>>,
+) -> Result<Vec<StageReport>, JobError> {
+    if let Some(out) = trace_out.as_deref_mut() {
+        *out = Err(TraceError::Stopped);
+    }
     assert_eq!(placement.len(), stages.len(), "one placement per stage");
     let n = stages.len();
     if n == 0 {
@@ -80,11 +105,33 @@ pub async fn run_pipeline(
     let job = JobId(rand::random());
     let stream = job.0;
     log::debug!("job {job}: pipeline of {n} streamed stages");
+    let recorder_owned = trace_out.is_some().then(Recorder::new);
+    let recorder = recorder_owned.as_ref();
+    // Distinct agents, in order of first use, and each stage's agent.
+    let mut agents: Vec<SocketAddr> = Vec::new();
+    let peers: Vec<usize> = placement
+        .iter()
+        .map(|p| match agents.iter().position(|a| *a == p.addr) {
+            Some(i) => i,
+            None => {
+                agents.push(p.addr);
+                agents.len() - 1
+            }
+        })
+        .collect();
+    let mut probes: Vec<Vec<ClockSample>> = vec![Vec::new(); agents.len()];
     let opened = future::or(
         async {
             let mut conns = Vec::with_capacity(n);
             for (i, p) in placement.iter().enumerate() {
                 let mut conn = AgentConn::connect(p.addr, key, opts).await?;
+                if let Some(rec) = recorder
+                    && probes[peers[i]].is_empty()
+                {
+                    probes[peers[i]] = trace::probe(&mut conn, rec.clock())
+                        .await
+                        .map_err(|e| JobError::Invalid(e.to_string()))?;
+                }
                 let next = placement.get(i + 1).map(|q| StageNext {
                     addr: q.addr.to_string(),
                     stage: i as u32 + 1,
@@ -95,6 +142,7 @@ pub async fn run_pipeline(
                     kernel: stages[i].name.clone(),
                     args: stages[i].args.clone(),
                     next,
+                    trace: recorder.is_some(),
                 });
                 let (sender, _) = conn.halves();
                 sender
@@ -169,10 +217,15 @@ pub async fn run_pipeline(
                         stage: 0,
                         index: index as u64,
                     });
+                    let started = std::time::Instant::now();
                     sender
                         .send_bulk(&head, data.shape, &data.data)
                         .await
                         .map_err(wire)?;
+                    if let Some(rec) = recorder {
+                        let bytes = sender.last_frame_len();
+                        rec.frame(TraceKind::ItemSend, 0, index as u64, 0, started, bytes);
+                    }
                     fed.set(index as u64 + 1);
                 }
                 let end = Message::StreamEnd(StreamRef { stream, stage: 0 });
@@ -201,6 +254,10 @@ pub async fn run_pipeline(
                             )));
                         }
                         expected += 1;
+                        if let Some(rec) = recorder {
+                            let (at, bytes) = (got.started, got.frame_len);
+                            rec.frame(TraceKind::ItemRecv, i, item.index, item.stage, at, bytes);
+                        }
                         let shape = got.bulk.unwrap_or(Shape::List(0));
                         let out = Array {
                             shape,
@@ -281,6 +338,26 @@ pub async fn run_pipeline(
     drop(tasks);
     drop(halves);
     outcome?;
+    if let Some(out) = trace_out
+        && let Some(rec) = recorder_owned
+    {
+        let mut collected = Vec::with_capacity(agents.len());
+        for (a, before) in probes.into_iter().enumerate() {
+            let first = peers
+                .iter()
+                .position(|&p| p == a)
+                .expect("every agent has a stage");
+            collected.push(trace::collect(&mut conns[first], rec.clock(), job, before).await);
+        }
+        *out = collected
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|agents| {
+                let kernels = stages.iter().map(Kernel::to_string).collect();
+                let tree = Skeleton::pipe(stages.iter().cloned().map(Skeleton::seq)).to_string();
+                trace::merge::merge(&rec.finish(job, tree, kernels, agents), &peers)
+            });
+    }
     for c in conns {
         c.close().await;
     }

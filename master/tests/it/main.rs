@@ -12,3 +12,4 @@ mod memory;
 mod skeleton_cli;
 mod skeletons;
 mod support;
+mod trace;

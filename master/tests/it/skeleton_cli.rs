@@ -64,11 +64,42 @@ fn bench_farm_counts_its_tasks() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("farm tasks/s") && out.contains("500 no-op tasks"),
+        out.contains("farm tasks/s") && out.contains("500 tasks of identity"),
         "{out}"
     );
+    assert!(!out.contains("traced"), "{out}");
     let csv = std::fs::read_to_string(dir.0.join("out/farm.csv")).unwrap();
     assert!(csv.starts_with("origin,agents,workers,tasks"), "{csv}");
+
+    // Traced beside untraced, with 1 ms tasks: the cost and the trace.
+    let (code, out, err) = skelpi(&[
+        "bench",
+        "farm",
+        "--local",
+        "2",
+        "--tasks",
+        "200",
+        "--task-ms",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        &dir.path("out"),
+        "--trace",
+        &dir.path("trace"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("200 tasks of sleep_ms(1)"), "{out}");
+    assert!(
+        out.contains("traced farm:") && out.contains("tracing costs"),
+        "{out}"
+    );
+    assert!(err.contains("bottleneck: sleep_ms(1)"), "{err}");
+    let analysis = std::fs::read_to_string(dir.0.join("trace/farm/analysis.json")).unwrap();
+    let analysis: serde_json::Value = serde_json::from_str(&analysis).unwrap();
+    assert_eq!(analysis["stages"][0]["stage"], "sleep_ms(1)");
+    assert_eq!(analysis["stages"][0]["items"], 200);
+    assert!(dir.0.join("trace/farm/trace.json").is_file());
 }
 
 #[test]

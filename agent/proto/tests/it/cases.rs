@@ -4,6 +4,9 @@
 use skelpi_proto::codec::{self, Decoded};
 use skelpi_proto::frame::DEFAULT_MAX_FRAME;
 use skelpi_proto::preamble::{Cipher, ClientPreamble, ServerPreamble, Verdict};
+use skelpi_proto::trace::{
+    ClockReading, Lane, NO_STAGE, TraceBatch, TraceEvent, TraceKind, TraceRequest,
+};
 use skelpi_proto::{
     AgentInfo, Chunk, ErrorCode, ErrorReply, Hello, JobId, Message, Ping, RawEchoReady, Shape,
     StageFailed, StageNext, StageOpen, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed,
@@ -222,10 +225,66 @@ pub fn golden_cases() -> Vec<Case> {
                     job: JobId(0x5eed),
                     kernel: "erf_burn".into(),
                     args: vec![50.0],
+                    trace: false,
                 }),
                 Shape::List(2),
                 vec![0.5, -0.25],
             )),
+        },
+        Case {
+            name: "task_traced",
+            about: "task: as `task`, traced (an untraced task has no trace key)",
+            value: frame(Framed::with_bulk(
+                Message::Task(TaskHead {
+                    id: 7,
+                    job: JobId(0x5eed),
+                    kernel: "erf_burn".into(),
+                    args: vec![50.0],
+                    trace: true,
+                }),
+                Shape::List(2),
+                vec![0.5, -0.25],
+            )),
+        },
+        Case {
+            name: "clock_probe",
+            about: "clock-probe: [20, {nonce: 3}, null]",
+            value: frame(Framed::plain(Message::ClockProbe(Ping { nonce: 3 }))),
+        },
+        Case {
+            name: "clock_reading",
+            about: "clock-reading: the agent's trace clock at -1.5 s when it handled probe 3",
+            value: frame(Framed::plain(Message::ClockReading(ClockReading {
+                nonce: 3,
+                agent_ns: -1_500_000_000,
+            }))),
+        },
+        Case {
+            name: "trace_collect",
+            about: "trace-collect: the events of job 0x5eed",
+            value: frame(Framed::plain(Message::TraceCollect(TraceRequest {
+                job: JobId(0x5eed),
+            }))),
+        },
+        Case {
+            name: "trace_batch",
+            about: "trace-batch: the last batch of job 0x5eed, one kernel call on worker 1, 2 events lost",
+            value: frame(Framed::plain(Message::TraceBatch(TraceBatch {
+                job: JobId(0x5eed),
+                workers: 4,
+                dropped: 2,
+                events: vec![TraceEvent {
+                    kind: TraceKind::Kernel,
+                    lane: Lane::worker(1),
+                    id: 7,
+                    stage: NO_STAGE,
+                    start_ns: 1_000_000,
+                    dur_ns: 250_000,
+                    bytes: 0,
+                    wait_ns: 5_000,
+                }],
+                last: true,
+            }))),
         },
         Case {
             name: "task_done",
@@ -257,6 +316,7 @@ pub fn golden_cases() -> Vec<Case> {
                     addr: "10.0.0.3:7871".into(),
                     stage: 2,
                 }),
+                trace: false,
             }))),
         },
         Case {

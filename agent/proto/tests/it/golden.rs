@@ -144,6 +144,7 @@ fn a_task_without_a_job_decodes_as_job_zero() {
             job: JobId(0),
             kernel: "erf_burn".into(),
             args: vec![50.0],
+            trace: false,
         }),
         Shape::List(2),
         vec![0.5, -0.25],

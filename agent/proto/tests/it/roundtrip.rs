@@ -84,6 +84,63 @@ fn plain_message() -> impl Strategy<Value = Message> {
             })
         }),
         stage_message(),
+        trace_message(),
+    ]
+}
+
+/// The tracing kinds.
+fn trace_message() -> impl Strategy<Value = Message> {
+    use skelpi_proto::trace::{
+        ClockReading, Lane, TraceBatch, TraceEvent, TraceKind, TraceRequest,
+    };
+    let kind = prop_oneof![
+        Just(TraceKind::TaskSend),
+        Just(TraceKind::TaskRecv),
+        Just(TraceKind::ResultSend),
+        Just(TraceKind::ResultRecv),
+        Just(TraceKind::ItemSend),
+        Just(TraceKind::ItemRecv),
+        Just(TraceKind::Kernel),
+    ];
+    let event = (
+        kind,
+        any::<u32>(),
+        any::<[u64; 4]>(),
+        any::<u32>(),
+        any::<i64>(),
+    )
+        .prop_map(
+            |(kind, lane, [id, dur_ns, bytes, wait_ns], stage, start_ns)| TraceEvent {
+                kind,
+                lane: Lane(lane),
+                id,
+                stage,
+                start_ns,
+                dur_ns,
+                bytes,
+                wait_ns,
+            },
+        );
+    prop_oneof![
+        any::<u64>().prop_map(|nonce| Message::ClockProbe(Ping { nonce })),
+        (any::<u64>(), any::<i64>())
+            .prop_map(|(nonce, agent_ns)| Message::ClockReading(ClockReading { nonce, agent_ns })),
+        any::<u64>().prop_map(|j| Message::TraceCollect(TraceRequest { job: JobId(j) })),
+        (
+            any::<[u64; 2]>(),
+            any::<u32>(),
+            prop::collection::vec(event, 0..5),
+            any::<bool>()
+        )
+            .prop_map(|([job, dropped], workers, events, last)| {
+                Message::TraceBatch(TraceBatch {
+                    job: JobId(job),
+                    workers,
+                    dropped,
+                    events,
+                    last,
+                })
+            }),
     ]
 }
 
@@ -95,15 +152,17 @@ fn stage_message() -> impl Strategy<Value = Message> {
             at,
             any::<String>(),
             prop::collection::vec(-1e12f64..1e12, 0..4),
-            prop::option::of((any::<String>(), any::<u32>()))
+            prop::option::of((any::<String>(), any::<u32>())),
+            any::<bool>()
         )
-            .prop_map(|((stream, stage), kernel, args, next)| {
+            .prop_map(|((stream, stage), kernel, args, next, trace)| {
                 Message::StageOpen(StageOpen {
                     stream,
                     stage,
                     kernel,
                     args,
                     next: next.map(|(addr, stage)| StageNext { addr, stage }),
+                    trace,
                 })
             }),
         at.prop_map(|(stream, stage)| Message::StageReady(StreamRef { stream, stage })),
@@ -161,14 +220,16 @@ fn framed(max_elements: u64) -> impl Strategy<Value = Framed> {
             any::<u64>(),
             any::<String>(),
             prop::collection::vec(-1e12f64..1e12, 0..4),
-            bulk(max_elements)
+            bulk(max_elements),
+            any::<bool>()
         )
-            .prop_map(|(id, job, kernel, args, (shape, data))| {
+            .prop_map(|(id, job, kernel, args, (shape, data), trace)| {
                 let head = TaskHead {
                     id,
                     job: JobId(job),
                     kernel,
                     args,
+                    trace,
                 };
                 Framed::with_bulk(Message::Task(head), shape, data)
             }),

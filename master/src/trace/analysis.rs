@@ -1,0 +1,409 @@
+//! What a trace says: where time went on each node, each stage's service
+//! time Ts, inter-arrival time Ta and utilisation rho = Ts / (Ta × workers)
+//! (the seed's pipeline measures), tasks per worker, and the bottleneck.
+//!
+//! Ta is the traced span divided by the stage's items: the mean time
+//! between its inputs over the whole job, the inverse of its throughput.
+//! rho is then the utilisation law's U = X × S / m: the share of the job
+//! its workers were busy. (The spacing of a stage's own arrivals would not
+//! do: buffers let a fast stage take its whole input early, run flat out
+//! for a while and finish early, which looks saturated over its own short
+//! window though it never held the pipeline back.)
+
+use super::merge::Trace;
+use serde::Serialize;
+use skelpi_proto::trace::TraceKind;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// A stage whose rho reaches this is saturated: the bottleneck.
+pub const SATURATED: f64 = 0.8;
+
+/// The analysis of one trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    /// The job id.
+    pub job: String,
+    /// The skeleton.
+    pub skeleton: String,
+    /// From the first event to the last, seconds.
+    pub span_s: f64,
+    /// Per node (master first).
+    pub nodes: Vec<NodeUse>,
+    /// Per stage, in pipeline order (streamed) or by kernel.
+    pub stages: Vec<StageUse>,
+    /// Per worker thread that ran anything.
+    pub workers: Vec<WorkerUse>,
+    /// The stage with the highest rho, if it is saturated.
+    pub bottleneck: Option<String>,
+    /// One line naming the bottleneck, or saying there is none.
+    pub verdict: String,
+    /// Messages whose receive was recorded before their send (after clock
+    /// correction; should be 0).
+    pub acausal_messages: usize,
+    /// The trace's notes.
+    pub notes: Vec<String>,
+}
+
+/// Where one node's time went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeUse {
+    /// Its name.
+    pub name: String,
+    /// Worker threads (0: the master).
+    pub workers: u32,
+    /// Kernel time, all workers together, seconds.
+    pub compute_s: f64,
+    /// Time sending frames, seconds.
+    pub send_s: f64,
+    /// Time receiving frames, seconds.
+    pub recv_s: f64,
+    /// compute / (workers × span): how busy its cores were.
+    pub compute_share: f64,
+    /// 1 − compute share: worker time spent waiting.
+    pub idle_share: f64,
+    /// (send + receive) / span.
+    pub comm_share: f64,
+    /// Frame bytes sent.
+    pub bytes_sent: u64,
+    /// Frame bytes received.
+    pub bytes_received: u64,
+    /// Events lost before collection.
+    pub dropped: u64,
+}
+
+/// One stage's measures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageUse {
+    /// `stage N: kernel` for a streamed stage, else the kernel.
+    pub stage: String,
+    /// The nodes it ran on.
+    pub agents: Vec<String>,
+    /// Kernel calls.
+    pub items: usize,
+    /// Distinct worker threads that ran it.
+    pub workers: usize,
+    /// Mean kernel time, seconds.
+    pub ts_s: f64,
+    /// Mean time between its inputs over the traced span, seconds.
+    pub ta_s: f64,
+    /// Ts / (Ta × workers).
+    pub rho: f64,
+    /// Mean wait of an input before its call, seconds.
+    pub wait_s: f64,
+}
+
+/// One worker thread's share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerUse {
+    /// Its node.
+    pub node: String,
+    /// Its number on the node.
+    pub worker: usize,
+    /// Kernel calls it ran.
+    pub tasks: usize,
+    /// Their total time, seconds.
+    pub busy_s: f64,
+}
+
+impl Analysis {
+    /// Analyses a trace.
+    pub fn of(trace: &Trace) -> Analysis {
+        let first = trace
+            .events
+            .iter()
+            .map(|e| e.ts_us)
+            .fold(f64::INFINITY, f64::min);
+        let last = trace
+            .events
+            .iter()
+            .map(|e| e.end_us())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let span_us = if last > first { last - first } else { 0.0 };
+        let name = |pid: u32| {
+            trace
+                .nodes
+                .iter()
+                .find(|n| n.pid == pid)
+                .map_or_else(|| format!("node {pid}"), |n| n.name.clone())
+        };
+
+        let nodes: Vec<NodeUse> = trace
+            .nodes
+            .iter()
+            .map(|n| {
+                let mine = trace.events.iter().filter(|e| e.pid == n.pid);
+                let (mut compute, mut send, mut recv, mut sent, mut got) = (0.0, 0.0, 0.0, 0, 0);
+                for e in mine {
+                    match e.kind {
+                        TraceKind::Kernel => compute += e.dur_us,
+                        k if k.is_send() => {
+                            send += e.dur_us;
+                            sent += e.bytes;
+                        }
+                        _ => {
+                            recv += e.dur_us;
+                            got += e.bytes;
+                        }
+                    }
+                }
+                let capacity = f64::from(n.workers) * span_us;
+                let compute_share = if capacity > 0.0 {
+                    compute / capacity
+                } else {
+                    0.0
+                };
+                NodeUse {
+                    name: n.name.clone(),
+                    workers: n.workers,
+                    compute_s: compute / 1e6,
+                    send_s: send / 1e6,
+                    recv_s: recv / 1e6,
+                    compute_share,
+                    idle_share: if n.workers > 0 {
+                        1.0 - compute_share
+                    } else {
+                        0.0
+                    },
+                    comm_share: if span_us > 0.0 {
+                        (send + recv) / span_us
+                    } else {
+                        0.0
+                    },
+                    bytes_sent: sent,
+                    bytes_received: got,
+                    dropped: n.dropped,
+                }
+            })
+            .collect();
+
+        // Stages: streamed ones by position, routed tasks by kernel.
+        #[derive(Default)]
+        struct Acc {
+            calls: Vec<(f64, f64)>,
+            lanes: BTreeSet<(u32, u32)>,
+            agents: BTreeSet<u32>,
+        }
+        let key = |stage: Option<u32>, kernel: &Option<String>| -> Option<(u32, String)> {
+            match stage {
+                Some(s) => Some((s, trace.stages.get(s as usize)?.clone())),
+                None => Some((u32::MAX, kernel.clone()?)),
+            }
+        };
+        let mut stages: BTreeMap<(u32, String), Acc> = BTreeMap::new();
+        for e in trace.events.iter().filter(|e| e.kind == TraceKind::Kernel) {
+            if let Some(k) = key(e.stage, &e.kernel) {
+                let acc = stages.entry(k).or_default();
+                acc.calls.push((e.dur_us, e.wait_us));
+                acc.lanes.insert((e.pid, e.lane.0));
+                acc.agents.insert(e.pid);
+            }
+        }
+        let stages: Vec<StageUse> = stages
+            .into_iter()
+            .filter(|(_, a)| !a.calls.is_empty())
+            .map(|((s, kernel), a)| {
+                let n = a.calls.len() as f64;
+                let ts = a.calls.iter().map(|c| c.0).sum::<f64>() / n;
+                let wait = a.calls.iter().map(|c| c.1).sum::<f64>() / n;
+                let ta = span_us / n;
+                let workers = a.lanes.len().max(1);
+                let rho = if ta > 0.0 {
+                    ts / (ta * workers as f64)
+                } else {
+                    0.0
+                };
+                StageUse {
+                    stage: if s == u32::MAX {
+                        kernel
+                    } else {
+                        format!("stage {s}: {kernel}")
+                    },
+                    agents: a.agents.iter().map(|&p| name(p)).collect(),
+                    items: a.calls.len(),
+                    workers,
+                    ts_s: ts / 1e6,
+                    ta_s: ta / 1e6,
+                    rho,
+                    wait_s: wait / 1e6,
+                }
+            })
+            .collect();
+
+        let mut per_worker: BTreeMap<(u32, usize), (usize, f64)> = BTreeMap::new();
+        for e in trace.events.iter().filter(|e| e.kind == TraceKind::Kernel) {
+            if let Some(w) = e.lane.as_worker() {
+                let slot = per_worker.entry((e.pid, w)).or_default();
+                slot.0 += 1;
+                slot.1 += e.dur_us;
+            }
+        }
+        let workers = per_worker
+            .into_iter()
+            .map(|((pid, worker), (tasks, busy))| WorkerUse {
+                node: name(pid),
+                worker,
+                tasks,
+                busy_s: busy / 1e6,
+            })
+            .collect();
+
+        let acausal_messages = super::merge::messages(&trace.events)
+            .into_iter()
+            .filter(|&(s, r)| trace.events[r].ts_us < trace.events[s].ts_us)
+            .count();
+        let (bottleneck, verdict) = verdict(&stages, &nodes);
+        Analysis {
+            job: trace.job.clone(),
+            skeleton: trace.skeleton.clone(),
+            span_s: span_us / 1e6,
+            nodes,
+            stages,
+            workers,
+            bottleneck,
+            verdict,
+            acausal_messages,
+            notes: trace.notes.clone(),
+        }
+    }
+}
+
+fn verdict(stages: &[StageUse], nodes: &[NodeUse]) -> (Option<String>, String) {
+    let Some(top) = stages.iter().max_by(|a, b| a.rho.total_cmp(&b.rho)) else {
+        return (None, "no kernel ran: nothing to analyse".into());
+    };
+    let others = stages
+        .iter()
+        .filter(|s| s.stage != top.stage)
+        .map(|s| s.rho)
+        .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    let rest = others.map_or(String::new(), |r| {
+        format!("; the other stages wait for it (rho ≤ {r:.2})")
+    });
+    if top.rho >= SATURATED {
+        let line = format!(
+            "bottleneck: {} on {} — rho {:.2} (Ts {} against Ta {} with {} worker{}){rest}",
+            top.stage,
+            top.agents.join(", "),
+            top.rho,
+            duration(top.ts_s),
+            duration(top.ta_s),
+            top.workers,
+            if top.workers == 1 { "" } else { "s" },
+        );
+        (Some(top.stage.clone()), line)
+    } else {
+        let master = nodes.first().map_or(0.0, |m| m.send_s + m.recv_s);
+        let line = format!(
+            "no stage is saturated (highest rho {:.2}, {}): the stages wait for their input — \
+             the master's feed, the network, or cores shared with other agents on one host \
+             limit throughput (the master spent {} sending and receiving frames)",
+            top.rho,
+            top.stage,
+            duration(master)
+        );
+        (None, line)
+    }
+}
+
+/// A duration in seconds, in the unit that reads best.
+fn duration(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}
+
+impl fmt::Display for Analysis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "job {}: {}", self.job, self.skeleton)?;
+        writeln!(f, "traced span {}", duration(self.span_s))?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<20} {:>7} {:>22} {:>24} {:>6}",
+            "node", "workers", "compute", "communication", "idle"
+        )?;
+        for n in &self.nodes {
+            let compute = if n.workers > 0 {
+                format!(
+                    "{} ({:.0}%)",
+                    duration(n.compute_s),
+                    100.0 * n.compute_share
+                )
+            } else {
+                "-".into()
+            };
+            let idle = if n.workers > 0 {
+                format!("{:.0}%", 100.0 * n.idle_share)
+            } else {
+                "-".into()
+            };
+            writeln!(
+                f,
+                "{:<20} {:>7} {:>22} {:>24} {:>6}",
+                n.name,
+                n.workers,
+                compute,
+                format!(
+                    "{} ({:.0}%)",
+                    duration(n.send_s + n.recv_s),
+                    100.0 * n.comm_share
+                ),
+                idle
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<32} {:>7} {:>7} {:>11} {:>11} {:>6} {:>11}  agents",
+            "stage", "items", "workers", "Ts", "Ta", "rho", "wait"
+        )?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "{:<32} {:>7} {:>7} {:>11} {:>11} {:>6.2} {:>11}  {}",
+                s.stage,
+                s.items,
+                s.workers,
+                duration(s.ts_s),
+                duration(s.ta_s),
+                s.rho,
+                duration(s.wait_s),
+                s.agents.join(", ")
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<20} {:>6} {:>7} {:>11}",
+            "node", "worker", "tasks", "busy"
+        )?;
+        for w in &self.workers {
+            writeln!(
+                f,
+                "{:<20} {:>6} {:>7} {:>11}",
+                w.node,
+                w.worker,
+                w.tasks,
+                duration(w.busy_s)
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(f, "{}", self.verdict)?;
+        if self.acausal_messages > 0 {
+            writeln!(
+                f,
+                "warning: {} messages appear received before they were sent",
+                self.acausal_messages
+            )?;
+        }
+        for note in &self.notes {
+            writeln!(f, "note: {note}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! Traces as Chrome Trace Event JSON, the format Perfetto UI and
+//! `chrome://tracing` open.
+//!
+//! Each node is a process (the master is pid 0) and each lane a thread:
+//! worker threads, and the receiving and sending side of each connection
+//! (lanes hold events that never overlap, as complete events on one thread
+//! must nest). Frames and kernel calls are complete events (`"ph": "X"`,
+//! microseconds); every message whose two ends were recorded is a flow
+//! from its send to its receive (`"s"` inside the sending slice, `"f"` with
+//! `"bp": "e"` inside the receiving one, integer ids, same name and
+//! category, as Perfetto matches them). The trace's own description rides
+//! in `otherData.skelpi`, which viewers ignore and
+//! [`from_json`] reads back with the events' `args`.
+
+use super::merge::{Event, Node, Trace, messages};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use skelpi_proto::trace::{Lane, TraceKind};
+
+/// What `otherData.skelpi` holds: the trace without its events.
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    format: u32,
+    job: String,
+    skeleton: String,
+    stages: Vec<String>,
+    nodes: Vec<Node>,
+    notes: Vec<String>,
+}
+
+/// This module's format version in `otherData.skelpi.format`.
+const FORMAT: u32 = 1;
+
+/// The category of a flow (name and category must match at both ends).
+const FLOW_CAT: &str = "message";
+
+/// The trace as Chrome Trace Event JSON.
+pub fn to_json(trace: &Trace) -> String {
+    let mut out: Vec<Value> = Vec::with_capacity(trace.events.len() * 2 + 16);
+    let mut lanes: Vec<(u32, Lane)> = trace.events.iter().map(|e| (e.pid, e.lane)).collect();
+    lanes.sort();
+    lanes.dedup();
+    for node in &trace.nodes {
+        let name = if node.addr.is_empty() {
+            node.name.clone()
+        } else {
+            format!("{} ({})", node.name, node.addr)
+        };
+        out.push(
+            json!({"ph": "M", "name": "process_name", "pid": node.pid, "tid": 0,
+                        "args": {"name": name}}),
+        );
+        out.push(
+            json!({"ph": "M", "name": "process_sort_index", "pid": node.pid, "tid": 0,
+                        "args": {"sort_index": node.pid}}),
+        );
+    }
+    for &(pid, lane) in &lanes {
+        out.push(
+            json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": lane.0,
+                        "args": {"name": lane_name(trace, pid, lane)}}),
+        );
+        out.push(
+            json!({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": lane.0,
+                        "args": {"sort_index": lane.0}}),
+        );
+    }
+    for e in &trace.events {
+        let mut args = json!({"kind": e.kind, "id": e.id});
+        if let Some(stage) = e.stage {
+            args["stage"] = json!(stage);
+        }
+        if e.kind == TraceKind::Kernel {
+            args["wait_us"] = json!(e.wait_us);
+        } else {
+            args["bytes"] = json!(e.bytes);
+        }
+        if let Some(k) = &e.kernel {
+            args["kernel"] = json!(k);
+        }
+        out.push(json!({
+            "ph": "X", "name": event_name(trace, e), "cat": category(e.kind),
+            "ts": e.ts_us, "dur": e.dur_us, "pid": e.pid, "tid": e.lane.0, "args": args,
+        }));
+    }
+    for (n, (s, r)) in messages(&trace.events).into_iter().enumerate() {
+        let (s, r) = (&trace.events[s], &trace.events[r]);
+        let name = flow_name(s.kind);
+        out.push(
+            json!({"ph": "s", "id": n + 1, "name": name, "cat": FLOW_CAT,
+                        "ts": s.ts_us, "pid": s.pid, "tid": s.lane.0}),
+        );
+        out.push(
+            json!({"ph": "f", "bp": "e", "id": n + 1, "name": name, "cat": FLOW_CAT,
+                        "ts": r.ts_us, "pid": r.pid, "tid": r.lane.0}),
+        );
+    }
+    let meta = Meta {
+        format: FORMAT,
+        job: trace.job.clone(),
+        skeleton: trace.skeleton.clone(),
+        stages: trace.stages.clone(),
+        nodes: trace.nodes.clone(),
+        notes: trace.notes.clone(),
+    };
+    let doc = json!({
+        "traceEvents": out,
+        "displayTimeUnit": "ns",
+        "otherData": {"skelpi": meta},
+    });
+    serde_json::to_string(&doc).expect("a trace serialises")
+}
+
+/// Reads a trace written by [`to_json`]; the error says what is missing.
+pub fn from_json(text: &str) -> Result<Trace, String> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let meta = doc
+        .pointer("/otherData/skelpi")
+        .ok_or("no otherData.skelpi (was it written by skelpi?)")?;
+    let meta: Meta =
+        serde_json::from_value(meta.clone()).map_err(|e| format!("otherData.skelpi: {e}"))?;
+    if meta.format != FORMAT {
+        return Err(format!(
+            "format {} (this skelpi reads format {FORMAT})",
+            meta.format
+        ));
+    }
+    let list = doc
+        .get("traceEvents")
+        .and_then(Value::as_array)
+        .ok_or("no traceEvents array")?;
+    let mut events = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        if v.get("ph").and_then(Value::as_str) != Some("X") {
+            continue;
+        }
+        let bad = |what: &str| format!("traceEvents[{i}]: {what}");
+        let num = |key: &str| {
+            v.get(key)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| bad(&format!("no number {key}")))
+        };
+        let args = v.get("args").ok_or_else(|| bad("no args"))?;
+        let arg_u64 = |key: &str| args.get(key).and_then(Value::as_u64);
+        let kind: TraceKind =
+            serde_json::from_value(args.get("kind").cloned().unwrap_or(Value::Null))
+                .map_err(|e| bad(&format!("args.kind: {e}")))?;
+        events.push(Event {
+            pid: num("pid")? as u32,
+            lane: Lane(num("tid")? as u32),
+            kind,
+            id: arg_u64("id").ok_or_else(|| bad("no args.id"))?,
+            stage: arg_u64("stage").map(|s| s as u32),
+            ts_us: num("ts")?,
+            dur_us: num("dur")?,
+            bytes: arg_u64("bytes").unwrap_or(0),
+            wait_us: args.get("wait_us").and_then(Value::as_f64).unwrap_or(0.0),
+            kernel: args
+                .get("kernel")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        });
+    }
+    Ok(Trace {
+        job: meta.job,
+        skeleton: meta.skeleton,
+        stages: meta.stages,
+        nodes: meta.nodes,
+        events,
+        notes: meta.notes,
+    })
+}
+
+fn category(kind: TraceKind) -> &'static str {
+    match kind {
+        TraceKind::Kernel => "kernel",
+        k if k.is_send() => "send",
+        _ => "recv",
+    }
+}
+
+fn flow_name(send: TraceKind) -> &'static str {
+    match send {
+        TraceKind::TaskSend => "task",
+        TraceKind::ResultSend => "result",
+        _ => "item",
+    }
+}
+
+fn event_name(trace: &Trace, e: &Event) -> String {
+    let to = |stage: Option<u32>| match stage {
+        Some(s) if s as usize >= trace.stages.len() => "the master".to_owned(),
+        Some(s) => format!("stage {s}"),
+        None => "?".to_owned(),
+    };
+    match e.kind {
+        TraceKind::Kernel => match (&e.kernel, e.stage) {
+            (Some(k), Some(s)) => format!("stage {s}: {k}"),
+            (Some(k), None) => k.clone(),
+            (None, _) => "kernel".into(),
+        },
+        TraceKind::TaskSend | TraceKind::TaskRecv => format!("task {}", e.id),
+        TraceKind::ResultSend | TraceKind::ResultRecv => format!("result {}", e.id),
+        TraceKind::ItemSend | TraceKind::ItemRecv => format!("item {} → {}", e.id, to(e.stage)),
+    }
+}
+
+fn lane_name(trace: &Trace, pid: u32, lane: Lane) -> String {
+    if let Some(w) = lane.as_worker() {
+        return format!("worker {w}");
+    }
+    let Some((conn, send)) = lane.as_conn() else {
+        return format!("lane {}", lane.0);
+    };
+    let master = trace.nodes.first().filter(|n| n.pid == pid);
+    let peer = master
+        .and_then(|m| m.peers.get(conn as usize))
+        .and_then(|p| trace.nodes.iter().find(|n| n.pid == *p));
+    match (peer, send) {
+        (Some(p), true) => format!("send to {}", p.name),
+        (Some(p), false) => format!("receive from {}", p.name),
+        (None, true) => format!("connection {conn} send"),
+        (None, false) => format!("connection {conn} receive"),
+    }
+}
