@@ -176,7 +176,6 @@ async fn gather(
         }
         agents.push(trace::collect(conn, rec.clock(), job, before).await?);
     }
-    let peers: Vec<usize> = (0..agents.len()).collect();
     let collected = rec.finish(job, skeleton.to_string(), Vec::new(), agents);
-    Ok(trace::merge::merge(&collected, &peers))
+    Ok(trace::merge::merge(&collected))
 }

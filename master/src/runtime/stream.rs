@@ -355,7 +355,7 @@ pub async fn run_pipeline_with(
             .map(|agents| {
                 let kernels = stages.iter().map(Kernel::to_string).collect();
                 let tree = Skeleton::pipe(stages.iter().cloned().map(Skeleton::seq)).to_string();
-                trace::merge::merge(&rec.finish(job, tree, kernels, agents), &peers)
+                trace::merge::merge(&rec.finish(job, tree, kernels, agents))
             });
     }
     for c in conns {

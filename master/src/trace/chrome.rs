@@ -16,6 +16,7 @@ use super::merge::{Event, Node, Trace, messages};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skelpi_proto::trace::{Lane, TraceKind};
+use std::collections::HashMap;
 
 /// What `otherData.skelpi` holds: the trace without its events.
 #[derive(Serialize, Deserialize)]
@@ -36,36 +37,47 @@ const FLOW_CAT: &str = "message";
 
 /// The trace as Chrome Trace Event JSON.
 pub fn to_json(trace: &Trace) -> String {
-    let mut out: Vec<Value> = Vec::with_capacity(trace.events.len() * 2 + 16);
+    let mut out: Vec<Value> = Vec::with_capacity(trace.events.len() * 3 + 16);
     let mut lanes: Vec<(u32, Lane)> = trace.events.iter().map(|e| (e.pid, e.lane)).collect();
     lanes.sort();
     lanes.dedup();
+    let pairs = messages(&trace.events);
+    // The node at the other end of each message event, and of each lane.
+    let mut peer_of_event = HashMap::new();
+    let mut peer_of_lane = HashMap::new();
+    for &(s, r) in &pairs {
+        let (se, re) = (&trace.events[s], &trace.events[r]);
+        peer_of_event.insert(s, re.pid);
+        peer_of_event.insert(r, se.pid);
+        peer_of_lane.entry((se.pid, se.lane)).or_insert(re.pid);
+        peer_of_lane.entry((re.pid, re.lane)).or_insert(se.pid);
+    }
+    let node_name = |pid: u32| {
+        trace
+            .nodes
+            .iter()
+            .find(|n| n.pid == pid)
+            .map_or_else(|| format!("node {pid}"), |n| n.name.clone())
+    };
+    let meta = |name: &str, pid: u32, tid: u32, args: Value| json!({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args});
     for node in &trace.nodes {
         let name = if node.addr.is_empty() {
             node.name.clone()
         } else {
             format!("{} ({})", node.name, node.addr)
         };
-        out.push(
-            json!({"ph": "M", "name": "process_name", "pid": node.pid, "tid": 0,
-                        "args": {"name": name}}),
-        );
-        out.push(
-            json!({"ph": "M", "name": "process_sort_index", "pid": node.pid, "tid": 0,
-                        "args": {"sort_index": node.pid}}),
-        );
+        out.push(meta("process_name", node.pid, 0, json!({"name": name})));
+        let order = json!({"sort_index": node.pid});
+        out.push(meta("process_sort_index", node.pid, 0, order));
     }
     for &(pid, lane) in &lanes {
-        out.push(
-            json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": lane.0,
-                        "args": {"name": lane_name(trace, pid, lane)}}),
-        );
-        out.push(
-            json!({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": lane.0,
-                        "args": {"sort_index": lane.0}}),
-        );
+        let peer = peer_of_lane.get(&(pid, lane)).map(|&p| node_name(p));
+        let name = json!({"name": lane_name(lane, peer)});
+        out.push(meta("thread_name", pid, lane.0, name));
+        let order = json!({"sort_index": lane.0});
+        out.push(meta("thread_sort_index", pid, lane.0, order));
     }
-    for e in &trace.events {
+    for (i, e) in trace.events.iter().enumerate() {
         let mut args = json!({"kind": e.kind, "id": e.id});
         if let Some(stage) = e.stage {
             args["stage"] = json!(stage);
@@ -78,12 +90,15 @@ pub fn to_json(trace: &Trace) -> String {
         if let Some(k) = &e.kernel {
             args["kernel"] = json!(k);
         }
+        if let Some(&p) = peer_of_event.get(&i) {
+            args["peer"] = json!(node_name(p));
+        }
         out.push(json!({
             "ph": "X", "name": event_name(trace, e), "cat": category(e.kind),
             "ts": e.ts_us, "dur": e.dur_us, "pid": e.pid, "tid": e.lane.0, "args": args,
         }));
     }
-    for (n, (s, r)) in messages(&trace.events).into_iter().enumerate() {
+    for (n, (s, r)) in pairs.into_iter().enumerate() {
         let (s, r) = (&trace.events[s], &trace.events[r]);
         let name = flow_name(s.kind);
         out.push(
@@ -205,21 +220,19 @@ fn event_name(trace: &Trace, e: &Event) -> String {
     }
 }
 
-fn lane_name(trace: &Trace, pid: u32, lane: Lane) -> String {
+/// A lane's name: its worker, or its connection's direction and the node
+/// at the other end (`peer`, when a message on it was matched).
+fn lane_name(lane: Lane, peer: Option<String>) -> String {
     if let Some(w) = lane.as_worker() {
         return format!("worker {w}");
     }
     let Some((conn, send)) = lane.as_conn() else {
         return format!("lane {}", lane.0);
     };
-    let master = trace.nodes.first().filter(|n| n.pid == pid);
-    let peer = master
-        .and_then(|m| m.peers.get(conn as usize))
-        .and_then(|p| trace.nodes.iter().find(|n| n.pid == *p));
     match (peer, send) {
-        (Some(p), true) => format!("send to {}", p.name),
-        (Some(p), false) => format!("receive from {}", p.name),
-        (None, true) => format!("connection {conn} send"),
-        (None, false) => format!("connection {conn} receive"),
+        (Some(p), true) => format!("connection {conn}: send to {p}"),
+        (Some(p), false) => format!("connection {conn}: receive from {p}"),
+        (None, true) => format!("connection {conn}: send"),
+        (None, false) => format!("connection {conn}: receive"),
     }
 }

@@ -39,8 +39,6 @@ pub struct Node {
     pub dropped: u64,
     /// How its clock was mapped (`None` for the master).
     pub clock: Option<ClockModel>,
-    /// For the master: the node each of its connections leads to (pid).
-    pub peers: Vec<u32>,
 }
 
 /// One event on the master's time base.
@@ -108,9 +106,8 @@ pub fn messages(events: &[Event]) -> Vec<(usize, usize)> {
 
 /// Merges a traced job's events onto the master's time base: each agent's
 /// clock by its probes, then corrected so that every message is received
-/// no earlier than sent. `peers`: for each master connection number, the
-/// agent (index in `c.agents`) it leads to.
-pub fn merge(c: &Collected, peers: &[usize]) -> Trace {
+/// no earlier than sent.
+pub fn merge(c: &Collected) -> Trace {
     let mut notes = Vec::new();
     let mut nodes = vec![Node {
         pid: 0,
@@ -119,7 +116,6 @@ pub fn merge(c: &Collected, peers: &[usize]) -> Trace {
         workers: 0,
         dropped: 0,
         clock: None,
-        peers: peers.iter().map(|&a| a as u32 + 1).collect(),
     }];
     let mut events: Vec<Event> = c
         .master
@@ -158,7 +154,6 @@ pub fn merge(c: &Collected, peers: &[usize]) -> Trace {
             workers: a.events.workers,
             dropped: a.events.dropped,
             clock: model,
-            peers: Vec::new(),
         });
     }
     let msgs: Vec<clock::Message> = messages(&events)
