@@ -14,12 +14,11 @@ use crate::kernels::Array;
 use crate::raw_echo;
 use crate::server::ServerConfig;
 use crate::stages;
-use crate::trace::nanos;
 use crate::wire::handshake::Established;
 use crate::wire::{Sender, WireError};
 use crate::workers::{Outcome, Tag, Traced};
 use futures_lite::future;
-use skelpi_proto::trace::{ClockReading, Lane, NO_STAGE, TraceEvent, TraceKind};
+use skelpi_proto::trace::{ClockReading, NO_STAGE, TraceKind};
 use skelpi_proto::{
     ErrorCode, ErrorReply, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
 };
@@ -139,20 +138,14 @@ pub async fn serve_session(
                         data: std::mem::take(&mut bulk),
                     };
                     let traced = task.trace.then(|| {
-                        let event = TraceEvent {
-                            kind: TraceKind::TaskRecv,
-                            lane: Lane::conn(conn, false),
-                            id: task.id,
-                            stage: NO_STAGE,
-                            start_ns: recorder.clock_at(received.started),
-                            dur_ns: nanos(received.started.elapsed()),
-                            bytes: received.frame_len as u64,
-                            wait_ns: 0,
-                        };
-                        recorder.io(task.job, event);
+                        recorder.prepare();
+                        let (kind, at, bytes) =
+                            (TraceKind::TaskRecv, received.started, received.frame_len);
+                        recorder.frame(task.job, kind, conn, task.id, NO_STAGE, at, bytes);
+                        // Its wait starts once the frame is in.
                         Traced {
                             stage: NO_STAGE,
-                            since: received.started,
+                            since: Instant::now(),
                         }
                     });
                     start_task(config, task, input, first, traced, &done_tx, &sender).await
@@ -333,17 +326,8 @@ pub async fn serve_session(
                 }
             };
             if tag.trace.is_some() {
-                let event = TraceEvent {
-                    kind: TraceKind::ResultSend,
-                    lane: Lane::conn(conn, true),
-                    id,
-                    stage: NO_STAGE,
-                    start_ns: recorder.clock_at(started),
-                    dur_ns: nanos(started.elapsed()),
-                    bytes: s.last_frame_len() as u64,
-                    wait_ns: 0,
-                };
-                recorder.io(tag.job, event);
+                let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
+                recorder.frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
             }
             drop(s);
             if let Err(e) = sent {

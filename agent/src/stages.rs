@@ -17,13 +17,12 @@
 
 use crate::kernels::Array;
 use crate::server::ServerConfig;
-use crate::trace::nanos;
 use crate::wire::handshake::{self, ConnectOptions};
 use crate::wire::{Receiver, Sender};
 use crate::workers::{Tag, Traced};
 use async_net::TcpStream;
 use futures_lite::future;
-use skelpi_proto::trace::{Lane, TraceEvent, TraceKind};
+use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{
     ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageStats, StreamItem,
     StreamRef,
@@ -43,7 +42,7 @@ pub struct StageItem {
     pub index: u64,
     /// The data.
     pub data: Array,
-    /// When its frame began to arrive, before it waited for room in the
+    /// When its frame had been read, before it waited for room in the
     /// inbox.
     pub arrived: Instant,
 }
@@ -141,21 +140,15 @@ pub async fn deliver(
         ));
     };
     let index = item.index;
-    let arrived = arrival.started;
     if traced {
-        let recorder = config.workers.recorder();
-        let event = TraceEvent {
-            kind: TraceKind::ItemRecv,
-            lane: Lane::conn(arrival.conn, false),
-            id: index,
-            stage: item.stage,
-            start_ns: recorder.clock_at(arrived),
-            dur_ns: nanos(arrived.elapsed()),
-            bytes: arrival.frame_len as u64,
-            wait_ns: 0,
-        };
-        recorder.io(JobId(item.stream), event);
+        let (job, kind) = (JobId(item.stream), TraceKind::ItemRecv);
+        let (at, bytes) = (arrival.started, arrival.frame_len);
+        config
+            .workers
+            .recorder()
+            .frame(job, kind, arrival.conn, index, item.stage, at, bytes);
     }
+    let arrived = Instant::now();
     let item_in = StageItem {
         index,
         data,
@@ -202,6 +195,9 @@ pub async fn run_stage(
         );
         return refuse(what).await;
     };
+    if open.trace {
+        config.workers.recorder().prepare();
+    }
     let (inbox, _registration) = match config.streams.register(stream, stage, open.trace) {
         Ok(r) => r,
         Err(what) => return refuse(what).await,
@@ -309,17 +305,8 @@ pub async fn run_stage(
                     }
                 };
                 if open.trace {
-                    let event = TraceEvent {
-                        kind: TraceKind::ItemSend,
-                        lane: Lane::conn(out_conn, true),
-                        id: index,
-                        stage: out_stage,
-                        start_ns: recorder.clock_at(started),
-                        dur_ns: nanos(started.elapsed()),
-                        bytes: bytes as u64,
-                        wait_ns: 0,
-                    };
-                    recorder.io(job, event);
+                    let kind = TraceKind::ItemSend;
+                    recorder.frame(job, kind, out_conn, index, out_stage, started, bytes);
                 }
                 if let Err(e) = sent {
                     return link_failed(e.to_string());

@@ -4,9 +4,8 @@
 //! backpressure instead of growing the agent's memory.
 
 use crate::kernels::{Array, Kernel};
-use crate::trace::{Recorder, nanos};
+use crate::trace::Recorder;
 use skelpi_proto::JobId;
-use skelpi_proto::trace::{Lane, TraceEvent, TraceKind};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -78,17 +77,8 @@ impl Workers {
                             let started = job.tag.trace.map(|t| (t, Instant::now()));
                             let outcome = call_kernel(&*job.kernel, &job.args, job.input);
                             if let Some((t, at)) = started {
-                                let event = TraceEvent {
-                                    kind: TraceKind::Kernel,
-                                    lane: Lane::worker(i),
-                                    id: job.tag.id,
-                                    stage: t.stage,
-                                    start_ns: recorder.clock_at(at),
-                                    dur_ns: nanos(at.elapsed()),
-                                    bytes: 0,
-                                    wait_ns: nanos(at.saturating_duration_since(t.since)),
-                                };
-                                recorder.worker(i, job.tag.job, event);
+                                let tag = job.tag;
+                                recorder.kernel(tag.job, i, tag.id, t.stage, at, t.since);
                             }
                             // A gone caller (its session ended) is not an error.
                             let _ = job.reply.send_blocking((job.tag, outcome));

@@ -208,11 +208,12 @@ impl AgentConn {
 
     /// Reads the agent's trace clock once: the master's trace clock (`clock`)
     /// when the probe left and when the reading came back, around the
-    /// agent's reading.
+    /// agent's reading. `None`: the agent does not know the probe (an
+    /// older agent answers it with an error and serves on).
     pub async fn clock_probe(
         &mut self,
         clock: &crate::trace::MasterClock,
-    ) -> Result<crate::trace::ClockSample, ClientError> {
+    ) -> Result<Option<crate::trace::ClockSample>, ClientError> {
         let limit = self.request_timeout;
         self.guarded(limit, async |c: &mut Self| {
             let nonce = c.next_id;
@@ -227,11 +228,14 @@ impl AgentConn {
             let got = c.receiver.recv(&mut c.scratch).await;
             let back_ns = clock.now_ns();
             match got.map_err(wire)?.msg {
-                Message::ClockReading(r) if r.nonce == nonce => Ok(crate::trace::ClockSample {
-                    sent_ns,
-                    agent_ns: r.agent_ns,
-                    back_ns,
-                }),
+                Message::ClockReading(r) if r.nonce == nonce => {
+                    Ok(Some(crate::trace::ClockSample {
+                        sent_ns,
+                        agent_ns: r.agent_ns,
+                        back_ns,
+                    }))
+                }
+                Message::Error(_) => Ok(None),
                 other => Err(unexpected(addr, other, "answering a clock probe")),
             }
         })
@@ -239,10 +243,13 @@ impl AgentConn {
     }
 
     /// Collects what the agent recorded for a traced job: its events and
-    /// how many were overwritten before collection.
+    /// how many were overwritten before collection. An agent that sends
+    /// more than `max` events, or batches larger than the protocol's, is
+    /// refused (the connection is then broken).
     pub async fn collect_trace(
         &mut self,
         job: skelpi_proto::JobId,
+        max: usize,
     ) -> Result<crate::trace::AgentEvents, ClientError> {
         let limit = self.request_timeout;
         self.guarded(limit, async |c: &mut Self| {
@@ -253,16 +260,23 @@ impl AgentConn {
                 .send(&Message::TraceCollect(ask))
                 .await
                 .map_err(wire)?;
-            let mut got = crate::trace::AgentEvents {
-                workers: 0,
-                dropped: 0,
-                events: Vec::new(),
-            };
+            let mut got = crate::trace::AgentEvents::default();
             loop {
                 match c.receiver.recv(&mut c.scratch).await.map_err(wire)?.msg {
                     Message::TraceBatch(b) if b.job == job => {
+                        let total = got.events.len() + b.events.len();
+                        if b.events.len() > skelpi_proto::trace::BATCH_EVENTS || total > max {
+                            return Err(ClientError::Protocol {
+                                addr,
+                                what: format!(
+                                    "sent {total} trace events in batches of up to {}; \
+                                     an agent holds at most {max}",
+                                    b.events.len()
+                                ),
+                            });
+                        }
                         got.workers = b.workers;
-                        got.dropped += b.dropped;
+                        got.dropped = got.dropped.saturating_add(b.dropped);
                         got.events.extend(b.events);
                         if b.last {
                             return Ok(got);

@@ -22,6 +22,7 @@ pub const BATCH_EVENTS: usize = 2048;
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TraceKind {
     /// A task frame was sent (master → agent).
     TaskSend,

@@ -4,9 +4,11 @@
 //! each waits for the previous result) in the same run. The ratio is what
 //! on-demand dispatch with credits buys over stop-and-wait.
 //!
-//! With tracing, every repeat also runs the farm traced, alternating which
-//! goes first, and reports the traced throughput against the untraced one:
-//! the cost of tracing. The last traced run's trace is left in the
+//! Runs are timed from their first result to their last (the steady
+//! state). With tracing, every repeat also runs the farm traced,
+//! alternating which goes first, and reports the traced throughput against
+//! the untraced one: the cost of tracing while a job runs (its clock probes
+//! and collection, before and after, come on top). The last traced run's trace is left in the
 //! cluster ([`Cluster::take_trace`]).
 
 use crate::cluster::Cluster;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct FarmOptions {
-    /// Tasks per run.
+    /// Tasks per run (at least 2: runs are timed first to last result).
     pub tasks: usize,
     /// Timed repeats (the median is reported); at least 1.
     pub repeats: usize,
@@ -109,7 +111,7 @@ pub async fn run(
         ordered: false,
     };
     let repeats = opts.repeats.max(1);
-    let tasks = opts.tasks.max(1);
+    let tasks = opts.tasks.max(2);
     let seq_tasks = (tasks / 10).max(100);
     let mut farm_times = Vec::new();
     let mut traced_times = Vec::new();
@@ -134,14 +136,19 @@ pub async fn run(
             let mut got = 0.0;
             let mut count = 0;
             cluster.set_tracing(traced);
-            let start = Instant::now();
+            // Timed from the first result to the last: a traced job's clock
+            // probes and collection, before and after, are not its cost
+            // per task.
+            let (mut first, mut last) = (None, None);
             let ran = cluster
                 .run_each(tree, inputs, |_, a| {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = Some(now);
                     got += a.data.first().copied().unwrap_or(f64::NAN);
                     count += 1;
                 })
                 .await;
-            let elapsed = start.elapsed();
             cluster.set_tracing(false);
             ran?;
             black_box(got);
@@ -152,7 +159,11 @@ pub async fn run(
                     "{tree}: {count} results for {n} tasks, or wrong values"
                 )));
             }
-            times.push(elapsed.div_f64(n as f64));
+            let elapsed = match (first, last) {
+                (Some(a), Some(b)) => b - a,
+                _ => Duration::ZERO,
+            };
+            times.push(elapsed.div_f64(n.saturating_sub(1).max(1) as f64));
             progress.inc(1);
         }
     }

@@ -27,8 +27,10 @@ pub struct RunArgs {
     /// Trace the job: write DIR/trace.json (Chrome Trace Event format,
     /// opens in https://ui.perfetto.dev), DIR/analysis.txt and
     /// DIR/analysis.json (compute vs communication per node, Ts, Ta and
-    /// rho per stage, the bottleneck). The trace is written even when the
-    /// job fails, if the agents can still be reached.
+    /// rho per stage, the bottleneck). For jobs the master routes, the
+    /// trace is written even when the job fails (agents that cannot be
+    /// reached are left out, with a note); a streamed pipeline that fails
+    /// leaves none.
     #[arg(long, value_name = "DIR")]
     trace: Option<PathBuf>,
 }

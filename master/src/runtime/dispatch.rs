@@ -2,7 +2,7 @@
 
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
-use crate::trace::Recorder;
+use crate::trace::{NO_LABEL, Recorder};
 use skelpi_agent::kernels::Array;
 use skelpi_agent::wire::{Receiver, Sender};
 use skelpi_proto::skeleton::Kernel;
@@ -31,6 +31,8 @@ struct Outgoing {
     id: u64,
     head: Message,
     input: Array,
+    /// Its kernel's label in the job's trace, if traced.
+    label: u32,
 }
 
 /// A task in flight: who asked, for what, and where the result goes.
@@ -186,10 +188,14 @@ impl<'c> Dispatcher<'c> {
             args: kernel.args.clone(),
             trace: self.trace.is_some(),
         });
-        if let Some(t) = self.trace {
-            t.task(id, kernel.to_string());
-        }
-        let queued = link.outbox_tx.send(Outgoing { id, head, input }).await;
+        let label = self.trace.map_or(NO_LABEL, |t| t.label(kernel));
+        let out = Outgoing {
+            id,
+            head,
+            input,
+            label,
+        };
+        let queued = link.outbox_tx.send(out).await;
         if queued.is_err() {
             return Err(self.dead_error(link));
         }
@@ -257,14 +263,9 @@ impl<'c> Dispatcher<'c> {
                 .send_bulk(&out.head, out.input.shape, &out.input.data)
                 .await;
             if let Some(t) = self.trace {
-                let bytes = sender.last_frame_len();
+                let (kind, bytes) = (TraceKind::TaskSend, sender.last_frame_len());
                 t.frame(
-                    TraceKind::TaskSend,
-                    link.index,
-                    out.id,
-                    NO_STAGE,
-                    started,
-                    bytes,
+                    kind, link.index, out.id, NO_STAGE, started, bytes, out.label,
                 );
             }
             if let Err(source) = sent {
@@ -328,14 +329,8 @@ impl<'c> Dispatcher<'c> {
                 }
             };
             if let Some(t) = self.trace {
-                t.frame(
-                    TraceKind::ResultRecv,
-                    link.index,
-                    id,
-                    NO_STAGE,
-                    started,
-                    frame_len,
-                );
+                let kind = TraceKind::ResultRecv;
+                t.frame(kind, link.index, id, NO_STAGE, started, frame_len, NO_LABEL);
             }
             let entry = link.pending.borrow_mut().remove(&id);
             if let Some(p) = entry {

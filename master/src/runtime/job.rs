@@ -147,35 +147,10 @@ async fn run_with(
         }
     }
     if let (Some(rec), Some(out)) = (recorder, trace_out) {
-        *out = gather(conns, rec, job, skeleton, probes).await;
+        // Agents that failed or cannot trace are left out, with a note.
+        let agents = trace::gather(conns.iter_mut(), probes, rec.clock(), job).await;
+        let collected = rec.finish(job, skeleton.to_string(), Vec::new(), agents);
+        *out = Ok(trace::merge::merge(&collected));
     }
     result
-}
-
-/// Collects the agents' events of a traced job and merges them; an agent
-/// whose connection failed is left out, and the trace says so.
-async fn gather(
-    conns: &mut [AgentConn],
-    rec: Recorder,
-    job: JobId,
-    skeleton: &Skeleton,
-    probes: Vec<Vec<trace::ClockSample>>,
-) -> Result<Trace, TraceError> {
-    let mut agents = Vec::with_capacity(conns.len());
-    for (conn, before) in conns.iter_mut().zip(probes) {
-        if conn.is_broken() {
-            // Without probes, merging leaves it out and says so.
-            agents.push(trace::AgentTrace {
-                name: conn.info().name.clone(),
-                addr: conn.addr().to_string(),
-                before: Vec::new(),
-                after: Vec::new(),
-                events: Default::default(),
-            });
-            continue;
-        }
-        agents.push(trace::collect(conn, rec.clock(), job, before).await?);
-    }
-    let collected = rec.finish(job, skeleton.to_string(), Vec::new(), agents);
-    Ok(trace::merge::merge(&collected))
 }

@@ -119,18 +119,20 @@ pub async fn run_pipeline_with(
             }
         })
         .collect();
-    let mut probes: Vec<Vec<ClockSample>> = vec![Vec::new(); agents.len()];
+    // Each agent's clock probes (inner `None`: it does not trace).
+    let mut probes: Vec<Option<Option<Vec<ClockSample>>>> = vec![None; agents.len()];
     let opened = future::or(
         async {
             let mut conns = Vec::with_capacity(n);
             for (i, p) in placement.iter().enumerate() {
                 let mut conn = AgentConn::connect(p.addr, key, opts).await?;
                 if let Some(rec) = recorder
-                    && probes[peers[i]].is_empty()
+                    && probes[peers[i]].is_none()
                 {
-                    probes[peers[i]] = trace::probe(&mut conn, rec.clock())
+                    let probed = trace::probe(&mut conn, rec.clock())
                         .await
                         .map_err(|e| JobError::Invalid(e.to_string()))?;
+                    probes[peers[i]] = Some(probed);
                 }
                 let next = placement.get(i + 1).map(|q| StageNext {
                     addr: q.addr.to_string(),
@@ -224,7 +226,8 @@ pub async fn run_pipeline_with(
                         .map_err(wire)?;
                     if let Some(rec) = recorder {
                         let bytes = sender.last_frame_len();
-                        rec.frame(TraceKind::ItemSend, 0, index as u64, 0, started, bytes);
+                        let (kind, id) = (TraceKind::ItemSend, index as u64);
+                        rec.frame(kind, 0, id, 0, started, bytes, trace::NO_LABEL);
                     }
                     fed.set(index as u64 + 1);
                 }
@@ -256,7 +259,8 @@ pub async fn run_pipeline_with(
                         expected += 1;
                         if let Some(rec) = recorder {
                             let (at, bytes) = (got.started, got.frame_len);
-                            rec.frame(TraceKind::ItemRecv, i, item.index, item.stage, at, bytes);
+                            let (kind, id, stage) = (TraceKind::ItemRecv, item.index, item.stage);
+                            rec.frame(kind, i, id, stage, at, bytes, trace::NO_LABEL);
                         }
                         let shape = got.bulk.unwrap_or(Shape::List(0));
                         let out = Array {
@@ -341,22 +345,21 @@ pub async fn run_pipeline_with(
     if let Some(out) = trace_out
         && let Some(rec) = recorder_owned
     {
-        let mut collected = Vec::with_capacity(agents.len());
-        for (a, before) in probes.into_iter().enumerate() {
-            let first = peers
-                .iter()
-                .position(|&p| p == a)
-                .expect("every agent has a stage");
-            collected.push(trace::collect(&mut conns[first], rec.clock(), job, before).await);
-        }
-        *out = collected
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map(|agents| {
-                let kernels = stages.iter().map(Kernel::to_string).collect();
-                let tree = Skeleton::pipe(stages.iter().cloned().map(Skeleton::seq)).to_string();
-                trace::merge::merge(&rec.finish(job, tree, kernels, agents))
-            });
+        // Each agent once, on the connection of its first stage (agents
+        // are numbered in that order).
+        let firsts: Vec<usize> = (0..agents.len())
+            .filter_map(|a| peers.iter().position(|&p| p == a))
+            .collect();
+        let on = conns
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| firsts.contains(i))
+            .map(|(_, c)| c);
+        let before = probes.into_iter().map(Option::flatten).collect();
+        let agents = trace::gather(on, before, rec.clock(), job).await;
+        let kernels = stages.iter().map(Kernel::to_string).collect();
+        let tree = Skeleton::pipe(stages.iter().cloned().map(Skeleton::seq)).to_string();
+        *out = Ok(trace::merge::merge(&rec.finish(job, tree, kernels, agents)));
     }
     for c in conns {
         c.close().await;

@@ -10,7 +10,7 @@
 //! for a while and finish early, which looks saturated over its own short
 //! window though it never held the pipeline back.)
 
-use super::merge::Trace;
+use super::merge::{Event, Trace};
 use serde::Serialize;
 use skelpi_proto::trace::TraceKind;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +26,9 @@ pub struct Analysis {
     pub job: String,
     /// The skeleton.
     pub skeleton: String,
-    /// From the first event to the last, seconds.
+    /// The time analysed: from the first event (or, if some node lost
+    /// events, the first moment every node's record is complete) to the
+    /// last, seconds.
     pub span_s: f64,
     /// Per node (master first).
     pub nodes: Vec<NodeUse>,
@@ -58,12 +60,14 @@ pub struct NodeUse {
     pub send_s: f64,
     /// Time receiving frames, seconds.
     pub recv_s: f64,
-    /// compute / (workers × span): how busy its cores were.
+    /// compute / (workers × span): how busy its worker threads were.
+    pub worker_use: f64,
+    /// Share of the span some kernel ran on it.
     pub compute_share: f64,
-    /// 1 − compute share: worker time spent waiting.
-    pub idle_share: f64,
-    /// (send + receive) / span.
+    /// Share of the span no kernel ran but some frame moved.
     pub comm_share: f64,
+    /// Share of the span it did neither: waiting.
+    pub idle_share: f64,
     /// Frame bytes sent.
     pub bytes_sent: u64,
     /// Frame bytes received.
@@ -109,17 +113,48 @@ pub struct WorkerUse {
 impl Analysis {
     /// Analyses a trace.
     pub fn of(trace: &Trace) -> Analysis {
-        let first = trace
+        // Where a node lost its oldest events, only the time after its
+        // first kept one is complete everywhere.
+        let first_of = |pid: u32| {
+            trace
+                .events
+                .iter()
+                .filter(|e| e.pid == pid)
+                .map(|e| e.ts_us)
+                .fold(f64::INFINITY, f64::min)
+        };
+        let complete_from = trace
+            .nodes
+            .iter()
+            .filter(|n| n.dropped > 0)
+            .map(|n| first_of(n.pid))
+            .filter(|t| t.is_finite())
+            .fold(f64::NEG_INFINITY, f64::max);
+        let events: Vec<&Event> = trace
             .events
             .iter()
-            .map(|e| e.ts_us)
-            .fold(f64::INFINITY, f64::min);
-        let last = trace
-            .events
+            .filter(|e| e.ts_us >= complete_from)
+            .collect();
+        let first = events.iter().map(|e| e.ts_us).fold(f64::INFINITY, f64::min);
+        let last = events
             .iter()
             .map(|e| e.end_us())
             .fold(f64::NEG_INFINITY, f64::max);
         let span_us = if last > first { last - first } else { 0.0 };
+        let mut notes = trace.notes.clone();
+        if complete_from.is_finite() {
+            let all = trace
+                .events
+                .iter()
+                .map(|e| e.ts_us)
+                .fold(f64::INFINITY, f64::min);
+            notes.push(format!(
+                "the analysis covers the last {} of the job ({} dropped), where every \
+                 node's record is complete",
+                duration(span_us / 1e6),
+                duration((first - all).max(0.0) / 1e6)
+            ));
+        }
         let name = |pid: u32| {
             trace
                 .nodes
@@ -132,9 +167,9 @@ impl Analysis {
             .nodes
             .iter()
             .map(|n| {
-                let mine = trace.events.iter().filter(|e| e.pid == n.pid);
+                let mine: Vec<&Event> = events.iter().copied().filter(|e| e.pid == n.pid).collect();
                 let (mut compute, mut send, mut recv, mut sent, mut got) = (0.0, 0.0, 0.0, 0, 0);
-                for e in mine {
+                for e in &mine {
                     match e.kind {
                         TraceKind::Kernel => compute += e.dur_us,
                         k if k.is_send() => {
@@ -148,25 +183,23 @@ impl Analysis {
                     }
                 }
                 let capacity = f64::from(n.workers) * span_us;
-                let compute_share = if capacity > 0.0 {
-                    compute / capacity
-                } else {
-                    0.0
-                };
+                let share = |t: f64| if span_us > 0.0 { t / span_us } else { 0.0 };
+                let (computing, communicating) = partition(&mine);
                 NodeUse {
                     name: n.name.clone(),
                     workers: n.workers,
                     compute_s: compute / 1e6,
                     send_s: send / 1e6,
                     recv_s: recv / 1e6,
-                    compute_share,
-                    idle_share: if n.workers > 0 {
-                        1.0 - compute_share
+                    worker_use: if capacity > 0.0 {
+                        compute / capacity
                     } else {
                         0.0
                     },
-                    comm_share: if span_us > 0.0 {
-                        (send + recv) / span_us
+                    compute_share: share(computing),
+                    comm_share: share(communicating),
+                    idle_share: if span_us > 0.0 {
+                        (1.0 - share(computing) - share(communicating)).max(0.0)
                     } else {
                         0.0
                     },
@@ -191,7 +224,7 @@ impl Analysis {
             }
         };
         let mut stages: BTreeMap<(u32, String), Acc> = BTreeMap::new();
-        for e in trace.events.iter().filter(|e| e.kind == TraceKind::Kernel) {
+        for e in events.iter().filter(|e| e.kind == TraceKind::Kernel) {
             if let Some(k) = key(e.stage, &e.kernel) {
                 let acc = stages.entry(k).or_default();
                 acc.calls.push((e.dur_us, e.wait_us));
@@ -231,7 +264,7 @@ impl Analysis {
             .collect();
 
         let mut per_worker: BTreeMap<(u32, usize), (usize, f64)> = BTreeMap::new();
-        for e in trace.events.iter().filter(|e| e.kind == TraceKind::Kernel) {
+        for e in events.iter().filter(|e| e.kind == TraceKind::Kernel) {
             if let Some(w) = e.lane.as_worker() {
                 let slot = per_worker.entry((e.pid, w)).or_default();
                 slot.0 += 1;
@@ -263,9 +296,39 @@ impl Analysis {
             bottleneck,
             verdict,
             acausal_messages,
-            notes: trace.notes.clone(),
+            notes,
         }
     }
+}
+
+/// How long some kernel ran, and how long only frames moved, on one node:
+/// a sweep over its events' starts and ends (microseconds).
+fn partition(events: &[&Event]) -> (f64, f64) {
+    let mut points: Vec<(f64, bool, i32)> = Vec::with_capacity(2 * events.len());
+    for e in events {
+        let kernel = e.kind == TraceKind::Kernel;
+        points.push((e.ts_us, kernel, 1));
+        points.push((e.end_us(), kernel, -1));
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut kernels, mut frames) = (0i32, 0i32);
+    let (mut computing, mut communicating) = (0.0, 0.0);
+    let mut at = points.first().map_or(0.0, |p| p.0);
+    for (t, kernel, delta) in points {
+        let dt = t - at;
+        if kernels > 0 {
+            computing += dt;
+        } else if frames > 0 {
+            communicating += dt;
+        }
+        at = t;
+        if kernel {
+            kernels += delta;
+        } else {
+            frames += delta;
+        }
+    }
+    (computing, communicating)
 }
 
 fn verdict(stages: &[StageUse], nodes: &[NodeUse]) -> (Option<String>, String) {
@@ -320,40 +383,40 @@ fn duration(s: f64) -> String {
 impl fmt::Display for Analysis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "job {}: {}", self.job, self.skeleton)?;
-        writeln!(f, "traced span {}", duration(self.span_s))?;
+        writeln!(f, "analysed span {}", duration(self.span_s))?;
         writeln!(f)?;
         writeln!(
             f,
-            "{:<20} {:>7} {:>22} {:>24} {:>6}",
-            "node", "workers", "compute", "communication", "idle"
+            "time of each node: computing (some kernel runs), communicating (only \
+             frames move), idle"
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:>7} {:>10} {:>14} {:>6} {:>20} {:>12}",
+            "node",
+            "workers",
+            "computing",
+            "communicating",
+            "idle",
+            "kernel time (use)",
+            "frame time"
         )?;
         for n in &self.nodes {
-            let compute = if n.workers > 0 {
-                format!(
-                    "{} ({:.0}%)",
-                    duration(n.compute_s),
-                    100.0 * n.compute_share
-                )
-            } else {
-                "-".into()
-            };
-            let idle = if n.workers > 0 {
-                format!("{:.0}%", 100.0 * n.idle_share)
+            let kernels = if n.workers > 0 {
+                format!("{} ({:.0}%)", duration(n.compute_s), 100.0 * n.worker_use)
             } else {
                 "-".into()
             };
             writeln!(
                 f,
-                "{:<20} {:>7} {:>22} {:>24} {:>6}",
+                "{:<20} {:>7} {:>9.0}% {:>13.0}% {:>5.0}% {:>20} {:>12}",
                 n.name,
                 n.workers,
-                compute,
-                format!(
-                    "{} ({:.0}%)",
-                    duration(n.send_s + n.recv_s),
-                    100.0 * n.comm_share
-                ),
-                idle
+                100.0 * n.compute_share,
+                100.0 * n.comm_share,
+                100.0 * n.idle_share,
+                kernels,
+                duration(n.send_s + n.recv_s),
             )?;
         }
         writeln!(f)?;

@@ -1,10 +1,11 @@
 //! Traces as Chrome Trace Event JSON, the format Perfetto UI and
 //! `chrome://tracing` open.
 //!
-//! Each node is a process (the master is pid 0) and each lane a thread:
+//! Each node is a process (the master first) and each lane a thread
 //! worker threads, and the receiving and sending side of each connection
 //! (lanes hold events that never overlap, as complete events on one thread
-//! must nest). Frames and kernel calls are complete events (`"ph": "X"`,
+//! must nest). Process and thread ids in the file are the node's and the
+//! lane's number plus one: viewers treat pid and tid 0 specially. Frames and kernel calls are complete events (`"ph": "X"`,
 //! microseconds); every message whose two ends were recorded is a flow
 //! from its send to its receive (`"s"` inside the sending slice, `"f"` with
 //! `"bp": "e"` inside the receiving one, integer ids, same name and
@@ -59,23 +60,25 @@ pub fn to_json(trace: &Trace) -> String {
             .find(|n| n.pid == pid)
             .map_or_else(|| format!("node {pid}"), |n| n.name.clone())
     };
-    let meta = |name: &str, pid: u32, tid: u32, args: Value| json!({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args});
+    let meta = |name: &str, pid: u64, tid: u64, args: Value| json!({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args});
     for node in &trace.nodes {
         let name = if node.addr.is_empty() {
             node.name.clone()
         } else {
             format!("{} ({})", node.name, node.addr)
         };
-        out.push(meta("process_name", node.pid, 0, json!({"name": name})));
+        let pid = file_id(node.pid);
+        out.push(meta("process_name", pid, pid, json!({"name": name})));
         let order = json!({"sort_index": node.pid});
-        out.push(meta("process_sort_index", node.pid, 0, order));
+        out.push(meta("process_sort_index", pid, pid, order));
     }
     for &(pid, lane) in &lanes {
         let peer = peer_of_lane.get(&(pid, lane)).map(|&p| node_name(p));
         let name = json!({"name": lane_name(lane, peer)});
-        out.push(meta("thread_name", pid, lane.0, name));
+        let (fpid, ftid) = (file_id(pid), file_id(lane.0));
+        out.push(meta("thread_name", fpid, ftid, name));
         let order = json!({"sort_index": lane.0});
-        out.push(meta("thread_sort_index", pid, lane.0, order));
+        out.push(meta("thread_sort_index", fpid, ftid, order));
     }
     for (i, e) in trace.events.iter().enumerate() {
         let mut args = json!({"kind": e.kind, "id": e.id});
@@ -95,7 +98,8 @@ pub fn to_json(trace: &Trace) -> String {
         }
         out.push(json!({
             "ph": "X", "name": event_name(trace, e), "cat": category(e.kind),
-            "ts": e.ts_us, "dur": e.dur_us, "pid": e.pid, "tid": e.lane.0, "args": args,
+            "ts": e.ts_us, "dur": e.dur_us, "pid": file_id(e.pid), "tid": file_id(e.lane.0),
+            "args": args,
         }));
     }
     for (n, (s, r)) in pairs.into_iter().enumerate() {
@@ -103,11 +107,11 @@ pub fn to_json(trace: &Trace) -> String {
         let name = flow_name(s.kind);
         out.push(
             json!({"ph": "s", "id": n + 1, "name": name, "cat": FLOW_CAT,
-                        "ts": s.ts_us, "pid": s.pid, "tid": s.lane.0}),
+                        "ts": s.ts_us, "pid": file_id(s.pid), "tid": file_id(s.lane.0)}),
         );
         out.push(
             json!({"ph": "f", "bp": "e", "id": n + 1, "name": name, "cat": FLOW_CAT,
-                        "ts": r.ts_us, "pid": r.pid, "tid": r.lane.0}),
+                        "ts": r.ts_us, "pid": file_id(r.pid), "tid": file_id(r.lane.0)}),
         );
     }
     let meta = Meta {
@@ -144,32 +148,66 @@ pub fn from_json(text: &str) -> Result<Trace, String> {
         .get("traceEvents")
         .and_then(Value::as_array)
         .ok_or("no traceEvents array")?;
+    let pids: std::collections::HashSet<u32> = meta.nodes.iter().map(|n| n.pid).collect();
     let mut events = Vec::new();
     for (i, v) in list.iter().enumerate() {
         if v.get("ph").and_then(Value::as_str) != Some("X") {
             continue;
         }
         let bad = |what: &str| format!("traceEvents[{i}]: {what}");
-        let num = |key: &str| {
+        let time = |key: &str| {
             v.get(key)
                 .and_then(Value::as_f64)
-                .ok_or_else(|| bad(&format!("no number {key}")))
+                .filter(|t| t.is_finite())
+                .ok_or_else(|| bad(&format!("{key} is not a finite number")))
+        };
+        let id = |key: &str| {
+            v.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n.checked_sub(1)?).ok())
+                .ok_or_else(|| bad(&format!("{key} is not a whole number from 1 to 2^32")))
         };
         let args = v.get("args").ok_or_else(|| bad("no args"))?;
-        let arg_u64 = |key: &str| args.get(key).and_then(Value::as_u64);
         let kind: TraceKind =
             serde_json::from_value(args.get("kind").cloned().unwrap_or(Value::Null))
                 .map_err(|e| bad(&format!("args.kind: {e}")))?;
+        let pid = id("pid")?;
+        if !pids.contains(&pid) {
+            return Err(bad(&format!(
+                "pid {} is not a node of the trace",
+                u64::from(pid) + 1
+            )));
+        }
+        let dur = time("dur")?;
+        if dur < 0.0 {
+            return Err(bad("negative dur"));
+        }
+        let stage = match args.get("stage") {
+            None => None,
+            Some(s) => Some(
+                s.as_u64()
+                    .and_then(|s| u32::try_from(s).ok())
+                    .ok_or_else(|| bad("args.stage is not a stage number"))?,
+            ),
+        };
+        let wait_us = args.get("wait_us").and_then(Value::as_f64).unwrap_or(0.0);
         events.push(Event {
-            pid: num("pid")? as u32,
-            lane: Lane(num("tid")? as u32),
+            pid,
+            lane: Lane(id("tid")?),
             kind,
-            id: arg_u64("id").ok_or_else(|| bad("no args.id"))?,
-            stage: arg_u64("stage").map(|s| s as u32),
-            ts_us: num("ts")?,
-            dur_us: num("dur")?,
-            bytes: arg_u64("bytes").unwrap_or(0),
-            wait_us: args.get("wait_us").and_then(Value::as_f64).unwrap_or(0.0),
+            id: args
+                .get("id")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("no whole number args.id"))?,
+            stage,
+            ts_us: time("ts")?,
+            dur_us: dur,
+            bytes: args.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+            wait_us: if wait_us.is_finite() && wait_us >= 0.0 {
+                wait_us
+            } else {
+                0.0
+            },
             kernel: args
                 .get("kernel")
                 .and_then(Value::as_str)
@@ -184,6 +222,11 @@ pub fn from_json(text: &str) -> Result<Trace, String> {
         events,
         notes: meta.notes,
     })
+}
+
+/// The id written for node or lane number `n`: viewers treat 0 specially.
+fn file_id(n: u32) -> u64 {
+    u64::from(n) + 1
 }
 
 fn category(kind: TraceKind) -> &'static str {
@@ -217,6 +260,7 @@ fn event_name(trace: &Trace, e: &Event) -> String {
         TraceKind::TaskSend | TraceKind::TaskRecv => format!("task {}", e.id),
         TraceKind::ResultSend | TraceKind::ResultRecv => format!("result {}", e.id),
         TraceKind::ItemSend | TraceKind::ItemRecv => format!("item {} → {}", e.id, to(e.stage)),
+        other => format!("{other:?} {}", e.id),
     }
 }
 

@@ -6,12 +6,14 @@
 //! most half the round trip; so of several probes the one with the
 //! smallest round trip is kept. Probes before and after a job give a
 //! second estimate and so the drift between the clocks, when the job is
-//! long enough for drift to show above the estimates' error.
+//! long enough for drift to show well above the estimates' error.
 //!
 //! Then the recorded messages themselves bound the offsets: a message is
 //! received after it is sent. Those bounds are difference constraints
-//! between nodes' corrections, solved exactly (shortest paths); each
-//! agent's correction is the smallest that satisfies them ([`correct`]).
+//! between nodes' corrections, solved exactly (shortest paths); the agents
+//! are fixed one after the other, each at the value of its feasible
+//! interval closest to zero ([`correct`]: greedy, so the result can depend
+//! on the agents' order, but every message ends up causal).
 
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -25,6 +27,10 @@ const MIN_DRIFT_BASE_NS: i64 = 2_000_000_000;
 
 /// Drift beyond this (parts per million) is taken for an estimation error.
 const MAX_DRIFT_PPM: f64 = 500.0;
+
+/// A drift is believed only when it is this many times its error bound
+/// (the two estimates' half round trips over the time between them).
+const DRIFT_SIGNIFICANCE: f64 = 4.0;
 
 /// The master's trace clock: nanoseconds since the trace began.
 #[derive(Debug, Clone, Copy)]
@@ -66,18 +72,25 @@ pub struct ClockSample {
 impl ClockSample {
     /// Round trip, nanoseconds.
     pub fn rtt_ns(&self) -> i64 {
-        self.back_ns - self.sent_ns
+        self.back_ns.saturating_sub(self.sent_ns)
     }
 
-    /// How far the agent's clock is ahead of the master's.
-    pub fn offset_ns(&self) -> i64 {
-        self.agent_ns - (self.sent_ns + self.back_ns) / 2
+    /// How far the agent's clock is ahead of the master's (any readings:
+    /// computed wide, so a hostile agent's cannot overflow).
+    pub fn offset_ns(&self) -> f64 {
+        let mid = (i128::from(self.sent_ns) + i128::from(self.back_ns)) as f64 / 2.0;
+        (i128::from(self.agent_ns) as f64) - mid
     }
 }
 
-/// The best estimate of several probes: the one with the smallest round trip.
+/// The best estimate of several probes: the one with the smallest round
+/// trip (probes whose answer came back before they left are ignored).
 pub fn best(samples: &[ClockSample]) -> Option<ClockSample> {
-    samples.iter().copied().min_by_key(ClockSample::rtt_ns)
+    samples
+        .iter()
+        .copied()
+        .filter(|s| s.back_ns >= s.sent_ns)
+        .min_by_key(ClockSample::rtt_ns)
 }
 
 /// How an agent's clock maps onto the master's.
@@ -103,7 +116,7 @@ impl ClockModel {
         let b = best(before).or_else(|| best(after))?;
         let mid = |s: &ClockSample| (s.sent_ns + s.back_ns) as f64 / 2.0;
         let mut model = ClockModel {
-            offset_ns: b.offset_ns() as f64,
+            offset_ns: b.offset_ns(),
             at_ns: mid(&b),
             drift: 0.0,
             rtt_ns: b.rtt_ns(),
@@ -111,12 +124,16 @@ impl ClockModel {
         };
         if let Some(a) = best(after).filter(|a| a != &b) {
             let base = mid(&a) - mid(&b);
-            let drift = (a.offset_ns() - b.offset_ns()) as f64 / base;
-            if base >= MIN_DRIFT_BASE_NS as f64 && drift.abs() * 1e6 <= MAX_DRIFT_PPM {
+            let drift = (a.offset_ns() - b.offset_ns()) / base;
+            let error = (a.rtt_ns() as f64 + b.rtt_ns() as f64) / 2.0 / base;
+            if base >= MIN_DRIFT_BASE_NS as f64
+                && drift.abs() * 1e6 <= MAX_DRIFT_PPM
+                && drift.abs() >= DRIFT_SIGNIFICANCE * error
+            {
                 model.drift = drift;
             } else if a.rtt_ns() < b.rtt_ns() {
                 // No drift to speak of: the better of the two estimates.
-                model.offset_ns = a.offset_ns() as f64;
+                model.offset_ns = a.offset_ns();
                 model.at_ns = mid(&a);
                 model.rtt_ns = a.rtt_ns();
             }
@@ -124,11 +141,12 @@ impl ClockModel {
         Some(model)
     }
 
-    /// The master time of agent clock reading `agent_ns`.
+    /// The master time of agent clock reading `agent_ns`: the NTP model
+    /// inverted, then the correction.
     pub fn to_master(&self, agent_ns: i64) -> f64 {
         // agent = master + offset + drift (master - at)
         let a = agent_ns as f64;
-        (a - self.offset_ns - self.correction_ns + self.drift * self.at_ns) / (1.0 + self.drift)
+        (a - self.offset_ns + self.drift * self.at_ns) / (1.0 + self.drift) - self.correction_ns
     }
 }
 
@@ -234,10 +252,29 @@ mod tests {
             agent_ns: at(t + 10_000),
             back_ns: t + 20_000,
         };
-        let m = ClockModel::estimate(&[probe(0)], &[probe(10_000_000_000)]).unwrap();
+        let mut m = ClockModel::estimate(&[probe(0)], &[probe(10_000_000_000)]).unwrap();
         assert!((m.drift * 1e6 - 50.0).abs() < 0.1, "{}", m.drift * 1e6);
         let t = 7_000_000_000;
         assert!((m.to_master(at(t)) - t as f64).abs() < 10.0);
+        // A correction moves every mapped time by itself, drift or not.
+        m.correction_ns = 1_500.0;
+        assert!((m.to_master(at(t)) - (t as f64 - 1_500.0)).abs() < 10.0);
+        // Noise: 3 ppm between estimates with 40 µs round trips over 2 s is
+        // within their error, so no drift is believed.
+        let noisy = |t: i64, extra: i64| ClockSample {
+            sent_ns: t,
+            agent_ns: t + 20_000 + extra,
+            back_ns: t + 40_000,
+        };
+        let m = ClockModel::estimate(&[noisy(0, 0)], &[noisy(2_000_000_000, 6_000)]).unwrap();
+        assert_eq!(m.drift, 0.0);
+        // Hostile readings do not overflow.
+        let wild = ClockSample {
+            sent_ns: 0,
+            agent_ns: i64::MIN,
+            back_ns: 10,
+        };
+        assert!(ClockModel::estimate(&[wild], &[]).unwrap().offset_ns < -9e18);
         // Too short a job: no drift, the better estimate.
         let m = ClockModel::estimate(&[probe(0)], &[probe(100_000_000)]).unwrap();
         assert_eq!(m.drift, 0.0);

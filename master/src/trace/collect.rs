@@ -4,10 +4,12 @@
 use super::TraceError;
 use super::clock::{ClockSample, MasterClock, PROBES};
 use crate::client::AgentConn;
+use skelpi_agent::trace::Recorder as AgentRecorder;
 use skelpi_proto::JobId;
-use skelpi_proto::trace::{Lane, NO_STAGE, TraceEvent, TraceKind};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use skelpi_proto::skeleton::Kernel;
+use skelpi_proto::trace::{Lane, TraceEvent, TraceKind};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// Events one agent recorded for a job.
@@ -34,15 +36,26 @@ pub struct AgentTrace {
     pub after: Vec<ClockSample>,
     /// What it recorded.
     pub events: AgentEvents,
+    /// Why its events are missing, if they are.
+    pub missing: Option<String>,
 }
 
+/// A kernel label index of [`Recorder::frame`] for frames that carry none
+/// (results and stream items: their kernel is known otherwise).
+pub const NO_LABEL: u32 = u32::MAX;
+
+/// Events the master keeps for one job; older ones are dropped (and
+/// counted) beyond that, as the agents' rings do (32 MiB at most).
+pub const MASTER_EVENTS: usize = 1 << 19;
+
 /// Records the master's events of a traced job (frames it sends and
-/// receives) and what the agents' events need to be labelled.
+/// receives), in a bounded buffer, with the kernel each task runs.
 #[derive(Debug)]
 pub struct Recorder {
     clock: MasterClock,
-    events: RefCell<Vec<TraceEvent>>,
-    task_kernels: RefCell<HashMap<u64, String>>,
+    events: RefCell<VecDeque<(TraceEvent, u32)>>,
+    dropped: Cell<u64>,
+    labels: RefCell<Vec<(Kernel, String)>>,
 }
 
 impl Recorder {
@@ -51,7 +64,8 @@ impl Recorder {
         Recorder {
             clock: MasterClock::start(),
             events: RefCell::default(),
-            task_kernels: RefCell::default(),
+            dropped: Cell::new(0),
+            labels: RefCell::default(),
         }
     }
 
@@ -60,13 +74,21 @@ impl Recorder {
         &self.clock
     }
 
-    /// Notes that task `id` runs `kernel` (its text form).
-    pub fn task(&self, id: u64, kernel: String) {
-        self.task_kernels.borrow_mut().insert(id, kernel);
+    /// The label index of `kernel` (a tree has few distinct kernels).
+    pub fn label(&self, kernel: &Kernel) -> u32 {
+        let mut labels = self.labels.borrow_mut();
+        match labels.iter().position(|(k, _)| k == kernel) {
+            Some(i) => i as u32,
+            None => {
+                labels.push((kernel.clone(), kernel.to_string()));
+                labels.len() as u32 - 1
+            }
+        }
     }
 
-    /// Records a frame sent or received on connection `conn` (the link's
-    /// number): `kind` is one of the message kinds.
+    /// Records a frame sent or received (by `kind`) on connection `conn`
+    /// (the link's number) from `started` until now; `label`: the task's
+    /// kernel ([`Recorder::label`]) or [`NO_LABEL`].
     #[allow(clippy::too_many_arguments)]
     pub fn frame(
         &self,
@@ -76,6 +98,7 @@ impl Recorder {
         stage: u32,
         started: Instant,
         bytes: usize,
+        label: u32,
     ) {
         let start_ns = self.clock.at(started);
         let event = TraceEvent {
@@ -88,7 +111,12 @@ impl Recorder {
             bytes: bytes as u64,
             wait_ns: 0,
         };
-        self.events.borrow_mut().push(event);
+        let mut events = self.events.borrow_mut();
+        if events.len() == MASTER_EVENTS {
+            events.pop_front();
+            self.dropped.set(self.dropped.get() + 1);
+        }
+        events.push_back((event, label));
     }
 
     /// Everything recorded, with the agents' parts: the job's trace before
@@ -103,8 +131,14 @@ impl Recorder {
         Collected {
             job,
             skeleton,
-            master: self.events.into_inner(),
-            task_kernels: self.task_kernels.into_inner(),
+            master: self.events.into_inner().into(),
+            master_dropped: self.dropped.get(),
+            labels: self
+                .labels
+                .into_inner()
+                .into_iter()
+                .map(|(_, l)| l)
+                .collect(),
             stage_kernels,
             agents,
         }
@@ -124,71 +158,91 @@ pub struct Collected {
     pub job: JobId,
     /// Its skeleton, as text.
     pub skeleton: String,
-    /// The master's events, on its clock.
-    pub master: Vec<TraceEvent>,
-    /// The kernel (text) of every task id.
-    pub task_kernels: HashMap<u64, String>,
+    /// The master's events, on its clock, with their label index.
+    pub master: Vec<(TraceEvent, u32)>,
+    /// The master's events dropped for room.
+    pub master_dropped: u64,
+    /// The kernels of tasks (text), by label index.
+    pub labels: Vec<String>,
     /// The kernel (text) of every streamed stage, by position.
     pub stage_kernels: Vec<String>,
     /// The agents, in the order of the master's connections to them.
     pub agents: Vec<AgentTrace>,
 }
 
-impl Collected {
-    /// The kernel an event of an agent ran or carried data for.
-    pub fn label(&self, event: &TraceEvent) -> Option<&str> {
-        if event.stage != NO_STAGE {
-            let stage = match event.kind {
-                // An item goes to `stage`; the one that sent it is before.
-                TraceKind::ItemSend | TraceKind::ItemRecv => event.stage.checked_sub(1)?,
-                _ => event.stage,
-            };
-            self.stage_kernels.get(stage as usize).map(String::as_str)
-        } else {
-            self.task_kernels.get(&event.id).map(String::as_str)
-        }
-    }
-}
-
-/// Probes a connection's agent's clock [`PROBES`] times.
+/// Probes a connection's agent's clock [`PROBES`] times. `None`: the agent
+/// does not trace (an older agent, which answered the probe with an
+/// error); its connection stays usable.
 pub async fn probe(
     conn: &mut AgentConn,
     clock: &MasterClock,
-) -> Result<Vec<ClockSample>, TraceError> {
+) -> Result<Option<Vec<ClockSample>>, TraceError> {
     let mut samples = Vec::with_capacity(PROBES);
     for _ in 0..PROBES {
-        let s = conn
-            .clock_probe(clock)
-            .await
-            .map_err(|source| TraceError::Agent {
-                agent: conn.info().name.clone(),
-                source,
-            })?;
-        samples.push(s);
+        match conn.clock_probe(clock).await {
+            Ok(Some(s)) => samples.push(s),
+            Ok(None) => return Ok(None),
+            Err(source) => {
+                return Err(TraceError::Agent {
+                    agent: conn.info().name.clone(),
+                    source,
+                });
+            }
+        }
     }
-    Ok(samples)
+    Ok(Some(samples))
 }
 
-/// Probes the agent's clock again and collects its events of `job`.
-pub async fn collect(
-    conn: &mut AgentConn,
+/// Probes each agent's clock again and collects its events of `job`;
+/// `before`: its probes before the job (`None`: it does not trace). An
+/// agent that cannot be reached is left out, and its entry says why.
+pub async fn gather(
+    conns: impl IntoIterator<Item = &mut AgentConn>,
+    before: Vec<Option<Vec<ClockSample>>>,
     clock: &MasterClock,
     job: JobId,
-    before: Vec<ClockSample>,
-) -> Result<AgentTrace, TraceError> {
-    let after = probe(conn, clock).await?;
-    let events = conn
-        .collect_trace(job)
-        .await
-        .map_err(|source| TraceError::Agent {
-            agent: conn.info().name.clone(),
-            source,
-        })?;
-    Ok(AgentTrace {
-        name: conn.info().name.clone(),
-        addr: conn.addr().to_string(),
-        before,
-        after,
-        events,
-    })
+) -> Vec<AgentTrace> {
+    let mut agents = Vec::new();
+    for (conn, before) in conns.into_iter().zip(before) {
+        let mut agent = AgentTrace {
+            name: conn.info().name.clone(),
+            addr: conn.addr().to_string(),
+            before: Vec::new(),
+            after: Vec::new(),
+            events: AgentEvents::default(),
+            missing: None,
+        };
+        let Some(before) = before else {
+            agent.missing = Some("it does not record traces (an older skelpi-agent?)".into());
+            agents.push(agent);
+            continue;
+        };
+        agent.before = before;
+        if conn.is_broken() {
+            agent.missing = Some("its connection failed during the job".into());
+            agents.push(agent);
+            continue;
+        }
+        let max = AgentRecorder::capacity(conn.info().cores as usize);
+        let collected = async {
+            let after = probe(conn, clock).await?.unwrap_or_default();
+            let events =
+                conn.collect_trace(job, max)
+                    .await
+                    .map_err(|source| TraceError::Agent {
+                        agent: conn.info().name.clone(),
+                        source,
+                    })?;
+            Ok::<_, TraceError>((after, events))
+        };
+        match collected.await {
+            Ok((after, events)) => {
+                agent.after = after;
+                agent.events = events;
+            }
+            Err(e) => agent.missing = Some(format!("its trace could not be collected: {e}")),
+        }
+        agents.push(agent);
+    }
+    agents
 }

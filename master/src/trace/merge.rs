@@ -1,7 +1,7 @@
 //! A job's events from every node on the master's time base.
 
 use super::clock::{self, ClockModel};
-use super::collect::Collected;
+use super::collect::{Collected, NO_LABEL};
 use serde::{Deserialize, Serialize};
 use skelpi_proto::trace::{Lane, NO_STAGE, TraceEvent, TraceKind};
 use std::collections::HashMap;
@@ -41,6 +41,9 @@ pub struct Node {
     pub clock: Option<ClockModel>,
 }
 
+/// Identifies a message: its class (task, result, item), id and stage.
+pub type MessageKey = (u8, u64, Option<u32>);
+
 /// One event on the master's time base.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -74,34 +77,43 @@ impl Event {
 
     /// The message this event is one end of: its class, id and stage
     /// (`None` for kernel calls).
-    pub fn message_key(&self) -> Option<(u8, u64, Option<u32>)> {
+    pub fn message_key(&self) -> Option<MessageKey> {
         let class = match self.kind {
             TraceKind::TaskSend | TraceKind::TaskRecv => 0,
             TraceKind::ResultSend | TraceKind::ResultRecv => 1,
             TraceKind::ItemSend | TraceKind::ItemRecv => 2,
-            TraceKind::Kernel => return None,
+            _ => return None,
         };
         Some((class, self.id, self.stage))
     }
 }
 
 /// Pairs of (send, receive) event indices of `events`, one per message
-/// whose two ends were both recorded.
+/// whose two ends were both recorded once. A message key seen more than
+/// once at either end (a misbehaving agent) pairs nothing.
 pub fn messages(events: &[Event]) -> Vec<(usize, usize)> {
-    let mut sends = HashMap::new();
+    // Per message key, the indices of its sends and of its receives.
+    type Ends = (Vec<usize>, Vec<usize>);
+    let mut ends: HashMap<MessageKey, Ends> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
-        if e.kind.is_send()
-            && let Some(key) = e.message_key()
-        {
-            sends.entry(key).or_insert(i);
+        if let Some(key) = e.message_key() {
+            let slot = ends.entry(key).or_default();
+            if e.kind.is_send() {
+                slot.0.push(i);
+            } else {
+                slot.1.push(i);
+            }
         }
     }
-    events
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.kind.is_recv())
-        .filter_map(|(j, e)| Some((*sends.get(&e.message_key()?)?, j)))
-        .collect()
+    let mut pairs: Vec<(usize, usize)> = ends
+        .into_values()
+        .filter_map(|(s, r)| match (s.as_slice(), r.as_slice()) {
+            ([s], [r]) => Some((*s, *r)),
+            _ => None,
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs
 }
 
 /// Merges a traced job's events onto the master's time base: each agent's
@@ -114,24 +126,56 @@ pub fn merge(c: &Collected) -> Trace {
         name: "master".into(),
         addr: String::new(),
         workers: 0,
-        dropped: 0,
+        dropped: c.master_dropped,
         clock: None,
     }];
+    if c.master_dropped > 0 {
+        notes.push(format!(
+            "master: {} events were dropped for room; its part of the trace misses the \
+             job's start",
+            c.master_dropped
+        ));
+    }
+    // Task labels come from the master, which sent the tasks.
+    let label_of = |l: u32| c.labels.get(l as usize).cloned();
+    let mut task_label: HashMap<u64, u32> = HashMap::new();
+    for (e, l) in &c.master {
+        if e.kind == TraceKind::TaskSend && *l != NO_LABEL {
+            task_label.insert(e.id, *l);
+        }
+    }
+    let kernel = |e: &TraceEvent| -> Option<String> {
+        if e.stage != NO_STAGE {
+            // An item goes to `stage`; the kernel that made it is before.
+            let stage = match e.kind {
+                TraceKind::ItemSend | TraceKind::ItemRecv => e.stage.checked_sub(1)?,
+                _ => e.stage,
+            };
+            c.stage_kernels.get(stage as usize).cloned()
+        } else {
+            label_of(*task_label.get(&e.id)?)
+        }
+    };
     let mut events: Vec<Event> = c
         .master
         .iter()
-        .map(|e| event(c, 0, e, |t| t as f64))
+        .map(|(e, _)| event(0, e, kernel(e), |t| t as f64))
         .collect();
     for (i, a) in c.agents.iter().enumerate() {
         let pid = i as u32 + 1;
-        let model = ClockModel::estimate(&a.before, &a.after);
-        if model.is_none() {
-            notes.push(format!(
-                "{}: its clock could not be read (its connection failed during the job?); \
-                 its events are left out",
-                a.name
-            ));
-        }
+        let model = match &a.missing {
+            Some(why) => {
+                notes.push(format!("{}: no events: {why}", a.name));
+                None
+            }
+            None => {
+                let m = ClockModel::estimate(&a.before, &a.after);
+                if m.is_none() {
+                    notes.push(format!("{}: no clock probe answered; no events", a.name));
+                }
+                m
+            }
+        };
         if a.events.dropped > 0 {
             notes.push(format!(
                 "{}: {} events were overwritten before collection (its rings were full); \
@@ -144,7 +188,7 @@ pub fn merge(c: &Collected) -> Trace {
                 a.events
                     .events
                     .iter()
-                    .map(|e| event(c, pid, e, |t| m.to_master(t))),
+                    .map(|e| event(pid, e, kernel(e), |t| m.to_master(t))),
             );
         }
         nodes.push(Node {
@@ -203,7 +247,12 @@ pub fn merge(c: &Collected) -> Trace {
     }
 }
 
-fn event(c: &Collected, pid: u32, e: &TraceEvent, to_master: impl Fn(i64) -> f64) -> Event {
+fn event(
+    pid: u32,
+    e: &TraceEvent,
+    kernel: Option<String>,
+    to_master: impl Fn(i64) -> f64,
+) -> Event {
     let start = to_master(e.start_ns);
     let end = to_master(
         e.start_ns
@@ -219,6 +268,6 @@ fn event(c: &Collected, pid: u32, e: &TraceEvent, to_master: impl Fn(i64) -> f64
         dur_us: ((end - start) / 1e3).max(0.0),
         bytes: e.bytes,
         wait_us: e.wait_ns as f64 / 1e3,
-        kernel: c.label(e).map(str::to_owned),
+        kernel,
     }
 }

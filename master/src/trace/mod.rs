@@ -19,7 +19,7 @@ pub mod merge;
 
 pub use analysis::Analysis;
 pub use clock::{ClockSample, MasterClock};
-pub use collect::{AgentEvents, AgentTrace, Collected, Recorder, collect, probe};
+pub use collect::{AgentEvents, AgentTrace, Collected, NO_LABEL, Recorder, gather, probe};
 pub use merge::{Event, Node, Trace};
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use thiserror::Error;
 
 /// Tracing went wrong.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum TraceError {
     /// The job stopped before its trace could be collected.
     #[error("the job stopped before its trace could be collected")]
@@ -73,12 +74,24 @@ pub fn write_dir(trace: &Trace, dir: &Path) -> Result<Analysis, TraceError> {
     Ok(analysis)
 }
 
+/// Trace files larger than this are refused (a traced job writes far less:
+/// its agents hold at most a few hundred thousand events).
+pub const MAX_TRACE_FILE: u64 = 1 << 30;
+
 /// Reads a `trace.json` written by [`write_dir`].
 pub fn read_file(path: &Path) -> Result<Trace, TraceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TraceError::File {
+    let io = |source| TraceError::File {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_TRACE_FILE {
+        return Err(TraceError::Format {
+            path: path.to_owned(),
+            what: format!("{len} bytes, more than any trace skelpi writes ({MAX_TRACE_FILE})"),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
     chrome::from_json(&text).map_err(|what| TraceError::Format {
         path: path.to_owned(),
         what,

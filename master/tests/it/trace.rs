@@ -33,32 +33,40 @@ fn a_slow_middle_stage_is_named_the_bottleneck_with_the_highest_rho() {
     let job = scratch.path("slow.toml");
     std::fs::write(
         &job,
-        "skeleton = \"pipe(seq(sleep_ms(1)), seq(sleep_ms(4)), seq(sleep_ms(1)))\"\n\
-         [input]\ngenerate = \"range\"\nitems = 120\nlength = 4\n",
+        "skeleton = \"pipe(seq(sleep_ms(1)), seq(sleep_ms(10)), seq(sleep_ms(1)))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 100\nlength = 4\n",
     )
     .unwrap();
     let dir = scratch.path("out");
     let (code, _, err) = skelpi(&["run", "--local", "3", &job, "--trace", &dir, "--show", "0"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("bottleneck: stage 1: sleep_ms(4)"), "{err}");
+    assert!(err.contains("bottleneck: stage 1: sleep_ms(10)"), "{err}");
 
     let analysis: Value =
         serde_json::from_str(&std::fs::read_to_string(scratch.path("out/analysis.json")).unwrap())
             .unwrap();
     assert_eq!(
-        analysis["bottleneck"], "stage 1: sleep_ms(4)",
+        analysis["bottleneck"], "stage 1: sleep_ms(10)",
         "{analysis:#}"
     );
     let stages = analysis["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 3);
     let rho: Vec<f64> = stages.iter().map(|s| s["rho"].as_f64().unwrap()).collect();
-    assert!(rho[1] > rho[0] && rho[1] > rho[2], "{rho:?}");
-    assert!(rho[1] > 0.8, "the slow stage is saturated: {rho:?}");
+    // 10 ms against 1 ms: whatever the load, the slow stage's rho is the
+    // highest by far.
+    assert!(rho[1] > 2.0 * rho[0] && rho[1] > 2.0 * rho[2], "{rho:?}");
     for s in stages {
-        assert_eq!(s["items"], 120, "{s}");
+        assert_eq!(s["items"], 100, "{s}");
+    }
+    for n in analysis["nodes"].as_array().unwrap() {
+        let sum: f64 = ["compute_share", "comm_share", "idle_share"]
+            .iter()
+            .map(|k| n[k].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-6, "{n}: the shares split the span");
     }
     let text = std::fs::read_to_string(scratch.path("out/analysis.txt")).unwrap();
-    assert!(text.contains("bottleneck: stage 1: sleep_ms(4)"), "{text}");
+    assert!(text.contains("bottleneck: stage 1: sleep_ms(10)"), "{text}");
 
     // The saved trace gives the same analysis again.
     let trace_json = scratch.path("out/trace.json");
@@ -128,7 +136,8 @@ fn agents_whose_clocks_disagree_are_merged_with_every_message_causal() {
             assert!((got - want).abs() < 1e9, "{tree}: {got} vs {want}");
         }
         for c in &clocks {
-            assert!(c.correction_ns.abs() < 1e6, "{tree}: {c:?}");
+            // Milliseconds at most, against offsets of seconds.
+            assert!(c.correction_ns.abs() < 20e6, "{tree}: {c:?}");
             assert!(c.rtt_ns > 0 && c.rtt_ns < 50_000_000, "{tree}: {c:?}");
         }
         let analysis = Analysis::of(&trace);
@@ -158,6 +167,53 @@ fn trace_json_follows_the_trace_event_format_and_reads_back() {
         assert_eq!(back, trace, "{name}: trace.json holds the whole trace");
         assert_eq!(Analysis::of(&back), analysis);
         check_trace_event_format(name, &text);
+        refuses_broken_traces(&dir, &text);
+    }
+}
+
+/// Edited copies of a good trace.json are refused with the reason, never
+/// read as something else.
+fn refuses_broken_traces(dir: &std::path::Path, good: &str) {
+    let doc: Value = serde_json::from_str(good).unwrap();
+    let first_x = doc["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| e["ph"] == "X")
+        .unwrap();
+    for (field, value, why) in [
+        (
+            "pid",
+            serde_json::json!(0),
+            "pid is not a whole number from 1",
+        ),
+        (
+            "pid",
+            serde_json::json!(1e300),
+            "pid is not a whole number from 1",
+        ),
+        (
+            "pid",
+            serde_json::json!(77),
+            "pid 77 is not a node of the trace",
+        ),
+        (
+            "tid",
+            serde_json::json!(-5),
+            "tid is not a whole number from 1",
+        ),
+        ("dur", serde_json::json!(-1.0), "negative dur"),
+        ("ts", serde_json::json!("soon"), "ts is not a finite number"),
+    ] {
+        let mut bad = doc.clone();
+        bad["traceEvents"][first_x][field] = value;
+        let path = dir.join("bad.json");
+        std::fs::write(&path, bad.to_string()).unwrap();
+        let err = trace::read_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(why) && err.contains("bad.json"),
+            "{field}: {err}"
+        );
     }
 }
 
