@@ -41,6 +41,9 @@ pub struct Node {
     pub clock: Option<ClockModel>,
 }
 
+/// How much later than its send a receive must be after correction, ns.
+const CAUSAL_MARGIN_NS: f64 = 1.0;
+
 /// Identifies a message: its class (task, result, item), id and stage.
 pub type MessageKey = (u8, u64, Option<u32>);
 
@@ -206,7 +209,9 @@ pub fn merge(c: &Collected) -> Trace {
             from: events[s].pid as usize,
             to: events[r].pid as usize,
             sent: events[s].ts_us * 1e3,
-            received: events[r].ts_us * 1e3,
+            // A nanosecond of margin, so that rounding after the
+            // correction cannot put a receive a hair before its send.
+            received: events[r].ts_us * 1e3 - CAUSAL_MARGIN_NS,
         })
         .collect();
     match clock::correct(nodes.len(), &msgs) {
