@@ -11,11 +11,16 @@ use skelpi_proto::{JobId, Message, TaskHead};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Credits per agent worker: one task running, one queued behind it.
 pub const CREDITS_PER_WORKER: usize = 2;
+
+/// Times a task lost with its agent is sent again, to another live agent,
+/// before the job fails naming it (a task that keeps killing agents).
+pub const MAX_REDISPATCH: usize = 3;
 
 /// Frames a connection's writer holds (callers wait beyond that).
 const OUTBOX: usize = 16;
@@ -30,7 +35,9 @@ type Outcome = Result<Array, JobError>;
 struct Outgoing {
     id: u64,
     head: Message,
-    input: Array,
+    /// Shared with its caller, which keeps it to send again if the agent
+    /// is lost.
+    input: Rc<Array>,
     /// Its kernel's label in the job's trace, if traced.
     label: u32,
 }
@@ -143,32 +150,71 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Runs `kernel` on `input` on whichever agent has a free credit first.
-    /// `task` names the call in errors (e.g. `item 3 part 1`).
+    /// `task` names the call in errors (e.g. `item 3 part 1`). Tasks are
+    /// pure: one lost with its agent is sent again to a live agent, at most
+    /// [`MAX_REDISPATCH`] times; only its one result comes back.
     pub async fn call(&self, task: &str, kernel: &Kernel, input: Array) -> Outcome {
-        let link = loop {
+        self.call_from(None, task, kernel, Rc::new(input)).await
+    }
+
+    /// Runs `kernel` on agent `home` (a pipeline stage placed there), or on
+    /// demand if that agent is gone (or goes during the call). Placed stages
+    /// run one call at a time, so they need no credit.
+    pub async fn call_at(&self, home: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
+        self.call_from(Some(home), task, kernel, Rc::new(input))
+            .await
+    }
+
+    async fn call_from(
+        &self,
+        mut home: Option<usize>,
+        task: &str,
+        kernel: &Kernel,
+        input: Rc<Array>,
+    ) -> Outcome {
+        let mut lost: Vec<String> = Vec::new();
+        loop {
+            let (link, credit) = match home.take() {
+                Some(h) if self.links.get(h).is_some_and(|l| !l.dead.get()) => (h, false),
+                _ => (self.credit().await?, true),
+            };
+            let result = self.call_on(link, task, kernel, input.clone()).await;
+            let dead = self.links[link].dead.get();
+            if credit && !dead {
+                let _ = self.tokens_tx.try_send(link);
+            }
+            match result {
+                Err(JobError::Agent(_)) if dead => {
+                    lost.push(self.links[link].label.clone());
+                    if lost.len() > MAX_REDISPATCH {
+                        return Err(JobError::Lost {
+                            task: task.to_owned(),
+                            kernel: kernel.to_string(),
+                            agents: lost,
+                        });
+                    }
+                    log::warn!(
+                        "job {}: task {task} ({kernel}) lost with agent {}; sending it again",
+                        self.job,
+                        self.links[link].label
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits for a credit of a live agent; fails when every agent is gone.
+    async fn credit(&self) -> Result<usize, JobError> {
+        loop {
             let i = self
                 .tokens_rx
                 .recv()
                 .await
                 .map_err(|_| JobError::NoAgents)?;
             if !self.links[i].dead.get() {
-                break i;
+                return Ok(i);
             }
-        };
-        let result = self.call_on(link, task, kernel, input).await;
-        if !self.links[link].dead.get() {
-            let _ = self.tokens_tx.try_send(link);
-        }
-        result
-    }
-
-    /// Runs `kernel` on agent `home` (a pipeline stage placed there), or on
-    /// demand if that agent is gone. Placed stages run one call at a time,
-    /// so they need no credit.
-    pub async fn call_at(&self, home: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
-        match self.links.get(home) {
-            Some(link) if !link.dead.get() => self.call_on(home, task, kernel, input).await,
-            _ => self.call(task, kernel, input).await,
         }
     }
 
@@ -177,7 +223,7 @@ impl<'c> Dispatcher<'c> {
         self.links.len()
     }
 
-    async fn call_on(&self, i: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
+    async fn call_on(&self, i: usize, task: &str, kernel: &Kernel, input: Rc<Array>) -> Outcome {
         let link = &self.links[i];
         let id = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = async_channel::bounded(1);

@@ -46,6 +46,21 @@ pub enum JobError {
     /// The skeleton cannot run on these inputs.
     #[error("invalid job: {0}")]
     Invalid(String),
+    /// A task was lost with every agent it was sent to, more times than
+    /// it is sent again: it may be what kills them.
+    #[error(
+        "task {task} ({kernel}) was lost with {} agents in turn ({}); it is not sent again",
+        agents.len(),
+        agents.join(", ")
+    )]
+    Lost {
+        /// Which task (e.g. `item 3 part 1`).
+        task: String,
+        /// Its kernel.
+        kernel: String,
+        /// The agents lost while running it, in order.
+        agents: Vec<String>,
+    },
 }
 
 impl JobError {

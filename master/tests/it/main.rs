@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod cross;
 mod discovery;
+mod faults;
 mod image;
 mod lab;
 mod memory;

@@ -1,0 +1,152 @@
+//! Agents that die in the middle of a job: real `skelpi-agent` processes
+//! killed with SIGKILL while a farm or a pmap runs on them. Tasks are pure,
+//! so the ones lost with the agent are sent again to live agents; every
+//! result comes back exactly once and equals the sequential reference.
+
+use crate::agents::agent_binary;
+use skelpi::cluster::Cluster;
+use skelpi::runtime::JobError;
+use skelpi::runtime::sequential;
+use skelpi_agent::kernels::{Array, Registry};
+use skelpi_agent::key::ClusterKey;
+use skelpi_agent::process::AgentProcess;
+use skelpi_proto::skeleton::Skeleton;
+use std::time::Duration;
+
+/// `n` agent processes of two workers each, and a cluster connected to
+/// them.
+fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("skelpi-faults-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_path = dir.join("cluster.key");
+    let key = ClusterKey::generate().unwrap();
+    key.write(&key_path, true).unwrap();
+    let agents: Vec<AgentProcess> = (0..n)
+        .map(|i| {
+            let name = format!("fault-{i}");
+            let args = [
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                &name,
+                "--key-file",
+                key_path.to_str().unwrap(),
+                "--no-mdns",
+                "--workers",
+                "2",
+            ];
+            AgentProcess::start(&agent_binary(), &args, Duration::from_secs(20)).unwrap()
+        })
+        .collect();
+    let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
+    let cluster = smol::block_on(Cluster::connect(&addrs, &key, &Default::default())).unwrap();
+    (agents, cluster, dir)
+}
+
+/// Runs `tree` over `inputs`, SIGKILLing agent 1 when `kill_at` results
+/// have come back; checks the results against the sequential reference,
+/// each exactly once and in order.
+fn survives_a_kill(tag: &str, tree: &str, inputs: Vec<Array>, kill_at: usize) {
+    let (mut agents, mut cluster, dir) = agents(tag, 3);
+    let tree: Skeleton = tree.parse().unwrap();
+    let want = sequential::run(&Registry::builtin(), &tree, inputs.clone()).unwrap();
+    let mut got: Vec<(u64, Array)> = Vec::new();
+    let mut killed = false;
+    let result = smol::block_on(cluster.run_each(&tree, inputs, |index, a| {
+        got.push((index, a));
+        if got.len() == kill_at {
+            agents[1].child.kill().unwrap();
+            killed = true;
+        }
+    }));
+    result.unwrap_or_else(|e| panic!("{tree}: the job survives a lost agent: {e}"));
+    assert!(killed, "{tree}: an agent was killed mid-job");
+    let indices: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+    let expected: Vec<u64> = (0..want.len() as u64).collect();
+    assert_eq!(indices, expected, "{tree}: every result once, in order");
+    let values: Vec<Array> = got.into_iter().map(|(_, a)| a).collect();
+    assert_eq!(values, want, "{tree}: as the sequential reference");
+    // The dead agent's connection is marked; the others serve the next job.
+    let broken: Vec<bool> = cluster.agents().iter().map(|a| a.is_broken()).collect();
+    assert_eq!(broken, [false, true, false], "{tree}");
+    let again = smol::block_on(cluster.run(&tree, vec![Array::list(vec![2.0; 4])])).unwrap();
+    assert_eq!(again.len(), 1);
+    smol::block_on(cluster.close());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_farm_loses_nothing_when_one_of_three_agents_is_killed() {
+    // 5 ms tasks: about 30 ms of work per agent worker in flight when the
+    // agent dies, so tasks are certainly lost with it.
+    let inputs: Vec<Array> = (0..240)
+        .map(|i| Array::list(vec![i as f64, -(i as f64), 0.5]))
+        .collect();
+    survives_a_kill(
+        "farm",
+        "farm(pipe(seq(sleep_ms(5)), seq(square)))",
+        inputs,
+        120,
+    );
+}
+
+#[test]
+fn a_pmap_loses_nothing_when_one_of_three_agents_is_killed() {
+    // Each item split in 12 chunks over the pool, chunk results
+    // concatenated in order.
+    let inputs: Vec<Array> = (0..16)
+        .map(|i| Array::list((0..48).map(|j| (i * 48 + j) as f64 / 7.0).collect()))
+        .collect();
+    survives_a_kill(
+        "pmap",
+        "map(12, pipe(seq(sleep_ms(5)), seq(erf_burn(3))))",
+        inputs,
+        8,
+    );
+}
+
+#[test]
+fn a_task_that_keeps_losing_its_agent_fails_the_job_naming_it() {
+    // One long task; each agent that receives it (it logs the job's first
+    // task) is killed, so it is sent again, and again, until it has been
+    // lost more often than it is sent again.
+    let (agents, mut cluster, dir) = agents("lost", 5);
+    let tree: Skeleton = "farm(seq(sleep_ms(60000)))".parse().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let mut agents = agents;
+            let mut killed = 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !done.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                for a in agents.iter_mut() {
+                    if let Ok(line) = a.lines.recv_timeout(Duration::from_millis(10))
+                        && line.contains("tasks from master")
+                    {
+                        a.child.kill().unwrap();
+                        killed += 1;
+                    }
+                }
+            }
+            killed
+        }
+    });
+    let err = smol::block_on(cluster.run(&tree, vec![Array::list(vec![1.0])])).unwrap_err();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed = killer.join().unwrap();
+    let JobError::Lost { task, agents, .. } = &err else {
+        panic!("expected a lost task, got {err}");
+    };
+    assert_eq!(task, "item 0", "{err}");
+    assert_eq!(
+        agents.len(),
+        1 + skelpi::runtime::dispatch::MAX_REDISPATCH,
+        "{err}"
+    );
+    assert_eq!(killed, agents.len(), "{err}");
+    assert!(err.to_string().contains("sleep_ms(60000)"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
