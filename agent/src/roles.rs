@@ -25,11 +25,15 @@ use skelpi_proto::{
 use smol::lock::Mutex;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Job ids a session remembers for logging each job once; beyond that it
 /// forgets them all and may log a job again.
 const JOBS_REMEMBERED: usize = 1024;
+
+/// Bounds of the heartbeat interval a master may ask for, milliseconds.
+const MIN_HEARTBEAT_MS: u32 = 100;
+const MAX_HEARTBEAT_MS: u32 = 60_000;
 
 /// Serves one authenticated connection until the master leaves or `stop`
 /// completes; in the latter case the master is told the agent is shutting
@@ -55,6 +59,8 @@ pub async fn serve_session(
     let mut raw_opened = false;
     let (stage_tx, stage_rx) = async_channel::bounded(1);
     let mut stage_opened = false;
+    // The heartbeat interval the master asked for, once.
+    let (beat_tx, beat_rx) = async_channel::bounded::<Duration>(1);
     let mut stop = std::pin::pin!(stop);
     // Jobs this session has run tasks for, to log each job once.
     let mut jobs = HashSet::new();
@@ -105,6 +111,10 @@ pub async fn serve_session(
             let result = match received.msg {
                 Message::Hello(hello) => {
                     log::info!("master {peer} is {:?}", hello.master);
+                    if hello.heartbeat_ms > 0 {
+                        let ms = hello.heartbeat_ms.clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS);
+                        let _ = beat_tx.try_send(Duration::from_millis(ms.into()));
+                    }
                     let welcome = Message::Welcome(config.info.clone());
                     sender.lock().await.send(&welcome).await
                 }
@@ -344,7 +354,22 @@ pub async fn serve_session(
         }
         future::pending::<()>().await
     };
-    future::or(reader, future::or(writer, future::or(raw, stage))).await;
+    // Heartbeats, if the master asked: they tell it this agent still
+    // answers while its kernels run.
+    let beat = async {
+        if let Ok(every) = beat_rx.recv().await {
+            // The first at once: the master then knows this agent beats.
+            while sender.lock().await.send(&Message::Heartbeat).await.is_ok() {
+                async_io::Timer::after(every).await;
+            }
+        }
+        future::pending::<()>().await
+    };
+    future::or(
+        reader,
+        future::or(writer, future::or(raw, future::or(stage, beat))),
+    )
+    .await;
 }
 
 /// Queues a task on the workers, or answers at once if its kernel is unknown.

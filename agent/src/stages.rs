@@ -406,6 +406,8 @@ async fn connect(
     let (mut sender, mut receiver) = (est.sender, est.receiver);
     let hello = Message::Hello(Hello {
         master: format!("stage link from agent {}", config.info.name),
+        // The next stage's liveness reaches the master on its own session.
+        heartbeat_ms: 0,
     });
     sender.send(&hello).await.map_err(|e| e.to_string())?;
     let mut scratch = Vec::new();

@@ -5,7 +5,7 @@ use async_net::TcpStream;
 use futures_lite::future;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::wire::handshake::{self, ConnectOptions, HandshakeError};
-use skelpi_agent::wire::{Receiver, Sender, WireError, WireStats};
+use skelpi_agent::wire::{Liveness, Receiver, Sender, WireError, WireStats};
 use skelpi_proto::frame::CHUNK_ELEMENTS;
 use skelpi_proto::preamble::Cipher;
 use skelpi_proto::{AgentInfo, Chunk, Hello, Message, Ping, Shape};
@@ -102,7 +102,10 @@ pub struct AgentConn {
     scratch: Vec<f64>,
     request_timeout: Duration,
     broken: Option<String>,
+    broken_at: Option<Instant>,
     echo_chunk: usize,
+    /// The heartbeat interval asked of the agent (zero: none).
+    heartbeat: Duration,
 }
 
 /// Time an agent has to answer a ping or a raw echo request, and to move
@@ -133,6 +136,7 @@ impl AgentConn {
         sender
             .send(&Message::Hello(Hello {
                 master: skelpi_agent::identity::default_name(),
+                heartbeat_ms: opts.heartbeat.as_millis().try_into().unwrap_or(u32::MAX),
             }))
             .await
             .map_err(wire)?;
@@ -153,7 +157,9 @@ impl AgentConn {
             scratch,
             request_timeout: REQUEST_TIMEOUT,
             broken: None,
+            broken_at: None,
             echo_chunk: CHUNK_ELEMENTS,
+            heartbeat: opts.heartbeat,
         })
     }
 
@@ -201,7 +207,7 @@ impl AgentConn {
         })
         .await;
         if let Err(e) = &result {
-            self.broken = Some(e.to_string());
+            self.mark_broken_at(e.to_string(), Instant::now());
         }
         result
     }
@@ -405,8 +411,17 @@ impl AgentConn {
     }
 
     /// Marks the connection unusable (a job saw it fail).
-    pub(crate) fn mark_broken(&mut self, why: String) {
-        self.broken.get_or_insert(why);
+    /// Marks the connection broken by what happened at `when`.
+    pub(crate) fn mark_broken_at(&mut self, why: String, when: Instant) {
+        if self.broken.is_none() {
+            self.broken = Some(why);
+            self.broken_at = Some(when);
+        }
+    }
+
+    /// Why and since when the connection is broken, if it is.
+    pub fn broken(&self) -> Option<(&str, Instant)> {
+        Some((self.broken.as_deref()?, self.broken_at?))
     }
 
     /// Whether an earlier failure made the connection unusable.
@@ -417,6 +432,12 @@ impl AgentConn {
     /// The connection's two halves, for a job's dispatcher.
     pub(crate) fn halves(&mut self) -> (&mut Sender, &mut Receiver) {
         (&mut self.sender, &mut self.receiver)
+    }
+
+    /// The heartbeat interval asked of the agent (zero: none), and when the
+    /// connection last heard from it.
+    pub fn heartbeat(&self) -> (Duration, Arc<Liveness>) {
+        (self.heartbeat, self.receiver.liveness())
     }
 
     /// Asks the agent for its raw TCP echo socket (the benchmark baseline;

@@ -11,8 +11,9 @@ use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
 use skelpi_agent::wire::handshake::ConnectOptions;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connected agents, in pool order.
 #[derive(Debug)]
@@ -29,7 +30,15 @@ pub struct Cluster {
     tracing: bool,
     /// The last traced job's trace, until taken.
     last_trace: Option<Result<Trace, TraceError>>,
+    /// When each failed agent was last tried again.
+    tried: HashMap<SocketAddr, Instant>,
 }
+
+/// A failed agent is tried again before a job at most this often.
+pub const REJOIN_EVERY: Duration = Duration::from_secs(5);
+
+/// How long trying a failed agent again may take.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Cluster {
     /// Connects to every agent in `addrs` concurrently. Fails, naming the
@@ -58,6 +67,7 @@ impl Cluster {
             opts: opts.clone(),
             tracing: false,
             last_trace: None,
+            tried: HashMap::new(),
         })
     }
 
@@ -92,6 +102,7 @@ impl Cluster {
             opts: opts.clone(),
             tracing: false,
             last_trace: None,
+            tried: HashMap::new(),
         };
         (cluster, failed)
     }
@@ -198,6 +209,7 @@ impl Cluster {
         inputs: impl IntoIterator<Item = Array>,
         on_result: impl FnMut(u64, Array),
     ) -> Result<(), JobError> {
+        self.rejoin().await;
         if let Some(stages) = streamable(skeleton) {
             self.stream_pipeline(&stages, inputs, None, on_result)
                 .await?;
@@ -252,6 +264,7 @@ impl Cluster {
         interval: Option<Duration>,
         on_result: impl FnMut(u64, Array),
     ) -> Result<Vec<StageReport>, JobError> {
+        self.rejoin().await;
         let live: Vec<&AgentConn> = self.agents.iter().filter(|a| !a.is_broken()).collect();
         if live.is_empty() {
             return Err(JobError::NoAgents);
@@ -305,6 +318,36 @@ impl Cluster {
             ordered: true,
         };
         self.run(&farm, chunks).await
+    }
+
+    /// Tries again the agents whose connection failed (not more often
+    /// than [`REJOIN_EVERY`] each): one that answers — restarted, or back
+    /// from a pause — rejoins the pool in its place and gets new work.
+    /// Jobs do this first.
+    pub async fn rejoin(&mut self) {
+        for conn in self.agents.iter_mut().filter(|c| c.is_broken()) {
+            let addr = conn.addr();
+            if self
+                .tried
+                .get(&addr)
+                .is_some_and(|t| t.elapsed() < REJOIN_EVERY)
+            {
+                continue;
+            }
+            self.tried.insert(addr, Instant::now());
+            let opts = ConnectOptions {
+                timeout: self.opts.timeout.min(REJOIN_TIMEOUT),
+                ..self.opts.clone()
+            };
+            match AgentConn::connect(addr, &self.key, &opts).await {
+                Ok(again) => {
+                    log::info!("agent {} ({addr}) rejoined the pool", again.info().name);
+                    self.tried.remove(&addr);
+                    *conn = again;
+                }
+                Err(e) => log::debug!("agent at {addr} is still gone: {e}"),
+            }
+        }
     }
 
     /// Says goodbye to every agent.

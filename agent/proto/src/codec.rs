@@ -97,7 +97,9 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::Ping(b) | Message::Pong(b) => ciborium::into_writer(b, &mut *out),
         Message::Echo(b) | Message::EchoReply(b) => ciborium::into_writer(b, &mut *out),
         Message::Error(b) => ciborium::into_writer(b, &mut *out),
-        Message::Bye | Message::RawEchoOpen => ciborium::into_writer(&(), &mut *out),
+        Message::Bye | Message::RawEchoOpen | Message::Heartbeat => {
+            ciborium::into_writer(&(), &mut *out)
+        }
         Message::RawEchoReady(b) => ciborium::into_writer(b, &mut *out),
         Message::Task(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
@@ -256,6 +258,10 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         21 => Message::ClockReading(body::<ClockReading>(kind, rest)?),
         22 => Message::TraceCollect(body::<TraceRequest>(kind, rest)?),
         23 => Message::TraceBatch(body::<TraceBatch>(kind, rest)?),
+        24 => {
+            body::<()>(kind, rest)?;
+            Message::Heartbeat
+        }
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

@@ -70,6 +70,9 @@ pub enum Message {
     TraceCollect(TraceRequest),
     /// Agent → master: recorded events of a job.
     TraceBatch(TraceBatch),
+    /// Agent → master, every [`Hello::heartbeat_ms`]: still here. Receivers
+    /// take it as a sign of life and pass it to no one.
+    Heartbeat,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -204,6 +207,14 @@ pub struct RawEchoReady {
 pub struct Hello {
     /// A name for the master, for the agent's logs.
     pub master: String,
+    /// Send a [`Message::Heartbeat`] this often, milliseconds (absent or 0:
+    /// never), so that the master notices an agent that stopped answering.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heartbeat_ms: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Ping payload.
@@ -279,6 +290,7 @@ impl Message {
             Message::ClockReading(_) => 21,
             Message::TraceCollect(_) => 22,
             Message::TraceBatch(_) => 23,
+            Message::Heartbeat => 24,
         }
     }
 
@@ -326,6 +338,7 @@ pub fn kind_name(kind: u64) -> &'static str {
         21 => "clock-reading",
         22 => "trace-collect",
         23 => "trace-batch",
+        24 => "heartbeat",
         _ => "unknown",
     }
 }

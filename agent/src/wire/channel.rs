@@ -7,7 +7,8 @@ use skelpi_proto::codec::{self, Head};
 use skelpi_proto::frame::{self, LEN_PREFIX};
 use skelpi_proto::{Message, Shape};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Bytes read before the first attempt to decode a frame's head.
 const HEAD_PROBE: usize = 4096;
@@ -112,11 +113,53 @@ pub struct Received {
     pub started: Instant,
 }
 
+/// When a connection last heard from its peer: shared, so that a
+/// watchdog can see it while the receiver waits for the next frame.
+#[derive(Debug)]
+pub struct Liveness {
+    epoch: Instant,
+    last_ns: AtomicU64,
+    beats: AtomicU64,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        Liveness {
+            epoch: Instant::now(),
+            last_ns: AtomicU64::new(0),
+            beats: AtomicU64::new(0),
+        }
+    }
+
+    /// Heartbeats received so far: a peer that sent one keeps sending them.
+    pub fn beats(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
+    }
+
+    fn heard(&self) {
+        let ns = self
+            .epoch
+            .elapsed()
+            .as_nanos()
+            .try_into()
+            .unwrap_or(u64::MAX);
+        self.last_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// How long since the last frame (a heartbeat or any other) began to
+    /// arrive, or since the connection was set up.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_nanos(self.last_ns.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
 /// The receiving half of a connection.
 pub struct Receiver {
     r: ByteReader,
     head: Vec<u8>,
     max_frame: u32,
+    liveness: Arc<Liveness>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -133,7 +176,13 @@ impl Receiver {
             r,
             head: Vec::with_capacity(HEAD_PROBE),
             max_frame,
+            liveness: Arc::new(Liveness::new()),
         }
+    }
+
+    /// When this connection last heard from its peer.
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
     }
 
     /// Receives the next message; an array that comes with it is read into
@@ -156,6 +205,8 @@ impl Receiver {
     /// Receives the next message. If it carries an array, `place` is asked
     /// where to put it and the payload is read from the socket straight
     /// into that slice, which must have exactly the array's length.
+    /// Heartbeats are taken as signs of life ([`Receiver::liveness`]) and
+    /// not returned.
     ///
     /// If `place` refuses, the payload is skipped and its error returned;
     /// the connection stays in sync. If this returns an error after `place`
@@ -165,10 +216,17 @@ impl Receiver {
     where
         F: FnOnce(&Message, Shape) -> Result<&'a mut [f64], WireError>,
     {
-        let len = self.read_len().await?;
-        let started = Instant::now();
+        let (len, started, head) = loop {
+            let len = self.read_len().await?;
+            let started = Instant::now();
+            self.liveness.heard();
+            let head = self.read_head(len).await?;
+            if !matches!(head.msg, Message::Heartbeat) {
+                break (len, started, head);
+            }
+            self.liveness.beats.fetch_add(1, Ordering::Relaxed);
+        };
         let frame_len = len + LEN_PREFIX;
-        let head = self.read_head(len).await?;
         let Some(bulk) = head.bulk else {
             return Ok(Received {
                 msg: head.msg,

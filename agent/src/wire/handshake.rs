@@ -42,7 +42,15 @@ pub struct ConnectOptions {
     pub max_frame: u32,
     /// Time allowed for the whole handshake.
     pub timeout: Duration,
+    /// How often a master asks the agent for a heartbeat once connected
+    /// (zero: never); it declares the agent down after
+    /// [`DOWN_AFTER_BEATS`] beats of silence.
+    pub heartbeat: Duration,
 }
+
+/// Heartbeat intervals of silence after which a master declares an agent
+/// down (4 s with the default 1 s heartbeat).
+pub const DOWN_AFTER_BEATS: u32 = 4;
 
 impl Default for ConnectOptions {
     fn default() -> Self {
@@ -50,6 +58,7 @@ impl Default for ConnectOptions {
             plaintext: false,
             max_frame: skelpi_proto::frame::HARD_MAX_FRAME,
             timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
         }
     }
 }

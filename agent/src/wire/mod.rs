@@ -11,6 +11,6 @@ mod error;
 pub mod handshake;
 mod stream;
 
-pub use channel::{Received, Receiver, Sender};
+pub use channel::{Liveness, Received, Receiver, Sender};
 pub use error::WireError;
 pub use stream::WireStats;

@@ -42,7 +42,10 @@ async fn ping_ok(agent: &LocalAgent, key: &ClusterKey, plaintext: bool) {
     let (mut est, _) = connect(agent, key, plaintext).await;
     assert_eq!(est.plaintext, plaintext);
     est.sender
-        .send(&Message::Hello(Hello { master: "t".into() }))
+        .send(&Message::Hello(Hello {
+            master: "t".into(),
+            heartbeat_ms: 0,
+        }))
         .await
         .unwrap();
     let mut bulk = Vec::new();
@@ -437,4 +440,38 @@ fn idle_sockets_from_elsewhere_do_not_lock_masters_out() {
     // ...leave room for a master from this address.
     smol::block_on(ping_ok(&agent, &key, false));
     drop(idle);
+}
+
+#[test]
+fn heartbeats_come_as_often_as_asked_and_only_when_asked() {
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        // (asked ms, least and most beats seen in 450 ms): 1 ms is raised
+        // to the 100 ms floor.
+        for (asked, least, most) in [(0u32, 0u64, 0u64), (100, 3, 6), (1, 3, 6)] {
+            let (mut est, _) = connect(&agent, &key, false).await;
+            let hello = Message::Hello(Hello {
+                master: "t".into(),
+                heartbeat_ms: asked,
+            });
+            est.sender.send(&hello).await.unwrap();
+            let mut bulk = Vec::new();
+            let got = est.receiver.recv(&mut bulk).await.unwrap().msg;
+            assert!(matches!(got, Message::Welcome(_)), "{got:?}");
+            // Heartbeats are periodic: let some periods pass.
+            async_io::Timer::after(std::time::Duration::from_millis(450)).await;
+            est.sender
+                .send(&Message::Ping(Ping { nonce: 9 }))
+                .await
+                .unwrap();
+            // The receiver passes heartbeats over and counts them.
+            let got = est.receiver.recv(&mut bulk).await.unwrap().msg;
+            assert_eq!(got, Message::Pong(Ping { nonce: 9 }));
+            let beats = est.receiver.liveness().beats();
+            assert!(
+                (least..=most).contains(&beats),
+                "asked {asked} ms: {beats} beats in 450 ms"
+            );
+        }
+    });
 }

@@ -145,6 +145,7 @@ fn under_systemd_the_agent_logs_structured_records_to_the_journal() {
             .unwrap();
         let hello = Message::Hello(Hello {
             master: "journal test".into(),
+            heartbeat_ms: 0,
         });
         est.sender.send(&hello).await.unwrap();
         let mut bulk = Vec::new();

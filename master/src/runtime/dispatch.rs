@@ -4,7 +4,8 @@ use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
 use crate::trace::{NO_LABEL, Recorder};
 use skelpi_agent::kernels::Array;
-use skelpi_agent::wire::{Receiver, Sender};
+use skelpi_agent::wire::handshake::DOWN_AFTER_BEATS;
+use skelpi_agent::wire::{Liveness, Receiver, Sender};
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
 use skelpi_proto::{JobId, Message, TaskHead};
@@ -12,7 +13,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use std::time::Instant;
 
 /// Credits per agent worker: one task running, one queued behind it.
@@ -62,8 +65,12 @@ struct Link<'c> {
     outbox_tx: async_channel::Sender<Outgoing>,
     outbox_rx: async_channel::Receiver<Outgoing>,
     pending: RefCell<HashMap<u64, Pending>>,
+    /// The heartbeat asked of the agent (zero: none), and when the
+    /// connection last heard from it.
+    heartbeat: Duration,
+    liveness: Arc<Liveness>,
     dead: Cell<bool>,
-    why_dead: RefCell<Option<String>>,
+    why_dead: RefCell<Option<(String, Instant)>>,
 }
 
 /// Hands kernel calls to the agents of a cluster for the duration of one
@@ -121,6 +128,7 @@ impl<'c> Dispatcher<'c> {
             .map(|(index, conn)| {
                 let label = format!("{} ({})", conn.info().name, conn.addr());
                 let addr = conn.addr();
+                let (heartbeat, liveness) = conn.heartbeat();
                 let (sender, receiver) = conn.halves();
                 let (outbox_tx, outbox_rx) = async_channel::bounded(OUTBOX);
                 Link {
@@ -132,6 +140,8 @@ impl<'c> Dispatcher<'c> {
                     outbox_tx,
                     outbox_rx,
                     pending: RefCell::new(HashMap::new()),
+                    heartbeat,
+                    liveness,
                     dead: Cell::new(false),
                     why_dead: RefCell::new(None),
                 }
@@ -264,7 +274,8 @@ impl<'c> Dispatcher<'c> {
         let what = link
             .why_dead
             .borrow()
-            .clone()
+            .as_ref()
+            .map(|(why, _)| why.clone())
             .unwrap_or_else(|| "the connection ended before the task's result arrived".into());
         ClientError::Protocol {
             addr: link.addr,
@@ -278,10 +289,10 @@ impl<'c> Dispatcher<'c> {
     /// future alive for the whole job, through [`Dispatcher::drain`], and
     /// drop it only after the drain (between frames).
     pub async fn run_io(&self) {
-        let readers = self
-            .links
-            .iter()
-            .map(|link| Box::pin(futures_lite::future::or(self.read(link), self.write(link))));
+        let readers = self.links.iter().map(|link| {
+            let watched = futures_lite::future::or(self.write(link), self.watch(link));
+            Box::pin(futures_lite::future::or(self.read(link), watched))
+        });
         let mut all: Vec<_> = readers.collect();
         futures_lite::future::poll_fn(|cx| {
             all.retain_mut(|f| f.as_mut().poll(cx).is_pending());
@@ -293,6 +304,36 @@ impl<'c> Dispatcher<'c> {
         })
         .await;
         std::future::pending::<()>().await;
+    }
+
+    /// Declares an agent down when it has been silent for
+    /// [`DOWN_AFTER_BEATS`] heartbeats — once it has sent one: an agent
+    /// that never beats (an older one) is watched by its connection only.
+    async fn watch(&self, link: &Link<'c>) {
+        if link.heartbeat.is_zero() {
+            return std::future::pending().await;
+        }
+        let down_after = link.heartbeat * DOWN_AFTER_BEATS;
+        let tick = link.heartbeat / 4;
+        while !link.dead.get() {
+            async_io::Timer::after(tick).await;
+            let silent = link.liveness.silent_for();
+            if link.liveness.beats() > 0 && silent >= down_after && !link.dead.get() {
+                let what = format!(
+                    "silent for {silent:.1?} (a heartbeat was due every {:?}): declared down",
+                    link.heartbeat
+                );
+                self.kill(
+                    link,
+                    ClientError::Protocol {
+                        addr: link.addr,
+                        what,
+                    },
+                );
+            }
+        }
+        // The link is dead: nothing more to watch, and its other loops end.
+        std::future::pending().await
     }
 
     // Only this writer uses the sender; the borrow lasts as long as the
@@ -401,7 +442,7 @@ impl<'c> Dispatcher<'c> {
         log::warn!("{}: {why}", link.label);
         link.dead.set(true);
         let message = why.to_string();
-        *link.why_dead.borrow_mut() = Some(message.clone());
+        *link.why_dead.borrow_mut() = Some((message.clone(), Instant::now()));
         for (_, p) in link.pending.borrow_mut().drain() {
             let _ = p.reply.try_send(Err(JobError::Agent(ClientError::Protocol {
                 addr: link.addr,
@@ -451,7 +492,7 @@ impl Dispatcher<'_> {
 
     /// Why each connection died during the job (`None`: still good), in
     /// pool order.
-    pub fn casualties(&self) -> Vec<Option<String>> {
+    pub fn casualties(&self) -> Vec<Option<(String, Instant)>> {
         self.links
             .iter()
             .map(|l| l.why_dead.borrow().clone())

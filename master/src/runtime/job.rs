@@ -142,8 +142,8 @@ async fn run_with(
     let casualties = dispatcher.casualties();
     drop(dispatcher);
     for (conn, why) in conns.iter_mut().zip(casualties) {
-        if let Some(why) = why {
-            conn.mark_broken(why);
+        if let Some((why, when)) = why {
+            conn.mark_broken_at(why, when);
         }
     }
     if let (Some(rec), Some(out)) = (recorder, trace_out) {

@@ -150,3 +150,84 @@ fn a_task_that_keeps_losing_its_agent_fails_the_job_naming_it() {
     assert!(err.to_string().contains("sleep_ms(60000)"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
+    let (agents, mut cluster, dir) = agents("stop", 3);
+    let tree: Skeleton = "farm(pipe(seq(sleep_ms(25)), seq(square)))"
+        .parse()
+        .unwrap();
+    // 2,000 tasks of 25 ms: over 12 s on the two agents left, so the
+    // stopped one resumes (after 10 s) while the job still runs, and its
+    // late results arrive on a connection the job gave up.
+    let inputs: Vec<Array> = (0..2000).map(|i| Array::list(vec![i as f64])).collect();
+    // The reference without the sleeps (which pass their input through):
+    // 50 s of sleeping in this process would prove nothing more.
+    let square: Skeleton = "farm(seq(square))".parse().unwrap();
+    let want = sequential::run(&Registry::builtin(), &square, inputs.clone()).unwrap();
+    let pid = agents[1].child.id().to_string();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let signal = |sig: &str, pid: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    let controller = std::thread::spawn({
+        let pid = pid.clone();
+        move || {
+            go_rx.recv().unwrap();
+            signal("-STOP", &pid);
+            let stopped = std::time::Instant::now();
+            // The fault: ten seconds stopped.
+            std::thread::sleep(Duration::from_secs(10));
+            signal("-CONT", &pid);
+            stopped
+        }
+    });
+    let mut got = Vec::new();
+    let result = smol::block_on(cluster.run_each(&tree, inputs, |index, a| {
+        got.push((index, a));
+        if got.len() == 200 {
+            go_tx.send(()).unwrap();
+        }
+    }));
+    let stopped = controller.join().unwrap();
+    result.unwrap();
+    let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
+    assert_eq!(
+        indices,
+        (0..2000).collect::<Vec<u64>>(),
+        "each result once, in order"
+    );
+    assert_eq!(values, want);
+    let (why, since) = cluster.agents()[1]
+        .broken()
+        .expect("the stopped agent is down");
+    assert!(why.contains("declared down"), "{why}");
+    let detection = since - stopped;
+    eprintln!("stopped agent declared down after {detection:.2?}");
+    assert!(
+        detection <= Duration::from_secs(5),
+        "declared down after {detection:?}"
+    );
+
+    // Back from its pause, it rejoins at the next job and gets work.
+    cluster.set_tracing(true);
+    let again: Vec<Array> = (0..60).map(|i| Array::list(vec![i as f64])).collect();
+    smol::block_on(cluster.run(&tree, again)).unwrap();
+    assert!(
+        cluster.agents().iter().all(|a| !a.is_broken()),
+        "all three serve again"
+    );
+    let trace = cluster.take_trace().unwrap().unwrap();
+    let kernels_on_1 = trace
+        .events
+        .iter()
+        .filter(|e| e.pid == 2 && e.kind == skelpi_proto::trace::TraceKind::Kernel)
+        .count();
+    assert!(kernels_on_1 > 0, "the agent that rejoined ran tasks");
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}

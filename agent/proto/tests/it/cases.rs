@@ -152,7 +152,21 @@ pub fn golden_cases() -> Vec<Case> {
             about: "hello from master \"laptop\"",
             value: frame(Framed::plain(Message::Hello(Hello {
                 master: "laptop".into(),
+                heartbeat_ms: 0,
             }))),
+        },
+        Case {
+            name: "hello_heartbeat",
+            about: "hello from master \"laptop\", asking for a heartbeat every second",
+            value: frame(Framed::plain(Message::Hello(Hello {
+                master: "laptop".into(),
+                heartbeat_ms: 1000,
+            }))),
+        },
+        Case {
+            name: "heartbeat",
+            about: "heartbeat: [24, null, null]",
+            value: frame(Framed::plain(Message::Heartbeat)),
         },
         Case {
             name: "welcome",

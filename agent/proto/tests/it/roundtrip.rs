@@ -66,7 +66,11 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
 /// Every kind that carries no array.
 fn plain_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        any::<String>().prop_map(|master| Message::Hello(Hello { master })),
+        (any::<String>(), any::<u32>()).prop_map(|(master, heartbeat_ms)| Message::Hello(Hello {
+            master,
+            heartbeat_ms
+        })),
+        Just(Message::Heartbeat),
         agent_info().prop_map(Message::Welcome),
         any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
         any::<u64>().prop_map(|nonce| Message::Pong(Ping { nonce })),
