@@ -14,7 +14,7 @@ use crate::kernels::Array;
 use crate::raw_echo;
 use crate::server::ServerConfig;
 use crate::stages;
-use crate::wire::handshake::Established;
+use crate::wire::handshake::{DOWN_AFTER_BEATS, Established};
 use crate::wire::{Sender, WireError};
 use crate::workers::{Outcome, Tag, Traced};
 use futures_lite::future;
@@ -23,6 +23,7 @@ use skelpi_proto::{
     ErrorCode, ErrorReply, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
 };
 use smol::lock::Mutex;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -61,6 +62,11 @@ pub async fn serve_session(
     let mut stage_opened = false;
     // The heartbeat interval the master asked for, once.
     let (beat_tx, beat_rx) = async_channel::bounded::<Duration>(1);
+    let (watch_tx, watch_rx) = async_channel::bounded::<Duration>(1);
+    // Work of this master not finished yet: tasks queued or running, a stage.
+    let in_flight = Cell::new(0usize);
+    let stage_running = Cell::new(false);
+    let liveness = receiver.liveness();
     let mut stop = std::pin::pin!(stop);
     // Jobs this session has run tasks for, to log each job once.
     let mut jobs = HashSet::new();
@@ -114,6 +120,7 @@ pub async fn serve_session(
                     if hello.heartbeat_ms > 0 {
                         let ms = hello.heartbeat_ms.clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS);
                         let _ = beat_tx.try_send(Duration::from_millis(ms.into()));
+                        let _ = watch_tx.try_send(Duration::from_millis(ms.into()));
                     }
                     let welcome = Message::Welcome(config.info.clone());
                     sender.lock().await.send(&welcome).await
@@ -158,7 +165,8 @@ pub async fn serve_session(
                             since: Instant::now(),
                         }
                     });
-                    start_task(config, task, input, first, traced, &done_tx, &sender).await
+                    let queued = (&done_tx, &in_flight);
+                    start_task(config, task, input, first, traced, queued, &sender).await
                 }
                 Message::RawEchoOpen => {
                     let reply = if raw_opened {
@@ -301,6 +309,7 @@ pub async fn serve_session(
         // journal (journald would drop the agent's other records).
         let mut failed_jobs = HashSet::new();
         while let Ok((tag, outcome)) = done_rx.recv().await {
+            in_flight.set(in_flight.get().saturating_sub(1));
             let id = tag.id;
             if let Err(f) = &outcome {
                 let job = tag.job;
@@ -350,7 +359,9 @@ pub async fn serve_session(
     // The stage this session opened, if any: dropped with the session.
     let stage = async {
         if let Ok(open) = stage_rx.recv().await {
+            stage_running.set(true);
             stages::run_stage(config, open, &sender, conn, plaintext).await;
+            stage_running.set(false);
         }
         future::pending::<()>().await
     };
@@ -365,11 +376,40 @@ pub async fn serve_session(
         }
         future::pending::<()>().await
     };
+    // A master that beats and then falls silent while work of its is
+    // unfinished is taken for gone (its host died, it was stopped): the
+    // session ends, which drops its work.
+    let watch = async {
+        if let Ok(every) = watch_rx.recv().await {
+            let down_after = every * DOWN_AFTER_BEATS;
+            loop {
+                async_io::Timer::after(every / 4).await;
+                let busy = in_flight.get() > 0 || stage_running.get();
+                let silent = liveness.silent_for();
+                if busy && liveness.beats() > 0 && silent >= down_after {
+                    log::warn!(
+                        "master {peer} silent for {silent:.1?} with work unfinished: \
+                         taken for gone"
+                    );
+                    return;
+                }
+            }
+        }
+        future::pending::<()>().await
+    };
     future::or(
         reader,
-        future::or(writer, future::or(raw, future::or(stage, beat))),
+        future::or(
+            writer,
+            future::or(raw, future::or(stage, future::or(beat, watch))),
+        ),
     )
     .await;
+    let left = in_flight.get();
+    if left > 0 {
+        // The workers skip queued calls whose session is gone.
+        log::info!("master {peer} left {left} tasks unfinished; those not started are dropped");
+    }
 }
 
 /// Queues a task on the workers, or answers at once if its kernel is unknown.
@@ -379,7 +419,7 @@ async fn start_task(
     input: Array,
     first_of_job: bool,
     trace: Option<Traced>,
-    done: &async_channel::Sender<Outcome>,
+    (done, in_flight): (&async_channel::Sender<Outcome>, &Cell<usize>),
     sender: &Mutex<Sender>,
 ) -> Result<(), WireError> {
     match config.kernels.get(&task.kernel) {
@@ -389,6 +429,7 @@ async fn start_task(
                 job: task.job,
                 trace,
             };
+            in_flight.set(in_flight.get() + 1);
             config
                 .workers
                 .submit(tag, kernel, task.args, input, done.clone())

@@ -74,6 +74,11 @@ impl Workers {
                     .name(format!("worker-{i}"))
                     .spawn(move || {
                         while let Ok(job) = jobs.recv_blocking() {
+                            if job.reply.is_closed() {
+                                // Its caller is gone (a master that left):
+                                // the call would be wasted.
+                                continue;
+                            }
                             let started = job.tag.trace.map(|t| (t, Instant::now()));
                             let outcome = call_kernel(&*job.kernel, &job.args, job.input);
                             if let Some((t, at)) = started {

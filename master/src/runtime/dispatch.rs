@@ -341,7 +341,40 @@ impl<'c> Dispatcher<'c> {
     #[allow(clippy::await_holding_refcell_ref)]
     async fn write(&self, link: &Link<'c>) {
         let mut sender = link.sender.borrow_mut();
-        while let Ok(out) = link.outbox_rx.recv().await {
+        // A heartbeat at once, then after every interval without a task: the
+        // agent drops this job's work if the master falls silent.
+        let mut beat_now = !link.heartbeat.is_zero();
+        loop {
+            let next = if std::mem::take(&mut beat_now) {
+                None
+            } else {
+                let task = async { Some(link.outbox_rx.recv().await) };
+                futures_lite::future::or(task, async {
+                    if link.heartbeat.is_zero() {
+                        std::future::pending::<()>().await;
+                    }
+                    async_io::Timer::after(link.heartbeat).await;
+                    None
+                })
+                .await
+            };
+            let out = match next {
+                Some(Ok(out)) => out,
+                Some(Err(_)) => break,
+                None if link.dead.get() => continue,
+                None => {
+                    if let Err(source) = sender.send(&Message::Heartbeat).await {
+                        self.kill(
+                            link,
+                            ClientError::Wire {
+                                addr: link.addr,
+                                source,
+                            },
+                        );
+                    }
+                    continue;
+                }
+            };
             if link.dead.get() {
                 continue;
             }

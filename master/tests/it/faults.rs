@@ -231,3 +231,99 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
     drop(agents);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A real `skelpi run` master feeding one agent (one worker) 4 s tasks is
+/// killed (`-KILL`) or stopped (`-STOP`, silent with its connection open)
+/// once the job runs: the agent notices, drops that master's queued task
+/// and runs a new master's task once the running one ends — within 10 s,
+/// and before the queued one could have run too.
+fn agent_frees_the_work_of_a_lost_master(signal: &str) {
+    let dir =
+        std::env::temp_dir().join(format!("skelpi-master-loss{signal}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_path = dir.join("cluster.key");
+    let key = ClusterKey::generate().unwrap();
+    key.write(&key_path, true).unwrap();
+    let key_arg = key_path.to_str().unwrap();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "lonely",
+        "--key-file",
+        key_arg,
+        "--no-mdns",
+        "--workers",
+        "1",
+    ];
+    let agent = AgentProcess::start(&agent_binary(), &args, Duration::from_secs(20)).unwrap();
+    let job = dir.join("slow.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"farm(seq(sleep_ms(4000)))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 20\nlength = 1\n",
+    )
+    .unwrap();
+    let addr = agent.addr.to_string();
+    let mut master = std::process::Command::new(env!("CARGO_BIN_EXE_skelpi"))
+        .args(["run", "--agents", &addr, "--key-file", key_arg])
+        .arg(&job)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, limit: Duration| {
+        let deadline = std::time::Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match agent.lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("the agent never logged {what:?} within {limit:?}");
+    };
+    wait_for("tasks from master", Duration::from_secs(30));
+    let lost = std::time::Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args([signal, &master.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let line = wait_for("tasks unfinished", Duration::from_secs(10));
+    let noticed = lost.elapsed();
+    eprintln!("{signal}: after {noticed:.2?}: {line}");
+
+    // Another master's task is not stuck behind the lost one's.
+    let mut cluster =
+        smol::block_on(Cluster::connect(&[agent.addr], &key, &Default::default())).unwrap();
+    let tree: Skeleton = "farm(seq(square))".parse().unwrap();
+    let out = smol::block_on(cluster.run(&tree, vec![Array::list(vec![3.0])])).unwrap();
+    assert_eq!(out[0].data, [9.0]);
+    let freed = lost.elapsed();
+    eprintln!("{signal}: a new master's task done {freed:.2?} after the master was lost");
+    assert!(
+        freed < Duration::from_secs(10),
+        "{signal}: freed after {freed:?}"
+    );
+    // At most the running task's 4 s after noticing: the queued one (the
+    // master keeps 2 in flight per worker) was dropped, not run.
+    let bound = noticed + Duration::from_millis(5500);
+    assert!(
+        freed < bound,
+        "{signal}: freed after {freed:?}, noticed after {noticed:?}"
+    );
+    let _ = master.kill();
+    let _ = master.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_agent_frees_the_work_of_a_killed_master() {
+    agent_frees_the_work_of_a_lost_master("-KILL");
+}
+
+#[test]
+fn an_agent_frees_the_work_of_a_stopped_master() {
+    agent_frees_the_work_of_a_lost_master("-STOP");
+}
