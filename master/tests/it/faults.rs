@@ -327,3 +327,98 @@ fn an_agent_frees_the_work_of_a_killed_master() {
 fn an_agent_frees_the_work_of_a_stopped_master() {
     agent_frees_the_work_of_a_lost_master("-STOP");
 }
+
+/// What a chaos schedule does to one agent, when so many results are in.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill,
+    /// Stopped for so long, then continued.
+    Stop(Duration),
+}
+
+#[test]
+fn chaos_farms_return_every_result_once_whatever_the_seeded_faults() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("SKELPI_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("chaos seed {seed} (replay: SKELPI_CHAOS_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let tree: Skeleton = "farm(pipe(seq(sleep_ms(10)), seq(square)))"
+        .parse()
+        .unwrap();
+    let square: Skeleton = "farm(seq(square))".parse().unwrap();
+    // Three schedules of two faults each on four agents: at most two die,
+    // a long stop (5 s) is declared down, a short one only delays.
+    for round in 0..3 {
+        let (agents, mut cluster, dir) = agents(&format!("chaos{round}"), 4);
+        let n = 400;
+        let mut faults: Vec<(usize, usize, Fault)> = Vec::new();
+        let mut targets: Vec<usize> = (0..4).collect();
+        for _ in 0..2 {
+            let target = targets.swap_remove(rng.random_range(0..targets.len()));
+            let at = rng.random_range(n / 10..n * 9 / 10);
+            let fault = match rng.random_range(0..3) {
+                0 => Fault::Kill,
+                1 => Fault::Stop(Duration::from_millis(rng.random_range(200..1500))),
+                _ => Fault::Stop(Duration::from_secs(5)),
+            };
+            faults.push((at, target, fault));
+        }
+        faults.sort_by_key(|f| f.0);
+        eprintln!("round {round}: {faults:?}");
+        let pids: Vec<String> = agents.iter().map(|a| a.child.id().to_string()).collect();
+        let (progress_tx, progress_rx) = std::sync::mpsc::channel::<usize>();
+        let controller = std::thread::spawn(move || {
+            let signal = |sig: &str, pid: &str| {
+                let _ = std::process::Command::new("kill").args([sig, pid]).status();
+            };
+            let mut resumes = Vec::new();
+            let mut pending = faults.into_iter().peekable();
+            while let Ok(done) = progress_rx.recv() {
+                while let Some(&(at, target, fault)) = pending.peek() {
+                    if done < at {
+                        break;
+                    }
+                    pending.next();
+                    match fault {
+                        Fault::Kill => signal("-KILL", &pids[target]),
+                        Fault::Stop(d) => {
+                            signal("-STOP", &pids[target]);
+                            let pid = pids[target].clone();
+                            resumes.push(std::thread::spawn(move || {
+                                std::thread::sleep(d);
+                                let _ = std::process::Command::new("kill")
+                                    .args(["-CONT", &pid])
+                                    .status();
+                            }));
+                        }
+                    }
+                }
+            }
+            for r in resumes {
+                r.join().unwrap();
+            }
+        });
+        let inputs: Vec<Array> = (0..n).map(|i| Array::list(vec![i as f64, 0.5])).collect();
+        let want = sequential::run(&Registry::builtin(), &square, inputs.clone()).unwrap();
+        let mut got = Vec::new();
+        let result = smol::block_on(cluster.run_each(&tree, inputs, |index, a| {
+            got.push((index, a));
+            let _ = progress_tx.send(got.len());
+        }));
+        drop(progress_tx);
+        controller.join().unwrap();
+        result.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+        let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
+        assert_eq!(
+            indices,
+            (0..n as u64).collect::<Vec<_>>(),
+            "seed {seed} round {round}: every result once, in order"
+        );
+        assert_eq!(values, want, "seed {seed} round {round}");
+        drop(agents);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
