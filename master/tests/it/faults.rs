@@ -13,6 +13,15 @@ use skelpi_agent::process::AgentProcess;
 use skelpi_proto::skeleton::Skeleton;
 use std::time::Duration;
 
+/// Sends signal `sig` (`-KILL`, `-STOP`, `-CONT`) to process `pid`.
+fn signal(sig: &str, pid: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
 /// `n` agent processes of two workers each, and a cluster connected to
 /// them.
 fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBuf) {
@@ -167,13 +176,6 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
     let want = sequential::run(&Registry::builtin(), &square, inputs.clone()).unwrap();
     let pid = agents[1].child.id().to_string();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let signal = |sig: &str, pid: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, pid])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill {sig} {pid}");
-    };
     let controller = std::thread::spawn({
         let pid = pid.clone();
         move || {
@@ -285,11 +287,7 @@ fn agent_frees_the_work_of_a_lost_master(signal: &str) {
     };
     wait_for("tasks from master", Duration::from_secs(30));
     let lost = std::time::Instant::now();
-    let ok = std::process::Command::new("kill")
-        .args([signal, &master.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    self::signal(signal, &master.id().to_string());
     let line = wait_for("tasks unfinished", Duration::from_secs(10));
     let noticed = lost.elapsed();
     eprintln!("{signal}: after {noticed:.2?}: {line}");
@@ -371,9 +369,6 @@ fn chaos_farms_return_every_result_once_whatever_the_seeded_faults() {
         let pids: Vec<String> = agents.iter().map(|a| a.child.id().to_string()).collect();
         let (progress_tx, progress_rx) = std::sync::mpsc::channel::<usize>();
         let controller = std::thread::spawn(move || {
-            let signal = |sig: &str, pid: &str| {
-                let _ = std::process::Command::new("kill").args([sig, pid]).status();
-            };
             let mut resumes = Vec::new();
             let mut pending = faults.into_iter().peekable();
             while let Ok(done) = progress_rx.recv() {
@@ -389,9 +384,7 @@ fn chaos_farms_return_every_result_once_whatever_the_seeded_faults() {
                             let pid = pids[target].clone();
                             resumes.push(std::thread::spawn(move || {
                                 std::thread::sleep(d);
-                                let _ = std::process::Command::new("kill")
-                                    .args(["-CONT", &pid])
-                                    .status();
+                                signal("-CONT", &pid);
                             }));
                         }
                     }
