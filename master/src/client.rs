@@ -222,27 +222,17 @@ impl AgentConn {
     ) -> Result<Option<crate::trace::ClockSample>, ClientError> {
         let limit = self.request_timeout;
         self.guarded(limit, async |c: &mut Self| {
-            let nonce = c.next_id;
-            c.next_id += 1;
-            let addr = c.addr;
-            let wire = |source| ClientError::Wire { addr, source };
-            let sent_ns = clock.now_ns();
-            c.sender
-                .send(&Message::ClockProbe(Ping { nonce }))
-                .await
-                .map_err(wire)?;
-            let got = c.receiver.recv(&mut c.scratch).await;
-            let back_ns = clock.now_ns();
-            match got.map_err(wire)?.msg {
+            let (nonce, got, sent, back) = c.round_trip(Message::ClockProbe).await?;
+            match got {
                 Message::ClockReading(r) if r.nonce == nonce => {
                     Ok(Some(crate::trace::ClockSample {
-                        sent_ns,
+                        sent_ns: clock.at(sent),
                         agent_ns: r.agent_ns,
-                        back_ns,
+                        back_ns: clock.at(back),
                     }))
                 }
                 Message::Error(_) => Ok(None),
-                other => Err(unexpected(addr, other, "answering a clock probe")),
+                other => Err(unexpected(c.addr, other, "answering a clock probe")),
             }
         })
         .await
@@ -295,24 +285,31 @@ impl AgentConn {
         .await
     }
 
+    /// Sends `ask` with a fresh nonce and reads the answer: (nonce, answer,
+    /// when sent, when the answer was in). Call it inside `guarded`.
+    async fn round_trip(
+        &mut self,
+        ask: impl FnOnce(Ping) -> Message,
+    ) -> Result<(u64, Message, Instant, Instant), ClientError> {
+        let nonce = self.next_id;
+        self.next_id += 1;
+        let addr = self.addr;
+        let wire = |source| ClientError::Wire { addr, source };
+        let sent = Instant::now();
+        self.sender.send(&ask(Ping { nonce })).await.map_err(wire)?;
+        let got = self.receiver.recv(&mut self.scratch).await;
+        let back = Instant::now();
+        Ok((nonce, got.map_err(wire)?.msg, sent, back))
+    }
+
     /// One ping round trip; returns its duration.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
         let limit = self.request_timeout;
         self.guarded(limit, async |c: &mut Self| {
-            let nonce = c.next_id;
-            c.next_id += 1;
-            let addr = c.addr;
-            let wire = |source| ClientError::Wire { addr, source };
-            let start = Instant::now();
-            c.sender
-                .send(&Message::Ping(Ping { nonce }))
-                .await
-                .map_err(wire)?;
-            let got = c.receiver.recv(&mut c.scratch).await;
-            let rtt = start.elapsed();
-            match got.map_err(wire)?.msg {
-                Message::Pong(p) if p.nonce == nonce => Ok(rtt),
-                other => Err(unexpected(addr, other, "answering ping")),
+            let (nonce, got, sent, back) = c.round_trip(Message::Ping).await?;
+            match got {
+                Message::Pong(p) if p.nonce == nonce => Ok(back - sent),
+                other => Err(unexpected(c.addr, other, "answering ping")),
             }
         })
         .await

@@ -136,13 +136,9 @@ impl Liveness {
         self.beats.load(Ordering::Relaxed)
     }
 
-    fn heard(&self) {
-        let ns = self
-            .epoch
-            .elapsed()
-            .as_nanos()
-            .try_into()
-            .unwrap_or(u64::MAX);
+    fn heard(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.epoch);
+        let ns = since.as_nanos().try_into().unwrap_or(u64::MAX);
         self.last_ns.store(ns, Ordering::Relaxed);
     }
 
@@ -219,7 +215,7 @@ impl Receiver {
         let (len, started, head) = loop {
             let len = self.read_len().await?;
             let started = Instant::now();
-            self.liveness.heard();
+            self.liveness.heard(started);
             let head = self.read_head(len).await?;
             if !matches!(head.msg, Message::Heartbeat) {
                 break (len, started, head);

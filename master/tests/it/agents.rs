@@ -42,7 +42,9 @@ impl Drop for Scratch {
     }
 }
 
-fn start(key: &Path, name: &str, mdns: bool) -> AgentProcess {
+/// Starts this workspace's agent on 127.0.0.1 with the key at `key`,
+/// named `name`, with `extra` flags (`--no-mdns`, `--workers N`...).
+pub fn start_agent(key: &Path, name: &str, extra: &[&str]) -> AgentProcess {
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
@@ -51,9 +53,7 @@ fn start(key: &Path, name: &str, mdns: bool) -> AgentProcess {
         "--key-file",
         key.to_str().unwrap(),
     ];
-    if !mdns {
-        args.push("--no-mdns");
-    }
+    args.extend_from_slice(extra);
     AgentProcess::start(&agent_binary(), &args, Duration::from_secs(20)).unwrap()
 }
 
@@ -73,9 +73,9 @@ fn three_agents_are_discovered_and_a_silent_one_is_reachable_by_address() {
         .unwrap()
         .replace("skelpi-agents-", "");
     let loud: Vec<_> = (0..3)
-        .map(|i| start(&key_path, &format!("disc-{tag}-{i}"), true))
+        .map(|i| start_agent(&key_path, &format!("disc-{tag}-{i}"), &[]))
         .collect();
-    let quiet = start(&key_path, &format!("quiet-{tag}"), false);
+    let quiet = start_agent(&key_path, &format!("quiet-{tag}"), &["--no-mdns"]);
 
     let started = Instant::now();
     let (code, out, err) = skelpi(&["discover", "--json", "--timeout", "3s", "--interface", "lo"]);

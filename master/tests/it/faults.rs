@@ -3,7 +3,7 @@
 //! so the ones lost with the agent are sent again to live agents; every
 //! result comes back exactly once and equals the sequential reference.
 
-use crate::agents::agent_binary;
+use crate::agents::start_agent;
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi::runtime::sequential;
@@ -32,19 +32,11 @@ fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBu
     key.write(&key_path, true).unwrap();
     let agents: Vec<AgentProcess> = (0..n)
         .map(|i| {
-            let name = format!("fault-{i}");
-            let args = [
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                &name,
-                "--key-file",
-                key_path.to_str().unwrap(),
-                "--no-mdns",
-                "--workers",
-                "2",
-            ];
-            AgentProcess::start(&agent_binary(), &args, Duration::from_secs(20)).unwrap()
+            start_agent(
+                &key_path,
+                &format!("fault-{i}"),
+                &["--no-mdns", "--workers", "2"],
+            )
         })
         .collect();
     let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
@@ -247,18 +239,7 @@ fn agent_frees_the_work_of_a_lost_master(signal: &str) {
     let key = ClusterKey::generate().unwrap();
     key.write(&key_path, true).unwrap();
     let key_arg = key_path.to_str().unwrap();
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--name",
-        "lonely",
-        "--key-file",
-        key_arg,
-        "--no-mdns",
-        "--workers",
-        "1",
-    ];
-    let agent = AgentProcess::start(&agent_binary(), &args, Duration::from_secs(20)).unwrap();
+    let agent = start_agent(&key_path, "lonely", &["--no-mdns", "--workers", "1"]);
     let job = dir.join("slow.toml");
     std::fs::write(
         &job,

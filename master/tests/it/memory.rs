@@ -6,14 +6,13 @@
 //! that grew with the input would fail); `SKELPI_MEMORY_ITEMS=100000` runs
 //! the full acceptance figure.
 
-use super::agents::agent_binary;
+use super::agents::start_agent;
 use skelpi::cluster::Cluster;
 use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::process::AgentProcess;
 use skelpi_agent::wire::handshake::ConnectOptions;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
-use std::time::Duration;
 
 const LIMIT: u64 = 256 << 20;
 
@@ -27,23 +26,9 @@ fn a_pipeline_with_a_slow_last_stage_keeps_every_agent_under_256_mib() {
     let key_path = dir.0.join("cluster.key");
     let key = ClusterKey::generate().unwrap();
     key.write(&key_path, false).unwrap();
+    let extra = ["--no-mdns", "--allow-plaintext", "--workers", "1"];
     let agents: Vec<AgentProcess> = (0..3)
-        .map(|i| {
-            let name = format!("mem-{i}");
-            let args = [
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                &name,
-                "--key-file",
-                key_path.to_str().unwrap(),
-                "--no-mdns",
-                "--allow-plaintext",
-                "--workers",
-                "1",
-            ];
-            AgentProcess::start(&agent_binary(), &args, Duration::from_secs(20)).unwrap()
-        })
+        .map(|i| start_agent(&key_path, &format!("mem-{i}"), &extra))
         .collect();
     let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
     let tree = Skeleton::pipe([
