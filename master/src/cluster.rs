@@ -3,7 +3,7 @@
 
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::eval::get_nodes;
-use crate::runtime::stream::{self, Placement, StageReport};
+use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
 use crate::runtime::{JobError, job};
 use crate::trace::{Trace, TraceError};
 use skelpi_agent::kernels::Array;
@@ -265,27 +265,42 @@ impl Cluster {
         on_result: impl FnMut(u64, Array),
     ) -> Result<Vec<StageReport>, JobError> {
         self.rejoin().await;
-        let live: Vec<&AgentConn> = self.agents.iter().filter(|a| !a.is_broken()).collect();
-        if live.is_empty() {
-            return Err(JobError::NoAgents);
-        }
-        let placement: Vec<Placement> = get_nodes(stages.len(), live.len())
-            .into_iter()
-            .map(|i| Placement {
-                addr: live[i].addr(),
-                name: live[i].info().name.clone(),
+        let pool: Vec<Placement> = self
+            .agents
+            .iter()
+            .filter(|a| !a.is_broken())
+            .map(|a| Placement {
+                addr: a.addr(),
+                name: a.info().name.clone(),
             })
             .collect();
-        let mut trace = Err(TraceError::Stopped);
-        let out = self.tracing.then_some(&mut trace);
-        let result = stream::run_pipeline_with(
-            &placement, &self.key, &self.opts, stages, inputs, interval, on_result, out,
-        )
-        .await;
-        if self.tracing {
+        if pool.is_empty() {
+            return Err(JobError::NoAgents);
+        }
+        let placement = get_nodes(stages.len(), pool.len())
+            .into_iter()
+            .map(|i| pool[i].clone())
+            .collect();
+        let spec = StreamSpec {
+            stages,
+            placement,
+            pool,
+            key: &self.key,
+            opts: &self.opts,
+            interval,
+            trace: self.tracing,
+        };
+        let run = stream::run_pipeline(&spec, inputs, on_result).await;
+        // A lost agent is tried again before the next job.
+        for lost in &run.lost {
+            if let Some(conn) = self.agents.iter_mut().find(|a| a.addr() == lost.addr) {
+                conn.mark_broken_at(lost.why.clone(), lost.at);
+            }
+        }
+        if let Some(trace) = run.trace {
             self.last_trace = Some(trace);
         }
-        result
+        run.result
     }
 
     /// The seed's pmap: `kernel` applied to every chunk, one task per chunk,

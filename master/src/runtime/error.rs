@@ -61,6 +61,22 @@ pub enum JobError {
         /// The agents lost while running it, in order.
         agents: Vec<String>,
     },
+    /// A streamed pipeline lost agents more times than it starts again.
+    #[error(
+        "the pipeline started again {restarts} times and lost agents again \
+         ({}), with item {item} unfinished: {why}",
+        agents.join(", ")
+    )]
+    Restarts {
+        /// Times it started again.
+        restarts: usize,
+        /// The first item whose result was missing.
+        item: u64,
+        /// The agents lost, in order.
+        agents: Vec<String>,
+        /// What stopped the last run.
+        why: String,
+    },
 }
 
 impl JobError {

@@ -1,7 +1,8 @@
 //! Agents that die in the middle of a job: real `skelpi-agent` processes
-//! killed with SIGKILL while a farm or a pmap runs on them. Tasks are pure,
-//! so the ones lost with the agent are sent again to live agents; every
-//! result comes back exactly once and equals the sequential reference.
+//! killed with SIGKILL (or stopped with SIGSTOP) while a farm, a pmap or a
+//! streamed pipeline runs on them. Tasks and stages are pure, so the work
+//! lost with the agent is sent again to live agents; every result comes
+//! back exactly once and equals the sequential reference.
 
 use crate::agents::start_agent;
 use skelpi::cluster::Cluster;
@@ -20,6 +21,16 @@ fn signal(sig: &str, pid: &str) {
         .status()
         .unwrap();
     assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// Runs a job to its end, failing the test if it takes over a minute (a
+/// job that stalls would otherwise hold the run until nextest kills it).
+fn bounded<T>(job: impl std::future::Future<Output = T>) -> T {
+    let limit = Duration::from_secs(60);
+    smol::block_on(futures_lite::future::or(job, async {
+        async_io::Timer::after(limit).await;
+        panic!("the job did not end within {limit:?}")
+    }))
 }
 
 /// `n` agent processes of two workers each, and a cluster connected to
@@ -53,7 +64,7 @@ fn survives_a_kill(tag: &str, tree: &str, inputs: Vec<Array>, kill_at: usize) {
     let want = sequential::run(&Registry::builtin(), &tree, inputs.clone()).unwrap();
     let mut got: Vec<(u64, Array)> = Vec::new();
     let mut killed = false;
-    let result = smol::block_on(cluster.run_each(&tree, inputs, |index, a| {
+    let result = bounded(cluster.run_each(&tree, inputs, |index, a| {
         got.push((index, a));
         if got.len() == kill_at {
             agents[1].child.kill().unwrap();
@@ -104,6 +115,85 @@ fn a_pmap_loses_nothing_when_one_of_three_agents_is_killed() {
         inputs,
         8,
     );
+}
+
+#[test]
+fn a_streamed_pipeline_loses_nothing_when_the_agent_of_its_middle_stage_is_killed() {
+    // Three `seq` stages stream agent to agent, one per agent; agent 1 runs
+    // the middle one. Its loss restarts the stream with that stage on a
+    // live agent, replaying the items whose results were missing.
+    let inputs: Vec<Array> = (0..300)
+        .map(|i| Array::list(vec![i as f64 / 3.0, 1.0 - i as f64]))
+        .collect();
+    survives_a_kill(
+        "pipe",
+        "pipe(seq(erf_burn(2)), seq(sleep_ms(2)), seq(square))",
+        inputs,
+        100,
+    );
+}
+
+#[test]
+fn a_streamed_pipeline_whose_last_stage_stops_restarts_within_5_s_and_loses_nothing() {
+    let (agents, mut cluster, dir) = agents("pipe-stop", 3);
+    let tree: Skeleton = "pipe(seq(square), seq(sleep_ms(3)), seq(erf_burn(1)))"
+        .parse()
+        .unwrap();
+    let inputs: Vec<Array> = (0..1500).map(|i| Array::list(vec![i as f64])).collect();
+    // The reference without the sleep (it passes its input through).
+    let plain: Skeleton = "pipe(seq(square), seq(erf_burn(1)))".parse().unwrap();
+    let want = sequential::run(&Registry::builtin(), &plain, inputs.clone()).unwrap();
+    // Agent 2 runs the last stage: stopped, it holds items and results
+    // with its connections open.
+    let pid = agents[2].child.id().to_string();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let controller = std::thread::spawn({
+        let pid = pid.clone();
+        move || {
+            go_rx.recv().unwrap();
+            signal("-STOP", &pid);
+            let stopped = std::time::Instant::now();
+            std::thread::sleep(Duration::from_secs(7));
+            signal("-CONT", &pid);
+            stopped
+        }
+    });
+    let mut got = Vec::new();
+    let result = bounded(cluster.run_each(&tree, inputs, |index, a| {
+        got.push((index, a));
+        if got.len() == 300 {
+            go_tx.send(()).unwrap();
+        }
+    }));
+    let stopped = controller.join().unwrap();
+    result.unwrap();
+    let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
+    assert_eq!(
+        indices,
+        (0..1500).collect::<Vec<u64>>(),
+        "each result once, in order"
+    );
+    assert_eq!(values, want);
+    let (why, since) = cluster.agents()[2]
+        .broken()
+        .expect("the stopped agent is down");
+    assert!(why.contains("declared down"), "{why}");
+    let detection = since - stopped;
+    eprintln!("stopped stage agent declared down after {detection:.2?}");
+    assert!(
+        detection <= Duration::from_secs(5),
+        "declared down after {detection:?}"
+    );
+    // Resumed, it rejoins at the next job and runs a stage again.
+    let again: Vec<Array> = (0..30).map(|i| Array::list(vec![i as f64])).collect();
+    let out = smol::block_on(cluster.run(&tree, again)).unwrap();
+    assert_eq!(out.len(), 30);
+    assert!(
+        cluster.agents().iter().all(|a| !a.is_broken()),
+        "all three serve again"
+    );
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -1,0 +1,533 @@
+//! One run of a streamed pipeline on one placement: open the stages, feed
+//! the held items again and then new ones, read the results, and say how
+//! it stopped — finished, lost an agent (start again elsewhere), or failed.
+
+use super::replay::Replay;
+use super::{OPEN_TIMEOUT, Placement, StageReport, StreamSpec};
+use crate::client::{AgentConn, ClientError};
+use crate::runtime::{JobError, TaskError};
+use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
+use futures_lite::future;
+use skelpi_agent::kernels::Array;
+use skelpi_agent::wire::handshake::DOWN_AFTER_BEATS;
+use skelpi_proto::skeleton::{Kernel, Skeleton};
+use skelpi_proto::trace::TraceKind;
+use skelpi_proto::{JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+/// How long the other parts may still report after the first one stopped:
+/// an agent's death reaches the master on several connections.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// How one part of a running stream stopped early.
+#[derive(Debug)]
+pub(super) enum PartStop {
+    /// The agent at this address is gone: its connection ended or failed,
+    /// or it fell silent for [`DOWN_AFTER_BEATS`] heartbeats.
+    Lost(SocketAddr, String, Instant),
+    /// A stage lost its link to the next one (its agent may be alive).
+    Link(String),
+    /// The job fails with this.
+    Fail(JobError),
+}
+
+/// How a run stopped early.
+#[derive(Debug)]
+pub(super) enum Stop {
+    /// Start again: without these agents (address, why, when), or — none
+    /// known lost — on the same placement (a link between stages broke).
+    Restart {
+        lost: Vec<(SocketAddr, String, Instant)>,
+        why: String,
+    },
+    /// The job fails with this.
+    Fail(JobError),
+}
+
+/// One concurrent part of a running stream: the feed, or one stage's
+/// listener (which ends with the stage's report).
+type Part<'a> = Pin<Box<dyn Future<Output = Result<Option<StageReport>, PartStop>> + 'a>>;
+
+/// What a finished run gives: the stages' reports, and its trace if traced.
+pub(super) type Finished = (Vec<StageReport>, Option<Result<Trace, TraceError>>);
+
+/// Runs the pipeline once on `placement` as stream `stream`: feeds the
+/// items `replay` holds, then new ones from `inputs` while the window has
+/// room, and hands each result due to `on_result`.
+pub(super) async fn run<I: Iterator<Item = Array>>(
+    spec: &StreamSpec<'_>,
+    placement: &[Placement],
+    stream: u64,
+    traced: bool,
+    replay: &RefCell<Replay>,
+    inputs: &mut I,
+    on_result: &mut impl FnMut(u64, Array),
+) -> Result<Finished, Stop> {
+    let n = spec.stages.len();
+    let job = JobId(stream);
+    let recorder_owned = traced.then(Recorder::new);
+    let recorder = recorder_owned.as_ref();
+    // Distinct agents, in order of first use, and each stage's agent.
+    let mut agents: Vec<SocketAddr> = Vec::new();
+    let peers: Vec<usize> = placement
+        .iter()
+        .map(|p| match agents.iter().position(|a| *a == p.addr) {
+            Some(i) => i,
+            None => {
+                agents.push(p.addr);
+                agents.len() - 1
+            }
+        })
+        .collect();
+    // Each agent's clock probes (inner `None`: it does not trace).
+    let mut probes: Vec<Option<Option<Vec<ClockSample>>>> = vec![None; agents.len()];
+    let opened = future::or(
+        open(spec, placement, stream, recorder, &peers, &mut probes),
+        async {
+            async_io::Timer::after(OPEN_TIMEOUT).await;
+            Err(PartStop::Fail(JobError::Invalid(format!(
+                "the pipeline's stages did not open within {OPEN_TIMEOUT:?}"
+            ))))
+        },
+    )
+    .await;
+    let mut conns = match opened {
+        Ok(conns) => conns,
+        Err(stop) => return Err(decide(vec![stop])),
+    };
+    let first = replay.borrow().done();
+    log::debug!(
+        "job {job}: {n} streamed stages open; feeding from item {first} ({} held)",
+        replay.borrow().held()
+    );
+
+    // Items sent to stage 0 in this run; every stage must report that many.
+    let fed = Cell::new(0u64);
+    let fed = &fed;
+    // A result taken makes room in the window: the feed may go on.
+    let (room_tx, room_rx) = async_channel::bounded::<()>(1);
+    let room_tx = &room_tx;
+    let mut halves: Vec<_> = conns
+        .iter_mut()
+        .map(|c| (c.addr(), c.heartbeat(), c.halves()))
+        .collect();
+    let mut parts: Vec<Part<'_>> = Vec::new();
+    let mut on_result = Some(on_result);
+    let mut inputs = Some(inputs);
+    for (i, (addr, (beat, liveness), (sender, receiver))) in halves.iter_mut().enumerate() {
+        let addr = *addr;
+        let lost =
+            move |e: &dyn std::fmt::Display| PartStop::Lost(addr, e.to_string(), Instant::now());
+        if let Some(inputs) = inputs.take() {
+            let sender = &mut **sender;
+            let room_rx = room_rx.clone();
+            let feed = async move {
+                let mut due = Instant::now();
+                let mut next = first;
+                loop {
+                    let again = replay.borrow().get(next);
+                    let data = match again {
+                        Some(data) => data,
+                        None => {
+                            while !replay.borrow().has_room() {
+                                let _ = room_rx.recv().await;
+                            }
+                            let Some(input) = inputs.next() else { break };
+                            let (index, data) = replay.borrow_mut().push(input);
+                            debug_assert_eq!(index, next);
+                            data
+                        }
+                    };
+                    if let Some(every) = spec.interval {
+                        async_io::Timer::at(due).await;
+                        due = due.checked_add(every).unwrap_or(due);
+                    }
+                    let head = Message::StreamItem(StreamItem {
+                        stream,
+                        stage: 0,
+                        index: next,
+                    });
+                    let started = Instant::now();
+                    sender
+                        .send_bulk(&head, data.shape, &data.data)
+                        .await
+                        .map_err(|e| lost(&e))?;
+                    if let Some(rec) = recorder {
+                        let bytes = sender.last_frame_len();
+                        let kind = TraceKind::ItemSend;
+                        rec.frame(kind, 0, next, 0, started, bytes, trace::NO_LABEL);
+                    }
+                    next += 1;
+                    fed.set(fed.get() + 1);
+                }
+                let end = Message::StreamEnd(StreamRef { stream, stage: 0 });
+                sender.send(&end).await.map_err(|e| lost(&e))?;
+                Ok(None)
+            };
+            parts.push(Box::pin(feed));
+        }
+        let results = if i + 1 == n { on_result.take() } else { None };
+        let receiver = &mut **receiver;
+        let kernel = &spec.stages[i];
+        let agent = &placement[i].name;
+        let listen = async move {
+            let mut results = results;
+            let mut ended = false;
+            let mut data = Vec::new();
+            loop {
+                let got = receiver.recv(&mut data).await.map_err(|e| lost(&e))?;
+                match got.msg {
+                    Message::StreamItem(item) if results.is_some() && item.stage == n as u32 => {
+                        let taken = replay.borrow_mut().accept(item.index);
+                        if let Err(o) = taken {
+                            return Err(PartStop::Fail(JobError::Invalid(format!(
+                                "the pipeline returned item {} where {} was due",
+                                o.got, o.due
+                            ))));
+                        }
+                        let _ = room_tx.try_send(());
+                        if let Some(rec) = recorder {
+                            let (at, bytes) = (got.started, got.frame_len);
+                            let (kind, id, stage) = (TraceKind::ItemRecv, item.index, item.stage);
+                            rec.frame(kind, i, id, stage, at, bytes, trace::NO_LABEL);
+                        }
+                        let shape = got.bulk.unwrap_or(Shape::List(0));
+                        let out = Array {
+                            shape,
+                            data: std::mem::take(&mut data),
+                        };
+                        if let Some(f) = results.as_mut() {
+                            f(item.index, out);
+                        }
+                    }
+                    Message::StreamEnd(_) if results.is_some() => ended = true,
+                    Message::StageFailed(f) => {
+                        return Err(PartStop::Fail(
+                            TaskError {
+                                job: Some(job),
+                                task: format!("item {}", f.index),
+                                kernel: kernel.name.clone(),
+                                agent: format!("{agent} ({addr})"),
+                                message: f.error,
+                                panicked: f.panicked,
+                            }
+                            .into(),
+                        ));
+                    }
+                    Message::StageStats(s) => {
+                        let all = fed.get();
+                        let left = replay.borrow().held();
+                        if s.items != all || (results.is_some() && (!ended || left != 0)) {
+                            return Err(PartStop::Fail(JobError::Invalid(format!(
+                                "stage {i} on {agent} ended after {} of {all} items \
+                                 ({left} results missing)",
+                                s.items
+                            ))));
+                        }
+                        return Ok(Some(StageReport {
+                            stage: i,
+                            kernel: kernel.clone(),
+                            agent: agent.clone(),
+                            items: s.items,
+                            busy: Duration::from_nanos(s.busy_ns),
+                            span: Duration::from_nanos(s.span_ns),
+                        }));
+                    }
+                    // Once open, a stage speaks up only when its link to
+                    // the next one fails.
+                    Message::Error(e) => {
+                        return Err(PartStop::Link(format!(
+                            "stage {i} on {agent}: {}",
+                            e.message
+                        )));
+                    }
+                    other => {
+                        return Err(PartStop::Fail(
+                            ClientError::Protocol {
+                                addr,
+                                what: format!("{} from stage {i}", other.kind_name()),
+                            }
+                            .into(),
+                        ));
+                    }
+                }
+            }
+        };
+        let beat = *beat;
+        let liveness = liveness.clone();
+        let watch = async move {
+            silent(beat, &liveness).await;
+            let what = format!(
+                "silent for {:.1?} (a heartbeat was due every {beat:?}): declared down",
+                liveness.silent_for()
+            );
+            Err(PartStop::Lost(addr, what, Instant::now()))
+        };
+        parts.push(Box::pin(future::or(listen, watch)));
+    }
+    // Poll everything; the first stop ends the run (the connections close
+    // when this returns, which stops every stage). An agent that dies makes
+    // its neighbours complain too, over other connections: what arrives in
+    // a short grace is weighed together.
+    let mut reports = Vec::with_capacity(n);
+    let outcome = poll_all(&mut parts, &mut reports).await;
+    if let Err(first) = outcome {
+        let mut stops = vec![first];
+        if !matches!(stops[0], PartStop::Fail(JobError::Task(_))) {
+            let deadline = Instant::now() + GRACE;
+            while !parts.is_empty() {
+                let grace = async {
+                    async_io::Timer::at(deadline).await;
+                    Ok(())
+                };
+                match future::or(poll_all(&mut parts, &mut reports), grace).await {
+                    Err(stop) => stops.push(stop),
+                    Ok(()) => break,
+                }
+            }
+        }
+        return Err(decide(stops));
+    }
+    drop(parts);
+    drop(halves);
+    let mut trace_out = None;
+    if let Some(rec) = recorder_owned {
+        // Each agent once, on the connection of its first stage (agents
+        // are numbered in that order).
+        let firsts: Vec<usize> = (0..agents.len())
+            .filter_map(|a| peers.iter().position(|&p| p == a))
+            .collect();
+        let on = conns
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| firsts.contains(i))
+            .map(|(_, c)| c);
+        let before = probes.into_iter().map(Option::flatten).collect();
+        let agents = trace::gather(on, before, rec.clock(), job).await;
+        let kernels = spec.stages.iter().map(Kernel::to_string).collect();
+        let tree = Skeleton::pipe(spec.stages.iter().cloned().map(Skeleton::seq)).to_string();
+        trace_out = Some(Ok(trace::merge::merge(
+            &rec.finish(job, tree, kernels, agents),
+        )));
+    }
+    for c in conns {
+        c.close().await;
+    }
+    reports.sort_by_key(|r| r.stage);
+    Ok((reports, trace_out))
+}
+
+/// Connects to every stage's agent, opens the stages (each told where the
+/// next one runs) and waits until all are ready.
+async fn open(
+    spec: &StreamSpec<'_>,
+    placement: &[Placement],
+    stream: u64,
+    recorder: Option<&Recorder>,
+    peers: &[usize],
+    probes: &mut [Option<Option<Vec<ClockSample>>>],
+) -> Result<Vec<AgentConn>, PartStop> {
+    let mut conns = Vec::with_capacity(placement.len());
+    for (i, p) in placement.iter().enumerate() {
+        let mut conn = AgentConn::connect(p.addr, spec.key, spec.opts)
+            .await
+            .map_err(|e| PartStop::Lost(p.addr, e.to_string(), Instant::now()))?;
+        if let Some(rec) = recorder
+            && probes[peers[i]].is_none()
+        {
+            let probed = trace::probe(&mut conn, rec.clock())
+                .await
+                .map_err(|e| PartStop::Fail(JobError::Invalid(e.to_string())))?;
+            probes[peers[i]] = Some(probed);
+        }
+        let next = placement.get(i + 1).map(|q| StageNext {
+            addr: q.addr.to_string(),
+            stage: i as u32 + 1,
+        });
+        let open = Message::StageOpen(StageOpen {
+            stream,
+            stage: i as u32,
+            kernel: spec.stages[i].name.clone(),
+            args: spec.stages[i].args.clone(),
+            next,
+            trace: recorder.is_some(),
+        });
+        let (sender, _) = conn.halves();
+        sender
+            .send(&open)
+            .await
+            .map_err(|e| PartStop::Lost(p.addr, e.to_string(), Instant::now()))?;
+        conns.push(conn);
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let addr = conn.addr();
+        let (_, receiver) = conn.halves();
+        let mut scratch = Vec::new();
+        let got = receiver
+            .recv(&mut scratch)
+            .await
+            .map_err(|e| PartStop::Lost(addr, e.to_string(), Instant::now()))?;
+        match got.msg {
+            Message::StageReady(r) if r.stream == stream && r.stage == i as u32 => {}
+            Message::Error(e) => {
+                return Err(PartStop::Fail(JobError::Invalid(format!(
+                    "stage {i} ({}) on {}: {}",
+                    spec.stages[i], placement[i].name, e.message
+                ))));
+            }
+            other => {
+                return Err(PartStop::Fail(
+                    ClientError::Protocol {
+                        addr,
+                        what: format!("{} while opening stage {i}", other.kind_name()),
+                    }
+                    .into(),
+                ));
+            }
+        }
+    }
+    Ok(conns)
+}
+
+/// Returns once the agent has sent a heartbeat and then nothing for
+/// [`DOWN_AFTER_BEATS`] of them; never if it was asked for none.
+async fn silent(beat: Duration, liveness: &skelpi_agent::wire::Liveness) {
+    if beat.is_zero() {
+        return future::pending().await;
+    }
+    let down_after = beat * DOWN_AFTER_BEATS;
+    loop {
+        async_io::Timer::after(beat / 4).await;
+        if liveness.beats() > 0 && liveness.silent_for() >= down_after {
+            return;
+        }
+    }
+}
+
+/// Weighs the stops seen together: a task error fails the job (its input
+/// would fail again); lost agents restart without them; a broken link
+/// alone restarts on the same agents; anything else fails the job.
+fn decide(stops: Vec<PartStop>) -> Stop {
+    let mut lost = Vec::new();
+    let mut links = Vec::new();
+    let mut fail = None;
+    for stop in stops {
+        match stop {
+            PartStop::Fail(e @ JobError::Task(_)) => return Stop::Fail(e),
+            PartStop::Lost(addr, why, at) => {
+                if !lost.iter().any(|(a, _, _)| *a == addr) {
+                    lost.push((addr, why, at));
+                }
+            }
+            PartStop::Link(why) => links.push(why),
+            PartStop::Fail(e) => {
+                fail.get_or_insert(e);
+            }
+        }
+    }
+    if !lost.is_empty() {
+        let why = lost
+            .iter()
+            .map(|(a, w, _)| format!("{a}: {w}"))
+            .chain(links)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Stop::Restart { lost, why };
+    }
+    if let Some(e) = fail {
+        return Stop::Fail(e);
+    }
+    Stop::Restart {
+        lost,
+        why: links.join("; "),
+    }
+}
+
+/// Polls every part until all are done or one stops (that one is removed;
+/// the others can be polled again).
+async fn poll_all(
+    parts: &mut Vec<Part<'_>>,
+    reports: &mut Vec<StageReport>,
+) -> Result<(), PartStop> {
+    future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < parts.len() {
+            match parts[i].as_mut().poll(cx) {
+                std::task::Poll::Ready(Ok(report)) => {
+                    reports.extend(report);
+                    drop(parts.swap_remove(i));
+                }
+                std::task::Poll::Ready(Err(e)) => {
+                    drop(parts.swap_remove(i));
+                    return std::task::Poll::Ready(Err(e));
+                }
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        if parts.is_empty() {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_task_error_fails_whatever_else_was_seen() {
+        let task = TaskError {
+            job: None,
+            task: "item 3".into(),
+            kernel: "k".into(),
+            agent: "a".into(),
+            message: "boom".into(),
+            panicked: false,
+        };
+        let stops = vec![
+            PartStop::Lost(addr(1), "gone".into(), Instant::now()),
+            PartStop::Fail(task.into()),
+        ];
+        assert!(matches!(decide(stops), Stop::Fail(JobError::Task(_))));
+    }
+
+    #[test]
+    fn lost_agents_restart_without_them_once_each() {
+        let stops = vec![
+            PartStop::Link("stage 0 lost its link to stage 1".into()),
+            PartStop::Lost(addr(2), "reset".into(), Instant::now()),
+            PartStop::Lost(addr(2), "silent".into(), Instant::now()),
+            PartStop::Fail(JobError::Invalid("late".into())),
+        ];
+        match decide(stops) {
+            Stop::Restart { lost, why } => {
+                assert_eq!(lost.len(), 1);
+                assert_eq!(lost[0].0, addr(2));
+                assert!(why.contains("reset") && why.contains("link"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_broken_link_alone_restarts_in_place_and_other_errors_fail() {
+        let link = vec![PartStop::Link("x".into())];
+        assert!(matches!(decide(link), Stop::Restart { lost, .. } if lost.is_empty()));
+        let bad = vec![
+            PartStop::Link("x".into()),
+            PartStop::Fail(JobError::Invalid("y".into())),
+        ];
+        assert!(matches!(decide(bad), Stop::Fail(JobError::Invalid(_))));
+    }
+}
