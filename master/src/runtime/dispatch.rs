@@ -1,5 +1,8 @@
-//! On-demand task dispatch with credits.
+//! On-demand task dispatch with credits: the I/O around
+//! [`Scheduler`](super::schedule::Scheduler), which makes every decision
+//! (which agent, what to send again, which result counts).
 
+use super::schedule::Scheduler;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
 use crate::trace::{NO_LABEL, Recorder};
@@ -18,15 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use std::time::Instant;
 
+pub use super::schedule::MAX_REDISPATCH;
+
 /// Credits per agent worker: one task running, one queued behind it.
 pub const CREDITS_PER_WORKER: usize = 2;
-
-/// Times a task lost with its agent is sent again, to another live agent,
-/// before the job fails naming it (a task that keeps killing agents).
-pub const MAX_REDISPATCH: usize = 3;
-
-/// Frames a connection's writer holds (callers wait beyond that).
-const OUTBOX: usize = 16;
 
 /// Task ids are unique in the process, so a late result of an aborted job
 /// can never be taken for a result of the next one.
@@ -38,33 +36,37 @@ type Outcome = Result<Array, JobError>;
 struct Outgoing {
     id: u64,
     head: Message,
-    /// Shared with its caller, which keeps it to send again if the agent
-    /// is lost.
+    /// Shared with its call, which keeps it to send again if the agent is
+    /// lost.
     input: Rc<Array>,
     /// Its kernel's label in the job's trace, if traced.
     label: u32,
 }
 
-/// A task in flight: who asked, for what, and where the result goes.
-struct Pending {
+/// A caller waiting for its task's outcome.
+struct Call {
+    /// Names the task in errors (e.g. `item 3 part 1`).
     task: String,
-    kernel: String,
+    kernel: Kernel,
+    input: Rc<Array>,
+    /// Its kernel's label in the job's trace, if traced.
+    label: u32,
     reply: async_channel::Sender<Outcome>,
 }
 
 struct Link<'c> {
-    /// Its position in the pool (its connection number in traces).
+    /// Its position in the pool (its connection number in traces, its
+    /// agent number in the scheduler).
     index: usize,
     label: String,
     addr: SocketAddr,
     sender: RefCell<&'c mut Sender>,
     receiver: RefCell<&'c mut Receiver>,
-    /// Frames for the writer. Callers only queue: a frame, once queued, is
+    /// Frames for the writer (credits bound them). Once queued, a frame is
     /// written whole even if its caller is cancelled, so a job that stops
     /// never cuts a frame.
     outbox_tx: async_channel::Sender<Outgoing>,
     outbox_rx: async_channel::Receiver<Outgoing>,
-    pending: RefCell<HashMap<u64, Pending>>,
     /// The heartbeat asked of the agent (zero: none), and when the
     /// connection last heard from it.
     heartbeat: Duration,
@@ -80,8 +82,10 @@ pub struct Dispatcher<'c> {
     job: JobId,
     trace: Option<&'c Recorder>,
     links: Vec<Link<'c>>,
-    tokens_tx: async_channel::Sender<usize>,
-    tokens_rx: async_channel::Receiver<usize>,
+    sched: RefCell<Scheduler>,
+    /// Callers waiting, by their task's key in the scheduler.
+    calls: RefCell<HashMap<u64, Call>>,
+    next_call: Cell<u64>,
     progress_tx: async_channel::Sender<()>,
     progress_rx: async_channel::Receiver<()>,
 }
@@ -93,6 +97,20 @@ impl std::fmt::Debug for Dispatcher<'_> {
             .field("job", &self.job)
             .field("agents", &labels)
             .finish()
+    }
+}
+
+/// Forgets a call whose caller stopped waiting (a job that ends early).
+struct Waiting<'d, 'c> {
+    d: &'d Dispatcher<'c>,
+    key: u64,
+}
+
+impl Drop for Waiting<'_, '_> {
+    fn drop(&mut self) {
+        if self.d.calls.borrow_mut().remove(&self.key).is_some() {
+            self.d.sched.borrow_mut().cancel(self.key);
+        }
     }
 }
 
@@ -110,18 +128,6 @@ impl<'c> Dispatcher<'c> {
             .iter()
             .map(|c| CREDITS_PER_WORKER * (c.info().cores as usize).max(1))
             .collect();
-        let total: usize = credits.iter().sum();
-        let (tokens_tx, tokens_rx) = async_channel::bounded(total.max(1));
-        for round in 0..credits.iter().copied().max().unwrap_or(0) {
-            for (i, &c) in credits.iter().enumerate() {
-                if round < c {
-                    let _ = tokens_tx.try_send(i);
-                }
-            }
-        }
-        if conns.is_empty() {
-            tokens_tx.close();
-        }
         let links = conns
             .iter_mut()
             .enumerate()
@@ -130,7 +136,7 @@ impl<'c> Dispatcher<'c> {
                 let addr = conn.addr();
                 let (heartbeat, liveness) = conn.heartbeat();
                 let (sender, receiver) = conn.halves();
-                let (outbox_tx, outbox_rx) = async_channel::bounded(OUTBOX);
+                let (outbox_tx, outbox_rx) = async_channel::unbounded();
                 Link {
                     index,
                     label,
@@ -139,7 +145,6 @@ impl<'c> Dispatcher<'c> {
                     receiver: RefCell::new(receiver),
                     outbox_tx,
                     outbox_rx,
-                    pending: RefCell::new(HashMap::new()),
                     heartbeat,
                     liveness,
                     dead: Cell::new(false),
@@ -152,8 +157,9 @@ impl<'c> Dispatcher<'c> {
             job,
             trace,
             links,
-            tokens_tx,
-            tokens_rx,
+            sched: RefCell::new(Scheduler::new(&credits)),
+            calls: RefCell::new(HashMap::new()),
+            next_call: Cell::new(0),
             progress_tx,
             progress_rx,
         }
@@ -164,124 +170,83 @@ impl<'c> Dispatcher<'c> {
     /// pure: one lost with its agent is sent again to a live agent, at most
     /// [`MAX_REDISPATCH`] times; only its one result comes back.
     pub async fn call(&self, task: &str, kernel: &Kernel, input: Array) -> Outcome {
-        self.call_from(None, task, kernel, Rc::new(input)).await
+        self.call_from(None, task, kernel, input).await
     }
 
     /// Runs `kernel` on agent `home` (a pipeline stage placed there), or on
     /// demand if that agent is gone (or goes during the call). Placed stages
     /// run one call at a time, so they need no credit.
     pub async fn call_at(&self, home: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
-        self.call_from(Some(home), task, kernel, Rc::new(input))
-            .await
+        self.call_from(Some(home), task, kernel, input).await
     }
 
     async fn call_from(
         &self,
-        mut home: Option<usize>,
+        home: Option<usize>,
         task: &str,
         kernel: &Kernel,
-        input: Rc<Array>,
+        input: Array,
     ) -> Outcome {
-        let mut lost: Vec<String> = Vec::new();
+        let key = self.next_call.get();
+        self.next_call.set(key + 1);
+        if self.sched.borrow_mut().submit(key, home).is_err() {
+            return Err(JobError::NoAgents);
+        }
+        let (reply, outcome) = async_channel::bounded(1);
+        let call = Call {
+            task: task.to_owned(),
+            kernel: kernel.clone(),
+            input: Rc::new(input),
+            label: self.trace.map_or(NO_LABEL, |t| t.label(kernel)),
+            reply,
+        };
+        self.calls.borrow_mut().insert(key, call);
+        let _waiting = Waiting { d: self, key };
+        self.pump();
+        outcome.recv().await.unwrap_or(Err(JobError::Cancelled))
+    }
+
+    /// Queues every task the scheduler can send now on its agent's link.
+    fn pump(&self) {
         loop {
-            let (link, credit) = match home.take() {
-                Some(h) if self.links.get(h).is_some_and(|l| !l.dead.get()) => (h, false),
-                _ => (self.credit().await?, true),
+            let send = self
+                .sched
+                .borrow_mut()
+                .next_send(|| NEXT_TASK.fetch_add(1, Ordering::Relaxed));
+            let Some(send) = send else { return };
+            let out = match self.calls.borrow().get(&send.task) {
+                Some(call) => Outgoing {
+                    id: send.attempt,
+                    head: Message::Task(TaskHead {
+                        id: send.attempt,
+                        job: self.job,
+                        kernel: call.kernel.name.clone(),
+                        args: call.kernel.args.clone(),
+                        trace: self.trace.is_some(),
+                    }),
+                    input: call.input.clone(),
+                    label: call.label,
+                },
+                // The scheduler forgets cancelled calls: not reached.
+                None => continue,
             };
-            let result = self.call_on(link, task, kernel, input.clone()).await;
-            let dead = self.links[link].dead.get();
-            if credit && !dead {
-                let _ = self.tokens_tx.try_send(link);
-            }
-            match result {
-                Err(JobError::Agent(_)) if dead => {
-                    lost.push(self.links[link].label.clone());
-                    if lost.len() > MAX_REDISPATCH {
-                        return Err(JobError::Lost {
-                            task: task.to_owned(),
-                            kernel: kernel.to_string(),
-                            agents: lost,
-                        });
-                    }
-                    log::warn!(
-                        "job {}: task {task} ({kernel}) lost with agent {}; sending it again",
-                        self.job,
-                        self.links[link].label
-                    );
-                }
-                other => return other,
-            }
+            // The scheduler sends only to live agents, whose outboxes are
+            // open (a link is closed after the scheduler hears of it).
+            let _ = self.links[send.agent].outbox_tx.try_send(out);
         }
     }
 
-    /// Waits for a credit of a live agent; fails when every agent is gone.
-    async fn credit(&self) -> Result<usize, JobError> {
-        loop {
-            let i = self
-                .tokens_rx
-                .recv()
-                .await
-                .map_err(|_| JobError::NoAgents)?;
-            if !self.links[i].dead.get() {
-                return Ok(i);
-            }
+    /// Hands a finished call its outcome.
+    fn settle(&self, key: u64, outcome: impl FnOnce(&Call) -> Outcome) {
+        let call = self.calls.borrow_mut().remove(&key);
+        if let Some(call) = call {
+            let _ = call.reply.try_send(outcome(&call));
         }
     }
 
     /// Number of agents.
     pub fn agents(&self) -> usize {
         self.links.len()
-    }
-
-    async fn call_on(&self, i: usize, task: &str, kernel: &Kernel, input: Rc<Array>) -> Outcome {
-        let link = &self.links[i];
-        let id = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = async_channel::bounded(1);
-        let head = Message::Task(TaskHead {
-            id,
-            job: self.job,
-            kernel: kernel.name.clone(),
-            args: kernel.args.clone(),
-            trace: self.trace.is_some(),
-        });
-        let label = self.trace.map_or(NO_LABEL, |t| t.label(kernel));
-        let out = Outgoing {
-            id,
-            head,
-            input,
-            label,
-        };
-        let queued = link.outbox_tx.send(out).await;
-        if queued.is_err() {
-            return Err(self.dead_error(link));
-        }
-        // No await between queueing and registering: the result cannot
-        // arrive before its entry exists.
-        link.pending.borrow_mut().insert(
-            id,
-            Pending {
-                task: task.to_owned(),
-                kernel: kernel.name.clone(),
-                reply: tx,
-            },
-        );
-        rx.recv()
-            .await
-            .unwrap_or_else(|_| Err(self.dead_error(link)))
-    }
-
-    fn dead_error(&self, link: &Link<'c>) -> JobError {
-        let what = link
-            .why_dead
-            .borrow()
-            .as_ref()
-            .map(|(why, _)| why.clone())
-            .unwrap_or_else(|| "the connection ended before the task's result arrived".into());
-        ClientError::Protocol {
-            addr: link.addr,
-            what,
-        }
-        .into()
     }
 
     /// Moves every connection's frames: writes queued tasks, reads results
@@ -452,40 +417,69 @@ impl<'c> Dispatcher<'c> {
                 let kind = TraceKind::ResultRecv;
                 t.frame(kind, link.index, id, NO_STAGE, started, frame_len, NO_LABEL);
             }
-            let entry = link.pending.borrow_mut().remove(&id);
-            if let Some(p) = entry {
-                let outcome = outcome.map_err(|(message, panicked)| {
-                    JobError::Task(TaskError {
-                        job: Some(self.job),
-                        task: p.task,
-                        kernel: p.kernel,
-                        agent: link.label.clone(),
-                        message,
-                        panicked,
+            // A result counts only if its attempt is still out there: a
+            // late one (its agent was declared down, the task sent again)
+            // or a repeated one is dropped.
+            let taken = self.sched.borrow_mut().on_result(link.index, id);
+            match taken {
+                Some(key) => self.settle(key, |call| {
+                    outcome.map_err(|(message, panicked)| {
+                        JobError::Task(TaskError {
+                            job: Some(self.job),
+                            task: call.task.clone(),
+                            kernel: call.kernel.name.clone(),
+                            agent: link.label.clone(),
+                            message,
+                            panicked,
+                        })
                     })
-                });
-                let _ = p.reply.try_send(outcome);
+                }),
+                None => log::debug!("{}: result of task {id} dropped (late)", link.label),
             }
+            // Its credit is free: a waiting task may go.
+            self.pump();
             let _ = self.progress_tx.try_send(());
         }
     }
 
-    /// Marks a link dead and fails the calls waiting on it.
+    /// Marks a link dead: its tasks out are sent again elsewhere (or fail
+    /// the job, when lost too often or when no agent is left).
     fn kill(&self, link: &Link<'c>, why: ClientError) {
+        if link.dead.replace(true) {
+            return;
+        }
         log::warn!("{}: {why}", link.label);
-        link.dead.set(true);
         let message = why.to_string();
-        *link.why_dead.borrow_mut() = Some((message.clone(), Instant::now()));
-        for (_, p) in link.pending.borrow_mut().drain() {
-            let _ = p.reply.try_send(Err(JobError::Agent(ClientError::Protocol {
-                addr: link.addr,
-                what: message.clone(),
-            })));
-        }
+        *link.why_dead.borrow_mut() = Some((message, Instant::now()));
         link.outbox_tx.close();
-        if self.links.iter().all(|l| l.dead.get()) {
-            self.tokens_tx.close();
+        let down = self.sched.borrow_mut().on_down(link.index);
+        for key in down.again {
+            if let Some(call) = self.calls.borrow().get(&key) {
+                log::warn!(
+                    "job {}: task {} ({}) lost with agent {}; sending it again",
+                    self.job,
+                    call.task,
+                    call.kernel,
+                    link.label
+                );
+            }
         }
+        for (key, agents) in down.lost {
+            self.settle(key, |call| {
+                Err(JobError::Lost {
+                    task: call.task.clone(),
+                    kernel: call.kernel.to_string(),
+                    agents: agents
+                        .iter()
+                        .map(|&a| self.links[a].label.clone())
+                        .collect(),
+                })
+            });
+        }
+        for key in down.stranded {
+            self.settle(key, |_| Err(JobError::NoAgents));
+        }
+        self.pump();
         let _ = self.progress_tx.try_send(());
     }
 
@@ -493,14 +487,7 @@ impl<'c> Dispatcher<'c> {
     /// ends early (an error) leaves every connection between frames. Run it
     /// with the job's [`Dispatcher::run_io`] future still alive.
     pub async fn drain(&self) {
-        loop {
-            let busy = self
-                .links
-                .iter()
-                .any(|l| !l.dead.get() && !l.pending.borrow().is_empty());
-            if !busy {
-                return;
-            }
+        while self.sched.borrow().out() > 0 {
             let _ = self.progress_rx.recv().await;
         }
     }
@@ -511,7 +498,8 @@ impl Dispatcher<'_> {
     /// gave up waiting for them).
     pub fn abandon_busy(&self, why: &str) {
         for link in &self.links {
-            if !link.dead.get() && !link.pending.borrow().is_empty() {
+            let busy = self.sched.borrow().out_on(link.index) > 0;
+            if !link.dead.get() && busy {
                 self.kill(
                     link,
                     ClientError::Protocol {

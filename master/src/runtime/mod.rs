@@ -17,6 +17,7 @@ pub mod dispatch;
 mod error;
 pub mod eval;
 pub mod job;
+pub mod schedule;
 pub mod sequential;
 pub mod stream;
 
