@@ -66,6 +66,9 @@ pub async fn serve_session(
     // Work of this master not finished yet: tasks queued or running, a stage.
     let in_flight = Cell::new(0usize);
     let stage_running = Cell::new(false);
+    // The heartbeat the master asked for: its stages ask it of their
+    // successors too.
+    let heartbeat = Cell::new(Duration::ZERO);
     let liveness = receiver.liveness();
     let mut stop = std::pin::pin!(stop);
     // Jobs this session has run tasks for, to log each job once.
@@ -119,6 +122,7 @@ pub async fn serve_session(
                     log::info!("master {peer} is {:?}", hello.master);
                     if hello.heartbeat_ms > 0 {
                         let ms = hello.heartbeat_ms.clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS);
+                        heartbeat.set(Duration::from_millis(ms.into()));
                         let _ = beat_tx.try_send(Duration::from_millis(ms.into()));
                         let _ = watch_tx.try_send(Duration::from_millis(ms.into()));
                     }
@@ -360,7 +364,12 @@ pub async fn serve_session(
     let stage = async {
         if let Ok(open) = stage_rx.recv().await {
             stage_running.set(true);
-            stages::run_stage(config, open, &sender, conn, plaintext).await;
+            let link = stages::Link {
+                conn,
+                plaintext,
+                heartbeat: heartbeat.get(),
+            };
+            stages::run_stage(config, open, &sender, link).await;
             stage_running.set(false);
         }
         future::pending::<()>().await

@@ -98,7 +98,8 @@ impl Streams {
         let mut map = self.lock();
         if map.contains_key(&(stream, stage)) {
             return Err(format!(
-                "stage {stage} of stream {stream} already runs here"
+                "stage {stage} of job {} already runs here",
+                JobId(stream)
             ));
         }
         let (tx, rx) = async_channel::bounded(INBOX);
@@ -135,8 +136,10 @@ pub async fn deliver(
 ) -> Result<(), String> {
     let Some((inbox, traced)) = config.streams.inbox(item.stream, item.stage) else {
         return Err(format!(
-            "no stage {} of stream {} runs on agent {}",
-            item.stage, item.stream, config.info.name
+            "no stage {} of job {} runs on agent {}",
+            item.stage,
+            JobId(item.stream),
+            config.info.name
         ));
     };
     let index = item.index;
@@ -156,24 +159,41 @@ pub async fn deliver(
     };
     inbox.send(item_in).await.map_err(|_| {
         format!(
-            "stage {} of stream {} has ended; item {index} is late",
-            item.stage, item.stream
+            "stage {} of job {} has ended; item {index} is late",
+            item.stage,
+            JobId(item.stream)
         )
     })
 }
 
+/// How the session that opened a stage is linked to its master, and how
+/// the stage links to its successor likewise.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// The session's number in traces.
+    pub conn: u32,
+    /// The transport the master chose (the successor's link uses it too).
+    pub plaintext: bool,
+    /// The heartbeat the master asked for (zero: none): the stage asks its
+    /// successor's agent for it, and takes that agent for gone after four
+    /// silent beats.
+    pub heartbeat: Duration,
+}
+
 /// Runs a stage opened on this session until its input ends, then
 /// forwards the end and reports. `control` is the session's sender (to the
-/// master), `conn` the session's number in traces; `plaintext`: the
-/// transport the master chose, used for the connection to the next stage
-/// too.
+/// master).
 pub async fn run_stage(
     config: &ServerConfig,
     open: StageOpen,
     control: &Mutex<Sender>,
-    conn: u32,
-    plaintext: bool,
+    link: Link,
 ) {
+    let Link {
+        conn,
+        plaintext,
+        heartbeat,
+    } = link;
     let (stream, stage) = (open.stream, open.stage);
     let report = |msg: Message| async move {
         let _ = control.lock().await.send(&msg).await;
@@ -204,7 +224,7 @@ pub async fn run_stage(
     };
     let (mut next_tx, mut next_rx, out_stage) = match &open.next {
         None => (None, None, stage.saturating_add(1)),
-        Some(n) => match connect(config, &n.addr, plaintext).await {
+        Some(n) => match connect(config, &n.addr, plaintext, heartbeat).await {
             Ok((tx, rx)) => (Some(tx), Some(rx), n.stage),
             Err(e) => {
                 let what = format!("cannot reach stage {} at {}: {e}", n.stage, n.addr);
@@ -323,19 +343,29 @@ pub async fn run_stage(
             };
             sent.err().and_then(|e| link_failed(e.to_string()))
         };
-        // The next stage's agent says nothing on this link unless it
-        // refuses an item or goes away.
+        // The next stage's agent says nothing on this link but heartbeats,
+        // unless it refuses an item or goes away.
         let watch = async {
             match next_rx.as_mut() {
                 Some(rx) => {
                     let mut scratch = Vec::new();
-                    let heard = rx.recv(&mut scratch).await;
+                    let liveness = rx.liveness();
+                    let heard = future::or(async { Some(rx.recv(&mut scratch).await) }, async {
+                        liveness.silent_past(heartbeat).await;
+                        None
+                    })
+                    .await;
                     match heard {
-                        Ok(r) => match r.msg {
+                        Some(Ok(r)) => match r.msg {
                             Message::Error(e) => link_failed(e.message),
                             other => link_failed(format!("it sent {}", other.kind_name())),
                         },
-                        Err(e) => link_failed(e.to_string()),
+                        Some(Err(e)) => link_failed(e.to_string()),
+                        None => link_failed(format!(
+                            "its agent is silent for {:.1?} (a heartbeat was due every \
+                             {heartbeat:?})",
+                            liveness.silent_for()
+                        )),
                     }
                 }
                 None => future::pending().await,
@@ -378,12 +408,14 @@ pub async fn run_stage(
 }
 
 /// Opens an authenticated connection to the next stage's agent at `addr`
-/// (an address, never a name to resolve) and greets it, so that an agent
-/// that turns the connection away is known before any item is sent.
+/// (an address, never a name to resolve) and greets it, asking for a
+/// heartbeat every `heartbeat` (zero: none), so that an agent that turns
+/// the connection away is known before any item is sent.
 async fn connect(
     config: &ServerConfig,
     addr: &str,
     plaintext: bool,
+    heartbeat: Duration,
 ) -> Result<(Sender, Receiver), String> {
     let addr: SocketAddr = addr
         .parse()
@@ -406,8 +438,7 @@ async fn connect(
     let (mut sender, mut receiver) = (est.sender, est.receiver);
     let hello = Message::Hello(Hello {
         master: format!("stage link from agent {}", config.info.name),
-        // The next stage's liveness reaches the master on its own session.
-        heartbeat_ms: 0,
+        heartbeat_ms: heartbeat.as_millis().try_into().unwrap_or(u32::MAX),
     });
     sender.send(&hello).await.map_err(|e| e.to_string())?;
     let mut scratch = Vec::new();

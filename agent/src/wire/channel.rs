@@ -148,6 +148,25 @@ impl Liveness {
         let last = Duration::from_nanos(self.last_ns.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
     }
+
+    /// Returns once the peer, asked for a heartbeat every `beat`, has sent
+    /// one and then nothing for [`DOWN_AFTER_BEATS`] of them — it is down;
+    /// never if `beat` is zero, nor while it never beat (an older peer, its
+    /// connection alone tells). Checks four times a beat.
+    ///
+    /// [`DOWN_AFTER_BEATS`]: super::handshake::DOWN_AFTER_BEATS
+    pub async fn silent_past(&self, beat: Duration) {
+        if beat.is_zero() {
+            return std::future::pending().await;
+        }
+        let down_after = beat * super::handshake::DOWN_AFTER_BEATS;
+        loop {
+            async_io::Timer::after(beat / 4).await;
+            if self.beats() > 0 && self.silent_for() >= down_after {
+                return;
+            }
+        }
+    }
 }
 
 /// The receiving half of a connection.

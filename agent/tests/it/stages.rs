@@ -76,7 +76,7 @@ fn stages_that_cannot_run_are_refused_with_the_reason() {
         match next_message(&mut est).await {
             Message::Error(e) => {
                 assert!(
-                    e.message.contains("no stage 3 of stream 42"),
+                    e.message.contains("no stage 3 of job 000000000000002a"),
                     "{}",
                     e.message
                 )
@@ -106,4 +106,90 @@ fn stages_that_cannot_run_are_refused_with_the_reason() {
             other => panic!("expected stats, got {other:?}"),
         }
     });
+}
+
+#[test]
+fn a_stage_whose_successor_falls_silent_reports_its_link_lost_within_four_beats() {
+    let key = ClusterKey::generate().unwrap();
+    let agent = LocalAgent::start("stage-host", key.clone(), LocalOptions::default()).unwrap();
+    // The next stage's "agent": it greets, beats once, then says nothing
+    // with its connection open (a board that hangs, or a broken path
+    // between two boards while both still reach the master).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let next_addr = listener.local_addr().unwrap().to_string();
+    let info = skelpi_proto::AgentInfo {
+        id: "0123456789abcdef".into(),
+        name: "hung".into(),
+        version: skelpi_proto::PROTOCOL_VERSION,
+        arch: "x86_64".into(),
+        cores: 1,
+        memory_bytes: 0,
+        port: 0,
+    };
+    let (asked_tx, asked_rx) = std::sync::mpsc::channel();
+    let hung = std::thread::spawn({
+        let key = key.clone();
+        move || {
+            let (stream, _) = listener.accept().unwrap();
+            smol::block_on(async {
+                let stream = async_net::TcpStream::try_from(stream).unwrap();
+                let opts = handshake::AcceptOptions::default();
+                let mut est = handshake::accept(stream, &key, &opts).await.unwrap();
+                let Message::Hello(hello) = next_message(&mut est).await else {
+                    panic!("a stage link starts with hello");
+                };
+                asked_tx.send(hello.heartbeat_ms).unwrap();
+                est.sender.send(&Message::Welcome(info)).await.unwrap();
+                est.sender.send(&Message::Heartbeat).await.unwrap();
+                // Silent until the stage gives up on this link.
+                let mut bulk = Vec::new();
+                while est.receiver.recv(&mut bulk).await.is_ok() {}
+            });
+        }
+    });
+    smol::block_on(async {
+        let mut est = session(&agent, &key).await;
+        let hello = Message::Hello(skelpi_proto::Hello {
+            master: "test".into(),
+            heartbeat_ms: 100,
+        });
+        est.sender.send(&hello).await.unwrap();
+        assert!(matches!(next_message(&mut est).await, Message::Welcome(_)));
+        est.sender
+            .send(&open(9, "square", Some(&next_addr)))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_message(&mut est).await,
+            Message::StageReady(_)
+        ));
+        let ready = std::time::Instant::now();
+        assert_eq!(
+            asked_rx.recv().unwrap(),
+            100,
+            "the master's heartbeat, passed on"
+        );
+        let bounded = futures_lite::future::or(next_message(&mut est), async {
+            async_io::Timer::after(std::time::Duration::from_secs(10)).await;
+            panic!("the stage never reported its silent successor")
+        });
+        match bounded.await {
+            Message::Error(e) => {
+                assert!(
+                    e.message.contains("lost its link to stage 1") && e.message.contains("silent"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("expected the link's loss, got {other:?}"),
+        }
+        let noticed = ready.elapsed();
+        // Four beats of 100 ms, checked four times a beat.
+        assert!(
+            noticed >= std::time::Duration::from_millis(300)
+                && noticed < std::time::Duration::from_secs(2),
+            "noticed after {noticed:?}"
+        );
+    });
+    hung.join().unwrap();
 }

@@ -7,7 +7,6 @@ use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
 use crate::trace::{NO_LABEL, Recorder};
 use skelpi_agent::kernels::Array;
-use skelpi_agent::wire::handshake::DOWN_AFTER_BEATS;
 use skelpi_agent::wire::{Liveness, Receiver, Sender};
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
@@ -272,30 +271,23 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Declares an agent down when it has been silent for
-    /// [`DOWN_AFTER_BEATS`] heartbeats — once it has sent one: an agent
+    /// [`DOWN_AFTER_BEATS`](skelpi_agent::wire::handshake::DOWN_AFTER_BEATS) heartbeats — once it has sent one: an agent
     /// that never beats (an older one) is watched by its connection only.
     async fn watch(&self, link: &Link<'c>) {
-        if link.heartbeat.is_zero() {
-            return std::future::pending().await;
-        }
-        let down_after = link.heartbeat * DOWN_AFTER_BEATS;
-        let tick = link.heartbeat / 4;
-        while !link.dead.get() {
-            async_io::Timer::after(tick).await;
-            let silent = link.liveness.silent_for();
-            if link.liveness.beats() > 0 && silent >= down_after && !link.dead.get() {
-                let what = format!(
-                    "silent for {silent:.1?} (a heartbeat was due every {:?}): declared down",
-                    link.heartbeat
-                );
-                self.kill(
-                    link,
-                    ClientError::Protocol {
-                        addr: link.addr,
-                        what,
-                    },
-                );
-            }
+        link.liveness.silent_past(link.heartbeat).await;
+        if !link.dead.get() {
+            let what = format!(
+                "silent for {:.1?} (a heartbeat was due every {:?}): declared down",
+                link.liveness.silent_for(),
+                link.heartbeat
+            );
+            self.kill(
+                link,
+                ClientError::Protocol {
+                    addr: link.addr,
+                    what,
+                },
+            );
         }
         // The link is dead: nothing more to watch, and its other loops end.
         std::future::pending().await

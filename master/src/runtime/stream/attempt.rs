@@ -9,7 +9,6 @@ use crate::runtime::{JobError, TaskError};
 use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
-use skelpi_agent::wire::handshake::DOWN_AFTER_BEATS;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
@@ -27,10 +26,11 @@ const GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub(super) enum PartStop {
     /// The agent at this address is gone: its connection ended or failed,
-    /// or it fell silent for [`DOWN_AFTER_BEATS`] heartbeats.
+    /// or it fell silent for four heartbeats.
     Lost(SocketAddr, String, Instant),
-    /// A stage lost its link to the next one (its agent may be alive).
-    Link(String),
+    /// A stage lost its link to the next one, whose agent is at this
+    /// address: that agent is gone, or the path to it is broken.
+    Link(SocketAddr, String, Instant),
     /// The job fails with this.
     Fail(JobError),
 }
@@ -38,8 +38,7 @@ pub(super) enum PartStop {
 /// How a run stopped early.
 #[derive(Debug)]
 pub(super) enum Stop {
-    /// Start again: without these agents (address, why, when), or — none
-    /// known lost — on the same placement (a link between stages broke).
+    /// Start again without these agents (address, why, when).
     Restart {
         lost: Vec<(SocketAddr, String, Instant)>,
         why: String,
@@ -122,6 +121,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
         let addr = *addr;
         let lost =
             move |e: &dyn std::fmt::Display| PartStop::Lost(addr, e.to_string(), Instant::now());
+        let mut idle_sender = None;
         if let Some(inputs) = inputs.take() {
             let sender = &mut **sender;
             let room_rx = room_rx.clone();
@@ -169,6 +169,8 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                 Ok(None)
             };
             parts.push(Box::pin(feed));
+        } else {
+            idle_sender = Some(&mut **sender);
         }
         let results = if i + 1 == n { on_result.take() } else { None };
         let receiver = &mut **receiver;
@@ -240,10 +242,9 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                     // Once open, a stage speaks up only when its link to
                     // the next one fails.
                     Message::Error(e) => {
-                        return Err(PartStop::Link(format!(
-                            "stage {i} on {agent}: {}",
-                            e.message
-                        )));
+                        let why = format!("stage {i} on {agent}: {}", e.message);
+                        let next = placement.get(i + 1).map_or(addr, |p| p.addr);
+                        return Err(PartStop::Link(next, why, Instant::now()));
                     }
                     other => {
                         return Err(PartStop::Fail(
@@ -260,14 +261,31 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
         let beat = *beat;
         let liveness = liveness.clone();
         let watch = async move {
-            silent(beat, &liveness).await;
+            liveness.silent_past(beat).await;
             let what = format!(
                 "silent for {:.1?} (a heartbeat was due every {beat:?}): declared down",
                 liveness.silent_for()
             );
             Err(PartStop::Lost(addr, what, Instant::now()))
         };
-        parts.push(Box::pin(future::or(listen, watch)));
+        // The master beats on the connections it sends nothing else on
+        // (all but the first stage's): an agent whose master falls silent
+        // drops its stage. Not on the feed's — the agent reads that one
+        // only as fast as its stage takes items.
+        let beats = async move {
+            match idle_sender {
+                // The first at once: the agent then knows this master beats.
+                Some(sender) if !beat.is_zero() => loop {
+                    sender
+                        .send(&Message::Heartbeat)
+                        .await
+                        .map_err(|e| lost(&e))?;
+                    async_io::Timer::after(beat).await;
+                },
+                _ => future::pending().await,
+            }
+        };
+        parts.push(Box::pin(future::or(listen, future::or(watch, beats))));
     }
     // Poll everything; the first stop ends the run (the connections close
     // when this returns, which stops every stage). An agent that dies makes
@@ -393,24 +411,11 @@ async fn open(
     Ok(conns)
 }
 
-/// Returns once the agent has sent a heartbeat and then nothing for
-/// [`DOWN_AFTER_BEATS`] of them; never if it was asked for none.
-async fn silent(beat: Duration, liveness: &skelpi_agent::wire::Liveness) {
-    if beat.is_zero() {
-        return future::pending().await;
-    }
-    let down_after = beat * DOWN_AFTER_BEATS;
-    loop {
-        async_io::Timer::after(beat / 4).await;
-        if liveness.beats() > 0 && liveness.silent_for() >= down_after {
-            return;
-        }
-    }
-}
-
 /// Weighs the stops seen together: a task error fails the job (its input
-/// would fail again); lost agents restart without them; a broken link
-/// alone restarts on the same agents; anything else fails the job.
+/// would fail again); lost agents restart without them; any other error
+/// fails the job; broken links alone restart without the agents at their
+/// far ends (a stage's successor's agent can fall silent to it before
+/// the master notices).
 fn decide(stops: Vec<PartStop>) -> Stop {
     let mut lost = Vec::new();
     let mut links = Vec::new();
@@ -423,28 +428,37 @@ fn decide(stops: Vec<PartStop>) -> Stop {
                     lost.push((addr, why, at));
                 }
             }
-            PartStop::Link(why) => links.push(why),
+            PartStop::Link(next, why, at) => links.push((next, why, at)),
             PartStop::Fail(e) => {
                 fail.get_or_insert(e);
             }
         }
     }
-    if !lost.is_empty() {
-        let why = lost
-            .iter()
+    let why_of = |lost: &[(SocketAddr, String, Instant)]| {
+        lost.iter()
             .map(|(a, w, _)| format!("{a}: {w}"))
-            .chain(links)
+            .chain(links.iter().map(|(_, w, _)| w.clone()))
             .collect::<Vec<_>>()
-            .join("; ");
+            .join("; ")
+    };
+    if !lost.is_empty() {
+        let why = why_of(&lost);
         return Stop::Restart { lost, why };
     }
     if let Some(e) = fail {
         return Stop::Fail(e);
     }
-    Stop::Restart {
-        lost,
-        why: links.join("; "),
+    for (next, why, at) in &links {
+        if !lost.iter().any(|(a, _, _)| a == next) {
+            lost.push((*next, why.clone(), *at));
+        }
     }
+    let why = links
+        .iter()
+        .map(|(_, w, _)| w.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Stop::Restart { lost, why }
 }
 
 /// Polls every part until all are done or one stops (that one is removed;
@@ -505,7 +519,11 @@ mod tests {
     #[test]
     fn lost_agents_restart_without_them_once_each() {
         let stops = vec![
-            PartStop::Link("stage 0 lost its link to stage 1".into()),
+            PartStop::Link(
+                addr(2),
+                "stage 0 lost its link to stage 1".into(),
+                Instant::now(),
+            ),
             PartStop::Lost(addr(2), "reset".into(), Instant::now()),
             PartStop::Lost(addr(2), "silent".into(), Instant::now()),
             PartStop::Fail(JobError::Invalid("late".into())),
@@ -521,11 +539,20 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_link_alone_restarts_in_place_and_other_errors_fail() {
-        let link = vec![PartStop::Link("x".into())];
-        assert!(matches!(decide(link), Stop::Restart { lost, .. } if lost.is_empty()));
+    fn a_broken_link_alone_restarts_without_its_far_end_and_other_errors_fail() {
+        let link = vec![
+            PartStop::Link(addr(3), "x".into(), Instant::now()),
+            PartStop::Link(addr(3), "y".into(), Instant::now()),
+        ];
+        match decide(link) {
+            Stop::Restart { lost, why } => {
+                assert_eq!(lost.len(), 1);
+                assert_eq!((lost[0].0, why.as_str()), (addr(3), "x; y"));
+            }
+            other => panic!("{other:?}"),
+        }
         let bad = vec![
-            PartStop::Link("x".into()),
+            PartStop::Link(addr(3), "x".into(), Instant::now()),
             PartStop::Fail(JobError::Invalid("y".into())),
         ];
         assert!(matches!(decide(bad), Stop::Fail(JobError::Invalid(_))));
