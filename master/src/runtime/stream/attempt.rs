@@ -133,7 +133,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                     let data = match again {
                         Some(data) => data,
                         None => {
-                            while !replay.borrow().has_room() {
+                            while !replay.borrow_mut().has_room() {
                                 let _ = room_rx.recv().await;
                             }
                             let Some(input) = inputs.next() else { break };
@@ -191,7 +191,9 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                                 o.got, o.due
                             ))));
                         }
-                        let _ = room_tx.try_send(());
+                        if replay.borrow().resumes() {
+                            let _ = room_tx.try_send(());
+                        }
                         if let Some(rec) = recorder {
                             let (at, bytes) = (got.started, got.frame_len);
                             let (kind, id, stage) = (TraceKind::ItemRecv, item.index, item.stage);
@@ -294,8 +296,12 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     let mut reports = Vec::with_capacity(n);
     let outcome = poll_all(&mut parts, &mut reports).await;
     if let Err(first) = outcome {
+        // A lost agent or a task error settles what happens; anything
+        // else waits a little for one.
+        let settles =
+            |s: &PartStop| matches!(s, PartStop::Lost(..) | PartStop::Fail(JobError::Task(_)));
         let mut stops = vec![first];
-        if !matches!(stops[0], PartStop::Fail(JobError::Task(_))) {
+        if !settles(&stops[0]) {
             let deadline = Instant::now() + GRACE;
             while !parts.is_empty() {
                 let grace = async {
@@ -303,7 +309,13 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                     Ok(())
                 };
                 match future::or(poll_all(&mut parts, &mut reports), grace).await {
-                    Err(stop) => stops.push(stop),
+                    Err(stop) => {
+                        let settled = settles(&stop);
+                        stops.push(stop);
+                        if settled {
+                            break;
+                        }
+                    }
                     Ok(()) => break,
                 }
             }

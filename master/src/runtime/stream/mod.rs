@@ -37,9 +37,10 @@ use std::time::{Duration, Instant};
 pub const MAX_RESTARTS: usize = 3;
 
 /// Items the master holds for replay, per stage (and one stage's worth
-/// more for the feed): a stage's inbox holds 8, two results wait to go
-/// out, one is computed — the window never starves a stage.
-pub const WINDOW_PER_STAGE: usize = 16;
+/// more for the feed). A stage holds 11 (8 in its inbox, one computed, two
+/// waiting to go out) besides what TCP buffers; the window refills from
+/// half, so a stage of tiny items never waits for the feed.
+pub const WINDOW_PER_STAGE: usize = 64;
 
 /// Bytes the held items may take (one item is always let through).
 pub const WINDOW_BYTES: usize = 256 << 20;

@@ -19,6 +19,8 @@ pub(super) struct Replay {
     max_items: usize,
     /// …and at most this many bytes, except that one item always fits.
     max_bytes: usize,
+    /// The window filled up and has not yet drained to half.
+    full: bool,
 }
 
 /// A result whose index is not the next one due.
@@ -39,12 +41,25 @@ impl Replay {
             bytes: 0,
             max_items: max_items.max(1),
             max_bytes,
+            full: false,
         }
     }
 
-    /// Whether another input may be drawn and fed.
-    pub fn has_room(&self) -> bool {
-        self.held.is_empty() || (self.held.len() < self.max_items && self.bytes < self.max_bytes)
+    /// Whether another input may be drawn and fed: yes until the window is
+    /// full, then no until it has drained to half — so a waiting feed
+    /// wakes once per half window, not once per result.
+    pub fn has_room(&mut self) -> bool {
+        self.full = !self.resumes()
+            || self.held.len() >= self.max_items
+            || self.bytes >= self.max_bytes && !self.held.is_empty();
+        !self.full
+    }
+
+    /// Whether a feed waiting for room may go on.
+    pub fn resumes(&self) -> bool {
+        !self.full
+            || self.held.is_empty()
+            || (self.held.len() <= self.max_items / 2 && self.bytes <= self.max_bytes / 2)
     }
 
     /// Holds a newly drawn input; returns its index and a handle to send.
@@ -120,14 +135,21 @@ mod tests {
 
     #[test]
     fn the_window_bounds_items_and_bytes_but_always_takes_one() {
-        let mut r = Replay::new(2, 100);
-        assert!(r.has_room());
-        r.push(item(0.0, 1));
-        assert!(r.has_room());
-        r.push(item(0.0, 1));
-        assert!(!r.has_room(), "two items fill a window of two");
+        let mut r = Replay::new(4, 1000);
+        for k in 0..4 {
+            assert!(r.has_room(), "item {k}");
+            r.push(item(0.0, 1));
+        }
+        assert!(!r.has_room(), "four items fill a window of four");
         r.accept(0).unwrap();
-        assert!(r.has_room());
+        assert!(
+            !r.resumes() && !r.has_room(),
+            "not before it drains to half"
+        );
+        r.accept(1).unwrap();
+        assert!(r.resumes() && r.has_room(), "half full: the feed goes on");
+        r.push(item(0.0, 1));
+        assert!(r.has_room(), "and fills it again");
         let mut r = Replay::new(10, 100);
         r.push(item(0.0, 1000));
         assert!(!r.has_room(), "8000 bytes exceed 100");
