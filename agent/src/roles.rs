@@ -391,8 +391,16 @@ pub async fn serve_session(
     let watch = async {
         if let Ok(every) = watch_rx.recv().await {
             let down_after = every * DOWN_AFTER_BEATS;
+            let mut heard = false;
             loop {
                 async_io::Timer::after(every / 4).await;
+                if !heard && liveness.beats() > 0 {
+                    heard = true;
+                    log::info!(
+                        "master {peer} beats: silent for {down_after:?} with work unfinished, \
+                         it is taken for gone"
+                    );
+                }
                 let busy = in_flight.get() > 0 || stage_running.get();
                 let silent = liveness.silent_for();
                 if busy && liveness.beats() > 0 && silent >= down_after {

@@ -200,12 +200,9 @@ pub async fn run_stage(
     };
     // The stream id is the job's id (see `JobId`).
     let job = JobId(stream);
-    let refuse = |message: String| {
+    let refuse = |code: ErrorCode, message: String| {
         log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
-        report(Message::Error(ErrorReply {
-            code: ErrorCode::BadRequest,
-            message,
-        }))
+        report(Message::Error(ErrorReply { code, message }))
     };
     let Some(kernel) = config.kernels.get(&open.kernel) else {
         let names = config.kernels.names().join(", ");
@@ -213,14 +210,14 @@ pub async fn run_stage(
             "agent {} has no kernel {:?} (it has: {names})",
             config.info.name, open.kernel
         );
-        return refuse(what).await;
+        return refuse(ErrorCode::BadRequest, what).await;
     };
     if open.trace {
         config.workers.recorder().prepare();
     }
     let (inbox, _registration) = match config.streams.register(stream, stage, open.trace) {
         Ok(r) => r,
-        Err(what) => return refuse(what).await,
+        Err(what) => return refuse(ErrorCode::BadRequest, what).await,
     };
     let (mut next_tx, mut next_rx, out_stage) = match &open.next {
         None => (None, None, stage.saturating_add(1)),
@@ -228,7 +225,7 @@ pub async fn run_stage(
             Ok((tx, rx)) => (Some(tx), Some(rx), n.stage),
             Err(e) => {
                 let what = format!("cannot reach stage {} at {}: {e}", n.stage, n.addr);
-                return refuse(what).await;
+                return refuse(ErrorCode::LinkLost, what).await;
             }
         },
     };
@@ -293,7 +290,7 @@ pub async fn run_stage(
     let forward = async {
         let link_failed = |what: String| {
             Some(Message::Error(ErrorReply {
-                code: ErrorCode::BadRequest,
+                code: ErrorCode::LinkLost,
                 message: format!("stage {stage} lost its link to stage {out_stage}: {what}"),
             }))
         };
@@ -328,8 +325,24 @@ pub async fn run_stage(
                     let kind = TraceKind::ItemSend;
                     recorder.frame(job, kind, out_conn, index, out_stage, started, bytes);
                 }
-                if let Err(e) = sent {
-                    return link_failed(e.to_string());
+                match sent {
+                    Ok(()) => {}
+                    Err(e) if e.is_link() => return link_failed(e.to_string()),
+                    // What was sent is at fault (e.g. larger than a frame):
+                    // as deterministic as a kernel error.
+                    Err(e) => {
+                        log::warn!(
+                            skelpi_job:% = job;
+                            "job {job}: stage {stage} cannot send item {index}: {e}"
+                        );
+                        return Some(Message::StageFailed(StageFailed {
+                            stream,
+                            stage,
+                            index,
+                            error: format!("its result cannot be sent: {e}"),
+                            panicked: false,
+                        }));
+                    }
                 }
             }
             // The end follows the last item.

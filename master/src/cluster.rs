@@ -202,7 +202,9 @@ impl Cluster {
     /// Runs `skeleton` on `inputs`, handing each result and its input's
     /// index to `on_result` as soon as it is ready. Inputs are drawn from
     /// the iterator only as the tree has room for them, so a huge generator
-    /// runs in bounded memory.
+    /// runs in bounded memory. Both run on the job's thread, which also
+    /// sends the heartbeats: neither may block for seconds, or the agents
+    /// take the master for gone.
     pub async fn run_each(
         &mut self,
         skeleton: &Skeleton,

@@ -258,6 +258,9 @@ pub enum ErrorCode {
     Unsupported,
     /// The agent is shutting down.
     ShuttingDown,
+    /// A pipeline stage lost its link to the next stage's agent (that
+    /// agent is gone, silent, or unreachable).
+    LinkLost,
     /// A code from a newer peer.
     #[serde(other)]
     Unknown,

@@ -113,6 +113,10 @@ pub struct Received {
     pub started: Instant,
 }
 
+/// Bytes of a frame's bulk read between two marks of its sender's
+/// liveness (20 ms at 100 Mb/s).
+const ALIVE_EVERY: usize = 256 << 10;
+
 /// When a connection last heard from its peer: shared, so that a
 /// watchdog can see it while the receiver waits for the next frame.
 #[derive(Debug)]
@@ -269,7 +273,11 @@ impl Receiver {
         };
         let bytes = f64_bytes_mut(dst);
         bytes[..already].copy_from_slice(&self.head[bulk.offset..]);
-        self.r.read_exact(&mut bytes[already..]).await?;
+        // A long frame keeps its sender alive while its bytes arrive.
+        for chunk in bytes[already..].chunks_mut(ALIVE_EVERY) {
+            self.r.read_exact(chunk).await?;
+            self.liveness.heard(Instant::now());
+        }
         Ok(Received {
             msg: head.msg,
             bulk: Some(bulk.shape),

@@ -43,4 +43,10 @@ impl WireError {
     pub fn is_recoverable(&self) -> bool {
         matches!(self, WireError::BadFrame { skipped: true, .. })
     }
+
+    /// Whether the connection itself failed (its peer or the path to it),
+    /// rather than what was sent or received on it.
+    pub fn is_link(&self) -> bool {
+        matches!(self, WireError::Io(_) | WireError::Closed)
+    }
 }

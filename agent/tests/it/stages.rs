@@ -183,11 +183,11 @@ fn a_stage_whose_successor_falls_silent_reports_its_link_lost_within_four_beats(
             }
             other => panic!("expected the link's loss, got {other:?}"),
         }
+        // Four beats of 100 ms, checked four times a beat (the silence
+        // began at the beat, before the stage was ready).
         let noticed = ready.elapsed();
-        // Four beats of 100 ms, checked four times a beat.
         assert!(
-            noticed >= std::time::Duration::from_millis(300)
-                && noticed < std::time::Duration::from_secs(2),
+            noticed < std::time::Duration::from_secs(2),
             "noticed after {noticed:?}"
         );
     });

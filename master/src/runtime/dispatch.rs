@@ -226,8 +226,13 @@ impl<'c> Dispatcher<'c> {
                     input: call.input.clone(),
                     label: call.label,
                 },
-                // The scheduler forgets cancelled calls: not reached.
-                None => continue,
+                // The scheduler forgets cancelled calls, so this is not
+                // reached; if it were, the attempt is given back.
+                None => {
+                    debug_assert!(false, "task {} sent after its call ended", send.task);
+                    self.sched.borrow_mut().on_result(send.agent, send.attempt);
+                    continue;
+                }
             };
             // The scheduler sends only to live agents, whose outboxes are
             // open (a link is closed after the scheduler hears of it).
@@ -299,7 +304,8 @@ impl<'c> Dispatcher<'c> {
     async fn write(&self, link: &Link<'c>) {
         let mut sender = link.sender.borrow_mut();
         // A heartbeat at once, then after every interval without a task: the
-        // agent drops this job's work if the master falls silent.
+        // agent drops this job's work if the master falls silent. Only to
+        // an agent that beats itself: an older one would refuse the frame.
         let mut beat_now = !link.heartbeat.is_zero();
         loop {
             let next = if std::mem::take(&mut beat_now) {
@@ -318,7 +324,7 @@ impl<'c> Dispatcher<'c> {
             let out = match next {
                 Some(Ok(out)) => out,
                 Some(Err(_)) => break,
-                None if link.dead.get() => continue,
+                None if link.dead.get() || link.liveness.beats() == 0 => continue,
                 None => {
                     if let Err(source) = sender.send(&Message::Heartbeat).await {
                         self.kill(

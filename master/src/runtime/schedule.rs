@@ -20,7 +20,7 @@ pub const MAX_REDISPATCH: usize = 3;
 
 /// A task to send now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Send {
+pub struct Dispatch {
     /// The task.
     pub task: u64,
     /// The agent to send it to.
@@ -47,8 +47,6 @@ struct Task {
     home: Option<usize>,
     /// Agents lost while running it.
     lost: Vec<usize>,
-    /// Its attempt out, if sent.
-    out: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,7 +105,6 @@ impl Scheduler {
             Task {
                 home,
                 lost: Vec::new(),
-                out: None,
             },
         );
         debug_assert!(old.is_none(), "task {task} submitted twice");
@@ -121,7 +118,7 @@ impl Scheduler {
 
     /// The next task to send, if one waits and an agent can take it;
     /// `attempt` names its send (unique: results are matched by it).
-    pub fn next_send(&mut self, attempt: impl FnOnce() -> u64) -> Option<Send> {
+    pub fn next_send(&mut self, attempt: impl FnOnce() -> u64) -> Option<Dispatch> {
         // A task at home goes first and needs no credit; else the oldest
         // task takes the oldest free credit.
         let (task, agent, credit) = match self.homed.pop_front() {
@@ -144,10 +141,7 @@ impl Scheduler {
             },
         );
         debug_assert!(old.is_none(), "attempt id {id} reused");
-        if let Some(t) = self.tasks.get_mut(&task) {
-            t.out = Some(id);
-        }
-        Some(Send {
+        Some(Dispatch {
             task,
             agent,
             attempt: id,
@@ -205,7 +199,6 @@ impl Scheduler {
             let Some(t) = self.tasks.get_mut(&a.task) else {
                 continue;
             };
-            t.out = None;
             t.lost.push(agent);
             if t.lost.len() > MAX_REDISPATCH {
                 let lost = std::mem::take(&mut t.lost);
@@ -583,11 +576,10 @@ mod tests {
 
     #[test]
     fn every_task_ends_exactly_once_under_600_seeded_fault_schedules() {
-        let first: u64 = std::env::var("SKELPI_SCHEDULE_SEED")
+        let replay: Option<u64> = std::env::var("SKELPI_SCHEDULE_SEED")
             .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let count = if first == 0 { 600 } else { 1 };
+            .and_then(|s| s.parse().ok());
+        let (first, count) = replay.map_or((0, 600), |seed| (seed, 1));
         let mut tally = HashMap::new();
         for seed in first..first + count {
             simulate(seed, &mut tally);

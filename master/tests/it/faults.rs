@@ -59,7 +59,19 @@ fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBu
 /// have come back; checks the results against the sequential reference,
 /// each exactly once and in order.
 fn survives_a_kill(tag: &str, tree: &str, inputs: Vec<Array>, kill_at: usize) {
-    let (mut agents, mut cluster, dir) = agents(tag, 3);
+    survives_a_signal(tag, tree, inputs, kill_at, 1, "-KILL");
+}
+
+/// [`survives_a_kill`], sending `sig` to agent `victim`.
+fn survives_a_signal(
+    tag: &str,
+    tree: &str,
+    inputs: Vec<Array>,
+    kill_at: usize,
+    victim: usize,
+    sig: &str,
+) {
+    let (agents, mut cluster, dir) = agents(tag, 3);
     let tree: Skeleton = tree.parse().unwrap();
     let want = sequential::run(&Registry::builtin(), &tree, inputs.clone()).unwrap();
     let mut got: Vec<(u64, Array)> = Vec::new();
@@ -67,7 +79,7 @@ fn survives_a_kill(tag: &str, tree: &str, inputs: Vec<Array>, kill_at: usize) {
     let result = bounded(cluster.run_each(&tree, inputs, |index, a| {
         got.push((index, a));
         if got.len() == kill_at {
-            agents[1].child.kill().unwrap();
+            signal(sig, &agents[victim].child.id().to_string());
             killed = true;
         }
     }));
@@ -80,7 +92,8 @@ fn survives_a_kill(tag: &str, tree: &str, inputs: Vec<Array>, kill_at: usize) {
     assert_eq!(values, want, "{tree}: as the sequential reference");
     // The dead agent's connection is marked; the others serve the next job.
     let broken: Vec<bool> = cluster.agents().iter().map(|a| a.is_broken()).collect();
-    assert_eq!(broken, [false, true, false], "{tree}");
+    let want: Vec<bool> = (0..3).map(|i| i == victim).collect();
+    assert_eq!(broken, want, "{tree}: only the agent signalled is lost");
     let again = smol::block_on(cluster.run(&tree, vec![Array::list(vec![2.0; 4])])).unwrap();
     assert_eq!(again.len(), 1);
     smol::block_on(cluster.close());
@@ -131,6 +144,44 @@ fn a_streamed_pipeline_loses_nothing_when_the_agent_of_its_middle_stage_is_kille
         inputs,
         100,
     );
+}
+
+#[test]
+fn a_streamed_pipeline_loses_nothing_when_its_feeds_agent_is_killed() {
+    let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
+    let tree = "pipe(seq(sleep_ms(2)), seq(square), seq(erf_burn(1)))";
+    survives_a_signal("pipe-feed", tree, inputs, 100, 0, "-KILL");
+}
+
+#[test]
+fn a_streamed_pipeline_moves_a_stage_off_an_agent_that_shuts_down() {
+    // SIGTERM: the agent says it is shutting down on its connections
+    // before it goes; only that agent is taken for lost.
+    let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
+    let tree = "pipe(seq(square), seq(sleep_ms(2)), seq(erf_burn(1)))";
+    survives_a_signal("pipe-term", tree, inputs, 100, 1, "-TERM");
+}
+
+#[test]
+fn an_item_too_large_for_a_frame_fails_the_pipeline_and_no_agent() {
+    let (agents, mut cluster, dir) = agents("pipe-big", 3);
+    let tree: Skeleton = "pipe(seq(square), seq(square))".parse().unwrap();
+    // 3 M floats: 24 MB, over the 16 MiB frame limit.
+    let inputs = vec![
+        Array::list(vec![1.0; 1000]),
+        Array::list(vec![0.5; 3 << 20]),
+    ];
+    let err = bounded(cluster.run(&tree, inputs)).unwrap_err().to_string();
+    eprintln!("{err}");
+    assert!(err.contains("frame") || err.contains("too large"), "{err}");
+    assert!(
+        cluster.agents().iter().all(|a| !a.is_broken()),
+        "no agent is blamed: {err}"
+    );
+    let out = bounded(cluster.run(&tree, vec![Array::list(vec![3.0])])).unwrap();
+    assert_eq!(out[0].data, [81.0]);
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -450,6 +501,8 @@ fn agents_drop_the_streamed_stages_of_a_stopped_master() {
     };
     wait_for(&second, "stage 1 runs", Duration::from_secs(30));
     wait_for(&first, "stage 0 runs", Duration::from_secs(30));
+    // The master streams, and beats to stage 1's agent.
+    wait_for(&second, "beats: silent for", Duration::from_secs(30));
     let stopped = std::time::Instant::now();
     signal("-STOP", &master.id().to_string());
     let gone = wait_for(&second, "taken for gone", Duration::from_secs(10));

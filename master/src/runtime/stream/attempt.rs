@@ -3,15 +3,18 @@
 //! it stopped — finished, lost an agent (start again elsewhere), or failed.
 
 use super::replay::Replay;
-use super::{OPEN_TIMEOUT, Placement, StageReport, StreamSpec};
+use super::{OPEN_TIMEOUT, Placement, READY_TIMEOUT, StageReport, StreamSpec};
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::{JobError, TaskError};
 use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
+use skelpi_agent::wire::WireError;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use skelpi_proto::trace::TraceKind;
-use skelpi_proto::{JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
+use skelpi_proto::{
+    ErrorCode, ErrorReply, JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef,
+};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,10 +41,12 @@ pub(super) enum PartStop {
 /// How a run stopped early.
 #[derive(Debug)]
 pub(super) enum Stop {
-    /// Start again without these agents (address, why, when).
+    /// Start again without these agents (address, why, when); `reports`
+    /// are those of the stages that had finished.
     Restart {
         lost: Vec<(SocketAddr, String, Instant)>,
         why: String,
+        reports: Vec<StageReport>,
     },
     /// The job fails with this.
     Fail(JobError),
@@ -96,7 +101,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     .await;
     let mut conns = match opened {
         Ok(conns) => conns,
-        Err(stop) => return Err(decide(vec![stop])),
+        Err(stop) => return Err(decide(vec![stop], Vec::new())),
     };
     let first = replay.borrow().done();
     log::debug!(
@@ -119,8 +124,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     let mut inputs = Some(inputs);
     for (i, (addr, (beat, liveness), (sender, receiver))) in halves.iter_mut().enumerate() {
         let addr = *addr;
-        let lost =
-            move |e: &dyn std::fmt::Display| PartStop::Lost(addr, e.to_string(), Instant::now());
+        let lost = move |e: WireError| sent_or_lost(addr, e);
         let mut idle_sender = None;
         if let Some(inputs) = inputs.take() {
             let sender = &mut **sender;
@@ -155,7 +159,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                     sender
                         .send_bulk(&head, data.shape, &data.data)
                         .await
-                        .map_err(|e| lost(&e))?;
+                        .map_err(lost)?;
                     if let Some(rec) = recorder {
                         let bytes = sender.last_frame_len();
                         let kind = TraceKind::ItemSend;
@@ -165,7 +169,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                     fed.set(fed.get() + 1);
                 }
                 let end = Message::StreamEnd(StreamRef { stream, stage: 0 });
-                sender.send(&end).await.map_err(|e| lost(&e))?;
+                sender.send(&end).await.map_err(lost)?;
                 Ok(None)
             };
             parts.push(Box::pin(feed));
@@ -181,7 +185,11 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
             let mut ended = false;
             let mut data = Vec::new();
             loop {
-                let got = receiver.recv(&mut data).await.map_err(|e| lost(&e))?;
+                // Whatever fails in receiving, the agent is of no more use.
+                let got = receiver
+                    .recv(&mut data)
+                    .await
+                    .map_err(|e| PartStop::Lost(addr, e.to_string(), Instant::now()))?;
                 match got.msg {
                     Message::StreamItem(item) if results.is_some() && item.stage == n as u32 => {
                         let taken = replay.borrow_mut().accept(item.index);
@@ -243,11 +251,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                     }
                     // Once open, a stage speaks up only when its link to
                     // the next one fails.
-                    Message::Error(e) => {
-                        let why = format!("stage {i} on {agent}: {}", e.message);
-                        let next = placement.get(i + 1).map_or(addr, |p| p.addr);
-                        return Err(PartStop::Link(next, why, Instant::now()));
-                    }
+                    Message::Error(e) => return Err(stage_error(i, placement, e)),
                     other => {
                         return Err(PartStop::Fail(
                             ClientError::Protocol {
@@ -261,7 +265,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
             }
         };
         let beat = *beat;
-        let liveness = liveness.clone();
+        let (liveness, heard) = (liveness.clone(), liveness.clone());
         let watch = async move {
             liveness.silent_past(beat).await;
             let what = format!(
@@ -277,11 +281,12 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
         let beats = async move {
             match idle_sender {
                 // The first at once: the agent then knows this master beats.
+                // Only to an agent that beats itself (it sends its first
+                // beat on hello): an older one would refuse the frame.
                 Some(sender) if !beat.is_zero() => loop {
-                    sender
-                        .send(&Message::Heartbeat)
-                        .await
-                        .map_err(|e| lost(&e))?;
+                    if heard.beats() > 0 {
+                        sender.send(&Message::Heartbeat).await.map_err(lost)?;
+                    }
                     async_io::Timer::after(beat).await;
                 },
                 _ => future::pending().await,
@@ -320,7 +325,8 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                 }
             }
         }
-        return Err(decide(stops));
+        reports.sort_by_key(|r| r.stage);
+        return Err(decide(stops, reports));
     }
     drop(parts);
     drop(halves);
@@ -393,16 +399,25 @@ async fn open(
             .map_err(|e| PartStop::Lost(p.addr, e.to_string(), Instant::now()))?;
         conns.push(conn);
     }
+    let deadline = Instant::now() + READY_TIMEOUT;
     for (i, conn) in conns.iter_mut().enumerate() {
         let addr = conn.addr();
         let (_, receiver) = conn.halves();
         let mut scratch = Vec::new();
-        let got = receiver
-            .recv(&mut scratch)
-            .await
+        let got = future::or(async { Some(receiver.recv(&mut scratch).await) }, async {
+            async_io::Timer::at(deadline).await;
+            None
+        })
+        .await;
+        let what = format!("stage {i} was not ready within {READY_TIMEOUT:?}");
+        let got = got
+            .ok_or_else(|| PartStop::Lost(addr, what, Instant::now()))?
             .map_err(|e| PartStop::Lost(addr, e.to_string(), Instant::now()))?;
         match got.msg {
             Message::StageReady(r) if r.stream == stream && r.stage == i as u32 => {}
+            Message::Error(e) if e.code != ErrorCode::BadRequest => {
+                return Err(stage_error(i, placement, e));
+            }
             Message::Error(e) => {
                 return Err(PartStop::Fail(JobError::Invalid(format!(
                     "stage {i} ({}) on {}: {}",
@@ -423,12 +438,44 @@ async fn open(
     Ok(conns)
 }
 
+/// What an error from stage `i`'s agent means: its link to the next stage
+/// broke (blame that stage's agent), it is shutting down (lost), or the job
+/// fails.
+fn stage_error(i: usize, placement: &[Placement], e: ErrorReply) -> PartStop {
+    let (addr, agent) = (placement[i].addr, &placement[i].name);
+    let why = format!("stage {i} on {agent}: {}", e.message);
+    match e.code {
+        ErrorCode::LinkLost => {
+            let next = placement.get(i + 1).map_or(addr, |p| p.addr);
+            PartStop::Link(next, why, Instant::now())
+        }
+        ErrorCode::ShuttingDown => PartStop::Lost(addr, why, Instant::now()),
+        _ => PartStop::Fail(
+            ClientError::Agent {
+                addr,
+                message: format!("stage {i}: {}", e.message),
+            }
+            .into(),
+        ),
+    }
+}
+
+/// What a failed send means: the connection failed (the agent is lost), or
+/// what was sent is at fault (e.g. larger than a frame) and the job fails.
+fn sent_or_lost(addr: SocketAddr, e: WireError) -> PartStop {
+    if e.is_link() {
+        PartStop::Lost(addr, e.to_string(), Instant::now())
+    } else {
+        PartStop::Fail(ClientError::Wire { addr, source: e }.into())
+    }
+}
+
 /// Weighs the stops seen together: a task error fails the job (its input
 /// would fail again); lost agents restart without them; any other error
 /// fails the job; broken links alone restart without the agents at their
 /// far ends (a stage's successor's agent can fall silent to it before
 /// the master notices).
-fn decide(stops: Vec<PartStop>) -> Stop {
+fn decide(stops: Vec<PartStop>, reports: Vec<StageReport>) -> Stop {
     let mut lost = Vec::new();
     let mut links = Vec::new();
     let mut fail = None;
@@ -455,7 +502,7 @@ fn decide(stops: Vec<PartStop>) -> Stop {
     };
     if !lost.is_empty() {
         let why = why_of(&lost);
-        return Stop::Restart { lost, why };
+        return Stop::Restart { lost, why, reports };
     }
     if let Some(e) = fail {
         return Stop::Fail(e);
@@ -470,7 +517,7 @@ fn decide(stops: Vec<PartStop>) -> Stop {
         .map(|(_, w, _)| w.clone())
         .collect::<Vec<_>>()
         .join("; ");
-    Stop::Restart { lost, why }
+    Stop::Restart { lost, why, reports }
 }
 
 /// Polls every part until all are done or one stops (that one is removed;
@@ -525,7 +572,10 @@ mod tests {
             PartStop::Lost(addr(1), "gone".into(), Instant::now()),
             PartStop::Fail(task.into()),
         ];
-        assert!(matches!(decide(stops), Stop::Fail(JobError::Task(_))));
+        assert!(matches!(
+            decide(stops, vec![]),
+            Stop::Fail(JobError::Task(_))
+        ));
     }
 
     #[test]
@@ -540,8 +590,8 @@ mod tests {
             PartStop::Lost(addr(2), "silent".into(), Instant::now()),
             PartStop::Fail(JobError::Invalid("late".into())),
         ];
-        match decide(stops) {
-            Stop::Restart { lost, why } => {
+        match decide(stops, vec![]) {
+            Stop::Restart { lost, why, .. } => {
                 assert_eq!(lost.len(), 1);
                 assert_eq!(lost[0].0, addr(2));
                 assert!(why.contains("reset") && why.contains("link"), "{why}");
@@ -556,8 +606,8 @@ mod tests {
             PartStop::Link(addr(3), "x".into(), Instant::now()),
             PartStop::Link(addr(3), "y".into(), Instant::now()),
         ];
-        match decide(link) {
-            Stop::Restart { lost, why } => {
+        match decide(link, vec![]) {
+            Stop::Restart { lost, why, .. } => {
                 assert_eq!(lost.len(), 1);
                 assert_eq!((lost[0].0, why.as_str()), (addr(3), "x; y"));
             }
@@ -567,6 +617,9 @@ mod tests {
             PartStop::Link(addr(3), "x".into(), Instant::now()),
             PartStop::Fail(JobError::Invalid("y".into())),
         ];
-        assert!(matches!(decide(bad), Stop::Fail(JobError::Invalid(_))));
+        assert!(matches!(
+            decide(bad, vec![]),
+            Stop::Fail(JobError::Invalid(_))
+        ));
     }
 }

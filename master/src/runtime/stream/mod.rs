@@ -6,7 +6,6 @@
 //! to hear of its failures and its measurements, and — for the first stage
 //! — to feed it, for the last to read its results. Closing them (on an
 //! error, or when the caller drops the job) stops every stage.
-
 //!
 //! Faults: the master holds every item it fed until the pipeline's result
 //! for it is back (a window of [`WINDOW_PER_STAGE`] items per stage, at
@@ -16,6 +15,10 @@
 //! opens again under a new id, fed first the held items from the first
 //! whose result is missing. Stages are pure, and the master takes only the
 //! next index due, so every result comes once, in order.
+//!
+//! The master beats on the stage connections from the thread that runs the
+//! job: a result callback or an input iterator that blocks for seconds
+//! makes the agents take the master for gone (as for routed jobs).
 
 mod attempt;
 mod replay;
@@ -45,8 +48,13 @@ pub const WINDOW_PER_STAGE: usize = 64;
 /// Bytes the held items may take (one item is always let through).
 pub const WINDOW_BYTES: usize = 256 << 20;
 
-/// How long stages may take to open (connect to their successor).
+/// How long stages may take to open (connect to their successor), all
+/// together, clock probes of a traced run included.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the stages may take to report ready once all are asked to
+/// open: a stage not ready by then is taken for lost.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where a stage runs.
 #[derive(Debug, Clone)]
@@ -135,17 +143,17 @@ pub async fn run_pipeline(
     mut on_result: impl FnMut(u64, Array),
 ) -> StreamRun {
     let n = spec.stages.len();
-    assert_eq!(spec.placement.len(), n, "one placement per stage");
     let mut run = StreamRun {
         result: Err(JobError::Cancelled),
         lost: Vec::new(),
         restarts: 0,
         trace: spec.trace.then_some(Err(TraceError::Stopped)),
     };
-    if n == 0 {
-        run.result = Err(JobError::Invalid(
-            "a pipeline needs at least one stage".into(),
-        ));
+    if n == 0 || spec.placement.len() != n {
+        run.result = Err(JobError::Invalid(format!(
+            "a pipeline of {n} stages needs one placement per stage (it has {})",
+            spec.placement.len()
+        )));
         return run;
     }
     // The first stream's id is the job id the agents log.
@@ -153,14 +161,12 @@ pub async fn run_pipeline(
     log::debug!("job {job}: pipeline of {n} streamed stages");
     let window = WINDOW_PER_STAGE * (n + 1);
     let replay = RefCell::new(Replay::new(window, WINDOW_BYTES));
-    let mut inputs = inputs.into_iter();
+    // Fused: a restart draws again from an iterator that may have ended.
+    let mut inputs = inputs.into_iter().fuse().peekable();
     let mut placement = spec.placement.clone();
+    // Agents log a restarted stream under its own id.
+    let mut stream = job.0;
     loop {
-        let stream = if run.restarts == 0 {
-            job.0
-        } else {
-            rand::random()
-        };
         let traced = spec.trace && run.restarts == 0;
         let outcome = attempt::run(
             spec,
@@ -186,7 +192,15 @@ pub async fn run_pipeline(
                 run.result = Err(e);
                 return run;
             }
-            Err(Stop::Restart { lost, why }) => (lost, why),
+            Err(Stop::Restart { lost, why, reports }) => {
+                // Every result is in: nothing to run again.
+                if replay.borrow().held() == 0 && inputs.peek().is_none() {
+                    log::warn!("job {job}: all results in, then an agent was lost: {why}");
+                    run.result = Ok(reports);
+                    return run;
+                }
+                (lost, why)
+            }
         };
         for (addr, why, at) in lost {
             let name = spec
@@ -219,10 +233,12 @@ pub async fn run_pipeline(
             return run;
         }
         run.restarts += 1;
+        stream = rand::random();
         let names: Vec<&str> = placement.iter().map(|p| p.name.as_str()).collect();
         log::warn!(
-            "job {job}: restarting the stream ({why}); stages now on {}; \
+            "job {job}: restarting the stream as job {} ({why}); stages now on {}; \
              replaying from item {first} ({} held)",
+            JobId(stream),
             names.join(", "),
             replay.borrow().held()
         );
