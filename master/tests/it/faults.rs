@@ -33,6 +33,23 @@ fn bounded<T>(job: impl std::future::Future<Output = T>) -> T {
     }))
 }
 
+/// Waits up to `limit` for a log line of `agent` containing `what`, and
+/// returns it.
+fn wait_for(agent: &AgentProcess, what: &str, limit: Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match agent.lines.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "agent {} never logged {what:?} within {limit:?}",
+        agent.addr
+    );
+}
+
 /// `n` agent processes of two workers each, and a cluster connected to
 /// them.
 fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBuf) {
@@ -400,21 +417,10 @@ fn agent_frees_the_work_of_a_lost_master(signal: &str) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let wait_for = |what: &str, limit: Duration| {
-        let deadline = std::time::Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match agent.lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("the agent never logged {what:?} within {limit:?}");
-    };
-    wait_for("tasks from master", Duration::from_secs(30));
+    wait_for(&agent, "tasks from master", Duration::from_secs(30));
     let lost = std::time::Instant::now();
     self::signal(signal, &master.id().to_string());
-    let line = wait_for("tasks unfinished", Duration::from_secs(10));
+    let line = wait_for(&agent, "tasks unfinished", Duration::from_secs(10));
     let noticed = lost.elapsed();
     eprintln!("{signal}: after {noticed:.2?}: {line}");
 
@@ -485,20 +491,6 @@ fn agents_drop_the_streamed_stages_of_a_stopped_master() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let wait_for = |agent: &skelpi_agent::process::AgentProcess, what: &str, limit: Duration| {
-        let deadline = std::time::Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match agent.lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "agent {} never logged {what:?} within {limit:?}",
-            agent.addr
-        );
-    };
     wait_for(&second, "stage 1 runs", Duration::from_secs(30));
     wait_for(&first, "stage 0 runs", Duration::from_secs(30));
     // The master streams, and beats to stage 1's agent.
