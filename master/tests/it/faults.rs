@@ -33,6 +33,28 @@ fn bounded<T>(job: impl std::future::Future<Output = T>) -> T {
     }))
 }
 
+/// A thread that stops `agent` (SIGSTOP) when told on the returned
+/// sender, resumes it (SIGCONT) `pause` later, and returns when it stopped.
+fn pause_when_told(
+    agent: &AgentProcess,
+    pause: Duration,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<std::time::Instant>,
+) {
+    let pid = agent.child.id().to_string();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let controller = std::thread::spawn(move || {
+        go_rx.recv().unwrap();
+        signal("-STOP", &pid);
+        let stopped = std::time::Instant::now();
+        std::thread::sleep(pause);
+        signal("-CONT", &pid);
+        stopped
+    });
+    (go_tx, controller)
+}
+
 /// Waits up to `limit` for a log line of `agent` containing `what`, and
 /// returns it.
 fn wait_for(agent: &AgentProcess, what: &str, limit: Duration) -> String {
@@ -213,19 +235,7 @@ fn a_streamed_pipeline_whose_last_stage_stops_restarts_within_5_s_and_loses_noth
     let want = sequential::run(&Registry::builtin(), &plain, inputs.clone()).unwrap();
     // Agent 2 runs the last stage: stopped, it holds items and results
     // with its connections open.
-    let pid = agents[2].child.id().to_string();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let controller = std::thread::spawn({
-        let pid = pid.clone();
-        move || {
-            go_rx.recv().unwrap();
-            signal("-STOP", &pid);
-            let stopped = std::time::Instant::now();
-            std::thread::sleep(Duration::from_secs(7));
-            signal("-CONT", &pid);
-            stopped
-        }
-    });
+    let (go_tx, controller) = pause_when_told(&agents[2], Duration::from_secs(7));
     let mut got = Vec::new();
     let result = bounded(cluster.run_each(&tree, inputs, |index, a| {
         got.push((index, a));
@@ -328,20 +338,8 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
     // 50 s of sleeping in this process would prove nothing more.
     let square: Skeleton = "farm(seq(square))".parse().unwrap();
     let want = sequential::run(&Registry::builtin(), &square, inputs.clone()).unwrap();
-    let pid = agents[1].child.id().to_string();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let controller = std::thread::spawn({
-        let pid = pid.clone();
-        move || {
-            go_rx.recv().unwrap();
-            signal("-STOP", &pid);
-            let stopped = std::time::Instant::now();
-            // The fault: ten seconds stopped.
-            std::thread::sleep(Duration::from_secs(10));
-            signal("-CONT", &pid);
-            stopped
-        }
-    });
+    // The fault: ten seconds stopped.
+    let (go_tx, controller) = pause_when_told(&agents[1], Duration::from_secs(10));
     let mut got = Vec::new();
     let result = smol::block_on(cluster.run_each(&tree, inputs, |index, a| {
         got.push((index, a));
