@@ -63,6 +63,9 @@ pub struct Scheduler {
     live: Vec<bool>,
     /// Free credits, as agent numbers, in the order they came free.
     free: VecDeque<usize>,
+    /// Credits each agent has, and how many of them are taken.
+    credits: Vec<usize>,
+    held: Vec<usize>,
     /// Tasks waiting for a credit, oldest first.
     queue: VecDeque<u64>,
     /// Tasks waiting to go to their home, which lives.
@@ -72,8 +75,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for agents holding `credits[i]` credits each, handed
-    /// out round by round so that the first tasks spread over all agents.
+    /// A scheduler for agents holding `credits[i]` credits each. A task
+    /// takes a credit of the agent with the smallest share of its credits
+    /// taken (the oldest such credit on a tie), so tasks spread over idle
+    /// agents before any agent gets a second one.
     pub fn new(credits: &[usize]) -> Scheduler {
         let mut free = VecDeque::new();
         for round in 0..credits.iter().copied().max().unwrap_or(0) {
@@ -86,6 +91,8 @@ impl Scheduler {
         Scheduler {
             live: vec![true; credits.len()],
             free,
+            credits: credits.to_vec(),
+            held: vec![0; credits.len()],
             queue: VecDeque::new(),
             homed: VecDeque::new(),
             tasks: HashMap::new(),
@@ -127,7 +134,9 @@ impl Scheduler {
                 if self.queue.is_empty() {
                     return None;
                 }
-                let agent = self.free.pop_front()?;
+                let at = self.least_loaded_credit()?;
+                let agent = self.free.remove(at)?;
+                self.held[agent] += 1;
                 (self.queue.pop_front()?, agent, true)
             }
         };
@@ -160,6 +169,7 @@ impl Scheduler {
         self.attempts.remove(&attempt);
         if a.credit && self.live[a.agent] {
             self.free.push_back(a.agent);
+            self.held[a.agent] -= 1;
         }
         // A cancelled task's result frees its credit and goes nowhere.
         self.tasks.remove(&a.task).map(|_| a.task)
@@ -184,6 +194,7 @@ impl Scheduler {
         }
         self.live[agent] = false;
         self.free.retain(|&a| a != agent);
+        self.held[agent] = 0;
         let mut out: Vec<(u64, Attempt)> = self
             .attempts
             .iter()
@@ -228,6 +239,24 @@ impl Scheduler {
             }
         }
         down
+    }
+
+    /// Where in `free` the credit to take next is: the agent with the
+    /// smallest share of its credits taken, the oldest credit on a tie.
+    fn least_loaded_credit(&self) -> Option<usize> {
+        // held/credits compared as fractions: a*d < c*b.
+        let share = |a: usize| (self.held[a], self.credits[a].max(1));
+        let mut best: Option<(usize, (usize, usize))> = None;
+        for (at, &agent) in self.free.iter().enumerate() {
+            let (h, c) = share(agent);
+            if best.is_none_or(|(_, (bh, bc))| h * bc < bh * c) {
+                best = Some((at, (h, c)));
+            }
+            if h == 0 {
+                break;
+            }
+        }
+        best.map(|(at, _)| at)
     }
 
     /// Whether the agent is alive.
@@ -286,6 +315,22 @@ mod tests {
             s.next_send(&mut id).map(|x| (x.task, x.agent)),
             Some((3, 1))
         );
+    }
+
+    #[test]
+    fn a_task_goes_to_an_idle_agent_before_a_busy_agent_s_second_credit() {
+        let mut s = Scheduler::new(&[2, 2]);
+        let mut id = ids();
+        for t in 0..3 {
+            s.submit(t, None).unwrap();
+        }
+        let first = s.next_send(&mut id).unwrap();
+        let second = s.next_send(&mut id).unwrap();
+        assert_eq!((first.agent, second.agent), (0, 1));
+        assert_eq!(s.on_result(1, second.attempt), Some(1));
+        // Agent 0's second credit is older than agent 1's returned one,
+        // but agent 0 is busy and agent 1 idle.
+        assert_eq!(s.next_send(&mut id).map(|x| x.agent), Some(1));
     }
 
     #[test]
