@@ -312,10 +312,10 @@ pub async fn serve_session(
         // go to debug, so a failing job of many tasks cannot flood the
         // journal (journald would drop the agent's other records).
         let mut failed_jobs = HashSet::new();
-        while let Ok((tag, outcome)) = done_rx.recv().await {
+        while let Ok(Outcome { tag, busy, result }) = done_rx.recv().await {
             in_flight.set(in_flight.get().saturating_sub(1));
             let id = tag.id;
-            if let Err(f) = &outcome {
+            if let Err(f) = &result {
                 let job = tag.job;
                 if failed_jobs.len() >= JOBS_REMEMBERED {
                     failed_jobs.clear();
@@ -334,9 +334,13 @@ pub async fn serve_session(
             }
             let mut s = sender.lock().await;
             let started = Instant::now();
-            let sent = match outcome {
+            let sent = match result {
                 Ok(out) => {
-                    s.send_bulk(&Message::TaskDone(TaskDone { id }), out.shape, &out.data)
+                    let done = TaskDone {
+                        id,
+                        busy_ns: Some(busy.as_nanos().min(u64::MAX as u128) as u64),
+                    };
+                    s.send_bulk(&Message::TaskDone(done), out.shape, &out.data)
                         .await
                 }
                 Err(f) => {

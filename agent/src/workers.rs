@@ -9,7 +9,7 @@ use skelpi_proto::JobId;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How a kernel call ended badly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,16 @@ pub struct Traced {
 }
 
 /// The result a worker sends back, tagged as its caller asked.
-pub type Outcome = (Tag, Result<Array, Failure>);
+#[derive(Debug)]
+pub struct Outcome {
+    /// The caller's tag.
+    pub tag: Tag,
+    /// How long the kernel ran on its worker thread (the task's service
+    /// time, without its wait in the queue).
+    pub busy: Duration,
+    /// The kernel's output or failure.
+    pub result: Result<Array, Failure>,
+}
 
 struct Job {
     tag: Tag,
@@ -79,14 +88,20 @@ impl Workers {
                                 // the call would be wasted.
                                 continue;
                             }
-                            let started = job.tag.trace.map(|t| (t, Instant::now()));
-                            let outcome = call_kernel(&*job.kernel, &job.args, job.input);
-                            if let Some((t, at)) = started {
+                            let at = Instant::now();
+                            let result = call_kernel(&*job.kernel, &job.args, job.input);
+                            let busy = at.elapsed();
+                            if let Some(t) = job.tag.trace {
                                 let tag = job.tag;
                                 recorder.kernel(tag.job, i, tag.id, t.stage, at, t.since);
                             }
+                            let outcome = Outcome {
+                                tag: job.tag,
+                                busy,
+                                result,
+                            };
                             // A gone caller (its session ended) is not an error.
-                            let _ = job.reply.send_blocking((job.tag, outcome));
+                            let _ = job.reply.send_blocking(outcome);
                         }
                     })
             })
@@ -148,7 +163,7 @@ impl Workers {
         let (tx, rx) = async_channel::bounded(1);
         self.submit(tag, kernel, args, input, tx).await;
         match rx.recv().await {
-            Ok((_, outcome)) => outcome,
+            Ok(outcome) => outcome.result,
             Err(_) => Err(Failure {
                 message: "the worker threads are gone".into(),
                 panicked: false,
@@ -217,21 +232,21 @@ mod tests {
             for _ in 0..4 {
                 got.push(rx.recv().await.unwrap());
             }
-            assert!(got.iter().all(|o| o.0.job == JobId(9)), "tags come back");
-            got.sort_by_key(|o| o.0.id);
+            assert!(got.iter().all(|o| o.tag.job == JobId(9)), "tags come back");
+            got.sort_by_key(|o| o.tag.id);
             assert_eq!(
-                got[0].1.as_ref().unwrap().data,
+                got[0].result.as_ref().unwrap().data,
                 [1.0],
                 "ran on a worker thread"
             );
-            let panic = got[1].1.as_ref().unwrap_err();
+            let panic = got[1].result.as_ref().unwrap_err();
             assert!(
                 panic.panicked && panic.message.contains("panics, as asked"),
                 "{panic:?}"
             );
-            let fail = got[2].1.as_ref().unwrap_err();
+            let fail = got[2].result.as_ref().unwrap_err();
             assert!(!fail.panicked && fail.message.contains("fails"), "{fail:?}");
-            assert_eq!(got[3].1.as_ref().unwrap().data, [9.0]);
+            assert_eq!(got[3].result.as_ref().unwrap().data, [9.0]);
         });
     }
 }

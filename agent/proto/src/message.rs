@@ -179,6 +179,10 @@ pub struct TaskHead {
 pub struct TaskDone {
     /// The task's id.
     pub id: u64,
+    /// How long its kernel ran, nanoseconds (its service time without the
+    /// wait in the agent's queue); absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_ns: Option<u64>,
 }
 
 /// A failed task.

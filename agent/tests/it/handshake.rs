@@ -334,7 +334,7 @@ fn tasks_run_and_failures_come_back_as_task_errors() {
         for _ in 0..4 {
             let got = est.receiver.recv(&mut bulk).await.unwrap();
             match got.msg {
-                Message::TaskDone(TaskDone { id }) => {
+                Message::TaskDone(TaskDone { id, .. }) => {
                     assert_eq!(bulk, [1.0, 4.0, 9.0]);
                     seen.insert(id, "done".to_owned());
                 }

@@ -304,7 +304,22 @@ pub fn golden_cases() -> Vec<Case> {
             name: "task_done",
             about: "task-done: the result of task 7",
             value: frame(Framed::with_bulk(
-                Message::TaskDone(TaskDone { id: 7 }),
+                Message::TaskDone(TaskDone {
+                    id: 7,
+                    busy_ns: None,
+                }),
+                Shape::List(2),
+                vec![0.5, -0.25],
+            )),
+        },
+        Case {
+            name: "task_done_busy",
+            about: "task-done: the result of task 7, whose kernel ran 1.5 ms",
+            value: frame(Framed::with_bulk(
+                Message::TaskDone(TaskDone {
+                    id: 7,
+                    busy_ns: Some(1_500_000),
+                }),
                 Shape::List(2),
                 vec![0.5, -0.25],
             )),

@@ -237,9 +237,12 @@ fn framed(max_elements: u64) -> impl Strategy<Value = Framed> {
                 };
                 Framed::with_bulk(Message::Task(head), shape, data)
             }),
-        (any::<u64>(), bulk(max_elements)).prop_map(|(id, (shape, data))| {
-            Framed::with_bulk(Message::TaskDone(TaskDone { id }), shape, data)
-        }),
+        (any::<u64>(), any::<Option<u64>>(), bulk(max_elements)).prop_map(
+            |(id, busy_ns, (shape, data))| {
+                let done = TaskDone { id, busy_ns };
+                Framed::with_bulk(Message::TaskDone(done), shape, data)
+            }
+        ),
         (any::<u64>(), any::<u32>(), any::<u64>(), bulk(max_elements)).prop_map(
             |(stream, stage, index, (shape, data))| {
                 let item = StreamItem {
