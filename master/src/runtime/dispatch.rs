@@ -31,6 +31,18 @@ static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
 
 type Outcome = Result<Array, JobError>;
 
+/// A task's result, with the agent that ran it and how long its kernel ran
+/// there.
+#[derive(Debug)]
+pub struct Done {
+    /// The kernel's output.
+    pub data: Array,
+    /// The agent (its position in the pool) whose result counted.
+    pub agent: usize,
+    /// The kernel's run time on that agent (`None` from an older agent).
+    pub busy: Option<Duration>,
+}
+
 /// A task frame waiting for its connection's writer.
 struct Outgoing {
     id: u64,
@@ -50,7 +62,7 @@ struct Call {
     input: Rc<Array>,
     /// Its kernel's label in the job's trace, if traced.
     label: u32,
-    reply: async_channel::Sender<Outcome>,
+    reply: async_channel::Sender<Result<Done, JobError>>,
 }
 
 struct Link<'c> {
@@ -82,6 +94,8 @@ pub struct Dispatcher<'c> {
     trace: Option<&'c Recorder>,
     links: Vec<Link<'c>>,
     sched: RefCell<Scheduler>,
+    /// Credits of all agents together.
+    credits: usize,
     /// Callers waiting, by their task's key in the scheduler.
     calls: RefCell<HashMap<u64, Call>>,
     next_call: Cell<u64>,
@@ -157,6 +171,7 @@ impl<'c> Dispatcher<'c> {
             trace,
             links,
             sched: RefCell::new(Scheduler::new(&credits)),
+            credits: credits.iter().sum(),
             calls: RefCell::new(HashMap::new()),
             next_call: Cell::new(0),
             progress_tx,
@@ -169,6 +184,18 @@ impl<'c> Dispatcher<'c> {
     /// pure: one lost with its agent is sent again to a live agent, at most
     /// [`MAX_REDISPATCH`] times; only its one result comes back.
     pub async fn call(&self, task: &str, kernel: &Kernel, input: Array) -> Outcome {
+        let done = self.call_from(None, task, kernel, input).await;
+        done.map(|d| d.data)
+    }
+
+    /// [`Dispatcher::call`], telling also which agent ran the task and for
+    /// how long.
+    pub async fn call_measured(
+        &self,
+        task: &str,
+        kernel: &Kernel,
+        input: Array,
+    ) -> Result<Done, JobError> {
         self.call_from(None, task, kernel, input).await
     }
 
@@ -176,7 +203,8 @@ impl<'c> Dispatcher<'c> {
     /// demand if that agent is gone (or goes during the call). Placed stages
     /// run one call at a time, so they need no credit.
     pub async fn call_at(&self, home: usize, task: &str, kernel: &Kernel, input: Array) -> Outcome {
-        self.call_from(Some(home), task, kernel, input).await
+        let done = self.call_from(Some(home), task, kernel, input).await;
+        done.map(|d| d.data)
     }
 
     async fn call_from(
@@ -185,7 +213,7 @@ impl<'c> Dispatcher<'c> {
         task: &str,
         kernel: &Kernel,
         input: Array,
-    ) -> Outcome {
+    ) -> Result<Done, JobError> {
         let key = self.next_call.get();
         self.next_call.set(key + 1);
         if self.sched.borrow_mut().submit(key, home).is_err() {
@@ -241,7 +269,7 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Hands a finished call its outcome.
-    fn settle(&self, key: u64, outcome: impl FnOnce(&Call) -> Outcome) {
+    fn settle(&self, key: u64, outcome: impl FnOnce(&Call) -> Result<Done, JobError>) {
         let call = self.calls.borrow_mut().remove(&key);
         if let Some(call) = call {
             let _ = call.reply.try_send(outcome(&call));
@@ -251,6 +279,17 @@ impl<'c> Dispatcher<'c> {
     /// Number of agents.
     pub fn agents(&self) -> usize {
         self.links.len()
+    }
+
+    /// The job's recorder, if it is traced.
+    pub fn recorder(&self) -> Option<&'c Recorder> {
+        self.trace
+    }
+
+    /// Credits of all agents together: at most this many tasks are out at
+    /// once.
+    pub fn credits(&self) -> usize {
+        self.credits
     }
 
     /// Moves every connection's frames: writes queued tasks, reads results
@@ -392,7 +431,12 @@ impl<'c> Dispatcher<'c> {
             let (id, outcome) = match received.msg {
                 Message::TaskDone(done) => {
                     let shape = received.bulk.unwrap_or(skelpi_proto::Shape::List(0));
-                    (done.id, Ok(Array { shape, data }))
+                    let ran = Done {
+                        data: Array { shape, data },
+                        agent: link.index,
+                        busy: done.busy_ns.map(Duration::from_nanos),
+                    };
+                    (done.id, Ok(ran))
                 }
                 Message::TaskFailed(f) => (f.id, Err((f.error, f.panicked))),
                 Message::Error(e) => {

@@ -3,7 +3,7 @@
 
 use super::check::check;
 use super::dispatch::Dispatcher;
-use super::eval::{Ctx, Spawner, eval, source};
+use super::eval::{Ctx, Spawner, Stream, eval, source};
 use super::{Item, JobError};
 use crate::client::AgentConn;
 use crate::trace::{self, Recorder, Trace, TraceError};
@@ -16,6 +16,21 @@ use std::time::Duration;
 
 /// How long a stopped job waits for the results of tasks already sent.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a job runs: a graph of nodes over the dispatcher, from the stream
+/// of inputs to the stream of results.
+pub trait Graph {
+    /// Starts the graph's nodes (with `cx.spawner`) reading `input`;
+    /// returns the stream of results.
+    fn build<'a, 'c: 'a>(&'a self, cx: Ctx<'a, 'c>, input: Stream) -> Stream;
+}
+
+/// A skeleton tree runs as [`eval`] builds it.
+impl Graph for Skeleton {
+    fn build<'a, 'c: 'a>(&'a self, cx: Ctx<'a, 'c>, input: Stream) -> Stream {
+        eval(cx, self, input)
+    }
+}
 
 /// Runs `skeleton` on `inputs` over `conns`, handing each result and the
 /// index of its input (for a reduction: 0) to `on_result` as it leaves the
@@ -31,7 +46,7 @@ pub async fn run(
     inputs: impl IntoIterator<Item = Array>,
     on_result: impl FnMut(u64, Array),
 ) -> Result<(), JobError> {
-    run_with(conns, skeleton, inputs, on_result, None).await
+    run_graph(conns, skeleton, skeleton, inputs, on_result, None).await
 }
 
 /// [`run`], traced: also returns the job's merged trace, which is there
@@ -43,13 +58,25 @@ pub async fn run_traced(
     on_result: impl FnMut(u64, Array),
 ) -> (Result<(), JobError>, Result<Trace, TraceError>) {
     let mut trace = Err(TraceError::Stopped);
-    let result = run_with(conns, skeleton, inputs, on_result, Some(&mut trace)).await;
+    let result = run_graph(
+        conns,
+        skeleton,
+        skeleton,
+        inputs,
+        on_result,
+        Some(&mut trace),
+    )
+    .await;
     (result, trace)
 }
 
-async fn run_with(
+/// [`run`] with the graph `graph` built for `skeleton` (checked, and named
+/// in logs and traces); traced if `trace_out` is given, which then holds
+/// the job's trace.
+pub async fn run_graph(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
+    graph: &impl Graph,
     inputs: impl IntoIterator<Item = Array>,
     mut on_result: impl FnMut(u64, Array),
     trace_out: Option<&mut Result<Trace, TraceError>>,
@@ -108,7 +135,7 @@ async fn run_with(
         });
         let input = source(&cx.spawner, items);
         let work = async {
-            let out = eval(cx, skeleton, input);
+            let out = graph.build(cx, input);
             while let Ok(r) = out.recv().await {
                 let item = r?;
                 on_result(item.index, item.data);

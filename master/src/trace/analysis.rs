@@ -45,6 +45,9 @@ pub struct Analysis {
     pub acausal_messages: usize,
     /// The trace's notes.
     pub notes: Vec<String>,
+    /// The master's marks (a manager's decisions): seconds since the
+    /// trace's first event, and what.
+    pub marks: Vec<(f64, String)>,
 }
 
 /// Where one node's time went.
@@ -142,6 +145,7 @@ impl Analysis {
             .fold(f64::NEG_INFINITY, f64::max);
         let span_us = if last > first { last - first } else { 0.0 };
         let mut notes = trace.notes.clone();
+        let origin_us = trace.events.first().map_or(0.0, |e| e.ts_us);
         if complete_from.is_finite() {
             let all = trace
                 .events
@@ -297,6 +301,11 @@ impl Analysis {
             verdict,
             acausal_messages,
             notes,
+            marks: trace
+                .marks
+                .iter()
+                .map(|m| ((m.ts_us - origin_us) / 1e6, m.text.clone()))
+                .collect(),
         }
     }
 }
@@ -463,6 +472,9 @@ impl fmt::Display for Analysis {
                 "warning: {} messages appear received before they were sent",
                 self.acausal_messages
             )?;
+        }
+        for (at, text) in &self.marks {
+            writeln!(f, "at {at:.2}s {text}")?;
         }
         for note in &self.notes {
             writeln!(f, "note: {note}")?;

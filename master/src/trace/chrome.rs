@@ -13,7 +13,7 @@
 //! in `otherData.skelpi`, which viewers ignore and
 //! [`from_json`] reads back with the events' `args`.
 
-use super::merge::{Event, Node, Trace, messages};
+use super::merge::{Event, Mark, Node, Trace, messages};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use skelpi_proto::trace::{Lane, TraceKind};
@@ -28,6 +28,8 @@ struct Meta {
     stages: Vec<String>,
     nodes: Vec<Node>,
     notes: Vec<String>,
+    #[serde(default)]
+    marks: Vec<Mark>,
 }
 
 /// This module's format version in `otherData.skelpi.format`.
@@ -102,6 +104,13 @@ pub fn to_json(trace: &Trace) -> String {
             "args": args,
         }));
     }
+    // Marks: instant events on the master's timeline, across the view.
+    for m in &trace.marks {
+        out.push(
+            json!({"ph": "i", "s": "g", "name": m.text, "cat": "manager",
+                        "ts": m.ts_us, "pid": file_id(0), "tid": file_id(0)}),
+        );
+    }
     for (n, (s, r)) in pairs.into_iter().enumerate() {
         let (s, r) = (&trace.events[s], &trace.events[r]);
         let name = flow_name(s.kind);
@@ -121,6 +130,7 @@ pub fn to_json(trace: &Trace) -> String {
         stages: trace.stages.clone(),
         nodes: trace.nodes.clone(),
         notes: trace.notes.clone(),
+        marks: trace.marks.clone(),
     };
     let doc = json!({
         "traceEvents": out,
@@ -221,6 +231,7 @@ pub fn from_json(text: &str) -> Result<Trace, String> {
         nodes: meta.nodes,
         events,
         notes: meta.notes,
+        marks: meta.marks,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use super::TraceError;
 use super::clock::{ClockSample, MasterClock, PROBES};
+use super::merge::Mark;
 use crate::client::AgentConn;
 use skelpi_agent::trace::Recorder as AgentRecorder;
 use skelpi_proto::JobId;
@@ -44,6 +45,9 @@ pub struct AgentTrace {
 /// (results and stream items: their kernel is known otherwise).
 pub const NO_LABEL: u32 = u32::MAX;
 
+/// Marks the master keeps for one job (a manager makes a few dozen).
+pub const MASTER_MARKS: usize = 4096;
+
 /// Events the master keeps for one job; older ones are dropped (and
 /// counted) beyond that, as the agents' rings do (32 MiB at most).
 pub const MASTER_EVENTS: usize = 1 << 19;
@@ -56,6 +60,7 @@ pub struct Recorder {
     events: RefCell<VecDeque<(TraceEvent, u32)>>,
     dropped: Cell<u64>,
     labels: RefCell<Vec<(Kernel, String)>>,
+    marks: RefCell<Vec<Mark>>,
 }
 
 impl Recorder {
@@ -66,6 +71,7 @@ impl Recorder {
             events: RefCell::default(),
             dropped: Cell::new(0),
             labels: RefCell::default(),
+            marks: RefCell::default(),
         }
     }
 
@@ -119,6 +125,16 @@ impl Recorder {
         events.push_back((event, label));
     }
 
+    /// Marks the job's timeline now with `text` (a decision of its
+    /// manager). At most [`MASTER_MARKS`] are kept.
+    pub fn mark(&self, text: String) {
+        let mut marks = self.marks.borrow_mut();
+        if marks.len() < MASTER_MARKS {
+            let ts_us = self.clock.now_ns() as f64 / 1e3;
+            marks.push(Mark { ts_us, text });
+        }
+    }
+
     /// Everything recorded, with the agents' parts: the job's trace before
     /// merging.
     pub fn finish(
@@ -141,6 +157,7 @@ impl Recorder {
                 .collect(),
             stage_kernels,
             agents,
+            marks: self.marks.into_inner(),
         }
     }
 }
@@ -168,6 +185,8 @@ pub struct Collected {
     pub stage_kernels: Vec<String>,
     /// The agents, in the order of the master's connections to them.
     pub agents: Vec<AgentTrace>,
+    /// Marks on the master's timeline (its clock, microseconds).
+    pub marks: Vec<Mark>,
 }
 
 /// Probes a connection's agent's clock [`PROBES`] times. `None`: the agent

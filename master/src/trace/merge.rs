@@ -22,6 +22,19 @@ pub struct Trace {
     pub events: Vec<Event>,
     /// What a reader should know (lost events, clock corrections).
     pub notes: Vec<String>,
+    /// Moments of the job the master marked (its manager's decisions),
+    /// master time, in order.
+    #[serde(default)]
+    pub marks: Vec<Mark>,
+}
+
+/// A moment of a job, marked by the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mark {
+    /// When, microseconds, master time.
+    pub ts_us: f64,
+    /// What happened.
+    pub text: String,
 }
 
 /// A node of the trace.
@@ -249,6 +262,7 @@ pub fn merge(c: &Collected) -> Trace {
         nodes,
         events,
         notes,
+        marks: c.marks.clone(),
     }
 }
 

@@ -20,7 +20,7 @@ pub mod merge;
 pub use analysis::Analysis;
 pub use clock::{ClockSample, MasterClock};
 pub use collect::{AgentEvents, AgentTrace, Collected, NO_LABEL, Recorder, gather, probe};
-pub use merge::{Event, Node, Trace};
+pub use merge::{Event, Mark, Node, Trace};
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
