@@ -4,7 +4,7 @@
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::eval::get_nodes;
 use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
-use crate::runtime::{JobError, job};
+use crate::runtime::{JobError, autonomic, job};
 use crate::trace::{Trace, TraceError};
 use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
@@ -217,24 +217,75 @@ impl Cluster {
                 .await?;
             return Ok(());
         }
-        if self.agents.iter().any(AgentConn::is_broken) {
-            // Jobs run on the connections that are still good; the pool
-            // keeps its order.
-            let (good, bad): (Vec<_>, Vec<_>) = std::mem::take(&mut self.agents)
-                .into_iter()
-                .enumerate()
-                .partition(|(_, a)| !a.is_broken());
-            let (places, mut conns): (Vec<usize>, Vec<AgentConn>) = good.into_iter().unzip();
-            let trace = (self.tracing, &mut self.last_trace);
-            let result = Self::job(trace, &mut conns, skeleton, inputs, on_result).await;
-            let mut all: Vec<(usize, AgentConn)> = places.into_iter().zip(conns).collect();
-            all.extend(bad);
-            all.sort_by_key(|(i, _)| *i);
-            self.agents = all.into_iter().map(|(_, a)| a).collect();
-            return result;
-        }
+        let (places, mut conns, bad) = self.take_good();
         let trace = (self.tracing, &mut self.last_trace);
-        Self::job(trace, &mut self.agents, skeleton, inputs, on_result).await
+        let result = Self::job(trace, &mut conns, skeleton, inputs, on_result).await;
+        self.put_back(places, conns, bad);
+        result
+    }
+
+    /// Runs a managed job (see [`autonomic`]): a pipeline of `seq` and
+    /// `farm(seq)` stages whose degrees a manager sets while it runs, as
+    /// `opts` say. Decisions go to `on_decision` as they are made; the
+    /// report is there even when the job failed (`None` when it could not
+    /// start: a tree that cannot be managed).
+    pub async fn run_managed(
+        &mut self,
+        skeleton: &Skeleton,
+        inputs: impl IntoIterator<Item = Array>,
+        opts: &autonomic::Options,
+        on_result: impl FnMut(u64, Array),
+        on_decision: impl FnMut(&autonomic::Decision),
+    ) -> (Result<(), JobError>, Option<autonomic::Report>) {
+        self.rejoin().await;
+        let (places, mut conns, bad) = self.take_good();
+        let mut trace = Err(TraceError::Stopped);
+        let traced = self.tracing.then_some(&mut trace);
+        let out = if conns.is_empty() {
+            (Err(JobError::NoAgents), None)
+        } else {
+            autonomic::run(
+                &mut conns,
+                skeleton,
+                inputs,
+                on_result,
+                opts,
+                on_decision,
+                traced,
+            )
+            .await
+        };
+        if self.tracing {
+            self.last_trace = Some(trace);
+        }
+        self.put_back(places, conns, bad);
+        out
+    }
+
+    /// Takes the connections still good out of the pool, with their places
+    /// (jobs run on them), and the broken ones.
+    #[allow(clippy::type_complexity)]
+    fn take_good(&mut self) -> (Vec<usize>, Vec<AgentConn>, Vec<(usize, AgentConn)>) {
+        let (good, bad): (Vec<_>, Vec<_>) = std::mem::take(&mut self.agents)
+            .into_iter()
+            .enumerate()
+            .partition(|(_, a)| !a.is_broken());
+        let (places, conns) = good.into_iter().unzip();
+        (places, conns, bad)
+    }
+
+    /// Puts connections taken by [`Cluster::take_good`] back, in the
+    /// pool's order.
+    fn put_back(
+        &mut self,
+        places: Vec<usize>,
+        conns: Vec<AgentConn>,
+        bad: Vec<(usize, AgentConn)>,
+    ) {
+        let mut all: Vec<(usize, AgentConn)> = places.into_iter().zip(conns).collect();
+        all.extend(bad);
+        all.sort_by_key(|(i, _)| *i);
+        self.agents = all.into_iter().map(|(_, a)| a).collect();
     }
 
     /// One dispatched job on `conns`; if tracing (`trace.0`), its trace

@@ -6,6 +6,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use skelpi::jobfile;
 use skelpi::pool;
+use skelpi::runtime::autonomic::{self, Contract};
+use skelpi_agent::kernels::Array;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,6 +35,29 @@ pub struct RunArgs {
     /// leaves none.
     #[arg(long, value_name = "DIR")]
     trace: Option<PathBuf>,
+    /// Let a manager set each stage's degree while the job runs, starting
+    /// from one worker per stage (or a farm's replicas): it gives worker
+    /// slots to the bottleneck stage (a plain stage becomes a farm), takes
+    /// them back from stages with capacity to spare, and admits items only
+    /// as the stages have room. Every decision is printed as it is made
+    /// and marked in the trace; a summary says whether the contract was
+    /// met. For a pipeline of seq(k) and farm(seq(k)) stages, or one of
+    /// them; items travel through the master between stages.
+    #[arg(long)]
+    autonomic: bool,
+    /// The manager's contract: this many results per second (the feeder is
+    /// paced to it, and stages get the slots it needs, no more). Without
+    /// it: as fast as the pool allows. Implies --autonomic.
+    #[arg(long, value_name = "ITEMS_PER_S", value_parser = positive_rate)]
+    target_throughput: Option<f64>,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a positive rate (items per second)")),
+        Err(e) => Err(format!("{s:?} is not a number: {e}")),
+    }
 }
 
 /// Runs the job.
@@ -60,25 +85,53 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let mut count = 0usize;
         let mut shown = Vec::new();
         let mut write_error = None;
-        let result = pool
-            .cluster
-            .run_each(&job.skeleton, job.input.arrays(), |index, a| {
-                count += 1;
-                progress.inc(1);
-                match out.as_mut() {
-                    Some(w) if write_error.is_none() => {
-                        let line = serde_json::json!({ "index": index, "data": a.data });
-                        if let Err(e) = writeln!(w, "{line}") {
-                            write_error = Some(e);
-                        }
+        let on_result = |index: u64, a: Array| {
+            count += 1;
+            progress.inc(1);
+            match out.as_mut() {
+                Some(w) if write_error.is_none() => {
+                    let line = serde_json::json!({ "index": index, "data": a.data });
+                    if let Err(e) = writeln!(w, "{line}") {
+                        write_error = Some(e);
                     }
-                    Some(_) => {}
-                    None if shown.len() < args.show => shown.push((index, a.data)),
-                    None => {}
                 }
-            })
-            .await;
+                Some(_) => {}
+                None if shown.len() < args.show => shown.push((index, a.data)),
+                None => {}
+            }
+        };
+        let mut report = None;
+        let result = if args.autonomic || args.target_throughput.is_some() {
+            let opts = autonomic::Options {
+                contract: args
+                    .target_throughput
+                    .map_or(Contract::Fastest, Contract::Throughput),
+                ..autonomic::Options::default()
+            };
+            eprintln!("manager: contract {}", opts.contract);
+            let on_decision =
+                |d: &autonomic::Decision| progress.suspend(|| eprintln!("manager: {d}"));
+            let (result, got) = pool
+                .cluster
+                .run_managed(
+                    &job.skeleton,
+                    job.input.arrays(),
+                    &opts,
+                    on_result,
+                    on_decision,
+                )
+                .await;
+            report = got;
+            result
+        } else {
+            pool.cluster
+                .run_each(&job.skeleton, job.input.arrays(), on_result)
+                .await
+        };
         progress.finish_and_clear();
+        if let Some(report) = &report {
+            eprint!("{}", report.summary());
+        }
         let elapsed = start.elapsed();
         let trace = pool.cluster.take_trace();
         pool.cluster.close().await;

@@ -12,6 +12,7 @@
 //! time: the reference semantics, and the "best sequential" baseline of the
 //! benchmarks.
 
+pub mod autonomic;
 pub mod check;
 pub mod dispatch;
 mod error;

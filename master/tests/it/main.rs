@@ -2,6 +2,7 @@
 //! the real `skelpi` and `skelpi-agent` binaries.
 
 mod agents;
+mod autonomic;
 mod cli;
 mod client;
 mod cross;

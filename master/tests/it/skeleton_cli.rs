@@ -213,3 +213,60 @@ fn run_reports_bad_job_files_and_failing_kernels() {
         "{err}"
     );
 }
+
+#[test]
+fn run_autonomic_prints_decisions_and_a_summary_and_refuses_what_it_cannot_manage() {
+    let dir = Scratch::new("run-autonomic");
+    let job = dir.path("slow-middle.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"pipe(seq(sleep_ms(2)), seq(sleep_ms(10)), seq(sleep_ms(2)))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 400\nlength = 3\n",
+    )
+    .unwrap();
+    let results = dir.path("out.jsonl");
+    let (code, _, err) = skelpi(&[
+        "run",
+        &job,
+        "--local",
+        "4",
+        "--autonomic",
+        "--out",
+        &results,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("manager: contract as fast as the pool allows"),
+        "{err}"
+    );
+    assert!(err.contains("bottleneck stage 2 (sleep_ms(10))"), "{err}");
+    assert!(err.contains("manager: degrees 1,1,1 → "), "{err}");
+    assert!(err.contains("400 results"), "{err}");
+    let indices: Vec<u64> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| json(l)["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        indices,
+        (0..400).collect::<Vec<_>>(),
+        "every result once, in order"
+    );
+
+    let (code, _, err) = skelpi(&["run", &job, "--local", "1", "--target-throughput", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("0 is not a positive rate"), "{err}");
+
+    let mapped = dir.path("map.toml");
+    std::fs::write(
+        &mapped,
+        "skeleton = \"map(2, seq(square))\"\n[input]\ngenerate = \"range\"\nitems = 2\nlength = 2\n",
+    )
+    .unwrap();
+    let (code, _, err) = skelpi(&["run", &mapped, "--local", "1", "--autonomic"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("a managed job is a pipeline of seq(k) and farm(seq(k)) stages"),
+        "{err}"
+    );
+}

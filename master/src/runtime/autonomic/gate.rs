@@ -1,0 +1,91 @@
+//! A gate with a limit that can change while it is in use: a stage's
+//! degree (tasks it may have out at once) and the job's admission window.
+
+use event_listener::Event;
+use std::cell::Cell;
+
+/// Lets at most `limit` holders in at once; the limit may be raised or
+/// lowered at any time (lowering lets no one new in until enough holders
+/// leave: nobody is interrupted).
+#[derive(Debug)]
+pub struct Gate {
+    limit: Cell<usize>,
+    held: Cell<usize>,
+    changed: Event,
+}
+
+impl Gate {
+    /// A gate letting `limit` holders in (at least one).
+    pub fn new(limit: usize) -> Gate {
+        Gate {
+            limit: Cell::new(limit.max(1)),
+            held: Cell::new(0),
+            changed: Event::new(),
+        }
+    }
+
+    /// Waits for room, then takes it; [`Gate::leave`] gives it back.
+    pub async fn enter(&self) {
+        loop {
+            // Listen first, then check: a leave between the two is heard.
+            let listener = self.changed.listen();
+            if self.held.get() < self.limit.get() {
+                self.held.set(self.held.get() + 1);
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Gives back room taken by [`Gate::enter`].
+    pub fn leave(&self) {
+        self.held.set(self.held.get().saturating_sub(1));
+        self.changed.notify(1);
+    }
+
+    /// Changes the limit (at least one).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.set(limit.max(1));
+        self.changed.notify(usize::MAX);
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit.get()
+    }
+
+    /// Holders inside now.
+    pub fn held(&self) -> usize {
+        self.held.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gate;
+    use futures_lite::future;
+    use std::pin::pin;
+
+    #[test]
+    fn a_raised_limit_lets_waiters_in_and_a_lowered_one_waits_for_leavers() {
+        let gate = Gate::new(1);
+        future::block_on(async {
+            gate.enter().await;
+            let mut second = pin!(gate.enter());
+            assert!(future::poll_once(second.as_mut()).await.is_none(), "full");
+            gate.set_limit(2);
+            assert!(future::poll_once(second.as_mut()).await.is_some(), "raised");
+            gate.set_limit(1);
+            let mut third = pin!(gate.enter());
+            assert!(future::poll_once(third.as_mut()).await.is_none());
+            gate.leave();
+            assert!(
+                future::poll_once(third.as_mut()).await.is_none(),
+                "still one holder against a limit of one"
+            );
+            gate.leave();
+            assert!(future::poll_once(third.as_mut()).await.is_some());
+            assert_eq!((gate.held(), gate.limit()), (1, 1));
+        });
+    }
+}
