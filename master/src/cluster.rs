@@ -227,8 +227,9 @@ impl Cluster {
     /// Runs a managed job (see [`autonomic`]): a pipeline of `seq` and
     /// `farm(seq)` stages whose degrees a manager sets while it runs, as
     /// `opts` say. Decisions go to `on_decision` as they are made; the
-    /// report is there even when the job failed (`None` when it could not
-    /// start: a tree that cannot be managed).
+    /// report is there when the job started, even if it failed (`None`
+    /// when it could not: no agent, or a tree or options a manager cannot
+    /// run).
     pub async fn run_managed(
         &mut self,
         skeleton: &Skeleton,
@@ -241,7 +242,7 @@ impl Cluster {
         let (places, mut conns, bad) = self.take_good();
         let mut trace = Err(TraceError::Stopped);
         let traced = self.tracing.then_some(&mut trace);
-        let out = if conns.is_empty() {
+        let mut out = if conns.is_empty() {
             (Err(JobError::NoAgents), None)
         } else {
             autonomic::run(
@@ -255,6 +256,9 @@ impl Cluster {
             )
             .await
         };
+        if let Some(report) = &mut out.1 {
+            report.renumber_agents(&places);
+        }
         if self.tracing {
             self.last_trace = Some(trace);
         }

@@ -69,6 +69,8 @@ struct Link<'c> {
     /// Its position in the pool (its connection number in traces, its
     /// agent number in the scheduler).
     index: usize,
+    /// Its agent's worker threads.
+    cores: usize,
     label: String,
     addr: SocketAddr,
     sender: RefCell<&'c mut Sender>,
@@ -94,8 +96,6 @@ pub struct Dispatcher<'c> {
     trace: Option<&'c Recorder>,
     links: Vec<Link<'c>>,
     sched: RefCell<Scheduler>,
-    /// Credits of all agents together.
-    credits: usize,
     /// Callers waiting, by their task's key in the scheduler.
     calls: RefCell<HashMap<u64, Call>>,
     next_call: Cell<u64>,
@@ -148,10 +148,12 @@ impl<'c> Dispatcher<'c> {
                 let label = format!("{} ({})", conn.info().name, conn.addr());
                 let addr = conn.addr();
                 let (heartbeat, liveness) = conn.heartbeat();
+                let cores = (conn.info().cores as usize).max(1);
                 let (sender, receiver) = conn.halves();
                 let (outbox_tx, outbox_rx) = async_channel::unbounded();
                 Link {
                     index,
+                    cores,
                     label,
                     addr,
                     sender: RefCell::new(sender),
@@ -171,7 +173,6 @@ impl<'c> Dispatcher<'c> {
             trace,
             links,
             sched: RefCell::new(Scheduler::new(&credits)),
-            credits: credits.iter().sum(),
             calls: RefCell::new(HashMap::new()),
             next_call: Cell::new(0),
             progress_tx,
@@ -286,10 +287,12 @@ impl<'c> Dispatcher<'c> {
         self.trace
     }
 
-    /// Credits of all agents together: at most this many tasks are out at
-    /// once.
-    pub fn credits(&self) -> usize {
-        self.credits
+    /// Worker threads and task credits of the agents still live.
+    pub fn live_size(&self) -> (usize, usize) {
+        let live = self.links.iter().filter(|l| !l.dead.get());
+        live.fold((0, 0), |(threads, credits), l| {
+            (threads + l.cores, credits + CREDITS_PER_WORKER * l.cores)
+        })
     }
 
     /// Moves every connection's frames: writes queued tasks, reads results

@@ -46,6 +46,9 @@ pub enum JobError {
     /// The skeleton cannot run on these inputs.
     #[error("invalid job: {0}")]
     Invalid(String),
+    /// A managed job's tree or options are not what a manager can run.
+    #[error("cannot manage this job: {0}")]
+    Unmanageable(String),
     /// A task was lost with every agent it was sent to, more times than
     /// it is sent again: it may be what kills them.
     #[error(

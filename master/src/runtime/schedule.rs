@@ -127,7 +127,8 @@ impl Scheduler {
     /// `attempt` names its send (unique: results are matched by it).
     pub fn next_send(&mut self, attempt: impl FnOnce() -> u64) -> Option<Dispatch> {
         // A task at home goes first and needs no credit; else the oldest
-        // task takes the oldest free credit.
+        // task takes a credit of the least loaded agent (the scan is over
+        // the free credits: fine for pools of hundreds of cores).
         let (task, agent, credit) = match self.homed.pop_front() {
             Some(task) => (task, self.tasks.get(&task)?.home?, false),
             None => {
@@ -257,6 +258,29 @@ impl Scheduler {
             }
         }
         best.map(|(at, _)| at)
+    }
+
+    /// Test check: for each live agent, credits taken are its attempts
+    /// holding one, and taken plus free are its credits.
+    #[cfg(test)]
+    fn check_credits(&self, seed: u64) {
+        for a in 0..self.live.len() {
+            if !self.live[a] {
+                continue;
+            }
+            let out = self
+                .attempts
+                .values()
+                .filter(|x| x.agent == a && x.credit)
+                .count();
+            let free = self.free.iter().filter(|&&f| f == a).count();
+            assert_eq!(self.held[a], out, "seed {seed}: agent {a}'s credits taken");
+            assert_eq!(
+                out + free,
+                self.credits[a],
+                "seed {seed}: agent {a}'s credits"
+            );
+        }
     }
 
     /// Whether the agent is alive.
@@ -500,6 +524,9 @@ mod tests {
                     );
                 }
             }
+            // Credits taken are counted right, and each send took one of
+            // the least loaded agent.
+            s.check_credits(seed);
             // No task waits while a live agent has a free credit.
             if s.waiting() > 0 {
                 let idle = (0..agents).any(|a| !declared[a] && s.out_on(a) < credits[a]);

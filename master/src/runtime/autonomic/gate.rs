@@ -1,7 +1,7 @@
 //! A gate with a limit that can change while it is in use: a stage's
 //! degree (tasks it may have out at once) and the job's admission window.
 
-use event_listener::Event;
+use event_listener::{Event, IntoNotification};
 use std::cell::Cell;
 
 /// Lets at most `limit` holders in at once; the limit may be raised or
@@ -39,8 +39,12 @@ impl Gate {
 
     /// Gives back room taken by [`Gate::enter`].
     pub fn leave(&self) {
+        debug_assert!(self.held.get() > 0, "a gate left more often than entered");
         self.held.set(self.held.get().saturating_sub(1));
-        self.changed.notify(1);
+        // One more waiter for each leave, even if an earlier leave's
+        // waiter has not run yet (a plain `notify(1)` would wake only one
+        // for two leaves).
+        self.changed.notify(1.additional());
     }
 
     /// Changes the limit (at least one).
@@ -86,6 +90,24 @@ mod tests {
             gate.leave();
             assert!(future::poll_once(third.as_mut()).await.is_some());
             assert_eq!((gate.held(), gate.limit()), (1, 1));
+        });
+    }
+
+    #[test]
+    fn two_leaves_let_two_waiters_in() {
+        let gate = Gate::new(2);
+        future::block_on(async {
+            gate.enter().await;
+            gate.enter().await;
+            let mut a = pin!(gate.enter());
+            let mut b = pin!(gate.enter());
+            assert!(future::poll_once(a.as_mut()).await.is_none());
+            assert!(future::poll_once(b.as_mut()).await.is_none());
+            gate.leave();
+            gate.leave();
+            assert!(future::poll_once(a.as_mut()).await.is_some());
+            assert!(future::poll_once(b.as_mut()).await.is_some(), "woken too");
+            assert_eq!(gate.held(), 2);
         });
     }
 }

@@ -9,7 +9,7 @@
 //! many tasks of the stage are out at once.
 
 use super::gate::Gate;
-use super::manager::{Action, Decision, Manager, Observation};
+use super::manager::{Action, Decision, Manager, Observation, PoolSize};
 use super::metrics::{Totals, window};
 use crate::runtime::eval::{Ctx, Stream};
 use crate::runtime::job::Graph;
@@ -25,6 +25,10 @@ const BUFFER: usize = 8;
 /// The longest window the manager judges.
 const WINDOW_MAX: Duration = Duration::from_secs(2);
 
+/// Decisions a job keeps (the manager's budget of changes bounds them
+/// well below this).
+pub const MAX_DECISIONS: usize = 256;
+
 /// Items in the pipeline at once, for these degrees: every slot busy and
 /// two items waiting per stage, so queues stay short.
 pub fn admission(degrees: &[usize]) -> usize {
@@ -33,7 +37,12 @@ pub fn admission(degrees: &[usize]) -> usize {
 
 /// The state the nodes and the manager share.
 pub struct Control<'f> {
-    pub(super) start: Instant,
+    /// When the graph was built (the job's start, after any trace probes).
+    pub(super) start: Cell<Instant>,
+    /// When the last result left.
+    pub(super) last_out: Cell<Option<Instant>>,
+    /// The last window the manager judged.
+    pub(super) last_window: RefCell<Option<Observation>>,
     pub(super) names: Vec<String>,
     kernels: Vec<Kernel>,
     gates: Vec<Gate>,
@@ -66,7 +75,9 @@ impl<'f> Control<'f> {
         on_decision: OnDecision<'f>,
     ) -> Control<'f> {
         Control {
-            start: Instant::now(),
+            start: Cell::new(Instant::now()),
+            last_out: Cell::new(None),
+            last_window: RefCell::new(None),
             names: kernels.iter().map(Kernel::to_string).collect(),
             gates: degrees.iter().map(|&d| Gate::new(d)).collect(),
             totals: RefCell::new(vec![Totals::default(); kernels.len()]),
@@ -90,6 +101,7 @@ impl<'f> Control<'f> {
 
 impl Graph for Control<'_> {
     fn build<'a, 'c: 'a>(&'a self, cx: Ctx<'a, 'c>, input: Stream) -> Stream {
+        self.start.set(Instant::now());
         let (tx, mut s) = async_channel::bounded(BUFFER);
         cx.spawner.spawn(entry(self, input, tx));
         for i in 0..self.kernels.len() {
@@ -139,6 +151,7 @@ async fn exit(ctl: &Control<'_>, input: Stream, tx: Sink) {
         let failed = r.is_err();
         if !failed {
             ctl.out.set(ctl.out.get() + 1);
+            ctl.last_out.set(Some(Instant::now()));
             ctl.admission.leave();
         }
         if tx.send(r).await.is_err() || failed {
@@ -235,19 +248,26 @@ async fn manage<'a, 'c: 'a>(cx: Ctx<'a, 'c>, ctl: &'a Control<'_>) {
         let stages = (0..degrees.len())
             .map(|i| window(&before[i], &totals[i], secs, degrees[i]))
             .collect();
+        let (threads, slots) = cx.d.live_size();
         let obs = Observation {
-            at: now - ctl.start,
+            at: now - ctl.start.get(),
+            secs,
             throughput: if secs > 0.0 {
                 (out - out_before) as f64 / secs
             } else {
                 0.0
             },
             stages,
+            pool: PoolSize { threads, slots },
         };
-        let Some(decision) = m.observe(&obs) else {
+        let decision = m.observe(&obs);
+        drop(manager);
+        if obs.secs >= super::manager::MIN_WINDOW {
+            *ctl.last_window.borrow_mut() = Some(obs);
+        }
+        let Some(decision) = decision else {
             continue;
         };
-        drop(manager);
         if decision.action != Action::Hold {
             for (gate, &d) in ctl.gates.iter().zip(&decision.degrees) {
                 gate.set_limit(d);
@@ -263,6 +283,9 @@ async fn manage<'a, 'c: 'a>(cx: Ctx<'a, 'c>, ctl: &'a Control<'_>) {
             rec.mark(format!("manager: {}", decision.did));
         }
         (ctl.on_decision.borrow_mut())(&decision);
-        ctl.decisions.borrow_mut().push(decision);
+        let mut decisions = ctl.decisions.borrow_mut();
+        if decisions.len() < MAX_DECISIONS {
+            decisions.push(decision);
+        }
     }
 }

@@ -4,14 +4,15 @@
 //! It plans with a model and checks the model against the job:
 //! - A stage with `d` worker slots whose tasks hold a slot `R` seconds can
 //!   serve `d / R` items per second (its capacity). The bottleneck is the
-//!   stage of least capacity; the pool's cores allow at most
-//!   `cores / ΣTs` items per second (its ceiling, from the agents' kernel
-//!   times).
+//!   stage of least capacity; the pool's worker threads allow at most
+//!   `threads / ΣTs` items per second (its ceiling, from the agents'
+//!   kernel times).
 //! - To go faster it gives slots to the stages below the rate it aims at
 //!   (water-filling: one slot at a time to the stage of least capacity),
-//!   within the pool's task credits. It aims at the next stage's capacity
-//!   ("as fast as the pool allows") or at the contract plus
-//!   [`HEADROOM`].
+//!   within the pool's task credits — taking them, when every credit is in
+//!   use, from stages that stay above that rate without them. It aims at
+//!   the next stage's capacity ("as fast as the pool allows") or at the
+//!   contract plus [`HEADROOM`].
 //! - Every change is checked in the next window: growth that did not raise
 //!   the throughput by [`MIN_GAIN`] is undone and the manager stops
 //!   growing (the pool gives no more, whatever the model said); a release
@@ -19,6 +20,8 @@
 //! - When the contract is met with room to spare it releases slots.
 //! - At most a budget of changes per job, so it cannot thrash; it plans
 //!   again only if the throughput falls well below what it settled at.
+//!   A hold (it stops acting, and says why) is said once until something
+//!   changes.
 
 use super::metrics::StageWindow;
 use std::fmt::Write as _;
@@ -43,13 +46,13 @@ impl std::fmt::Display for Contract {
     }
 }
 
-/// The pool as the manager sees it.
+/// The live part of the pool, as the manager sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSize {
-    /// Worker threads of all agents (kernels that compute, or sleep, one
-    /// per thread).
-    pub cores: usize,
-    /// Task credits of all agents: tasks out at once, at most.
+    /// Worker threads of the live agents (a kernel, computing or
+    /// sleeping, holds one).
+    pub threads: usize,
+    /// Task credits of the live agents: tasks out at once, at most.
     pub slots: usize,
 }
 
@@ -58,10 +61,14 @@ pub struct PoolSize {
 pub struct Observation {
     /// Since the job started.
     pub at: Duration,
+    /// The window's length, seconds.
+    pub secs: f64,
     /// Items per second out of the last stage over the window.
     pub throughput: f64,
     /// Each stage over the same window.
     pub stages: Vec<StageWindow>,
+    /// The pool now.
+    pub pool: PoolSize,
 }
 
 /// What a decision did.
@@ -108,8 +115,8 @@ impl std::fmt::Display for Decision {
 pub const MIN_GAIN: f64 = 0.05;
 /// A contract rate is aimed at with this much to spare.
 pub const HEADROOM: f64 = 0.10;
-/// A contract counts as met at this fraction of its rate (measurement
-/// noise of a paced feeder).
+/// A contract counts as met at this fraction of its rate (give or take
+/// one item of the window: a paced feeder's count is whole).
 pub const MET: f64 = 0.97;
 /// Changes a job may make (reverts included).
 pub const MAX_CHANGES: usize = 12;
@@ -138,7 +145,6 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Manager {
     contract: Contract,
-    pool: PoolSize,
     names: Vec<String>,
     degrees: Vec<usize>,
     pending: Option<Pending>,
@@ -148,9 +154,14 @@ pub struct Manager {
     changes: usize,
     max_changes: usize,
     said_budget: bool,
-    /// It said the stages are not what limits the job.
-    input_bound: bool,
-    best: f64,
+    /// It said the stages are not what limits the job (said again only
+    /// after a change).
+    said_input_bound: bool,
+}
+
+/// Whether `x` items/s over `secs` meets `goal` (one item of slack).
+pub fn meets(x: f64, secs: f64, goal: f64) -> bool {
+    x + 1.0 / secs.max(1e-9) >= goal * MET
 }
 
 impl Manager {
@@ -158,14 +169,12 @@ impl Manager {
     /// `initial` degrees, allowed `max_changes` changes.
     pub fn new(
         contract: Contract,
-        pool: PoolSize,
         names: Vec<String>,
         initial: Vec<usize>,
         max_changes: usize,
     ) -> Manager {
         Manager {
             contract,
-            pool,
             names,
             degrees: initial.into_iter().map(|d| d.max(1)).collect(),
             pending: None,
@@ -174,8 +183,7 @@ impl Manager {
             changes: 0,
             max_changes,
             said_budget: false,
-            input_bound: false,
-            best: 0.0,
+            said_input_bound: false,
         }
     }
 
@@ -194,12 +202,7 @@ impl Manager {
         self.saturated.as_ref().map(|(why, _)| why.as_str())
     }
 
-    /// The best throughput seen in a judged window.
-    pub fn best(&self) -> f64 {
-        self.best
-    }
-
-    /// The rate it aims at: the contract's (`None`: as fast as possible).
+    /// The contract's rate (`None`: as fast as possible).
     fn goal(&self) -> Option<f64> {
         match self.contract {
             Contract::Fastest => None,
@@ -211,17 +214,18 @@ impl Manager {
     /// (degrees changed, or a hold saying why it stops acting).
     pub fn observe(&mut self, obs: &Observation) -> Option<Decision> {
         let judged = obs.stages.len() == self.degrees.len()
+            && obs.secs >= MIN_WINDOW
+            && obs.throughput.is_finite()
             && obs
                 .stages
                 .iter()
-                .all(|s| s.served >= MIN_SERVED && s.capacity.is_some())
-            && obs.stages.iter().all(|s| s.secs >= MIN_WINDOW);
+                .all(|s| s.served >= MIN_SERVED && s.capacity.is_some_and(f64::is_finite));
         if !judged {
             return None;
         }
         let x = obs.throughput;
-        self.best = self.best.max(x);
-        let saw = self.describe(obs);
+        let view = View::of(obs);
+        let saw = self.describe(obs, &view);
         if let Some(p) = self.pending.take() {
             if p.grew && x < p.x_before * (1.0 + MIN_GAIN) {
                 let why = format!(
@@ -233,7 +237,7 @@ impl Manager {
                 self.saturated = Some((why.clone(), p.x_before));
                 return Some(self.change(obs, Action::Revert, saw, p.before, why));
             }
-            let below = self.goal().is_none_or(|g| x < g * MET);
+            let below = self.goal().is_none_or(|g| !meets(x, obs.secs, g));
             if !p.grew && below && x < p.x_before * (1.0 - MIN_GAIN) {
                 let why = format!(
                     "releasing slots cost throughput ({:.1} → {x:.1} items/s): releases stop",
@@ -242,35 +246,29 @@ impl Manager {
                 self.no_release = true;
                 return Some(self.change(obs, Action::Revert, saw, p.before, why));
             }
-            if p.grew {
+            if let (true, Some((_, at))) = (p.grew, &mut self.saturated) {
                 // A kept change is the new reference for drift.
-                if let Some((_, at)) = &mut self.saturated {
-                    *at = x;
-                }
+                *at = x;
             }
         }
         if self.changes >= self.max_changes {
             if !std::mem::replace(&mut self.said_budget, true) {
-                return Some(self.hold(
-                    obs,
-                    saw,
-                    format!(
-                        "holds: the {} changes a job may make are spent",
-                        self.max_changes
-                    ),
-                ));
+                let why = format!(
+                    "holds: the {} changes a job may make are spent",
+                    self.max_changes
+                );
+                return Some(self.hold(obs, saw, why));
             }
             return None;
         }
-        let need_more = self.goal().is_none_or(|g| x < g * MET);
-        if need_more {
-            self.grow(obs, x, saw)
-        } else {
-            self.release(obs, x, saw)
+        match self.goal() {
+            Some(g) if meets(x, obs.secs, g) => self.release(obs, &view, g * (1.0 + HEADROOM), saw),
+            _ => self.grow(obs, &view, saw),
         }
     }
 
-    fn grow(&mut self, obs: &Observation, x: f64, saw: String) -> Option<Decision> {
+    fn grow(&mut self, obs: &Observation, view: &View, saw: String) -> Option<Decision> {
+        let x = obs.throughput;
         let mut replan = String::new();
         if let Some((_, settled)) = &self.saturated {
             if x >= settled * DRIFT {
@@ -280,29 +278,24 @@ impl Manager {
                 format!("the throughput fell from {settled:.1} to {x:.1} items/s: plans again; ");
             self.saturated = None;
         }
-        let ceiling = ceiling(obs, self.pool.cores);
-        if let Some(c) = ceiling
+        if let Some(c) = view.ceiling
             && x >= c * AT_CEILING
         {
             let why = format!(
-                "the pool's {} cores are busy: kernels take {:.1} ms per item in all, which \
-                 allows {c:.1} items/s",
-                self.pool.cores,
-                1000.0 * self.pool.cores as f64 / c
+                "the pool's {} worker threads are busy: kernels take {:.1} ms per item in \
+                 all, which allows {c:.1} items/s",
+                obs.pool.threads,
+                1000.0 * obs.pool.threads as f64 / c
             );
             self.saturated = Some((why.clone(), x));
             return Some(self.hold(obs, saw, format!("{replan}holds: {why}")));
         }
-        let caps: Vec<f64> = obs
-            .stages
-            .iter()
-            .map(|s| s.capacity.unwrap_or(0.0))
-            .collect();
-        let least = caps.iter().copied().fold(f64::INFINITY, f64::min);
-        if least > x * INPUT_BOUND {
+        let least = view.caps[view.bottleneck];
+        let paced = self.goal().is_some_and(|g| x >= g * 0.9);
+        if least > x * INPUT_BOUND && !paced {
             // Every stage could go faster: what holds the job back is not
             // a degree (the input, or the master).
-            if !std::mem::replace(&mut self.input_bound, true) {
+            if !std::mem::replace(&mut self.said_input_bound, true) {
                 let why = format!(
                     "holds: every stage has capacity to spare (the least, {least:.1} items/s, \
                      against {x:.1} done): the input or the master limits the job, not a degree"
@@ -311,73 +304,82 @@ impl Manager {
             }
             return None;
         }
-        self.input_bound = false;
         let aim = match self.goal() {
             Some(g) => g * (1.0 + HEADROOM),
             None => {
                 // The next stage's capacity; for one stage, double it
                 // (or the ceiling, if lower).
-                let b = argmin(&caps);
-                let next = caps
+                let next = view
+                    .caps
                     .iter()
                     .enumerate()
-                    .filter(|&(i, _)| i != b)
+                    .filter(|&(i, _)| i != view.bottleneck)
                     .map(|(_, &c)| c)
                     .fold(f64::INFINITY, f64::min);
-                let aim = if next.is_finite() {
-                    next
-                } else {
-                    2.0 * caps[b]
-                };
-                ceiling
+                let aim = if next.is_finite() { next } else { 2.0 * least };
+                view.ceiling
                     .map_or(aim, |c| aim.min(c))
-                    .max(caps[b] * (1.0 + MIN_GAIN))
+                    .max(least * (1.0 + MIN_GAIN))
             }
         };
         let used: usize = self.degrees.iter().sum();
-        let mut free = self.pool.slots.saturating_sub(used);
-        if free == 0 {
-            if let Some(d) = self.release_spare(obs, x) {
-                return Some(d);
-            }
-            let why = format!(
-                "all {} task credits of the pool are in use by the stages",
-                self.pool.slots
-            );
-            self.saturated = Some((why.clone(), x));
-            return Some(self.hold(obs, saw, format!("{replan}holds: {why}")));
-        }
+        let mut free = obs.pool.slots.saturating_sub(used);
+        let cap = |i: usize, d: usize| d as f64 / view.response[i];
         let mut next = self.degrees.clone();
-        let response: Vec<f64> = obs
-            .stages
-            .iter()
-            .map(|s| s.response.unwrap_or(f64::INFINITY))
-            .collect();
-        let cap = |i: usize, d: usize| d as f64 / response[i];
+        let full = free == 0;
+        if full {
+            // Every credit is in use: take slots from stages that stay at
+            // the aim without them.
+            for (i, d) in next.iter_mut().enumerate() {
+                while *d > 1 && cap(i, *d - 1) >= aim {
+                    *d -= 1;
+                    free += 1;
+                }
+            }
+        }
         // Water-filling: a slot at a time to the stage of least capacity,
         // while it is below the aim.
         while free > 0 {
-            let i = argmin(&(0..next.len()).map(|i| cap(i, next[i])).collect::<Vec<_>>());
-            if cap(i, next[i]) >= aim {
+            let caps: Vec<f64> = (0..next.len()).map(|i| cap(i, next[i])).collect();
+            let i = argmin(&caps);
+            if caps[i] >= aim {
                 break;
             }
             next[i] += 1;
             free -= 1;
         }
-        if next == self.degrees {
-            return None;
-        }
         let expect = (0..next.len())
             .map(|i| cap(i, next[i]))
-            .fold(f64::INFINITY, f64::min);
+            .fold(f64::INFINITY, f64::min)
+            .min(view.ceiling.unwrap_or(f64::INFINITY));
+        if next == self.degrees || expect < least * (1.0 + MIN_GAIN) {
+            if !full && next == self.degrees {
+                // The stages can do the aim: the shortfall is the window's.
+                return None;
+            }
+            let why = if full {
+                format!(
+                    "all {} task credits of the pool are in use by the stages",
+                    obs.pool.slots
+                )
+            } else {
+                format!(
+                    "the {} free task credits cannot raise the bottleneck's capacity by \
+                     {:.0}%",
+                    obs.pool.slots.saturating_sub(used),
+                    MIN_GAIN * 100.0
+                )
+            };
+            self.saturated = Some((why.clone(), x));
+            return Some(self.hold(obs, saw, format!("{replan}holds: {why}")));
+        }
         let mut did = format!(
-            "{replan}gives slots: degrees {} → {} (expects {:.1} items/s",
+            "{replan}gives slots: degrees {} → {} (expects {expect:.1} items/s",
             list(&self.degrees),
             list(&next),
-            expect.min(ceiling.unwrap_or(f64::INFINITY))
         );
-        if let Some(g) = self.goal()
-            && ceiling.is_some_and(|c| c < g)
+        if let (Some(g), Some(c)) = (self.goal(), view.ceiling)
+            && c < g
         {
             let _ = write!(
                 did,
@@ -393,18 +395,20 @@ impl Manager {
         Some(self.change(obs, Action::Grow, saw, next, did))
     }
 
-    fn release(&mut self, obs: &Observation, x: f64, saw: String) -> Option<Decision> {
+    fn release(
+        &mut self,
+        obs: &Observation,
+        view: &View,
+        need: f64,
+        saw: String,
+    ) -> Option<Decision> {
         if self.no_release {
             return None;
         }
-        let need = self.goal().map_or(x, |g| g * (1.0 + HEADROOM));
         let mut next = self.degrees.clone();
-        for (i, s) in obs.stages.iter().enumerate() {
-            let (Some(cap), Some(r)) = (s.capacity, s.response) else {
-                continue;
-            };
-            if next[i] > 1 && cap > need * SPARE {
-                next[i] = ((need * r).ceil() as usize).clamp(1, next[i]);
+        for (i, d) in next.iter_mut().enumerate() {
+            if *d > 1 && view.caps[i] > need * SPARE {
+                *d = ((need * view.response[i]).ceil() as usize).clamp(1, *d);
             }
         }
         if next == self.degrees {
@@ -417,20 +421,10 @@ impl Manager {
         );
         self.pending = Some(Pending {
             before: self.degrees.clone(),
-            x_before: x,
+            x_before: obs.throughput,
             grew: false,
         });
         Some(self.change(obs, Action::Release, saw, next, did))
-    }
-
-    /// With every credit in use: frees slots of stages far above the
-    /// throughput, so that the bottleneck can have them next.
-    fn release_spare(&mut self, obs: &Observation, x: f64) -> Option<Decision> {
-        if self.no_release {
-            return None;
-        }
-        let saw = self.describe(obs);
-        self.release(obs, x, saw)
     }
 
     fn hold(&mut self, obs: &Observation, saw: String, did: String) -> Decision {
@@ -452,6 +446,7 @@ impl Manager {
         did: String,
     ) -> Decision {
         self.changes += 1;
+        self.said_input_bound = false;
         let did = match action {
             Action::Revert => format!(
                 "undoes: degrees {} → {}: {did}",
@@ -471,13 +466,8 @@ impl Manager {
     }
 
     /// The throughput and the bottleneck's figures.
-    fn describe(&self, obs: &Observation) -> String {
-        let caps: Vec<f64> = obs
-            .stages
-            .iter()
-            .map(|s| s.capacity.unwrap_or(0.0))
-            .collect();
-        let b = argmin(&caps);
+    fn describe(&self, obs: &Observation, view: &View) -> String {
+        let b = view.bottleneck;
         let s = &obs.stages[b];
         let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.1} ms", v * 1000.0));
         format!(
@@ -491,16 +481,45 @@ impl Manager {
             ms(s.interarrival),
             s.rho.map_or("?".into(), |r| format!("{r:.2}")),
             s.queue,
-            caps[b]
+            view.caps[b]
         )
     }
 }
 
-/// Items per second the pool's cores allow: cores / ΣTs (if every stage
-/// reported kernel times).
-fn ceiling(obs: &Observation, cores: usize) -> Option<f64> {
-    let total: Option<f64> = obs.stages.iter().map(|s| s.service).sum();
-    total.filter(|&t| t > 0.0).map(|t| cores as f64 / t)
+/// What a judged window says, computed once.
+struct View {
+    /// Each stage's capacity, items/s.
+    caps: Vec<f64>,
+    /// Each stage's slot time, seconds.
+    response: Vec<f64>,
+    /// The stage of least capacity.
+    bottleneck: usize,
+    /// Items per second the pool's threads allow: threads / ΣTs (if every
+    /// stage reported kernel times).
+    ceiling: Option<f64>,
+}
+
+impl View {
+    fn of(obs: &Observation) -> View {
+        let caps: Vec<f64> = obs
+            .stages
+            .iter()
+            .map(|s| s.capacity.unwrap_or(0.0))
+            .collect();
+        let total: Option<f64> = obs.stages.iter().map(|s| s.service).sum();
+        View {
+            bottleneck: argmin(&caps),
+            caps,
+            response: obs
+                .stages
+                .iter()
+                .map(|s| s.response.unwrap_or(f64::INFINITY))
+                .collect(),
+            ceiling: total
+                .filter(|&t| t > 0.0)
+                .map(|t| obs.pool.threads as f64 / t),
+        }
+    }
 }
 
 fn argmin(v: &[f64]) -> usize {
@@ -520,223 +539,5 @@ pub fn list(degrees: &[usize]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A pipeline as queueing theory sees it: stage i's kernel takes
-    /// `ts[i]` seconds on one of `cores` threads; with more tasks out than
-    /// threads, tasks wait their turn (their slots are held longer).
-    struct Plant {
-        ts: Vec<f64>,
-        cores: usize,
-        paced: Option<f64>,
-    }
-
-    impl Plant {
-        fn throughput(&self, d: &[usize]) -> f64 {
-            let out: usize = d.iter().sum();
-            let stretch = (out as f64 / self.cores as f64).max(1.0);
-            let stages = (0..d.len())
-                .map(|i| d[i] as f64 / (self.ts[i] * stretch))
-                .fold(f64::INFINITY, f64::min);
-            let ceiling = self.cores as f64 / self.ts.iter().sum::<f64>();
-            let x = stages.min(ceiling);
-            self.paced.map_or(x, |p| x.min(p))
-        }
-
-        fn observe(&self, at: f64, d: &[usize]) -> Observation {
-            let x = self.throughput(d);
-            let out: usize = d.iter().sum();
-            let stretch = (out as f64 / self.cores as f64).max(1.0);
-            let stages = (0..d.len())
-                .map(|i| {
-                    let r = self.ts[i] * stretch;
-                    StageWindow {
-                        degree: d[i],
-                        secs: 1.0,
-                        arrived: x as u64,
-                        served: x as u64,
-                        throughput: x,
-                        response: Some(r),
-                        service: Some(self.ts[i]),
-                        interarrival: Some(1.0 / x),
-                        queue: 0,
-                        rho: Some(self.ts[i] * x / d[i] as f64),
-                        capacity: Some(d[i] as f64 / r),
-                    }
-                })
-                .collect();
-            Observation {
-                at: Duration::from_secs_f64(at),
-                throughput: x,
-                stages,
-            }
-        }
-
-        /// The best static degrees with at most `slots` tasks out.
-        fn best(&self, slots: usize) -> f64 {
-            let mut best = 0.0f64;
-            for a in 1..=slots {
-                for b in 1..=slots {
-                    for c in 1..=slots {
-                        if a + b + c <= slots {
-                            best = best.max(self.throughput(&[a, b, c]));
-                        }
-                    }
-                }
-            }
-            best
-        }
-    }
-
-    fn run(
-        plant: &Plant,
-        contract: Contract,
-        pool: PoolSize,
-        start: &[usize],
-    ) -> (Manager, Vec<Decision>) {
-        let names = vec!["a".into(), "b".into(), "c".into()];
-        let mut m = Manager::new(contract, pool, names, start.to_vec(), MAX_CHANGES);
-        let mut decisions = Vec::new();
-        for t in 1..=40 {
-            let obs = plant.observe(t as f64, m.degrees());
-            decisions.extend(m.observe(&obs));
-        }
-        (m, decisions)
-    }
-
-    #[test]
-    fn a_slow_middle_stage_gets_slots_until_the_pool_is_busy() {
-        let plant = Plant {
-            ts: vec![0.010, 0.040, 0.010],
-            cores: 4,
-            paced: None,
-        };
-        let pool = PoolSize { cores: 4, slots: 8 };
-        let (m, decisions) = run(&plant, Contract::Fastest, pool, &[1, 1, 1]);
-        let got = plant.throughput(m.degrees());
-        let best = plant.best(8);
-        assert!(got >= 0.95 * best, "{got} vs best {best}: {decisions:#?}");
-        assert!(decisions.len() <= 4, "{decisions:#?}");
-        assert!(decisions.last().unwrap().at <= Duration::from_secs(4));
-        assert_eq!(decisions[0].action, Action::Grow);
-        assert!(
-            decisions[0].saw.contains("bottleneck stage 2 (b)"),
-            "{}",
-            decisions[0].saw
-        );
-    }
-
-    #[test]
-    fn a_contract_beyond_the_pool_is_said_unmet_and_changes_stop() {
-        let plant = Plant {
-            ts: vec![0.010, 0.040, 0.010],
-            cores: 4,
-            paced: Some(1000.0),
-        };
-        let pool = PoolSize { cores: 4, slots: 8 };
-        let (m, decisions) = run(&plant, Contract::Throughput(1000.0), pool, &[1, 1, 1]);
-        assert!(m.changes() <= 3, "{decisions:#?}");
-        let why = m.saturated().expect("says why it stopped");
-        assert!(
-            why.contains("4 cores are busy") || why.contains("credits"),
-            "{why}"
-        );
-        let last = decisions.last().unwrap();
-        assert_eq!(last.action, Action::Hold, "{decisions:#?}");
-        assert!(
-            decisions
-                .iter()
-                .any(|d| d.did.contains("above the pool's ceiling"))
-        );
-    }
-
-    #[test]
-    fn a_met_contract_releases_spare_slots_and_keeps_its_rate() {
-        let plant = Plant {
-            ts: vec![0.010, 0.040, 0.010],
-            cores: 16,
-            paced: Some(30.0),
-        };
-        let pool = PoolSize {
-            cores: 16,
-            slots: 32,
-        };
-        let (m, decisions) = run(&plant, Contract::Throughput(30.0), pool, &[4, 8, 4]);
-        assert_eq!(m.degrees(), [1, 2, 1], "{decisions:#?}");
-        assert!(plant.throughput(m.degrees()) >= 30.0 * MET);
-        assert!(decisions.iter().all(|d| d.action == Action::Release));
-    }
-
-    #[test]
-    fn growth_that_does_not_pay_is_undone_once_and_not_tried_again() {
-        // Something the model does not see (a link) holds the job at what
-        // the middle stage does alone.
-        let plant = Plant {
-            ts: vec![0.010, 0.040, 0.010],
-            cores: 8,
-            paced: Some(25.0),
-        };
-        // Kernel times unknown (older agents): no ceiling to stop at.
-        let pool = PoolSize {
-            cores: 8,
-            slots: 16,
-        };
-        let names = vec!["a".into(), "b".into(), "c".into()];
-        let mut m = Manager::new(Contract::Fastest, pool, names, vec![1, 1, 1], MAX_CHANGES);
-        let mut decisions = Vec::new();
-        for t in 1..=30 {
-            let mut obs = plant.observe(t as f64, m.degrees());
-            for s in &mut obs.stages {
-                s.service = None;
-            }
-            decisions.extend(m.observe(&obs));
-        }
-        let actions: Vec<Action> = decisions.iter().map(|d| d.action).collect();
-        assert_eq!(actions, [Action::Grow, Action::Revert], "{decisions:#?}");
-        assert_eq!(m.degrees(), [1, 1, 1]);
-        assert!(m.saturated().unwrap().contains("did not raise"));
-    }
-
-    #[test]
-    fn stages_with_capacity_to_spare_are_left_alone_and_said_so_once() {
-        let plant = Plant {
-            ts: vec![0.010, 0.040, 0.010],
-            cores: 8,
-            paced: Some(10.0),
-        };
-        let pool = PoolSize {
-            cores: 8,
-            slots: 16,
-        };
-        let (m, decisions) = run(&plant, Contract::Fastest, pool, &[1, 1, 1]);
-        assert_eq!(decisions.len(), 1, "{decisions:#?}");
-        assert_eq!(decisions[0].action, Action::Hold);
-        assert!(decisions[0].did.contains("the input or the master"));
-        assert_eq!((m.degrees(), m.changes()), (&[1, 1, 1][..], 0));
-    }
-
-    #[test]
-    fn windows_too_short_or_too_thin_are_not_judged() {
-        let plant = Plant {
-            ts: vec![0.010, 0.040, 0.010],
-            cores: 4,
-            paced: None,
-        };
-        let pool = PoolSize { cores: 4, slots: 8 };
-        let mut m = Manager::new(
-            Contract::Fastest,
-            pool,
-            vec!["a".into(); 3],
-            vec![1, 1, 1],
-            12,
-        );
-        let mut obs = plant.observe(1.0, &[1, 1, 1]);
-        obs.stages[1].served = MIN_SERVED - 1;
-        assert_eq!(m.observe(&obs), None);
-        let mut obs = plant.observe(1.0, &[1, 1, 1]);
-        obs.stages[0].secs = MIN_WINDOW / 2.0;
-        assert_eq!(m.observe(&obs), None);
-        assert_eq!(m.changes(), 0);
-    }
-}
+#[path = "manager_tests.rs"]
+mod tests;

@@ -25,8 +25,8 @@ use super::{JobError, check::check};
 use crate::client::AgentConn;
 use crate::trace::{Trace, TraceError};
 use graph::Control;
-use manager::{MET, Manager};
-use metrics::{AgentTotals, StageWindow, window};
+use manager::{Manager, meets};
+use metrics::{AgentTotals, StageWindow, Totals, window};
 use skelpi_agent::kernels::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::time::Duration;
@@ -74,7 +74,7 @@ pub fn stages(skeleton: &Skeleton) -> Result<Vec<(Kernel, usize)>, JobError> {
         s => one(s).map(|s| vec![s]),
     };
     found.filter(|s| !s.is_empty()).ok_or_else(|| {
-        JobError::Invalid(format!(
+        JobError::Unmanageable(format!(
             "a managed job is a pipeline of seq(k) and farm(seq(k)) stages, or one of them; \
              {skeleton} is not"
         ))
@@ -88,40 +88,57 @@ pub struct Report {
     pub contract: Contract,
     /// Each stage's kernel, as text.
     pub stages: Vec<String>,
-    /// Degrees at the start and at the end.
+    /// Degrees at the start.
     pub initial: Vec<usize>,
     /// Degrees at the end.
     pub degrees: Vec<usize>,
-    /// Every decision, in order.
+    /// Every decision, in order (the first 256).
     pub decisions: Vec<Decision>,
     /// Changes of degrees made (reverts included).
     pub changes: usize,
     /// When the last change was made, since the start (`None`: none was).
     pub settled_at: Option<Duration>,
-    /// The job's length, and its results.
+    /// From the start to the last result.
     pub elapsed: Duration,
     /// Results out of the last stage.
     pub items: u64,
     /// Mean throughput over the whole job, items per second.
     pub throughput: f64,
-    /// Throughput from the last change to the end (the whole job if there
-    /// was none), items per second.
-    pub settled_throughput: f64,
+    /// Throughput from the last change to the last result, items per
+    /// second; `None` when that is too short to judge (under
+    /// [`manager::MIN_WINDOW`] or 20 results) — then the job's mean counts.
+    pub settled_throughput: Option<f64>,
     /// Why the manager stopped giving slots, if it did.
     pub limit: Option<String>,
-    /// Each stage over the whole job.
+    /// Each stage in the last window the manager judged (the whole job if
+    /// none was judged).
     pub per_stage: Vec<StageWindow>,
-    /// What each agent did for each stage (by stage, then agent position).
+    /// Items each stage finished over the whole job.
+    pub served: Vec<u64>,
+    /// What each agent did for each stage (by stage, then agent position
+    /// in the pool).
     pub per_agent: Vec<Vec<AgentTotals>>,
 }
 
 impl Report {
+    /// The throughput the verdict is based on: settled, else the job's.
+    pub fn judged_throughput(&self) -> f64 {
+        self.settled_throughput.unwrap_or(self.throughput)
+    }
+
     /// Whether the contract was met: the settled throughput reached it
-    /// ([`MET`] of it; always, as fast as the pool allows).
+    /// ([`manager::MET`] of it, give or take one item; always, as fast as
+    /// the pool allows).
     pub fn met(&self) -> bool {
         match self.contract {
             Contract::Fastest => true,
-            Contract::Throughput(t) => self.settled_throughput >= t * MET,
+            Contract::Throughput(t) => {
+                let span = match (self.settled_at, self.settled_throughput) {
+                    (Some(at), Some(_)) => self.elapsed.saturating_sub(at),
+                    _ => self.elapsed,
+                };
+                meets(self.judged_throughput(), span.as_secs_f64(), t)
+            }
         }
     }
 
@@ -141,18 +158,25 @@ impl Report {
             ),
         };
         let _ = writeln!(s, "manager: contract {} — {verdict}", self.contract);
-        let settled = self
-            .settled_at
-            .map_or("no change was needed".to_string(), |t| {
-                format!("settled after {:.1}s", t.as_secs_f64())
-            });
+        let changes = match self.changes {
+            1 => "1 change".to_string(),
+            n => format!("{n} changes"),
+        };
+        let settled = match (self.settled_at, self.settled_throughput) {
+            (None, _) => "no change was needed".to_string(),
+            (Some(t), Some(x)) => {
+                format!(
+                    "settled after {:.1}s; {x:.1} items/s since",
+                    t.as_secs_f64()
+                )
+            }
+            (Some(t), None) => format!("last change at {:.1}s, too late to judge", t.as_secs_f64()),
+        };
         let _ = writeln!(
             s,
-            "manager: degrees {} → {} ({} changes, {settled}); {:.1} items/s since, {:.1} over the job",
+            "manager: degrees {} → {} ({changes}, {settled}); {:.1} items/s over the job",
             manager::list(&self.initial),
             manager::list(&self.degrees),
-            self.changes,
-            self.settled_throughput,
             self.throughput
         );
         if let (Contract::Fastest, Some(limit)) = (self.contract, &self.limit) {
@@ -169,24 +193,70 @@ impl Report {
                 .join(" ");
             let _ = writeln!(
                 s,
-                "  stage {} {name}: degree {}, Ts {}, Ta {}, rho {}, {} items (by agent {agents})",
+                "  stage {} {name}: degree {}, Ts {}, Ta {}, rho {} at degree {}; {} items (by agent {agents})",
                 i + 1,
                 self.degrees[i],
                 ms(w.service),
                 ms(w.interarrival),
                 w.rho.map_or("?".into(), |r| format!("{r:.2}")),
-                w.served,
+                w.degree,
+                self.served[i],
             );
         }
         s
     }
+
+    /// Renumbers the agents of `per_agent` from positions among the
+    /// connections the job ran on to positions in the pool (`places[i]`:
+    /// the pool position of connection i).
+    pub fn renumber_agents(&mut self, places: &[usize]) {
+        for stage in &mut self.per_agent {
+            let mut pooled = Vec::new();
+            for (i, a) in stage.iter().enumerate() {
+                let at = places.get(i).copied().unwrap_or(i);
+                if pooled.len() <= at {
+                    pooled.resize(at + 1, AgentTotals::default());
+                }
+                pooled[at] = *a;
+            }
+            *stage = pooled;
+        }
+    }
+}
+
+/// Checks what a managed job needs of its options.
+fn validate(opts: &Options, stages: usize) -> Result<(), JobError> {
+    let bad = |why: String| Err(JobError::Unmanageable(why));
+    if opts.period < Duration::from_millis(10) {
+        return bad(format!(
+            "a period of {:?} is too short (at least 10 ms)",
+            opts.period
+        ));
+    }
+    if let Contract::Throughput(t) = opts.contract
+        && !(t.is_finite() && t > 0.0)
+    {
+        return bad(format!(
+            "a throughput of {t} items/s is not a positive rate"
+        ));
+    }
+    if let Some(fixed) = &opts.fixed {
+        if fixed.len() != stages {
+            return bad(format!("{} fixed degrees for {stages} stages", fixed.len()));
+        }
+        if fixed.contains(&0) {
+            return bad(format!("fixed degrees {} include 0", manager::list(fixed)));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `skeleton` (see [`stages`]) on `inputs` over `conns`, managed as
 /// `opts` say; results go to `on_result` in input order, decisions to
 /// `on_decision` as they are made. Traced if `trace_out` is given (the
-/// decisions are marks of the trace). The report is there even when the
-/// job failed.
+/// decisions are marks of the trace). The report is there when the job
+/// started, even if it failed; `None` when it could not start (a tree or
+/// options a manager cannot run: [`JobError::Unmanageable`]).
 pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
@@ -196,29 +266,23 @@ pub async fn run(
     on_decision: impl FnMut(&Decision),
     trace_out: Option<&mut Result<Trace, TraceError>>,
 ) -> (Result<(), JobError>, Option<Report>) {
-    let stages = match check(skeleton).and_then(|()| stages(skeleton)) {
+    let stages = match check(skeleton)
+        .and_then(|()| stages(skeleton))
+        .and_then(|s| validate(opts, s.len()).map(|()| s))
+    {
         Ok(s) => s,
         Err(e) => return (Err(e), None),
     };
     let (kernels, initial): (Vec<Kernel>, Vec<usize>) = stages.into_iter().unzip();
-    let start = opts.fixed.clone().unwrap_or_else(|| initial.clone());
-    if start.len() != kernels.len() {
-        let why = format!("{} fixed degrees for {} stages", start.len(), kernels.len());
-        return (Err(JobError::Invalid(why)), None);
-    }
-    let cores: usize = conns.iter().map(|c| (c.info().cores as usize).max(1)).sum();
-    let pool = PoolSize {
-        cores,
-        slots: cores * super::dispatch::CREDITS_PER_WORKER,
-    };
+    let start = opts.fixed.clone().unwrap_or(initial);
     let names = kernels.iter().map(Kernel::to_string).collect();
     let manager = opts
         .fixed
         .is_none()
-        .then(|| Manager::new(opts.contract, pool, names, start.clone(), opts.max_changes));
+        .then(|| Manager::new(opts.contract, names, start.clone(), opts.max_changes));
     let pace = match opts.contract {
-        Contract::Throughput(t) if t > 0.0 => Some(t),
-        _ => None,
+        Contract::Throughput(t) => Some(t),
+        Contract::Fastest => None,
     };
     let ctl = Control::new(
         kernels,
@@ -232,26 +296,35 @@ pub async fn run(
     (result, Some(report(&ctl, opts.contract, start)))
 }
 
+/// Results after the last change needed to judge the settled throughput.
+const SETTLED_ITEMS: u64 = 20;
+
 fn report(ctl: &Control<'_>, contract: Contract, initial: Vec<usize>) -> Report {
-    let elapsed = ctl.start.elapsed();
+    let start = ctl.start.get();
+    let end = ctl.last_out.get().unwrap_or(start);
+    let elapsed = end - start;
+    let secs = elapsed.as_secs_f64().max(1e-9);
     let totals = ctl.totals.borrow();
     let degrees = ctl.degrees();
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let zero = metrics::Totals::default();
-    let per_stage = totals
-        .iter()
-        .zip(&degrees)
-        .map(|(t, &d)| window(&zero, t, secs, d))
-        .collect();
     let items = ctl.out.get();
-    let manager = ctl.manager.borrow();
+    let per_stage = match ctl.last_window.borrow().as_ref() {
+        Some(obs) => obs.stages.clone(),
+        None => totals
+            .iter()
+            .zip(&degrees)
+            .map(|(t, &d)| window(&Totals::default(), t, secs, d))
+            .collect(),
+    };
     let (settled_at, settled_throughput) = match ctl.last_change.get() {
         Some((at, out)) => {
-            let since = at.elapsed().as_secs_f64().max(1e-9);
-            (Some(at - ctl.start), (items - out) as f64 / since)
+            let span = end.saturating_duration_since(at).as_secs_f64();
+            let n = items - out;
+            let judged = span >= manager::MIN_WINDOW && n >= SETTLED_ITEMS;
+            (Some(at - start), judged.then(|| n as f64 / span))
         }
-        None => (None, items as f64 / secs),
+        None => (None, Some(items as f64 / secs)),
     };
+    let manager = ctl.manager.borrow();
     Report {
         contract,
         stages: ctl.names.clone(),
@@ -268,6 +341,7 @@ fn report(ctl: &Control<'_>, contract: Contract, initial: Vec<usize>) -> Report 
             .as_ref()
             .and_then(|m| m.saturated().map(str::to_owned)),
         per_stage,
+        served: totals.iter().map(|t| t.served).collect(),
         per_agent: totals.iter().map(|t| t.agents.clone()).collect(),
     }
 }
