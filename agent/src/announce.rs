@@ -323,6 +323,7 @@ pub fn parse_txt(
         cores: number(KEY_CORES, get(KEY_CORES)?)?,
         memory_bytes: number(KEY_MEM, get(KEY_MEM)?)?,
         port: number(KEY_PORT, get(KEY_PORT)?)?,
+        kernels: Vec::new(),
     })
 }
 
@@ -346,6 +347,7 @@ mod tests {
             cores: 4,
             memory_bytes: 8 << 30,
             port: 7878,
+            kernels: Vec::new(),
         }
     }
 

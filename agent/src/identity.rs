@@ -68,6 +68,7 @@ pub fn local_info(name: &str, id: Option<&str>, workers: usize, port: u16) -> Ag
         cores: workers as u32,
         memory_bytes: total_memory(),
         port,
+        kernels: Vec::new(),
     }
 }
 

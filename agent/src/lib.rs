@@ -24,6 +24,7 @@
 
 pub mod admission;
 pub mod announce;
+pub mod cli;
 pub mod identity;
 pub mod kernels;
 pub mod key;

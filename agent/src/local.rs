@@ -2,6 +2,7 @@
 //! default benchmark run on when no board answers.
 
 use crate::identity;
+use crate::kernels::Registry;
 use crate::key::ClusterKey;
 use crate::server::{self, ServerConfig};
 use crate::wire::handshake::AcceptOptions;
@@ -20,6 +21,8 @@ pub struct LocalOptions {
     /// Shift of its trace clock, nanoseconds (see
     /// [`crate::trace::Recorder::set_clock_offset`]).
     pub clock_offset_ns: i64,
+    /// Its kernels (`None`: the built-in ones).
+    pub kernels: Option<Registry>,
 }
 
 impl Default for LocalOptions {
@@ -28,6 +31,7 @@ impl Default for LocalOptions {
             allow_plaintext: true,
             workers: 1,
             clock_offset_ns: 0,
+            kernels: None,
         }
     }
 }
@@ -49,14 +53,17 @@ impl LocalAgent {
         let addr = std_listener.local_addr()?;
         let listener = async_net::TcpListener::try_from(std_listener)?;
         let info = identity::local_info(name, None, opts.workers, addr.port());
-        let config = Arc::new(ServerConfig::new(
-            info.clone(),
+        let config = ServerConfig::new(
+            info,
             key,
             AcceptOptions {
                 allow_plaintext: opts.allow_plaintext,
                 ..AcceptOptions::default()
             },
-        )?);
+        )?
+        .with_kernels(opts.kernels.unwrap_or_else(Registry::builtin));
+        let info = config.info.clone();
+        let config = Arc::new(config);
         config
             .workers
             .recorder()

@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Grant masters' requests for a plaintext transport.
     pub allow_plaintext: bool,
+    /// The kernels it offers.
+    pub kernels: crate::kernels::Registry,
 }
 
 /// Why the daemon stopped with an error.
@@ -96,7 +98,8 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
                 ..AcceptOptions::default()
             },
         )
-        .map_err(NodeError::Serve)?,
+        .map_err(NodeError::Serve)?
+        .with_kernels(config.kernels),
     );
     service::ready(&status);
     let serve = server::serve(listener, server_config, async {

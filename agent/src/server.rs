@@ -57,10 +57,19 @@ impl ServerConfig {
             key,
             accept,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            kernels: Registry::builtin(),
+            kernels: Registry::default(),
             workers,
             streams: Streams::default(),
-        })
+        }
+        .with_kernels(Registry::builtin()))
+    }
+
+    /// The same, offering `kernels` (and saying so in its handshake
+    /// reply).
+    pub fn with_kernels(mut self, kernels: Registry) -> ServerConfig {
+        self.info.kernels = kernels.names().into_iter().map(str::to_owned).collect();
+        self.kernels = kernels;
+        self
     }
 }
 

@@ -4,12 +4,13 @@
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::eval::get_nodes;
 use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
-use crate::runtime::{JobError, autonomic, job};
+use crate::runtime::{JobError, autonomic, job, offered};
 use crate::trace::{Trace, TraceError};
 use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
 use skelpi_agent::wire::handshake::ConnectOptions;
+use skelpi_proto::AgentInfo;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -217,7 +218,8 @@ impl Cluster {
                 .await?;
             return Ok(());
         }
-        let (places, mut conns, bad) = self.take_good();
+        let able = self.able(skeleton)?;
+        let (places, mut conns, bad) = self.take_good(&able);
         let trace = (self.tracing, &mut self.last_trace);
         let result = Self::job(trace, &mut conns, skeleton, inputs, on_result).await;
         self.put_back(places, conns, bad);
@@ -239,7 +241,11 @@ impl Cluster {
         on_decision: impl FnMut(&autonomic::Decision),
     ) -> (Result<(), JobError>, Option<autonomic::Report>) {
         self.rejoin().await;
-        let (places, mut conns, bad) = self.take_good();
+        let able = match self.able(skeleton) {
+            Ok(able) => able,
+            Err(e) => return (Err(e), None),
+        };
+        let (places, mut conns, bad) = self.take_good(&able);
         let mut trace = Err(TraceError::Stopped);
         let traced = self.tracing.then_some(&mut trace);
         let mut out = if conns.is_empty() {
@@ -266,14 +272,43 @@ impl Cluster {
         out
     }
 
-    /// Takes the connections still good out of the pool, with their places
-    /// (jobs run on them), and the broken ones.
+    /// Which agents of the pool (by position) can run `tree`: good ones
+    /// that offer every kernel it names (others are left out, with a
+    /// warning). `Err`, before anything is sent, when none can.
+    fn able(&self, tree: &Skeleton) -> Result<Vec<bool>, JobError> {
+        let good: Vec<usize> = (0..self.agents.len())
+            .filter(|&i| !self.agents[i].is_broken())
+            .collect();
+        let infos: Vec<&AgentInfo> = good.iter().map(|&i| self.agents[i].info()).collect();
+        let mut able = vec![false; self.agents.len()];
+        for a in offered::able(tree, &infos)? {
+            able[good[a]] = true;
+        }
+        for &i in &good {
+            if !able[i] {
+                let info = self.agents[i].info();
+                log::warn!(
+                    "agent {} does not offer every kernel of {tree} (it has {}): left out \
+                     of this job",
+                    info.name,
+                    info.kernels.join(", ")
+                );
+            }
+        }
+        Ok(able)
+    }
+
+    /// Takes the connections marked in `able` out of the pool, with their
+    /// places (jobs run on them), and the others.
     #[allow(clippy::type_complexity)]
-    fn take_good(&mut self) -> (Vec<usize>, Vec<AgentConn>, Vec<(usize, AgentConn)>) {
+    fn take_good(
+        &mut self,
+        able: &[bool],
+    ) -> (Vec<usize>, Vec<AgentConn>, Vec<(usize, AgentConn)>) {
         let (good, bad): (Vec<_>, Vec<_>) = std::mem::take(&mut self.agents)
             .into_iter()
             .enumerate()
-            .partition(|(_, a)| !a.is_broken());
+            .partition(|(i, _)| able.get(*i).copied().unwrap_or(false));
         let (places, conns) = good.into_iter().unzip();
         (places, conns, bad)
     }
@@ -322,11 +357,14 @@ impl Cluster {
         on_result: impl FnMut(u64, Array),
     ) -> Result<Vec<StageReport>, JobError> {
         self.rejoin().await;
+        let tree = Skeleton::pipe(stages.iter().cloned().map(Skeleton::seq));
+        let able = self.able(&tree)?;
         let pool: Vec<Placement> = self
             .agents
             .iter()
-            .filter(|a| !a.is_broken())
-            .map(|a| Placement {
+            .zip(&able)
+            .filter(|&(_, &able)| able)
+            .map(|(a, _)| Placement {
                 addr: a.addr(),
                 name: a.info().name.clone(),
             })

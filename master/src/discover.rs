@@ -262,6 +262,7 @@ mod tests {
                 cores: 4,
                 memory_bytes: 1,
                 port: 9000,
+                kernels: Vec::new(),
             },
             addrs: vec!["10.0.0.2".parse().unwrap(), "fe80::1".parse().unwrap()],
             instance: "pi".into(),

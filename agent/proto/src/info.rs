@@ -23,4 +23,8 @@ pub struct AgentInfo {
     pub memory_bytes: u64,
     /// TCP port the agent listens on.
     pub port: u16,
+    /// The kernels it offers, sorted (in its handshake reply; not in its
+    /// TXT record). Empty: not said (an older agent, or mDNS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<String>,
 }

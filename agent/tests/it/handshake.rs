@@ -14,7 +14,7 @@ fn agent(allow_plaintext: bool) -> (LocalAgent, ClusterKey) {
     let opts = LocalOptions {
         allow_plaintext,
         workers: 1,
-        clock_offset_ns: 0,
+        ..LocalOptions::default()
     };
     (
         LocalAgent::start("hs-test", key.clone(), opts).unwrap(),

@@ -46,6 +46,23 @@ pub enum JobError {
     /// The skeleton cannot run on these inputs.
     #[error("invalid job: {0}")]
     Invalid(String),
+    /// The tree names kernels that no agent of the pool offers (or that
+    /// no single agent offers all of).
+    #[error(
+        "{}: {}",
+        if kernels.len() == 1 {
+            format!("no agent of the pool offers kernel {}", kernels[0])
+        } else {
+            format!("no agent offers all of {}", kernels.join(", "))
+        },
+        offered.join("; ")
+    )]
+    NoKernel {
+        /// The kernels.
+        kernels: Vec<String>,
+        /// What each agent offers (`name has k1, k2`).
+        offered: Vec<String>,
+    },
     /// A managed job's tree or options are not what a manager can run.
     #[error("cannot manage this job: {0}")]
     Unmanageable(String),

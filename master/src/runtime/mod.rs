@@ -18,6 +18,7 @@ pub mod dispatch;
 mod error;
 pub mod eval;
 pub mod job;
+pub mod offered;
 pub mod schedule;
 pub mod sequential;
 pub mod stream;

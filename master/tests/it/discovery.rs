@@ -30,6 +30,7 @@ fn agents() -> Vec<AgentInfo> {
             memory_bytes: (1 + i as u64) << 30,
             // Nothing listens there: discovery only reads the announcement.
             port: 40_000 + rand::random::<u16>() % 20_000 + i as u16,
+            kernels: Vec::new(),
         })
         .collect()
 }

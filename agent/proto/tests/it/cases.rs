@@ -124,6 +124,7 @@ pub fn sample_agent() -> AgentInfo {
         cores: 4,
         memory_bytes: 4 << 30,
         port: 7878,
+        kernels: Vec::new(),
     }
 }
 

@@ -49,9 +49,10 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
         any::<u32>(),
         any::<u64>(),
         any::<u16>(),
+        proptest::collection::vec(any::<String>(), 0..4),
     )
         .prop_map(
-            |(id, name, version, arch, cores, memory_bytes, port)| AgentInfo {
+            |(id, name, version, arch, cores, memory_bytes, port, kernels)| AgentInfo {
                 id,
                 name,
                 version,
@@ -59,6 +60,7 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
                 cores,
                 memory_bytes,
                 port,
+                kernels,
             },
         )
 }

@@ -1,0 +1,114 @@
+//! The agent's command line, as a library: `skelpi-agent` is
+//! `cli::main(Registry::builtin())`, and a custom agent is the same with
+//! its own kernels — a ten-line `main.rs`:
+//!
+//! ```no_run
+//! use skelpi_agent::kernels::{Array, KernelError, Registry};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let kernels = Registry::builtin().with("celsius", |_: &[f64], x: Array| {
+//!         let data = x.data.iter().map(|f| (f - 32.0) * 5.0 / 9.0).collect();
+//!         Ok::<_, KernelError>(Array { data, ..x })
+//!     });
+//!     skelpi_agent::cli::main(kernels)
+//! }
+//! ```
+//!
+//! It takes the same flags as `skelpi-agent`, announces itself the same
+//! way, and tells masters its kernels in its handshake reply, so that they
+//! send it only jobs it can run.
+
+use crate::kernels::Registry;
+use crate::{identity, key, logging, node};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use thiserror::Error;
+
+/// skelpi-agent: runs skelpi skeleton roles (farm worker, pipeline stage,
+/// reducer, echo) for an authenticated master, on all of this board's cores.
+///
+/// It announces itself as `_skelpi._tcp.local.` over mDNS/DNS-SD so that
+/// `skelpi discover` finds it, and accepts only masters holding the cluster
+/// key (create one with `skelpi keygen`; the file must be mode 0600).
+/// Under systemd it logs to the journal, otherwise to stderr (RUST_LOG sets
+/// the level).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "skelpi-agent", version, about, long_about)]
+pub struct Args {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "0.0.0.0:7871", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Agent name, shown by `skelpi discover` [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Fixed agent id [default: derived from the machine id, name and port].
+    #[arg(long)]
+    id: Option<String>,
+    /// Cluster key file (64 hex digits, mode 0600) [default: $SKELPI_KEY_FILE,
+    /// $CREDENTIALS_DIRECTORY/cluster.key, ~/.config/skelpi/cluster.key].
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// Do not announce over mDNS; masters must name this agent with --agents.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Worker threads for kernels [default: number of cores].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Grant a master's request to skip encryption after authenticating
+    /// (for benchmark networks you trust).
+    #[arg(long)]
+    allow_plaintext: bool,
+}
+
+/// Why an agent could not run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The cluster key could not be used.
+    #[error("cannot use cluster key {}: {source}", path.display())]
+    Key {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Why it could not be used.
+        source: key::KeyError,
+    },
+    /// The daemon stopped with an error.
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+}
+
+/// Parses the command line and runs the agent with `kernels` until SIGTERM
+/// or SIGINT. Exit status 0 after a clean shutdown, 2 on an error (logged
+/// and printed).
+pub fn main(kernels: Registry) -> ExitCode {
+    let args = Args::parse();
+    logging::init(log::LevelFilter::Info);
+    match run(args, kernels) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("skelpi-agent: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the agent as `args` say, with `kernels`.
+pub fn run(args: Args, kernels: Registry) -> Result<(), CliError> {
+    let path = args.key_file.unwrap_or_else(key::default_key_path);
+    let key = key::ClusterKey::load(&path).map_err(|source| CliError::Key { path, source })?;
+    let workers = args.workers.unwrap_or_else(identity::cores).max(1);
+    node::run(node::NodeConfig {
+        listen: args.listen,
+        name: args.name.unwrap_or_else(identity::default_name),
+        id: args.id,
+        key,
+        workers,
+        mdns: !args.no_mdns,
+        allow_plaintext: args.allow_plaintext,
+        kernels,
+    })?;
+    Ok(())
+}
