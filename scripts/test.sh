@@ -27,6 +27,7 @@ APT_PACKAGES=(
     mtools      # mdir, mcopy: read those partitions without mounting them
     cloud-init  # cloud-init schema: validates the user-data those images carry
     python3-yaml # parses their network-config
+    python3     # runs the example port program (examples/ports/scale.py)
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -60,6 +60,16 @@ pub struct Args {
     /// (for benchmark networks you trust).
     #[arg(long)]
     allow_plaintext: bool,
+    /// Offer the executable files of DIR as kernels `port:NAME` (external
+    /// programs exchanging 4-byte-length-prefixed frames on stdin/stdout;
+    /// see the README's "Bringing your code to the boards"). Only programs
+    /// there can be run.
+    #[arg(long, value_name = "DIR")]
+    ports: Option<PathBuf>,
+    /// Seconds a port program may take to answer one call before it is
+    /// killed and the task fails.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    port_timeout: u64,
 }
 
 /// Why an agent could not run.
@@ -73,6 +83,14 @@ pub enum CliError {
         path: PathBuf,
         /// Why it could not be used.
         source: key::KeyError,
+    },
+    /// The ports directory could not be read.
+    #[error("cannot read ports directory {}: {source}", dir.display())]
+    Ports {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// The daemon stopped with an error.
     #[error(transparent)]
@@ -100,6 +118,18 @@ pub fn run(args: Args, kernels: Registry) -> Result<(), CliError> {
     let path = args.key_file.unwrap_or_else(key::default_key_path);
     let key = key::ClusterKey::load(&path).map_err(|source| CliError::Key { path, source })?;
     let workers = args.workers.unwrap_or_else(identity::cores).max(1);
+    let kernels = match &args.ports {
+        Some(dir) => {
+            let timeout = std::time::Duration::from_secs(args.port_timeout.max(1));
+            kernels
+                .with_ports(dir, timeout)
+                .map_err(|source| CliError::Ports {
+                    dir: dir.clone(),
+                    source,
+                })?
+        }
+        None => kernels,
+    };
     node::run(node::NodeConfig {
         listen: args.listen,
         name: args.name.unwrap_or_else(identity::default_name),

@@ -20,7 +20,7 @@ use crate::workers::{Outcome, Tag, Traced};
 use futures_lite::future;
 use skelpi_proto::trace::{ClockReading, NO_STAGE, TraceKind};
 use skelpi_proto::{
-    ErrorCode, ErrorReply, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
+    ErrorCode, ErrorReply, JobId, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
 };
 use smol::lock::Mutex;
 use std::cell::Cell;
@@ -73,6 +73,9 @@ pub async fn serve_session(
     let mut stop = std::pin::pin!(stop);
     // Jobs this session has run tasks for, to log each job once.
     let mut jobs = HashSet::new();
+    // The job of the last task: when a task of another comes, or the
+    // master goes, it has ended here (its ports' programs are stopped).
+    let last_job: Cell<Option<JobId>> = Cell::new(None);
     let recorder = config.workers.recorder();
     // This connection's number in traces.
     let conn = recorder.new_conn();
@@ -145,6 +148,11 @@ pub async fn serve_session(
                     }
                 },
                 Message::Task(task) => {
+                    if let Some(ended) = last_job.replace(Some(task.job))
+                        && ended != task.job
+                    {
+                        config.kernels.end_job(ended);
+                    }
                     if jobs.len() >= JOBS_REMEMBERED {
                         jobs.clear();
                     }
@@ -426,6 +434,9 @@ pub async fn serve_session(
         ),
     )
     .await;
+    if let Some(job) = last_job.get() {
+        config.kernels.end_job(job);
+    }
     let left = in_flight.get();
     if left > 0 {
         // The workers skip queued calls whose session is gone.

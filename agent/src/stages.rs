@@ -393,6 +393,8 @@ pub async fn run_stage(
         failed
     };
     let (computed, forwarded) = future::zip(compute, forward).await;
+    // The stage's job has ended here (its ports' programs are stopped).
+    config.kernels.end_job(job);
     if let Some(failed) = computed.or(forwarded) {
         if let Message::Error(e) = &failed {
             log::warn!(skelpi_job:% = job; "job {job}: {}", e.message);

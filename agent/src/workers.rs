@@ -89,7 +89,8 @@ impl Workers {
                                 continue;
                             }
                             let at = Instant::now();
-                            let result = call_kernel(&*job.kernel, &job.args, job.input);
+                            let result =
+                                call_kernel_for(&*job.kernel, job.tag.job, &job.args, job.input);
                             let busy = at.elapsed();
                             if let Some(t) = job.tag.trace {
                                 let tag = job.tag;
@@ -183,7 +184,17 @@ impl Drop for Workers {
 
 /// Runs a kernel on this thread, turning a panic into a [`Failure`].
 pub fn call_kernel(kernel: &dyn Kernel, args: &[f64], input: Array) -> Result<Array, Failure> {
-    match catch_unwind(AssertUnwindSafe(|| kernel.call(args, input))) {
+    call_kernel_for(kernel, JobId::default(), args, input)
+}
+
+/// [`call_kernel`] for job `job` ([`Kernel::call_for`]).
+pub fn call_kernel_for(
+    kernel: &dyn Kernel,
+    job: JobId,
+    args: &[f64],
+    input: Array,
+) -> Result<Array, Failure> {
+    match catch_unwind(AssertUnwindSafe(|| kernel.call_for(job, args, input))) {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(e)) => Err(Failure {
             message: e.0,

@@ -14,8 +14,9 @@
 //! ```
 
 mod builtin;
+pub mod port;
 
-use skelpi_proto::Shape;
+use skelpi_proto::{JobId, Shape};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use thiserror::Error;
@@ -54,6 +55,20 @@ pub struct KernelError(pub String);
 pub trait Kernel: Send + Sync {
     /// Runs the kernel. It may panic; callers catch that and report it.
     fn call(&self, args: &[f64], input: Array) -> Result<Array, KernelError>;
+
+    /// Runs the kernel for job `job` (agents call this one). A kernel that
+    /// keeps resources per job (a port's processes) overrides it; by
+    /// default it is [`Kernel::call`].
+    fn call_for(&self, job: JobId, args: &[f64], input: Array) -> Result<Array, KernelError> {
+        let _ = job;
+        self.call(args, input)
+    }
+
+    /// Job `job` has ended here (its master started another, or went
+    /// away): resources kept for it can go. By default, nothing.
+    fn end_job(&self, job: JobId) {
+        let _ = job;
+    }
 }
 
 impl<F> Kernel for F
@@ -104,6 +119,26 @@ impl Registry {
     /// Registered names, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.kernels.keys().map(String::as_str).collect()
+    }
+
+    /// Adds `port:NAME` for every executable file `NAME` of `dir` (see
+    /// [`port`]), each call answered within `timeout`.
+    pub fn with_ports(
+        mut self,
+        dir: &std::path::Path,
+        timeout: std::time::Duration,
+    ) -> std::io::Result<Registry> {
+        for (name, kernel) in port::scan(dir, timeout)? {
+            self.kernels.insert(name, Arc::new(kernel));
+        }
+        Ok(self)
+    }
+
+    /// Tells every kernel that job `job` has ended here.
+    pub fn end_job(&self, job: JobId) {
+        for k in self.kernels.values() {
+            k.end_job(job);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod faults;
 mod image;
 mod lab;
 mod memory;
+mod ports;
 mod skeleton_cli;
 mod skeletons;
 mod support;
