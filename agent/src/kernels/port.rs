@@ -76,13 +76,15 @@ struct State {
     ended: VecDeque<JobId>,
 }
 
-/// A running program: its input, and its replies as a reader thread
-/// parses them from its output.
+/// A running program: requests go to a writer thread (a program that does
+/// not read cannot block the caller past the timeout: the pipe fills, the
+/// writer waits, the call times out and kills the program), replies come
+/// from a reader thread that parses its output.
 #[derive(Debug)]
 struct Running {
     job: JobId,
     child: Child,
-    stdin: ChildStdin,
+    requests: mpsc::Sender<Vec<u8>>,
     replies: mpsc::Receiver<Result<Vec<u8>, String>>,
 }
 
@@ -123,6 +125,18 @@ impl Port {
             })?;
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
+        let (requests, to_write) = mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::Builder::new()
+            .name("port-writer".into())
+            .spawn(move || write_frames(stdin, to_write));
+        if let Err(e) = writer {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(KernelError(format!(
+                "{}: cannot start a writer: {e}",
+                self.name()
+            )));
+        }
         let (tx, replies) = mpsc::channel();
         std::thread::Builder::new()
             .name("port-reader".into())
@@ -135,11 +149,15 @@ impl Port {
                     }
                 }
             })
-            .map_err(|e| KernelError(format!("{}: cannot start a reader: {e}", self.name())))?;
+            .map_err(|e| {
+                let _ = child.kill();
+                let _ = child.wait();
+                KernelError(format!("{}: cannot start a reader: {e}", self.name()))
+            })?;
         Ok(Running {
             job,
             child,
-            stdin,
+            requests,
             replies,
         })
     }
@@ -157,19 +175,33 @@ impl Port {
         for v in args.iter().chain(&input.data) {
             request.extend_from_slice(&v.to_le_bytes());
         }
-        let len = u32::try_from(request.len())
-            .map_err(|_| format!("a request of {} bytes is too large", request.len()))?;
-        p.stdin
-            .write_all(&len.to_be_bytes())
-            .and_then(|()| p.stdin.write_all(&request))
-            .and_then(|()| p.stdin.flush())
-            .map_err(|e| format!("the program does not read its input: {e}"))?;
+        if u32::try_from(request.len()).is_err() {
+            return Err(format!("a request of {} bytes is too large", request.len()));
+        }
+        p.requests
+            .send(request)
+            .map_err(|_| "the program does not read its input (it closed it)".to_string())?;
         match p.replies.recv_timeout(self.timeout) {
             Ok(reply) => reply,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 Err(format!("no answer within {:?}: killed", self.timeout))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => Err("the program is gone".into()),
+        }
+    }
+}
+
+/// Writes each request as a `{packet,4}` frame until the caller or the
+/// program goes.
+fn write_frames(mut stdin: ChildStdin, requests: mpsc::Receiver<Vec<u8>>) {
+    for request in requests {
+        let len = (request.len() as u32).to_be_bytes();
+        let sent = stdin
+            .write_all(&len)
+            .and_then(|()| stdin.write_all(&request))
+            .and_then(|()| stdin.flush());
+        if sent.is_err() {
+            return;
         }
     }
 }

@@ -169,6 +169,21 @@ fn hostile_port_programs_fail_their_task_and_the_agent_keeps_serving() {
                 [0.0, 1.0]
             );
         }
+        // A program that does not read its input, sent 1 MB (more than a
+        // pipe holds): the call still ends at the timeout.
+        let deaf = "seq(port:hang.sh)".parse().unwrap();
+        let started = Instant::now();
+        let big = Array::list(vec![1.0; 131_072]);
+        let e = cluster.run(&deaf, [big]).await.unwrap_err().to_string();
+        assert!(
+            e.contains("port:hang.sh: no answer within 2s: killed"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < TIMEOUT * 3,
+            "took {:?}",
+            started.elapsed()
+        );
         cluster.close().await;
     });
     assert!(all_gone(ports), "left running: {:?}", running_from(ports));
