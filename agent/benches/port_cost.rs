@@ -27,8 +27,8 @@ while True:
     (n,) = struct.unpack(">I", head)
     body = inp.read(n)
     (nargs,) = struct.unpack_from("<I", body, 0)
-    data = body[4 + 8 * nargs:]
-    out.write(struct.pack(">I", len(data)) + data)
+    data = body[12 + 8 * nargs:]
+    out.write(struct.pack(">I", 4 + len(data)) + b"\0\0\0\0" + data)
     out.flush()
 "#;
 

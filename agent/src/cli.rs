@@ -68,7 +68,8 @@ pub struct Args {
     ports: Option<PathBuf>,
     /// Seconds a port program may take to answer one call before it is
     /// killed and the task fails.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
     port_timeout: u64,
 }
 
@@ -106,8 +107,19 @@ pub fn main(kernels: Registry) -> ExitCode {
     match run(args, kernels) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("skelpi-agent: error: {e}");
+            // The whole chain: "cannot use cluster key K: cannot read K:
+            // Permission denied".
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                let c_text = c.to_string();
+                if !text.contains(&c_text) {
+                    text = format!("{text}: {c_text}");
+                }
+                cause = c.source();
+            }
+            log::error!("{text}");
+            eprintln!("skelpi-agent: error: {text}");
             ExitCode::from(2)
         }
     }
@@ -120,7 +132,7 @@ pub fn run(args: Args, kernels: Registry) -> Result<(), CliError> {
     let workers = args.workers.unwrap_or_else(identity::cores).max(1);
     let kernels = match &args.ports {
         Some(dir) => {
-            let timeout = std::time::Duration::from_secs(args.port_timeout.max(1));
+            let timeout = std::time::Duration::from_secs(args.port_timeout);
             kernels
                 .with_ports(dir, timeout)
                 .map_err(|source| CliError::Ports {

@@ -180,6 +180,15 @@ pub struct Link {
     pub heartbeat: Duration,
 }
 
+/// Tells the kernels that a job has ended here when dropped.
+struct EndJob<'a>(&'a crate::kernels::Registry, JobId);
+
+impl Drop for EndJob<'_> {
+    fn drop(&mut self) {
+        self.0.end_job(self.1);
+    }
+}
+
 /// Runs a stage opened on this session until its input ends, then
 /// forwards the end and reports. `control` is the session's sender (to the
 /// master).
@@ -200,6 +209,9 @@ pub async fn run_stage(
     };
     // The stream id is the job's id (see `JobId`).
     let job = JobId(stream);
+    // However the stage ends (finished, failed, or dropped with its
+    // session), its job has ended here: its ports' programs are stopped.
+    let _ended = EndJob(&config.kernels, job);
     let refuse = |code: ErrorCode, message: String| {
         log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
         report(Message::Error(ErrorReply { code, message }))
@@ -393,8 +405,6 @@ pub async fn run_stage(
         failed
     };
     let (computed, forwarded) = future::zip(compute, forward).await;
-    // The stage's job has ended here (its ports' programs are stopped).
-    config.kernels.end_job(job);
     if let Some(failed) = computed.or(forwarded) {
         if let Message::Error(e) = &failed {
             log::warn!(skelpi_job:% = job; "job {job}: {}", e.message);

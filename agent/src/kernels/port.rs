@@ -2,32 +2,40 @@
 //! not Rust — the seed's "ports for dusty deck code", framed like Erlang's
 //! `{packet,4}`.
 //!
-//! The agent runs only programs found in its ports directory
-//! (`skelpi-agent --ports DIR`): each executable file `NAME` there is the
-//! kernel `port:NAME`. A program is started when a job first needs it and
-//! reused for that job's later calls (one process per call running at
-//! once, so at most one per worker thread); it is killed when its job ends
-//! (the master starts another job, or goes away), or when a call fails.
+//! The agent runs only programs of its ports directory (`skelpi-agent
+//! --ports DIR`): each executable regular file `NAME` there (not a link,
+//! not writable by group or others) is the kernel `port:NAME`. A program
+//! is started when a job first needs it, in a process group of its own,
+//! with `SKELPI_PORT` set to its path, and reused for that job's later
+//! calls (one process per call running at once, so at most one per worker
+//! thread); its group is killed when its job ends (the master starts
+//! another job, a stage ends, or the master goes away), or when a call
+//! fails.
 //!
 //! # The protocol
 //! Every message is a frame: a 4-byte big-endian length, then that many
 //! bytes. For each call the agent writes one frame and the program answers
-//! with one:
-//! - request: the number of arguments as a 4-byte little-endian integer,
-//!   the arguments, then the input's elements, all as 8-byte little-endian
-//!   floats (row-major for a matrix);
-//! - reply: the output's elements as 8-byte little-endian floats (the
-//!   output has the input's shape when it has as many elements, else it is
-//!   a list), or `error: <message>` in UTF-8 for a failure of its own.
+//! with exactly one:
+//! - request: three 4-byte little-endian integers — the argument count,
+//!   the rows and the columns of the input (rows 0 for a list of `columns`
+//!   elements) — then the arguments and the input's elements as 8-byte
+//!   little-endian floats (row-major);
+//! - reply: a 4-byte little-endian status, then for status 0 the output's
+//!   elements as 8-byte little-endian floats (the output has the input's
+//!   shape when it has as many elements, else it is a list), for status 1
+//!   an error message in UTF-8 (the task fails with it; the program is
+//!   kept).
 //!
-//! A program that exits, answers something else, or does not answer within
-//! the timeout fails the task (it is killed); the agent keeps serving.
+//! A program that exits, answers anything else (or without being asked),
+//! or does not answer within the timeout fails the task and is killed; the
+//! agent keeps serving.
 
 use super::{Array, Kernel, KernelError};
 use skelpi_proto::frame::HARD_MAX_FRAME;
 use skelpi_proto::{JobId, Shape};
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
@@ -37,23 +45,44 @@ use std::time::Duration;
 /// How long a program may take to answer a call, by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Jobs remembered as ended (a process of one still running is killed
-/// when its call returns).
-const ENDED_REMEMBERED: usize = 64;
-
-/// The kernels `port:NAME` for the executable files `NAME` of `dir`,
-/// sorted by name.
+/// The kernels `port:NAME` for the programs of `dir`, sorted by name.
+/// Entries that cannot be offered (links, files writable by group or
+/// others, names a job cannot spell) are skipped with a warning.
 pub fn scan(dir: &Path, timeout: Duration) -> std::io::Result<Vec<(String, Port)>> {
     use std::os::unix::fs::PermissionsExt;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let meta = std::fs::metadata(entry.path())?;
+        let path = entry.path();
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            log::warn!("ports: skipping {}: not a UTF-8 name", path.display());
             continue;
         };
-        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-            found.push((format!("port:{name}"), Port::new(entry.path(), timeout)));
+        // Not followed: a link could lead out of the directory.
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                log::warn!("ports: skipping {}: {e}", path.display());
+                continue;
+            }
+        };
+        let mode = meta.permissions().mode();
+        if meta.file_type().is_file() && mode & 0o111 == 0 {
+            // Not executable: a data file, left alone.
+            continue;
+        }
+        let skip = if !meta.file_type().is_file() {
+            Some("not a regular file (links are not followed)")
+        } else if mode & 0o022 != 0 {
+            Some("writable by group or others")
+        } else if name.contains(|c: char| c.is_whitespace() || "(),".contains(c)) {
+            Some("its name has spaces, parentheses or commas, which a job cannot name")
+        } else {
+            None
+        };
+        match skip {
+            Some(why) => log::warn!("ports: skipping {}: {why}", path.display()),
+            None => found.push((format!("port:{name}"), Port::new(path, timeout))),
         }
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
@@ -72,14 +101,17 @@ pub struct Port {
 struct State {
     /// Processes between calls.
     idle: Vec<Running>,
-    /// Jobs that ended: their processes are killed, not kept.
-    ended: VecDeque<JobId>,
+    /// Calls running now, by job.
+    busy: HashMap<JobId, usize>,
+    /// Jobs that ended while calls of theirs ran: those calls' processes
+    /// are killed when they return.
+    ended: Vec<JobId>,
 }
 
 /// A running program: requests go to a writer thread (a program that does
 /// not read cannot block the caller past the timeout: the pipe fills, the
 /// writer waits, the call times out and kills the program), replies come
-/// from a reader thread that parses its output.
+/// from a reader thread that parses its output, one frame at a time.
 #[derive(Debug)]
 struct Running {
     job: JobId,
@@ -88,10 +120,22 @@ struct Running {
     replies: mpsc::Receiver<Result<Vec<u8>, String>>,
 }
 
+impl Running {
+    /// Kills the program's process group (a wrapper script's children
+    /// too) and reaps it; says how it ended.
+    fn kill(&mut self) -> String {
+        let group = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .map_or(String::new(), |s| format!(" ({s})"))
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -110,8 +154,14 @@ impl Port {
         format!("port:{}", name.to_string_lossy())
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn start(&self, job: JobId) -> Result<Running, KernelError> {
         let mut child = Command::new(&self.program)
+            .env("SKELPI_PORT", &self.program)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -126,61 +176,68 @@ impl Port {
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
         let (requests, to_write) = mpsc::channel::<Vec<u8>>();
-        let writer = std::thread::Builder::new()
-            .name("port-writer".into())
-            .spawn(move || write_frames(stdin, to_write));
-        if let Err(e) = writer {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(KernelError(format!(
-                "{}: cannot start a writer: {e}",
-                self.name()
-            )));
-        }
-        let (tx, replies) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("port-reader".into())
-            .spawn(move || {
-                loop {
-                    let reply = read_frame(&mut stdout);
-                    let end = reply.is_err();
-                    if tx.send(reply).is_err() || end {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| {
-                let _ = child.kill();
-                let _ = child.wait();
-                KernelError(format!("{}: cannot start a reader: {e}", self.name()))
-            })?;
-        Ok(Running {
+        // One reply waits at most: a program writing unasked cannot fill
+        // the agent's memory.
+        let (tx, replies) = mpsc::sync_channel(1);
+        let mut running = Running {
             job,
             child,
             requests,
             replies,
-        })
-    }
-
-    /// Kills a failed process and says how it ended.
-    fn fail(&self, mut p: Running, what: String) -> KernelError {
-        let _ = p.child.kill();
-        let status = p.child.wait().map_or(String::new(), |s| format!(" ({s})"));
-        KernelError(format!("{}: {what}{status}", self.name()))
+        };
+        let threads = std::thread::Builder::new()
+            .name("port-writer".into())
+            .spawn(move || write_frames(stdin, to_write))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("port-reader".into())
+                    .spawn(move || {
+                        loop {
+                            let reply = read_frame(&mut stdout);
+                            let end = reply.is_err();
+                            if tx.send(reply).is_err() || end {
+                                return;
+                            }
+                        }
+                    })
+            });
+        if let Err(e) = threads {
+            running.kill();
+            return Err(KernelError(format!(
+                "{}: cannot start its I/O threads: {e}",
+                self.name()
+            )));
+        }
+        Ok(running)
     }
 
     fn exchange(&self, p: &mut Running, args: &[f64], input: &Array) -> Result<Vec<u8>, String> {
-        let mut request = Vec::with_capacity(4 + 8 * (args.len() + input.data.len()));
-        request.extend_from_slice(&(args.len() as u32).to_le_bytes());
+        if let Ok(unasked) = p.replies.try_recv() {
+            return Err(match unasked {
+                Ok(_) => "the program wrote a frame without being asked".into(),
+                Err(e) => e,
+            });
+        }
+        let (rows, cols) = match input.shape {
+            Shape::List(n) => (0, n),
+            Shape::Matrix { rows, cols } => (rows, cols),
+        };
+        let dims = [args.len() as u64, rows, cols]
+            .map(|d| u32::try_from(d).map_err(|_| format!("a dimension of {d} is too large")));
+        let mut request = Vec::with_capacity(16 + 8 * (args.len() + input.data.len()));
+        request.extend_from_slice(&[0; 4]);
+        for d in dims {
+            request.extend_from_slice(&d?.to_le_bytes());
+        }
         for v in args.iter().chain(&input.data) {
             request.extend_from_slice(&v.to_le_bytes());
         }
-        if u32::try_from(request.len()).is_err() {
-            return Err(format!("a request of {} bytes is too large", request.len()));
-        }
+        let len = u32::try_from(request.len() - 4)
+            .map_err(|_| format!("a request of {} bytes is too large", request.len()))?;
+        request[..4].copy_from_slice(&len.to_be_bytes());
         p.requests
             .send(request)
-            .map_err(|_| "the program does not read its input (it closed it)".to_string())?;
+            .map_err(|_| "the program exited (its input is closed)".to_string())?;
         match p.replies.recv_timeout(self.timeout) {
             Ok(reply) => reply,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -189,18 +246,59 @@ impl Port {
             Err(mpsc::RecvTimeoutError::Disconnected) => Err("the program is gone".into()),
         }
     }
+
+    /// Takes an idle process of `job` that still runs, or starts one.
+    fn take(&self, job: JobId) -> Result<Running, KernelError> {
+        let idle = {
+            let mut state = self.state();
+            *state.busy.entry(job).or_default() += 1;
+            let at = state.idle.iter().position(|p| p.job == job);
+            at.map(|at| state.idle.swap_remove(at))
+        };
+        if let Some(mut p) = idle {
+            // One that exited between calls is replaced.
+            if matches!(p.child.try_wait(), Ok(None)) {
+                return Ok(p);
+            }
+        }
+        self.start(job).inspect_err(|_| self.done(job, None))
+    }
+
+    /// A call of `job` is over; `keep`: its process, still sane.
+    fn done(&self, job: JobId, keep: Option<Running>) {
+        let dead = {
+            let mut state = self.state();
+            let left = state.busy.get_mut(&job).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            let ended = state.ended.contains(&job);
+            if left == 0 {
+                state.busy.remove(&job);
+                state.ended.retain(|&j| j != job);
+            }
+            match keep {
+                Some(p) if !ended => {
+                    state.idle.push(p);
+                    None
+                }
+                other => other,
+            }
+        };
+        // A process of an ended job is killed outside the lock.
+        drop(dead);
+    }
 }
 
-/// Writes each request as a `{packet,4}` frame until the caller or the
-/// program goes.
+/// Writes each request (a whole frame) until the caller or the program
+/// goes.
 fn write_frames(mut stdin: ChildStdin, requests: mpsc::Receiver<Vec<u8>>) {
-    for request in requests {
-        let len = (request.len() as u32).to_be_bytes();
-        let sent = stdin
-            .write_all(&len)
-            .and_then(|()| stdin.write_all(&request))
-            .and_then(|()| stdin.flush());
-        if sent.is_err() {
+    for frame in requests {
+        if stdin
+            .write_all(&frame)
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -223,28 +321,42 @@ fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
-/// The output of a reply to a call on `input`.
-fn output(reply: &[u8], input: &Shape) -> Result<Array, String> {
-    if reply.len() % 8 != 0 {
-        return Err(match std::str::from_utf8(reply) {
-            Ok(text) if text.starts_with("error:") => text.to_owned(),
-            _ => format!(
-                "the program answered {} bytes, not a whole number of 8-byte floats",
+/// What a reply says: the output of a call on `input`, or the program's
+/// own error (`Ok(Err)`); `Err`: the reply is garbage.
+fn output(reply: &[u8], input: &Shape) -> Result<Result<Array, String>, String> {
+    let (status, body) = match reply {
+        [a, b, c, d, body @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]), body),
+        _ => {
+            return Err(format!(
+                "the program answered {} bytes, no status",
                 reply.len()
-            ),
-        });
+            ));
+        }
+    };
+    match status {
+        0 if body.len() % 8 == 0 => {
+            let data: Vec<f64> = body
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect();
+            Ok(Ok(match input.elements() {
+                Some(n) if n == data.len() as u64 => Array {
+                    shape: *input,
+                    data,
+                },
+                _ => Array::list(data),
+            }))
+        }
+        0 => Err(format!(
+            "the program answered {} bytes after its status, not a whole number of \
+             8-byte floats",
+            body.len()
+        )),
+        1 => Ok(Err(String::from_utf8_lossy(body).into_owned())),
+        other => Err(format!(
+            "the program answered status {other} (0 or 1 expected)"
+        )),
     }
-    let data: Vec<f64> = reply
-        .chunks_exact(8)
-        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .collect();
-    Ok(match input.elements() {
-        Some(n) if n == data.len() as u64 => Array {
-            shape: *input,
-            data,
-        },
-        _ => Array::list(data),
-    })
 }
 
 impl Kernel for Port {
@@ -253,46 +365,38 @@ impl Kernel for Port {
     }
 
     fn call_for(&self, job: JobId, args: &[f64], input: Array) -> Result<Array, KernelError> {
-        let idle = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let at = state.idle.iter().position(|p| p.job == job);
-            at.map(|at| state.idle.swap_remove(at))
-        };
-        let mut p = match idle {
-            Some(p) => p,
-            None => self.start(job)?,
+        let mut p = self.take(job)?;
+        let failed = |p: &mut Running, what: String| {
+            let how = p.kill();
+            KernelError(format!("{}: {what}{how}", self.name()))
         };
         let reply = match self.exchange(&mut p, args, &input) {
             Ok(reply) => reply,
-            Err(what) => return Err(self.fail(p, what)),
+            Err(what) => {
+                let e = failed(&mut p, what);
+                self.done(job, None);
+                return Err(e);
+            }
         };
         match output(&reply, &input.shape) {
-            Ok(out) => {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if !state.ended.contains(&job) {
-                    state.idle.push(p);
-                }
-                Ok(out)
+            Ok(result) => {
+                self.done(job, Some(p));
+                result.map_err(|e| KernelError(format!("{}: {e}", self.name())))
             }
-            // The program's own error: it is still sane, keep it.
-            Err(what) if what.starts_with("error:") => {
-                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if !state.ended.contains(&job) {
-                    state.idle.push(p);
-                }
-                Err(KernelError(format!("{}: {what}", self.name())))
+            Err(what) => {
+                let e = failed(&mut p, what);
+                self.done(job, None);
+                Err(e)
             }
-            Err(what) => Err(self.fail(p, what)),
         }
     }
 
     fn end_job(&self, job: JobId) {
         let ended: Vec<Running> = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.ended.len() == ENDED_REMEMBERED {
-                state.ended.pop_front();
+            let mut state = self.state();
+            if state.busy.contains_key(&job) && !state.ended.contains(&job) {
+                state.ended.push(job);
             }
-            state.ended.push_back(job);
             let (ended, keep) = std::mem::take(&mut state.idle)
                 .into_iter()
                 .partition(|p| p.job == job);
@@ -308,6 +412,10 @@ impl Kernel for Port {
 mod tests {
     use super::*;
 
+    fn reply(status: u32, body: &[u8]) -> Vec<u8> {
+        [&status.to_le_bytes()[..], body].concat()
+    }
+
     #[test]
     fn replies_become_arrays_errors_or_garbage() {
         let m = Shape::Matrix { rows: 1, cols: 2 };
@@ -315,10 +423,45 @@ mod tests {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        assert_eq!(output(&two, &m).unwrap().shape, m, "same count: same shape");
-        assert_eq!(output(&two[..8], &m).unwrap(), Array::list(vec![1.5]));
-        assert_eq!(output(b"error: no way", &m).unwrap_err(), "error: no way");
-        assert!(output(b"garbage", &m).unwrap_err().contains("7 bytes"));
+        let ok = |r: &[u8]| output(r, &m).unwrap().unwrap();
+        assert_eq!(ok(&reply(0, &two)).shape, m, "same count: same shape");
+        assert_eq!(ok(&reply(0, &two[..8])), Array::list(vec![1.5]));
+        // An error message of 16 bytes is not two floats.
+        let e = output(&reply(1, b"error: bad input"), &m).unwrap();
+        assert_eq!(e.unwrap_err(), "error: bad input");
+        assert!(
+            output(&reply(0, b"garbage"), &m)
+                .unwrap_err()
+                .contains("7 bytes")
+        );
+        assert!(output(&reply(7, b""), &m).unwrap_err().contains("status 7"));
+        assert!(output(b"ab", &m).unwrap_err().contains("no status"));
+    }
+
+    #[test]
+    fn only_executable_regular_files_no_one_else_can_write_are_offered() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("skelpi-port-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let put = |name: &str, mode: u32| {
+            let path = dir.join(name);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        put("ok.sh", 0o755);
+        put("data.txt", 0o644);
+        put("shared.sh", 0o775);
+        put("two words.sh", 0o755);
+        std::os::unix::fs::symlink("/bin/sh", dir.join("sh")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.join("dangling")).unwrap();
+        let names: Vec<String> = scan(&dir, DEFAULT_TIMEOUT)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["port:ok.sh"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub fn offers(info: &AgentInfo, kernel: &str) -> bool {
 /// `Err` names a kernel no agent offers, with what each agent offers, or
 /// says that no single agent offers them all.
 pub fn able(tree: &Skeleton, infos: &[&AgentInfo]) -> Result<Vec<usize>, JobError> {
+    if infos.is_empty() {
+        // No agent at all: the job says so itself (`NoAgents`).
+        return Ok(Vec::new());
+    }
     let names: BTreeSet<&str> = tree
         .kernels()
         .into_iter()
@@ -31,7 +35,10 @@ pub fn able(tree: &Skeleton, infos: &[&AgentInfo]) -> Result<Vec<usize>, JobErro
     let offered = || {
         infos
             .iter()
-            .map(|i| format!("{} has {}", i.name, i.kernels.join(", ")))
+            .map(|i| match i.kernels.is_empty() {
+                true => format!("{} does not say", i.name),
+                false => format!("{} has {}", i.name, i.kernels.join(", ")),
+            })
             .collect::<Vec<_>>()
     };
     if let Some(missing) = names.iter().find(|n| !infos.iter().any(|i| offers(i, n))) {
@@ -43,7 +50,7 @@ pub fn able(tree: &Skeleton, infos: &[&AgentInfo]) -> Result<Vec<usize>, JobErro
     let able: Vec<usize> = (0..infos.len())
         .filter(|&a| names.iter().all(|n| offers(infos[a], n)))
         .collect();
-    if able.is_empty() && !infos.is_empty() {
+    if able.is_empty() {
         return Err(JobError::NoKernel {
             kernels: names.iter().map(|n| (*n).to_owned()).collect(),
             offered: offered(),
