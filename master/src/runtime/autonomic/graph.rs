@@ -109,7 +109,9 @@ impl Graph for Control<'_> {
         }
         let (tx, out) = async_channel::bounded(BUFFER);
         cx.spawner.spawn(exit(self, s, tx));
-        cx.spawner.spawn(manage(cx.clone(), self));
+        if self.manager.borrow().is_some() {
+            cx.spawner.spawn(manage(cx.clone(), self));
+        }
         out
     }
 }
@@ -232,17 +234,17 @@ async fn manage<'a, 'c: 'a>(cx: Ctx<'a, 'c>, ctl: &'a Control<'_>) {
     loop {
         async_io::Timer::after(ctl.period).await;
         let now = Instant::now();
-        let totals = ctl.totals.borrow().clone();
         let out = ctl.out.get();
-        readings.push_back((now, totals.clone(), out));
+        readings.push_back((now, ctl.totals.borrow().clone(), out));
         while readings.len() > 2 && now - readings[1].0 >= WINDOW_MAX {
             readings.pop_front();
         }
         let mut manager = ctl.manager.borrow_mut();
         let Some(m) = manager.as_mut() else {
-            continue;
+            return;
         };
         let (then, before, out_before) = &readings[0];
+        let totals = &readings.back().expect("just pushed").1;
         let secs = (now - *then).as_secs_f64();
         let degrees = ctl.degrees();
         let stages = (0..degrees.len())

@@ -469,7 +469,7 @@ impl Manager {
     fn describe(&self, obs: &Observation, view: &View) -> String {
         let b = view.bottleneck;
         let s = &obs.stages[b];
-        let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.1} ms", v * 1000.0));
+        let ms = |v| super::metrics::ms(v, 1);
         format!(
             "{:.1} items/s; bottleneck stage {} ({}) at degree {}: Ts {}, Ta {}, rho {}, \
              queue {}, capacity {:.1} items/s",

@@ -97,6 +97,12 @@ pub struct StageWindow {
     pub capacity: Option<f64>,
 }
 
+/// Seconds as milliseconds with `places` decimals (`?` if unknown), for
+/// decisions and summaries.
+pub fn ms(v: Option<f64>, places: usize) -> String {
+    v.map_or("?".into(), |v| format!("{:.*} ms", places, v * 1e3))
+}
+
 /// The window between two readings of a stage's totals, `secs` apart,
 /// at `degree`.
 pub fn window(before: &Totals, now: &Totals, secs: f64, degree: usize) -> StageWindow {

@@ -183,7 +183,7 @@ impl Report {
             let _ = writeln!(s, "manager: stopped giving slots: {limit}");
         }
         for (i, (w, name)) in self.per_stage.iter().zip(&self.stages).enumerate() {
-            let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.2} ms", v * 1e3));
+            let ms = |v| metrics::ms(v, 2);
             let agents = self.per_agent[i]
                 .iter()
                 .enumerate()
