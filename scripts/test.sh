@@ -81,8 +81,10 @@ fi
 
 # The boards' agent: 64-bit (static musl) and 32-bit Raspberry Pi OS.
 BOARD_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
-for target in "${BOARD_TARGETS[@]}"; do
-    step "rust target $target (the boards' agent)"
+# WebAssembly guests: examples/wasm-guest, pushed to agents by the tests.
+GUEST_TARGET=wasm32-unknown-unknown
+for target in "${BOARD_TARGETS[@]}" "$GUEST_TARGET"; do
+    step "rust target $target"
     if rustup target list --installed 2>/dev/null | grep -qx "$target"; then
         echo "installed"
     elif command -v rustup >/dev/null; then
@@ -114,6 +116,9 @@ for target in "${BOARD_TARGETS[@]}"; do
     step "cargo build --target $target -p skelpi-agent"
     cargo build --target "$target" -p skelpi-agent --bin skelpi-agent
 done
+
+step "the example WebAssembly guest (examples/wasm-guest, $GUEST_TARGET)"
+cargo build --release --target "$GUEST_TARGET" --manifest-path examples/wasm-guest/Cargo.toml
 
 step "architecture invariants"
 ./scripts/check-invariants.sh

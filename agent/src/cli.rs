@@ -71,6 +71,30 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     port_timeout: u64,
+    /// Fuel for one call of a WebAssembly kernel (about one unit per guest
+    /// instruction): a guest that uses it all, an endless loop say, fails
+    /// its task.
+    #[cfg(feature = "wasm")]
+    #[arg(long, value_name = "UNITS", default_value_t = 1_000_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    wasm_fuel: u64,
+    /// Memory for one call of a WebAssembly kernel, MiB: a guest that
+    /// grows past it fails its task.
+    #[cfg(feature = "wasm")]
+    #[arg(long, value_name = "MIB", default_value_t = 128,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    wasm_memory: u64,
+    /// WebAssembly modules masters push are kept in memory up to MIB (the
+    /// least recently used go first); 0 runs no WebAssembly.
+    #[cfg(feature = "wasm")]
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(0..=65536))]
+    wasm_cache: u64,
+    /// Also keep pushed modules in DIR (as HASH.wasm, checked when read
+    /// back), so they survive restarts and evictions from the cache.
+    #[cfg(feature = "wasm")]
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
 }
 
 /// Why an agent could not run.
@@ -88,6 +112,14 @@ pub enum CliError {
     /// The ports directory could not be read.
     #[error("cannot read ports directory {}: {source}", dir.display())]
     Ports {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The modules directory could not be made.
+    #[error("cannot use modules directory {}: {source}", dir.display())]
+    Modules {
         /// The directory.
         dir: PathBuf,
         /// Why.
@@ -141,6 +173,23 @@ pub fn run(args: Args, kernels: Registry) -> Result<(), CliError> {
                 })?
         }
         None => kernels,
+    };
+    #[cfg(feature = "wasm")]
+    let kernels = {
+        use crate::kernels::wasm::{Limits, Modules};
+        if let Some(dir) = &args.modules {
+            std::fs::create_dir_all(dir).map_err(|source| CliError::Modules {
+                dir: dir.clone(),
+                source,
+            })?;
+        }
+        let limits = Limits {
+            fuel: args.wasm_fuel,
+            memory: (args.wasm_memory as usize) << 20,
+        };
+        let cache = (args.wasm_cache as usize) << 20;
+        let modules = (cache > 0).then(|| Modules::new(limits, cache, args.modules.clone()));
+        kernels.with_modules(modules)
     };
     node::run(node::NodeConfig {
         listen: args.listen,

@@ -59,6 +59,8 @@ pub async fn serve_session(
     let mut bulk = Vec::new();
     let mut raw_opened = false;
     let (stage_tx, stage_rx) = async_channel::bounded(1);
+    // Kernel swaps for that stage, applied between two items.
+    let (swap_tx, swap_rx) = async_channel::bounded(4);
     let mut stage_opened = false;
     // The heartbeat interval the master asked for, once.
     let (beat_tx, beat_rx) = async_channel::bounded::<Duration>(1);
@@ -291,6 +293,24 @@ pub async fn serve_session(
                     }
                     sent
                 }
+                Message::ModulePush(push) => {
+                    let reply = store_module(config, push, peer).await;
+                    sender.lock().await.send(&reply).await
+                }
+                Message::StageSwap(swap) => {
+                    if stage_opened {
+                        // The stage answers when it has swapped.
+                        let _ = swap_tx.try_send(swap);
+                        Ok(())
+                    } else {
+                        let what = "stage swap on a session that runs no stage".to_owned();
+                        sender
+                            .lock()
+                            .await
+                            .send(&error(ErrorCode::BadRequest, what))
+                            .await
+                    }
+                }
                 Message::Bye => {
                     log::info!("master {peer} said goodbye");
                     sender.lock().await.close();
@@ -381,7 +401,7 @@ pub async fn serve_session(
                 plaintext,
                 heartbeat: heartbeat.get(),
             };
-            stages::run_stage(config, open, &sender, link).await;
+            stages::run_stage(config, open, &sender, link, swap_rx.clone()).await;
             stage_running.set(false);
         }
         future::pending::<()>().await
@@ -454,8 +474,8 @@ async fn start_task(
     (done, in_flight): (&async_channel::Sender<Outcome>, &Cell<usize>),
     sender: &Mutex<Sender>,
 ) -> Result<(), WireError> {
-    match config.kernels.get(&task.kernel) {
-        Some(kernel) => {
+    match config.kernels.find(&task.kernel) {
+        Ok(kernel) => {
             let tag = Tag {
                 id: task.id,
                 job: task.job,
@@ -468,13 +488,8 @@ async fn start_task(
                 .await;
             Ok(())
         }
-        None => {
-            let error = format!(
-                "agent {} has no kernel {:?} (it has: {})",
-                config.info.name,
-                task.kernel,
-                config.kernels.names().join(", ")
-            );
+        Err(why) => {
+            let error = format!("agent {}: {why}", config.info.name);
             let job = task.job;
             // Once per job: a job of many tasks would flood the journal.
             let level = if first_of_job {
@@ -491,6 +506,34 @@ async fn start_task(
             sender.lock().await.send(&Message::TaskFailed(failed)).await
         }
     }
+}
+
+/// Stores a pushed WebAssembly module (compiled off the executor); the
+/// reply to send.
+async fn store_module(
+    config: &ServerConfig,
+    push: skelpi_proto::code::ModulePush,
+    peer: SocketAddr,
+) -> Message {
+    #[cfg(feature = "wasm")]
+    if let Some(modules) = config.kernels.modules().cloned() {
+        let hash = push.hash.clone();
+        let stored = smol::unblock(move || modules.store(&push.hash, &push.bytes)).await;
+        return match stored {
+            Ok(kernels) => {
+                log::info!("master {peer} stored module {hash}: {}", kernels.join(", "));
+                Message::ModuleStored(skelpi_proto::code::ModuleStored { hash, kernels })
+            }
+            Err(e) => {
+                log::warn!("master {peer} pushed a module that was refused: {e}");
+                error(ErrorCode::BadRequest, e.to_string())
+            }
+        };
+    }
+    let _ = (config, push, peer);
+    let what = "this agent runs no WebAssembly (built without the wasm feature, \
+                or started with --wasm-cache 0)";
+    error(ErrorCode::Unsupported, what.to_owned())
 }
 
 fn error(code: ErrorCode, message: String) -> Message {

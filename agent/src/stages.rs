@@ -22,6 +22,7 @@ use crate::wire::{Receiver, Sender};
 use crate::workers::{Tag, Traced};
 use async_net::TcpStream;
 use futures_lite::future;
+use skelpi_proto::code::{StageSwap, StageSwapped};
 use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{
     ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageStats, StreamItem,
@@ -191,12 +192,14 @@ impl Drop for EndJob<'_> {
 
 /// Runs a stage opened on this session until its input ends, then
 /// forwards the end and reports. `control` is the session's sender (to the
-/// master).
+/// master); `swaps` are the master's kernel swaps, each applied between
+/// two items and answered on `control`.
 pub async fn run_stage(
     config: &ServerConfig,
     open: StageOpen,
     control: &Mutex<Sender>,
     link: Link,
+    swaps: async_channel::Receiver<StageSwap>,
 ) {
     let Link {
         conn,
@@ -216,14 +219,14 @@ pub async fn run_stage(
         log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
         report(Message::Error(ErrorReply { code, message }))
     };
-    let Some(kernel) = config.kernels.get(&open.kernel) else {
-        let names = config.kernels.names().join(", ");
-        let what = format!(
-            "agent {} has no kernel {:?} (it has: {names})",
-            config.info.name, open.kernel
-        );
-        return refuse(ErrorCode::BadRequest, what).await;
+    let mut kernel = match config.kernels.find(&open.kernel) {
+        Ok(k) => k,
+        Err(why) => {
+            let what = format!("agent {}: {why}", config.info.name);
+            return refuse(ErrorCode::BadRequest, what).await;
+        }
     };
+    let mut args = open.args.clone();
     if open.trace {
         config.workers.recorder().prepare();
     }
@@ -255,7 +258,45 @@ pub async fn run_stage(
     // item k travels to the next stage. At most two results wait between.
     let (out_tx, out_rx) = async_channel::bounded::<(u64, Array)>(2);
     let compute = async {
-        while let Ok(item) = inbox.recv().await {
+        // The index the next item will have, once one was seen.
+        let mut next_index = 0;
+        loop {
+            // A swap waiting goes first: it applies from the next item.
+            let next = future::or(async { Err(swaps.recv().await) }, async {
+                Ok(inbox.recv().await)
+            })
+            .await;
+            let item = match next {
+                Ok(Ok(item)) => item,
+                Ok(Err(_)) => break,
+                Err(Ok(swap)) => {
+                    let refused = match config.kernels.find(&swap.kernel) {
+                        Ok(k) => {
+                            log::info!(
+                                skelpi_job:% = job;
+                                "job {job}: stage {stage} runs {}{:?} from item {next_index}",
+                                swap.kernel,
+                                swap.args
+                            );
+                            kernel = k;
+                            args = swap.args;
+                            None
+                        }
+                        Err(why) => Some(format!("agent {}: {why}", config.info.name)),
+                    };
+                    let swapped = StageSwapped {
+                        stream,
+                        stage,
+                        from: next_index,
+                        refused,
+                    };
+                    report(Message::StageSwapped(swapped)).await;
+                    continue;
+                }
+                // The session is gone: the stage is dropped with it.
+                Err(Err(_)) => future::pending().await,
+            };
+            next_index = item.index + 1;
             first.get_or_insert(item.arrived);
             last = Some(item.arrived);
             let started = Instant::now();
@@ -269,7 +310,7 @@ pub async fn run_stage(
             };
             let outcome = config
                 .workers
-                .call(tag, kernel.clone(), open.args.clone(), item.data)
+                .call(tag, kernel.clone(), args.clone(), item.data)
                 .await;
             busy += started.elapsed();
             items += 1;

@@ -285,6 +285,46 @@ impl AgentConn {
         .await
     }
 
+    /// Stores a WebAssembly module on the agent under `hash` (its
+    /// SHA-256); returns the kernels it offers there. An agent that
+    /// refuses it (hash, module or ABI wrong; no WebAssembly) answers
+    /// [`ClientError::Agent`] and stays connected.
+    pub async fn push_module(
+        &mut self,
+        hash: &str,
+        bytes: &[u8],
+    ) -> Result<Vec<String>, ClientError> {
+        let limit = self.request_timeout;
+        let addr = self.addr;
+        if let Some(why) = &self.broken {
+            return Err(ClientError::Broken {
+                addr,
+                why: why.clone(),
+            });
+        }
+        let push = Message::ModulePush(skelpi_proto::code::ModulePush {
+            hash: hash.to_owned(),
+            bytes: bytes.to_vec().into(),
+        });
+        let answer = self
+            .guarded(limit, async |c: &mut Self| {
+                let wire = |source| ClientError::Wire { addr, source };
+                c.sender.send(&push).await.map_err(wire)?;
+                Ok(c.receiver.recv(&mut c.scratch).await.map_err(wire)?.msg)
+            })
+            .await?;
+        match answer {
+            Message::ModuleStored(s) if s.hash == hash => Ok(s.kernels),
+            other => {
+                let e = unexpected(addr, other, "answering a module push");
+                if !matches!(e, ClientError::Agent { .. }) {
+                    self.mark_broken_at(e.to_string(), Instant::now());
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Sends `ask` with a fresh nonce and reads the answer: (nonce, answer,
     /// when sent, when the answer was in). Call it inside `guarded`.
     async fn round_trip(

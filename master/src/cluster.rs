@@ -33,6 +33,9 @@ pub struct Cluster {
     last_trace: Option<Result<Trace, TraceError>>,
     /// When each failed agent was last tried again.
     tried: HashMap<SocketAddr, Instant>,
+    /// WebAssembly modules pushed through this cluster, by hash: pushed
+    /// again to agents that rejoin (a restarted agent forgot them).
+    pub(crate) modules: Vec<(String, std::sync::Arc<[u8]>)>,
 }
 
 /// A failed agent is tried again before a job at most this often.
@@ -69,6 +72,7 @@ impl Cluster {
             tracing: false,
             last_trace: None,
             tried: HashMap::new(),
+            modules: Vec::new(),
         })
     }
 
@@ -104,6 +108,7 @@ impl Cluster {
             tracing: false,
             last_trace: None,
             tried: HashMap::new(),
+            modules: Vec::new(),
         };
         (cluster, failed)
     }
@@ -450,9 +455,14 @@ impl Cluster {
                 ..self.opts.clone()
             };
             match AgentConn::connect(addr, &self.key, &opts).await {
-                Ok(again) => {
+                Ok(mut again) => {
                     log::info!("agent {} ({addr}) rejoined the pool", again.info().name);
                     self.tried.remove(&addr);
+                    for (hash, bytes) in &self.modules {
+                        if let Err(e) = again.push_module(hash, bytes).await {
+                            log::warn!("module {hash} not stored again on {addr}: {e}");
+                        }
+                    }
                     *conn = again;
                 }
                 Err(e) => log::debug!("agent at {addr} is still gone: {e}"),

@@ -25,6 +25,7 @@ pub mod discover;
 pub mod image;
 pub mod jobfile;
 pub mod lab;
+pub mod modules;
 pub mod pool;
 pub mod runtime;
 pub mod stats;

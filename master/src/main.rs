@@ -100,6 +100,11 @@ enum Command {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// WebAssembly modules on the agents: `skelpi module push FILE.wasm`.
+    Module {
+        #[command(subcommand)]
+        command: cmd::module::ModuleCommand,
+    },
     /// Work with traces written by `run --trace` or `bench --trace`.
     Trace {
         #[command(subcommand)]
@@ -222,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { pool, args } => cmd::run::run(&pool, &args),
         Command::Image(args) => cmd::image::run(&args),
         Command::Trace { command } => cmd::trace::run(&command),
+        Command::Module { command } => cmd::module::run(&command),
         Command::Lab { command } => {
             let code = cmd::lab::run(command)?;
             if code != 0 {

@@ -113,6 +113,10 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::ClockReading(b) => ciborium::into_writer(b, &mut *out),
         Message::TraceCollect(b) => ciborium::into_writer(b, &mut *out),
         Message::TraceBatch(b) => ciborium::into_writer(b, &mut *out),
+        Message::ModulePush(b) => ciborium::into_writer(b, &mut *out),
+        Message::ModuleStored(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageSwap(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageSwapped(b) => ciborium::into_writer(b, &mut *out),
     };
     body.map_err(|e| EncodeError::Body(e.to_string()))?;
     bulk::write_descriptor(&mut Encoder::from(&mut *out), shape).map_err(io)?;
@@ -262,6 +266,10 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
             body::<()>(kind, rest)?;
             Message::Heartbeat
         }
+        25 => Message::ModulePush(body::<crate::code::ModulePush>(kind, rest)?),
+        26 => Message::ModuleStored(body::<crate::code::ModuleStored>(kind, rest)?),
+        27 => Message::StageSwap(body::<crate::code::StageSwap>(kind, rest)?),
+        28 => Message::StageSwapped(body::<crate::code::StageSwapped>(kind, rest)?),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bulk;
+pub mod code;
 pub mod codec;
 mod error;
 pub mod frame;

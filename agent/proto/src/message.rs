@@ -4,6 +4,7 @@
 //! `[kind, body, bulk]` — a small unsigned kind number, the body as a CBOR
 //! map (serde), and either null or a typed `f64` array (see [`crate::bulk`]).
 
+use crate::code::{ModulePush, ModuleStored, StageSwap, StageSwapped};
 use crate::trace::{ClockReading, TraceBatch, TraceRequest};
 use crate::{AgentInfo, JobId};
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,17 @@ pub enum Message {
     /// Agent → master, every [`Hello::heartbeat_ms`]: still here. Receivers
     /// take it as a sign of life and pass it to no one.
     Heartbeat,
+    /// Master → agent: store a WebAssembly module. Answered with
+    /// [`Message::ModuleStored`] or an error.
+    ModulePush(ModulePush),
+    /// Agent → master: the module is stored; its kernels.
+    ModuleStored(ModuleStored),
+    /// Master → agent, on a stage's connection: replace the stage's kernel
+    /// between two items. Answered with [`Message::StageSwapped`] or an
+    /// error.
+    StageSwap(StageSwap),
+    /// Agent → master: the first item the stage's new kernel runs on.
+    StageSwapped(StageSwapped),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -298,6 +310,10 @@ impl Message {
             Message::TraceCollect(_) => 22,
             Message::TraceBatch(_) => 23,
             Message::Heartbeat => 24,
+            Message::ModulePush(_) => 25,
+            Message::ModuleStored(_) => 26,
+            Message::StageSwap(_) => 27,
+            Message::StageSwapped(_) => 28,
         }
     }
 
@@ -346,6 +362,10 @@ pub fn kind_name(kind: u64) -> &'static str {
         22 => "trace-collect",
         23 => "trace-batch",
         24 => "heartbeat",
+        25 => "module-push",
+        26 => "module-stored",
+        27 => "stage-swap",
+        28 => "stage-swapped",
         _ => "unknown",
     }
 }

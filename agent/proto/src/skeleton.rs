@@ -145,6 +145,27 @@ impl Skeleton {
         out
     }
 
+    /// Every kernel the tree names, in tree order, to rename or re-argue.
+    pub fn kernels_mut(&mut self) -> Vec<&mut Kernel> {
+        let mut out = Vec::new();
+        self.visit_kernels_mut(&mut out);
+        out
+    }
+
+    fn visit_kernels_mut<'a>(&'a mut self, out: &mut Vec<&'a mut Kernel>) {
+        match self {
+            Skeleton::Seq(k) | Skeleton::Reduce(k) => out.push(k),
+            Skeleton::Pipe(stages) => stages.iter_mut().for_each(|s| s.visit_kernels_mut(out)),
+            Skeleton::Farm { worker, .. } | Skeleton::Map { worker, .. } => {
+                worker.visit_kernels_mut(out)
+            }
+            Skeleton::Feedback { body, until, .. } => {
+                body.visit_kernels_mut(out);
+                out.push(until);
+            }
+        }
+    }
+
     fn visit_kernels<'a>(&'a self, out: &mut Vec<&'a Kernel>) {
         match self {
             Skeleton::Seq(k) | Skeleton::Reduce(k) => out.push(k),

@@ -15,6 +15,8 @@
 
 mod builtin;
 pub mod port;
+#[cfg(feature = "wasm")]
+pub mod wasm;
 
 use skelpi_proto::{JobId, Shape};
 use std::collections::BTreeMap;
@@ -80,10 +82,14 @@ where
     }
 }
 
-/// Kernels by name. Cheap to clone; fixed once the agent starts.
+/// Kernels by name. Cheap to clone; fixed once the agent starts, but for
+/// the WebAssembly modules masters push (`wasm:<hash>:<export>`, with the
+/// `wasm` feature), which clones share.
 #[derive(Clone, Default)]
 pub struct Registry {
     kernels: BTreeMap<String, Arc<dyn Kernel>>,
+    #[cfg(feature = "wasm")]
+    modules: Option<wasm::Modules>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -95,14 +101,34 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// The built-in kernels: `identity`, `square`, `sum`, `max`, `scale(f)`,
     /// `above(t)`, `erf_burn(c)`, `matmul_power(c, d)`, `sleep_ms(ms)`,
-    /// `fail`, `panic`.
+    /// `fail`, `panic`; and, with the `wasm` feature, an empty store of
+    /// WebAssembly modules of its own with the default limits.
     pub fn builtin() -> Registry {
         Registry {
             kernels: builtin::all()
                 .into_iter()
                 .map(|(name, k)| (name.to_owned(), k))
                 .collect(),
+            #[cfg(feature = "wasm")]
+            modules: Some(wasm::Modules::new(
+                wasm::Limits::default(),
+                wasm::Modules::DEFAULT_CACHE_BYTES,
+                None,
+            )),
         }
+    }
+
+    /// Runs the `wasm:` kernels of `modules` (`None`: no WebAssembly).
+    #[cfg(feature = "wasm")]
+    pub fn with_modules(mut self, modules: Option<wasm::Modules>) -> Registry {
+        self.modules = modules;
+        self
+    }
+
+    /// The store of WebAssembly modules, if this registry runs them.
+    #[cfg(feature = "wasm")]
+    pub fn modules(&self) -> Option<&wasm::Modules> {
+        self.modules.as_ref()
     }
 
     /// Adds (or replaces) a kernel.
@@ -113,12 +139,36 @@ impl Registry {
 
     /// The kernel registered under `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Kernel>> {
-        self.kernels.get(name).cloned()
+        self.find(name).ok()
     }
 
-    /// Registered names, sorted.
+    /// The kernel named `name`, or why there is none here (in words for
+    /// the master: what is missing and what to do).
+    pub fn find(&self, name: &str) -> Result<Arc<dyn Kernel>, String> {
+        if let Some(k) = self.kernels.get(name) {
+            return Ok(k.clone());
+        }
+        #[cfg(feature = "wasm")]
+        if let (Some(modules), true) = (&self.modules, name.starts_with("wasm:")) {
+            return match modules.kernel(name) {
+                Ok(k) => Ok(Arc::new(k)),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        Err(format!(
+            "no kernel {name:?} (it has: {})",
+            self.names().join(", ")
+        ))
+    }
+
+    /// Registered names, sorted; `wasm:*` when it runs WebAssembly modules.
     pub fn names(&self) -> Vec<&str> {
-        self.kernels.keys().map(String::as_str).collect()
+        let mut names: Vec<&str> = self.kernels.keys().map(String::as_str).collect();
+        #[cfg(feature = "wasm")]
+        if self.modules.is_some() {
+            names.push("wasm:*");
+        }
+        names
     }
 
     /// Adds `port:NAME` for every executable file `NAME` of `dir` (see

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod image;
 pub mod lab;
+pub mod module;
 pub mod pool_args;
 pub mod run;
 pub mod trace;

@@ -74,6 +74,14 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let mut pool = pool::connect(&pool_args.options(true)).await?;
         eprintln!("{}", pool.origin);
         pool.cluster.set_tracing(args.trace.is_some());
+        // Module files the job names (`wasm:FILE.wasm:export`, relative
+        // to the job file) go to the agents first.
+        let base = args.job.parent().unwrap_or(std::path::Path::new("."));
+        let (skeleton, pushed) = pool.cluster.push_named_modules(&job.skeleton, base).await?;
+        for p in &pushed {
+            eprintln!("module {} stored on {}", p.hash, p.stored_on.join(", "));
+        }
+        let job = jobfile::Job { skeleton, ..job };
         let inputs = job.input.len();
         eprintln!("running {} on {inputs} inputs", job.skeleton);
         let progress = ProgressBar::new(inputs as u64);

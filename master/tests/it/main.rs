@@ -16,3 +16,4 @@ mod skeleton_cli;
 mod skeletons;
 mod support;
 mod trace;
+mod wasm;

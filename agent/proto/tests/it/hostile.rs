@@ -191,7 +191,7 @@ fn an_indefinite_or_foreign_typed_array_is_bad_bulk() {
 fn an_unknown_kind_is_named() {
     for (kind, bytes) in [
         (0, &[0x00][..]),
-        (25, &[0x18, 0x19]),
+        (200, &[0x18, 0xc8]),
         (
             u64::MAX,
             &[0x1b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],

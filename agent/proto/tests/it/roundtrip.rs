@@ -91,6 +91,55 @@ fn plain_message() -> impl Strategy<Value = Message> {
         }),
         stage_message(),
         trace_message(),
+        code_message(),
+    ]
+}
+
+/// The kinds that change code on agents.
+fn code_message() -> impl Strategy<Value = Message> {
+    use skelpi_proto::code::{ModulePush, ModuleStored, StageSwap, StageSwapped};
+    prop_oneof![
+        (
+            any::<String>(),
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|(hash, bytes)| Message::ModulePush(ModulePush {
+                hash,
+                bytes: bytes.into()
+            })),
+        (
+            any::<String>(),
+            proptest::collection::vec(any::<String>(), 0..4)
+        )
+            .prop_map(|(hash, kernels)| Message::ModuleStored(ModuleStored { hash, kernels })),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<String>(),
+            proptest::collection::vec(-1e9..1e9f64, 0..3)
+        )
+            .prop_map(
+                |(stream, stage, kernel, args)| Message::StageSwap(StageSwap {
+                    stream,
+                    stage,
+                    kernel,
+                    args
+                })
+            ),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            proptest::option::of(any::<String>())
+        )
+            .prop_map(|(stream, stage, from, refused)| {
+                Message::StageSwapped(StageSwapped {
+                    stream,
+                    stage,
+                    from,
+                    refused,
+                })
+            }),
     ]
 }
 
