@@ -361,6 +361,62 @@ impl Cluster {
         interval: Option<Duration>,
         on_result: impl FnMut(u64, Array),
     ) -> Result<Vec<StageReport>, JobError> {
+        self.stream(stages, inputs, interval, None, on_result).await
+    }
+
+    /// [`Cluster::stream_pipeline`] whose stages' kernels can be replaced
+    /// while it runs: by the [`stream::Swapper`] made with `swaps` (see
+    /// [`stream::swaps`]). Each stage's report says what became of its
+    /// swaps (from which item the new kernel ran).
+    ///
+    /// # Examples
+    /// Stage 1 (1 ms an item) passes items on, then triples them from
+    /// some item on (a swap asked after its last item would not apply):
+    /// ```
+    /// use skelpi::cluster::Cluster;
+    /// use skelpi::runtime::stream::{self, SwapOutcome};
+    /// use skelpi_agent::kernels::Array;
+    /// use skelpi_proto::skeleton::Kernel;
+    /// smol::block_on(async {
+    ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
+    ///     let stages = [Kernel::new("scale", [2.0]), Kernel::new("sleep_ms", [1.0])];
+    ///     let (swapper, swaps) = stream::swaps(stages.len());
+    ///     let inputs = (1..=100).map(|i| Array::list(vec![f64::from(i)]));
+    ///     let mut out = Vec::new();
+    ///     let reports = cluster
+    ///         .stream_pipeline_swapping(&stages, inputs, None, &swaps, |i, a| {
+    ///             if i == 10 {
+    ///                 swapper.swap(1, Kernel::new("scale", [3.0]));
+    ///             }
+    ///             out.push(a.data[0] / (i + 1) as f64);
+    ///         })
+    ///         .await?;
+    ///     let SwapOutcome::From(k) = reports[1].swaps[0].outcome else { panic!() };
+    ///     assert!(out.iter().enumerate().all(|(i, &f)| f == if (i as u64) < k { 2.0 } else { 6.0 }));
+    ///     Ok::<_, Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn stream_pipeline_swapping(
+        &mut self,
+        stages: &[Kernel],
+        inputs: impl IntoIterator<Item = Array>,
+        interval: Option<Duration>,
+        swaps: &stream::Swaps,
+        on_result: impl FnMut(u64, Array),
+    ) -> Result<Vec<StageReport>, JobError> {
+        self.stream(stages, inputs, interval, Some(swaps), on_result)
+            .await
+    }
+
+    async fn stream(
+        &mut self,
+        stages: &[Kernel],
+        inputs: impl IntoIterator<Item = Array>,
+        interval: Option<Duration>,
+        swaps: Option<&stream::Swaps>,
+        on_result: impl FnMut(u64, Array),
+    ) -> Result<Vec<StageReport>, JobError> {
         self.rejoin().await;
         let tree = Skeleton::pipe(stages.iter().cloned().map(Skeleton::seq));
         let able = self.able(&tree)?;
@@ -389,6 +445,7 @@ impl Cluster {
             opts: &self.opts,
             interval,
             trace: self.tracing,
+            swaps,
         };
         let run = stream::run_pipeline(&spec, inputs, on_result).await;
         // A lost agent is tried again before the next job.
@@ -480,7 +537,9 @@ impl Cluster {
 
 /// The kernels of a tree that is a pipeline of two or more `seq` stages,
 /// which stream agent to agent.
-fn streamable(tree: &Skeleton) -> Option<Vec<Kernel>> {
+/// The stages of a pipeline of at least two `seq` stages (those run
+/// streamed agent to agent), else `None`.
+pub fn streamable(tree: &Skeleton) -> Option<Vec<Kernel>> {
     match tree {
         Skeleton::Pipe(stages) if stages.len() >= 2 => stages
             .iter()

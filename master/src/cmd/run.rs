@@ -4,10 +4,13 @@ use super::pool_args::PoolArgs;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use skelpi::cluster::streamable;
 use skelpi::jobfile;
 use skelpi::pool;
 use skelpi::runtime::autonomic::{self, Contract};
+use skelpi::runtime::stream::{self, SwapOutcome};
 use skelpi_agent::kernels::Array;
+use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -50,6 +53,47 @@ pub struct RunArgs {
     /// it: as fast as the pool allows. Implies --autonomic.
     #[arg(long, value_name = "ITEMS_PER_S", value_parser = positive_rate)]
     target_throughput: Option<f64>,
+    /// Hot code loading: once RESULTS results are in, stage STAGE (from 0)
+    /// of the streamed pipeline runs KERNEL from its next item on (e.g.
+    /// `--swap '1=scale(3)@5000'`, or a `wasm:` kernel). No item is lost or
+    /// run twice; each stage reports the first item its new kernel ran.
+    /// Repeatable. For pipelines of seq stages (those stream agent to
+    /// agent).
+    #[arg(long, value_name = "STAGE=KERNEL@RESULTS", value_parser = parse_swap,
+          conflicts_with_all = ["autonomic", "target_throughput"])]
+    swap: Vec<SwapArg>,
+}
+
+/// One `--swap`.
+#[derive(Debug, Clone)]
+pub struct SwapArg {
+    stage: usize,
+    kernel: Kernel,
+    after: u64,
+}
+
+fn parse_swap(s: &str) -> Result<SwapArg, String> {
+    let form = "expected STAGE=KERNEL@RESULTS, e.g. 1=scale(3)@5000";
+    let (stage, rest) = s.split_once('=').ok_or(form)?;
+    let (kernel, after) = rest.rsplit_once('@').ok_or(form)?;
+    let stage = stage
+        .trim()
+        .parse()
+        .map_err(|_| format!("stage {stage:?} is not a number ({form})"))?;
+    let after = after
+        .trim()
+        .parse()
+        .map_err(|_| format!("{after:?} is not a count of results ({form})"))?;
+    let kernel = match format!("seq({kernel})").parse::<Skeleton>() {
+        Ok(Skeleton::Seq(k)) => k,
+        Ok(_) => return Err(format!("{kernel:?} is not a kernel ({form})")),
+        Err(e) => return Err(format!("kernel {kernel:?}: {e}")),
+    };
+    Ok(SwapArg {
+        stage,
+        kernel,
+        after,
+    })
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -63,6 +107,26 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 /// Runs the job.
 pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     let job = jobfile::load(&args.job)?;
+    // Swaps need a streamed pipeline, with the stages they name.
+    let streamed = streamable(&job.skeleton);
+    if let Some(first) = args.swap.first() {
+        let Some(stages) = &streamed else {
+            anyhow::bail!(
+                "--swap {}=...: swaps are for pipelines of seq stages (streamed agent to \
+                 agent); this job runs {}",
+                first.stage,
+                job.skeleton
+            );
+        };
+        if let Some(bad) = args.swap.iter().find(|s| s.stage >= stages.len()) {
+            anyhow::bail!(
+                "--swap {}={}: the pipeline has stages 0 to {}",
+                bad.stage,
+                bad.kernel,
+                stages.len() - 1
+            );
+        }
+    }
     let mut out = match &args.out {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -82,6 +146,16 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
             eprintln!("module {} stored on {}", p.hash, p.stored_on.join(", "));
         }
         let job = jobfile::Job { skeleton, ..job };
+        // Module files named by swaps too.
+        let mut swap_args = args.swap.clone();
+        for s in &mut swap_args {
+            let tree = Skeleton::seq(s.kernel.clone());
+            let (tree, pushed) = pool.cluster.push_named_modules(&tree, base).await?;
+            if let (Skeleton::Seq(k), Some(p)) = (tree, pushed.first()) {
+                eprintln!("module {} stored on {}", p.hash, p.stored_on.join(", "));
+                s.kernel = k;
+            }
+        }
         let inputs = job.input.len();
         eprintln!("running {} on {inputs} inputs", job.skeleton);
         let progress = ProgressBar::new(inputs as u64);
@@ -131,6 +205,51 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
                 .await;
             report = got;
             result
+        } else if let (false, Some(stages)) = (swap_args.is_empty(), &streamed) {
+            let (swapper, swaps) = stream::swaps(stages.len());
+            let ask = |s: &SwapArg| {
+                swapper.swap(s.stage, s.kernel.clone());
+                progress.suspend(|| {
+                    eprintln!(
+                        "swap: asked stage {} to run {} (after {} results)",
+                        s.stage, s.kernel, s.after
+                    )
+                });
+            };
+            swap_args.iter().filter(|s| s.after == 0).for_each(ask);
+            let mut seen = 0u64;
+            let mut on_result = on_result;
+            let with_swaps = |index: u64, a: Array| {
+                on_result(index, a);
+                seen += 1;
+                swap_args.iter().filter(|s| s.after == seen).for_each(ask);
+            };
+            let stages = &stages[..];
+            let inputs = job.input.arrays();
+            let got = pool
+                .cluster
+                .stream_pipeline_swapping(stages, inputs, None, &swaps, with_swaps)
+                .await;
+            got.map(|reports| {
+                for r in &reports {
+                    for s in &r.swaps {
+                        let (stage, kernel) = (r.stage, &s.kernel);
+                        match &s.outcome {
+                            SwapOutcome::From(k) => {
+                                eprintln!("swap: stage {stage} runs {kernel} from item {k}")
+                            }
+                            SwapOutcome::Refused(why) => {
+                                eprintln!(
+                                    "swap: stage {stage} kept its kernel, not {kernel}: {why}"
+                                )
+                            }
+                            SwapOutcome::NotApplied => eprintln!(
+                                "swap: stage {stage} never ran {kernel}: the stream ended first"
+                            ),
+                        }
+                    }
+                }
+            })
         } else {
             pool.cluster
                 .run_each(&job.skeleton, job.input.arrays(), on_result)

@@ -598,3 +598,54 @@ fn chaos_farms_return_every_result_once_whatever_the_seeded_faults() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn swaps_survive_a_restart_with_one_switch_point_per_stage() {
+    use skelpi::runtime::stream::{self, SwapOutcome};
+    use skelpi_proto::skeleton::Kernel;
+    // Stage 0 swaps early; stage 2's swap is asked just before the middle
+    // stage's agent is killed, so it may be unanswered when the stream
+    // restarts (then it is sent again to the new stage).
+    let (agents, mut cluster, dir) = agents("swap", 3);
+    let stages = [
+        Kernel::new("scale", [2.0]),
+        Kernel::new("sleep_ms", [2.0]),
+        Kernel::new("identity", []),
+    ];
+    let (swapper, swaps) = stream::swaps(3);
+    let inputs = (1..=300).map(|x| Array::list(vec![f64::from(x)]));
+    let mut factors = Vec::new();
+    let reports =
+        bounded(
+            cluster.stream_pipeline_swapping(&stages, inputs, None, &swaps, |i, a| {
+                assert_eq!(i, factors.len() as u64, "once each, in order");
+                factors.push((a.data[0] / (i + 1) as f64).round() as u64);
+                if i == 50 {
+                    assert!(swapper.swap(0, Kernel::new("scale", [3.0])));
+                }
+                if i == 100 {
+                    assert!(swapper.swap(2, Kernel::new("scale", [5.0])));
+                    signal("-KILL", &agents[1].child.id().to_string());
+                }
+            }),
+        )
+        .unwrap_or_else(|e| panic!("the job survives a lost agent: {e}"));
+    assert_eq!(factors.len(), 300);
+    let from = |stage: usize| match reports[stage].swaps[..] {
+        [ref s] => match s.outcome {
+            SwapOutcome::From(k) => k,
+            ref other => panic!("stage {stage}: {other:?}"),
+        },
+        ref all => panic!("stage {stage}: {all:?}"),
+    };
+    let (k0, k2) = (from(0), from(2));
+    assert!((1..300).contains(&k0) && k2 < 300, "{k0} {k2}");
+    for (i, &f) in factors.iter().enumerate() {
+        let i = i as u64;
+        let want = if i < k0 { 2 } else { 3 } * if i < k2 { 1 } else { 5 };
+        assert_eq!(f, want, "item {i}: switch points {k0}, {k2}");
+    }
+    assert!(cluster.agents()[1].is_broken(), "the killed agent was lost");
+    smol::block_on(cluster.close());
+    let _ = std::fs::remove_dir_all(dir);
+}

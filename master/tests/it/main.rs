@@ -8,8 +8,11 @@ mod client;
 mod cross;
 mod discovery;
 mod faults;
+mod hot_swap;
 mod image;
 mod lab;
+#[path = "../../../examples/wasm-guest/locate.rs"]
+mod locate;
 mod memory;
 mod ports;
 mod skeleton_cli;

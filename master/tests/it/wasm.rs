@@ -4,9 +4,7 @@
 //! an endless loop, a memory bomb, a trap, modules that break the ABI —
 //! each refused or failing its task while the agent keeps serving.
 
-#[path = "../../../examples/wasm-guest/locate.rs"]
-mod locate;
-
+use crate::locate;
 use crate::support::{Scratch, skelpi};
 use skelpi::client::ClientError;
 use skelpi::cluster::Cluster;

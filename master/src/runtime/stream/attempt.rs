@@ -3,6 +3,7 @@
 //! it stopped — finished, lost an agent (start again elsewhere), or failed.
 
 use super::replay::Replay;
+use super::swap::SwapState;
 use super::{OPEN_TIMEOUT, Placement, READY_TIMEOUT, StageReport, StreamSpec};
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::{JobError, TaskError};
@@ -10,6 +11,7 @@ use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
 use skelpi_agent::kernels::Array;
 use skelpi_agent::wire::WireError;
+use skelpi_proto::code::StageSwap;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{
@@ -67,11 +69,14 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     placement: &[Placement],
     stream: u64,
     traced: bool,
-    replay: &RefCell<Replay>,
+    (replay, swaps): (&RefCell<Replay>, &RefCell<SwapState>),
     inputs: &mut I,
     on_result: &mut impl FnMut(u64, Array),
 ) -> Result<Finished, Stop> {
     let n = spec.stages.len();
+    // The stages' kernels now: swapped ones after a restart.
+    let kernels = swaps.borrow().current().to_vec();
+    let kernels = &kernels[..];
     let job = JobId(stream);
     let recorder_owned = traced.then(Recorder::new);
     let recorder = recorder_owned.as_ref();
@@ -90,7 +95,15 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     // Each agent's clock probes (inner `None`: it does not trace).
     let mut probes: Vec<Option<Option<Vec<ClockSample>>>> = vec![None; agents.len()];
     let opened = future::or(
-        open(spec, placement, stream, recorder, &peers, &mut probes),
+        open(
+            spec,
+            kernels,
+            placement,
+            stream,
+            recorder,
+            &peers,
+            &mut probes,
+        ),
         async {
             async_io::Timer::after(OPEN_TIMEOUT).await;
             Err(PartStop::Fail(JobError::Invalid(format!(
@@ -115,6 +128,10 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     // A result taken makes room in the window: the feed may go on.
     let (room_tx, room_rx) = async_channel::bounded::<()>(1);
     let room_tx = &room_tx;
+    // Closed when the first stage's listener ends: the feed stops serving
+    // its swaps.
+    let (first_done_tx, first_done_rx) = async_channel::bounded::<()>(1);
+    let mut first_done_tx = Some(first_done_tx);
     let mut halves: Vec<_> = conns
         .iter_mut()
         .map(|c| (c.addr(), c.heartbeat(), c.halves()))
@@ -125,14 +142,34 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     for (i, (addr, (beat, liveness), (sender, receiver))) in halves.iter_mut().enumerate() {
         let addr = *addr;
         let lost = move |e: WireError| sent_or_lost(addr, e);
+        // This stage's swaps: those of a run before first.
+        let stage_swaps = spec.swaps.and_then(|s| s.stages.get(i));
+        let swap = move |kernel: Kernel| {
+            swaps.borrow_mut().sent(i, kernel.clone());
+            Message::StageSwap(StageSwap {
+                stream,
+                stage: i as u32,
+                kernel: kernel.name,
+                args: kernel.args,
+            })
+        };
         let mut idle_sender = None;
         if let Some(inputs) = inputs.take() {
             let sender = &mut **sender;
             let room_rx = room_rx.clone();
+            let first_done = first_done_rx.clone();
             let feed = async move {
                 let mut due = Instant::now();
                 let mut next = first;
+                let again = swaps.borrow_mut().take_pending(i);
+                for kernel in again {
+                    sender.send(&swap(kernel)).await.map_err(lost)?;
+                }
                 loop {
+                    // Swaps of the first stage go between two items.
+                    while let Some(kernel) = stage_swaps.and_then(|rx| rx.try_recv().ok()) {
+                        sender.send(&swap(kernel)).await.map_err(lost)?;
+                    }
                     let again = replay.borrow().get(next);
                     let data = match again {
                         Some(data) => data,
@@ -170,6 +207,20 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                 }
                 let end = Message::StreamEnd(StreamRef { stream, stage: 0 });
                 sender.send(&end).await.map_err(lost)?;
+                // The stage may still have items to run: swaps go on
+                // until it reports (its listener drops the sender).
+                if let Some(rx) = stage_swaps {
+                    loop {
+                        let asked = future::or(async { rx.recv().await.ok() }, async {
+                            let _ = first_done.recv().await;
+                            None
+                        });
+                        match asked.await {
+                            Some(kernel) => sender.send(&swap(kernel)).await.map_err(lost)?,
+                            None => break,
+                        }
+                    }
+                }
                 Ok(None)
             };
             parts.push(Box::pin(feed));
@@ -178,9 +229,12 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
         }
         let results = if i + 1 == n { on_result.take() } else { None };
         let receiver = &mut **receiver;
-        let kernel = &spec.stages[i];
+        let kernel = &kernels[i];
         let agent = &placement[i].name;
+        // Stage 0's listener holds this until it ends.
+        let done_guard = if i == 0 { first_done_tx.take() } else { None };
         let listen = async move {
+            let _done_guard = done_guard;
             let mut results = results;
             let mut ended = false;
             let mut data = Vec::new();
@@ -217,6 +271,12 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                         }
                     }
                     Message::StreamEnd(_) if results.is_some() => ended = true,
+                    Message::StageSwapped(a) if a.stream == stream && a.stage == i as u32 => {
+                        if let Err(what) = swaps.borrow_mut().answered(i, &a, first) {
+                            let what = format!("{what} (on {agent})");
+                            return Err(PartStop::Fail(JobError::Invalid(what)));
+                        }
+                    }
                     Message::StageFailed(f) => {
                         return Err(PartStop::Fail(
                             TaskError {
@@ -242,7 +302,8 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                         }
                         return Ok(Some(StageReport {
                             stage: i,
-                            kernel: kernel.clone(),
+                            kernel: swaps.borrow().current()[i].clone(),
+                            swaps: Vec::new(),
                             agent: agent.clone(),
                             items: s.items,
                             busy: Duration::from_nanos(s.busy_ns),
@@ -277,19 +338,46 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
         // The master beats on the connections it sends nothing else on
         // (all but the first stage's): an agent whose master falls silent
         // drops its stage. Not on the feed's — the agent reads that one
-        // only as fast as its stage takes items.
+        // only as fast as its stage takes items. Swaps of these stages go
+        // on them too.
         let beats = async move {
-            match idle_sender {
-                // The first at once: the agent then knows this master beats.
-                // Only to an agent that beats itself (it sends its first
-                // beat on hello): an older one would refuse the frame.
-                Some(sender) if !beat.is_zero() => loop {
-                    if heard.beats() > 0 {
-                        sender.send(&Message::Heartbeat).await.map_err(lost)?;
+            let Some(sender) = idle_sender else {
+                return future::pending().await;
+            };
+            let again = swaps.borrow_mut().take_pending(i);
+            for kernel in again {
+                sender.send(&swap(kernel)).await.map_err(lost)?;
+            }
+            // The first beat at once: the agent then knows this master
+            // beats. Only to an agent that beats itself (it sends its
+            // first beat on hello): an older one would refuse the frame.
+            let mut due = (!beat.is_zero()).then(Instant::now);
+            loop {
+                // Once the swapper is gone, only beats.
+                let asked = async {
+                    if let Some(rx) = stage_swaps
+                        && let Ok(kernel) = rx.recv().await
+                    {
+                        return Some(kernel);
                     }
-                    async_io::Timer::after(beat).await;
-                },
-                _ => future::pending().await,
+                    future::pending().await
+                };
+                let timer = async {
+                    match due {
+                        Some(at) => async_io::Timer::at(at).await,
+                        None => future::pending().await,
+                    };
+                    None
+                };
+                match future::or(asked, timer).await {
+                    Some(kernel) => sender.send(&swap(kernel)).await.map_err(lost)?,
+                    None => {
+                        if heard.beats() > 0 {
+                            sender.send(&Message::Heartbeat).await.map_err(lost)?;
+                        }
+                        due = due.map(|at| at.max(Instant::now()) + beat);
+                    }
+                }
             }
         };
         parts.push(Box::pin(future::or(listen, future::or(watch, beats))));
@@ -344,10 +432,10 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
             .map(|(_, c)| c);
         let before = probes.into_iter().map(Option::flatten).collect();
         let agents = trace::gather(on, before, rec.clock(), job).await;
-        let kernels = spec.stages.iter().map(Kernel::to_string).collect();
-        let tree = Skeleton::pipe(spec.stages.iter().cloned().map(Skeleton::seq)).to_string();
+        let names = kernels.iter().map(Kernel::to_string).collect();
+        let tree = Skeleton::pipe(kernels.iter().cloned().map(Skeleton::seq)).to_string();
         trace_out = Some(Ok(trace::merge::merge(
-            &rec.finish(job, tree, kernels, agents),
+            &rec.finish(job, tree, names, agents),
         )));
     }
     for c in conns {
@@ -361,6 +449,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
 /// next one runs) and waits until all are ready.
 async fn open(
     spec: &StreamSpec<'_>,
+    kernels: &[Kernel],
     placement: &[Placement],
     stream: u64,
     recorder: Option<&Recorder>,
@@ -387,8 +476,8 @@ async fn open(
         let open = Message::StageOpen(StageOpen {
             stream,
             stage: i as u32,
-            kernel: spec.stages[i].name.clone(),
-            args: spec.stages[i].args.clone(),
+            kernel: kernels[i].name.clone(),
+            args: kernels[i].args.clone(),
             next,
             trace: recorder.is_some(),
         });
@@ -421,7 +510,7 @@ async fn open(
             Message::Error(e) => {
                 return Err(PartStop::Fail(JobError::Invalid(format!(
                     "stage {i} ({}) on {}: {}",
-                    spec.stages[i], placement[i].name, e.message
+                    kernels[i], placement[i].name, e.message
                 ))));
             }
             other => {

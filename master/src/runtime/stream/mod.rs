@@ -22,6 +22,9 @@
 
 mod attempt;
 mod replay;
+mod swap;
+
+pub use swap::{SwapOutcome, Swapped, Swapper, Swaps, swaps};
 
 use super::JobError;
 use crate::trace::{Trace, TraceError};
@@ -35,6 +38,7 @@ use skelpi_proto::skeleton::Kernel;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use swap::SwapState;
 
 /// Times a stream starts again after losing agents before the job fails.
 pub const MAX_RESTARTS: usize = 3;
@@ -82,6 +86,9 @@ pub struct StageReport {
     pub busy: Duration,
     /// From the first item's arrival to the last's.
     pub span: Duration,
+    /// The swaps of its kernel asked for while it ran, in order, and what
+    /// became of each (`kernel` is the one it ran last).
+    pub swaps: Vec<Swapped>,
 }
 
 /// What a streamed pipeline runs, where, and how.
@@ -103,6 +110,8 @@ pub struct StreamSpec<'a> {
     pub interval: Option<Duration>,
     /// Record a trace of the run.
     pub trace: bool,
+    /// Kernel swaps asked for while it runs (see [`Swapper`]).
+    pub swaps: Option<&'a Swaps>,
 }
 
 /// An agent a pipeline lost.
@@ -141,7 +150,32 @@ pub struct StreamRun {
 pub async fn run_pipeline(
     spec: &StreamSpec<'_>,
     inputs: impl IntoIterator<Item = Array>,
+    on_result: impl FnMut(u64, Array),
+) -> StreamRun {
+    let swaps = RefCell::new(SwapState::new(spec.stages));
+    let mut run = run_attempts(spec, inputs, on_result, &swaps).await;
+    if let Ok(reports) = &mut run.result {
+        // Swaps still unsent: asked for too late.
+        let mut state = swaps.into_inner();
+        for (stage, rx) in spec.swaps.iter().flat_map(|s| s.stages.iter().enumerate()) {
+            while let Ok(kernel) = rx.try_recv() {
+                state.sent(stage, kernel);
+            }
+        }
+        let done = state.finish();
+        for r in reports {
+            r.swaps = done.get(r.stage).cloned().unwrap_or_default();
+        }
+    }
+    run
+}
+
+/// [`run_pipeline`], swaps kept in `swaps` across the attempts.
+async fn run_attempts(
+    spec: &StreamSpec<'_>,
+    inputs: impl IntoIterator<Item = Array>,
     mut on_result: impl FnMut(u64, Array),
+    swaps: &RefCell<SwapState>,
 ) -> StreamRun {
     let n = spec.stages.len();
     let mut run = StreamRun {
@@ -174,7 +208,7 @@ pub async fn run_pipeline(
             &placement,
             stream,
             traced,
-            &replay,
+            (&replay, swaps),
             &mut inputs,
             &mut on_result,
         )
@@ -234,6 +268,7 @@ pub async fn run_pipeline(
             return run;
         }
         run.restarts += 1;
+        swaps.borrow_mut().restarted(first);
         stream = rand::random();
         let names: Vec<&str> = placement.iter().map(|p| p.name.as_str()).collect();
         log::warn!(

@@ -1,0 +1,121 @@
+//! Hot code loading: stages of a streamed pipeline swap their kernels —
+//! native to native, native to a WebAssembly module pushed meanwhile, and
+//! to a kernel the agent lacks (refused) — while 10,000 items flow; every
+//! result comes once, in order, from exactly one of each stage's kernels,
+//! with one switch point per stage, the one the stage reported.
+
+use crate::locate;
+use crate::support::{Scratch, skelpi};
+use skelpi::cluster::Cluster;
+use skelpi::runtime::stream::{self, SwapOutcome};
+use skelpi_agent::kernels::Array;
+use skelpi_proto::skeleton::Kernel;
+
+const ITEMS: u64 = 10_000;
+
+#[test]
+fn stages_swap_kernels_mid_stream_without_losing_or_repeating_an_item() {
+    let guest = locate::example_guest();
+    smol::block_on(async {
+        let mut cluster = Cluster::local(3, &Default::default()).await.unwrap();
+        let pushed = cluster.push_module(&guest).await.unwrap();
+        let wasm_scale = Kernel::new(&format!("wasm:{}:scale", pushed.hash), [5.0]);
+        let stages = [
+            Kernel::new("scale", [2.0]),
+            Kernel::new("identity", []),
+            Kernel::new("square", []),
+        ];
+        let (swapper, swaps) = stream::swaps(stages.len());
+        let inputs = (1..=ITEMS).map(|x| Array::list(vec![x as f64]));
+        // Per result, stage 0's factor times stage 1's.
+        let mut factors = Vec::new();
+        let reports = cluster
+            .stream_pipeline_swapping(&stages, inputs, None, &swaps, |i, a| {
+                assert_eq!(i, factors.len() as u64, "results in order, once each");
+                let x = (i + 1) as f64;
+                factors.push((a.data[0].sqrt() / x).round() as u64);
+                match i {
+                    1_000 => assert!(swapper.swap(2, Kernel::new("no_such_kernel", []))),
+                    3_000 => assert!(swapper.swap(0, Kernel::new("scale", [3.0]))),
+                    5_000 => assert!(swapper.swap(1, wasm_scale.clone())),
+                    _ => {}
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(factors.len() as u64, ITEMS);
+        let from = |stage: usize| match reports[stage].swaps[..] {
+            [ref s] => match s.outcome {
+                SwapOutcome::From(k) => k,
+                ref other => panic!("stage {stage}: {other:?}"),
+            },
+            ref all => panic!("stage {stage}: {all:?}"),
+        };
+        let (k0, k1) = (from(0), from(1));
+        // Mid-stream: after the results that asked, before the end.
+        assert!((3_000..ITEMS).contains(&k0), "stage 0 switched at {k0}");
+        assert!((5_000..ITEMS).contains(&k1), "stage 1 switched at {k1}");
+        for (i, &f) in factors.iter().enumerate() {
+            let i = i as u64;
+            let a = if i < k0 { 2 } else { 3 };
+            let b = if i < k1 { 1 } else { 5 };
+            assert_eq!(f, a * b, "item {i}: switch points {k0}, {k1}");
+        }
+        assert_eq!(reports[0].kernel, Kernel::new("scale", [3.0]));
+        assert_eq!(reports[1].kernel, wasm_scale);
+        // The refused swap left stage 2 as it was.
+        assert_eq!(reports[2].kernel, Kernel::new("square", []));
+        match &reports[2].swaps[0].outcome {
+            SwapOutcome::Refused(why) => assert!(why.contains("no_such_kernel"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        cluster.close().await;
+    });
+}
+
+#[test]
+fn skelpi_run_swaps_a_stage_after_n_results() {
+    let dir = Scratch::new("swap-cli");
+    let job = dir.path("swap.toml");
+    std::fs::write(
+        &job,
+        // The last stage takes 1 ms an item: it is still running when the
+        // swap is asked (a stage that has run all its items takes none).
+        "skeleton = \"pipe(seq(scale(2)), seq(sleep_ms(1)))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 1000\nlength = 1\n",
+    )
+    .unwrap();
+    let out = dir.path("out.jsonl");
+    let (code, _, err) = skelpi(&[
+        "run",
+        &job,
+        "--local",
+        "2",
+        "--out",
+        &out,
+        "--swap",
+        "1=scale(3)@100",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("stage 1 runs scale(3) from item"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let k: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((100..1000).contains(&k), "{line}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 1000);
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let i = v["index"].as_u64().unwrap();
+        let want = if i < k { 2.0 } else { 6.0 } * i as f64;
+        assert_eq!(v["data"][0].as_f64().unwrap(), want, "{l}");
+    }
+    // A swap that names no stage of the job is refused before it runs.
+    let (code, _, err) = skelpi(&["run", &job, "--local", "1", "--swap", "7=square@1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the pipeline has stages 0 to 1"), "{err}");
+    let (code, _, err) = skelpi(&["run", &job, "--local", "1", "--swap", "0=square"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("STAGE=KERNEL@RESULTS"), "{err}");
+}
