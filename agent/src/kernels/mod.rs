@@ -163,12 +163,10 @@ impl Registry {
 
     /// Registered names, sorted; `wasm:*` when it runs WebAssembly modules.
     pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.kernels.keys().map(String::as_str).collect();
+        let names = self.kernels.keys().map(String::as_str);
         #[cfg(feature = "wasm")]
-        if self.modules.is_some() {
-            names.push("wasm:*");
-        }
-        names
+        let names = names.chain(self.modules.is_some().then_some("wasm:*"));
+        names.collect()
     }
 
     /// Adds `port:NAME` for every executable file `NAME` of `dir` (see

@@ -117,6 +117,23 @@ fn same_as_reference(target: &str, qemu: &str, qemu_args: &[&str], arch: &str) {
             let got = cluster.run(&tree, inputs).await.unwrap();
             assert_eq!(got, want, "{text}");
         }
+        // A WebAssembly module pushed to both: the same bits on each.
+        let pushed = cluster
+            .push_module(&crate::locate::example_guest())
+            .await
+            .unwrap();
+        assert_eq!(pushed.stored_on, ["arm", "native"]);
+        let tree: Skeleton = format!("map(6, seq(wasm:{}:erf))", pushed.hash)
+            .parse()
+            .unwrap();
+        let inputs: Vec<Array> = (0..12)
+            .map(|_| Array::list((0..64).map(|_| rng.random_range(-4.0..4.0)).collect()))
+            .collect();
+        let want: Vec<Array> = inputs
+            .iter()
+            .map(|a| Array::list(a.data.iter().map(|&x| libm::erf(x)).collect()))
+            .collect();
+        assert_eq!(cluster.run(&tree, inputs).await.unwrap(), want, "wasm erf");
         cluster.close().await;
     });
 }

@@ -326,6 +326,62 @@ pub fn golden_cases() -> Vec<Case> {
             )),
         },
         Case {
+            name: "module_push",
+            about: "module-push: 8 bytes (a CBOR byte string, not an array) claimed to hash to 64 zeros",
+            value: frame(Framed::plain(Message::ModulePush(
+                skelpi_proto::code::ModulePush {
+                    hash: "0".repeat(64),
+                    bytes: b"\0asm\x01\0\0\0".to_vec().into(),
+                },
+            ))),
+        },
+        Case {
+            name: "module_stored",
+            about: "module-stored: a module of one kernel",
+            value: frame(Framed::plain(Message::ModuleStored(
+                skelpi_proto::code::ModuleStored {
+                    hash: "ab".repeat(32),
+                    kernels: vec![format!("wasm:{}:erf", "ab".repeat(32))],
+                },
+            ))),
+        },
+        Case {
+            name: "stage_swap",
+            about: "stage-swap: stage 1 of stream 9 runs scale(3) from its next item",
+            value: frame(Framed::plain(Message::StageSwap(
+                skelpi_proto::code::StageSwap {
+                    stream: 9,
+                    stage: 1,
+                    kernel: "scale".into(),
+                    args: vec![3.0],
+                },
+            ))),
+        },
+        Case {
+            name: "stage_swapped",
+            about: "stage-swapped: stage 1 of stream 9 runs its new kernel from item 5001",
+            value: frame(Framed::plain(Message::StageSwapped(
+                skelpi_proto::code::StageSwapped {
+                    stream: 9,
+                    stage: 1,
+                    from: 5001,
+                    refused: None,
+                },
+            ))),
+        },
+        Case {
+            name: "stage_swap_refused",
+            about: "stage-swapped: stage 1 of stream 9 keeps its kernel",
+            value: frame(Framed::plain(Message::StageSwapped(
+                skelpi_proto::code::StageSwapped {
+                    stream: 9,
+                    stage: 1,
+                    from: 0,
+                    refused: Some("no kernel \"cube\"".into()),
+                },
+            ))),
+        },
+        Case {
             name: "task_failed",
             about: "task-failed: task 7 panicked",
             value: frame(Framed::plain(Message::TaskFailed(TaskFailed {
