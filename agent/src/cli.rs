@@ -82,13 +82,14 @@ pub struct Args {
     /// grows past it fails its task.
     #[cfg(feature = "wasm")]
     #[arg(long, value_name = "MIB", default_value_t = 128,
-          value_parser = clap::value_parser!(u64).range(1..=4096))]
+          value_parser = clap::value_parser!(u64).range(1..=2047))]
     wasm_memory: u64,
     /// WebAssembly modules masters push are kept in memory up to MIB (the
-    /// least recently used go first); 0 runs no WebAssembly.
+    /// least recently used go first; their compiled code takes a few
+    /// times their size more); 0 runs no WebAssembly.
     #[cfg(feature = "wasm")]
     #[arg(long, value_name = "MIB", default_value_t = 64,
-          value_parser = clap::value_parser!(u64).range(0..=65536))]
+          value_parser = clap::value_parser!(u64).range(0..=2047))]
     wasm_cache: u64,
     /// Also keep pushed modules in DIR (as HASH.wasm, checked when read
     /// back), so they survive restarts and evictions from the cache.

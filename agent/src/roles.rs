@@ -61,7 +61,8 @@ pub async fn serve_session(
     let (stage_tx, stage_rx) = async_channel::bounded(1);
     // Kernel swaps for that stage, applied between two items.
     let (swap_tx, swap_rx) = async_channel::bounded(4);
-    let mut stage_opened = false;
+    // The stage this session opened: (stream, stage).
+    let mut stage_opened: Option<(u64, u32)> = None;
     // The heartbeat interval the master asked for, once.
     let (beat_tx, beat_rx) = async_channel::bounded::<Duration>(1);
     let (watch_tx, watch_rx) = async_channel::bounded::<Duration>(1);
@@ -206,7 +207,7 @@ pub async fn serve_session(
                     sender.lock().await.send(&reply).await
                 }
                 Message::StageOpen(open) => {
-                    if stage_opened {
+                    if stage_opened.is_some() {
                         let what = "this session already runs a stage".to_owned();
                         sender
                             .lock()
@@ -214,7 +215,7 @@ pub async fn serve_session(
                             .send(&error(ErrorCode::BadRequest, what))
                             .await
                     } else {
-                        stage_opened = true;
+                        stage_opened = Some((open.stream, open.stage));
                         let _ = stage_tx.try_send(open);
                         Ok(())
                     }
@@ -298,12 +299,18 @@ pub async fn serve_session(
                     sender.lock().await.send(&reply).await
                 }
                 Message::StageSwap(swap) => {
-                    if stage_opened {
-                        // The stage answers when it has swapped.
-                        let _ = swap_tx.try_send(swap);
+                    if stage_opened == Some((swap.stream, swap.stage)) {
+                        // The stage answers when it has swapped. It takes
+                        // swaps before items, so this waits at most for
+                        // the item it is running; the stage is gone when
+                        // its channel is.
+                        let _ = swap_tx.send(swap).await;
                         Ok(())
                     } else {
-                        let what = "stage swap on a session that runs no stage".to_owned();
+                        let what = format!(
+                            "stage swap for stage {} of stream {}, which this session does not run",
+                            swap.stage, swap.stream
+                        );
                         sender
                             .lock()
                             .await
@@ -474,7 +481,7 @@ async fn start_task(
     (done, in_flight): (&async_channel::Sender<Outcome>, &Cell<usize>),
     sender: &Mutex<Sender>,
 ) -> Result<(), WireError> {
-    match config.kernels.find(&task.kernel) {
+    match stages::find(config, &task.kernel).await {
         Ok(kernel) => {
             let tag = Tag {
                 id: task.id,

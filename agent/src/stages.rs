@@ -15,7 +15,7 @@
 //! as [`skelpi_proto::StageFailed`]; when the master closes the stage's
 //! connection, the stage is dropped with its session.
 
-use crate::kernels::Array;
+use crate::kernels::{Array, Kernel, KernelError};
 use crate::server::ServerConfig;
 use crate::wire::handshake::{self, ConnectOptions};
 use crate::wire::{Receiver, Sender};
@@ -31,6 +31,7 @@ use skelpi_proto::{
 use smol::lock::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Items an inbox holds before its producer waits.
@@ -167,6 +168,16 @@ pub async fn deliver(
     })
 }
 
+/// The kernel `name`, found off the executor when it may have to be read
+/// and compiled (a WebAssembly module not in the cache).
+pub async fn find(config: &ServerConfig, name: &str) -> Result<Arc<dyn Kernel>, KernelError> {
+    if !name.starts_with("wasm:") {
+        return config.kernels.find(name);
+    }
+    let (kernels, name) = (config.kernels.clone(), name.to_owned());
+    smol::unblock(move || kernels.find(&name)).await
+}
+
 /// How the session that opened a stage is linked to its master, and how
 /// the stage links to its successor likewise.
 #[derive(Debug, Clone, Copy)]
@@ -219,7 +230,7 @@ pub async fn run_stage(
         log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
         report(Message::Error(ErrorReply { code, message }))
     };
-    let mut kernel = match config.kernels.find(&open.kernel) {
+    let mut kernel = match find(config, &open.kernel).await {
         Ok(k) => k,
         Err(why) => {
             let what = format!("agent {}: {why}", config.info.name);
@@ -270,7 +281,12 @@ pub async fn run_stage(
                 Ok(Ok(item)) => item,
                 Ok(Err(_)) => break,
                 Err(Ok(swap)) => {
-                    let refused = match config.kernels.find(&swap.kernel) {
+                    let found = if inbox.is_closed() && inbox.is_empty() {
+                        Err(KernelError(format!("stage {stage} has run all its items")))
+                    } else {
+                        find(config, &swap.kernel).await
+                    };
+                    let refused = match found {
                         Ok(k) => {
                             log::info!(
                                 skelpi_job:% = job;
@@ -285,6 +301,7 @@ pub async fn run_stage(
                         Err(why) => Some(format!("agent {}: {why}", config.info.name)),
                     };
                     let swapped = StageSwapped {
+                        id: swap.id,
                         stream,
                         stage,
                         from: next_index,
@@ -293,7 +310,9 @@ pub async fn run_stage(
                     report(Message::StageSwapped(swapped)).await;
                     continue;
                 }
-                // The session is gone: the stage is dropped with it.
+                // The swaps' sender lives in the session that owns this
+                // stage: closed only as the session ends, which drops the
+                // stage with it.
                 Err(Err(_)) => future::pending().await,
             };
             next_index = item.index + 1;

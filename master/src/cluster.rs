@@ -370,8 +370,7 @@ impl Cluster {
     /// swaps (from which item the new kernel ran).
     ///
     /// # Examples
-    /// Stage 1 (1 ms an item) passes items on, then triples them from
-    /// some item on (a swap asked after its last item would not apply):
+    /// Stage 1 passes items on, then triples them from some item on:
     /// ```
     /// use skelpi::cluster::Cluster;
     /// use skelpi::runtime::stream::{self, SwapOutcome};
@@ -379,9 +378,12 @@ impl Cluster {
     /// use skelpi_proto::skeleton::Kernel;
     /// smol::block_on(async {
     ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
-    ///     let stages = [Kernel::new("scale", [2.0]), Kernel::new("sleep_ms", [1.0])];
+    ///     let stages = [Kernel::new("scale", [2.0]), Kernel::new("identity", [])];
     ///     let (swapper, swaps) = stream::swaps(stages.len());
-    ///     let inputs = (1..=100).map(|i| Array::list(vec![f64::from(i)]));
+    ///     // More items than the stream holds in flight (1,024 per stage
+    ///     // and one stage's worth more) after the swap is asked: stage 1
+    ///     // cannot have run them all.
+    ///     let inputs = (1..=4000).map(|i| Array::list(vec![f64::from(i)]));
     ///     let mut out = Vec::new();
     ///     let reports = cluster
     ///         .stream_pipeline_swapping(&stages, inputs, None, &swaps, |i, a| {
@@ -535,8 +537,6 @@ impl Cluster {
     }
 }
 
-/// The kernels of a tree that is a pipeline of two or more `seq` stages,
-/// which stream agent to agent.
 /// The stages of a pipeline of at least two `seq` stages (those run
 /// streamed agent to agent), else `None`.
 pub fn streamable(tree: &Skeleton) -> Option<Vec<Kernel>> {

@@ -155,11 +155,7 @@ impl Cluster {
             if pushed.iter().any(|(f, _)| *f == file) {
                 continue;
             }
-            let path = base.join(&file);
-            let bytes = std::fs::read(&path).map_err(|source| PushError::File {
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = read_module(&base.join(&file))?;
             let p = self.push_module(&bytes).await?;
             pushed.push((file, p));
         }
@@ -172,6 +168,22 @@ impl Cluster {
         }
         Ok((tree, pushed.into_iter().map(|(_, p)| p).collect()))
     }
+}
+
+/// Reads a module file, refusing one too large to push before reading it.
+pub fn read_module(path: &Path) -> Result<Vec<u8>, PushError> {
+    let file = |source| PushError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(file)?.len();
+    if size > MAX_MODULE_BYTES as u64 {
+        return Err(PushError::TooLarge {
+            size: usize::try_from(size).unwrap_or(usize::MAX),
+            max: MAX_MODULE_BYTES,
+        });
+    }
+    std::fs::read(path).map_err(file)
 }
 
 /// `(file, export)` of a kernel named `wasm:FILE.wasm:export`.

@@ -37,6 +37,8 @@ pub struct ModuleStored {
 /// stage then keeps its old one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageSwap {
+    /// A number the master chose; the answer carries it.
+    pub id: u64,
     /// The pipeline.
     pub stream: u64,
     /// The stage.
@@ -51,6 +53,8 @@ pub struct StageSwap {
 /// items before it ran the old one), or refused the swap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageSwapped {
+    /// The swap's [`StageSwap::id`].
+    pub id: u64,
     /// The pipeline.
     pub stream: u64,
     /// The stage.
@@ -58,7 +62,8 @@ pub struct StageSwapped {
     /// The first item the new kernel runs on.
     pub from: u64,
     /// Why the stage keeps its old kernel (the new one is unknown here,
-    /// its module not stored...); absent when it swapped.
+    /// its module not stored, the stage has run all its items); absent
+    /// when it swapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }

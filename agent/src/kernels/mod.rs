@@ -143,8 +143,10 @@ impl Registry {
     }
 
     /// The kernel named `name`, or why there is none here (in words for
-    /// the master: what is missing and what to do).
-    pub fn find(&self, name: &str) -> Result<Arc<dyn Kernel>, String> {
+    /// the master: what is missing and what to do). A `wasm:` kernel whose
+    /// module left the cache is read back and compiled: call it off an
+    /// async executor.
+    pub fn find(&self, name: &str) -> Result<Arc<dyn Kernel>, KernelError> {
         if let Some(k) = self.kernels.get(name) {
             return Ok(k.clone());
         }
@@ -152,13 +154,13 @@ impl Registry {
         if let (Some(modules), true) = (&self.modules, name.starts_with("wasm:")) {
             return match modules.kernel(name) {
                 Ok(k) => Ok(Arc::new(k)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(KernelError(e.to_string())),
             };
         }
-        Err(format!(
+        Err(KernelError(format!(
             "no kernel {name:?} (it has: {})",
             self.names().join(", ")
-        ))
+        )))
     }
 
     /// Registered names, sorted; `wasm:*` when it runs WebAssembly modules.

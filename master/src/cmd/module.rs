@@ -3,6 +3,7 @@
 use super::pool_args::PoolArgs;
 use anyhow::Context;
 use clap::Subcommand;
+use skelpi::modules::read_module;
 use skelpi::pool;
 use std::path::PathBuf;
 
@@ -30,7 +31,7 @@ pub fn run(command: &ModuleCommand) -> anyhow::Result<()> {
     let ModuleCommand::Push { files, pool } = command;
     let modules = files
         .iter()
-        .map(|f| std::fs::read(f).with_context(|| format!("cannot read module {}", f.display())))
+        .map(|f| read_module(f).with_context(|| format!("cannot push {}", f.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
     smol::block_on(async {
         let mut pool = pool::connect(&pool.options(false)).await?;

@@ -205,7 +205,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
                 .await;
             report = got;
             result
-        } else if let (false, Some(stages)) = (swap_args.is_empty(), &streamed) {
+        } else if let (false, Some(stages)) = (swap_args.is_empty(), streamable(&job.skeleton)) {
             let (swapper, swaps) = stream::swaps(stages.len());
             let ask = |s: &SwapArg| {
                 swapper.swap(s.stage, s.kernel.clone());
@@ -224,6 +224,15 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
                 seen += 1;
                 swap_args.iter().filter(|s| s.after == seen).for_each(ask);
             };
+            let inputs_total = inputs as u64;
+            let never = swap_args.iter().filter(|s| s.after > inputs_total);
+            for s in never {
+                eprintln!(
+                    "swap: stage {} will not run {}: the job has {inputs_total} results, \
+                     fewer than {}",
+                    s.stage, s.kernel, s.after
+                );
+            }
             let stages = &stages[..];
             let inputs = job.input.arrays();
             let got = pool
@@ -238,6 +247,10 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
                             SwapOutcome::From(k) => {
                                 eprintln!("swap: stage {stage} runs {kernel} from item {k}")
                             }
+                            SwapOutcome::By(k) => eprintln!(
+                                "swap: stage {stage} runs {kernel} from item {k} at the latest \
+                                 (its agent was lost before it answered)"
+                            ),
                             SwapOutcome::Refused(why) => {
                                 eprintln!(
                                     "swap: stage {stage} kept its kernel, not {kernel}: {why}"

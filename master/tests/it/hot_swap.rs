@@ -79,10 +79,11 @@ fn skelpi_run_swaps_a_stage_after_n_results() {
     let job = dir.path("swap.toml");
     std::fs::write(
         &job,
-        // The last stage takes 1 ms an item: it is still running when the
-        // swap is asked (a stage that has run all its items takes none).
-        "skeleton = \"pipe(seq(scale(2)), seq(sleep_ms(1)))\"\n\
-         [input]\ngenerate = \"range\"\nitems = 1000\nlength = 1\n",
+        // More items than the stream holds in flight (3,072 for two
+        // stages) after the swap is asked: stage 1 is still running then
+        // (a stage that has run all its items takes no swap).
+        "skeleton = \"pipe(seq(scale(2)), seq(identity))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 4000\nlength = 1\n",
     )
     .unwrap();
     let out = dir.path("out.jsonl");
@@ -102,15 +103,40 @@ fn skelpi_run_swaps_a_stage_after_n_results() {
         .find(|l| l.contains("stage 1 runs scale(3) from item"))
         .unwrap_or_else(|| panic!("{err}"));
     let k: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!((100..1000).contains(&k), "{line}");
+    assert!((100..4000).contains(&k), "{line}");
     let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(text.lines().count(), 1000);
+    assert_eq!(text.lines().count(), 4000);
     for l in text.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         let i = v["index"].as_u64().unwrap();
         let want = if i < k { 2.0 } else { 6.0 } * i as f64;
         assert_eq!(v["data"][0].as_f64().unwrap(), want, "{l}");
     }
+    // A pipeline naming a module file, swapped to another of its kernels
+    // (named by file too).
+    std::fs::write(dir.0.join("guest.wasm"), crate::locate::example_guest()).unwrap();
+    let wasm_job = dir.path("wasm.toml");
+    std::fs::write(
+        &wasm_job,
+        "skeleton = \"pipe(seq(wasm:guest.wasm:scale(2)), seq(identity))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 4000\nlength = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = skelpi(&[
+        "run",
+        &wasm_job,
+        "--local",
+        "2",
+        "--out",
+        &out,
+        "--swap",
+        "1=wasm:guest.wasm:scale(5)@100",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(":scale(5) from item "), "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 4000);
+    assert!(text.lines().last().unwrap().contains("[39990.0]"), "{text}");
     // A swap that names no stage of the job is refused before it runs.
     let (code, _, err) = skelpi(&["run", &job, "--local", "1", "--swap", "7=square@1"]);
     assert_eq!(code, Some(1), "{err}");

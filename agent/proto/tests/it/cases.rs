@@ -347,9 +347,10 @@ pub fn golden_cases() -> Vec<Case> {
         },
         Case {
             name: "stage_swap",
-            about: "stage-swap: stage 1 of stream 9 runs scale(3) from its next item",
+            about: "stage-swap 2: stage 1 of stream 9 runs scale(3) from its next item",
             value: frame(Framed::plain(Message::StageSwap(
                 skelpi_proto::code::StageSwap {
+                    id: 2,
                     stream: 9,
                     stage: 1,
                     kernel: "scale".into(),
@@ -359,9 +360,10 @@ pub fn golden_cases() -> Vec<Case> {
         },
         Case {
             name: "stage_swapped",
-            about: "stage-swapped: stage 1 of stream 9 runs its new kernel from item 5001",
+            about: "stage-swapped 2: stage 1 of stream 9 runs its new kernel from item 5001",
             value: frame(Framed::plain(Message::StageSwapped(
                 skelpi_proto::code::StageSwapped {
+                    id: 2,
                     stream: 9,
                     stage: 1,
                     from: 5001,
@@ -371,9 +373,10 @@ pub fn golden_cases() -> Vec<Case> {
         },
         Case {
             name: "stage_swap_refused",
-            about: "stage-swapped: stage 1 of stream 9 keeps its kernel",
+            about: "stage-swapped 2: stage 1 of stream 9 keeps its kernel",
             value: frame(Framed::plain(Message::StageSwapped(
                 skelpi_proto::code::StageSwapped {
+                    id: 2,
                     stream: 9,
                     stage: 1,
                     from: 0,

@@ -120,6 +120,7 @@ fn code_message() -> impl Strategy<Value = Message> {
         )
             .prop_map(
                 |(stream, stage, kernel, args)| Message::StageSwap(StageSwap {
+                    id: stream ^ 7,
                     stream,
                     stage,
                     kernel,
@@ -134,6 +135,7 @@ fn code_message() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(stream, stage, from, refused)| {
                 Message::StageSwapped(StageSwapped {
+                    id: from ^ 3,
                     stream,
                     stage,
                     from,

@@ -17,8 +17,15 @@
 //!   8-byte little-endian float, at `args` and `data`. It returns
 //!   `(ptr << 32) | count` for an output of `count` floats at `ptr`, or
 //!   `-((ptr << 32) | len)` for a call that fails with the UTF-8 message
-//!   of `len` bytes at `ptr`. The output has the input's shape when it has
-//!   as many elements, else it is a list.
+//!   of `len` bytes at `ptr` (not empty: an empty message at 0 reads as an
+//!   empty output). The output has the input's shape when it has as many
+//!   elements, else it is a list. Memory stays below 2 GiB
+//!   ([`Limits::memory`]), so a pointer never sets the sign bit.
+//!
+//! A module has at most one memory (32-bit) and one table; what it
+//! declares at start must fit the limits (checked when it is stored), and
+//! wasmi's strict limits on functions, globals and segments bound the
+//! cost of compiling it.
 //!
 //! Only functions of exactly that type are kernels; a module without
 //! `memory`, `skelpi_alloc` or any kernel is refused when pushed.
@@ -46,8 +53,45 @@ use wasmi::{Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, Trap
 pub struct Limits {
     /// Fuel per call (wasmi charges about one unit per instruction).
     pub fuel: u64,
-    /// Linear memory per call, bytes.
+    /// Linear memory per call, bytes (below 2 GiB: see the guest ABI).
     pub memory: usize,
+}
+
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} units of fuel, {} MiB of memory, tables of {TABLE_ELEMENTS} elements",
+            self.fuel,
+            self.memory >> 20
+        )
+    }
+}
+
+/// The most memory a call may have: 2047 MiB (a pointer then never sets
+/// the sign bit of the packed result).
+pub const MAX_MEMORY: usize = 2047 << 20;
+
+/// Elements a guest's table may hold (function pointers: Rust guests
+/// have a few hundred).
+pub const TABLE_ELEMENTS: usize = 65_536;
+
+/// A store for one call within `limits` (fuel set), and a linker with no
+/// imports.
+fn store(engine: &Engine, limits: Limits) -> (Store<StoreLimits>, Linker<StoreLimits>) {
+    let limiter = StoreLimitsBuilder::new()
+        .memory_size(limits.memory)
+        .memories(1)
+        .tables(1)
+        .table_elements(TABLE_ELEMENTS)
+        .instances(1)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(engine, limiter);
+    store.limiter(|l: &mut StoreLimits| l);
+    // Fuel metering is on in every engine of `Modules`.
+    store.set_fuel(limits.fuel).expect("fuel metering is on");
+    (store, Linker::new(engine))
 }
 
 impl Default for Limits {
@@ -85,18 +129,9 @@ impl std::fmt::Debug for WasmKernel {
 impl Kernel for WasmKernel {
     fn call(&self, args: &[f64], input: Array) -> Result<Array, KernelError> {
         let fail = |what: String| KernelError(format!("{}: {what}", self.name));
-        let limiter = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory)
-            .instances(1)
-            .trap_on_grow_failure(true)
-            .build();
-        let mut store = Store::new(&self.engine, limiter);
-        store.limiter(|l: &mut StoreLimits| l);
-        store
-            .set_fuel(self.limits.fuel)
-            .map_err(|e| fail(format!("cannot meter fuel: {e}")))?;
+        let (mut store, linker) = store(&self.engine, self.limits);
         let trapped = |e: wasmi::Error| fail(self.explain(&e));
-        let instance = Linker::<StoreLimits>::new(&self.engine)
+        let instance = linker
             .instantiate_and_start(&mut store, &self.module)
             .map_err(trapped)?;
         // Checked when the module was stored.
@@ -126,11 +161,21 @@ impl Kernel for WasmKernel {
             .call(&mut store, (args_at, nargs, data_at, n))
             .map_err(trapped)?;
         let (at, len) = split(packed.unsigned_abs());
-        let bytes_len = if packed < 0 { len } else { len * 8 };
+        // 32-bit boards: `len * 8` may not fit a usize.
+        let bytes_len = if packed < 0 {
+            Some(len)
+        } else {
+            len.checked_mul(8)
+        };
         let mem = memory.data(&store);
-        let Some(bytes) = mem.get(at..).and_then(|m| m.get(..bytes_len)) else {
+        let found = bytes_len.and_then(|n| mem.get(at..).and_then(|m| m.get(..n)));
+        let Some(bytes) = found else {
             return Err(fail(format!(
-                "returned {bytes_len} bytes at {at}, outside its memory of {} bytes",
+                "returned {} at {at}, outside its memory of {} bytes",
+                match bytes_len {
+                    Some(n) => format!("{n} bytes"),
+                    None => format!("{len} floats"),
+                },
                 mem.len()
             )));
         };
@@ -161,7 +206,8 @@ impl WasmKernel {
                 self.limits.fuel
             ),
             Some(TrapCode::GrowthOperationLimited) => format!(
-                "grew its memory past the limit of {} MiB (skelpi-agent --wasm-memory)",
+                "grew its memory past the limit of {} MiB (skelpi-agent --wasm-memory), \
+                 or a table past {TABLE_ELEMENTS} elements",
                 self.limits.memory >> 20
             ),
             Some(code) => format!("trapped: {code}"),

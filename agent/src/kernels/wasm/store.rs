@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
-use wasmi::{Config, Engine, ExternType, Module, ValType};
+use wasmi::{Config, EnforcedLimits, Engine, ExternType, Module, ValType};
 
 /// Why a module was refused or a `wasm:` kernel cannot run here.
 #[derive(Debug, Error)]
@@ -81,7 +81,6 @@ pub struct Modules {
 }
 
 struct Inner {
-    engine: Engine,
     limits: Limits,
     bound: usize,
     dir: Option<PathBuf>,
@@ -95,7 +94,11 @@ struct Cache {
     tick: u64,
 }
 
+/// A compiled module with an engine of its own: wasmi's engines keep the
+/// code of every module compiled with them until they are dropped, so a
+/// shared engine would never give an evicted module's memory back.
 struct Entry {
+    engine: Engine,
     module: Module,
     size: usize,
     used: u64,
@@ -117,17 +120,18 @@ impl Modules {
     /// By default, modules take at most 64 MiB of the agent's memory.
     pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
-    /// An empty store: calls run within `limits`, the cache holds at most
+    /// An empty store: calls run within `limits` (memory at most
+    /// [`super::MAX_MEMORY`]), the cache holds at most
     /// `cache_bytes` of modules, and `dir` (if any) keeps every module
     /// stored as `<hash>.wasm` (read back, and checked, when the cache
     /// misses).
     pub fn new(limits: Limits, cache_bytes: usize, dir: Option<PathBuf>) -> Modules {
-        let mut config = Config::default();
-        config.consume_fuel(true);
         Modules {
             inner: Arc::new(Inner {
-                engine: Engine::new(&config),
-                limits,
+                limits: Limits {
+                    memory: limits.memory.min(super::MAX_MEMORY),
+                    ..limits
+                },
                 bound: cache_bytes,
                 dir,
                 cache: Mutex::default(),
@@ -155,8 +159,15 @@ impl Modules {
                 actual,
             });
         }
-        if let Some(e) = self.cache().entries.get(&actual) {
-            return Ok(names(&actual, &e.kernels));
+        {
+            // Stored again: it counts as used now.
+            let mut cache = self.cache();
+            cache.tick += 1;
+            let tick = cache.tick;
+            if let Some(e) = cache.entries.get_mut(&actual) {
+                e.used = tick;
+                return Ok(names(&actual, &e.kernels));
+            }
         }
         let entry = self.compile(bytes)?;
         if let Some(dir) = &self.inner.dir {
@@ -181,22 +192,22 @@ impl Modules {
             return Err(bad());
         }
         let found = self.lookup(hash, export);
-        let module = match found {
+        let (engine, module) = match found {
             Some(found) => found?,
             None => {
                 let entry = self.load(hash)?;
-                let module = entry.module.clone();
+                let found = (entry.engine.clone(), entry.module.clone());
                 let kernels = entry.kernels.clone();
                 self.insert(hash.to_owned(), entry);
                 if !kernels.iter().any(|k| k == export) {
                     return Err(no_export(hash, export, kernels));
                 }
-                module
+                found
             }
         };
         Ok(WasmKernel {
             name: name.to_owned(),
-            engine: self.inner.engine.clone(),
+            engine,
             module,
             export: export.to_owned(),
             limits: self.inner.limits,
@@ -204,7 +215,7 @@ impl Modules {
     }
 
     /// The stored module `hash`'s compiled code, if cached.
-    fn lookup(&self, hash: &str, export: &str) -> Option<Result<Module, ModuleError>> {
+    fn lookup(&self, hash: &str, export: &str) -> Option<Result<(Engine, Module), ModuleError>> {
         let mut cache = self.cache();
         cache.tick += 1;
         let tick = cache.tick;
@@ -213,7 +224,7 @@ impl Modules {
         if !entry.kernels.iter().any(|k| k == export) {
             return Some(Err(no_export(hash, export, entry.kernels.clone())));
         }
-        Some(Ok(entry.module.clone()))
+        Some(Ok((entry.engine.clone(), entry.module.clone())))
     }
 
     /// Reads a module evicted from the cache back from the directory.
@@ -243,8 +254,9 @@ impl Modules {
                 bound: self.inner.bound,
             });
         }
-        let module = Module::new(&self.inner.engine, bytes)
-            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        let engine = engine();
+        let module =
+            Module::new(&engine, bytes).map_err(|e| ModuleError::Invalid(e.to_string()))?;
         let imports: Vec<String> = module
             .imports()
             .map(|i| format!("{}::{}", i.module(), i.name()))
@@ -283,7 +295,17 @@ impl Modules {
             return Err(ModuleError::Abi(what.to_owned()));
         }
         kernels.sort();
+        // What it declares at start (memory, tables, a start function)
+        // must fit the limits of a call.
+        let (mut store, linker) = super::store(&engine, self.inner.limits);
+        if let Err(e) = linker.instantiate_and_start(&mut store, &module) {
+            return Err(ModuleError::Abi(format!(
+                "it cannot start within this agent's limits ({}): {e}",
+                self.inner.limits
+            )));
+        }
         Ok(Entry {
+            engine,
             module,
             size: bytes.len(),
             used: 0,
@@ -324,6 +346,19 @@ impl Modules {
         hashes.sort();
         hashes
     }
+}
+
+/// An engine for one module: fuel metered, one 32-bit memory, and wasmi's
+/// strict limits on what a module may declare (functions, globals,
+/// segments...), which bound compiling a hostile module.
+fn engine() -> Engine {
+    let mut config = Config::default();
+    config
+        .consume_fuel(true)
+        .wasm_multi_memory(false)
+        .wasm_memory64(false)
+        .enforced_limits(EnforcedLimits::strict());
+    Engine::new(&config)
 }
 
 fn names(hash: &str, exports: &[String]) -> Vec<String> {

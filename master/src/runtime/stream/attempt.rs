@@ -142,11 +142,12 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     for (i, (addr, (beat, liveness), (sender, receiver))) in halves.iter_mut().enumerate() {
         let addr = *addr;
         let lost = move |e: WireError| sent_or_lost(addr, e);
-        // This stage's swaps: those of a run before first.
+        // This stage's swaps.
         let stage_swaps = spec.swaps.and_then(|s| s.stages.get(i));
         let swap = move |kernel: Kernel| {
-            swaps.borrow_mut().sent(i, kernel.clone());
+            let id = swaps.borrow_mut().sent(i, kernel.clone());
             Message::StageSwap(StageSwap {
+                id,
                 stream,
                 stage: i as u32,
                 kernel: kernel.name,
@@ -161,10 +162,6 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
             let feed = async move {
                 let mut due = Instant::now();
                 let mut next = first;
-                let again = swaps.borrow_mut().take_pending(i);
-                for kernel in again {
-                    sender.send(&swap(kernel)).await.map_err(lost)?;
-                }
                 loop {
                     // Swaps of the first stage go between two items.
                     while let Some(kernel) = stage_swaps.and_then(|rx| rx.try_recv().ok()) {
@@ -344,10 +341,6 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
             let Some(sender) = idle_sender else {
                 return future::pending().await;
             };
-            let again = swaps.borrow_mut().take_pending(i);
-            for kernel in again {
-                sender.send(&swap(kernel)).await.map_err(lost)?;
-            }
             // The first beat at once: the agent then knows this master
             // beats. Only to an agent that beats itself (it sends its
             // first beat on hello): an older one would refuse the frame.

@@ -152,6 +152,19 @@ pub async fn run_pipeline(
     inputs: impl IntoIterator<Item = Array>,
     on_result: impl FnMut(u64, Array),
 ) -> StreamRun {
+    if let Some(s) = spec.swaps
+        && s.stages() != spec.stages.len()
+    {
+        let (made, n) = (s.stages(), spec.stages.len());
+        return StreamRun {
+            result: Err(JobError::Invalid(format!(
+                "swaps made for {made} stages given to a pipeline of {n}"
+            ))),
+            lost: Vec::new(),
+            restarts: 0,
+            trace: None,
+        };
+    }
     let swaps = RefCell::new(SwapState::new(spec.stages));
     let mut run = run_attempts(spec, inputs, on_result, &swaps).await;
     if let Ok(reports) = &mut run.result {
@@ -161,6 +174,10 @@ pub async fn run_pipeline(
             while let Ok(kernel) = rx.try_recv() {
                 state.sent(stage, kernel);
             }
+        }
+        // Later swaps are refused at once (`Swapper::swap` says false).
+        for rx in spec.swaps.iter().flat_map(|s| &s.stages) {
+            rx.close();
         }
         let done = state.finish();
         for r in reports {

@@ -11,7 +11,7 @@
 //! agent, its stages open with their current kernels and the items
 //! replayed run with them: a switch point moves back to the first
 //! replayed item if it lay after it (still one point per swap), and swaps
-//! not yet answered are sent again.
+//! not yet answered are taken as applied from there ([`SwapOutcome::By`]).
 
 use skelpi_proto::code::StageSwapped;
 use skelpi_proto::skeleton::Kernel;
@@ -24,10 +24,19 @@ pub struct Swapper {
 }
 
 /// The pipeline's end of a [`Swapper`]: pass it to
-/// `Cluster::stream_pipeline_swapping`.
+/// `Cluster::stream_pipeline_swapping`. It serves one pipeline: when that
+/// ends, swaps not sent are reported as not applied and the swapper's
+/// `swap` returns `false`.
 #[derive(Debug)]
 pub struct Swaps {
     pub(super) stages: Vec<async_channel::Receiver<Kernel>>,
+}
+
+impl Swaps {
+    /// The number of stages it was made for.
+    pub fn stages(&self) -> usize {
+        self.stages.len()
+    }
 }
 
 /// A swapper and the swaps it sends, for a pipeline of `stages` stages.
@@ -63,20 +72,26 @@ pub enum SwapOutcome {
     /// It runs the new kernel from this item on (the items before it ran
     /// the kernel before).
     From(u64),
+    /// Its agent was lost before it answered; the stream restarted from
+    /// this item with the new kernel. The old stage may have switched
+    /// earlier (after the swap was asked): the new kernel ran from this
+    /// item on at the latest, still from a single point.
+    By(u64),
     /// It kept its kernel, for this reason (the new one is unknown on its
-    /// agent, its module is not stored there...).
+    /// agent, its module is not stored there, it had run all its items).
     Refused(String),
-    /// The stream ended before the stage took it.
+    /// The stream ended before the swap reached the stage.
     NotApplied,
 }
 
 /// Swaps across a pipeline's attempts: each stage's current kernel, the
-/// swaps sent and not answered, and what became of the others.
+/// swaps sent and not answered (by id), and what became of the others.
 #[derive(Debug)]
 pub(super) struct SwapState {
     current: Vec<Kernel>,
-    pending: Vec<VecDeque<Kernel>>,
+    pending: Vec<VecDeque<(u64, Kernel)>>,
     done: Vec<Vec<Swapped>>,
+    next_id: u64,
 }
 
 impl SwapState {
@@ -85,6 +100,7 @@ impl SwapState {
             current: stages.to_vec(),
             pending: vec![VecDeque::new(); stages.len()],
             done: vec![Vec::new(); stages.len()],
+            next_id: 1,
         }
     }
 
@@ -93,29 +109,31 @@ impl SwapState {
         &self.current
     }
 
-    /// Takes the swaps of `stage` sent and not answered: about to be sent
-    /// again, to a restarted stage.
-    pub(super) fn take_pending(&mut self, stage: usize) -> Vec<Kernel> {
-        self.pending[stage].drain(..).collect()
+    /// A swap of `stage` is sent: its id.
+    pub(super) fn sent(&mut self, stage: usize, kernel: Kernel) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending[stage].push_back((id, kernel));
+        id
     }
 
-    /// A swap of `stage` was sent.
-    pub(super) fn sent(&mut self, stage: usize, kernel: Kernel) {
-        self.pending[stage].push_back(kernel);
-    }
-
-    /// Stage `stage` of a run fed from item `first` on answered its
-    /// oldest swap (a stage that has seen no item yet says 0: its first
-    /// item is `first`). `Err`: it answered none.
+    /// Stage `stage` of a run fed from item `first` on answered a swap (a
+    /// stage that has seen no item yet says 0: its first item is
+    /// `first`). `Err`: it was asked no such swap.
     pub(super) fn answered(
         &mut self,
         stage: usize,
         answer: &StageSwapped,
         first: u64,
     ) -> Result<(), String> {
-        let Some(kernel) = self.pending[stage].pop_front() else {
-            return Err(format!("stage {stage} answered a swap it was not asked"));
+        let pending = &mut self.pending[stage];
+        let Some(at) = pending.iter().position(|(id, _)| *id == answer.id) else {
+            return Err(format!(
+                "stage {stage} answered swap {}, which it was not asked",
+                answer.id
+            ));
         };
+        let (_, kernel) = pending.remove(at).expect("found");
         let outcome = match &answer.refused {
             Some(why) => SwapOutcome::Refused(why.clone()),
             None => {
@@ -128,12 +146,22 @@ impl SwapState {
         Ok(())
     }
 
-    /// The stream restarts from item `first`: those replayed run with the
-    /// current kernels.
+    /// The stream restarts from item `first`: the items replayed run with
+    /// the current kernels, those of swaps not answered included (their
+    /// stage may have applied them before its agent was lost).
     pub(super) fn restarted(&mut self, first: u64) {
         for s in self.done.iter_mut().flatten() {
-            if let SwapOutcome::From(from) = &mut s.outcome {
+            if let SwapOutcome::From(from) | SwapOutcome::By(from) = &mut s.outcome {
                 *from = (*from).min(first);
+            }
+        }
+        for (stage, pending) in self.pending.iter_mut().enumerate() {
+            for (_, kernel) in pending.drain(..) {
+                self.current[stage] = kernel.clone();
+                self.done[stage].push(Swapped {
+                    kernel,
+                    outcome: SwapOutcome::By(first),
+                });
             }
         }
     }
@@ -142,7 +170,7 @@ impl SwapState {
     /// not applied.
     pub(super) fn finish(mut self) -> Vec<Vec<Swapped>> {
         for (done, pending) in self.done.iter_mut().zip(self.pending) {
-            done.extend(pending.into_iter().map(|kernel| Swapped {
+            done.extend(pending.into_iter().map(|(_, kernel)| Swapped {
                 kernel,
                 outcome: SwapOutcome::NotApplied,
             }));
@@ -155,8 +183,9 @@ impl SwapState {
 mod tests {
     use super::*;
 
-    fn answer(from: u64, refused: Option<&str>) -> StageSwapped {
+    fn answer(id: u64, from: u64, refused: Option<&str>) -> StageSwapped {
         StageSwapped {
+            id,
             stream: 1,
             stage: 0,
             from,
@@ -165,31 +194,38 @@ mod tests {
     }
 
     #[test]
-    fn answers_match_swaps_in_order_and_a_restart_moves_switch_points_back() {
+    fn answers_match_swaps_by_id_and_a_restart_moves_switch_points_back() {
         let k = |f: f64| Kernel::new("scale", [f]);
         let mut state = SwapState::new(&[k(1.0), k(1.0)]);
-        assert!(state.answered(0, &answer(3, None), 0).is_err());
-        state.sent(0, k(2.0));
-        state.sent(0, Kernel::new("missing", []));
-        state.sent(1, k(3.0));
-        state.answered(0, &answer(10, None), 0).unwrap();
+        assert!(state.answered(0, &answer(3, 3, None), 0).is_err());
+        let a = state.sent(0, k(2.0));
+        let b = state.sent(0, Kernel::new("missing", []));
+        let c = state.sent(1, k(3.0));
+        // Answers in any order, each to its own swap.
         state
-            .answered(0, &answer(12, Some("no kernel")), 0)
+            .answered(0, &answer(b, 12, Some("no kernel")), 0)
             .unwrap();
+        state.answered(0, &answer(a, 10, None), 0).unwrap();
+        assert!(state.answered(0, &answer(a, 10, None), 0).is_err());
+        assert!(state.answered(1, &answer(a, 10, None), 0).is_err());
         assert_eq!(state.current(), [k(2.0), k(1.0)]);
-        assert_eq!(state.take_pending(1), [k(3.0)]);
-        state.sent(1, k(3.0));
-        // Replayed from 7: item 7 on ran the new kernel.
+        // Replayed from 7: item 7 on ran the new kernels, the unanswered
+        // one included.
         state.restarted(7);
+        assert_eq!(state.current(), [k(2.0), k(3.0)]);
         let done = state.finish();
-        assert_eq!(done[0][0].outcome, SwapOutcome::From(7));
-        assert_eq!(done[0][1].outcome, SwapOutcome::Refused("no kernel".into()));
-        assert_eq!(done[1][0].outcome, SwapOutcome::NotApplied);
+        assert_eq!(done[0][0].outcome, SwapOutcome::Refused("no kernel".into()));
+        assert_eq!(done[0][1].outcome, SwapOutcome::From(7));
+        assert_eq!(done[1][0].outcome, SwapOutcome::By(7));
+        assert!(c > b && b > a);
         // A stage of a restarted run, fed from 40, swapped before its
-        // first item: from 40.
+        // first item: from 40. One never answered: not applied.
         let mut state = SwapState::new(&[k(1.0)]);
-        state.sent(0, k(2.0));
-        state.answered(0, &answer(0, None), 40).unwrap();
-        assert_eq!(state.finish()[0][0].outcome, SwapOutcome::From(40));
+        let d = state.sent(0, k(2.0));
+        state.answered(0, &answer(d, 0, None), 40).unwrap();
+        state.sent(0, k(4.0));
+        let done = state.finish();
+        assert_eq!(done[0][0].outcome, SwapOutcome::From(40));
+        assert_eq!(done[0][1].outcome, SwapOutcome::NotApplied);
     }
 }
