@@ -171,11 +171,15 @@ pub async fn deliver(
 /// The kernel `name`, found off the executor when it may have to be read
 /// and compiled (a WebAssembly module not in the cache).
 pub async fn find(config: &ServerConfig, name: &str) -> Result<Arc<dyn Kernel>, KernelError> {
-    if !name.starts_with("wasm:") {
-        return config.kernels.find(name);
+    #[cfg(feature = "wasm")]
+    if let Some(modules) = config.kernels.modules()
+        && name.starts_with("wasm:")
+        && !modules.is_cached(name)
+    {
+        let (kernels, name) = (config.kernels.clone(), name.to_owned());
+        return smol::unblock(move || kernels.find(&name)).await;
     }
-    let (kernels, name) = (config.kernels.clone(), name.to_owned());
-    smol::unblock(move || kernels.find(&name)).await
+    config.kernels.find(name)
 }
 
 /// How the session that opened a stage is linked to its master, and how

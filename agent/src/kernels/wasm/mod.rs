@@ -148,10 +148,15 @@ impl Kernel for WasmKernel {
             let len = i32::try_from(floats.len() * 8)
                 .map_err(|_| fail(format!("{} floats do not fit a guest", floats.len())))?;
             let at = alloc.call(&mut *store, len).map_err(trapped)?;
-            let bytes: Vec<u8> = floats.iter().flat_map(|x| x.to_le_bytes()).collect();
-            memory
-                .write(&mut *store, at as u32 as usize, &bytes)
-                .map_err(|_| fail(format!("skelpi_alloc({len}) gave {at}, outside its memory")))?;
+            let outside = || fail(format!("skelpi_alloc({len}) gave {at}, outside its memory"));
+            let room = memory
+                .data_mut(&mut *store)
+                .get_mut(at as u32 as usize..)
+                .and_then(|m| m.get_mut(..len as usize))
+                .ok_or_else(outside)?;
+            for (to, x) in room.chunks_exact_mut(8).zip(floats) {
+                to.copy_from_slice(&x.to_le_bytes());
+            }
             Ok::<i32, KernelError>(at)
         };
         let args_at = place(&mut store, args)?;

@@ -184,13 +184,7 @@ impl Modules {
 
     /// The kernel `wasm:<hash>:<export>`.
     pub fn kernel(&self, name: &str) -> Result<WasmKernel, ModuleError> {
-        let bad = || ModuleError::BadName(name.chars().take(200).collect());
-        let rest = name.strip_prefix("wasm:").ok_or_else(bad)?;
-        let (hash, export) = rest.split_once(':').ok_or_else(bad)?;
-        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
-        if hash.len() != 64 || !hash.chars().all(hex) || export.is_empty() {
-            return Err(bad());
-        }
+        let (hash, export) = parse(name)?;
         let found = self.lookup(hash, export);
         let (engine, module) = match found {
             Some(found) => found?,
@@ -212,6 +206,15 @@ impl Modules {
             export: export.to_owned(),
             limits: self.inner.limits,
         })
+    }
+
+    /// Whether [`Modules::kernel`] finds `name`'s module in the cache
+    /// (then it reads and compiles nothing; a malformed name counts too).
+    pub fn is_cached(&self, name: &str) -> bool {
+        match parse(name) {
+            Ok((hash, _)) => self.cache().entries.contains_key(hash),
+            Err(_) => true,
+        }
     }
 
     /// The stored module `hash`'s compiled code, if cached.
@@ -359,6 +362,18 @@ fn engine() -> Engine {
         .wasm_memory64(false)
         .enforced_limits(EnforcedLimits::strict());
     Engine::new(&config)
+}
+
+/// `(hash, export)` of a kernel name `wasm:<hash>:<export>`.
+fn parse(name: &str) -> Result<(&str, &str), ModuleError> {
+    let bad = || ModuleError::BadName(name.chars().take(200).collect());
+    let rest = name.strip_prefix("wasm:").ok_or_else(bad)?;
+    let (hash, export) = rest.split_once(':').ok_or_else(bad)?;
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    if hash.len() != 64 || !hash.chars().all(hex) || export.is_empty() {
+        return Err(bad());
+    }
+    Ok((hash, export))
 }
 
 fn names(hash: &str, exports: &[String]) -> Vec<String> {
