@@ -11,8 +11,8 @@
 use crate::bulk::{self, Descriptor, Shape};
 use crate::frame::{self, LEN_PREFIX};
 use crate::message::{
-    Chunk, ErrorReply, Hello, Ping, RawEchoReady, StageFailed, StageOpen, StageStats, StreamItem,
-    StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,
+    Chunk, ErrorReply, Hello, Ping, RawEchoReady, StageFailed, StageOpen, StageProgress,
+    StageStats, StreamItem, StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,
 };
 use crate::trace::{ClockReading, TraceBatch, TraceRequest};
 use crate::{AgentInfo, DecodeError, EncodeError, Message};
@@ -105,7 +105,9 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskFailed(b) => ciborium::into_writer(b, &mut *out),
         Message::StageOpen(b) => ciborium::into_writer(b, &mut *out),
-        Message::StageReady(b) | Message::StreamEnd(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageReady(b) | Message::StreamEnd(b) | Message::StageQuery(b) => {
+            ciborium::into_writer(b, &mut *out)
+        }
         Message::StreamItem(b) => ciborium::into_writer(b, &mut *out),
         Message::StageFailed(b) => ciborium::into_writer(b, &mut *out),
         Message::StageStats(b) => ciborium::into_writer(b, &mut *out),
@@ -117,6 +119,7 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::ModuleStored(b) => ciborium::into_writer(b, &mut *out),
         Message::StageSwap(b) => ciborium::into_writer(b, &mut *out),
         Message::StageSwapped(b) => ciborium::into_writer(b, &mut *out),
+        Message::StageProgress(b) => ciborium::into_writer(b, &mut *out),
     };
     body.map_err(|e| EncodeError::Body(e.to_string()))?;
     bulk::write_descriptor(&mut Encoder::from(&mut *out), shape).map_err(io)?;
@@ -270,6 +273,8 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         26 => Message::ModuleStored(body::<crate::code::ModuleStored>(kind, rest)?),
         27 => Message::StageSwap(body::<crate::code::StageSwap>(kind, rest)?),
         28 => Message::StageSwapped(body::<crate::code::StageSwapped>(kind, rest)?),
+        29 => Message::StageQuery(body::<StreamRef>(kind, rest)?),
+        30 => Message::StageProgress(body::<StageProgress>(kind, rest)?),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

@@ -49,7 +49,8 @@ pub use info::AgentInfo;
 pub use job::{BadJobId, JobId};
 pub use message::{
     Chunk, ErrorCode, ErrorReply, Hello, Message, Ping, RawEchoReady, StageFailed, StageNext,
-    StageOpen, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed, TaskHead, kind_name,
+    StageOpen, StageProgress, StageStats, StreamItem, StreamRef, TaskDone, TaskFailed, TaskHead,
+    kind_name,
 };
 
 /// The wire protocol version this crate speaks (2: pipeline stages that

@@ -85,6 +85,13 @@ pub enum Message {
     StageSwap(StageSwap),
     /// Agent → master: the first item the stage's new kernel runs on.
     StageSwapped(StageSwapped),
+    /// Master → agent, on any connection: how far has this stage of a
+    /// stream running here got? Answered with [`Message::StageProgress`]
+    /// (or an error if it does not run here). A master asks when its
+    /// pipeline has made no progress for a while, to say where it stands.
+    StageQuery(StreamRef),
+    /// Agent → master: a stage's counts so far.
+    StageProgress(StageProgress),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -166,6 +173,23 @@ pub struct StageStats {
     pub busy_ns: u64,
     /// From the first item's arrival to the last's, nanoseconds.
     pub span_ns: u64,
+}
+
+/// How far a stage has got: the answer to [`Message::StageQuery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageProgress {
+    /// The pipeline.
+    pub stream: u64,
+    /// The stage.
+    pub stage: u32,
+    /// Items that came into its inbox.
+    pub arrived: u64,
+    /// Items its kernel has run.
+    pub done: u64,
+    /// Results it has passed on (to the next stage or the master).
+    pub sent: u64,
+    /// The end of its input has come.
+    pub input_ended: bool,
 }
 
 /// A task: which kernel to run, with what arguments.
@@ -277,6 +301,10 @@ pub enum ErrorCode {
     /// A pipeline stage lost its link to the next stage's agent (that
     /// agent is gone, silent, or unreachable).
     LinkLost,
+    /// A pipeline stage's input, the link from the previous stage's agent,
+    /// ended before the end of its stream (that agent is gone, or the
+    /// path from it is broken).
+    InputLost,
     /// A code from a newer peer.
     #[serde(other)]
     Unknown,
@@ -314,6 +342,8 @@ impl Message {
             Message::ModuleStored(_) => 26,
             Message::StageSwap(_) => 27,
             Message::StageSwapped(_) => 28,
+            Message::StageQuery(_) => 29,
+            Message::StageProgress(_) => 30,
         }
     }
 
@@ -366,6 +396,8 @@ pub fn kind_name(kind: u64) -> &'static str {
         26 => "module-stored",
         27 => "stage-swap",
         28 => "stage-swapped",
+        29 => "stage-query",
+        30 => "stage-progress",
         _ => "unknown",
     }
 }

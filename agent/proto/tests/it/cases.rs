@@ -385,6 +385,28 @@ pub fn golden_cases() -> Vec<Case> {
             ))),
         },
         Case {
+            name: "stage_query",
+            about: "stage-query: how far is stage 1 of stream 9?",
+            value: frame(Framed::plain(Message::StageQuery(StreamRef {
+                stream: 9,
+                stage: 1,
+            }))),
+        },
+        Case {
+            name: "stage_progress",
+            about: "stage-progress: stage 1 of stream 9 took 416 items, ran 409, passed on 408; its input goes on",
+            value: frame(Framed::plain(Message::StageProgress(
+                skelpi_proto::StageProgress {
+                    stream: 9,
+                    stage: 1,
+                    arrived: 416,
+                    done: 409,
+                    sent: 408,
+                    input_ended: false,
+                },
+            ))),
+        },
+        Case {
             name: "task_failed",
             about: "task-failed: task 7 panicked",
             value: frame(Framed::plain(Message::TaskFailed(TaskFailed {

@@ -244,6 +244,19 @@ fn stage_message() -> impl Strategy<Value = Message> {
                 span_ns,
             })
         }),
+        at.prop_map(|(stream, stage)| Message::StageQuery(StreamRef { stream, stage })),
+        (at, any::<[u64; 3]>(), any::<bool>()).prop_map(
+            |((stream, stage), [arrived, done, sent], input_ended)| {
+                Message::StageProgress(skelpi_proto::StageProgress {
+                    stream,
+                    stage,
+                    arrived,
+                    done,
+                    sent,
+                    input_ended,
+                })
+            }
+        ),
     ]
 }
 
