@@ -79,6 +79,9 @@ pub async fn serve_session(
     // The job of the last task: when a task of another comes, or the
     // master goes, it has ended here (its ports' programs are stopped).
     let last_job: Cell<Option<JobId>> = Cell::new(None);
+    // Stages here this connection has delivered items to and not yet
+    // the end of their stream: if it ends first, their input is cut.
+    let mut feeding: HashSet<(u64, u32)> = HashSet::new();
     let recorder = config.workers.recorder();
     // This connection's number in traces.
     let conn = recorder.new_conn();
@@ -231,6 +234,7 @@ pub async fn serve_session(
                         started: received.started,
                         frame_len: received.frame_len,
                     };
+                    let key = (item.stream, item.stage);
                     // A full inbox holds this reader; shutdown still ends it.
                     let delivered = future::or(
                         async { Some(stages::deliver(config, item, data, arrived).await) },
@@ -249,7 +253,10 @@ pub async fn serve_session(
                             s.close();
                             return;
                         }
-                        Some(Ok(())) => Ok(()),
+                        Some(Ok(())) => {
+                            feeding.insert(key);
+                            Ok(())
+                        }
                         Some(Err(what)) => {
                             // Items still in flight after a stage ended are
                             // many: not worth a warning each.
@@ -263,6 +270,7 @@ pub async fn serve_session(
                     }
                 }
                 Message::StreamEnd(end) => {
+                    feeding.remove(&(end.stream, end.stage));
                     if !config.streams.end(end.stream, end.stage) {
                         log::debug!(
                             "{peer}: end of stage {} of stream {}, which has ended",
@@ -271,6 +279,16 @@ pub async fn serve_session(
                         );
                     }
                     Ok(())
+                }
+                Message::StageQuery(q) => {
+                    let reply = match config.streams.progress(q.stream, q.stage) {
+                        Some(p) => Message::StageProgress(p),
+                        None => error(
+                            ErrorCode::BadRequest,
+                            format!("no stage {} of job {} runs here", q.stage, JobId(q.stream)),
+                        ),
+                    };
+                    sender.lock().await.send(&reply).await
                 }
                 Message::ClockProbe(p) => {
                     let reading = ClockReading {
@@ -463,6 +481,10 @@ pub async fn serve_session(
     .await;
     if let Some(job) = last_job.get() {
         config.kernels.end_job(job);
+    }
+    for (stream, stage) in feeding {
+        let why = format!("the connection from {peer} ended before the end of the stream");
+        config.streams.cut(stream, stage, &why);
     }
     let left = in_flight.get();
     if left > 0 {

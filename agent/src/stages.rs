@@ -25,13 +25,14 @@ use futures_lite::future;
 use skelpi_proto::code::{StageSwap, StageSwapped};
 use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{
-    ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageStats, StreamItem,
-    StreamRef,
+    ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageProgress,
+    StageStats, StreamItem, StreamRef,
 };
 use smol::lock::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Items an inbox holds before its producer waits.
@@ -62,8 +63,45 @@ pub struct Arrival {
 
 type Key = (u64, u32);
 
-/// A stage's inbox, and whether its stream is traced.
-type Inbox = (async_channel::Sender<StageItem>, bool);
+/// Why a stage's input ended before the end of its stream, once it did.
+type Cut = Arc<std::sync::OnceLock<String>>;
+
+/// How far a stage has got, for [`Streams::progress`].
+#[derive(Debug, Default)]
+pub struct Counts {
+    arrived: AtomicU64,
+    done: AtomicU64,
+    sent: AtomicU64,
+    input_ended: AtomicBool,
+}
+
+impl Counts {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A stage's inbox, whether its stream is traced, why its input was cut,
+/// and its counts.
+#[derive(Debug, Clone)]
+struct Inbox {
+    tx: async_channel::Sender<StageItem>,
+    traced: bool,
+    cut: Cut,
+    counts: Arc<Counts>,
+}
+
+/// What a stage reads: its items, why they stopped before the end of the
+/// stream (set by [`Streams::cut`]), and the counts it keeps.
+#[derive(Debug)]
+pub struct StageInput {
+    /// The items, in order; closed after the last.
+    pub items: async_channel::Receiver<StageItem>,
+    /// Set when the connection that carried them ended first.
+    pub cut: Cut,
+    /// Items in, run, passed on.
+    pub counts: Arc<Counts>,
+}
 
 /// The stages this agent runs, by `(stream, stage)`.
 #[derive(Debug, Default)]
@@ -96,7 +134,7 @@ impl Streams {
         stream: u64,
         stage: u32,
         traced: bool,
-    ) -> Result<(async_channel::Receiver<StageItem>, Registration<'_>), String> {
+    ) -> Result<(StageInput, Registration<'_>), String> {
         let mut map = self.lock();
         if map.contains_key(&(stream, stage)) {
             return Err(format!(
@@ -105,25 +143,62 @@ impl Streams {
             ));
         }
         let (tx, rx) = async_channel::bounded(INBOX);
-        map.insert((stream, stage), (tx, traced));
+        let inbox = Inbox {
+            tx,
+            traced,
+            cut: Cut::default(),
+            counts: Arc::default(),
+        };
+        let input = StageInput {
+            items: rx,
+            cut: inbox.cut.clone(),
+            counts: inbox.counts.clone(),
+        };
+        map.insert((stream, stage), inbox);
         let key = (stream, stage);
-        Ok((rx, Registration { streams: self, key }))
+        Ok((input, Registration { streams: self, key }))
     }
 
-    /// The inbox of a stage running here, and whether it is traced.
-    pub fn inbox(&self, stream: u64, stage: u32) -> Option<Inbox> {
+    /// The inbox of a stage running here.
+    fn inbox(&self, stream: u64, stage: u32) -> Option<Inbox> {
         self.lock().get(&(stream, stage)).cloned()
+    }
+
+    /// How far a stage running here has got.
+    pub fn progress(&self, stream: u64, stage: u32) -> Option<StageProgress> {
+        let map = self.lock();
+        let counts = &map.get(&(stream, stage))?.counts;
+        Some(StageProgress {
+            stream,
+            stage,
+            arrived: counts.arrived.load(Ordering::Relaxed),
+            done: counts.done.load(Ordering::Relaxed),
+            sent: counts.sent.load(Ordering::Relaxed),
+            input_ended: counts.input_ended.load(Ordering::Relaxed),
+        })
     }
 
     /// Ends a stage's input: once the items already in its inbox are done,
     /// the stage finishes. Returns whether the stage runs here.
     pub fn end(&self, stream: u64, stage: u32) -> bool {
         match self.lock().get(&(stream, stage)) {
-            Some((tx, _)) => {
-                tx.close();
+            Some(inbox) => {
+                inbox.counts.input_ended.store(true, Ordering::Relaxed);
+                inbox.tx.close();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Ends a stage's input early, `why`: the connection that carried its
+    /// items ended before the end of the stream. The stage runs the items
+    /// already in its inbox, then fails with [`ErrorCode::InputLost`]
+    /// instead of waiting for items that can no longer come.
+    pub fn cut(&self, stream: u64, stage: u32, why: &str) {
+        if let Some(inbox) = self.lock().get(&(stream, stage)) {
+            let _ = inbox.cut.set(why.to_owned());
+            inbox.tx.close();
         }
     }
 }
@@ -136,7 +211,7 @@ pub async fn deliver(
     data: Array,
     arrival: Arrival,
 ) -> Result<(), String> {
-    let Some((inbox, traced)) = config.streams.inbox(item.stream, item.stage) else {
+    let Some(inbox) = config.streams.inbox(item.stream, item.stage) else {
         return Err(format!(
             "no stage {} of job {} runs on agent {}",
             item.stage,
@@ -145,7 +220,7 @@ pub async fn deliver(
         ));
     };
     let index = item.index;
-    if traced {
+    if inbox.traced {
         let (job, kind) = (JobId(item.stream), TraceKind::ItemRecv);
         let (at, bytes) = (arrival.started, arrival.frame_len);
         config
@@ -159,13 +234,15 @@ pub async fn deliver(
         data,
         arrived,
     };
-    inbox.send(item_in).await.map_err(|_| {
+    inbox.tx.send(item_in).await.map_err(|_| {
         format!(
             "stage {} of job {} has ended; item {index} is late",
             item.stage,
             JobId(item.stream)
         )
-    })
+    })?;
+    Counts::add(&inbox.counts.arrived);
+    Ok(())
 }
 
 /// The kernel `name`, found off the executor when it may have to be read
@@ -245,10 +322,12 @@ pub async fn run_stage(
     if open.trace {
         config.workers.recorder().prepare();
     }
-    let (inbox, _registration) = match config.streams.register(stream, stage, open.trace) {
+    let (input, _registration) = match config.streams.register(stream, stage, open.trace) {
         Ok(r) => r,
         Err(what) => return refuse(ErrorCode::BadRequest, what).await,
     };
+    let inbox = input.items;
+    let counts = &input.counts;
     let (mut next_tx, mut next_rx, out_stage) = match &open.next {
         None => (None, None, stage.saturating_add(1)),
         Some(n) => match connect(config, &n.addr, plaintext, heartbeat).await {
@@ -272,6 +351,9 @@ pub async fn run_stage(
     // Computing and forwarding overlap: item k+1 runs on a worker while
     // item k travels to the next stage. At most two results wait between.
     let (out_tx, out_rx) = async_channel::bounded::<(u64, Array)>(2);
+    // Whether the stage ran every item of its input: only then does the
+    // end of the stream follow its last result.
+    let ran_all = std::cell::Cell::new(false);
     let compute = async {
         // The index the next item will have, once one was seen.
         let mut next_index = 0;
@@ -283,7 +365,19 @@ pub async fn run_stage(
             .await;
             let item = match next {
                 Ok(Ok(item)) => item,
-                Ok(Err(_)) => break,
+                Ok(Err(_)) => match input.cut.get() {
+                    None => break,
+                    Some(why) => {
+                        let from = stage.saturating_sub(1);
+                        return Some(Message::Error(ErrorReply {
+                            code: ErrorCode::InputLost,
+                            message: format!(
+                                "stage {stage} lost its input from stage {from} \
+                                 (item {next_index} was next): {why}"
+                            ),
+                        }));
+                    }
+                },
                 Err(Ok(swap)) => {
                     let found = if inbox.is_closed() && inbox.is_empty() {
                         Err(KernelError(format!("stage {stage} has run all its items")))
@@ -337,6 +431,7 @@ pub async fn run_stage(
                 .await;
             busy += started.elapsed();
             items += 1;
+            Counts::add(&counts.done);
             match outcome {
                 Ok(out) => {
                     if out_tx.send((item.index, out)).await.is_err() {
@@ -360,6 +455,7 @@ pub async fn run_stage(
                 }
             }
         }
+        ran_all.set(true);
         drop(out_tx);
         None
     };
@@ -402,7 +498,7 @@ pub async fn run_stage(
                     recorder.frame(job, kind, out_conn, index, out_stage, started, bytes);
                 }
                 match sent {
-                    Ok(()) => {}
+                    Ok(()) => Counts::add(&counts.sent),
                     Err(e) if e.is_link() => return link_failed(e.to_string()),
                     // What was sent is at fault (e.g. larger than a frame):
                     // as deterministic as a kernel error.
@@ -420,6 +516,11 @@ pub async fn run_stage(
                         }));
                     }
                 }
+            }
+            if !ran_all.get() {
+                // The stage failed: it says so itself, and its successor
+                // must not take the stream for complete.
+                return None;
             }
             // The end follows the last item.
             let end = Message::StreamEnd(StreamRef {
@@ -494,6 +595,45 @@ pub async fn run_stage(
         span_ns: span.as_nanos().try_into().unwrap_or(u64::MAX),
     }))
     .await;
+    if let Some(rx) = next_rx.as_mut() {
+        linger(rx, heartbeat, job, stage).await;
+    }
+}
+
+/// Keeps the link to the next stage open, after this stage sent its last
+/// item and the end and shut its own direction, until the next stage's
+/// agent closes it — which it does once it has read everything, the end
+/// last — or falls silent for four beats.
+///
+/// Closing first would lose items: the next stage reads this link only as
+/// fast as its inbox drains, so much of what was sent may still wait in
+/// its socket buffers, and a socket closed here answers the next
+/// heartbeat it sends with a reset, which makes its kernel discard them.
+async fn linger(rx: &mut Receiver, heartbeat: Duration, job: JobId, stage: u32) {
+    let liveness = rx.liveness();
+    let mut scratch = Vec::new();
+    let closed = async {
+        loop {
+            match rx.recv(&mut scratch).await {
+                // Only a refused item's error can come: it was reported.
+                Ok(r) => log::debug!(
+                    "job {job}: stage {stage}'s successor said {}",
+                    r.msg.kind_name()
+                ),
+                Err(e) => return Some(e),
+            }
+        }
+    };
+    let silent = async {
+        liveness.silent_past(heartbeat).await;
+        None
+    };
+    if future::or(closed, silent).await.is_none() {
+        log::warn!(
+            skelpi_job:% = job;
+            "job {job}: stage {stage}'s successor fell silent before taking all its items"
+        );
+    }
 }
 
 /// Opens an authenticated connection to the next stage's agent at `addr`

@@ -194,3 +194,73 @@ fn a_stage_whose_successor_falls_silent_reports_its_link_lost_within_four_beats(
     });
     hung.join().unwrap();
 }
+
+#[test]
+fn a_stage_whose_input_link_ends_before_the_end_of_the_stream_reports_it() {
+    // Stage 1 runs here for the master; its items come over a link of
+    // their own, as from stage 0's agent, which sends two items and then
+    // goes away without the end of the stream. The stage runs what came,
+    // then says its input was lost, instead of waiting for ever.
+    let key = ClusterKey::generate().unwrap();
+    let agent = LocalAgent::start("stage-host", key.clone(), LocalOptions::default()).unwrap();
+    smol::block_on(async {
+        let mut master = session(&agent, &key).await;
+        let stage1 = Message::StageOpen(StageOpen {
+            stream: 11,
+            stage: 1,
+            kernel: "square".into(),
+            args: vec![],
+            next: None,
+            trace: false,
+        });
+        master.sender.send(&stage1).await.unwrap();
+        assert!(matches!(
+            next_message(&mut master).await,
+            Message::StageReady(_)
+        ));
+        let mut link = session(&agent, &key).await;
+        for index in 0..2 {
+            let item = Message::StreamItem(StreamItem {
+                stream: 11,
+                stage: 1,
+                index,
+            });
+            let x = index as f64 + 2.0;
+            link.sender
+                .send_bulk(&item, Shape::List(1), &[x])
+                .await
+                .unwrap();
+        }
+        drop(link);
+        let bounded = async {
+            let mut results = Vec::new();
+            loop {
+                let mut bulk = Vec::new();
+                let got = master.receiver.recv(&mut bulk).await.unwrap();
+                match got.msg {
+                    Message::StreamItem(i) => results.push((i.index, bulk[0])),
+                    other => return (results, other),
+                }
+            }
+        };
+        let limit = std::time::Duration::from_secs(10);
+        let (results, last) = futures_lite::future::or(bounded, async {
+            async_io::Timer::after(limit).await;
+            panic!("the stage did not report its lost input within {limit:?}")
+        })
+        .await;
+        assert_eq!(results, [(0, 4.0), (1, 9.0)], "what came was run");
+        match last {
+            Message::Error(e) => {
+                assert_eq!(e.code, skelpi_proto::ErrorCode::InputLost, "{}", e.message);
+                assert!(
+                    e.message
+                        .contains("stage 1 lost its input from stage 0 (item 2 was next)"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("expected the input's loss, got {other:?}"),
+        }
+    });
+}
