@@ -238,6 +238,31 @@ impl AgentConn {
         .await
     }
 
+    /// How far stage `stage` of stream `stream` has got on this agent;
+    /// `None` if it does not run there (it finished, or never opened) or
+    /// the agent is too old to say.
+    pub async fn stage_progress(
+        &mut self,
+        stream: u64,
+        stage: u32,
+    ) -> Result<Option<skelpi_proto::StageProgress>, ClientError> {
+        let limit = self.request_timeout;
+        self.guarded(limit, async |c: &mut Self| {
+            let addr = c.addr;
+            let ask = Message::StageQuery(skelpi_proto::StreamRef { stream, stage });
+            let wire = |source| ClientError::Wire { addr, source };
+            c.sender.send(&ask).await.map_err(wire)?;
+            let mut scratch = Vec::new();
+            let got = c.receiver.recv(&mut scratch).await.map_err(wire)?;
+            match got.msg {
+                Message::StageProgress(p) if (p.stream, p.stage) == (stream, stage) => Ok(Some(p)),
+                Message::Error(_) => Ok(None),
+                other => Err(unexpected(addr, other, "answering a stage query")),
+            }
+        })
+        .await
+    }
+
     /// Collects what the agent recorded for a traced job: its events and
     /// how many were overwritten before collection. An agent that sends
     /// more than `max` events, or batches larger than the protocol's, is

@@ -4,7 +4,7 @@
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::eval::get_nodes;
 use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
-use crate::runtime::{JobError, autonomic, job, offered};
+use crate::runtime::{JobError, autonomic, job, offered, stall};
 use crate::trace::{Trace, TraceError};
 use skelpi_agent::kernels::Array;
 use skelpi_agent::key::ClusterKey;
@@ -29,6 +29,8 @@ pub struct Cluster {
     opts: ConnectOptions,
     /// Trace the jobs it runs.
     tracing: bool,
+    /// How long its jobs may go without progress (see [`stall`]).
+    stall_timeout: Option<Duration>,
     /// The last traced job's trace, until taken.
     last_trace: Option<Result<Trace, TraceError>>,
     /// When each failed agent was last tried again.
@@ -70,6 +72,7 @@ impl Cluster {
             key: key.clone(),
             opts: opts.clone(),
             tracing: false,
+            stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
             last_trace: None,
             tried: HashMap::new(),
             modules: Vec::new(),
@@ -106,6 +109,7 @@ impl Cluster {
             key: key.clone(),
             opts: opts.clone(),
             tracing: false,
+            stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
             last_trace: None,
             tried: HashMap::new(),
             modules: Vec::new(),
@@ -140,6 +144,15 @@ impl Cluster {
         let mut cluster = Cluster::connect(&addrs, &key, opts).await?;
         cluster.local = local;
         Ok(cluster)
+    }
+
+    /// Stops a job in which nothing moved for `bound` — no result, no
+    /// item through any stage or task — while its agents still beat, with
+    /// [`JobError::Stalled`] saying where each part stood; `None` never
+    /// does. By default [`stall::DEFAULT_STALL_TIMEOUT`]: a kernel call
+    /// that can take longer needs a longer bound.
+    pub fn set_stall_timeout(&mut self, bound: Option<Duration>) {
+        self.stall_timeout = bound;
     }
 
     /// Traces the jobs it runs from now on (`false`: stops). Each traced
@@ -226,7 +239,8 @@ impl Cluster {
         let able = self.able(skeleton)?;
         let (places, mut conns, bad) = self.take_good(&able);
         let trace = (self.tracing, &mut self.last_trace);
-        let result = Self::job(trace, &mut conns, skeleton, inputs, on_result).await;
+        let stall = self.stall_timeout;
+        let result = Self::job(trace, stall, &mut conns, skeleton, inputs, on_result).await;
         self.put_back(places, conns, bad);
         result
     }
@@ -253,6 +267,10 @@ impl Cluster {
         let (places, mut conns, bad) = self.take_good(&able);
         let mut trace = Err(TraceError::Stopped);
         let traced = self.tracing.then_some(&mut trace);
+        let opts = &autonomic::Options {
+            stall: self.stall_timeout,
+            ..opts.clone()
+        };
         let mut out = if conns.is_empty() {
             (Err(JobError::NoAgents), None)
         } else {
@@ -336,6 +354,7 @@ impl Cluster {
     /// goes to `trace.1`.
     async fn job(
         trace: (bool, &mut Option<Result<Trace, TraceError>>),
+        stall: Option<Duration>,
         conns: &mut [AgentConn],
         skeleton: &Skeleton,
         inputs: impl IntoIterator<Item = Array>,
@@ -343,9 +362,9 @@ impl Cluster {
     ) -> Result<(), JobError> {
         let (tracing, last) = trace;
         if !tracing {
-            return job::run(conns, skeleton, inputs, on_result).await;
+            return job::run(conns, skeleton, inputs, on_result, stall).await;
         }
-        let (result, got) = job::run_traced(conns, skeleton, inputs, on_result).await;
+        let (result, got) = job::run_traced(conns, skeleton, inputs, on_result, stall).await;
         *last = Some(got);
         result
     }
@@ -448,6 +467,7 @@ impl Cluster {
             interval,
             trace: self.tracing,
             swaps,
+            stall: self.stall_timeout,
         };
         let run = stream::run_pipeline(&spec, inputs, on_result).await;
         // A lost agent is tried again before the next job.

@@ -177,7 +177,8 @@ pub async fn run(
                 let data = Array::list(input.clone());
                 let mut out = None;
                 let start = Instant::now();
-                job::run(conns, &tree, [data], |_, a| out = Some(a)).await?;
+                let stall = Some(crate::runtime::stall::DEFAULT_STALL_TIMEOUT);
+                job::run(conns, &tree, [data], |_, a| out = Some(a), stall).await?;
                 let time = start.elapsed();
                 times.push(time);
                 ratios.push(ratio(seq_time, time));

@@ -62,6 +62,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "STAGE=KERNEL@RESULTS", value_parser = parse_swap,
           conflicts_with_all = ["autonomic", "target_throughput"])]
     swap: Vec<SwapArg>,
+    /// Stop the job, saying where each stage or kernel's tasks stand
+    /// (items in, done, passed on), when nothing has moved for this long
+    /// while the agents still answer: a hang becomes a message. Seconds,
+    /// or a duration like `90s` or `5m`; 0 waits for ever. Raise it if one
+    /// kernel call can take longer.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = stall_timeout)]
+    stall_timeout: StallTimeout,
+}
+
+/// `--stall-timeout`: `None` waits for ever.
+#[derive(Debug, Clone, Copy)]
+struct StallTimeout(Option<std::time::Duration>);
+
+fn stall_timeout(s: &str) -> Result<StallTimeout, String> {
+    let bound = match s.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => std::time::Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("{s} is not a duration of 0 or more seconds")),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
+    };
+    Ok(StallTimeout((!bound.is_zero()).then_some(bound)))
 }
 
 /// One `--swap`.
@@ -138,6 +158,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let mut pool = pool::connect(&pool_args.options(true)).await?;
         eprintln!("{}", pool.origin);
         pool.cluster.set_tracing(args.trace.is_some());
+        pool.cluster.set_stall_timeout(args.stall_timeout.0);
         // Module files the job names (`wasm:FILE.wasm:export`, relative
         // to the job file) go to the agents first.
         let base = args.job.parent().unwrap_or(std::path::Path::new("."));
@@ -282,6 +303,9 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
                 (Ok(()), Err(e)) => return Err(e),
                 (Err(_), Err(e)) => eprintln!("skelpi: {e:#}"),
             }
+        }
+        if let Err(skelpi::runtime::JobError::Stalled(_)) = &result {
+            eprintln!("skelpi: hint: --stall-timeout sets how long a job may make no progress");
         }
         result.with_context(|| format!("job {} failed", args.job.display()))?;
         if let Some(e) = write_error {

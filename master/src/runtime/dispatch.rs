@@ -3,6 +3,7 @@
 //! (which agent, what to send again, which result counts).
 
 use super::schedule::Scheduler;
+use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
 use crate::trace::{NO_LABEL, Recorder};
@@ -101,6 +102,8 @@ pub struct Dispatcher<'c> {
     next_call: Cell<u64>,
     progress_tx: async_channel::Sender<()>,
     progress_rx: async_channel::Receiver<()>,
+    /// Calls begun and ended, per kernel (what the stall watchdog shows).
+    counts: RefCell<Vec<(Kernel, u64, u64)>>,
 }
 
 impl std::fmt::Debug for Dispatcher<'_> {
@@ -177,7 +180,38 @@ impl<'c> Dispatcher<'c> {
             next_call: Cell::new(0),
             progress_tx,
             progress_rx,
+            counts: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Counts a call of `kernel` begun (`ended`: false) or ended.
+    fn count(&self, kernel: &Kernel, ended: bool) {
+        let mut counts = self.counts.borrow_mut();
+        let at = match counts.iter().position(|(k, _, _)| k == kernel) {
+            Some(at) => at,
+            None => {
+                counts.push((kernel.clone(), 0, 0));
+                counts.len() - 1
+            }
+        };
+        let (_, begun, done) = &mut counts[at];
+        *(if ended { done } else { begun }) += 1;
+    }
+
+    /// The tasks of each kernel so far: calls begun (`arrived`) and ended
+    /// (`done`), in the order the kernels were first called.
+    pub fn task_counts(&self) -> Vec<PartCounts> {
+        let counts = self.counts.borrow();
+        counts
+            .iter()
+            .map(|(kernel, begun, done)| PartCounts {
+                name: format!("tasks of {kernel}"),
+                arrived: Some(*begun),
+                done: Some(*done),
+                sent: Some(*done),
+                note: String::new(),
+            })
+            .collect()
     }
 
     /// Runs `kernel` on `input` on whichever agent has a free credit first.
@@ -230,8 +264,11 @@ impl<'c> Dispatcher<'c> {
         };
         self.calls.borrow_mut().insert(key, call);
         let _waiting = Waiting { d: self, key };
+        self.count(kernel, false);
         self.pump();
-        outcome.recv().await.unwrap_or(Err(JobError::Cancelled))
+        let outcome = outcome.recv().await.unwrap_or(Err(JobError::Cancelled));
+        self.count(kernel, true);
+        outcome
     }
 
     /// Queues every task the scheduler can send now on its agent's link.

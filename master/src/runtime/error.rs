@@ -81,6 +81,10 @@ pub enum JobError {
         /// The agents lost while running it, in order.
         agents: Vec<String>,
     },
+    /// Nothing moved for the job's stall timeout while its agents still
+    /// beat: where each part stood.
+    #[error("the job stalled: {0}")]
+    Stalled(Box<super::stall::Stall>),
     /// A streamed pipeline lost agents more times than it starts again.
     #[error(
         "the pipeline started again {restarts} times and lost agents again \

@@ -4,6 +4,7 @@
 use super::check::check;
 use super::dispatch::Dispatcher;
 use super::eval::{Ctx, Spawner, Stream, eval, source};
+use super::stall::{self, Look};
 use super::{Item, JobError};
 use crate::client::AgentConn;
 use crate::trace::{self, Recorder, Trace, TraceError};
@@ -12,6 +13,7 @@ use skelpi_agent::kernels::Array;
 use skelpi_proto::JobId;
 use skelpi_proto::skeleton::Skeleton;
 use smol::LocalExecutor;
+use std::cell::Cell;
 use std::time::Duration;
 
 /// How long a stopped job waits for the results of tasks already sent.
@@ -39,14 +41,17 @@ impl Graph for Skeleton {
 /// first error the job stops, waits (at most [`DRAIN_TIMEOUT`]) for the
 /// results of tasks already sent, so every connection is left between
 /// frames, and returns it; connections that failed, or whose tasks did not
-/// come back in time, are marked broken.
+/// come back in time, are marked broken. A job in which nothing moves for
+/// `stall` stops with [`JobError::Stalled`] (see [`super::stall`]),
+/// giving up at once on the tasks in flight.
 pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
     inputs: impl IntoIterator<Item = Array>,
     on_result: impl FnMut(u64, Array),
+    stall: Option<Duration>,
 ) -> Result<(), JobError> {
-    run_graph(conns, skeleton, skeleton, inputs, on_result, None).await
+    run_graph(conns, skeleton, skeleton, inputs, on_result, None, stall).await
 }
 
 /// [`run`], traced: also returns the job's merged trace, which is there
@@ -56,17 +61,11 @@ pub async fn run_traced(
     skeleton: &Skeleton,
     inputs: impl IntoIterator<Item = Array>,
     on_result: impl FnMut(u64, Array),
+    stall: Option<Duration>,
 ) -> (Result<(), JobError>, Result<Trace, TraceError>) {
     let mut trace = Err(TraceError::Stopped);
-    let result = run_graph(
-        conns,
-        skeleton,
-        skeleton,
-        inputs,
-        on_result,
-        Some(&mut trace),
-    )
-    .await;
+    let out = Some(&mut trace);
+    let result = run_graph(conns, skeleton, skeleton, inputs, on_result, out, stall).await;
     (result, trace)
 }
 
@@ -80,6 +79,7 @@ pub async fn run_graph(
     inputs: impl IntoIterator<Item = Array>,
     mut on_result: impl FnMut(u64, Array),
     trace_out: Option<&mut Result<Trace, TraceError>>,
+    stall: Option<Duration>,
 ) -> Result<(), JobError> {
     check(skeleton)?;
     if conns.is_empty() {
@@ -118,6 +118,9 @@ pub async fn run_graph(
     // One I/O future for the whole job, drain included: dropping it
     // mid-frame would cut a frame.
     let mut io = Box::pin(dispatcher.run_io());
+    // Inputs drawn and results handed on, for the stall watchdog.
+    let (drawn, results) = (Cell::new(0u64), Cell::new(0u64));
+    let (drawn, results) = (&drawn, &results);
     let result = {
         let ex = LocalExecutor::new();
         let (spawn_tx, spawn_rx) = async_channel::unbounded();
@@ -128,20 +131,29 @@ pub async fn run_graph(
             home: None,
             replicated: false,
         };
-        let items = inputs.into_iter().enumerate().map(|(i, data)| Item {
-            index: i as u64,
-            origin: format!("item {i}"),
-            data,
+        let items = inputs.into_iter().enumerate().map(|(i, data)| {
+            drawn.set(drawn.get() + 1);
+            Item {
+                index: i as u64,
+                origin: format!("item {i}"),
+                data,
+            }
         });
         let input = source(&cx.spawner, items);
         let work = async {
             let out = graph.build(cx, input);
             while let Ok(r) = out.recv().await {
                 let item = r?;
+                results.set(results.get() + 1);
                 on_result(item.index, item.data);
             }
             Ok(())
         };
+        let stalled = stall::watch(stall, |_| {
+            let totals = (drawn.get(), results.get());
+            let parts = Some(dispatcher.task_counts());
+            async move { Look { totals, parts } }
+        });
         // Nodes hand the futures they start to this driver, which spawns
         // them; it never ends by itself.
         let driver = async {
@@ -150,14 +162,23 @@ pub async fn run_graph(
             }
             future::pending().await
         };
-        future::or(ex.run(future::or(work, driver)), async {
+        let io_ended = async {
             io.as_mut().await;
             Err(JobError::NoAgents)
-        })
+        };
+        let stalled = async { Err(stalled.await) };
+        future::or(
+            ex.run(future::or(work, driver)),
+            future::or(io_ended, stalled),
+        )
         .await
         // `ex` drops here: every node of the graph is cancelled; frames
         // already queued are still written by `io`.
     };
+    if let Err(JobError::Stalled(_)) = &result {
+        // What is in flight is what did not move: no use waiting for it.
+        dispatcher.abandon_busy("the job stalled with tasks in flight on it");
+    }
     let deadline = async {
         async_io::Timer::after(DRAIN_TIMEOUT).await;
         dispatcher.abandon_busy(&format!(

@@ -21,6 +21,7 @@ pub mod job;
 pub mod offered;
 pub mod schedule;
 pub mod sequential;
+pub mod stall;
 pub mod stream;
 
 pub use error::{JobError, TaskError};

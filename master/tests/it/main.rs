@@ -11,6 +11,7 @@ mod faults;
 mod hot_swap;
 mod image;
 mod lab;
+mod liveness;
 #[path = "../../../examples/wasm-guest/locate.rs"]
 mod locate;
 mod memory;

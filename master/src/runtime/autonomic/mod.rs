@@ -43,6 +43,11 @@ pub struct Options {
     /// Run at these degrees, unmanaged (a baseline for the manager). The
     /// contract still paces the feeder.
     pub fixed: Option<Vec<usize>>,
+    /// Stop the job as stalled when nothing moved for this long (see
+    /// [`crate::runtime::stall`]; `None`: never).
+    /// [`crate::cluster::Cluster::run_managed`] sets it from the
+    /// cluster's stall timeout.
+    pub stall: Option<Duration>,
 }
 
 impl Default for Options {
@@ -52,6 +57,7 @@ impl Default for Options {
             period: Duration::from_millis(250),
             max_changes: manager::MAX_CHANGES,
             fixed: None,
+            stall: Some(crate::runtime::stall::DEFAULT_STALL_TIMEOUT),
         }
     }
 }
@@ -292,7 +298,10 @@ pub async fn run(
         opts.period,
         Box::new(on_decision),
     );
-    let result = job::run_graph(conns, skeleton, &ctl, inputs, on_result, trace_out).await;
+    let result = job::run_graph(
+        conns, skeleton, &ctl, inputs, on_result, trace_out, opts.stall,
+    )
+    .await;
     (result, Some(report(&ctl, opts.contract, start)))
 }
 

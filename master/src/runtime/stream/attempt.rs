@@ -2,10 +2,12 @@
 //! the held items again and then new ones, read the results, and say how
 //! it stopped — finished, lost an agent (start again elsewhere), or failed.
 
+use super::progress::Probes;
 use super::replay::Replay;
 use super::swap::SwapState;
 use super::{OPEN_TIMEOUT, Placement, READY_TIMEOUT, StageReport, StreamSpec};
 use crate::client::{AgentConn, ClientError};
+use crate::runtime::stall::{self, Look};
 use crate::runtime::{JobError, TaskError};
 use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
@@ -124,6 +126,10 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
 
     // Items sent to stage 0 in this run; every stage must report that many.
     let fed = Cell::new(0u64);
+    // Items of the stages that reported their end (the watchdog does not
+    // ask those).
+    let finished: Vec<Cell<Option<u64>>> = (0..n).map(|_| Cell::new(None)).collect();
+    let finished = &finished;
     let fed = &fed;
     // A result taken makes room in the window: the feed may go on.
     let (room_tx, room_rx) = async_channel::bounded::<()>(1);
@@ -297,6 +303,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                                 s.items
                             ))));
                         }
+                        finished[i].set(Some(s.items));
                         return Ok(Some(StageReport {
                             stage: i,
                             kernel: swaps.borrow().current()[i].clone(),
@@ -380,7 +387,28 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     // its neighbours complain too, over other connections: what arrives in
     // a short grace is weighed together.
     let mut reports = Vec::with_capacity(n);
-    let outcome = poll_all(&mut parts, &mut reports).await;
+    let questions = Probes::default();
+    let stalled = async {
+        let stalled = stall::watch(spec.stall, |from| {
+            let totals = {
+                let r = replay.borrow();
+                (r.drawn(), r.done())
+            };
+            let questions = &questions;
+            async move {
+                // Results came: nothing to ask.
+                let parts = if from == Some(totals) {
+                    let on = (placement, kernels);
+                    Some(questions.ask(spec, on, stream, finished).await)
+                } else {
+                    None
+                };
+                Look { totals, parts }
+            }
+        });
+        Err(PartStop::Fail(stalled.await))
+    };
+    let outcome = future::or(poll_all(&mut parts, &mut reports), stalled).await;
     if let Err(first) = outcome {
         // A lost agent or a task error settles what happens; anything
         // else waits a little for one.
@@ -521,7 +549,8 @@ async fn open(
 }
 
 /// What an error from stage `i`'s agent means: its link to the next stage
-/// broke (blame that stage's agent), it is shutting down (lost), or the job
+/// broke (blame that stage's agent), its input from the previous stage
+/// ended early (blame that one's), it is shutting down (lost), or the job
 /// fails.
 fn stage_error(i: usize, placement: &[Placement], e: ErrorReply) -> PartStop {
     let (addr, agent) = (placement[i].addr, &placement[i].name);
@@ -530,6 +559,10 @@ fn stage_error(i: usize, placement: &[Placement], e: ErrorReply) -> PartStop {
         ErrorCode::LinkLost => {
             let next = placement.get(i + 1).map_or(addr, |p| p.addr);
             PartStop::Link(next, why, Instant::now())
+        }
+        ErrorCode::InputLost => {
+            let previous = i.checked_sub(1).map_or(addr, |p| placement[p].addr);
+            PartStop::Link(previous, why, Instant::now())
         }
         ErrorCode::ShuttingDown => PartStop::Lost(addr, why, Instant::now()),
         _ => PartStop::Fail(

@@ -21,6 +21,7 @@
 //! makes the agents take the master for gone (as for routed jobs).
 
 mod attempt;
+mod progress;
 mod replay;
 mod swap;
 
@@ -112,6 +113,9 @@ pub struct StreamSpec<'a> {
     pub trace: bool,
     /// Kernel swaps asked for while it runs (see [`Swapper`]).
     pub swaps: Option<&'a Swaps>,
+    /// Stop the job as stalled when nothing moved for this long (see
+    /// [`crate::runtime::stall`]); `None`: never.
+    pub stall: Option<Duration>,
 }
 
 /// An agent a pipeline lost.
