@@ -361,25 +361,15 @@ pub async fn serve_session(
         }
     };
     let writer = async {
-        // Jobs with a failed task logged: later failures of the same job
-        // go to debug, so a failing job of many tasks cannot flood the
-        // journal (journald would drop the agent's other records).
+        // Jobs with a failed task logged (see `log_level`).
         let mut failed_jobs = HashSet::new();
         while let Ok(Outcome { tag, busy, result }) = done_rx.recv().await {
             in_flight.set(in_flight.get().saturating_sub(1));
             let id = tag.id;
             if let Err(f) = &result {
                 let job = tag.job;
-                if failed_jobs.len() >= JOBS_REMEMBERED {
-                    failed_jobs.clear();
-                }
-                let level = if failed_jobs.insert(job) {
-                    log::Level::Warn
-                } else {
-                    log::Level::Debug
-                };
                 log::log!(
-                    level,
+                    log_level(&mut failed_jobs, job),
                     skelpi_job:% = job;
                     "job {job}: task {id} for master {peer} failed: {}",
                     f.message
@@ -393,8 +383,29 @@ pub async fn serve_session(
                         id,
                         busy_ns: Some(busy.as_nanos().min(u64::MAX as u128) as u64),
                     };
-                    s.send_bulk(&Message::TaskDone(done), out.shape, &out.data)
+                    match s
+                        .send_bulk(&Message::TaskDone(done), out.shape, &out.data)
                         .await
+                    {
+                        // The output is at fault, not the connection
+                        // (nothing was written): the task fails, as
+                        // deterministically as a kernel error.
+                        Err(WireError::Encode(e)) => {
+                            let error = unsendable(&e, out.data.len());
+                            log::log!(
+                                log_level(&mut failed_jobs, tag.job),
+                                skelpi_job:% = tag.job;
+                                "job {}: task {id} for master {peer}: {error}", tag.job
+                            );
+                            let failed = TaskFailed {
+                                id,
+                                error,
+                                panicked: false,
+                            };
+                            s.send(&Message::TaskFailed(failed)).await
+                        }
+                        sent => sent,
+                    }
                 }
                 Err(f) => {
                     let failed = TaskFailed {
@@ -490,6 +501,31 @@ pub async fn serve_session(
     if left > 0 {
         // The workers skip queued calls whose session is gone.
         log::info!("master {peer} left {left} tasks unfinished; those not started are dropped");
+    }
+}
+
+/// The level of a failed task's record: a warning for the first of its
+/// job, debug for later ones, so a failing job of many tasks cannot flood
+/// the journal (journald would drop the agent's other records).
+fn log_level(failed_jobs: &mut HashSet<JobId>, job: JobId) -> log::Level {
+    if failed_jobs.len() >= JOBS_REMEMBERED {
+        failed_jobs.clear();
+    }
+    if failed_jobs.insert(job) {
+        log::Level::Warn
+    } else {
+        log::Level::Debug
+    }
+}
+
+/// Why a task's output of `floats` elements cannot be sent back.
+fn unsendable(e: &skelpi_proto::EncodeError, floats: usize) -> String {
+    match e {
+        skelpi_proto::EncodeError::TooLarge { len, max } => format!(
+            "output of {floats} floats ({len} bytes in a frame) exceeds the {} MiB limit of a frame",
+            max >> 20
+        ),
+        other => format!("its output cannot be sent: {other}"),
     }
 }
 

@@ -8,10 +8,10 @@ use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
 use crate::trace::{NO_LABEL, Recorder};
 use skelpi_agent::kernels::Array;
-use skelpi_agent::wire::{Liveness, Receiver, Sender};
+use skelpi_agent::wire::{Liveness, Receiver, Sender, WireError};
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
-use skelpi_proto::{JobId, Message, TaskHead};
+use skelpi_proto::{EncodeError, JobId, Message, TaskHead};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -430,7 +430,20 @@ impl<'c> Dispatcher<'c> {
                     kind, link.index, out.id, NO_STAGE, started, bytes, out.label,
                 );
             }
-            if let Err(source) = sent {
+            if let Err(WireError::Encode(e)) = sent {
+                // The input is at fault, not the link (nothing was
+                // written): the task fails wherever it would be sent.
+                let message = match e {
+                    EncodeError::TooLarge { len, max } => format!(
+                        "input of {} floats ({len} bytes in a frame) exceeds the {} MiB \
+                         limit of a frame: split it (map) or send smaller items",
+                        out.input.data.len(),
+                        max >> 20
+                    ),
+                    other => format!("input cannot be sent: {other}"),
+                };
+                self.finish(link, out.id, Err((message, false)));
+            } else if let Err(source) = sent {
                 log::debug!("task {} not sent", out.id);
                 self.kill(
                     link,
@@ -499,29 +512,35 @@ impl<'c> Dispatcher<'c> {
                 let kind = TraceKind::ResultRecv;
                 t.frame(kind, link.index, id, NO_STAGE, started, frame_len, NO_LABEL);
             }
-            // A result counts only if its attempt is still out there: a
-            // late one (its agent was declared down, the task sent again)
-            // or a repeated one is dropped.
-            let taken = self.sched.borrow_mut().on_result(link.index, id);
-            match taken {
-                Some(key) => self.settle(key, |call| {
-                    outcome.map_err(|(message, panicked)| {
-                        JobError::Task(TaskError {
-                            job: Some(self.job),
-                            task: call.task.clone(),
-                            kernel: call.kernel.name.clone(),
-                            agent: link.label.clone(),
-                            message,
-                            panicked,
-                        })
-                    })
-                }),
-                None => log::debug!("{}: result of task {id} dropped (late)", link.label),
-            }
-            // Its credit is free: a waiting task may go.
-            self.pump();
-            let _ = self.progress_tx.try_send(());
+            self.finish(link, id, outcome);
         }
+    }
+
+    /// Ends attempt `id` on `link` with `outcome` (an error: its message
+    /// and whether the kernel panicked).
+    fn finish(&self, link: &Link<'c>, id: u64, outcome: Result<Done, (String, bool)>) {
+        // A result counts only if its attempt is still out there: a late
+        // one (its agent was declared down, the task sent again) or a
+        // repeated one is dropped.
+        let taken = self.sched.borrow_mut().on_result(link.index, id);
+        match taken {
+            Some(key) => self.settle(key, |call| {
+                outcome.map_err(|(message, panicked)| {
+                    JobError::Task(TaskError {
+                        job: Some(self.job),
+                        task: call.task.clone(),
+                        kernel: call.kernel.name.clone(),
+                        agent: link.label.clone(),
+                        message,
+                        panicked,
+                    })
+                })
+            }),
+            None => log::debug!("{}: result of task {id} dropped (late)", link.label),
+        }
+        // Its credit is free: a waiting task may go.
+        self.pump();
+        let _ = self.progress_tx.try_send(());
     }
 
     /// Marks a link dead: its tasks out are sent again elsewhere (or fail

@@ -8,6 +8,7 @@ mod client;
 mod cross;
 mod discovery;
 mod faults;
+mod hardening;
 mod hot_swap;
 mod image;
 mod lab;

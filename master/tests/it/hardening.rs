@@ -1,0 +1,128 @@
+//! One bad task, master or file must not hurt the rest of the cluster
+//! (issue 19): what fails deterministically fails its task or job, with a
+//! clear error, and never takes an agent for lost.
+
+use crate::support::{Scratch, skelpi};
+use skelpi::cluster::Cluster;
+use skelpi::runtime::JobError;
+use skelpi_agent::kernels::{Array, Registry};
+use skelpi_agent::local::LocalOptions;
+use skelpi_proto::skeleton::Skeleton;
+
+/// Two in-process agents whose kernels include `grow`, which returns
+/// 3,000,000 floats (24 MB, over the 16 MiB frame cap) whatever it gets.
+fn growing_cluster() -> Cluster {
+    let kernels = Registry::builtin().with("grow", |_: &[f64], _: Array| {
+        Ok(Array::list(vec![0.5; 3_000_000]))
+    });
+    let opts = LocalOptions {
+        kernels: Some(kernels),
+        ..LocalOptions::default()
+    };
+    smol::block_on(Cluster::local_with(
+        &[opts.clone(), opts],
+        &Default::default(),
+    ))
+    .unwrap()
+}
+
+/// Asserts that no agent of `cluster` was taken for lost, and that it
+/// still runs a job.
+fn every_agent_serves_on(cluster: &mut Cluster) {
+    for a in cluster.agents() {
+        assert!(
+            a.broken().is_none(),
+            "agent {} lost: {:?}",
+            a.addr(),
+            a.broken()
+        );
+    }
+    let tree: Skeleton = "farm(seq(square))".parse().unwrap();
+    let inputs = (0..8).map(|i| Array::list(vec![f64::from(i)]));
+    let out = smol::block_on(cluster.run(&tree, inputs)).unwrap();
+    assert_eq!(out.len(), 8);
+}
+
+#[test]
+fn an_oversized_result_fails_its_task_and_no_agent() {
+    let mut cluster = growing_cluster();
+    let tree: Skeleton = "farm(seq(grow))".parse().unwrap();
+    let inputs = (0..3).map(|i| Array::list(vec![f64::from(i)]));
+    let err = smol::block_on(cluster.run(&tree, inputs)).unwrap_err();
+    let JobError::Task(t) = &err else {
+        panic!("expected the task to fail, got {err}")
+    };
+    assert!(
+        t.message.contains(
+            "output of 3000000 floats (24000027 bytes in a frame) exceeds the 16 MiB limit"
+        ),
+        "{err}"
+    );
+    assert_eq!(t.kernel, "grow");
+    every_agent_serves_on(&mut cluster);
+}
+
+#[test]
+fn an_oversized_input_fails_its_task_and_no_agent() {
+    let mut cluster = smol::block_on(Cluster::local(2, &Default::default())).unwrap();
+    let tree: Skeleton = "farm(seq(square))".parse().unwrap();
+    let inputs = vec![Array::list(vec![1.0]), Array::list(vec![2.0; 3_000_000])];
+    let err = smol::block_on(cluster.run(&tree, inputs)).unwrap_err();
+    let JobError::Task(t) = &err else {
+        panic!("expected the task to fail, got {err}")
+    };
+    assert_eq!(t.task, "item 1", "{err}");
+    assert!(
+        t.message.contains("input of 3000000 floats") && t.message.contains("16 MiB"),
+        "{err}"
+    );
+    every_agent_serves_on(&mut cluster);
+}
+
+#[test]
+fn job_files_whose_items_cannot_travel_are_refused_by_name() {
+    let dir = Scratch::new("hardening-sizes");
+    let job = |name: &str, text: &str| {
+        let path = dir.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // 8 TB of floats in one generated item: refused, not allocated.
+    let huge = job(
+        "huge.toml",
+        "skeleton = \"seq(square)\"\n[input]\ngenerate = \"range\"\nlength = 1000000000000\n",
+    );
+    let (code, _, err) = skelpi(&["run", &huge, "--local", "1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("[input] length = 1000000000000: 1000000000000 floats"),
+        "{err}"
+    );
+    // A 3,000,000-float line (24 MB): too large for one frame as a whole...
+    let line: Vec<String> = (0..3_000_000).map(|i| (i % 7).to_string()).collect();
+    std::fs::write(dir.path("big.txt"), line.join(" ")).unwrap();
+    let whole = job(
+        "whole.toml",
+        "skeleton = \"pipe(seq(square), seq(identity))\"\n[input]\nfile = \"big.txt\"\n",
+    );
+    let (code, _, err) = skelpi(&["run", &whole, "--local", "1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("item 0 of") && err.contains("big.txt"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sends 3000000 floats") && err.contains("map(n, ...)"),
+        "{err}"
+    );
+    // ...and it runs split in four by a map.
+    let split = job(
+        "split.toml",
+        "skeleton = \"map(4, seq(square))\"\n[input]\nfile = \"big.txt\"\n",
+    );
+    let out = dir.path("out.jsonl");
+    let (code, _, err) = skelpi(&["run", &split, "--local", "2", "--out", &out]);
+    assert_eq!(code, Some(0), "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 1);
+}
