@@ -20,6 +20,7 @@
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use skelpi_agent::kernels::Array;
+use skelpi_proto::frame::HARD_MAX_FRAME;
 use skelpi_proto::skeleton::Skeleton;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -196,13 +197,72 @@ pub fn parse(text: &str, path: &Path) -> Result<Job, JobFileError> {
         RawSkeleton::Tree(t) => t,
     };
     let input = match raw.input {
-        RawInput::Generate(g) => Input::Generate(g),
+        RawInput::Generate(g) => {
+            let what = format!("[input] length = {}", g.length);
+            check_size(&skeleton, g.length, &what).map_err(invalid)?;
+            Input::Generate(g)
+        }
         RawInput::File { file } => {
             let file = path.parent().unwrap_or(Path::new(".")).join(file);
-            Input::Arrays(read_arrays(&file)?)
+            let arrays = read_arrays(&file)?;
+            for (i, a) in arrays.iter().enumerate() {
+                let what = format!("item {i} of {}", file.display());
+                check_size(&skeleton, a.data.len(), &what).map_err(invalid)?;
+            }
+            Input::Arrays(arrays)
         }
     };
     Ok(Job { skeleton, input })
+}
+
+/// Floats one array may hold to travel in one frame (the 16 MiB hard cap,
+/// less room for the message's head).
+pub const MAX_FRAME_FLOATS: usize = (HARD_MAX_FRAME as usize - 64 * 1024) / 8;
+
+/// Floats one input item may hold at all: 1 GiB of them.
+pub const MAX_ITEM_FLOATS: usize = 1 << 27;
+
+/// Checks that items of `len` floats can run as `tree`: held in memory,
+/// and every piece the tree sends in one frame. `what` names the item.
+pub fn check_size(tree: &Skeleton, len: usize, what: &str) -> Result<(), String> {
+    let mib = |floats: usize| floats as f64 * 8.0 / f64::from(1 << 20);
+    if len > MAX_ITEM_FLOATS {
+        return Err(format!(
+            "{what}: {len} floats ({:.0} MiB) are more than an item may hold \
+             ({MAX_ITEM_FLOATS} floats, 1 GiB); use more, smaller items",
+            mib(len)
+        ));
+    }
+    let piece = largest_piece(tree, len);
+    if piece > MAX_FRAME_FLOATS {
+        return Err(format!(
+            "{what}: {tree} sends {piece} floats ({:.1} MiB) at once, more than a frame \
+             carries ({MAX_FRAME_FLOATS} floats, {} MiB); use smaller items, or split \
+             each one with map(n, ...) into pieces that fit",
+            mib(piece),
+            HARD_MAX_FRAME >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// The most floats of an item of `len` that `tree` sends in one frame,
+/// if every kernel keeps its input's size: a map sends its chunks (and
+/// puts them together on the master), anything else the item whole.
+fn largest_piece(tree: &Skeleton, len: usize) -> usize {
+    match tree {
+        Skeleton::Map { parts, worker } => {
+            largest_piece(worker, len.div_ceil((*parts as usize).max(1)))
+        }
+        Skeleton::Pipe(stages) => stages
+            .iter()
+            .map(|s| largest_piece(s, len))
+            .max()
+            .unwrap_or(len),
+        Skeleton::Farm { worker, .. } => largest_piece(worker, len),
+        Skeleton::Feedback { body, .. } => largest_piece(body, len),
+        _ => len,
+    }
 }
 
 /// Reads input arrays from a JSON or text file (see the module docs).
