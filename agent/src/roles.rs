@@ -16,7 +16,7 @@ use crate::server::ServerConfig;
 use crate::stages;
 use crate::wire::handshake::{DOWN_AFTER_BEATS, Established};
 use crate::wire::{Sender, WireError};
-use crate::workers::{Outcome, Tag, Traced};
+use crate::workers::{Failure, Outcome, Tag, Traced};
 use futures_lite::future;
 use skelpi_proto::trace::{ClockReading, NO_STAGE, TraceKind};
 use skelpi_proto::{
@@ -31,6 +31,16 @@ use std::time::{Duration, Instant};
 /// Job ids a session remembers for logging each job once; beyond that it
 /// forgets them all and may log a job again.
 const JOBS_REMEMBERED: usize = 1024;
+
+/// Tasks a session may have queued, running or waiting to be sent, per
+/// worker thread: what a master's credits use (2 per core), so a master
+/// that keeps to them never waits for a slot.
+pub const TASKS_PER_WORKER: usize = 2;
+
+/// How long one result may take to be written to its master: a master
+/// that reads nothing for this long (with results waiting) is taken for
+/// gone, and its session ends. A 16 MiB frame takes 1.4 s at 100 Mb/s.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Bounds of the heartbeat interval a master may ask for, milliseconds.
 const MIN_HEARTBEAT_MS: u32 = 100;
@@ -55,7 +65,18 @@ pub async fn serve_session(
     } = est;
     let sender = Mutex::new(sender);
     let (raw_tx, raw_rx) = async_channel::bounded(1);
-    let (done_tx, done_rx) = async_channel::bounded::<Outcome>(2 * config.workers.len());
+    // Task slots of this session: the reader takes one before it queues a
+    // task, the writer gives it back once it has taken the task's outcome.
+    // So outcomes never outnumber `done`'s room, and a worker never waits
+    // for a master that does not read (nor holds up other masters' tasks).
+    let slots = TASKS_PER_WORKER * config.workers.len();
+    let (done_tx, done_rx) = async_channel::bounded::<Outcome>(slots);
+    let (slot_tx, slot_rx) = async_channel::bounded::<()>(slots);
+    for _ in 0..slots {
+        let _ = slot_tx.try_send(());
+    }
+    // Tasks of this master queued, running or waiting to be sent.
+    let in_flight = || slots - slot_rx.len();
     let mut bulk = Vec::new();
     let mut raw_opened = false;
     let (stage_tx, stage_rx) = async_channel::bounded(1);
@@ -66,8 +87,7 @@ pub async fn serve_session(
     // The heartbeat interval the master asked for, once.
     let (beat_tx, beat_rx) = async_channel::bounded::<Duration>(1);
     let (watch_tx, watch_rx) = async_channel::bounded::<Duration>(1);
-    // Work of this master not finished yet: tasks queued or running, a stage.
-    let in_flight = Cell::new(0usize);
+    // A stage of this master's running.
     let stage_running = Cell::new(false);
     // The heartbeat the master asked for: its stages ask it of their
     // successors too.
@@ -93,14 +113,7 @@ pub async fn serve_session(
             })
             .await;
             let Some(next) = next else {
-                let bye = Message::Error(ErrorReply {
-                    code: ErrorCode::ShuttingDown,
-                    message: "agent is shutting down".into(),
-                });
-                let mut s = sender.lock().await;
-                let _ = s.send(&bye).await;
-                s.close();
-                return;
+                return shutting_down(&sender).await;
             };
             let received = match next {
                 Ok(r) => r,
@@ -183,8 +196,21 @@ pub async fn serve_session(
                             since: Instant::now(),
                         }
                     });
-                    let queued = (&done_tx, &in_flight);
-                    start_task(config, task, input, first, traced, queued, &sender).await
+                    // A master past its slots waits (so does its TCP).
+                    let slot = future::or(async { slot_rx.recv().await.ok() }, async {
+                        stop.as_mut().await;
+                        None
+                    })
+                    .await;
+                    if slot.is_none() {
+                        return shutting_down(&sender).await;
+                    }
+                    let started = start_task(config, task, input, first, traced, &done_tx, &sender);
+                    let (queued, sent) = started.await;
+                    if !queued {
+                        let _ = slot_tx.try_send(());
+                    }
+                    sent
                 }
                 Message::RawEchoOpen => {
                     let reply = if raw_opened {
@@ -245,14 +271,7 @@ pub async fn serve_session(
                     )
                     .await;
                     match delivered {
-                        None => {
-                            let mut s = sender.lock().await;
-                            let bye =
-                                error(ErrorCode::ShuttingDown, "agent is shutting down".into());
-                            let _ = s.send(&bye).await;
-                            s.close();
-                            return;
-                        }
+                        None => return shutting_down(&sender).await,
                         Some(Ok(())) => {
                             feeding.insert(key);
                             Ok(())
@@ -363,67 +382,35 @@ pub async fn serve_session(
     let writer = async {
         // Jobs with a failed task logged (see `log_level`).
         let mut failed_jobs = HashSet::new();
-        while let Ok(Outcome { tag, busy, result }) = done_rx.recv().await {
-            in_flight.set(in_flight.get().saturating_sub(1));
-            let id = tag.id;
-            if let Err(f) = &result {
-                let job = tag.job;
-                log::log!(
-                    log_level(&mut failed_jobs, job),
-                    skelpi_job:% = job;
-                    "job {job}: task {id} for master {peer} failed: {}",
-                    f.message
-                );
-            }
-            let mut s = sender.lock().await;
-            let started = Instant::now();
-            let sent = match result {
-                Ok(out) => {
-                    let done = TaskDone {
-                        id,
-                        busy_ns: Some(busy.as_nanos().min(u64::MAX as u128) as u64),
-                    };
-                    match s
-                        .send_bulk(&Message::TaskDone(done), out.shape, &out.data)
-                        .await
-                    {
-                        // The output is at fault, not the connection
-                        // (nothing was written): the task fails, as
-                        // deterministically as a kernel error.
-                        Err(WireError::Encode(e)) => {
-                            let error = unsendable(&e, out.data.len());
-                            log::log!(
-                                log_level(&mut failed_jobs, tag.job),
-                                skelpi_job:% = tag.job;
-                                "job {}: task {id} for master {peer}: {error}", tag.job
-                            );
-                            let failed = TaskFailed {
-                                id,
-                                error,
-                                panicked: false,
-                            };
-                            s.send(&Message::TaskFailed(failed)).await
-                        }
-                        sent => sent,
-                    }
+        while let Ok(outcome) = done_rx.recv().await {
+            let _ = slot_tx.try_send(());
+            let (tag, id) = (outcome.tag, outcome.tag.id);
+            let send = async {
+                let mut s = sender.lock().await;
+                let started = Instant::now();
+                let sent = send_outcome(&mut s, outcome, &mut failed_jobs, peer).await;
+                if tag.trace.is_some() {
+                    let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
+                    recorder.frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
                 }
-                Err(f) => {
-                    let failed = TaskFailed {
-                        id,
-                        error: f.message,
-                        panicked: f.panicked,
-                    };
-                    s.send(&Message::TaskFailed(failed)).await
-                }
+                Some(sent)
             };
-            if tag.trace.is_some() {
-                let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
-                recorder.frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
-            }
-            drop(s);
-            if let Err(e) = sent {
-                log::warn!("cannot send a task result to master {peer}: {e}");
-                return;
+            let late = async {
+                async_io::Timer::after(WRITE_DEADLINE).await;
+                None
+            };
+            match future::or(send, late).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    log::warn!("cannot send a task result to master {peer}: {e}");
+                    return;
+                }
+                None => {
+                    log::warn!(
+                        "master {peer} took no result for {WRITE_DEADLINE:?}: taken for gone"
+                    );
+                    return;
+                }
             }
         }
     };
@@ -469,7 +456,7 @@ pub async fn serve_session(
                          it is taken for gone"
                     );
                 }
-                let busy = in_flight.get() > 0 || stage_running.get();
+                let busy = in_flight() > 0 || stage_running.get();
                 let silent = liveness.silent_for();
                 if busy && liveness.beats() > 0 && silent >= down_after {
                     log::warn!(
@@ -497,7 +484,7 @@ pub async fn serve_session(
         let why = format!("the connection from {peer} ended before the end of the stream");
         config.streams.cut(stream, stage, &why);
     }
-    let left = in_flight.get();
+    let left = in_flight();
     if left > 0 {
         // The workers skip queued calls whose session is gone.
         log::info!("master {peer} left {left} tasks unfinished; those not started are dropped");
@@ -529,16 +516,65 @@ fn unsendable(e: &skelpi_proto::EncodeError, floats: usize) -> String {
     }
 }
 
-/// Queues a task on the workers, or answers at once if its kernel is unknown.
+/// Sends a task's outcome: its result, or its failure (also when the
+/// result cannot be sent: too large for a frame).
+async fn send_outcome(
+    s: &mut Sender,
+    Outcome { tag, busy, result }: Outcome,
+    failed_jobs: &mut HashSet<JobId>,
+    peer: SocketAddr,
+) -> Result<(), WireError> {
+    let (id, job) = (tag.id, tag.job);
+    let failure = match result {
+        Ok(out) => {
+            let busy_ns = Some(busy.as_nanos().min(u64::MAX as u128) as u64);
+            let done = Message::TaskDone(TaskDone { id, busy_ns });
+            match s.send_bulk(&done, out.shape, &out.data).await {
+                // The output is at fault, not the connection (nothing was
+                // written): the task fails, as deterministically as a
+                // kernel error.
+                Err(WireError::Encode(e)) => Failure {
+                    message: unsendable(&e, out.data.len()),
+                    panicked: false,
+                },
+                sent => return sent,
+            }
+        }
+        Err(f) => f,
+    };
+    log::log!(
+        log_level(failed_jobs, job),
+        skelpi_job:% = job;
+        "job {job}: task {id} for master {peer} failed: {}",
+        failure.message
+    );
+    let failed = TaskFailed {
+        id,
+        error: failure.message,
+        panicked: failure.panicked,
+    };
+    s.send(&Message::TaskFailed(failed)).await
+}
+
+/// Tells the master the agent is shutting down, and closes the connection.
+async fn shutting_down(sender: &Mutex<Sender>) {
+    let mut s = sender.lock().await;
+    let bye = error(ErrorCode::ShuttingDown, "agent is shutting down".into());
+    let _ = s.send(&bye).await;
+    s.close();
+}
+
+/// Queues a task on the workers (its outcome goes to `done`), or answers
+/// at once if its kernel is unknown; says whether it was queued.
 async fn start_task(
     config: &ServerConfig,
     task: TaskHead,
     input: Array,
     first_of_job: bool,
     trace: Option<Traced>,
-    (done, in_flight): (&async_channel::Sender<Outcome>, &Cell<usize>),
+    done: &async_channel::Sender<Outcome>,
     sender: &Mutex<Sender>,
-) -> Result<(), WireError> {
+) -> (bool, Result<(), WireError>) {
     match stages::find(config, &task.kernel).await {
         Ok(kernel) => {
             let tag = Tag {
@@ -546,12 +582,11 @@ async fn start_task(
                 job: task.job,
                 trace,
             };
-            in_flight.set(in_flight.get() + 1);
             config
                 .workers
                 .submit(tag, kernel, task.args, input, done.clone())
                 .await;
-            Ok(())
+            (true, Ok(()))
         }
         Err(why) => {
             let error = format!("agent {}: {why}", config.info.name);
@@ -568,7 +603,8 @@ async fn start_task(
                 error,
                 panicked: false,
             };
-            sender.lock().await.send(&Message::TaskFailed(failed)).await
+            let sent = sender.lock().await.send(&Message::TaskFailed(failed)).await;
+            (false, sent)
         }
     }
 }

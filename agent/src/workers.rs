@@ -101,8 +101,20 @@ impl Workers {
                                 busy,
                                 result,
                             };
-                            // A gone caller (its session ended) is not an error.
-                            let _ = job.reply.send_blocking(outcome);
+                            // Never wait for a caller: a session that does
+                            // not read would hold this thread from every
+                            // other master. Callers keep room for every
+                            // outcome they are owed (see `submit`); a gone
+                            // caller (its session ended) is not an error.
+                            if let Err(async_channel::TrySendError::Full(o)) =
+                                job.reply.try_send(outcome)
+                            {
+                                log::error!(
+                                    "job {}: no room for the outcome of task {}: dropped",
+                                    o.tag.job,
+                                    o.tag.id
+                                );
+                            }
                         }
                     })
             })
@@ -130,7 +142,10 @@ impl Workers {
     }
 
     /// Queues a kernel call; waits while the queue is full. The outcome is
-    /// sent to `reply` with `tag`.
+    /// sent to `reply` with `tag`, without waiting: `reply` must have room
+    /// for every outcome its caller is owed (a worker that found it full
+    /// would drop the outcome rather than wait for one caller while the
+    /// others' calls queue behind it).
     pub async fn submit(
         &self,
         tag: Tag,

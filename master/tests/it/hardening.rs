@@ -6,8 +6,12 @@ use crate::support::{Scratch, skelpi};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi_agent::kernels::{Array, Registry};
-use skelpi_agent::local::LocalOptions;
+use skelpi_agent::key::ClusterKey;
+use skelpi_agent::local::{LocalAgent, LocalOptions};
+use skelpi_agent::wire::handshake::{self, ConnectOptions};
 use skelpi_proto::skeleton::Skeleton;
+use skelpi_proto::{JobId, Message, Shape, TaskHead};
+use std::time::{Duration, Instant};
 
 /// Two in-process agents whose kernels include `grow`, which returns
 /// 3,000,000 floats (24 MB, over the 16 MiB frame cap) whatever it gets.
@@ -125,4 +129,73 @@ fn job_files_whose_items_cannot_travel_are_refused_by_name() {
     assert_eq!(code, Some(0), "{err}");
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 1);
+}
+
+#[test]
+fn a_master_that_stops_reading_does_not_stall_another() {
+    // One agent with one worker. Master A sends tasks whose results are
+    // 8 MB each and never reads a byte: its results fill its socket and
+    // wait. Master B's job on the same agent must still run.
+    let key = ClusterKey::generate().unwrap();
+    let agent = LocalAgent::start("shared", key.clone(), LocalOptions::default()).unwrap();
+    let addr = agent.addr();
+    // Dropped when this test ends, however: then A gives up.
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let hog = std::thread::spawn({
+        let key = key.clone();
+        move || {
+            smol::block_on(async {
+                let stream = async_net::TcpStream::connect(addr).await.unwrap();
+                let opts = ConnectOptions::default();
+                let mut est = handshake::connect(stream, &key, &opts).await.unwrap();
+                let big = vec![1.0; 1_000_000];
+                let send_all = async {
+                    for id in 0..40 {
+                        let task = Message::Task(TaskHead {
+                            id,
+                            job: JobId(7),
+                            kernel: "identity".into(),
+                            args: vec![],
+                            trace: false,
+                        });
+                        let shape = Shape::List(big.len() as u64);
+                        if est.sender.send_bulk(&task, shape, &big).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                // Its sends block once the agent stops reading it; it
+                // gives up when told (and never reads).
+                let give_up = async {
+                    let _ = stop_rx.recv().await;
+                };
+                futures_lite::future::or(send_all, give_up).await;
+                drop(est);
+            })
+        }
+    });
+    // Let A's results pile up first.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut b = smol::block_on(Cluster::connect(&[addr], &key, &Default::default())).unwrap();
+    let tree: Skeleton = "farm(seq(square))".parse().unwrap();
+    let inputs = (0..20).map(|i| Array::list(vec![f64::from(i)]));
+    let started = Instant::now();
+    let ran = smol::block_on(futures_lite::future::or(
+        async { Some(b.run(&tree, inputs).await) },
+        async {
+            async_io::Timer::after(Duration::from_secs(10)).await;
+            None
+        },
+    ));
+    let out = ran
+        .expect("master B's job ran while A stopped reading")
+        .unwrap();
+    assert_eq!(out.len(), 20);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((b, stop_tx));
+    hog.join().unwrap();
 }
