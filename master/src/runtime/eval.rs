@@ -74,6 +74,19 @@ pub struct Ctx<'a, 'c> {
     /// Inside a farm or a map, whose replicas take any agent on demand:
     /// pipelines there are not placed.
     pub replicated: bool,
+    /// Replicas this part of the tree may start in all: a farm or a map
+    /// starts at most that many and shares the rest out among them, so a
+    /// tree's memory is bounded by the pool ([`replica_budget`]), not by
+    /// how deep its farms nest. Fewer replicas than asked change no result
+    /// (farms keep order); the pool's credits bound what runs at once
+    /// anyway.
+    pub budget: usize,
+}
+
+/// Replicas a job may start in all, for a pool of `cores` worker threads:
+/// four per task credit, and at least 64.
+pub fn replica_budget(cores: usize) -> usize {
+    (4 * CREDITS_PER_WORKER * cores).max(64)
 }
 
 impl<'a, 'c> Ctx<'a, 'c> {
@@ -84,12 +97,20 @@ impl<'a, 'c> Ctx<'a, 'c> {
         }
     }
 
-    fn replicas(&self) -> Ctx<'a, 'c> {
+    /// The context of each of `n` replicas: placed nowhere, sharing this
+    /// part's budget.
+    fn replicas(&self, n: usize) -> Ctx<'a, 'c> {
         Ctx {
             home: None,
             replicated: true,
+            budget: (self.budget / n.max(1)).max(1),
             ..self.clone()
         }
+    }
+
+    /// At most `n` replicas within the budget (at least one).
+    fn within_budget(&self, n: usize) -> usize {
+        n.clamp(1, self.budget.max(1))
     }
 }
 
@@ -129,12 +150,11 @@ pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> S
             // One replica per credit by default: every core of the pool
             // has a task running and one queued behind it, so no core
             // idles during a round trip.
-            let n = replicas
-                .map_or(cx.cores * CREDITS_PER_WORKER, |r| r as usize)
-                .max(1);
-            farm(cx.replicas(), worker, n, *ordered, input)
+            let n =
+                cx.within_budget(replicas.map_or(cx.cores * CREDITS_PER_WORKER, |r| r as usize));
+            farm(cx.replicas(n), worker, n, *ordered, input)
         }
-        Skeleton::Map { parts, worker } => map(cx.replicas(), *parts as usize, worker, input),
+        Skeleton::Map { parts, worker } => map(cx, *parts as usize, worker, input),
         Skeleton::Reduce(k) => reduce(cx, k, input),
         Skeleton::Feedback {
             body,
@@ -331,9 +351,9 @@ async fn map_one<'a, 'c: 'a>(
             data: Array::list(data),
         })
         .collect();
-    let n = chunks.len();
+    let n = cx.within_budget(chunks.len());
     let spawner = cx.spawner.clone();
-    let out = farm(cx, worker, n, true, source(&spawner, chunks));
+    let out = farm(cx.replicas(n), worker, n, true, source(&spawner, chunks));
     let mut data = Vec::with_capacity(item.data.data.len());
     while let Ok(r) = out.recv().await {
         data.extend_from_slice(&r?.data.data);

@@ -3,7 +3,7 @@
 
 use super::check::check;
 use super::dispatch::Dispatcher;
-use super::eval::{Ctx, Spawner, Stream, eval, source};
+use super::eval::{Ctx, Spawner, Stream, eval, replica_budget, source};
 use super::stall::{self, Look};
 use super::{Item, JobError};
 use crate::client::AgentConn;
@@ -130,6 +130,7 @@ pub async fn run_graph(
             cores,
             home: None,
             replicated: false,
+            budget: replica_budget(cores),
         };
         let items = inputs.into_iter().enumerate().map(|(i, data)| {
             drawn.set(drawn.get() + 1);

@@ -199,3 +199,45 @@ fn a_master_that_stops_reading_does_not_stall_another() {
     drop((b, stop_tx));
     hog.join().unwrap();
 }
+
+/// This process's peak resident memory, from `/proc/self/status`.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Runs `tree` on 4 items on two in-process agents within 60 s; checks the
+/// results and returns the peak memory of this process.
+fn nested_farms_run(tree: &str) -> u64 {
+    let mut cluster = smol::block_on(Cluster::local(2, &Default::default())).unwrap();
+    let tree: Skeleton = tree.parse().unwrap();
+    let inputs: Vec<Array> = (0..4).map(|i| Array::list(vec![f64::from(i); 3])).collect();
+    let job = cluster.run(&tree, inputs);
+    let out = smol::block_on(futures_lite::future::or(async { Some(job.await) }, async {
+        async_io::Timer::after(Duration::from_secs(60)).await;
+        None
+    }))
+    .expect("the job ends within a minute")
+    .unwrap();
+    let got: Vec<f64> = out.iter().map(|a| a.data[0]).collect();
+    assert_eq!(got, [0.0, 1.0, 4.0, 9.0]);
+    peak_rss_bytes()
+}
+
+#[test]
+fn nested_farms_start_replicas_within_the_pools_budget() {
+    // Eight farms of the default width (4 on this pool) nest into 65,536
+    // replicas when each starts all of its own: about 400 MB.
+    let nested = (0..8).fold("seq(square)".to_owned(), |t, _| format!("farm({t})"));
+    let peak = nested_farms_run(&nested);
+    assert!(peak < 150 << 20, "peak memory {} MiB", peak >> 20);
+}
+
+#[test]
+fn farms_of_4096_farms_of_4096_run_in_bounded_memory() {
+    // 16.7 million replicas if each farm started all it asks for.
+    let peak = nested_farms_run("farm(farm(seq(square), 4096), 4096)");
+    assert!(peak < 150 << 20, "peak memory {} MiB", peak >> 20);
+}
