@@ -12,10 +12,13 @@
 //! ```
 //! The tree may also be written as a table (`[skeleton.farm] ...`, the
 //! serde form of [`Skeleton`]). Instead of a generator, `file = "in.json"`
-//! reads a JSON array of arrays of numbers, and any other file one array
+//! reads a JSON array of arrays of numbers, `file = "out.jsonl"` the
+//! results of an earlier `skelpi run --out` (one `{"index": i, "data":
+//! [...]}` per line, see [`result_line`]), and any other file one array
 //! per line, numbers separated by commas or spaces (blank lines and lines
-//! starting with `#` are skipped). A relative path is relative to the job
-//! file.
+//! starting with `#` are skipped). JSON has no NaN or infinities: in JSON
+//! files they are the strings `"NaN"`, `"Infinity"` and `"-Infinity"`. A
+//! relative path is relative to the job file.
 
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -276,9 +279,25 @@ pub fn read_arrays(path: &Path) -> Result<Vec<Array>, JobFileError> {
         message,
     };
     if path.extension().is_some_and(|e| e == "json") {
-        let lists: Vec<Vec<f64>> = serde_json::from_str(&text)
+        let lists: Vec<Vec<JsonFloat>> = serde_json::from_str(&text)
             .map_err(|e| invalid(format!("expected a JSON array of arrays of numbers: {e}")))?;
-        return Ok(lists.into_iter().map(Array::list).collect());
+        return Ok(lists.into_iter().map(floats).collect());
+    }
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        return text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| {
+                let r: ResultLine = serde_json::from_str(line).map_err(|e| {
+                    invalid(format!(
+                        "line {}: expected {{\"index\": i, \"data\": [...]}}: {e}",
+                        n + 1
+                    ))
+                })?;
+                Ok(floats(r.data))
+            })
+            .collect();
     }
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -297,6 +316,58 @@ pub fn read_arrays(path: &Path) -> Result<Vec<Array>, JobFileError> {
         out.push(Array::list(data));
     }
     Ok(out)
+}
+
+/// One result as `skelpi run --out` writes it: `{"index": i, "data":
+/// [...]}`, non-finite values as the strings `"NaN"`, `"Infinity"` and
+/// `"-Infinity"` (JSON has no such numbers), so nothing is lost and
+/// [`read_arrays`] reads it back.
+pub fn result_line(index: u64, data: &[f64]) -> String {
+    let data: Vec<serde_json::Value> = data.iter().map(|&v| json_float(v)).collect();
+    serde_json::json!({ "index": index, "data": data }).to_string()
+}
+
+/// `v` in JSON: a number, or a string for NaN and the infinities.
+fn json_float(v: f64) -> serde_json::Value {
+    match serde_json::Number::from_f64(v) {
+        Some(n) => serde_json::Value::Number(n),
+        None if v.is_nan() => "NaN".into(),
+        None if v > 0.0 => "Infinity".into(),
+        None => "-Infinity".into(),
+    }
+}
+
+/// A float in JSON: a number, or one of the strings [`result_line`]
+/// writes for non-finite values.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonFloat {
+    Number(f64),
+    Named(NonFinite),
+}
+
+#[derive(Deserialize)]
+enum NonFinite {
+    NaN,
+    Infinity,
+    #[serde(rename = "-Infinity")]
+    MinusInfinity,
+}
+
+/// A line of `--out` (its index is not needed to read the data back).
+#[derive(Deserialize)]
+struct ResultLine {
+    data: Vec<JsonFloat>,
+}
+
+fn floats(list: Vec<JsonFloat>) -> Array {
+    let value = |f| match f {
+        JsonFloat::Number(v) => v,
+        JsonFloat::Named(NonFinite::NaN) => f64::NAN,
+        JsonFloat::Named(NonFinite::Infinity) => f64::INFINITY,
+        JsonFloat::Named(NonFinite::MinusInfinity) => f64::NEG_INFINITY,
+    };
+    Array::list(list.into_iter().map(value).collect())
 }
 
 #[cfg(test)]
@@ -349,6 +420,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/in.txt"), "{e}");
+    }
+
+    #[test]
+    fn results_keep_nan_and_infinities_and_read_back_as_inputs() {
+        let dir = std::env::temp_dir().join(format!("skelpi-results-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = [1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 1e308];
+        let line = result_line(7, &data);
+        assert_eq!(
+            line,
+            r#"{"data":[1.5,"NaN","Infinity","-Infinity",-0.0,1e+308],"index":7}"#
+        );
+        std::fs::write(
+            dir.join("out.jsonl"),
+            format!("{line}\n{}\n", result_line(8, &[])),
+        )
+        .unwrap();
+        let back = read_arrays(&dir.join("out.jsonl")).unwrap();
+        assert_eq!(back.len(), 2);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let nan = f64::NAN.to_bits();
+        let mut want = bits(&data);
+        want[1] = nan;
+        assert_eq!(bits(&back[0].data), want, "every value, bit for bit");
+        assert!(back[1].data.is_empty());
+        // Finite values of every kind (subnormals, extremes) come back to
+        // the bit.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let finite: Vec<f64> = (0..2000)
+            .map(|_| f64::from_bits(rng.random()))
+            .filter(|v| v.is_finite())
+            .collect();
+        std::fs::write(dir.join("many.jsonl"), result_line(0, &finite)).unwrap();
+        let back = read_arrays(&dir.join("many.jsonl")).unwrap();
+        assert_eq!(bits(&back[0].data), bits(&finite));
+        std::fs::write(dir.join("in.json"), r#"[[1, "NaN", "-Infinity"]]"#).unwrap();
+        let json = read_arrays(&dir.join("in.json")).unwrap();
+        assert!(json[0].data[1].is_nan() && json[0].data[2] == f64::NEG_INFINITY);
+        std::fs::write(
+            dir.join("bad.jsonl"),
+            "{\"index\": 0, \"data\": [\"nan\"]}\n",
+        )
+        .unwrap();
+        let e = read_arrays(&dir.join("bad.jsonl")).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

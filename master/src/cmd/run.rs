@@ -23,7 +23,9 @@ pub struct RunArgs {
     #[arg(value_name = "JOB.toml")]
     job: PathBuf,
     /// Write every result to this file as JSON lines
-    /// (`{"index": 3, "data": [...]}`), in the order they leave the tree.
+    /// (`{"index": 3, "data": [...]}`), in the order they leave the tree;
+    /// NaN and infinities as the strings "NaN", "Infinity", "-Infinity".
+    /// A job file reads it back with `file = "FILE.jsonl"`.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Results to print when there is no --out (the first N).
@@ -193,7 +195,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
             progress.inc(1);
             match out.as_mut() {
                 Some(w) if write_error.is_none() => {
-                    let line = serde_json::json!({ "index": index, "data": a.data });
+                    let line = jobfile::result_line(index, &a.data);
                     if let Err(e) = writeln!(w, "{line}") {
                         write_error = Some(e);
                     }

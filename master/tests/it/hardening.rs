@@ -241,3 +241,39 @@ fn farms_of_4096_farms_of_4096_run_in_bounded_memory() {
     let peak = nested_farms_run("farm(farm(seq(square), 4096), 4096)");
     assert!(peak < 150 << 20, "peak memory {} MiB", peak >> 20);
 }
+
+#[test]
+fn skelpi_run_out_keeps_nan_and_infinities_and_reads_them_back() {
+    let dir = Scratch::new("hardening-nan");
+    std::fs::write(dir.path("in.txt"), "1.5 nan inf -inf\n-0 2\n").unwrap();
+    let job = dir.path("job.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"pipe(seq(identity), seq(scale(2)))\"\n[input]\nfile = \"in.txt\"\n",
+    )
+    .unwrap();
+    let out = dir.path("out.jsonl");
+    let (code, _, err) = skelpi(&["run", &job, "--local", "2", "--out", &out]);
+    assert_eq!(code, Some(0), "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        text,
+        "{\"data\":[3.0,\"NaN\",\"Infinity\",\"-Infinity\"],\"index\":0}\n\
+         {\"data\":[-0.0,4.0],\"index\":1}\n"
+    );
+    // The results are the next job's inputs.
+    let again = dir.path("again.toml");
+    std::fs::write(
+        &again,
+        "skeleton = \"seq(scale(0.5))\"\n[input]\nfile = \"out.jsonl\"\n",
+    )
+    .unwrap();
+    let back = dir.path("back.jsonl");
+    let (code, _, err) = skelpi(&["run", &again, "--local", "1", "--out", &back]);
+    assert_eq!(code, Some(0), "{err}");
+    let text = std::fs::read_to_string(&back).unwrap();
+    assert!(
+        text.starts_with("{\"data\":[1.5,\"NaN\",\"Infinity\",\"-Infinity\"],\"index\":0}"),
+        "{text}"
+    );
+}
