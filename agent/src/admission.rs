@@ -2,28 +2,55 @@
 //! it complains about the ones it turns away.
 //!
 //! Peers that have not authenticated draw on a small budget of their own
-//! ([`MAX_HANDSHAKING`] in all, [`MAX_HANDSHAKING_PER_IP`] per address), so
-//! idle or hostile sockets cannot use up the slots of authenticated
-//! masters, and refusals are logged at most once a second.
+//! ([`MAX_HANDSHAKING`] in all, [`MAX_HANDSHAKING_PER_IP`] per address —
+//! per /64 for IPv6, where one host holds many), so idle or hostile
+//! sockets cannot use up the slots of authenticated masters. A connection
+//! that finds the budget full is not refused: the oldest pending handshake
+//! (of its address, if that is what is full) is evicted for it, so idle
+//! sockets only ever delay a fresh peer by a handshake. Refusals are
+//! logged at most once a second.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Handshakes in progress at once.
 pub const MAX_HANDSHAKING: usize = 64;
-/// Handshakes in progress at once from one address.
+/// Handshakes in progress at once from one address (one /64 for IPv6).
 pub const MAX_HANDSHAKING_PER_IP: usize = 8;
+
+/// Where a peer connects from, for the per-address budget: an IPv4
+/// address, or an IPv6 address's /64 (an IPv4-mapped one as IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin(u128);
+
+impl Origin {
+    /// The origin of a peer at `ip`.
+    pub fn of(ip: IpAddr) -> Origin {
+        match ip {
+            IpAddr::V4(v4) => Origin(u32::from(v4).into()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Origin(u32::from(v4).into()),
+                None => Origin(u128::from(v6) >> 64 | 1 << 64),
+            },
+        }
+    }
+}
+
+/// A handshake in progress: its number, origin, and the sender whose
+/// closing evicts it.
+type Pending = (u64, Origin, async_channel::Sender<()>);
 
 /// Counters of one agent's connections (single-threaded: the server's
 /// executor).
 #[derive(Debug)]
 pub struct Admission {
     max_sessions: usize,
-    handshaking: Cell<usize>,
-    per_ip: RefCell<HashMap<IpAddr, usize>>,
+    /// Handshakes in progress, oldest first.
+    pending: RefCell<VecDeque<Pending>>,
+    next: Cell<u64>,
     sessions: Cell<usize>,
     /// Refusals and failed handshakes, logged at most once a second.
     pub complaints: Throttle,
@@ -33,7 +60,15 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct HandshakeSlot {
     admission: Rc<Admission>,
-    ip: IpAddr,
+    id: u64,
+    evicted: async_channel::Receiver<()>,
+}
+
+impl HandshakeSlot {
+    /// Completes when a newer connection took this handshake's place.
+    pub async fn evicted(&self) {
+        let _ = self.evicted.recv().await;
+    }
 }
 
 /// An authenticated session's claim on the budget; released on drop.
@@ -47,32 +82,49 @@ impl Admission {
     pub fn new(max_sessions: usize) -> Rc<Admission> {
         Rc::new(Admission {
             max_sessions,
-            handshaking: Cell::new(0),
-            per_ip: RefCell::new(HashMap::new()),
+            pending: RefCell::new(VecDeque::new()),
+            next: Cell::new(0),
             sessions: Cell::new(0),
             complaints: Throttle::new(Duration::from_secs(1)),
         })
     }
 
-    /// Lets a new connection from `ip` start its handshake, or says why not.
-    pub fn handshake(self: &Rc<Self>, ip: IpAddr) -> Result<HandshakeSlot, String> {
-        let from_ip = self.per_ip.borrow().get(&ip).copied().unwrap_or(0);
-        if self.handshaking.get() >= MAX_HANDSHAKING {
-            return Err(format!(
-                "{MAX_HANDSHAKING} handshakes in progress (the limit)"
-            ));
-        }
-        if from_ip >= MAX_HANDSHAKING_PER_IP {
-            return Err(format!(
-                "{from_ip} handshakes in progress from {ip} (the limit per address)"
-            ));
-        }
-        self.handshaking.set(self.handshaking.get() + 1);
-        *self.per_ip.borrow_mut().entry(ip).or_default() += 1;
-        Ok(HandshakeSlot {
+    /// Lets a new connection from `ip` start its handshake, evicting the
+    /// oldest pending one if the budget is full; the reason of an
+    /// eviction, to log, beside the slot.
+    pub fn handshake(self: &Rc<Self>, ip: IpAddr) -> (HandshakeSlot, Option<String>) {
+        let origin = Origin::of(ip);
+        let mut pending = self.pending.borrow_mut();
+        let from_origin = pending.iter().filter(|p| p.1 == origin).count();
+        let victim = if from_origin >= MAX_HANDSHAKING_PER_IP {
+            let at = pending.iter().position(|p| p.1 == origin);
+            at.map(|at| {
+                (
+                    at,
+                    format!("{from_origin} handshakes pending from {ip}'s address"),
+                )
+            })
+        } else if pending.len() >= MAX_HANDSHAKING {
+            Some((0, format!("{MAX_HANDSHAKING} handshakes pending")))
+        } else {
+            None
+        };
+        let why = victim.and_then(|(at, why)| {
+            // Closing its sender tells the evicted handshake to stop.
+            pending
+                .remove(at)
+                .map(|_| format!("{why}: the oldest evicted"))
+        });
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let (tx, evicted) = async_channel::bounded(1);
+        pending.push_back((id, origin, tx));
+        let slot = HandshakeSlot {
             admission: self.clone(),
-            ip,
-        })
+            id,
+            evicted,
+        };
+        (slot, why)
     }
 
     /// Turns a finished handshake into a session, if there is room.
@@ -90,14 +142,9 @@ impl Admission {
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        let a = &self.admission;
-        a.handshaking.set(a.handshaking.get() - 1);
-        let mut per_ip = a.per_ip.borrow_mut();
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
+        let mut pending = self.admission.pending.borrow_mut();
+        if let Some(at) = pending.iter().position(|p| p.0 == self.id) {
+            pending.remove(at);
         }
     }
 }
@@ -149,23 +196,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handshakes_are_budgeted_per_address_and_released() {
+    fn a_full_budget_evicts_the_oldest_handshake_of_the_address_or_of_all() {
         let a = Admission::new(1);
         let ip: IpAddr = [10, 0, 0, 1].into();
         let slots: Vec<_> = (0..MAX_HANDSHAKING_PER_IP)
-            .map(|_| a.handshake(ip).unwrap())
+            .map(|_| a.handshake(ip))
             .collect();
-        assert!(a.handshake(ip).unwrap_err().contains("per address"));
-        assert!(
-            a.handshake([10, 0, 0, 2].into()).is_ok(),
-            "other addresses still get in"
-        );
-        drop(slots);
-        let slot = a.handshake(ip).unwrap();
-        let session = a.session(slot).unwrap();
-        let second = a.handshake(ip).unwrap();
+        assert!(slots.iter().all(|(_, why)| why.is_none()));
+        let (newest, why) = a.handshake(ip);
+        assert!(why.unwrap().contains("pending from 10.0.0.1"));
+        assert!(slots[0].0.evicted.is_closed(), "the oldest of that address");
+        assert!(!slots[1].0.evicted.is_closed());
+        let (_, why) = a.handshake([10, 0, 0, 2].into());
+        assert!(why.is_none(), "other addresses have their own budget");
+        // The whole budget full: the oldest of all goes.
+        let all: Vec<_> = (3..=9u8)
+            .flat_map(|k| (0..MAX_HANDSHAKING_PER_IP).map(move |_| [10, 0, 0, k]))
+            .map(|ip| a.handshake(ip.into()))
+            .collect();
+        assert_eq!(a.pending.borrow().len(), MAX_HANDSHAKING);
+        let (tenth, why) = a.handshake([10, 0, 0, 10].into());
+        assert!(why.unwrap().contains("64 handshakes pending"));
+        assert!(slots[1].0.evicted.is_closed());
+        assert_eq!(a.pending.borrow().len(), MAX_HANDSHAKING);
+        // Slots release on drop, evicted or not; sessions are budgeted.
+        drop((slots, all, tenth));
+        let session = a.session(newest).unwrap();
+        let (second, _) = a.handshake(ip);
         assert!(a.session(second).unwrap_err().contains("sessions open"));
         drop(session);
-        assert!(a.session(a.handshake(ip).unwrap()).is_ok());
+        assert!(a.session(a.handshake(ip).0).is_ok());
+        assert!(a.pending.borrow().is_empty());
+    }
+
+    #[test]
+    fn ipv6_peers_share_the_budget_of_their_64() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            Origin::of(v6("2001:db8::1")),
+            Origin::of(v6("2001:db8::ffff:1"))
+        );
+        assert_ne!(
+            Origin::of(v6("2001:db8::1")),
+            Origin::of(v6("2001:db8:0:1::1"))
+        );
+        assert_eq!(
+            Origin::of(v6("::ffff:10.0.0.1")),
+            Origin::of([10, 0, 0, 1].into())
+        );
+        assert_ne!(Origin::of(v6("::1")), Origin::of([0, 0, 0, 1].into()));
     }
 }

@@ -101,15 +101,12 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let slot = match admission.handshake(peer.ip()) {
-                    Ok(slot) => slot,
-                    Err(why) => {
-                        admission
-                            .complaints
-                            .warn(|| format!("refused connection from {peer}: {why}"));
-                        continue;
-                    }
-                };
+                let (slot, evicted) = admission.handshake(peer.ip());
+                if let Some(why) = evicted {
+                    admission
+                        .complaints
+                        .warn(|| format!("connection from {peer}: {why}"));
+                }
                 let alive = alive_tx.clone();
                 let config = config.clone();
                 let stop = stop_rx.clone();
@@ -145,15 +142,21 @@ async fn session(
     slot: HandshakeSlot,
     stop: async_channel::Receiver<()>,
 ) {
-    let stopped = async {
-        let _ = stop.recv().await;
+    // The handshake ends early if the agent stops, or if a newer
+    // connection takes its place in the budget.
+    let interrupted = async {
+        future::or(
+            async {
+                let _ = stop.recv().await;
+            },
+            slot.evicted(),
+        )
+        .await;
+        None
     };
     let est = match future::or(
         async { Some(handshake::accept(stream, &config.key, &config.accept).await) },
-        async {
-            stopped.await;
-            None
-        },
+        interrupted,
     )
     .await
     {

@@ -73,6 +73,10 @@ pub struct AcceptOptions {
     pub max_frame: u32,
     /// Time a peer has to complete the handshake.
     pub timeout: Duration,
+    /// Time a peer has to send its first bytes (its preamble): a master
+    /// sends them as soon as it is connected, so a socket silent for
+    /// longer is idle and gives its slot back early.
+    pub first_bytes: Duration,
 }
 
 impl Default for AcceptOptions {
@@ -81,6 +85,7 @@ impl Default for AcceptOptions {
             allow_plaintext: false,
             max_frame: skelpi_proto::frame::HARD_MAX_FRAME,
             timeout: Duration::from_secs(5),
+            first_bytes: Duration::from_secs(1),
         }
     }
 }
@@ -263,7 +268,7 @@ async fn accept_inner(
     stream.set_nodelay(true)?;
     let stats = Arc::new(WireStats::default());
     let mut hello = [0u8; PREAMBLE_LEN];
-    read(&mut stream, &stats, &mut hello).await?;
+    with_timeout(opts.first_bytes, read(&mut stream, &stats, &mut hello)).await?;
     let client = ClientPreamble::decode(hello)?;
     let answer = preamble::answer(
         &client,

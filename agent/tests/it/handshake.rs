@@ -443,6 +443,35 @@ fn idle_sockets_from_elsewhere_do_not_lock_masters_out() {
 }
 
 #[test]
+fn idle_sockets_filling_the_handshake_budget_do_not_keep_a_master_out() {
+    let (agent, key) = agent(false);
+    // Eight silent sockets from each of eight addresses (the per-address
+    // and whole budgets of pending handshakes), this master's among them.
+    let idle: Vec<std::net::TcpStream> = (1..=8u8)
+        .flat_map(|k| (0..8).map(move |_| k))
+        .map(|k| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&std::net::SocketAddr::from(([127, 0, 0, k], 0)).into())
+                .unwrap();
+            s.connect(&agent.addr().into()).unwrap();
+            s.into()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    smol::block_on(futures_lite::future::or(
+        ping_ok(&agent, &key, false),
+        async {
+            async_io::Timer::after(std::time::Duration::from_secs(5)).await;
+            panic!("no session within 5 s")
+        },
+    ));
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    drop(idle);
+}
+
+#[test]
 fn heartbeats_come_as_often_as_asked_and_only_when_asked() {
     let (agent, key) = agent(false);
     smol::block_on(async {
