@@ -174,19 +174,30 @@ impl Throttle {
         }
     }
 
-    /// Logs `message` at warn level unless one was logged within the period.
-    pub fn warn(&self, message: impl FnOnce() -> String) {
+    /// Whether a message may be logged now: `Some` with how many were
+    /// held back since the last one, or `None` if one was logged within
+    /// the period (this one is counted as held back).
+    pub fn admit(&self) -> Option<u64> {
         let now = Instant::now();
         if self.last.get().is_some_and(|t| now - t < self.period) {
             self.held_back.set(self.held_back.get() + 1);
-            return;
+            return None;
         }
-        let held = self.held_back.replace(0);
         self.last.set(Some(now));
-        if held > 0 {
-            log::warn!("{} ({held} similar messages held back)", message());
-        } else {
-            log::warn!("{}", message());
+        Some(self.held_back.replace(0))
+    }
+
+    /// Messages held back since the last one let through (now none).
+    pub fn take_held_back(&self) -> u64 {
+        self.held_back.replace(0)
+    }
+
+    /// Logs `message` at warn level unless one was logged within the period.
+    pub fn warn(&self, message: impl FnOnce() -> String) {
+        match self.admit() {
+            Some(0) => log::warn!("{}", message()),
+            Some(held) => log::warn!("{} ({held} similar messages held back)", message()),
+            None => {}
         }
     }
 }

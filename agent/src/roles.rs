@@ -10,6 +10,7 @@
 //! bounded queue is full, which stops reading and so throttles the
 //! master through TCP); the writer sends task outcomes as workers finish.
 
+use crate::admission::Throttle;
 use crate::kernels::Array;
 use crate::raw_echo;
 use crate::server::ServerConfig;
@@ -18,12 +19,13 @@ use crate::wire::handshake::{DOWN_AFTER_BEATS, Established};
 use crate::wire::{Sender, WireError};
 use crate::workers::{Failure, Outcome, Tag, Traced};
 use futures_lite::future;
+use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
 use skelpi_proto::trace::{ClockReading, NO_STAGE, TraceKind};
 use skelpi_proto::{
     ErrorCode, ErrorReply, JobId, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
 };
 use smol::lock::Mutex;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -95,7 +97,7 @@ pub async fn serve_session(
     let liveness = receiver.liveness();
     let mut stop = std::pin::pin!(stop);
     // Jobs this session has run tasks for, to log each job once.
-    let mut jobs = HashSet::new();
+    let job_news = LogQuota::new(log::Level::Info);
     // The job of the last task: when a task of another comes, or the
     // master goes, it has ended here (its ports' programs are stopped).
     let last_job: Cell<Option<JobId>> = Cell::new(None);
@@ -103,6 +105,8 @@ pub async fn serve_session(
     // the end of their stream: if it ends first, their input is cut.
     let mut feeding: HashSet<(u64, u32)> = HashSet::new();
     let recorder = config.workers.recorder();
+    // Warnings about this master's requests (see `LogQuota`).
+    let warnings = LogQuota::new(log::Level::Warn);
     // This connection's number in traces.
     let conn = recorder.new_conn();
     let reader = async {
@@ -126,7 +130,12 @@ pub async fn serve_session(
                     return;
                 }
                 Err(e) => {
-                    log::warn!("bad input from master {peer}: {e}");
+                    let (level, held) = warnings.level(None);
+                    log::log!(
+                        level,
+                        "bad input from master {peer}: {}{held}",
+                        clip(&e.to_string(), MESSAGE_MAX)
+                    );
                     let sent = sender
                         .lock()
                         .await
@@ -141,7 +150,7 @@ pub async fn serve_session(
             };
             let result = match received.msg {
                 Message::Hello(hello) => {
-                    log::info!("master {peer} is {:?}", hello.master);
+                    log::info!("master {peer} is {:?}", quoted(&hello.master));
                     if hello.heartbeat_ms > 0 {
                         let ms = hello.heartbeat_ms.clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS);
                         heartbeat.set(Duration::from_millis(ms.into()));
@@ -172,14 +181,9 @@ pub async fn serve_session(
                     {
                         config.kernels.end_job(ended);
                     }
-                    if jobs.len() >= JOBS_REMEMBERED {
-                        jobs.clear();
-                    }
-                    let first = jobs.insert(task.job);
-                    if first {
-                        let job = task.job;
-                        log::info!(skelpi_job:% = job; "job {job}: tasks from master {peer}");
-                    }
+                    let job = task.job;
+                    let (level, held) = job_news.level(Some(job));
+                    log::log!(level, skelpi_job:% = job; "job {job}: tasks from master {peer}{held}");
                     let shape = received.bulk.unwrap_or(Shape::List(0));
                     let input = Array {
                         shape,
@@ -205,7 +209,8 @@ pub async fn serve_session(
                     if slot.is_none() {
                         return shutting_down(&sender).await;
                     }
-                    let started = start_task(config, task, input, first, traced, &done_tx, &sender);
+                    let started =
+                        start_task(config, task, input, traced, &done_tx, (&sender, &warnings));
                     let (queued, sent) = started.await;
                     if !queued {
                         let _ = slot_tx.try_send(());
@@ -361,7 +366,9 @@ pub async fn serve_session(
                     return;
                 }
                 Message::Error(e) => {
-                    log::warn!("master {peer} reported an error: {}", e.message);
+                    let (level, held) = warnings.level(None);
+                    let what = quoted(&e.message);
+                    log::log!(level, "master {peer} reported an error: {what}{held}");
                     Ok(())
                 }
                 other => {
@@ -380,15 +387,13 @@ pub async fn serve_session(
         }
     };
     let writer = async {
-        // Jobs with a failed task logged (see `log_level`).
-        let mut failed_jobs = HashSet::new();
         while let Ok(outcome) = done_rx.recv().await {
             let _ = slot_tx.try_send(());
             let (tag, id) = (outcome.tag, outcome.tag.id);
             let send = async {
                 let mut s = sender.lock().await;
                 let started = Instant::now();
-                let sent = send_outcome(&mut s, outcome, &mut failed_jobs, peer).await;
+                let sent = send_outcome(&mut s, outcome, &warnings, peer).await;
                 if tag.trace.is_some() {
                     let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
                     recorder.frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
@@ -480,6 +485,8 @@ pub async fn serve_session(
     if let Some(job) = last_job.get() {
         config.kernels.end_job(job);
     }
+    job_news.close(peer);
+    warnings.close(peer);
     for (stream, stage) in feeding {
         let why = format!("the connection from {peer} ended before the end of the stream");
         config.streams.cut(stream, stage, &why);
@@ -491,17 +498,56 @@ pub async fn serve_session(
     }
 }
 
-/// The level of a failed task's record: a warning for the first of its
-/// job, debug for later ones, so a failing job of many tasks cannot flood
-/// the journal (journald would drop the agent's other records).
-fn log_level(failed_jobs: &mut HashSet<JobId>, job: JobId) -> log::Level {
-    if failed_jobs.len() >= JOBS_REMEMBERED {
-        failed_jobs.clear();
+/// What a session logs about its master's requests at a level above debug:
+/// the first record of each job, and at most one a second for the whole
+/// session (the next says how many were held back); the rest go to debug.
+/// So neither a failing job of many tasks nor a master inventing a job id
+/// per task can flood the journal (journald would drop the agent's other
+/// records).
+#[derive(Debug)]
+struct LogQuota {
+    level: log::Level,
+    jobs: RefCell<HashSet<JobId>>,
+    throttle: Throttle,
+}
+
+impl LogQuota {
+    /// A quota for records at `level`.
+    fn new(level: log::Level) -> LogQuota {
+        LogQuota {
+            level,
+            jobs: RefCell::new(HashSet::new()),
+            throttle: Throttle::new(Duration::from_secs(1)),
+        }
     }
-    if failed_jobs.insert(job) {
-        log::Level::Warn
-    } else {
-        log::Level::Debug
+
+    /// The level of a record (about `job`, if any), and a note to add to
+    /// it: how many were held back before it.
+    fn level(&self, job: Option<JobId>) -> (log::Level, String) {
+        let first = job.is_none_or(|job| {
+            let mut jobs = self.jobs.borrow_mut();
+            if jobs.len() >= JOBS_REMEMBERED {
+                jobs.clear();
+            }
+            jobs.insert(job)
+        });
+        match first.then(|| self.throttle.admit()).flatten() {
+            Some(0) => (self.level, String::new()),
+            Some(held) => (self.level, format!(" ({held} similar records held back)")),
+            None => (log::Level::Debug, String::new()),
+        }
+    }
+
+    /// Says how many records were held back since the last one (the
+    /// session ends).
+    fn close(&self, peer: SocketAddr) {
+        let held = self.throttle.take_held_back();
+        if held > 0 {
+            log::log!(
+                self.level,
+                "master {peer}: {held} similar records held back (logged at debug level)"
+            );
+        }
     }
 }
 
@@ -521,7 +567,7 @@ fn unsendable(e: &skelpi_proto::EncodeError, floats: usize) -> String {
 async fn send_outcome(
     s: &mut Sender,
     Outcome { tag, busy, result }: Outcome,
-    failed_jobs: &mut HashSet<JobId>,
+    warnings: &LogQuota,
     peer: SocketAddr,
 ) -> Result<(), WireError> {
     let (id, job) = (tag.id, tag.job);
@@ -542,15 +588,12 @@ async fn send_outcome(
         }
         Err(f) => f,
     };
-    log::log!(
-        log_level(failed_jobs, job),
-        skelpi_job:% = job;
-        "job {job}: task {id} for master {peer} failed: {}",
-        failure.message
-    );
+    let message = clip(&failure.message, MESSAGE_MAX).into_owned();
+    let (level, held) = warnings.level(Some(job));
+    log::log!(level, skelpi_job:% = job; "job {job}: task {id} for master {peer} failed: {message}{held}");
     let failed = TaskFailed {
         id,
-        error: failure.message,
+        error: message,
         panicked: failure.panicked,
     };
     s.send(&Message::TaskFailed(failed)).await
@@ -570,10 +613,9 @@ async fn start_task(
     config: &ServerConfig,
     task: TaskHead,
     input: Array,
-    first_of_job: bool,
     trace: Option<Traced>,
     done: &async_channel::Sender<Outcome>,
-    sender: &Mutex<Sender>,
+    (sender, warnings): (&Mutex<Sender>, &LogQuota),
 ) -> (bool, Result<(), WireError>) {
     match stages::find(config, &task.kernel).await {
         Ok(kernel) => {
@@ -590,14 +632,10 @@ async fn start_task(
         }
         Err(why) => {
             let error = format!("agent {}: {why}", config.info.name);
+            let error = clip(&error, MESSAGE_MAX).into_owned();
             let job = task.job;
-            // Once per job: a job of many tasks would flood the journal.
-            let level = if first_of_job {
-                log::Level::Warn
-            } else {
-                log::Level::Debug
-            };
-            log::log!(level, skelpi_job:% = job; "job {job}: task {}: {error}", task.id);
+            let (level, held) = warnings.level(Some(job));
+            log::log!(level, skelpi_job:% = job; "job {job}: task {}: {error}{held}", task.id);
             let failed = TaskFailed {
                 id: task.id,
                 error,
@@ -626,6 +664,7 @@ async fn store_module(
                 Message::ModuleStored(skelpi_proto::code::ModuleStored { hash, kernels })
             }
             Err(e) => {
+                let e = clip(&e.to_string(), MESSAGE_MAX).into_owned();
                 log::warn!("master {peer} pushed a module that was refused: {e}");
                 error(ErrorCode::BadRequest, e.to_string())
             }
@@ -637,6 +676,11 @@ async fn store_module(
     error(ErrorCode::Unsupported, what.to_owned())
 }
 
+/// An error reply (its message clipped: it may quote the peer).
 fn error(code: ErrorCode, message: String) -> Message {
+    let message = match clip(&message, MESSAGE_MAX) {
+        std::borrow::Cow::Borrowed(_) => message,
+        clipped => clipped.into_owned(),
+    };
     Message::Error(ErrorReply { code, message })
 }

@@ -23,6 +23,7 @@ use crate::workers::{Tag, Traced};
 use async_net::TcpStream;
 use futures_lite::future;
 use skelpi_proto::code::{StageSwap, StageSwapped};
+use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
 use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{
     ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageProgress,
@@ -308,6 +309,7 @@ pub async fn run_stage(
     // session), its job has ended here: its ports' programs are stopped.
     let _ended = EndJob(&config.kernels, job);
     let refuse = |code: ErrorCode, message: String| {
+        let message = clip(&message, MESSAGE_MAX).into_owned();
         log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
         report(Message::Error(ErrorReply { code, message }))
     };
@@ -340,9 +342,9 @@ pub async fn run_stage(
     };
     log::info!(
         skelpi_job:% = job;
-        "job {job}: stage {stage} runs {}{:?}, sending to {}",
+        "job {job}: stage {stage} runs {}{}, sending to {}",
         open.kernel,
-        open.args,
+        quoted(&format!("{:?}", open.args)),
         open.next.as_ref().map_or("the master", |n| n.addr.as_str())
     );
     report(Message::StageReady(StreamRef { stream, stage })).await;
@@ -388,15 +390,18 @@ pub async fn run_stage(
                         Ok(k) => {
                             log::info!(
                                 skelpi_job:% = job;
-                                "job {job}: stage {stage} runs {}{:?} from item {next_index}",
+                                "job {job}: stage {stage} runs {}{} from item {next_index}",
                                 swap.kernel,
-                                swap.args
+                                quoted(&format!("{:?}", swap.args))
                             );
                             kernel = k;
                             args = swap.args;
                             None
                         }
-                        Err(why) => Some(format!("agent {}: {why}", config.info.name)),
+                        Err(why) => {
+                            let why = format!("agent {}: {why}", config.info.name);
+                            Some(clip(&why, MESSAGE_MAX).into_owned())
+                        }
                     };
                     let swapped = StageSwapped {
                         id: swap.id,

@@ -41,6 +41,7 @@ mod message;
 pub mod preamble;
 pub mod skeleton;
 pub mod skeleton_text;
+pub mod text;
 pub mod trace;
 
 pub use bulk::Shape;

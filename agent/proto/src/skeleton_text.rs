@@ -13,9 +13,11 @@ use crate::skeleton::{Kernel, Skeleton};
 use std::str::FromStr;
 use thiserror::Error;
 
-/// Why a skeleton's text does not parse.
+/// Why a skeleton's text does not parse. Its message quotes the text, or
+/// for a long text the part around the error (a peer's 60 KB skeleton is
+/// not repeated whole in logs and errors).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("at character {at} of {text:?}: expected {expected}")]
+#[error("at character {at} of {}: expected {expected}", self.context())]
 pub struct ParseError {
     /// The text.
     pub text: String,
@@ -23,6 +25,21 @@ pub struct ParseError {
     pub at: usize,
     /// What would have been valid there.
     pub expected: String,
+}
+
+impl ParseError {
+    /// The text, quoted whole if short, else the 80 characters on either
+    /// side of the error.
+    fn context(&self) -> String {
+        const SIDE: usize = 80;
+        if self.text.chars().count() <= crate::text::QUOTED_MAX {
+            return format!("{:?}", self.text);
+        }
+        let from = self.at.saturating_sub(SIDE);
+        let window: String = self.text.chars().skip(from).take(2 * SIDE).collect();
+        let len = self.text.len();
+        format!("a text of {len} bytes, around it: {window:?}")
+    }
 }
 
 /// Deepest nesting the parser accepts (deeper text is refused, not a

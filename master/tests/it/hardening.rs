@@ -277,3 +277,72 @@ fn skelpi_run_out_keeps_nan_and_infinities_and_reads_them_back() {
         "{text}"
     );
 }
+
+#[test]
+fn a_master_cannot_flood_the_agents_log_nor_echo_megabytes_through_it() {
+    let dir = Scratch::new("hardening-flood");
+    let key_path = dir.0.join("cluster.key");
+    let key = ClusterKey::generate().unwrap();
+    key.write(&key_path, true).unwrap();
+    let agent = crate::agents::start_agent(&key_path, "flooded", &["--no-mdns"]);
+    let long_name = "k".repeat(1 << 20);
+    smol::block_on(async {
+        let stream = async_net::TcpStream::connect(agent.addr).await.unwrap();
+        let mut est = handshake::connect(stream, &key, &ConnectOptions::default())
+            .await
+            .unwrap();
+        let mut bulk = Vec::new();
+        // 3,000 tasks of a kernel the agent lacks, each of a job of its own
+        // (which defeats logging once per job), then one whose kernel name
+        // is a megabyte long.
+        for id in 0..=3000u64 {
+            let kernel = if id < 3000 { "nope" } else { &long_name };
+            let task = Message::Task(TaskHead {
+                id,
+                job: JobId(id + 1),
+                kernel: kernel.into(),
+                args: vec![],
+                trace: false,
+            });
+            est.sender
+                .send_bulk(&task, Shape::List(1), &[1.0])
+                .await
+                .unwrap();
+            let reply = est.receiver.recv(&mut bulk).await.unwrap().msg;
+            let Message::TaskFailed(f) = reply else {
+                panic!("expected a task failure, got {reply:?}")
+            };
+            assert!(f.error.len() < 1000, "an error of {} bytes", f.error.len());
+            if id == 3000 {
+                assert!(f.error.contains("more bytes)"), "{}", &f.error[..200]);
+            }
+        }
+        est.sender.send(&Message::Bye).await.unwrap();
+    });
+    // Everything it logged, up to the session's last words: how many
+    // records of each kind (tasks of a new job, failures) it held back.
+    let mut lines = Vec::new();
+    let mut counts = 0;
+    while counts < 2 {
+        let line = agent
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("the session ends with its counts: {lines:?}"));
+        counts += usize::from(line.contains("records held back (logged at debug level)"));
+        lines.push(line);
+    }
+    let longest = lines.iter().map(String::len).max().unwrap_or(0);
+    assert!(longest < 2000, "a log line of {longest} bytes");
+    assert!(
+        lines.len() < 40,
+        "{} lines for 3,001 bad requests, e.g. {:?}",
+        lines.len(),
+        &lines[..5]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("similar records held back")),
+        "{lines:?}"
+    );
+}
