@@ -44,6 +44,9 @@ pub const TASKS_PER_WORKER: usize = 2;
 /// gone, and its session ends. A 16 MiB frame takes 1.4 s at 100 Mb/s.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Kernel swaps a stage's session holds for it while it runs an item.
+const SWAPS_WAITING: usize = 64;
+
 /// Bounds of the heartbeat interval a master may ask for, milliseconds.
 const MIN_HEARTBEAT_MS: u32 = 100;
 const MAX_HEARTBEAT_MS: u32 = 60_000;
@@ -83,7 +86,7 @@ pub async fn serve_session(
     let mut raw_opened = false;
     let (stage_tx, stage_rx) = async_channel::bounded(1);
     // Kernel swaps for that stage, applied between two items.
-    let (swap_tx, swap_rx) = async_channel::bounded(4);
+    let (swap_tx, swap_rx) = async_channel::bounded(SWAPS_WAITING);
     // The stage this session opened: (stream, stage).
     let mut stage_opened: Option<(u64, u32)> = None;
     // The heartbeat interval the master asked for, once.
@@ -266,6 +269,7 @@ pub async fn serve_session(
                         frame_len: received.frame_len,
                     };
                     let key = (item.stream, item.stage);
+                    feeding.insert(key);
                     // A full inbox holds this reader; shutdown still ends it.
                     let delivered = future::or(
                         async { Some(stages::deliver(config, item, data, arrived).await) },
@@ -277,11 +281,9 @@ pub async fn serve_session(
                     .await;
                     match delivered {
                         None => return shutting_down(&sender).await,
-                        Some(Ok(())) => {
-                            feeding.insert(key);
-                            Ok(())
-                        }
+                        Some(Ok(())) => Ok(()),
                         Some(Err(what)) => {
+                            feeding.remove(&key);
                             // Items still in flight after a stage ended are
                             // many: not worth a warning each.
                             log::debug!("{peer}: {what}");
@@ -342,12 +344,22 @@ pub async fn serve_session(
                 }
                 Message::StageSwap(swap) => {
                     if stage_opened == Some((swap.stream, swap.stage)) {
-                        // The stage answers when it has swapped. It takes
-                        // swaps before items, so this waits at most for
-                        // the item it is running; the stage is gone when
-                        // its channel is.
-                        let _ = swap_tx.send(swap).await;
-                        Ok(())
+                        // The stage answers when it has swapped (it takes
+                        // swaps before items). This reader never waits for
+                        // it: it must go on reading the master's beats.
+                        match swap_tx.try_send(swap) {
+                            Err(async_channel::TrySendError::Full(swap)) => {
+                                let what = format!(
+                                    "stage {} has {SWAPS_WAITING} swaps waiting: ask again once \
+                                     it has answered them",
+                                    swap.stage
+                                );
+                                let mut s = sender.lock().await;
+                                s.send(&error(ErrorCode::BadRequest, what)).await
+                            }
+                            // Closed: the stage is gone with its channel.
+                            _ => Ok(()),
+                        }
                     } else {
                         let what = format!(
                             "stage swap for stage {} of stream {}, which this session does not run",

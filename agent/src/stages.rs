@@ -11,14 +11,19 @@
 //! one item at a time, in order, sends each result to the next stage's
 //! agent over its own authenticated connection (the last stage: back to the
 //! master), then forwards the end of the stream and reports its
-//! measurements to the master. A kernel failure is reported to the master
-//! as [`skelpi_proto::StageFailed`]; when the master closes the stage's
-//! connection, the stage is dropped with its session.
+//! measurements to the master, and keeps its link to the next stage open,
+//! reading, until that stage's agent has read everything and closes it
+//! (closing first would lose the items still in its socket buffers). A
+//! kernel failure is reported to the master as
+//! [`skelpi_proto::StageFailed`], and no end of stream follows it; a link
+//! that ends before the end of its stream cuts the next stage's input
+//! ([`Streams::cut`]), which then reports `InputLost`. When the master
+//! closes the stage's connection, the stage is dropped with its session.
 
 use crate::kernels::{Array, Kernel, KernelError};
 use crate::server::ServerConfig;
 use crate::wire::handshake::{self, ConnectOptions};
-use crate::wire::{Receiver, Sender};
+use crate::wire::{Receiver, Sender, WireError};
 use crate::workers::{Tag, Traced};
 use async_net::TcpStream;
 use futures_lite::future;
@@ -307,7 +312,7 @@ pub async fn run_stage(
     let job = JobId(stream);
     // However the stage ends (finished, failed, or dropped with its
     // session), its job has ended here: its ports' programs are stopped.
-    let _ended = EndJob(&config.kernels, job);
+    let ended = EndJob(&config.kernels, job);
     let refuse = |code: ErrorCode, message: String| {
         let message = clip(&message, MESSAGE_MAX).into_owned();
         log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
@@ -324,7 +329,7 @@ pub async fn run_stage(
     if open.trace {
         config.workers.recorder().prepare();
     }
-    let (input, _registration) = match config.streams.register(stream, stage, open.trace) {
+    let (input, registration) = match config.streams.register(stream, stage, open.trace) {
         Ok(r) => r,
         Err(what) => return refuse(ErrorCode::BadRequest, what).await,
     };
@@ -353,8 +358,10 @@ pub async fn run_stage(
     // Computing and forwarding overlap: item k+1 runs on a worker while
     // item k travels to the next stage. At most two results wait between.
     let (out_tx, out_rx) = async_channel::bounded::<(u64, Array)>(2);
-    // Whether the stage ran every item of its input: only then does the
-    // end of the stream follow its last result.
+    // Whether computing reached the end of the stage's input (its inbox
+    // closed with no cut): only then does the end of the stream follow
+    // the last result. (When forwarding failed first, it closed the inbox
+    // itself; the stage then reports that failure, and sends no end.)
     let ran_all = std::cell::Cell::new(false);
     let compute = async {
         // The index the next item will have, once one was seen.
@@ -464,6 +471,18 @@ pub async fn run_stage(
         drop(out_tx);
         None
     };
+    // The next stage's agent says nothing on this link but heartbeats,
+    // unless it refuses an item or goes away; once this stage has sent
+    // its end, that agent closes the link when it has read everything.
+    // One read of the link runs from here to that close: it is never cut
+    // off in the middle of a frame.
+    let lingering = std::cell::Cell::new(false);
+    let mut successor = std::pin::pin!(async {
+        match next_rx.as_mut() {
+            Some(rx) => Some(hear(rx, heartbeat, &lingering).await),
+            None => future::pending().await,
+        }
+    });
     let forward = async {
         let link_failed = |what: String| {
             Some(Message::Error(ErrorReply {
@@ -538,31 +557,15 @@ pub async fn run_stage(
             };
             sent.err().and_then(|e| link_failed(e.to_string()))
         };
-        // The next stage's agent says nothing on this link but heartbeats,
-        // unless it refuses an item or goes away.
         let watch = async {
-            match next_rx.as_mut() {
-                Some(rx) => {
-                    let mut scratch = Vec::new();
-                    let liveness = rx.liveness();
-                    let heard = future::or(async { Some(rx.recv(&mut scratch).await) }, async {
-                        liveness.silent_past(heartbeat).await;
-                        None
-                    })
-                    .await;
-                    match heard {
-                        Some(Ok(r)) => match r.msg {
-                            Message::Error(e) => link_failed(e.message),
-                            other => link_failed(format!("it sent {}", other.kind_name())),
-                        },
-                        Some(Err(e)) => link_failed(e.to_string()),
-                        None => link_failed(format!(
-                            "its agent is silent for {:.1?} (a heartbeat was due every \
-                             {heartbeat:?})",
-                            liveness.silent_for()
-                        )),
-                    }
-                }
+            match successor.as_mut().await {
+                Some(Heard::Said(Message::Error(e))) => link_failed(e.message),
+                Some(Heard::Said(other)) => link_failed(format!("it sent {}", other.kind_name())),
+                Some(Heard::Ended(e)) => link_failed(e.to_string()),
+                Some(Heard::Silent(quiet)) => link_failed(format!(
+                    "its agent is silent for {quiet:.1?} (a heartbeat was due every \
+                     {heartbeat:?})"
+                )),
                 None => future::pending().await,
             }
         };
@@ -600,43 +603,70 @@ pub async fn run_stage(
         span_ns: span.as_nanos().try_into().unwrap_or(u64::MAX),
     }))
     .await;
-    if let Some(rx) = next_rx.as_mut() {
-        linger(rx, heartbeat, job, stage).await;
+    // Lingering, the stage holds nothing: its inbox and its job go.
+    drop((registration, ended));
+    if open.next.is_some() {
+        linger(successor, &lingering, job, stage).await;
     }
 }
 
-/// Keeps the link to the next stage open, after this stage sent its last
-/// item and the end and shut its own direction, until the next stage's
-/// agent closes it — which it does once it has read everything, the end
-/// last — or falls silent for four beats.
-///
-/// Closing first would lose items: the next stage reads this link only as
-/// fast as its inbox drains, so much of what was sent may still wait in
-/// its socket buffers, and a socket closed here answers the next
-/// heartbeat it sends with a reset, which makes its kernel discard them.
-async fn linger(rx: &mut Receiver, heartbeat: Duration, job: JobId, stage: u32) {
+/// What the next stage's agent did on the link to it.
+enum Heard {
+    /// It sent this (an error: it refused an item).
+    Said(Message),
+    /// The link ended (closed by that agent, or failed).
+    Ended(WireError),
+    /// It fell silent for this long, four beats or more.
+    Silent(Duration),
+}
+
+/// Reads the link from the next stage's agent (`rx`) until it says
+/// something, ends, or falls silent; once `lingering`, what it says is
+/// passed over.
+async fn hear(rx: &mut Receiver, heartbeat: Duration, lingering: &std::cell::Cell<bool>) -> Heard {
     let liveness = rx.liveness();
     let mut scratch = Vec::new();
-    let closed = async {
+    let heard = async {
         loop {
             match rx.recv(&mut scratch).await {
                 // Only a refused item's error can come: it was reported.
-                Ok(r) => log::debug!(
-                    "job {job}: stage {stage}'s successor said {}",
-                    r.msg.kind_name()
-                ),
-                Err(e) => return Some(e),
+                Ok(r) if lingering.get() => {
+                    log::debug!("the next stage's agent said {}", r.msg.kind_name());
+                }
+                Ok(r) => return Heard::Said(r.msg),
+                Err(e) => return Heard::Ended(e),
             }
         }
     };
     let silent = async {
         liveness.silent_past(heartbeat).await;
-        None
+        Heard::Silent(liveness.silent_for())
     };
-    if future::or(closed, silent).await.is_none() {
+    future::or(heard, silent).await
+}
+
+/// Keeps the link to the next stage open, after this stage sent its last
+/// item and the end and shut its own direction, until the next stage's
+/// agent closes it — which it does once it has read everything, the end
+/// last — or falls silent for four beats: `successor` goes on reading it.
+///
+/// Closing first would lose items: the next stage reads this link only as
+/// fast as its inbox drains, so much of what was sent may still wait in
+/// its socket buffers, and a socket closed here answers the next
+/// heartbeat it sends with a reset, on which the operating system
+/// discards them.
+async fn linger(
+    successor: std::pin::Pin<&mut impl Future<Output = Option<Heard>>>,
+    lingering: &std::cell::Cell<bool>,
+    job: JobId,
+    stage: u32,
+) {
+    lingering.set(true);
+    if let Some(Heard::Silent(quiet)) = successor.await {
         log::warn!(
             skelpi_job:% = job;
-            "job {job}: stage {stage}'s successor fell silent before taking all its items"
+            "job {job}: stage {stage}'s successor fell silent for {quiet:.1?} before \
+             taking all its items"
         );
     }
 }

@@ -148,11 +148,12 @@ impl Cluster {
 
     /// Stops a job in which nothing moved for `bound` — no result, no
     /// item through any stage or task — while its agents still beat, with
-    /// [`JobError::Stalled`] saying where each part stood; `None` never
-    /// does. By default [`stall::DEFAULT_STALL_TIMEOUT`]: a kernel call
-    /// that can take longer needs a longer bound.
+    /// [`JobError::Stalled`] saying where each part stood; `None` (or
+    /// zero) never does. By default [`stall::DEFAULT_STALL_TIMEOUT`]: a
+    /// kernel call that can take longer needs a longer bound. A job fed
+    /// at a set pace waits at least four of its intervals.
     pub fn set_stall_timeout(&mut self, bound: Option<Duration>) {
-        self.stall_timeout = bound;
+        self.stall_timeout = bound.filter(|b| !b.is_zero());
     }
 
     /// Traces the jobs it runs from now on (`false`: stops). Each traced

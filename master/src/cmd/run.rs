@@ -79,8 +79,8 @@ struct StallTimeout(Option<std::time::Duration>);
 
 fn stall_timeout(s: &str) -> Result<StallTimeout, String> {
     let bound = match s.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => std::time::Duration::from_secs_f64(secs),
-        Ok(_) => return Err(format!("{s} is not a duration of 0 or more seconds")),
+        Ok(secs) => std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s} is not a duration of 0 or more seconds"))?,
         Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
     };
     Ok(StallTimeout((!bound.is_zero()).then_some(bound)))

@@ -49,22 +49,23 @@ impl PartCounts {
 
 impl std::fmt::Display for PartCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = |c: Option<u64>| c.map_or_else(|| "?".to_owned(), |c| c.to_string());
-        write!(f, "{}:", self.name)?;
-        if self.arrived.is_some() || self.done.is_some() || self.sent.is_some() {
-            let (a, d, s) = (n(self.arrived), n(self.done), n(self.sent));
-            write!(f, " {a} in, {d} done, {s} passed on")?;
-            if let (Some(a), Some(d)) = (self.arrived, self.done) {
-                write!(f, " ({} in flight)", a.saturating_sub(d))?;
-            }
-            if !self.note.is_empty() {
-                f.write_str(",")?;
-            }
+        let mut said = Vec::new();
+        if let Some(a) = self.arrived {
+            said.push(format!("{a} in"));
+        }
+        if let Some(d) = self.done {
+            said.push(format!("{d} done"));
+        }
+        if let Some(s) = self.sent {
+            said.push(format!("{s} passed on"));
+        }
+        if let (Some(a), Some(d)) = (self.arrived, self.done) {
+            said.push(format!("{} in flight", a.saturating_sub(d)));
         }
         if !self.note.is_empty() {
-            write!(f, " {}", self.note)?;
+            said.push(self.note.clone());
         }
-        Ok(())
+        write!(f, "{}: {}", self.name, said.join(", "))
     }
 }
 
@@ -103,6 +104,12 @@ pub struct Look {
     pub totals: (u64, u64),
     /// Each part's counts, if this look asked for them.
     pub parts: Option<Vec<PartCounts>>,
+}
+
+/// `bound`, or four of a feed's intervals `every` if longer: a job fed at
+/// a set pace must not be taken for stalled between two items.
+pub fn paced(bound: Option<Duration>, every: Option<Duration>) -> Option<Duration> {
+    bound.map(|b| every.map_or(b, |every| b.max(every.saturating_mul(4))))
 }
 
 /// Returns the job's [`JobError::Stalled`] once two looks a `bound` apart
@@ -182,7 +189,7 @@ mod tests {
         let text = stall.to_string();
         assert!(
             text.contains(
-                "50 inputs drawn, 7 results; stage 0: 41 in, 40 done, 40 passed on (1 in flight)"
+                "50 inputs drawn, 7 results; stage 0: 41 in, 40 done, 40 passed on, 1 in flight"
             ),
             "{text}"
         );

@@ -298,10 +298,10 @@ pub async fn run(
         opts.period,
         Box::new(on_decision),
     );
-    let result = job::run_graph(
-        conns, skeleton, &ctl, inputs, on_result, trace_out, opts.stall,
-    )
-    .await;
+    // A paced feed waits between items: that is not a stall.
+    let every = pace.and_then(|t| Duration::try_from_secs_f64(1.0 / t).ok());
+    let stall = crate::runtime::stall::paced(opts.stall, every);
+    let result = job::run_graph(conns, skeleton, &ctl, inputs, on_result, trace_out, stall).await;
     (result, Some(report(&ctl, opts.contract, start)))
 }
 

@@ -35,9 +35,17 @@ pub(super) enum PartStop {
     /// The agent at this address is gone: its connection ended or failed,
     /// or it fell silent for four heartbeats.
     Lost(SocketAddr, String, Instant),
-    /// A stage lost its link to the next one, whose agent is at this
-    /// address: that agent is gone, or the path to it is broken.
-    Link(SocketAddr, String, Instant),
+    /// The link from stage `link` to stage `link + 1` broke, as the stage
+    /// at its `upstream` end (which lost its output) or the other (which
+    /// lost its input) saw it; `blame` is the agent at the far end from
+    /// the stage that saw it: it is gone, or the path to it is broken.
+    Link {
+        link: usize,
+        upstream: bool,
+        blame: SocketAddr,
+        why: String,
+        at: Instant,
+    },
     /// The job fails with this.
     Fail(JobError),
 }
@@ -389,7 +397,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     let mut reports = Vec::with_capacity(n);
     let questions = Probes::default();
     let stalled = async {
-        let stalled = stall::watch(spec.stall, |from| {
+        let stalled = stall::watch(stall::paced(spec.stall, spec.interval), |from| {
             let totals = {
                 let r = replay.borrow();
                 (r.drawn(), r.done())
@@ -397,7 +405,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
             let questions = &questions;
             async move {
                 // Results came: nothing to ask.
-                let parts = if from == Some(totals) {
+                let parts = if from.is_none_or(|from| from == totals) {
                     let on = (placement, kernels);
                     Some(questions.ask(spec, on, stream, finished).await)
                 } else {
@@ -555,15 +563,24 @@ async fn open(
 fn stage_error(i: usize, placement: &[Placement], e: ErrorReply) -> PartStop {
     let (addr, agent) = (placement[i].addr, &placement[i].name);
     let why = format!("stage {i} on {agent}: {}", e.message);
+    let at = Instant::now();
     match e.code {
-        ErrorCode::LinkLost => {
-            let next = placement.get(i + 1).map_or(addr, |p| p.addr);
-            PartStop::Link(next, why, Instant::now())
-        }
-        ErrorCode::InputLost => {
-            let previous = i.checked_sub(1).map_or(addr, |p| placement[p].addr);
-            PartStop::Link(previous, why, Instant::now())
-        }
+        ErrorCode::LinkLost => PartStop::Link {
+            link: i,
+            upstream: true,
+            blame: placement.get(i + 1).map_or(addr, |p| p.addr),
+            why,
+            at,
+        },
+        // Only stages after the first have an input link (the first's is
+        // this connection).
+        ErrorCode::InputLost => PartStop::Link {
+            link: i.saturating_sub(1),
+            upstream: false,
+            blame: placement[i.saturating_sub(1)].addr,
+            why,
+            at,
+        },
         ErrorCode::ShuttingDown => PartStop::Lost(addr, why, Instant::now()),
         _ => PartStop::Fail(
             ClientError::Agent {
@@ -587,9 +604,12 @@ fn sent_or_lost(addr: SocketAddr, e: WireError) -> PartStop {
 
 /// Weighs the stops seen together: a task error fails the job (its input
 /// would fail again); lost agents restart without them; any other error
-/// fails the job; broken links alone restart without the agents at their
-/// far ends (a stage's successor's agent can fall silent to it before
-/// the master notices).
+/// fails the job; broken links alone restart without one agent (a
+/// stage's successor's agent can fall silent to it before the master
+/// notices): that of the first broken link — a stage whose input broke
+/// ends its own output too, so the links after it break in turn — at the
+/// far end from its upstream stage if that stage saw it, else from its
+/// downstream one.
 fn decide(stops: Vec<PartStop>, reports: Vec<StageReport>) -> Stop {
     let mut lost = Vec::new();
     let mut links = Vec::new();
@@ -602,37 +622,49 @@ fn decide(stops: Vec<PartStop>, reports: Vec<StageReport>) -> Stop {
                     lost.push((addr, why, at));
                 }
             }
-            PartStop::Link(next, why, at) => links.push((next, why, at)),
+            link @ PartStop::Link { .. } => links.push(link),
             PartStop::Fail(e) => {
                 fail.get_or_insert(e);
             }
         }
     }
-    let why_of = |lost: &[(SocketAddr, String, Instant)]| {
-        lost.iter()
-            .map(|(a, w, _)| format!("{a}: {w}"))
-            .chain(links.iter().map(|(_, w, _)| w.clone()))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let link_whys = links.iter().filter_map(|l| match l {
+        PartStop::Link { why, .. } => Some(why.clone()),
+        _ => None,
+    });
     if !lost.is_empty() {
-        let why = why_of(&lost);
+        let why = lost
+            .iter()
+            .map(|(a, w, _)| format!("{a}: {w}"))
+            .chain(link_whys)
+            .collect::<Vec<_>>()
+            .join("; ");
         return Stop::Restart { lost, why, reports };
     }
     if let Some(e) = fail {
         return Stop::Fail(e);
     }
-    for (next, why, at) in &links {
-        if !lost.iter().any(|(a, _, _)| a == next) {
-            lost.push((*next, why.clone(), *at));
-        }
+    let why = link_whys.collect::<Vec<_>>().join("; ");
+    // The first broken link, seen from upstream if it was.
+    let first = links
+        .into_iter()
+        .filter_map(|l| match l {
+            PartStop::Link {
+                link,
+                upstream,
+                blame,
+                at,
+                ..
+            } => Some((link, !upstream, blame, at)),
+            _ => None,
+        })
+        .min_by_key(|&(link, downstream, _, _)| (link, downstream));
+    let lost = first.map(|(_, _, blame, at)| (blame, why.clone(), at));
+    Stop::Restart {
+        lost: lost.into_iter().collect(),
+        why,
+        reports,
     }
-    let why = links
-        .iter()
-        .map(|(_, w, _)| w.clone())
-        .collect::<Vec<_>>()
-        .join("; ");
-    Stop::Restart { lost, why, reports }
 }
 
 /// Polls every part until all are done or one stops (that one is removed;
@@ -693,14 +725,21 @@ mod tests {
         ));
     }
 
+    /// A broken link from stage `link`, seen from upstream or not.
+    fn link(link: usize, upstream: bool, port: u16, why: &str) -> PartStop {
+        PartStop::Link {
+            link,
+            upstream,
+            blame: addr(port),
+            why: why.into(),
+            at: Instant::now(),
+        }
+    }
+
     #[test]
     fn lost_agents_restart_without_them_once_each() {
         let stops = vec![
-            PartStop::Link(
-                addr(2),
-                "stage 0 lost its link to stage 1".into(),
-                Instant::now(),
-            ),
+            link(0, true, 2, "stage 0 lost its link to stage 1"),
             PartStop::Lost(addr(2), "reset".into(), Instant::now()),
             PartStop::Lost(addr(2), "silent".into(), Instant::now()),
             PartStop::Fail(JobError::Invalid("late".into())),
@@ -715,21 +754,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_broken_link_alone_restarts_without_its_far_end_and_other_errors_fail() {
-        let link = vec![
-            PartStop::Link(addr(3), "x".into(), Instant::now()),
-            PartStop::Link(addr(3), "y".into(), Instant::now()),
-        ];
-        match decide(link, vec![]) {
+    /// The one agent a restart goes without.
+    fn blamed(stops: Vec<PartStop>) -> (SocketAddr, String) {
+        match decide(stops, vec![]) {
             Stop::Restart { lost, why, .. } => {
-                assert_eq!(lost.len(), 1);
-                assert_eq!((lost[0].0, why.as_str()), (addr(3), "x; y"));
+                assert_eq!(lost.len(), 1, "{why}");
+                (lost[0].0, why)
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn broken_links_alone_restart_without_one_agent_and_other_errors_fail() {
+        // Stages 0..3 on agents 10, 11, 12, 13. The link 1 -> 2 breaks:
+        // stage 1 says so (blaming 12), stage 2 lost its input (blaming
+        // 11), and its ending cuts stage 3's input (blaming 12) in turn.
+        let stops = vec![
+            link(2, false, 12, "stage 3 lost its input"),
+            link(1, false, 11, "stage 2 lost its input"),
+            link(1, true, 12, "stage 1 lost its link to stage 2"),
+        ];
+        let (agent, why) = blamed(stops);
+        assert_eq!(agent, addr(12), "the far end as its upstream stage saw it");
+        assert!(why.contains("stage 2 lost its input"), "{why}");
+        // Only the downstream stage saw it (its predecessor said nothing
+        // in time): the upstream agent is blamed, once.
+        let stops = vec![
+            link(2, false, 12, "stage 3 lost its input"),
+            link(1, false, 11, "stage 2 lost its input"),
+        ];
+        assert_eq!(blamed(stops).0, addr(11));
+        let twice = vec![link(0, true, 3, "x"), link(0, true, 3, "y")];
+        assert_eq!(blamed(twice), (addr(3), "x; y".to_owned()));
         let bad = vec![
-            PartStop::Link(addr(3), "x".into(), Instant::now()),
+            link(0, true, 3, "x"),
             PartStop::Fail(JobError::Invalid("y".into())),
         ];
         assert!(matches!(
