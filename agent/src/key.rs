@@ -73,6 +73,17 @@ pub enum KeyError {
         /// Its permission bits (`mode & 0o7777`).
         mode: u32,
     },
+    /// The path names something other than a regular file.
+    #[error(
+        "cluster key {} is {what}, not a file: name the file `skelpi keygen` wrote",
+        path.display()
+    )]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is: "a directory", "a FIFO"...
+        what: &'static str,
+    },
     /// The key file's content is not a key.
     #[error("cluster key {} is malformed: {problem}", path.display())]
     Malformed {
@@ -144,15 +155,26 @@ impl ClusterKey {
     /// the path and suggests `skelpi keygen`. The content must be 64 hex
     /// digits (either case), optionally surrounded by whitespace.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let file = File::open(path).map_err(|source| match source.kind() {
+        // Non-blocking: opening a FIFO with no writer would wait for ever.
+        let nonblocking = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(nonblocking)
+            .open(path);
+        let file = opened.map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => KeyError::NotFound {
                 path: path.to_owned(),
             },
             _ => io_error("open", path, source),
         })?;
-        // Check the mode of the file we opened, not of whatever the path
-        // names by now.
+        // Check the file we opened, not whatever the path names by now.
         let meta = file.metadata().map_err(|e| io_error("stat", path, e))?;
+        if !meta.is_file() {
+            return Err(KeyError::NotAFile {
+                path: path.to_owned(),
+                what: kind_of(&meta.file_type()),
+            });
+        }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(KeyError::Permissions {
@@ -294,6 +316,22 @@ fn hex_value(digit: u8) -> u8 {
     }
 }
 
+/// What a file that is not a regular file is, in words.
+fn kind_of(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// Creates `path` (which must not exist) with mode 0600 and writes `text`.
 fn write_new(path: &Path, text: &[u8]) -> Result<(), KeyError> {
     let file = OpenOptions::new()
@@ -406,6 +444,30 @@ mod tests {
         let key = ClusterKey::generate().unwrap();
         key.write(&path, false).unwrap();
         assert_eq!(ClusterKey::load(&path).unwrap().as_bytes(), key.as_bytes());
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_at_once_as_not_a_file() {
+        let dir = TempDir::new();
+        let fifo = dir.0.join("fifo.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).unwrap();
+        // A FIFO with no writer: a blocking open would wait for ever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(ClusterKey::load(&path).map(|_| ())));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        let e = got
+            .expect("loading a FIFO returns")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a FIFO, not a file"), "{e}");
+        let e = ClusterKey::load(&dir.0).unwrap_err().to_string();
+        assert!(e.contains("is a directory, not a file"), "{e}");
     }
 
     #[test]

@@ -137,7 +137,10 @@ pub enum HandshakeError {
     #[error("the agent refuses a plaintext connection (start it with --allow-plaintext)")]
     PlaintextRefused,
     /// The agent rejected our key.
-    #[error("the agent rejected our cluster key: the key files differ")]
+    #[error(
+        "the handshake failed: the agent did not accept our proof of the cluster key \
+         (the two key files differ, or the handshake was altered on the way)"
+    )]
     KeyRejected,
     /// The peer failed to prove it holds the cluster key.
     #[error("peer failed authentication (wrong cluster key or not a skelpi master)")]
