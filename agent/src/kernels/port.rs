@@ -47,9 +47,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The kernels `port:NAME` for the programs of `dir`, sorted by name.
 /// Entries that cannot be offered (links, files writable by group or
-/// others, names a job cannot spell) are skipped with a warning.
+/// others or owned by another user, names a job cannot spell) are skipped
+/// with a warning. A directory that others could change (see
+/// [`check_dir`]) is refused.
 pub fn scan(dir: &Path, timeout: Duration) -> std::io::Result<Vec<(String, Port)>> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    check_dir(dir)?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -75,6 +78,8 @@ pub fn scan(dir: &Path, timeout: Duration) -> std::io::Result<Vec<(String, Port)
             Some("not a regular file (links are not followed)")
         } else if mode & 0o022 != 0 {
             Some("writable by group or others")
+        } else if !trusted_owner(meta.uid()) {
+            Some("owned by another user than root or this agent's")
         } else if name.contains(|c: char| c.is_whitespace() || "(),".contains(c)) {
             Some("its name has spaces, parentheses or commas, which a job cannot name")
         } else {
@@ -87,6 +92,82 @@ pub fn scan(dir: &Path, timeout: Duration) -> std::io::Result<Vec<(String, Port)
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(found)
+}
+
+/// Whether a file or directory owned by `uid` may hold programs this
+/// agent runs: root's, or the agent's own user's.
+fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+/// Refuses a ports directory whose programs someone other than root or
+/// this agent's user could replace: the directory or any of its parents
+/// owned by another user, or writable by group or others (a parent that
+/// is sticky and root's, like `/tmp`, is fine: others cannot replace what
+/// is not theirs in it).
+pub fn check_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = dir.canonicalize().map_err(|e| {
+        std::io::Error::new(e.kind(), format!("ports directory {}: {e}", dir.display()))
+    })?;
+    let mut at = Some(dir.as_path());
+    while let Some(d) = at {
+        let meta = std::fs::metadata(d)?;
+        let (mode, uid) = (meta.mode() & 0o7777, meta.uid());
+        let sticky_root = mode & 0o1000 != 0 && uid == 0 && d != dir;
+        let problem = if !trusted_owner(uid) {
+            Some(format!(
+                "is owned by uid {uid}, not by root or this agent's user"
+            ))
+        } else if mode & 0o022 != 0 && !sticky_root {
+            Some(format!(
+                "is writable by group or others (mode {mode:04o}): run `chmod go-w {}`",
+                d.display()
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(std::io::Error::other(format!(
+                "ports directory {}: {} {problem}, so others could change its programs",
+                dir.display(),
+                d.display()
+            )));
+        }
+        at = d.parent();
+    }
+    Ok(())
+}
+
+/// Opens the program at `path` to run it, and checks the file opened
+/// (not whatever the path names by then): not a link, a regular file,
+/// executable, not writable by group or others, root's or this agent's
+/// user's. The descriptor stays open across `exec` (a script's
+/// interpreter reads it by its `/proc/self/fd` name).
+fn open_program(path: &Path) -> Result<std::os::fd::OwnedFd, String> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd =
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
+            match e {
+                rustix::io::Errno::LOOP => "it is a symbolic link now".to_owned(),
+                e => format!("cannot open it: {e}"),
+            }
+        })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot stat it: {e}"))?;
+    let mode = st.st_mode & 0o7777;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        Err("it is not a regular file now".to_owned())
+    } else if mode & 0o022 != 0 {
+        Err(format!(
+            "it is writable by group or others now (mode {mode:04o})"
+        ))
+    } else if mode & 0o111 == 0 {
+        Err("it is not executable now".to_owned())
+    } else if !trusted_owner(st.st_uid) {
+        Err(format!("it is owned by uid {} now", st.st_uid))
+    } else {
+        Ok(fd)
+    }
 }
 
 /// One program as a kernel: its processes, by job.
@@ -159,7 +240,19 @@ impl Port {
     }
 
     fn start(&self, job: JobId) -> Result<Running, KernelError> {
-        let mut child = Command::new(&self.program)
+        use std::os::fd::AsRawFd;
+        // What runs is the file checked, through its descriptor: the path
+        // is not looked up again (a program swapped for a link or another
+        // file after the check is not run).
+        let program = open_program(&self.program).map_err(|why| {
+            KernelError(format!(
+                "{}: refusing to run {}: {why}",
+                self.name(),
+                self.program.display()
+            ))
+        })?;
+        let mut child = Command::new(format!("/proc/self/fd/{}", program.as_raw_fd()))
+            .arg0(&self.program)
             .env("SKELPI_PORT", &self.program)
             .process_group(0)
             .stdin(Stdio::piped())
@@ -461,6 +554,78 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, ["port:ok.sh"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fresh directory under the temporary one, mode 0755.
+    fn scratch(name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("skelpi-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_ports_directory_others_could_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let top = scratch("port-dirs");
+        let ports = top.join("ports");
+        std::fs::create_dir(&ports).unwrap();
+        mode(&ports, 0o755);
+        assert!(
+            scan(&ports, DEFAULT_TIMEOUT).is_ok(),
+            "/tmp is sticky and root's"
+        );
+        mode(&ports, 0o777);
+        let e = scan(&ports, DEFAULT_TIMEOUT).unwrap_err().to_string();
+        assert!(e.contains("writable by group or others (mode 0777)"), "{e}");
+        // Sticky is no excuse for the directory itself.
+        mode(&ports, 0o1777);
+        assert!(scan(&ports, DEFAULT_TIMEOUT).is_err());
+        mode(&ports, 0o755);
+        mode(&top, 0o775);
+        let e = scan(&ports, DEFAULT_TIMEOUT).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} is writable", top.display())), "{e}");
+        mode(&top, 0o755);
+        let _ = std::fs::remove_dir_all(&top);
+    }
+
+    #[test]
+    fn a_program_swapped_after_the_scan_is_not_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("port-swap");
+        let marker = dir.join("ran");
+        let evil = dir.join("evil");
+        let script = format!("#!/bin/sh\ntouch {}\n", marker.display());
+        std::fs::write(&evil, script).unwrap();
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ports = dir.join("ports");
+        std::fs::create_dir(&ports).unwrap();
+        let ok = ports.join("ok.sh");
+        std::fs::write(&ok, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let found = scan(&ports, DEFAULT_TIMEOUT).unwrap();
+        let port = &found[0].1;
+        // Swapped for a link to another program...
+        std::fs::remove_file(&ok).unwrap();
+        std::os::unix::fs::symlink(&evil, &ok).unwrap();
+        let e = port.call(&[], Array::list(vec![1.0])).unwrap_err().0;
+        assert!(
+            e.contains("refusing to run") && e.contains("symbolic link now"),
+            "{e}"
+        );
+        // ...or for a file others may write.
+        std::fs::remove_file(&ok).unwrap();
+        std::fs::write(&ok, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = port.call(&[], Array::list(vec![1.0])).unwrap_err().0;
+        assert!(e.contains("writable by group or others now"), "{e}");
+        assert!(!marker.exists(), "the swapped-in program never ran");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
