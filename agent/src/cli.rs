@@ -56,6 +56,11 @@ pub struct Args {
     /// Worker threads for kernels [default: number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Memory the kernels may hold at once, in MiB: a call that would need
+    /// more (a large `matmul_power`, say) fails its task instead of
+    /// running the board out of memory [default: half the machine's].
+    #[arg(long, value_name = "MIB")]
+    kernel_memory: Option<u64>,
     /// Grant a master's request to skip encryption after authenticating
     /// (for benchmark networks you trust).
     #[arg(long)]
@@ -201,6 +206,7 @@ pub fn run(args: Args, kernels: Registry) -> Result<(), CliError> {
         mdns: !args.no_mdns,
         allow_plaintext: args.allow_plaintext,
         kernels,
+        kernel_memory: args.kernel_memory.map(|mib| mib.saturating_mul(1 << 20)),
     })?;
     Ok(())
 }

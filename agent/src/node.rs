@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub allow_plaintext: bool,
     /// The kernels it offers.
     pub kernels: crate::kernels::Registry,
+    /// Bytes its kernels may hold at once (`None`: half the machine's
+    /// memory, see [`crate::workers::default_kernel_memory`]).
+    pub kernel_memory: Option<u64>,
 }
 
 /// Why the daemon stopped with an error.
@@ -101,6 +104,9 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         .map_err(NodeError::Serve)?
         .with_kernels(config.kernels),
     );
+    if let Some(bytes) = config.kernel_memory {
+        server_config.workers.set_kernel_memory(bytes);
+    }
     service::ready(&status);
     let serve = server::serve(listener, server_config, async {
         if let Some(sig) = signals.next().await {

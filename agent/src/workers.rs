@@ -3,11 +3,13 @@
 //! master that sends faster than the cores compute is slowed down by TCP
 //! backpressure instead of growing the agent's memory.
 
-use crate::kernels::{Array, Kernel};
+use crate::kernels::{Array, Kernel, KernelError};
 use crate::trace::Recorder;
 use skelpi_proto::JobId;
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,12 +62,111 @@ struct Job {
     reply: async_channel::Sender<Outcome>,
 }
 
+/// How long a pool being dropped waits for kernels still running (they
+/// are told to stop; the built-ins do within milliseconds): then it goes
+/// without them, so an agent always shuts down within systemd's stop
+/// timeout.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Kernel memory an agent allows at once when not told: half the
+/// machine's, or 512 MiB if that is unknown.
+pub fn default_kernel_memory() -> u64 {
+    match crate::identity::total_memory() {
+        0 => 512 << 20,
+        bytes => bytes / 2,
+    }
+}
+
+/// Bytes the kernels of one pool may hold at once (see [`reserve_memory`]).
+#[derive(Debug)]
+struct MemoryBudget {
+    limit: AtomicU64,
+    used: AtomicU64,
+}
+
+/// What the kernel call running on a worker thread can ask of its pool.
+struct CallContext {
+    reply: async_channel::Sender<Outcome>,
+    stopping: Arc<AtomicBool>,
+    memory: Arc<MemoryBudget>,
+}
+
+thread_local! {
+    /// The call this worker thread runs, if any.
+    static CALL: RefCell<Option<CallContext>> = const { RefCell::new(None) };
+}
+
+/// Whether the kernel call running on this thread should go on: an error
+/// if its caller is gone (a master that left, a stage that ended) or the
+/// agent is shutting down. Long kernels ask now and then and return the
+/// error (the built-ins do); outside a worker's call, always `Ok`.
+pub fn keep_going() -> Result<(), KernelError> {
+    CALL.with_borrow(|call| match call {
+        Some(c) if c.stopping.load(Ordering::Relaxed) => {
+            Err(KernelError("stopped: the agent is shutting down".into()))
+        }
+        Some(c) if c.reply.is_closed() => Err(KernelError(
+            "stopped: the master or stage that asked for it is gone".into(),
+        )),
+        _ => Ok(()),
+    })
+}
+
+/// Kernel memory held by a call; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Option<Arc<MemoryBudget>>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reserves `bytes` of the agent's kernel memory for the call running on
+/// this thread, or says why not (`what` names what needs it). Outside a
+/// worker's call, always granted.
+pub fn reserve_memory(bytes: u64, what: &str) -> Result<Reservation, KernelError> {
+    let budget = CALL.with_borrow(|call| call.as_ref().map(|c| c.memory.clone()));
+    let Some(budget) = budget else {
+        return Ok(Reservation {
+            budget: None,
+            bytes,
+        });
+    };
+    let limit = budget.limit.load(Ordering::Relaxed);
+    let taken = budget
+        .used
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            used.checked_add(bytes).filter(|&total| total <= limit)
+        });
+    match taken {
+        Ok(_) => Ok(Reservation {
+            budget: Some(budget),
+            bytes,
+        }),
+        Err(used) => Err(KernelError(format!(
+            "{what} needs {} MiB; this agent allows {} MiB for kernels at once ({} MiB in \
+             use; skelpi-agent --kernel-memory sets it)",
+            bytes.div_ceil(1 << 20),
+            limit >> 20,
+            used.div_ceil(1 << 20)
+        ))),
+    }
+}
+
 /// A fixed pool of worker threads with a bounded queue of jobs.
 #[derive(Debug)]
 pub struct Workers {
     queue: async_channel::Sender<Job>,
     threads: Vec<JoinHandle<()>>,
     recorder: Arc<Recorder>,
+    stopping: Arc<AtomicBool>,
+    memory: Arc<MemoryBudget>,
 }
 
 impl Workers {
@@ -75,10 +176,16 @@ impl Workers {
         let n = n.max(1);
         let recorder = Arc::new(Recorder::new(n));
         let (queue, jobs) = async_channel::bounded::<Job>(2 * n);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let memory = Arc::new(MemoryBudget {
+            limit: AtomicU64::new(default_kernel_memory()),
+            used: AtomicU64::new(0),
+        });
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
                 let recorder = recorder.clone();
+                let (stopping, memory) = (stopping.clone(), memory.clone());
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
                     .spawn(move || {
@@ -89,8 +196,14 @@ impl Workers {
                                 continue;
                             }
                             let at = Instant::now();
+                            CALL.set(Some(CallContext {
+                                reply: job.reply.clone(),
+                                stopping: stopping.clone(),
+                                memory: memory.clone(),
+                            }));
                             let result =
                                 call_kernel_for(&*job.kernel, job.tag.job, &job.args, job.input);
+                            CALL.set(None);
                             let busy = at.elapsed();
                             if let Some(t) = job.tag.trace {
                                 let tag = job.tag;
@@ -123,7 +236,14 @@ impl Workers {
             queue,
             threads,
             recorder,
+            stopping,
+            memory,
         })
+    }
+
+    /// Sets the bytes its kernels may hold at once (see [`reserve_memory`]).
+    pub fn set_kernel_memory(&self, bytes: u64) {
+        self.memory.limit.store(bytes, Ordering::Relaxed);
     }
 
     /// The recorder of traced calls (shared with the sessions).
@@ -189,10 +309,28 @@ impl Workers {
 }
 
 impl Drop for Workers {
+    /// Tells running kernels to stop and waits for the threads at most
+    /// [`SHUTDOWN_GRACE`]; a thread still in a kernel then is left behind
+    /// (it ends with the process).
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.queue.close();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        let threads = std::mem::take(&mut self.threads);
+        let n = threads.len();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let joined = std::thread::Builder::new()
+            .name("worker-join".into())
+            .spawn(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+                let _ = done_tx.send(());
+            });
+        if joined.is_ok() && done_rx.recv_timeout(SHUTDOWN_GRACE).is_err() {
+            log::warn!(
+                "some of {n} worker threads still run a kernel {SHUTDOWN_GRACE:?} after the \
+                 stop: left behind"
+            );
         }
     }
 }
@@ -233,6 +371,65 @@ pub fn call_kernel_for(
 mod tests {
     use super::*;
     use crate::kernels::Registry;
+
+    #[test]
+    fn a_running_kernel_is_told_to_stop_when_its_caller_goes_and_memory_is_budgeted() {
+        let workers = Workers::new(1).unwrap();
+        workers.set_kernel_memory(100 << 20);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let reg = Registry::builtin()
+            .with("until_told", move |_: &[f64], x: Array| {
+                let _ = started_tx.send(());
+                let at = Instant::now();
+                while at.elapsed() < Duration::from_secs(30) {
+                    keep_going()?;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(x)
+            })
+            .with("hungry", |args: &[f64], x: Array| {
+                let _held = reserve_memory(args[0] as u64 * (1 << 20), "hungry")?;
+                Ok(x)
+            });
+        smol::block_on(async {
+            let (tx, rx) = async_channel::bounded(1);
+            let tag = Tag::default();
+            let kernel = reg.get("until_told").unwrap();
+            workers
+                .submit(tag, kernel, vec![], Array::list(vec![]), tx)
+                .await;
+            started_rx.recv().unwrap();
+            let gone = Instant::now();
+            drop(rx);
+            // The worker is free again soon: the next call runs.
+            let next = workers.call(
+                tag,
+                reg.get("square").unwrap(),
+                vec![],
+                Array::list(vec![3.0]),
+            );
+            assert_eq!(next.await.unwrap().data, [9.0]);
+            assert!(
+                gone.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                gone.elapsed()
+            );
+            let hungry = |mib: f64| {
+                workers.call(
+                    tag,
+                    reg.get("hungry").unwrap(),
+                    vec![mib],
+                    Array::list(vec![]),
+                )
+            };
+            assert!(hungry(60.0).await.is_ok(), "within the budget");
+            let e = hungry(160.0).await.unwrap_err().message;
+            assert!(
+                e.contains("needs 160 MiB; this agent allows 100 MiB"),
+                "{e}"
+            );
+        });
+    }
 
     #[test]
     fn kernels_run_on_worker_threads_and_panics_are_failures() {

@@ -2,8 +2,20 @@
 //! tests and examples.
 
 use super::{Array, Kernel, KernelError, count_arg, float_arg};
+use crate::workers::{keep_going, reserve_memory};
 use std::hint::black_box;
 use std::sync::Arc;
+
+/// Most `erf` evaluations one `erf_burn` call may ask for (its `c` times
+/// its input's length): about 20 s on a laptop core, a minute on a Pi.
+pub const MAX_ERF_CALLS: u64 = 1_000_000_000;
+
+/// Most multiply-adds one `matmul_power(c, d)` call may ask for
+/// (`(c - 1) d³`): about a minute on a laptop core.
+pub const MAX_MULTIPLY_ADDS: u64 = 50_000_000_000;
+
+/// How often a long built-in asks whether to go on (see [`keep_going`]).
+const CHECK_EVERY: u64 = 1 << 14;
 
 type Entry = (&'static str, Arc<dyn Kernel>);
 
@@ -44,7 +56,15 @@ pub(super) fn all() -> Vec<Entry> {
         }),
         entry("erf_burn", |args, x| {
             let c = count_arg("erf_burn", args, 0, "c")?;
-            erf_burn(c, &x.data);
+            let calls = c.saturating_mul(x.data.len() as u64);
+            if calls > MAX_ERF_CALLS {
+                return Err(KernelError(format!(
+                    "erf_burn: {c} times {} elements is {calls} erf calls, more than one call \
+                     may make ({MAX_ERF_CALLS}); split the input (map) or lower c",
+                    x.data.len()
+                )));
+            }
+            erf_burn(c, &x.data)?;
             Ok(x)
         }),
         entry("matmul_power", |args, x| {
@@ -55,7 +75,17 @@ pub(super) fn all() -> Vec<Entry> {
                     "matmul_power: d = {d} is too large (at most 4096)"
                 )));
             }
-            black_box(matmul_power(c as usize, d as usize));
+            let work = c.saturating_sub(1).saturating_mul(d * d * d);
+            if work > MAX_MULTIPLY_ADDS {
+                return Err(KernelError(format!(
+                    "matmul_power: {c} products of {d}x{d} matrices are {work} multiply-adds, \
+                     more than one call may make ({MAX_MULTIPLY_ADDS})"
+                )));
+            }
+            // Three d×d matrices of floats.
+            let what = format!("matmul_power({c}, {d})");
+            let _memory = reserve_memory(3 * 8 * d * d, &what)?;
+            black_box(matmul_power(c as usize, d as usize)?);
             Ok(x)
         }),
         entry("sleep_ms", |args, x| {
@@ -66,7 +96,12 @@ pub(super) fn all() -> Vec<Entry> {
                     "sleep_ms: argument ms must be between 0 and 60000, got {ms}"
                 )));
             }
-            std::thread::sleep(std::time::Duration::from_secs_f64(ms / 1e3));
+            // In slices, so that a call whose caller went stops soon.
+            let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(ms / 1e3);
+            while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+                keep_going()?;
+                std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+            }
             Ok(x)
         }),
         entry("fail", |_, _| {
@@ -77,24 +112,34 @@ pub(super) fn all() -> Vec<Entry> {
 }
 
 /// The seed's CPU load: `erf` applied `c` times to every element; the
-/// results are consumed so that no call is optimised away.
-pub fn erf_burn(c: u64, data: &[f64]) {
+/// results are consumed so that no call is optimised away. Stops early if
+/// the call is to stop ([`keep_going`]).
+pub fn erf_burn(c: u64, data: &[f64]) -> Result<(), KernelError> {
+    let mut since_check = 0u64;
     for &x in data {
         for _ in 0..c {
             black_box(libm::erf(black_box(x)));
+            since_check += 1;
+            if since_check == CHECK_EVERY {
+                since_check = 0;
+                keep_going()?;
+            }
         }
     }
+    Ok(())
 }
 
 /// The seed's pipeline load: the product of `c` copies of a `d × d` matrix
-/// of 2.0 (row-major), computed with a cache-friendly i-k-j loop.
-pub fn matmul_power(c: usize, d: usize) -> Vec<f64> {
+/// of 2.0 (row-major), computed with a cache-friendly i-k-j loop. Stops
+/// early, between two rows, if the call is to stop ([`keep_going`]).
+pub fn matmul_power(c: usize, d: usize) -> Result<Vec<f64>, KernelError> {
     let base = vec![2.0; d * d];
     let mut acc = base.clone();
     let mut next = vec![0.0; d * d];
     for _ in 1..c.max(1) {
         next.iter_mut().for_each(|v| *v = 0.0);
         for i in 0..d {
+            keep_going()?;
             for k in 0..d {
                 let a = acc[i * d + k];
                 let row = &base[k * d..(k + 1) * d];
@@ -106,7 +151,7 @@ pub fn matmul_power(c: usize, d: usize) -> Vec<f64> {
         }
         std::mem::swap(&mut acc, &mut next);
     }
-    acc
+    Ok(acc)
 }
 
 #[cfg(test)]
@@ -117,9 +162,9 @@ mod tests {
     #[test]
     fn matmul_power_of_twos_is_known() {
         // 2x2 of 2.0: M^2 has entries 2*2*2 = 8; M^3 entries 8*2*2 = 32.
-        assert_eq!(matmul_power(1, 2), vec![2.0; 4]);
-        assert_eq!(matmul_power(2, 2), vec![8.0; 4]);
-        assert_eq!(matmul_power(3, 2), vec![32.0; 4]);
+        assert_eq!(matmul_power(1, 2).unwrap(), vec![2.0; 4]);
+        assert_eq!(matmul_power(2, 2).unwrap(), vec![8.0; 4]);
+        assert_eq!(matmul_power(3, 2).unwrap(), vec![32.0; 4]);
     }
 
     #[test]

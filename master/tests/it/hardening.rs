@@ -346,3 +346,74 @@ fn a_master_cannot_flood_the_agents_log_nor_echo_megabytes_through_it() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn an_agent_refuses_unbounded_work_and_stops_within_seconds_whatever_its_kernels_do() {
+    let dir = Scratch::new("hardening-stop");
+    let key_path = dir.0.join("cluster.key");
+    let key = ClusterKey::generate().unwrap();
+    key.write(&key_path, true).unwrap();
+    let flags = ["--no-mdns", "--workers", "1", "--kernel-memory", "64"];
+    let mut agent = crate::agents::start_agent(&key_path, "stopper", &flags);
+    let addr = agent.addr;
+    let mut cluster = smol::block_on(Cluster::connect(&[addr], &key, &Default::default())).unwrap();
+    // Work and memory past the bounds are refused before running.
+    for (tree, says) in [
+        (
+            "farm(seq(erf_burn(10000000000000)))",
+            "more than one call may make",
+        ),
+        (
+            "farm(seq(matmul_power(1, 4096)))",
+            "needs 384 MiB; this agent allows 64 MiB",
+        ),
+    ] {
+        let tree: Skeleton = tree.parse().unwrap();
+        let err = smol::block_on(cluster.run(&tree, [Array::list(vec![0.5])])).unwrap_err();
+        assert!(err.to_string().contains(says), "{tree}: {err}");
+    }
+    // A call of a billion erf (a minute in a debug build), as a streamed
+    // stage (whose opening the agent logs), runs...
+    let job = std::thread::spawn(move || {
+        let tree: Skeleton = "pipe(seq(erf_burn(1000000000)), seq(identity))"
+            .parse()
+            .unwrap();
+        smol::block_on(cluster.run(&tree, [Array::list(vec![0.5])]))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = agent
+            .lines
+            .recv_timeout(left)
+            .expect("the agent opens the stage");
+        if line.contains("stage 0 runs erf_burn") {
+            break;
+        }
+    }
+    // ...when the agent is told to stop: it is gone within seconds.
+    let stopped = Instant::now();
+    let pid = agent.child.id().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let exited = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "the agent still runs 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "exited ({exited}) after {took:?}"
+    );
+    let err = job.join().unwrap().unwrap_err();
+    assert!(!err.to_string().is_empty());
+}
