@@ -138,8 +138,8 @@ pub enum HandshakeError {
     PlaintextRefused,
     /// The agent rejected our key.
     #[error(
-        "the handshake failed: the agent did not accept our proof of the cluster key \
-         (the two key files differ, or the handshake was altered on the way)"
+        "the handshake failed: the agent rejected our cluster key (the two key files \
+         differ, or the handshake was altered on the way)"
     )]
     KeyRejected,
     /// The peer failed to prove it holds the cluster key.
