@@ -631,10 +631,14 @@ async fn start_task(
 ) -> (bool, Result<(), WireError>) {
     match stages::find(config, &task.kernel).await {
         Ok(kernel) => {
+            let deadline = task
+                .deadline_ms
+                .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms.into())));
             let tag = Tag {
                 id: task.id,
                 job: task.job,
                 trace,
+                deadline,
             };
             config
                 .workers

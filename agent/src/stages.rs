@@ -436,6 +436,7 @@ pub async fn run_stage(
                     stage,
                     since: item.arrived,
                 }),
+                deadline: None,
             };
             let outcome = config
                 .workers

@@ -31,6 +31,8 @@ pub struct Tag {
     pub job: JobId,
     /// Record the call in the job's trace.
     pub trace: Option<Traced>,
+    /// When the call must be done by (queueing included), if ever.
+    pub deadline: Option<Instant>,
 }
 
 /// How a traced call is recorded.
@@ -89,6 +91,7 @@ struct CallContext {
     reply: async_channel::Sender<Outcome>,
     stopping: Arc<AtomicBool>,
     memory: Arc<MemoryBudget>,
+    deadline: Option<Instant>,
 }
 
 thread_local! {
@@ -97,9 +100,10 @@ thread_local! {
 }
 
 /// Whether the kernel call running on this thread should go on: an error
-/// if its caller is gone (a master that left, a stage that ended) or the
-/// agent is shutting down. Long kernels ask now and then and return the
-/// error (the built-ins do); outside a worker's call, always `Ok`.
+/// if its caller is gone (a master that left, a stage that ended), its
+/// deadline passed, or the agent is shutting down. Long kernels ask now
+/// and then and return the error (the built-ins do); outside a worker's
+/// call, always `Ok`.
 pub fn keep_going() -> Result<(), KernelError> {
     CALL.with_borrow(|call| match call {
         Some(c) if c.stopping.load(Ordering::Relaxed) => {
@@ -108,8 +112,13 @@ pub fn keep_going() -> Result<(), KernelError> {
         Some(c) if c.reply.is_closed() => Err(KernelError(
             "stopped: the master or stage that asked for it is gone".into(),
         )),
+        Some(c) if c.deadline.is_some_and(|d| Instant::now() > d) => Err(past_deadline()),
         _ => Ok(()),
     })
+}
+
+fn past_deadline() -> KernelError {
+    KernelError("stopped: its deadline passed (the master's task deadline)".into())
 }
 
 /// Kernel memory held by a call; given back when dropped.
@@ -200,9 +209,29 @@ impl Workers {
                                 reply: job.reply.clone(),
                                 stopping: stopping.clone(),
                                 memory: memory.clone(),
+                                deadline: job.tag.deadline,
                             }));
-                            let result =
-                                call_kernel_for(&*job.kernel, job.tag.job, &job.args, job.input);
+                            let late = job.tag.deadline.is_some_and(|d| at > d);
+                            let result = if late {
+                                // It waited in the queue past its deadline.
+                                Err(Failure {
+                                    message: past_deadline().0,
+                                    panicked: false,
+                                })
+                            } else {
+                                call_kernel_for(&*job.kernel, job.tag.job, &job.args, job.input)
+                            };
+                            // A kernel that finished past its deadline
+                            // without asking fails all the same.
+                            let result = match result {
+                                Ok(_) if job.tag.deadline.is_some_and(|d| Instant::now() > d) => {
+                                    Err(Failure {
+                                        message: past_deadline().0,
+                                        panicked: false,
+                                    })
+                                }
+                                other => other,
+                            };
                             CALL.set(None);
                             let busy = at.elapsed();
                             if let Some(t) = job.tag.trace {
@@ -446,6 +475,7 @@ mod tests {
                     id,
                     job: JobId(9),
                     trace: None,
+                    deadline: None,
                 };
                 workers
                     .submit(tag, reg.get(k).unwrap(), vec![], input, tx.clone())

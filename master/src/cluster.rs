@@ -31,6 +31,8 @@ pub struct Cluster {
     tracing: bool,
     /// How long its jobs may go without progress (see [`stall`]).
     stall_timeout: Option<Duration>,
+    /// How long each routed task may take on its agent.
+    task_deadline: Option<Duration>,
     /// The last traced job's trace, until taken.
     last_trace: Option<Result<Trace, TraceError>>,
     /// When each failed agent was last tried again.
@@ -73,6 +75,7 @@ impl Cluster {
             opts: opts.clone(),
             tracing: false,
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
+            task_deadline: None,
             last_trace: None,
             tried: HashMap::new(),
             modules: Vec::new(),
@@ -110,6 +113,7 @@ impl Cluster {
             opts: opts.clone(),
             tracing: false,
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
+            task_deadline: None,
             last_trace: None,
             tried: HashMap::new(),
             modules: Vec::new(),
@@ -154,6 +158,15 @@ impl Cluster {
     /// at a set pace waits at least four of its intervals.
     pub fn set_stall_timeout(&mut self, bound: Option<Duration>) {
         self.stall_timeout = bound.filter(|b| !b.is_zero());
+    }
+
+    /// Gives each task of the jobs it routes `deadline` on its agent (from
+    /// its arrival there, queueing included): past it the agent fails the
+    /// task, stopping a built-in kernel at once, and the job fails naming
+    /// it. `None` (or zero), the default: no bound. Not for the stages of
+    /// streamed pipelines, whose items have no deadline.
+    pub fn set_task_deadline(&mut self, deadline: Option<Duration>) {
+        self.task_deadline = deadline.filter(|d| !d.is_zero());
     }
 
     /// Traces the jobs it runs from now on (`false`: stops). Each traced
@@ -240,8 +253,11 @@ impl Cluster {
         let able = self.able(skeleton)?;
         let (places, mut conns, bad) = self.take_good(&able);
         let trace = (self.tracing, &mut self.last_trace);
-        let stall = self.stall_timeout;
-        let result = Self::job(trace, stall, &mut conns, skeleton, inputs, on_result).await;
+        let limits = job::Limits {
+            stall: self.stall_timeout,
+            task_deadline: self.task_deadline,
+        };
+        let result = Self::job(trace, limits, &mut conns, skeleton, inputs, on_result).await;
         self.put_back(places, conns, bad);
         result
     }
@@ -355,7 +371,7 @@ impl Cluster {
     /// goes to `trace.1`.
     async fn job(
         trace: (bool, &mut Option<Result<Trace, TraceError>>),
-        stall: Option<Duration>,
+        limits: job::Limits,
         conns: &mut [AgentConn],
         skeleton: &Skeleton,
         inputs: impl IntoIterator<Item = Array>,
@@ -363,9 +379,9 @@ impl Cluster {
     ) -> Result<(), JobError> {
         let (tracing, last) = trace;
         if !tracing {
-            return job::run(conns, skeleton, inputs, on_result, stall).await;
+            return job::run(conns, skeleton, inputs, on_result, limits).await;
         }
-        let (result, got) = job::run_traced(conns, skeleton, inputs, on_result, stall).await;
+        let (result, got) = job::run_traced(conns, skeleton, inputs, on_result, limits).await;
         *last = Some(got);
         result
     }

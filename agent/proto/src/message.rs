@@ -208,6 +208,11 @@ pub struct TaskHead {
     /// Record trace events for this task (absent: no).
     #[serde(default, skip_serializing_if = "is_false")]
     pub trace: bool,
+    /// Milliseconds the task may take from its arrival, queueing included
+    /// (absent: no deadline). Past it the agent fails the task; a kernel
+    /// that asks whether to go on stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u32>,
 }
 
 /// A finished task.

@@ -315,6 +315,7 @@ fn tasks_run_and_failures_come_back_as_task_errors() {
                 kernel: kernel.into(),
                 args: vec![],
                 trace: false,
+                deadline_ms: None,
             })
         };
         let input = [1.0, -2.0, 3.0];

@@ -160,6 +160,7 @@ fn under_systemd_the_agent_logs_structured_records_to_the_journal() {
                 kernel: kernel.into(),
                 args: vec![],
                 trace: false,
+                deadline_ms: None,
             });
             est.sender
                 .send_bulk(&task, Shape::List(1), &[3.0])

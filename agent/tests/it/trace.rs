@@ -58,6 +58,7 @@ fn traced_tasks_are_recorded_by_job_and_untraced_ones_not_at_all() {
                 kernel: if id == 2 { "fail" } else { "square" }.into(),
                 args: vec![],
                 trace: job == traced,
+                deadline_ms: None,
             });
             est.sender
                 .send_bulk(&task, Shape::List(3), &input)

@@ -177,8 +177,11 @@ pub async fn run(
                 let data = Array::list(input.clone());
                 let mut out = None;
                 let start = Instant::now();
-                let stall = Some(crate::runtime::stall::DEFAULT_STALL_TIMEOUT);
-                job::run(conns, &tree, [data], |_, a| out = Some(a), stall).await?;
+                let limits = job::Limits {
+                    stall: Some(crate::runtime::stall::DEFAULT_STALL_TIMEOUT),
+                    task_deadline: None,
+                };
+                job::run(conns, &tree, [data], |_, a| out = Some(a), limits).await?;
                 let time = start.elapsed();
                 times.push(time);
                 ratios.push(ratio(seq_time, time));

@@ -71,12 +71,20 @@ pub struct RunArgs {
     /// kernel call can take longer.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = stall_timeout)]
     stall_timeout: StallTimeout,
+    /// Fail a task that takes longer than this on its agent (queueing
+    /// included): the agent stops a built-in kernel at once, and the job
+    /// ends naming the task. Seconds or a duration like `500ms`; 0 (the
+    /// default) sets no bound. For jobs the master routes (not the stages
+    /// of streamed pipelines).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = stall_timeout)]
+    task_deadline: StallTimeout,
 }
 
-/// `--stall-timeout`: `None` waits for ever.
+/// `--stall-timeout` or `--task-deadline`: `None` for no bound.
 #[derive(Debug, Clone, Copy)]
 struct StallTimeout(Option<std::time::Duration>);
 
+/// A duration in seconds or humantime's form, 0 for none.
 fn stall_timeout(s: &str) -> Result<StallTimeout, String> {
     let bound = match s.trim().parse::<f64>() {
         Ok(secs) => std::time::Duration::try_from_secs_f64(secs)
@@ -161,6 +169,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         eprintln!("{}", pool.origin);
         pool.cluster.set_tracing(args.trace.is_some());
         pool.cluster.set_stall_timeout(args.stall_timeout.0);
+        pool.cluster.set_task_deadline(args.task_deadline.0);
         // Module files the job names (`wasm:FILE.wasm:export`, relative
         // to the job file) go to the agents first.
         let base = args.job.parent().unwrap_or(std::path::Path::new("."));

@@ -104,6 +104,8 @@ pub struct Dispatcher<'c> {
     progress_rx: async_channel::Receiver<()>,
     /// Calls begun and ended, per kernel (what the stall watchdog shows).
     counts: RefCell<Vec<(Kernel, u64, u64)>>,
+    /// Each task's deadline on its agent, milliseconds.
+    deadline_ms: Cell<Option<u32>>,
 }
 
 impl std::fmt::Debug for Dispatcher<'_> {
@@ -181,7 +183,16 @@ impl<'c> Dispatcher<'c> {
             progress_tx,
             progress_rx,
             counts: RefCell::new(Vec::new()),
+            deadline_ms: Cell::new(None),
         }
+    }
+
+    /// Gives every task sent from now on `deadline` on its agent (from its
+    /// arrival there, queueing included; at least 1 ms): past it the agent
+    /// fails the task.
+    pub fn set_task_deadline(&self, deadline: Option<Duration>) {
+        let ms = deadline.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1));
+        self.deadline_ms.set(ms);
     }
 
     /// Counts a call of `kernel` begun (`ended`: false) or ended.
@@ -297,6 +308,7 @@ impl<'c> Dispatcher<'c> {
                         kernel: call.kernel.name.clone(),
                         args: call.kernel.args.clone(),
                         trace: self.trace.is_some(),
+                        deadline_ms: self.deadline_ms.get(),
                     }),
                     input: call.input.clone(),
                     label: call.label,

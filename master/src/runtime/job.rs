@@ -19,6 +19,17 @@ use std::time::Duration;
 /// How long a stopped job waits for the results of tasks already sent.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Bounds of one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Stop the job as stalled when nothing moved for this long (see
+    /// [`super::stall`]); `None`: never.
+    pub stall: Option<Duration>,
+    /// How long each task may take on its agent, from its arrival there
+    /// (queueing included); past it the task fails. `None`: no bound.
+    pub task_deadline: Option<Duration>,
+}
+
 /// What a job runs: a graph of nodes over the dispatcher, from the stream
 /// of inputs to the stream of results.
 pub trait Graph {
@@ -42,16 +53,16 @@ impl Graph for Skeleton {
 /// results of tasks already sent, so every connection is left between
 /// frames, and returns it; connections that failed, or whose tasks did not
 /// come back in time, are marked broken. A job in which nothing moves for
-/// `stall` stops with [`JobError::Stalled`] (see [`super::stall`]),
+/// `limits.stall` stops with [`JobError::Stalled`] (see [`super::stall`]),
 /// giving up at once on the tasks in flight.
 pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
     inputs: impl IntoIterator<Item = Array>,
     on_result: impl FnMut(u64, Array),
-    stall: Option<Duration>,
+    limits: Limits,
 ) -> Result<(), JobError> {
-    run_graph(conns, skeleton, skeleton, inputs, on_result, None, stall).await
+    run_graph(conns, skeleton, skeleton, inputs, on_result, None, limits).await
 }
 
 /// [`run`], traced: also returns the job's merged trace, which is there
@@ -61,11 +72,11 @@ pub async fn run_traced(
     skeleton: &Skeleton,
     inputs: impl IntoIterator<Item = Array>,
     on_result: impl FnMut(u64, Array),
-    stall: Option<Duration>,
+    limits: Limits,
 ) -> (Result<(), JobError>, Result<Trace, TraceError>) {
     let mut trace = Err(TraceError::Stopped);
     let out = Some(&mut trace);
-    let result = run_graph(conns, skeleton, skeleton, inputs, on_result, out, stall).await;
+    let result = run_graph(conns, skeleton, skeleton, inputs, on_result, out, limits).await;
     (result, trace)
 }
 
@@ -79,7 +90,7 @@ pub async fn run_graph(
     inputs: impl IntoIterator<Item = Array>,
     mut on_result: impl FnMut(u64, Array),
     trace_out: Option<&mut Result<Trace, TraceError>>,
-    stall: Option<Duration>,
+    limits: Limits,
 ) -> Result<(), JobError> {
     check(skeleton)?;
     if conns.is_empty() {
@@ -115,6 +126,7 @@ pub async fn run_graph(
     let job = JobId(rand::random());
     log::debug!("job {job}: {skeleton} on {} agents", conns.len());
     let dispatcher = Dispatcher::new(conns, job, recorder.as_ref());
+    dispatcher.set_task_deadline(limits.task_deadline);
     // One I/O future for the whole job, drain included: dropping it
     // mid-frame would cut a frame.
     let mut io = Box::pin(dispatcher.run_io());
@@ -150,7 +162,7 @@ pub async fn run_graph(
             }
             Ok(())
         };
-        let stalled = stall::watch(stall, |_| {
+        let stalled = stall::watch(limits.stall, |_| {
             let totals = (drawn.get(), results.get());
             let parts = Some(dispatcher.task_counts());
             async move { Look { totals, parts } }

@@ -157,6 +157,7 @@ fn a_master_that_stops_reading_does_not_stall_another() {
                             kernel: "identity".into(),
                             args: vec![],
                             trace: false,
+                            deadline_ms: None,
                         });
                         let shape = Shape::List(big.len() as u64);
                         if est.sender.send_bulk(&task, shape, &big).await.is_err() {
@@ -303,6 +304,7 @@ fn a_master_cannot_flood_the_agents_log_nor_echo_megabytes_through_it() {
                 kernel: kernel.into(),
                 args: vec![],
                 trace: false,
+                deadline_ms: None,
             });
             est.sender
                 .send_bulk(&task, Shape::List(1), &[1.0])
@@ -416,4 +418,24 @@ fn an_agent_refuses_unbounded_work_and_stops_within_seconds_whatever_its_kernels
     );
     let err = job.join().unwrap().unwrap_err();
     assert!(!err.to_string().is_empty());
+}
+
+#[test]
+fn a_task_past_its_deadline_fails_and_its_kernel_stops() {
+    let mut cluster = smol::block_on(Cluster::local(2, &Default::default())).unwrap();
+    cluster.set_task_deadline(Some(Duration::from_millis(300)));
+    let tree: Skeleton = "farm(seq(sleep_ms(20000)))".parse().unwrap();
+    let inputs = (0..2).map(|i| Array::list(vec![f64::from(i)]));
+    let started = Instant::now();
+    let err = smol::block_on(cluster.run(&tree, inputs)).unwrap_err();
+    let JobError::Task(t) = &err else {
+        panic!("expected the task to fail, got {err}")
+    };
+    assert!(t.message.contains("deadline passed"), "{err}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The agents stopped the kernels: a job without a deadline runs now.
+    cluster.set_task_deadline(None);
+    every_agent_serves_on(&mut cluster);
+    assert!(started.elapsed() < Duration::from_secs(8));
 }

@@ -145,6 +145,7 @@ fn a_task_without_a_job_decodes_as_job_zero() {
             kernel: "erf_burn".into(),
             args: vec![50.0],
             trace: false,
+            deadline_ms: None,
         }),
         Shape::List(2),
         vec![0.5, -0.25],

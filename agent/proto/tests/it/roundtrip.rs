@@ -291,18 +291,21 @@ fn framed(max_elements: u64) -> impl Strategy<Value = Framed> {
             any::<String>(),
             prop::collection::vec(-1e12f64..1e12, 0..4),
             bulk(max_elements),
-            any::<bool>()
+            (any::<bool>(), prop::option::of(any::<u32>()))
         )
-            .prop_map(|(id, job, kernel, args, (shape, data), trace)| {
-                let head = TaskHead {
-                    id,
-                    job: JobId(job),
-                    kernel,
-                    args,
-                    trace,
-                };
-                Framed::with_bulk(Message::Task(head), shape, data)
-            }),
+            .prop_map(
+                |(id, job, kernel, args, (shape, data), (trace, deadline_ms))| {
+                    let head = TaskHead {
+                        id,
+                        job: JobId(job),
+                        kernel,
+                        args,
+                        trace,
+                        deadline_ms,
+                    };
+                    Framed::with_bulk(Message::Task(head), shape, data)
+                }
+            ),
         (any::<u64>(), any::<Option<u64>>(), bulk(max_elements)).prop_map(
             |(id, busy_ns, (shape, data))| {
                 let done = TaskDone { id, busy_ns };

@@ -301,7 +301,11 @@ pub async fn run(
     // A paced feed waits between items: that is not a stall.
     let every = pace.and_then(|t| Duration::try_from_secs_f64(1.0 / t).ok());
     let stall = crate::runtime::stall::paced(opts.stall, every);
-    let result = job::run_graph(conns, skeleton, &ctl, inputs, on_result, trace_out, stall).await;
+    let limits = job::Limits {
+        stall,
+        task_deadline: None,
+    };
+    let result = job::run_graph(conns, skeleton, &ctl, inputs, on_result, trace_out, limits).await;
     (result, Some(report(&ctl, opts.contract, start)))
 }
 
