@@ -7,8 +7,10 @@
 //! sockets cannot use up the slots of authenticated masters. A connection
 //! that finds the budget full is not refused: the oldest pending handshake
 //! (of its address, if that is what is full) is evicted for it, so idle
-//! sockets only ever delay a fresh peer by a handshake. Refusals are
-//! logged at most once a second.
+//! sockets only ever delay a fresh peer by a handshake. Handshakes whose
+//! peer has not sent a byte go first: a master that connects from the same
+//! address as a stream of idle sockets keeps its place once it has spoken.
+//! Refusals are logged at most once a second.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -39,9 +41,18 @@ impl Origin {
     }
 }
 
-/// A handshake in progress: its number, origin, and the sender whose
-/// closing evicts it.
-type Pending = (u64, Origin, async_channel::Sender<()>);
+/// A handshake in progress.
+struct Pending {
+    id: u64,
+    origin: Origin,
+    /// Whether its peer's first bytes were read.
+    spoke: bool,
+    /// Whether bytes from its peer wait unread (it spoke, but its
+    /// handshake has not run yet).
+    waiting: Box<dyn Fn() -> bool>,
+    /// Closing it tells the handshake it was evicted.
+    _evict: async_channel::Sender<()>,
+}
 
 /// Counters of one agent's connections (single-threaded: the server's
 /// executor).
@@ -69,6 +80,15 @@ impl HandshakeSlot {
     pub async fn evicted(&self) {
         let _ = self.evicted.recv().await;
     }
+
+    /// Records that the peer sent its first bytes: from now on, silent
+    /// handshakes are evicted before this one.
+    pub fn spoke(&self) {
+        let mut pending = self.admission.pending.borrow_mut();
+        if let Some(p) = pending.iter_mut().find(|p| p.id == self.id) {
+            p.spoke = true;
+        }
+    }
 }
 
 /// An authenticated session's claim on the budget; released on drop.
@@ -89,36 +109,49 @@ impl Admission {
         })
     }
 
-    /// Lets a new connection from `ip` start its handshake, evicting the
-    /// oldest pending one if the budget is full; the reason of an
-    /// eviction, to log, beside the slot.
-    pub fn handshake(self: &Rc<Self>, ip: IpAddr) -> (HandshakeSlot, Option<String>) {
+    /// Lets a new connection from `ip` start its handshake, evicting a
+    /// pending one if the budget is full (the oldest silent one, else the
+    /// oldest); the reason of an eviction, to log, beside the slot.
+    /// `waiting` tells whether the peer's bytes wait unread on its socket:
+    /// a peer that spoke is not silent even if its handshake has not
+    /// read them yet.
+    pub fn handshake(
+        self: &Rc<Self>,
+        ip: IpAddr,
+        waiting: impl Fn() -> bool + 'static,
+    ) -> (HandshakeSlot, Option<String>) {
         let origin = Origin::of(ip);
         let mut pending = self.pending.borrow_mut();
-        let from_origin = pending.iter().filter(|p| p.1 == origin).count();
+        let from_origin = pending.iter().filter(|p| p.origin == origin).count();
         let victim = if from_origin >= MAX_HANDSHAKING_PER_IP {
-            let at = pending.iter().position(|p| p.1 == origin);
-            at.map(|at| {
-                (
-                    at,
-                    format!("{from_origin} handshakes pending from {ip}'s address"),
-                )
-            })
+            let why = format!("{from_origin} handshakes pending from {ip}'s address");
+            victim(&pending, |p| p.origin == origin).map(|at| (at, why))
         } else if pending.len() >= MAX_HANDSHAKING {
-            Some((0, format!("{MAX_HANDSHAKING} handshakes pending")))
+            let why = format!("{MAX_HANDSHAKING} handshakes pending");
+            victim(&pending, |_| true).map(|at| (at, why))
         } else {
             None
         };
         let why = victim.and_then(|(at, why)| {
-            // Closing its sender tells the evicted handshake to stop.
-            pending
-                .remove(at)
-                .map(|_| format!("{why}: the oldest evicted"))
+            // Dropping its sender tells the evicted handshake to stop.
+            let gone = pending.remove(at)?;
+            let which = if gone.spoke {
+                "oldest"
+            } else {
+                "oldest silent"
+            };
+            Some(format!("{why}: the {which} evicted"))
         });
         let id = self.next.get();
         self.next.set(id + 1);
         let (tx, evicted) = async_channel::bounded(1);
-        pending.push_back((id, origin, tx));
+        pending.push_back(Pending {
+            id,
+            origin,
+            spoke: false,
+            waiting: Box::new(waiting),
+            _evict: tx,
+        });
         let slot = HandshakeSlot {
             admission: self.clone(),
             id,
@@ -140,10 +173,29 @@ impl Admission {
     }
 }
 
+/// Where in `pending` (oldest first) the handshake to evict is, among
+/// those `eligible`: the oldest whose peer has not spoken, else the oldest.
+fn victim(pending: &VecDeque<Pending>, eligible: impl Fn(&Pending) -> bool) -> Option<usize> {
+    let silent = pending
+        .iter()
+        .position(|p| eligible(p) && !p.spoke && !(p.waiting)());
+    silent.or_else(|| pending.iter().position(eligible))
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("id", &self.id)
+            .field("origin", &self.origin)
+            .field("spoke", &self.spoke)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut pending = self.admission.pending.borrow_mut();
-        if let Some(at) = pending.iter().position(|p| p.0 == self.id) {
+        if let Some(at) = pending.iter().position(|p| p.id == self.id) {
             pending.remove(at);
         }
     }
@@ -211,33 +263,61 @@ mod tests {
         let a = Admission::new(1);
         let ip: IpAddr = [10, 0, 0, 1].into();
         let slots: Vec<_> = (0..MAX_HANDSHAKING_PER_IP)
-            .map(|_| a.handshake(ip))
+            .map(|_| a.handshake(ip, || false))
             .collect();
         assert!(slots.iter().all(|(_, why)| why.is_none()));
-        let (newest, why) = a.handshake(ip);
+        let (newest, why) = a.handshake(ip, || false);
         assert!(why.unwrap().contains("pending from 10.0.0.1"));
         assert!(slots[0].0.evicted.is_closed(), "the oldest of that address");
         assert!(!slots[1].0.evicted.is_closed());
-        let (_, why) = a.handshake([10, 0, 0, 2].into());
+        let (_, why) = a.handshake([10, 0, 0, 2].into(), || false);
         assert!(why.is_none(), "other addresses have their own budget");
         // The whole budget full: the oldest of all goes.
         let all: Vec<_> = (3..=9u8)
             .flat_map(|k| (0..MAX_HANDSHAKING_PER_IP).map(move |_| [10, 0, 0, k]))
-            .map(|ip| a.handshake(ip.into()))
+            .map(|ip| a.handshake(ip.into(), || false))
             .collect();
         assert_eq!(a.pending.borrow().len(), MAX_HANDSHAKING);
-        let (tenth, why) = a.handshake([10, 0, 0, 10].into());
+        let (tenth, why) = a.handshake([10, 0, 0, 10].into(), || false);
         assert!(why.unwrap().contains("64 handshakes pending"));
         assert!(slots[1].0.evicted.is_closed());
         assert_eq!(a.pending.borrow().len(), MAX_HANDSHAKING);
         // Slots release on drop, evicted or not; sessions are budgeted.
         drop((slots, all, tenth));
         let session = a.session(newest).unwrap();
-        let (second, _) = a.handshake(ip);
+        let (second, _) = a.handshake(ip, || false);
         assert!(a.session(second).unwrap_err().contains("sessions open"));
         drop(session);
-        assert!(a.session(a.handshake(ip).0).is_ok());
+        assert!(a.session(a.handshake(ip, || false).0).is_ok());
         assert!(a.pending.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_handshake_whose_peer_spoke_outlives_silent_ones() {
+        let a = Admission::new(4);
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        // A master connects and speaks, another's first bytes are in but
+        // unread; then idle sockets keep coming.
+        let (master, _) = a.handshake(ip, || false);
+        master.spoke();
+        let (early, _) = a.handshake(ip, || true);
+        let idle: Vec<_> = (0..4 * MAX_HANDSHAKING_PER_IP)
+            .map(|_| a.handshake(ip, || false))
+            .collect();
+        assert!(!master.evicted.is_closed(), "the master kept its place");
+        assert!(
+            !early.evicted.is_closed(),
+            "so did the one whose bytes wait"
+        );
+        let (_, why) = &idle[MAX_HANDSHAKING_PER_IP];
+        assert!(why.as_ref().unwrap().contains("the oldest silent evicted"));
+        // With every pending handshake speaking, the oldest goes after all.
+        for (slot, _) in &idle {
+            slot.spoke();
+        }
+        let (_, why) = a.handshake(ip, || false);
+        assert!(master.evicted.is_closed());
+        assert!(why.unwrap().ends_with(": the oldest evicted"));
     }
 
     #[test]

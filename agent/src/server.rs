@@ -101,7 +101,7 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let (slot, evicted) = admission.handshake(peer.ip());
+                let (slot, evicted) = admission.handshake(peer.ip(), bytes_waiting(&stream));
                 if let Some(why) = evicted {
                     admission
                         .complaints
@@ -116,6 +116,10 @@ pub async fn serve(
                     drop(alive);
                 })
                 .detach();
+                // Let the new session read what its peer already sent
+                // before a burst of connections in the backlog can evict
+                // it as silent.
+                future::yield_now().await;
             }
         })
     };
@@ -132,6 +136,13 @@ pub async fn serve(
     ))
     .await;
     Ok(())
+}
+
+/// Whether bytes from the peer of `stream` wait unread (a peek that
+/// never blocks: the socket is non-blocking).
+fn bytes_waiting(stream: &TcpStream) -> impl Fn() -> bool + 'static {
+    let socket: std::sync::Arc<async_io::Async<std::net::TcpStream>> = stream.clone().into();
+    move || matches!(socket.get_ref().peek(&mut [0u8; 1]), Ok(n) if n > 0)
 }
 
 async fn session(
@@ -155,7 +166,10 @@ async fn session(
         None
     };
     let est = match future::or(
-        async { Some(handshake::accept(stream, &config.key, &config.accept).await) },
+        async {
+            let spoke = || slot.spoke();
+            Some(handshake::accept_noting(stream, &config.key, &config.accept, spoke).await)
+        },
         interrupted,
     )
     .await

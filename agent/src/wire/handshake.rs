@@ -182,7 +182,18 @@ pub async fn accept(
     key: &ClusterKey,
     opts: &AcceptOptions,
 ) -> Result<Established, HandshakeError> {
-    with_timeout(opts.timeout, accept_inner(stream, key, opts)).await
+    accept_noting(stream, key, opts, || {}).await
+}
+
+/// [`accept`], calling `spoke` as soon as the peer's first bytes are in
+/// (admission spares a peer that has spoken: it is not an idle socket).
+pub async fn accept_noting(
+    stream: TcpStream,
+    key: &ClusterKey,
+    opts: &AcceptOptions,
+    spoke: impl FnOnce(),
+) -> Result<Established, HandshakeError> {
+    with_timeout(opts.timeout, accept_inner(stream, key, opts, spoke)).await
 }
 
 async fn with_timeout<T>(
@@ -267,11 +278,13 @@ async fn accept_inner(
     mut stream: TcpStream,
     key: &ClusterKey,
     opts: &AcceptOptions,
+    spoke: impl FnOnce(),
 ) -> Result<Established, HandshakeError> {
     stream.set_nodelay(true)?;
     let stats = Arc::new(WireStats::default());
     let mut hello = [0u8; PREAMBLE_LEN];
     with_timeout(opts.first_bytes, read(&mut stream, &stats, &mut hello)).await?;
+    spoke();
     let client = ClientPreamble::decode(hello)?;
     let answer = preamble::answer(
         &client,
