@@ -14,11 +14,26 @@ for banned in smol async-io async-net async-executor tokio mio polling async-std
   fi
 done
 # proto source reads no clock and opens no socket.
-if grep -rnE 'std::(net|time::(Instant|SystemTime))|Instant::now|SystemTime::now' agent/proto/src; then
+if grep -rnE 'std::(net|time::(Instant|SystemTime))|Instant::now|SystemTime::now' proto/src; then
   echo "invariant broken: skelpi-proto touches sockets or clocks (lines above)"
   fail=1
 fi
+# The transport shared by agent and master carries none of the daemon.
+deps=$(cargo tree -p skelpi-wire -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+for banned in skelpi-agent wasmi mdns-sd sd-notify systemd-journal-logger; do
+  if grep -qx "$banned" <<<"$deps"; then
+    echo "invariant broken: skelpi-wire depends on $banned (the transport must not pull in the daemon)"
+    fail=1
+  fi
+done
+# An ignored test needs root, and scripts/test.sh runs every ignored test
+# as root: any other reason to ignore a test needs a change there first.
+if grep -rn --include='*.rs' '#\[ignore' agent proto wire testkit master examples |
+  grep -v '#\[ignore = "needs root'; then
+  echo "invariant broken: an ignored test (above) does not say it needs root; scripts/test.sh runs all ignored tests as root"
+  fail=1
+fi
 if [ "$fail" -eq 0 ]; then
-  echo "invariants: 2 passed, 0 failed"
+  echo "invariants: 4 passed, 0 failed"
 fi
 exit "$fail"

@@ -19,8 +19,9 @@
 //! send it only jobs it can run.
 
 use crate::kernels::Registry;
-use crate::{identity, key, logging, node};
+use crate::{identity, logging, node};
 use clap::Parser;
+use skelpi_wire::key;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

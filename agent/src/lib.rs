@@ -1,7 +1,7 @@
 //! skelpi-agent: the node daemon of skelpi, as a library.
 //!
 //! An agent listens for masters, authenticates them with the cluster key
-//! ([`wire::handshake`]), announces itself over DNS-SD ([`announce`]) and
+//! ([`skelpi_wire::handshake`]), announces itself over DNS-SD ([`announce`]) and
 //! plays skeleton roles for them ([`roles`]). The `skelpi-agent` binary is a
 //! thin shell over [`node::run`]; the master starts in-process agents with
 //! [`local::LocalAgent`].
@@ -9,7 +9,8 @@
 //! # Examples
 //! An in-process agent on loopback, reached by a master connection:
 //! ```
-//! use skelpi_agent::{key::ClusterKey, local::LocalAgent, wire::handshake};
+//! use skelpi_agent::local::LocalAgent;
+//! use skelpi_wire::{handshake, key::ClusterKey};
 //! let key = ClusterKey::generate()?;
 //! let agent = LocalAgent::start("doc-agent", key.clone(), Default::default())?;
 //! smol::block_on(async {
@@ -27,16 +28,14 @@ pub mod announce;
 pub mod cli;
 pub mod identity;
 pub mod kernels;
-pub mod key;
 pub mod local;
 pub mod logging;
 pub mod node;
-pub mod process;
 pub mod raw_echo;
 pub mod roles;
 pub mod server;
 pub mod service;
 pub mod stages;
+pub mod state;
 pub mod trace;
-pub mod wire;
 pub mod workers;

@@ -3,10 +3,11 @@
 
 use crate::identity;
 use crate::kernels::Registry;
-use crate::key::ClusterKey;
-use crate::server::{self, ServerConfig};
-use crate::wire::handshake::AcceptOptions;
+use crate::server;
+use crate::state::AgentState;
 use skelpi_proto::AgentInfo;
+use skelpi_wire::handshake::AcceptOptions;
+use skelpi_wire::key::ClusterKey;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,7 +54,7 @@ impl LocalAgent {
         let addr = std_listener.local_addr()?;
         let listener = async_net::TcpListener::try_from(std_listener)?;
         let info = identity::local_info(name, None, opts.workers, addr.port());
-        let config = ServerConfig::new(
+        let config = AgentState::new(
             info,
             key,
             AcceptOptions {

@@ -3,11 +3,12 @@
 
 use crate::announce::{AnnounceError, Announcer};
 use crate::identity;
-use crate::key::ClusterKey;
-use crate::server::{self, ServerConfig};
+use crate::server;
 use crate::service;
-use crate::wire::handshake::AcceptOptions;
+use crate::state::AgentState;
 use futures_lite::StreamExt;
+use skelpi_wire::handshake::AcceptOptions;
+use skelpi_wire::key::ClusterKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
@@ -93,7 +94,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     crate::logging::set_agent_id(&info.id);
     log::info!("{status}");
     let server_config = Arc::new(
-        ServerConfig::new(
+        AgentState::new(
             info,
             config.key,
             AcceptOptions {
@@ -118,10 +119,10 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         service::watchdog().await;
         Ok(())
     }));
-    if let Some(a) = announcer {
-        if let Err(e) = a.stop() {
-            log::warn!("mDNS goodbye failed: {e}");
-        }
+    if let Some(a) = announcer
+        && let Err(e) = a.stop()
+    {
+        log::warn!("mDNS goodbye failed: {e}");
     }
     served.map_err(NodeError::Serve)?;
     log::info!("stopped");

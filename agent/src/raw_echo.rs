@@ -98,10 +98,8 @@ pub async fn serve_opened(opened: async_channel::Receiver<Opened>, master: IpAdd
 async fn unlock(mut stream: TcpStream, token: &[u8; 16]) -> Option<TcpStream> {
     use subtle::ConstantTimeEq;
     let mut got = [0u8; 16];
-    let read = future::or(async { stream.read_exact(&mut got).await.is_ok() }, async {
-        async_io::Timer::after(Duration::from_secs(2)).await;
-        false
-    })
-    .await;
+    let read = skelpi_wire::within(Duration::from_secs(2), stream.read_exact(&mut got))
+        .await
+        .is_some_and(|r| r.is_ok());
     (read && bool::from(got.ct_eq(token))).then_some(stream)
 }

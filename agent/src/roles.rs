@@ -13,10 +13,8 @@
 use crate::admission::Throttle;
 use crate::kernels::Array;
 use crate::raw_echo;
-use crate::server::ServerConfig;
 use crate::stages;
-use crate::wire::handshake::{DOWN_AFTER_BEATS, Established};
-use crate::wire::{Sender, WireError};
+use crate::state::AgentState;
 use crate::workers::{Failure, Outcome, Tag, Traced};
 use futures_lite::future;
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
@@ -24,6 +22,8 @@ use skelpi_proto::trace::{ClockReading, NO_STAGE, TraceKind};
 use skelpi_proto::{
     ErrorCode, ErrorReply, JobId, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
 };
+use skelpi_wire::handshake::{DOWN_AFTER_BEATS, Established};
+use skelpi_wire::{Sender, WireError};
 use smol::lock::Mutex;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -58,7 +58,7 @@ const MAX_HEARTBEAT_MS: u32 = 60_000;
 pub async fn serve_session(
     est: Established,
     peer: SocketAddr,
-    config: &ServerConfig,
+    config: &AgentState,
     stop: impl Future<Output = ()>,
 ) {
     let Established {
@@ -622,14 +622,14 @@ async fn shutting_down(sender: &Mutex<Sender>) {
 /// Queues a task on the workers (its outcome goes to `done`), or answers
 /// at once if its kernel is unknown; says whether it was queued.
 async fn start_task(
-    config: &ServerConfig,
+    config: &AgentState,
     task: TaskHead,
     input: Array,
     trace: Option<Traced>,
     done: &async_channel::Sender<Outcome>,
     (sender, warnings): (&Mutex<Sender>, &LogQuota),
 ) -> (bool, Result<(), WireError>) {
-    match stages::find(config, &task.kernel).await {
+    match config.kernels.find_unblocked(&task.kernel).await {
         Ok(kernel) => {
             let deadline = task
                 .deadline_ms
@@ -666,7 +666,7 @@ async fn start_task(
 /// Stores a pushed WebAssembly module (compiled off the executor); the
 /// reply to send.
 async fn store_module(
-    config: &ServerConfig,
+    config: &AgentState,
     push: skelpi_proto::code::ModulePush,
     peer: SocketAddr,
 ) -> Message {

@@ -2,76 +2,19 @@
 //! connection's requests until it closes or the agent shuts down.
 
 use crate::admission::{Admission, HandshakeSlot};
-use crate::kernels::Registry;
-use crate::key::ClusterKey;
 use crate::roles;
-use crate::stages::Streams;
-use crate::wire::handshake::{self, AcceptOptions};
-use crate::workers::Workers;
+use crate::state::AgentState;
 use async_net::{TcpListener, TcpStream};
 use futures_lite::future;
-use skelpi_proto::{AgentInfo, ErrorCode, ErrorReply, Message};
+use skelpi_proto::{ErrorCode, ErrorReply, Message};
+use skelpi_wire::handshake;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Connections served at once unless configured otherwise.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-
 /// How long sessions get to say goodbye when the agent shuts down.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
-
-/// What a serving agent needs.
-#[derive(Debug)]
-pub struct ServerConfig {
-    /// What the agent says about itself.
-    pub info: AgentInfo,
-    /// The cluster key masters must prove they hold.
-    pub key: ClusterKey,
-    /// Handshake and frame limits.
-    pub accept: AcceptOptions,
-    /// Authenticated sessions served at once; a master beyond that is told
-    /// the agent is busy. (Handshakes have their own budget, see
-    /// [`crate::admission`].)
-    pub max_connections: usize,
-    /// The kernels this agent offers.
-    pub kernels: Registry,
-    /// The threads kernels run on, shared by all sessions.
-    pub workers: Workers,
-    /// The pipeline stages running here, for items arriving on any session.
-    pub streams: Streams,
-}
-
-impl ServerConfig {
-    /// A configuration with the built-in kernels, `info.cores` worker
-    /// threads and default limits.
-    pub fn new(
-        info: AgentInfo,
-        key: ClusterKey,
-        accept: AcceptOptions,
-    ) -> std::io::Result<ServerConfig> {
-        let workers = Workers::new(info.cores as usize)?;
-        Ok(ServerConfig {
-            info,
-            key,
-            accept,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            kernels: Registry::default(),
-            workers,
-            streams: Streams::default(),
-        }
-        .with_kernels(Registry::builtin()))
-    }
-
-    /// The same, offering `kernels` (and saying so in its handshake
-    /// reply).
-    pub fn with_kernels(mut self, kernels: Registry) -> ServerConfig {
-        self.info.kernels = kernels.names().into_iter().map(str::to_owned).collect();
-        self.kernels = kernels;
-        self
-    }
-}
 
 /// Serves connections from `listener` until `shutdown` completes; then stops
 /// accepting, tells every open session to end (masters receive a
@@ -81,7 +24,7 @@ impl ServerConfig {
 /// executor only moves bytes; CPU-bound work belongs on worker threads.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: Arc<AgentState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let ex = Rc::new(smol::LocalExecutor::new());
@@ -148,7 +91,7 @@ fn bytes_waiting(stream: &TcpStream) -> impl Fn() -> bool + 'static {
 async fn session(
     stream: TcpStream,
     peer: SocketAddr,
-    config: Arc<ServerConfig>,
+    config: Arc<AgentState>,
     admission: Rc<Admission>,
     slot: HandshakeSlot,
     stop: async_channel::Receiver<()>,

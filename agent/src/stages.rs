@@ -20,12 +20,9 @@
 //! ([`Streams::cut`]), which then reports `InputLost`. When the master
 //! closes the stage's connection, the stage is dropped with its session.
 
-use crate::kernels::{Array, Kernel, KernelError};
-use crate::server::ServerConfig;
-use crate::wire::handshake::{self, ConnectOptions};
-use crate::wire::{Receiver, Sender, WireError};
+use crate::kernels::{Array, KernelError};
+use crate::state::AgentState;
 use crate::workers::{Tag, Traced};
-use async_net::TcpStream;
 use futures_lite::future;
 use skelpi_proto::code::{StageSwap, StageSwapped};
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
@@ -34,6 +31,8 @@ use skelpi_proto::{
     ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageProgress,
     StageStats, StreamItem, StreamRef,
 };
+use skelpi_wire::handshake::{self, ConnectOptions};
+use skelpi_wire::{Receiver, Sender, WireError};
 use smol::lock::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -212,7 +211,7 @@ impl Streams {
 /// Hands a received stream item to its stage, waiting while the stage's
 /// inbox is full. An error names an item no stage here expects.
 pub async fn deliver(
-    config: &ServerConfig,
+    config: &AgentState,
     item: StreamItem,
     data: Array,
     arrival: Arrival,
@@ -251,20 +250,6 @@ pub async fn deliver(
     Ok(())
 }
 
-/// The kernel `name`, found off the executor when it may have to be read
-/// and compiled (a WebAssembly module not in the cache).
-pub async fn find(config: &ServerConfig, name: &str) -> Result<Arc<dyn Kernel>, KernelError> {
-    #[cfg(feature = "wasm")]
-    if let Some(modules) = config.kernels.modules()
-        && name.starts_with("wasm:")
-        && !modules.is_cached(name)
-    {
-        let (kernels, name) = (config.kernels.clone(), name.to_owned());
-        return smol::unblock(move || kernels.find(&name)).await;
-    }
-    config.kernels.find(name)
-}
-
 /// How the session that opened a stage is linked to its master, and how
 /// the stage links to its successor likewise.
 #[derive(Debug, Clone, Copy)]
@@ -293,7 +278,7 @@ impl Drop for EndJob<'_> {
 /// master); `swaps` are the master's kernel swaps, each applied between
 /// two items and answered on `control`.
 pub async fn run_stage(
-    config: &ServerConfig,
+    config: &AgentState,
     open: StageOpen,
     control: &Mutex<Sender>,
     link: Link,
@@ -318,7 +303,7 @@ pub async fn run_stage(
         log::warn!(skelpi_job:% = job; "job {job}: stage {stage} refused: {message}");
         report(Message::Error(ErrorReply { code, message }))
     };
-    let mut kernel = match find(config, &open.kernel).await {
+    let mut kernel = match config.kernels.find_unblocked(&open.kernel).await {
         Ok(k) => k,
         Err(why) => {
             let what = format!("agent {}: {why}", config.info.name);
@@ -391,7 +376,7 @@ pub async fn run_stage(
                     let found = if inbox.is_closed() && inbox.is_empty() {
                         Err(KernelError(format!("stage {stage} has run all its items")))
                     } else {
-                        find(config, &swap.kernel).await
+                        config.kernels.find_unblocked(&swap.kernel).await
                     };
                     let refused = match found {
                         Ok(k) => {
@@ -677,7 +662,7 @@ async fn linger(
 /// heartbeat every `heartbeat` (zero: none), so that an agent that turns
 /// the connection away is known before any item is sent.
 async fn connect(
-    config: &ServerConfig,
+    config: &AgentState,
     addr: &str,
     plaintext: bool,
     heartbeat: Duration,
@@ -686,13 +671,9 @@ async fn connect(
         .parse()
         .map_err(|_| format!("{addr:?} is not an address (ip:port)"))?;
     let limit = Duration::from_secs(10);
-    let stream = future::or(async { TcpStream::connect(addr).await.map(Some) }, async {
-        async_io::Timer::after(limit).await;
-        Ok(None)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .ok_or_else(|| format!("no connection within {limit:?}"))?;
+    let stream = skelpi_wire::dial(addr, limit)
+        .await
+        .map_err(|e| e.to_string())?;
     let opts = ConnectOptions {
         plaintext,
         ..Default::default()
@@ -707,15 +688,10 @@ async fn connect(
     });
     sender.send(&hello).await.map_err(|e| e.to_string())?;
     let mut scratch = Vec::new();
-    let answer = future::or(
-        async { receiver.recv(&mut scratch).await.map(Some) },
-        async {
-            async_io::Timer::after(limit).await;
-            Ok(None)
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let answer = skelpi_wire::within(limit, receiver.recv(&mut scratch))
+        .await
+        .transpose()
+        .map_err(|e| e.to_string())?;
     match answer.map(|r| r.msg) {
         Some(Message::Welcome(_)) => Ok((sender, receiver)),
         Some(Message::Error(e)) => Err(e.message),

@@ -1,14 +1,12 @@
 //! One authenticated connection from the master to an agent.
 
-use crate::bench::baseline::RawClient;
-use async_net::TcpStream;
 use futures_lite::future;
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::wire::handshake::{self, ConnectOptions, HandshakeError};
-use skelpi_agent::wire::{Liveness, Receiver, Sender, WireError, WireStats};
 use skelpi_proto::frame::CHUNK_ELEMENTS;
 use skelpi_proto::preamble::Cipher;
 use skelpi_proto::{AgentInfo, Chunk, Hello, Message, Ping, Shape};
+use skelpi_wire::handshake::{self, ConnectOptions, HandshakeError};
+use skelpi_wire::key::ClusterKey;
+use skelpi_wire::{DialError, Liveness, Receiver, Sender, WireError, WireStats};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +110,37 @@ pub struct AgentConn {
 /// each chunk of an echo.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Handshakes the agent closed without a verdict that are tried again.
+/// An agent flooded with idle connections from the master's own address
+/// evicts the oldest handshake that has sent nothing (see its
+/// `admission`): a master whose first bytes were late (descheduled between
+/// its connect and its first write) can be taken for one of them.
+const HANDSHAKE_RETRIES: u32 = 2;
+
+/// Connects to the agent at `addr` and runs the handshake, trying again
+/// (after a short pause) if the agent closed it without a verdict.
+async fn authenticate(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    opts: &ConnectOptions,
+) -> Result<skelpi_wire::handshake::Established, ClientError> {
+    let limit = opts.timeout;
+    let mut retries = HANDSHAKE_RETRIES;
+    loop {
+        let stream = skelpi_wire::dial(addr, limit).await.map_err(|e| match e {
+            DialError::Connect { source, .. } => ClientError::Connect { addr, source },
+            DialError::Timeout { .. } => ClientError::Timeout { addr, limit },
+        })?;
+        match handshake::connect(stream, key, opts).await {
+            Err(HandshakeError::Closed) if retries > 0 => {
+                retries -= 1;
+                async_io::Timer::after(Duration::from_millis(20)).await;
+            }
+            done => return done.map_err(|source| ClientError::Handshake { addr, source }),
+        }
+    }
+}
+
 impl AgentConn {
     /// Connects, authenticates and greets the agent at `addr`.
     pub async fn connect(
@@ -119,17 +148,9 @@ impl AgentConn {
         key: &ClusterKey,
         opts: &ConnectOptions,
     ) -> Result<AgentConn, ClientError> {
-        let limit = opts.timeout;
-        let stream = future::or(async { TcpStream::connect(addr).await.map(Some) }, async {
-            async_io::Timer::after(limit).await;
-            Ok(None)
-        })
-        .await
-        .map_err(|source| ClientError::Connect { addr, source })?
-        .ok_or(ClientError::Timeout { addr, limit })?;
-        let est = handshake::connect(stream, key, opts)
-            .await
-            .map_err(|source| ClientError::Handshake { addr, source })?;
+        // On the heap: a handshake's state is large, and callers deep in a
+        // job's future (the stall watchdog's probes) run on small stacks.
+        let est = Box::pin(authenticate(addr, key, opts)).await?;
         let mut sender = est.sender;
         let mut receiver = est.receiver;
         let wire = |source| ClientError::Wire { addr, source };
@@ -201,153 +222,45 @@ impl AgentConn {
                 why: why.clone(),
             });
         }
-        let result = future::or(request(self), async {
-            async_io::Timer::after(limit).await;
-            Err(ClientError::Timeout { addr, limit })
-        })
-        .await;
+        let result = skelpi_wire::within(limit, request(self))
+            .await
+            .unwrap_or(Err(ClientError::Timeout { addr, limit }));
         if let Err(e) = &result {
             self.mark_broken_at(e.to_string(), Instant::now());
         }
         result
     }
 
-    /// Reads the agent's trace clock once: the master's trace clock (`clock`)
-    /// when the probe left and when the reading came back, around the
-    /// agent's reading. `None`: the agent does not know the probe (an
-    /// older agent answers it with an error and serves on).
-    pub async fn clock_probe(
-        &mut self,
-        clock: &crate::trace::MasterClock,
-    ) -> Result<Option<crate::trace::ClockSample>, ClientError> {
-        let limit = self.request_timeout;
-        self.guarded(limit, async |c: &mut Self| {
-            let (nonce, got, sent, back) = c.round_trip(Message::ClockProbe).await?;
-            match got {
-                Message::ClockReading(r) if r.nonce == nonce => {
-                    Ok(Some(crate::trace::ClockSample {
-                        sent_ns: clock.at(sent),
-                        agent_ns: r.agent_ns,
-                        back_ns: clock.at(back),
-                    }))
-                }
-                Message::Error(_) => Ok(None),
-                other => Err(unexpected(c.addr, other, "answering a clock probe")),
-            }
-        })
-        .await
+    /// A fresh request number (for nonces and echo ids).
+    pub fn next_nonce(&mut self) -> u64 {
+        let n = self.next_id;
+        self.next_id += 1;
+        n
     }
 
-    /// How far stage `stage` of stream `stream` has got on this agent;
-    /// `None` if it does not run there (it finished, or never opened) or
-    /// the agent is too old to say.
-    pub async fn stage_progress(
+    /// One request: sends `ask`, then hands each reply to `read` until it
+    /// returns [`Reply::Done`], all within the request deadline. Any
+    /// failure, `read`'s included, marks the connection broken (a request
+    /// abandoned halfway leaves its framing unknown). Features build their
+    /// requests on this (`trace`, `modules`, `bench::baseline`...).
+    pub async fn request<T>(
         &mut self,
-        stream: u64,
-        stage: u32,
-    ) -> Result<Option<skelpi_proto::StageProgress>, ClientError> {
-        let limit = self.request_timeout;
-        self.guarded(limit, async |c: &mut Self| {
-            let addr = c.addr;
-            let ask = Message::StageQuery(skelpi_proto::StreamRef { stream, stage });
-            let wire = |source| ClientError::Wire { addr, source };
-            c.sender.send(&ask).await.map_err(wire)?;
-            let mut scratch = Vec::new();
-            let got = c.receiver.recv(&mut scratch).await.map_err(wire)?;
-            match got.msg {
-                Message::StageProgress(p) if (p.stream, p.stage) == (stream, stage) => Ok(Some(p)),
-                Message::Error(_) => Ok(None),
-                other => Err(unexpected(addr, other, "answering a stage query")),
-            }
-        })
-        .await
-    }
-
-    /// Collects what the agent recorded for a traced job: its events and
-    /// how many were overwritten before collection. An agent that sends
-    /// more than `max` events, or batches larger than the protocol's, is
-    /// refused (the connection is then broken).
-    pub async fn collect_trace(
-        &mut self,
-        job: skelpi_proto::JobId,
-        max: usize,
-    ) -> Result<crate::trace::AgentEvents, ClientError> {
+        ask: &Message,
+        mut read: impl FnMut(Message) -> Result<Reply<T>, ClientError>,
+    ) -> Result<T, ClientError> {
         let limit = self.request_timeout;
         self.guarded(limit, async |c: &mut Self| {
             let addr = c.addr;
             let wire = |source| ClientError::Wire { addr, source };
-            let ask = skelpi_proto::trace::TraceRequest { job };
-            c.sender
-                .send(&Message::TraceCollect(ask))
-                .await
-                .map_err(wire)?;
-            let mut got = crate::trace::AgentEvents::default();
+            c.sender.send(ask).await.map_err(wire)?;
             loop {
-                match c.receiver.recv(&mut c.scratch).await.map_err(wire)?.msg {
-                    Message::TraceBatch(b) if b.job == job => {
-                        let total = got.events.len() + b.events.len();
-                        if b.events.len() > skelpi_proto::trace::BATCH_EVENTS || total > max {
-                            return Err(ClientError::Protocol {
-                                addr,
-                                what: format!(
-                                    "sent {total} trace events in batches of up to {}; \
-                                     an agent holds at most {max}",
-                                    b.events.len()
-                                ),
-                            });
-                        }
-                        got.workers = b.workers;
-                        got.dropped = got.dropped.saturating_add(b.dropped);
-                        got.events.extend(b.events);
-                        if b.last {
-                            return Ok(got);
-                        }
-                    }
-                    other => return Err(unexpected(addr, other, "sending a trace")),
+                let got = c.receiver.recv(&mut c.scratch).await.map_err(wire)?;
+                if let Reply::Done(answer) = read(got.msg)? {
+                    return Ok(answer);
                 }
             }
         })
         .await
-    }
-
-    /// Stores a WebAssembly module on the agent under `hash` (its
-    /// SHA-256); returns the kernels it offers there. An agent that
-    /// refuses it (hash, module or ABI wrong; no WebAssembly) answers
-    /// [`ClientError::Agent`] and stays connected.
-    pub async fn push_module(
-        &mut self,
-        hash: &str,
-        bytes: &[u8],
-    ) -> Result<Vec<String>, ClientError> {
-        let limit = self.request_timeout;
-        let addr = self.addr;
-        if let Some(why) = &self.broken {
-            return Err(ClientError::Broken {
-                addr,
-                why: why.clone(),
-            });
-        }
-        let push = Message::ModulePush(skelpi_proto::code::ModulePush {
-            hash: hash.to_owned(),
-            bytes: bytes.to_vec().into(),
-        });
-        let answer = self
-            .guarded(limit, async |c: &mut Self| {
-                let wire = |source| ClientError::Wire { addr, source };
-                c.sender.send(&push).await.map_err(wire)?;
-                Ok(c.receiver.recv(&mut c.scratch).await.map_err(wire)?.msg)
-            })
-            .await?;
-        match answer {
-            Message::ModuleStored(s) if s.hash == hash => Ok(s.kernels),
-            other => {
-                let e = unexpected(addr, other, "answering a module push");
-                if !matches!(e, ClientError::Agent { .. }) {
-                    self.mark_broken_at(e.to_string(), Instant::now());
-                }
-                Err(e)
-            }
-        }
     }
 
     /// Sends `ask` with a fresh nonce and reads the answer: (nonce, answer,
@@ -502,27 +415,6 @@ impl AgentConn {
         (self.heartbeat, self.receiver.liveness())
     }
 
-    /// Asks the agent for its raw TCP echo socket (the benchmark baseline;
-    /// one per connection) and connects to it.
-    pub async fn open_raw_echo(&mut self) -> Result<RawClient, ClientError> {
-        let limit = self.request_timeout;
-        self.guarded(limit, async |c: &mut Self| {
-            let addr = c.addr;
-            let wire = |source| ClientError::Wire { addr, source };
-            c.sender.send(&Message::RawEchoOpen).await.map_err(wire)?;
-            let reply = c.receiver.recv(&mut c.scratch).await;
-            let ready = match reply.map_err(wire)?.msg {
-                Message::RawEchoReady(r) => r,
-                other => return Err(unexpected(addr, other, "answering raw-echo-open")),
-            };
-            let raw = SocketAddr::new(addr.ip(), ready.port);
-            RawClient::connect(raw, &ready.token)
-                .await
-                .map_err(|source| ClientError::Baseline { addr: raw, source })
-        })
-        .await
-    }
-
     /// Says goodbye and closes the connection.
     pub async fn close(mut self) {
         let _ = self.sender.send(&Message::Bye).await;
@@ -530,9 +422,18 @@ impl AgentConn {
     }
 }
 
+/// What a request's reader made of one reply ([`AgentConn::request`]).
+#[derive(Debug)]
+pub enum Reply<T> {
+    /// The answer: the request is over.
+    Done(T),
+    /// A part of it: read the next reply.
+    More,
+}
+
 /// The error for a message that is not the expected answer: the agent's
 /// own error report, or a protocol violation naming what came instead.
-fn unexpected(addr: SocketAddr, msg: Message, context: &str) -> ClientError {
+pub fn unexpected(addr: SocketAddr, msg: Message, context: &str) -> ClientError {
     match msg {
         Message::Error(e) => ClientError::Agent {
             addr,

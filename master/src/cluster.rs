@@ -6,12 +6,12 @@ use crate::runtime::eval::get_nodes;
 use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
 use crate::runtime::{JobError, autonomic, job, offered, stall};
 use crate::trace::{Trace, TraceError};
-use skelpi_agent::kernels::Array;
-use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
-use skelpi_agent::wire::handshake::ConnectOptions;
 use skelpi_proto::AgentInfo;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
+use skelpi_wire::handshake::ConnectOptions;
+use skelpi_wire::key::ClusterKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -208,7 +208,7 @@ impl Cluster {
     /// A pipeline of a farm and a reduction, written in the text form:
     /// ```
     /// use skelpi::cluster::Cluster;
-    /// use skelpi_agent::kernels::Array;
+    /// use skelpi_proto::Array;
     /// use skelpi_proto::skeleton::Skeleton;
     ///
     /// fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -410,7 +410,7 @@ impl Cluster {
     /// ```
     /// use skelpi::cluster::Cluster;
     /// use skelpi::runtime::stream::{self, SwapOutcome};
-    /// use skelpi_agent::kernels::Array;
+    /// use skelpi_proto::Array;
     /// use skelpi_proto::skeleton::Kernel;
     /// smol::block_on(async {
     ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
@@ -506,7 +506,7 @@ impl Cluster {
     /// `x -> x * x` over three chunks:
     /// ```
     /// use skelpi::cluster::Cluster;
-    /// use skelpi_agent::kernels::Array;
+    /// use skelpi_proto::Array;
     /// use skelpi_proto::skeleton::Kernel;
     /// smol::block_on(async {
     ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
@@ -555,7 +555,7 @@ impl Cluster {
                     log::info!("agent {} ({addr}) rejoined the pool", again.info().name);
                     self.tried.remove(&addr);
                     for (hash, bytes) in &self.modules {
-                        if let Err(e) = again.push_module(hash, bytes).await {
+                        if let Err(e) = crate::modules::push(&mut again, hash, bytes).await {
                             log::warn!("module {hash} not stored again on {addr}: {e}");
                         }
                     }

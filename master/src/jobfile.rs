@@ -22,7 +22,7 @@
 
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::frame::HARD_MAX_FRAME;
 use skelpi_proto::skeleton::Skeleton;
 use std::path::{Path, PathBuf};

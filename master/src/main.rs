@@ -11,7 +11,7 @@ use cmd::pool_args::PoolArgs;
 use cmd::run::RunArgs;
 use skelpi::discover::{DiscoverOptions, discover};
 use skelpi::pool::{self, PoolError};
-use skelpi_agent::key::{self, ClusterKey};
+use skelpi_wire::key::{self, ClusterKey};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! `skelpi_agent::kernels::wasm`), and job files may name a local module
 //! file in a kernel (`wasm:FILE.wasm:export`), pushed before the job.
 
-use crate::client::ClientError;
+use crate::client::{AgentConn, ClientError, Reply, unexpected};
 use crate::cluster::Cluster;
 use skelpi_agent::kernels::wasm;
 use skelpi_proto::code::MAX_MODULE_BYTES;
@@ -68,7 +68,7 @@ impl Cluster {
     /// # Examples
     /// ```
     /// use skelpi::cluster::Cluster;
-    /// use skelpi_agent::kernels::Array;
+    /// use skelpi_proto::Array;
     ///
     /// fn main() -> Result<(), Box<dyn std::error::Error>> {
     ///     smol::block_on(async {
@@ -113,7 +113,7 @@ impl Cluster {
         let (mut kernels, mut stored_on, mut refused) = (Vec::new(), Vec::new(), Vec::new());
         for conn in self.agents_mut() {
             let name = conn.info().name.clone();
-            match conn.push_module(&hash, bytes).await {
+            match push(conn, &hash, bytes).await {
                 Ok(k) => {
                     kernels = k;
                     stored_on.push(name);
@@ -167,6 +167,32 @@ impl Cluster {
             }
         }
         Ok((tree, pushed.into_iter().map(|(_, p)| p).collect()))
+    }
+}
+
+/// Stores a WebAssembly module on `conn`'s agent under `hash` (its
+/// SHA-256); returns the kernels it offers there. An agent that refuses
+/// it (hash, module or ABI wrong; no WebAssembly) answers
+/// [`ClientError::Agent`] and stays connected.
+pub async fn push(
+    conn: &mut AgentConn,
+    hash: &str,
+    bytes: &[u8],
+) -> Result<Vec<String>, ClientError> {
+    let ask = skelpi_proto::Message::ModulePush(skelpi_proto::code::ModulePush {
+        hash: hash.to_owned(),
+        bytes: bytes.to_vec().into(),
+    });
+    let answer = conn.request(&ask, |got| Ok(Reply::Done(got))).await?;
+    match answer {
+        skelpi_proto::Message::ModuleStored(s) if s.hash == hash => Ok(s.kernels),
+        other => {
+            let e = unexpected(conn.addr(), other, "answering a module push");
+            if !matches!(e, ClientError::Agent { .. }) {
+                conn.mark_broken_at(e.to_string(), std::time::Instant::now());
+            }
+            Err(e)
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 
 use crate::cluster::Cluster;
 use crate::discover::{DiscoverOptions, discover};
-use skelpi_agent::key::{self, ClusterKey};
-use skelpi_agent::wire::handshake::ConnectOptions;
+use skelpi_wire::handshake::ConnectOptions;
+use skelpi_wire::key::{self, ClusterKey};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -18,35 +18,11 @@ pub mod port;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 
-use skelpi_proto::{JobId, Shape};
+pub use skelpi_proto::Array;
+use skelpi_proto::JobId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use thiserror::Error;
-
-/// An array of floats with its shape (row-major for matrices).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Array {
-    /// Its shape.
-    pub shape: Shape,
-    /// Its elements.
-    pub data: Vec<f64>,
-}
-
-impl Array {
-    /// A flat list.
-    pub fn list(data: Vec<f64>) -> Array {
-        Array {
-            shape: Shape::List(data.len() as u64),
-            data,
-        }
-    }
-
-    /// A `rows × cols` matrix; `None` if `data` does not hold that many elements.
-    pub fn matrix(rows: u64, cols: u64, data: Vec<f64>) -> Option<Array> {
-        let shape = Shape::Matrix { rows, cols };
-        (shape.elements() == Some(data.len() as u64)).then_some(Array { shape, data })
-    }
-}
 
 /// Why a kernel failed: its own words, lower case.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -161,6 +137,21 @@ impl Registry {
             "no kernel {name:?} (it has: {})",
             self.names().join(", ")
         )))
+    }
+
+    /// [`Registry::find`], run off the calling (executor) thread when the
+    /// kernel may have to be read and compiled first (a WebAssembly module
+    /// not in the cache).
+    pub async fn find_unblocked(&self, name: &str) -> Result<Arc<dyn Kernel>, KernelError> {
+        #[cfg(feature = "wasm")]
+        if let Some(modules) = self.modules()
+            && name.starts_with("wasm:")
+            && !modules.is_cached(name)
+        {
+            let (kernels, name) = (self.clone(), name.to_owned());
+            return smol::unblock(move || kernels.find(&name)).await;
+        }
+        self.find(name)
     }
 
     /// Registered names, sorted; `wasm:*` when it runs WebAssembly modules.

@@ -4,9 +4,9 @@
 use super::support::{TempDir, key_file, run_agent, start_agent};
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::wire::handshake::{self, HandshakeError};
 use skelpi_proto::{Message, Ping};
+use skelpi_wire::handshake::{self, HandshakeError};
+use skelpi_wire::key::ClusterKey;
 use std::os::unix::fs::PermissionsExt;
 
 #[test]

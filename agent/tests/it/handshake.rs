@@ -2,12 +2,12 @@
 
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
-use skelpi_agent::wire::WireError;
-use skelpi_agent::wire::handshake::{self, ConnectOptions, HandshakeError};
 use skelpi_proto::preamble::{ClientPreamble, PREAMBLE_LEN, ServerPreamble, Verdict};
 use skelpi_proto::{Chunk, Hello, Message, Ping, Shape};
+use skelpi_wire::WireError;
+use skelpi_wire::handshake::{self, ConnectOptions, HandshakeError};
+use skelpi_wire::key::ClusterKey;
 
 fn agent(allow_plaintext: bool) -> (LocalAgent, ClusterKey) {
     let key = ClusterKey::generate().unwrap();
@@ -28,7 +28,7 @@ async fn connect(
     agent: &LocalAgent,
     key: &ClusterKey,
     plaintext: bool,
-) -> (skelpi_agent::wire::handshake::Established, TcpStream) {
+) -> (skelpi_wire::handshake::Established, TcpStream) {
     let stream = TcpStream::connect(agent.addr()).await.unwrap();
     let raw = stream.clone();
     let opts = ConnectOptions {

@@ -1,10 +1,10 @@
 //! The stage role at the protocol level: what a stage refuses, and items
 //! addressed to stages that do not run here.
 
-use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
-use skelpi_agent::wire::handshake::{self, ConnectOptions, Established};
 use skelpi_proto::{Message, Shape, StageNext, StageOpen, StreamItem, StreamRef};
+use skelpi_wire::handshake::{self, ConnectOptions, Established};
+use skelpi_wire::key::ClusterKey;
 
 async fn session(agent: &LocalAgent, key: &ClusterKey) -> Established {
     let stream = async_net::TcpStream::connect(agent.addr()).await.unwrap();

@@ -1,7 +1,7 @@
 //! Shared test helpers: temporary key files, a running agent binary.
 
-use skelpi_agent::key::ClusterKey;
-pub use skelpi_agent::process::AgentProcess;
+pub use skelpi_testkit::AgentProcess;
+use skelpi_wire::key::ClusterKey;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! datagram socket, as systemd would receive it.
 
 use super::support::{KillOnDrop, TempDir, key_file};
-use skelpi_agent::key::ClusterKey;
+use skelpi_wire::key::ClusterKey;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};

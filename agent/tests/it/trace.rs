@@ -1,11 +1,11 @@
 //! The agent's side of tracing, over a real connection: clock probes, and
 //! events recorded for traced tasks only, collected by job.
 
-use skelpi_agent::key::ClusterKey;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
-use skelpi_agent::wire::handshake::{self, ConnectOptions, Established};
 use skelpi_proto::trace::{ClockReading, TraceKind, TraceRequest};
 use skelpi_proto::{JobId, Message, Ping, Shape, TaskHead};
+use skelpi_wire::handshake::{self, ConnectOptions, Established};
+use skelpi_wire::key::ClusterKey;
 
 async fn connect(agent: &LocalAgent, key: &ClusterKey) -> Established {
     let stream = async_net::TcpStream::connect(agent.addr()).await.unwrap();

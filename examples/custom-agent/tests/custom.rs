@@ -4,9 +4,9 @@
 
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
-use skelpi_agent::kernels::Array;
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::process::AgentProcess;
+use skelpi_proto::Array;
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::key::ClusterKey;
 use std::path::Path;
 use std::time::Duration;
 

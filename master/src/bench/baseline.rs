@@ -3,19 +3,36 @@
 //! socket, [`skelpi_agent::raw_echo`]) — no framing, no encryption, no
 //! protocol — measured in the same run.
 
+use crate::client::{AgentConn, ClientError, Reply, unexpected};
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use skelpi_proto::Message;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A client of an agent's raw echo socket
-/// ([`crate::client::AgentConn::open_raw_echo`]).
+/// A client of an agent's raw echo socket ([`RawClient::open`]).
 #[derive(Debug)]
 pub struct RawClient {
     stream: TcpStream,
 }
 
 impl RawClient {
+    /// Asks `conn`'s agent for its raw TCP echo socket (one per
+    /// connection) and connects to it.
+    pub async fn open(conn: &mut AgentConn) -> Result<RawClient, ClientError> {
+        let addr = conn.addr();
+        let ready = conn
+            .request(&Message::RawEchoOpen, |got| match got {
+                Message::RawEchoReady(r) => Ok(Reply::Done(r)),
+                other => Err(unexpected(addr, other, "answering raw-echo-open")),
+            })
+            .await?;
+        let raw = SocketAddr::new(addr.ip(), ready.port);
+        RawClient::connect(raw, &ready.token)
+            .await
+            .map_err(|source| ClientError::Baseline { addr: raw, source })
+    }
+
     /// Connects with `TCP_NODELAY`, like skelpi connections, and unlocks
     /// the socket with the token the agent gave over the session.
     pub async fn connect(addr: SocketAddr, token: &[u8; 16]) -> std::io::Result<RawClient> {

@@ -17,7 +17,7 @@ use crate::stats::median;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::hint::black_box;
 use std::time::{Duration, Instant};

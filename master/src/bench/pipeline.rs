@@ -16,7 +16,7 @@ use crate::runtime::JobError;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::Shape;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::hint::black_box;

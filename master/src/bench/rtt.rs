@@ -139,7 +139,7 @@ pub async fn run(
         }
         let name = agent.info().name.clone();
         let mut raw = if opts.baseline {
-            Some(agent.open_raw_echo().await?)
+            Some(super::baseline::RawClient::open(agent).await?)
         } else {
             None
         };

@@ -99,7 +99,7 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<()> {
         key_file: args
             .key_file
             .clone()
-            .unwrap_or_else(skelpi_agent::key::default_key_path),
+            .unwrap_or_else(skelpi_wire::key::default_key_path),
         flavor: args.flavor,
         first_boot: FirstBoot {
             hostname_prefix: args.hostname_prefix.clone(),

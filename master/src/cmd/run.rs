@@ -9,7 +9,7 @@ use skelpi::jobfile;
 use skelpi::pool;
 use skelpi::runtime::autonomic::{self, Contract};
 use skelpi::runtime::stream::{self, SwapOutcome};
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::io::Write;
 use std::path::PathBuf;

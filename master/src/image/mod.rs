@@ -32,7 +32,7 @@ pub use error::ImageError;
 pub use firstboot::FirstBoot;
 pub use wifi::Wifi;
 
-use skelpi_agent::key::ClusterKey;
+use skelpi_wire::key::ClusterKey;
 use std::path::{Path, PathBuf};
 
 /// The systemd unit, the same bytes as `systemd/skelpi-agent.service`.

@@ -16,7 +16,7 @@
 
 mod sh;
 
-use skelpi_agent::key::ClusterKey;
+use skelpi_wire::key::ClusterKey;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -7,11 +7,11 @@ use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
 use crate::trace::{NO_LABEL, Recorder};
-use skelpi_agent::kernels::Array;
-use skelpi_agent::wire::{Liveness, Receiver, Sender, WireError};
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
 use skelpi_proto::{EncodeError, JobId, Message, TaskHead};
+use skelpi_wire::{Liveness, Receiver, Sender, WireError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -376,7 +376,7 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Declares an agent down when it has been silent for
-    /// [`DOWN_AFTER_BEATS`](skelpi_agent::wire::handshake::DOWN_AFTER_BEATS) heartbeats — once it has sent one: an agent
+    /// [`DOWN_AFTER_BEATS`](skelpi_wire::handshake::DOWN_AFTER_BEATS) heartbeats — once it has sent one: an agent
     /// that never beats (an older one) is watched by its connection only.
     async fn watch(&self, link: &Link<'c>) {
         link.liveness.silent_past(link.heartbeat).await;

@@ -7,7 +7,7 @@
 use super::dispatch::{CREDITS_PER_WORKER, Dispatcher};
 use super::sequential::concat;
 use super::{Item, JobError, split};
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::collections::BTreeMap;
 use std::pin::Pin;

@@ -9,7 +9,7 @@ use super::{Item, JobError};
 use crate::client::AgentConn;
 use crate::trace::{self, Recorder, Trace, TraceError};
 use futures_lite::future;
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::JobId;
 use skelpi_proto::skeleton::Skeleton;
 use smol::LocalExecutor;

@@ -34,7 +34,7 @@ pub struct Item {
     /// Where it comes from, for error messages: `item 3`, `item 3 part 1`.
     pub origin: String,
     /// The data.
-    pub data: skelpi_agent::kernels::Array,
+    pub data: skelpi_proto::Array,
 }
 
 /// Splits `data` into `parts` contiguous chunks whose lengths differ by at

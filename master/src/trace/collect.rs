@@ -4,11 +4,11 @@
 use super::TraceError;
 use super::clock::{ClockSample, MasterClock, PROBES};
 use super::merge::Mark;
-use crate::client::AgentConn;
+use crate::client::{AgentConn, ClientError, Reply, unexpected};
 use skelpi_agent::trace::Recorder as AgentRecorder;
-use skelpi_proto::JobId;
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{Lane, TraceEvent, TraceKind};
+use skelpi_proto::{JobId, Message, Ping};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -198,7 +198,7 @@ pub async fn probe(
 ) -> Result<Option<Vec<ClockSample>>, TraceError> {
     let mut samples = Vec::with_capacity(PROBES);
     for _ in 0..PROBES {
-        match conn.clock_probe(clock).await {
+        match clock_probe(conn, clock).await {
             Ok(Some(s)) => samples.push(s),
             Ok(None) => return Ok(None),
             Err(source) => {
@@ -210,6 +210,70 @@ pub async fn probe(
         }
     }
     Ok(Some(samples))
+}
+
+/// Reads the agent's trace clock once: the master's trace clock (`clock`)
+/// when the probe left and when the reading came back, around the
+/// agent's reading. `None`: the agent does not know the probe (an
+/// older agent answers it with an error and serves on).
+async fn clock_probe(
+    conn: &mut AgentConn,
+    clock: &MasterClock,
+) -> Result<Option<ClockSample>, ClientError> {
+    let (addr, nonce) = (conn.addr(), conn.next_nonce());
+    let sent = Instant::now();
+    conn.request(&Message::ClockProbe(Ping { nonce }), |got| {
+        let back = Instant::now();
+        match got {
+            Message::ClockReading(r) if r.nonce == nonce => Ok(Reply::Done(Some(ClockSample {
+                sent_ns: clock.at(sent),
+                agent_ns: r.agent_ns,
+                back_ns: clock.at(back),
+            }))),
+            Message::Error(_) => Ok(Reply::Done(None)),
+            other => Err(unexpected(addr, other, "answering a clock probe")),
+        }
+    })
+    .await
+}
+
+/// Collects what the agent recorded for a traced job: its events and
+/// how many were overwritten before collection. An agent that sends
+/// more than `max` events, or batches larger than the protocol's, is
+/// refused (the connection is then broken).
+async fn collect_events(
+    conn: &mut AgentConn,
+    job: JobId,
+    max: usize,
+) -> Result<AgentEvents, ClientError> {
+    let addr = conn.addr();
+    let ask = Message::TraceCollect(skelpi_proto::trace::TraceRequest { job });
+    let mut got = AgentEvents::default();
+    conn.request(&ask, |reply| match reply {
+        Message::TraceBatch(b) if b.job == job => {
+            let total = got.events.len() + b.events.len();
+            if b.events.len() > skelpi_proto::trace::BATCH_EVENTS || total > max {
+                return Err(ClientError::Protocol {
+                    addr,
+                    what: format!(
+                        "sent {total} trace events in batches of up to {}; \
+                         an agent holds at most {max}",
+                        b.events.len()
+                    ),
+                });
+            }
+            got.workers = b.workers;
+            got.dropped = got.dropped.saturating_add(b.dropped);
+            got.events.extend(b.events);
+            Ok(if b.last {
+                Reply::Done(std::mem::take(&mut got))
+            } else {
+                Reply::More
+            })
+        }
+        other => Err(unexpected(addr, other, "sending a trace")),
+    })
+    .await
 }
 
 /// Probes each agent's clock again and collects its events of `job`;
@@ -246,7 +310,7 @@ pub async fn gather(
         let collected = async {
             let after = probe(conn, clock).await?.unwrap_or_default();
             let events =
-                conn.collect_trace(job, max)
+                collect_events(conn, job, max)
                     .await
                     .map_err(|source| TraceError::Agent {
                         agent: conn.info().name.clone(),

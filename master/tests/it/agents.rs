@@ -2,8 +2,8 @@
 //! `--agents`, driven by the real `skelpi` binary.
 
 use super::support::skelpi;
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::process::AgentProcess;
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::key::ClusterKey;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 
 use skelpi::cluster::Cluster;
 use skelpi::runtime::autonomic::{Action, Contract, Decision, Options, Report};
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! The client against in-process agents: echo edge cases, and a connection
 //! that failed halfway is not reused.
 
+use skelpi::bench::baseline::RawClient;
 use skelpi::client::ClientError;
 use skelpi::cluster::Cluster;
 use skelpi_proto::Shape;
@@ -51,13 +52,13 @@ fn a_failed_request_marks_the_connection_broken() {
             .unwrap_err();
         assert!(matches!(err, ClientError::Protocol { .. }), "{err}");
         agent.ping().await.unwrap();
-        let mut raw = agent.open_raw_echo().await.unwrap();
+        let mut raw = RawClient::open(agent).await.unwrap();
         let mut back = [0u8; 3];
         raw.echo(b"abc", &mut back).await.unwrap();
         assert_eq!(&back, b"abc");
         // A second raw echo is refused by the agent: the request fails, and
         // the connection is not trusted again.
-        let err = agent.open_raw_echo().await.unwrap_err();
+        let err = RawClient::open(agent).await.unwrap_err();
         assert!(err.to_string().contains("already opened"), "{err}");
         let err = agent.ping().await.unwrap_err();
         assert!(matches!(err, ClientError::Broken { .. }), "{err}");

@@ -8,11 +8,12 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::sequential;
-use skelpi_agent::kernels::{Array, Registry};
-use skelpi_agent::key::ClusterKey;
+use skelpi_agent::kernels::Registry;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
-use skelpi_agent::process::AgentProcess;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::key::ClusterKey;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;

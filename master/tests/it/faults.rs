@@ -8,10 +8,11 @@ use crate::agents::start_agent;
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi::runtime::sequential;
-use skelpi_agent::kernels::{Array, Registry};
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::process::AgentProcess;
+use skelpi_agent::kernels::Registry;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::key::ClusterKey;
 use std::time::Duration;
 
 /// Sends signal `sig` (`-KILL`, `-STOP`, `-CONT`) to process `pid`.

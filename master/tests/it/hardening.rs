@@ -5,12 +5,13 @@
 use crate::support::{Scratch, skelpi};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
-use skelpi_agent::kernels::{Array, Registry};
-use skelpi_agent::key::ClusterKey;
+use skelpi_agent::kernels::Registry;
 use skelpi_agent::local::{LocalAgent, LocalOptions};
-use skelpi_agent::wire::handshake::{self, ConnectOptions};
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
 use skelpi_proto::{JobId, Message, Shape, TaskHead};
+use skelpi_wire::handshake::{self, ConnectOptions};
+use skelpi_wire::key::ClusterKey;
 use std::time::{Duration, Instant};
 
 /// Two in-process agents whose kernels include `grow`, which returns

@@ -8,7 +8,7 @@ use crate::locate;
 use crate::support::{Scratch, skelpi};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::stream::{self, SwapOutcome};
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::Kernel;
 
 const ITEMS: u64 = 10_000;

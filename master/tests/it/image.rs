@@ -6,7 +6,7 @@
 
 use super::support::{Scratch, skelpi};
 use rand::RngCore;
-use skelpi_agent::key::ClusterKey;
+use skelpi_wire::key::ClusterKey;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;

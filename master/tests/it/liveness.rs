@@ -12,11 +12,12 @@ use crate::support::{Scratch, skelpi};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::{JobError, sequential};
-use skelpi_agent::kernels::{Array, Registry};
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::process::AgentProcess;
-use skelpi_agent::wire::handshake::ConnectOptions;
+use skelpi_agent::kernels::Registry;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::handshake::ConnectOptions;
+use skelpi_wire::key::ClusterKey;
 use std::time::{Duration, Instant};
 
 /// A fast heartbeat: agents beat often, on every connection, as they do

@@ -8,11 +8,11 @@
 
 use super::agents::start_agent;
 use skelpi::cluster::Cluster;
-use skelpi_agent::kernels::Array;
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::process::AgentProcess;
-use skelpi_agent::wire::handshake::ConnectOptions;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::handshake::ConnectOptions;
+use skelpi_wire::key::ClusterKey;
 
 const LIMIT: u64 = 256 << 20;
 

@@ -5,8 +5,9 @@
 use crate::support::Scratch;
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
-use skelpi_agent::kernels::{Array, Registry};
+use skelpi_agent::kernels::Registry;
 use skelpi_agent::local::LocalOptions;
+use skelpi_proto::Array;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -220,7 +221,7 @@ fn a_real_agent_stops_its_port_programs_when_the_master_goes_away() {
     let ports = ports(&dir);
     let keys = Scratch::new("ports-master-gone-key");
     let key_path = keys.0.join("cluster.key");
-    let key = skelpi_agent::key::ClusterKey::generate().unwrap();
+    let key = skelpi_wire::key::ClusterKey::generate().unwrap();
     key.write(&key_path, false).unwrap();
     let agent = crate::agents::start_agent(
         &key_path,

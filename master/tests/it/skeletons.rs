@@ -5,7 +5,8 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::{JobError, sequential};
-use skelpi_agent::kernels::{Array, Registry};
+use skelpi_agent::kernels::Registry;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 
 fn k(name: &str, args: &[f64]) -> Kernel {

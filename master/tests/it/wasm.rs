@@ -10,9 +10,10 @@ use skelpi::client::ClientError;
 use skelpi::cluster::Cluster;
 use skelpi::modules::PushError;
 use skelpi::runtime::JobError;
+use skelpi_agent::kernels::Registry;
 use skelpi_agent::kernels::wasm::{Limits, Modules};
-use skelpi_agent::kernels::{Array, Registry};
 use skelpi_agent::local::LocalOptions;
+use skelpi_proto::Array;
 use std::time::{Duration, Instant};
 
 /// A module in the guest ABI: `memory`, a bump `skelpi_alloc`, and `body`.
@@ -155,8 +156,7 @@ fn hostile_modules_are_refused_or_fail_their_task_and_the_agent_keeps_serving() 
 
         // A hash that is not the module's: refused, the connection serves on.
         let wrong = skelpi_agent::kernels::wasm::hash(b"something else");
-        let e = cluster.agents_mut()[0]
-            .push_module(&wrong, &module)
+        let e = skelpi::modules::push(&mut cluster.agents_mut()[0], &wrong, &module)
             .await
             .unwrap_err();
         assert!(matches!(e, ClientError::Agent { .. }), "{e:?}");

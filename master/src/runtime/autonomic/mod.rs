@@ -27,7 +27,7 @@ use crate::trace::{Trace, TraceError};
 use graph::Control;
 use manager::{Manager, meets};
 use metrics::{AgentTotals, StageWindow, Totals, window};
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::time::Duration;
 

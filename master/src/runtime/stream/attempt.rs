@@ -11,14 +11,14 @@ use crate::runtime::stall::{self, Look};
 use crate::runtime::{JobError, TaskError};
 use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
-use skelpi_agent::kernels::Array;
-use skelpi_agent::wire::WireError;
+use skelpi_proto::Array;
 use skelpi_proto::code::StageSwap;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{
     ErrorCode, ErrorReply, JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef,
 };
+use skelpi_wire::WireError;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -522,11 +522,8 @@ async fn open(
         let addr = conn.addr();
         let (_, receiver) = conn.halves();
         let mut scratch = Vec::new();
-        let got = future::or(async { Some(receiver.recv(&mut scratch).await) }, async {
-            async_io::Timer::at(deadline).await;
-            None
-        })
-        .await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = skelpi_wire::within(left, receiver.recv(&mut scratch)).await;
         let what = format!("stage {i} was not ready within {READY_TIMEOUT:?}");
         let got = got
             .ok_or_else(|| PartStop::Lost(addr, what, Instant::now()))?

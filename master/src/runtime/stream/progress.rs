@@ -5,12 +5,11 @@
 //! that wait for room in its inbox.
 
 use super::{Placement, StreamSpec};
-use crate::client::AgentConn;
+use crate::client::{AgentConn, ClientError, Reply, unexpected};
 use crate::runtime::stall::PartCounts;
-use futures_lite::future;
-use skelpi_agent::wire::handshake::ConnectOptions;
-use skelpi_proto::StageProgress;
 use skelpi_proto::skeleton::Kernel;
+use skelpi_proto::{Message, StageProgress, StreamRef};
+use skelpi_wire::handshake::ConnectOptions;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,7 +53,9 @@ impl Probes {
                 });
                 continue;
             }
-            let counts = ask_one(&mut conns, spec, p.addr, stream, i as u32).await;
+            // Boxed: the watchdog polls this deep inside a job's future,
+            // whose frames are large in debug builds.
+            let counts = Box::pin(ask_one(&mut conns, spec, p.addr, stream, i as u32)).await;
             parts.push(match counts {
                 Ok(Some(c)) => PartCounts {
                     name,
@@ -96,12 +97,9 @@ async fn ask_one(
             conns.len() - 1
         }
     };
-    let asked = future::or(
-        async { Some(conns[at].1.stage_progress(stream, stage).await) },
-        async {
-            async_io::Timer::after(ANSWER_WITHIN).await;
-            None
-        },
+    let asked = skelpi_wire::within(
+        ANSWER_WITHIN,
+        stage_progress(&mut conns[at].1, stream, stage),
     )
     .await;
     match asked {
@@ -115,4 +113,24 @@ async fn ask_one(
             Err(format!("none within {ANSWER_WITHIN:?}"))
         }
     }
+}
+
+/// How far stage `stage` of stream `stream` has got on `conn`'s agent;
+/// `None` if it does not run there (it finished, or never opened) or the
+/// agent is too old to say.
+async fn stage_progress(
+    conn: &mut AgentConn,
+    stream: u64,
+    stage: u32,
+) -> Result<Option<StageProgress>, ClientError> {
+    let addr = conn.addr();
+    let ask = Message::StageQuery(StreamRef { stream, stage });
+    conn.request(&ask, |got| match got {
+        Message::StageProgress(p) if (p.stream, p.stage) == (stream, stage) => {
+            Ok(Reply::Done(Some(p)))
+        }
+        Message::Error(_) => Ok(Reply::Done(None)),
+        other => Err(unexpected(addr, other, "answering a stage query")),
+    })
+    .await
 }

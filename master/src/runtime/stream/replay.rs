@@ -2,7 +2,7 @@
 //! master holds them so that a stream restarted after losing a stage's
 //! agent can feed them again. Pure bookkeeping, no I/O.
 
-use skelpi_agent::kernels::Array;
+use skelpi_proto::Array;
 use std::collections::VecDeque;
 use std::rc::Rc;
 

@@ -9,9 +9,9 @@
 //! message, which depends on the agent's new ephemeral key). Both preambles
 //! are the Noise prologue: rewriting them breaks the handshake.
 
-use super::channel::{Receiver, Sender};
-use super::stream::{ByteReader, ByteWriter, WireStats};
+use crate::channel::{Receiver, Sender};
 use crate::key::ClusterKey;
+use crate::stream::{ByteReader, ByteWriter, WireStats};
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use skelpi_proto::PROTOCOL_VERSION;
@@ -200,11 +200,9 @@ async fn with_timeout<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, HandshakeError>>,
 ) -> Result<T, HandshakeError> {
-    futures_lite::future::or(fut, async {
-        async_io::Timer::after(limit).await;
-        Err(HandshakeError::Timeout(limit))
-    })
-    .await
+    crate::within(limit, fut)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout(limit)))
 }
 
 async fn connect_inner(

@@ -28,6 +28,7 @@
 //! the payload straight into an aligned `Vec<f64>`.
 #![forbid(unsafe_code)]
 
+mod array;
 pub mod bulk;
 pub mod code;
 pub mod codec;
@@ -44,6 +45,7 @@ pub mod skeleton_text;
 pub mod text;
 pub mod trace;
 
+pub use array::Array;
 pub use bulk::Shape;
 pub use error::{DecodeError, EncodeError};
 pub use info::AgentInfo;

@@ -1,7 +1,7 @@
 //! Byte streams over a TCP socket, plain or inside Noise transport messages,
 //! with buffering that lets bulk payloads bypass the buffers.
 
-use super::WireError;
+use crate::WireError;
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use skelpi_proto::preamble::{MAX_NOISE_MSG, NOISE_TAG};

@@ -8,12 +8,12 @@
 //! # Examples
 //!
 //! ```
-//! use skelpi_agent::key::ClusterKey;
+//! use skelpi_wire::key::ClusterKey;
 //!
 //! let key = ClusterKey::generate()?;
 //! // Debug output never shows key material.
 //! assert_eq!(format!("{key:?}"), "ClusterKey(<redacted>)");
-//! # Ok::<(), skelpi_agent::key::KeyError>(())
+//! # Ok::<(), skelpi_wire::key::KeyError>(())
 //! ```
 //!
 //! # Implementation

@@ -1,7 +1,7 @@
 //! Message channels: typed messages and bulk arrays over a byte stream.
 
-use super::WireError;
-use super::stream::{ByteReader, ByteWriter, WireStats};
+use crate::WireError;
+use crate::stream::{ByteReader, ByteWriter, WireStats};
 use skelpi_proto::bulk::{f64_bytes, f64_bytes_mut};
 use skelpi_proto::codec::{self, Head};
 use skelpi_proto::frame::{self, LEN_PREFIX};
@@ -158,12 +158,12 @@ impl Liveness {
     /// never if `beat` is zero, nor while it never beat (an older peer, its
     /// connection alone tells). Checks four times a beat.
     ///
-    /// [`DOWN_AFTER_BEATS`]: super::handshake::DOWN_AFTER_BEATS
+    /// [`DOWN_AFTER_BEATS`]: crate::handshake::DOWN_AFTER_BEATS
     pub async fn silent_past(&self, beat: Duration) {
         if beat.is_zero() {
             return std::future::pending().await;
         }
-        let down_after = beat * super::handshake::DOWN_AFTER_BEATS;
+        let down_after = beat * crate::handshake::DOWN_AFTER_BEATS;
         loop {
             async_io::Timer::after(beat / 4).await;
             if self.beats() > 0 && self.silent_for() >= down_after {

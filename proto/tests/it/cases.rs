@@ -591,7 +591,7 @@ pub fn from_hex(text: &str) -> Vec<u8> {
         .flat_map(|l| l.bytes())
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits");
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
     digits
         .chunks(2)
         .map(|p| {
@@ -601,7 +601,7 @@ pub fn from_hex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// A directory under `agent/proto/tests/`.
+/// A directory under `proto/tests/`.
 pub fn tests_dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")

@@ -1,6 +1,7 @@
-//! Supervising `skelpi-agent` processes: start one, wait until it listens,
-//! read its log lines, stop it. Used by the integration tests and by tools
-//! that run real agents on one machine.
+//! skelpi-testkit (tests and benchmarks only, never published):
+//! supervising `skelpi-agent` processes — start one, wait until it
+//! listens, read its log lines, stop it.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
