@@ -37,13 +37,15 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use skelpi::cluster::Cluster;
 use skelpi::stats::quantile;
-use skelpi_agent::kernels::{Array, Registry};
-use skelpi_agent::key::ClusterKey;
-use skelpi_agent::process::AgentProcess;
-use skelpi_agent::wire::handshake::{self, ConnectOptions, Established};
+use skelpi_agent::kernels::Registry;
+use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
 use skelpi_proto::{JobId, Message, Shape, TaskHead};
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::handshake::{self, ConnectOptions, Established};
+use skelpi_wire::key::ClusterKey;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -175,6 +177,8 @@ struct Window {
     connects: Vec<Duration>,
     seconds: f64,
     log_lines: u64,
+    /// Log lines by shape (digits folded), to tell what the agents said.
+    log_shapes: HashMap<String, u64>,
     rss_max: Vec<u64>,
 }
 
@@ -277,7 +281,7 @@ fn scratch() -> PathBuf {
 }
 
 /// The release agent binary beside this bench's target directory, built
-/// if missing.
+/// (or brought up to date) first: a stale one would soak old code.
 fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("this bench's path");
     let bin = exe
@@ -285,21 +289,19 @@ fn agent_binary() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/release")
         .join("skelpi-agent");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "skelpi-agent",
-                "--bin",
-                "skelpi-agent",
-            ])
-            .status()
-            .expect("cargo");
-        assert!(status.success(), "building skelpi-agent failed");
-    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "skelpi-agent",
+            "--bin",
+            "skelpi-agent",
+        ])
+        .status()
+        .expect("cargo");
+    assert!(status.success(), "building skelpi-agent failed");
     bin
 }
 
@@ -313,10 +315,30 @@ fn watch(agents: &[AgentProcess], clock: &Clock, phase: Phase, length: Duration,
         std::thread::sleep(Duration::from_secs(1).min(length - started.elapsed().min(length)));
         for (i, a) in agents.iter().enumerate() {
             w.rss_max[i] = w.rss_max[i].max(a.rss().unwrap_or(0));
-            w.log_lines += a.lines.try_iter().count() as u64;
+            for line in a.lines.try_iter() {
+                w.log_lines += 1;
+                *w.log_shapes.entry(shape_of(&line)).or_default() += 1;
+            }
         }
     }
     w.seconds += started.elapsed().as_secs_f64();
+}
+
+/// A log line with every word that holds a digit (addresses, ports, job
+/// ids, counts) folded to `#`, at most 100 characters: lines of one kind
+/// share a shape.
+fn shape_of(line: &str) -> String {
+    let words = line.split_whitespace();
+    let folded: Vec<&str> = words
+        .map(|w| {
+            if w.contains(|c: char| c.is_ascii_digit()) {
+                "#"
+            } else {
+                w
+            }
+        })
+        .collect();
+    folded.join(" ").chars().take(100).collect()
 }
 
 /// What the good master checked.
@@ -655,6 +677,8 @@ struct Side {
     connect_p50_ms: f64,
     connect_p99_ms: f64,
     log_lines_per_minute: f64,
+    /// The most frequent kinds of log line, per minute.
+    top_log_lines_per_minute: Vec<(String, f64)>,
     rss_max_mib: Vec<f64>,
 }
 
@@ -670,6 +694,16 @@ impl Side {
             connect_p50_ms: ms(quantile(&w.connects, 0.5)),
             connect_p99_ms: ms(quantile(&w.connects, 0.99)),
             log_lines_per_minute: w.log_lines as f64 / (w.seconds / 60.0).max(1e-9),
+            top_log_lines_per_minute: {
+                let mut kinds: Vec<_> = w.log_shapes.iter().collect();
+                kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                let per_minute = |n: u64| n as f64 / (w.seconds / 60.0).max(1e-9);
+                kinds
+                    .into_iter()
+                    .take(10)
+                    .map(|(k, &n)| (k.clone(), per_minute(n)))
+                    .collect()
+            },
             rss_max_mib: w.rss_max.iter().map(|&b| mib(b)).collect(),
         }
     }
@@ -773,6 +807,12 @@ impl Report {
         );
         for (i, (x, y)) in q.rss_max_mib.iter().zip(&a.rss_max_mib).enumerate() {
             row(&format!("agent {i} RSS max, MiB"), *x, *y);
+        }
+        for (name, side) in [("quiet", q), ("attacked", a)] {
+            println!("agent log lines per minute, {name} windows, most frequent kinds:");
+            for (kind, rate) in &side.top_log_lines_per_minute {
+                println!("  {rate:>9.1}  {kind}");
+            }
         }
         println!("agent RSS at the end of each window, MiB:");
         for (phase, rss) in &self.rss_by_window_mib {
