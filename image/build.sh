@@ -14,5 +14,5 @@ fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=${SKELPI_BOARD_TARGET:-aarch64-unknown-linux-musl}
 cargo build --profile board --target "$target" -p skelpi-agent --bin skelpi-agent
-cargo build --release -p skelpi --bin skelpi
+cargo build --release -p skelpi-cli --bin skelpi
 exec ./target/release/skelpi image --agent-binary "target/$target/board/skelpi-agent" "$@"

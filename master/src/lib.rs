@@ -1,5 +1,6 @@
-//! skelpi: the master library — forms a pool of agents, runs skeleton jobs
-//! and the seed's benchmark suite on them.
+//! skelpi: the master library — forms a pool of agents and runs skeleton
+//! jobs on them. The `skelpi` command line (benchmarks, job files, images,
+//! the lab) is the `skelpi-cli` package over it.
 //!
 //! # Examples
 //! An embedded cluster of two in-process agents, pinged:
@@ -18,13 +19,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod discover;
-pub mod image;
-pub mod jobfile;
-pub mod lab;
 pub mod modules;
 pub mod pool;
 pub mod runtime;

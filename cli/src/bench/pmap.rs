@@ -10,13 +10,13 @@
 //! skelpi's overhead from the machine's limits (on an embedded cluster the
 //! agents share this machine's cores).
 
-use crate::cluster::Cluster;
-use crate::runtime::job;
-use crate::runtime::{JobError, TaskError};
-use crate::stats::median;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use skelpi::cluster::Cluster;
+use skelpi::runtime::job;
+use skelpi::runtime::{JobError, TaskError};
+use skelpi::stats::median;
 use skelpi_agent::kernels::Registry;
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
@@ -179,7 +179,7 @@ pub async fn run(
                 let mut out = None;
                 let start = Instant::now();
                 let limits = job::Limits {
-                    stall: Some(crate::runtime::stall::DEFAULT_STALL_TIMEOUT),
+                    stall: Some(skelpi::runtime::stall::DEFAULT_STALL_TIMEOUT),
                     task_deadline: None,
                 };
                 job::run(conns, &tree, [data], |_, a| out = Some(a), limits).await?;
@@ -234,7 +234,7 @@ fn on_threads(
     chunks: usize,
     threads: usize,
 ) -> Result<Duration, JobError> {
-    let parts: Vec<Vec<f64>> = crate::runtime::split(input, chunks);
+    let parts: Vec<Vec<f64>> = skelpi::runtime::split(input, chunks);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::Mutex::new(None);
     let start = Instant::now();

@@ -6,12 +6,12 @@
 //! checked bit for bit outside the timed region. Wire bytes are counted on
 //! the socket, framing and encryption included.
 
-use crate::client::ClientError;
-use crate::cluster::Cluster;
-use crate::stats::{median, quantile};
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use skelpi::client::ClientError;
+use skelpi::cluster::Cluster;
+use skelpi::stats::{median, quantile};
 use skelpi_proto::Shape;
 use std::time::Duration;
 
@@ -294,7 +294,7 @@ fn check_echo(addr: std::net::SocketAddr, sent: &[f64], got: &[f64]) -> Result<(
     }
 }
 
-fn raw_err(agent: &crate::client::AgentConn, source: std::io::Error) -> ClientError {
+fn raw_err(agent: &skelpi::client::AgentConn, source: std::io::Error) -> ClientError {
     ClientError::Baseline {
         addr: agent.addr(),
         source,

@@ -1,14 +1,14 @@
 //! `skelpi bench [rtt|pmap|farm|pipeline]`: the seed's benchmark suite.
 
 use super::pool_args::PoolArgs;
+use crate::bench::farm::{self, FarmOptions};
+use crate::bench::pipeline::{self, PipelineOptions};
+use crate::bench::pmap::{self, PmapOptions};
+use crate::bench::{plot, report, rtt};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use skelpi::bench::farm::{self, FarmOptions};
-use skelpi::bench::pipeline::{self, PipelineOptions};
-use skelpi::bench::pmap::{self, PmapOptions};
-use skelpi::bench::{plot, report, rtt};
 use skelpi::pool::{self, Pool};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

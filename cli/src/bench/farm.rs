@@ -11,12 +11,12 @@
 //! and collection, before and after, come on top). The last traced run's trace is left in the
 //! cluster ([`Cluster::take_trace`]).
 
-use crate::cluster::Cluster;
-use crate::runtime::JobError;
-use crate::stats::median;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use skelpi::cluster::Cluster;
+use skelpi::runtime::JobError;
+use skelpi::stats::median;
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::hint::black_box;

@@ -1,11 +1,11 @@
 //! `skelpi run JOB.toml`: runs a job file's skeleton on the pool.
 
 use super::pool_args::PoolArgs;
+use crate::jobfile;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use skelpi::cluster::streamable;
-use skelpi::jobfile;
 use skelpi::pool;
 use skelpi::runtime::autonomic::{self, Contract};
 use skelpi::runtime::stream::{self, SwapOutcome};

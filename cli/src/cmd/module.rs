@@ -21,6 +21,7 @@ pub enum ModuleCommand {
         /// The modules (`.wasm` binaries, at most ~1 MiB each).
         #[arg(required = true, value_name = "FILE.wasm")]
         files: Vec<PathBuf>,
+        /// The agents to push to.
         #[command(flatten)]
         pool: PoolArgs,
     },

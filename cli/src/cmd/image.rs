@@ -1,9 +1,9 @@
 //! `skelpi image`: arguments, progress and the summary.
 
+use crate::image::{self, FirstBoot, Flavor, ImageOptions, Wifi};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use skelpi::image::{self, FirstBoot, Flavor, ImageOptions, Wifi};
 use std::path::PathBuf;
 
 /// The arguments of `skelpi image` (its help text is on the command).

@@ -11,11 +11,11 @@
 //! cycle), and the utilisation rho = Ts/Ta. The measured throughput is
 //! compared with the model 1/max(Ts).
 
-use crate::cluster::Cluster;
-use crate::runtime::JobError;
 use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use skelpi::cluster::Cluster;
+use skelpi::runtime::JobError;
 use skelpi_proto::Array;
 use skelpi_proto::Shape;
 use skelpi_proto::skeleton::{Kernel, Skeleton};

@@ -1,8 +1,8 @@
 //! `skelpi lab up|down|exec`: a cluster of network-namespace hosts on this
 //! machine (root only).
 
+use crate::lab::{self, LabOptions};
 use clap::Subcommand;
-use skelpi::lab::{self, LabOptions};
 use std::path::PathBuf;
 
 /// What to do with a lab.

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-mod cmd;
+use skelpi_cli::cmd;
 
 use cmd::bench::{BenchArgs, BenchCommand};
 use cmd::pool_args::PoolArgs;
@@ -123,8 +123,9 @@ fn main() -> ExitCode {
                 .downcast_ref::<PoolError>()
                 .is_some_and(|p| matches!(p, PoolError::Key { .. } | PoolError::BadAddress(_)))
                 || e.downcast_ref::<std::io::Error>().is_some()
-                || e.downcast_ref::<skelpi::jobfile::JobFileError>().is_some()
-                || e.downcast_ref::<skelpi::image::ImageError>().is_some()
+                || e.downcast_ref::<skelpi_cli::jobfile::JobFileError>()
+                    .is_some()
+                || e.downcast_ref::<skelpi_cli::image::ImageError>().is_some()
                 || e.downcast_ref::<skelpi::trace::TraceError>()
                     .is_some_and(|t| {
                         matches!(
@@ -133,12 +134,14 @@ fn main() -> ExitCode {
                                 | skelpi::trace::TraceError::Format { .. }
                         )
                     })
-                || e.downcast_ref::<skelpi::lab::LabError>().is_some_and(|l| {
-                    matches!(
-                        l,
-                        skelpi::lab::LabError::NotRoot | skelpi::lab::LabError::Invalid(_)
-                    )
-                });
+                || e.downcast_ref::<skelpi_cli::lab::LabError>()
+                    .is_some_and(|l| {
+                        matches!(
+                            l,
+                            skelpi_cli::lab::LabError::NotRoot
+                                | skelpi_cli::lab::LabError::Invalid(_)
+                        )
+                    });
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

@@ -1,9 +1,9 @@
 //! The client against in-process agents: echo edge cases, and a connection
 //! that failed halfway is not reused.
 
-use skelpi::bench::baseline::RawClient;
 use skelpi::client::ClientError;
 use skelpi::cluster::Cluster;
+use skelpi_cli::bench::baseline::RawClient;
 use skelpi_proto::Shape;
 
 #[test]

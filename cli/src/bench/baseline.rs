@@ -3,9 +3,9 @@
 //! socket, [`skelpi_agent::raw_echo`]) — no framing, no encryption, no
 //! protocol — measured in the same run.
 
-use crate::client::{AgentConn, ClientError, Reply, unexpected};
 use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use skelpi::client::{AgentConn, ClientError, Reply, unexpected};
 use skelpi_proto::Message;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -44,12 +44,12 @@ impl RawClient {
 
     /// Writes `data` while reading its echo into `out` (same length);
     /// returns the round-trip time. Gives up after
-    /// [`crate::client::REQUEST_TIMEOUT`].
+    /// [`skelpi::client::REQUEST_TIMEOUT`].
     pub async fn echo(&mut self, data: &[u8], out: &mut [u8]) -> std::io::Result<Duration> {
         let start = Instant::now();
         let mut w = self.stream.clone();
         let mut r = self.stream.clone();
-        let limit = crate::client::REQUEST_TIMEOUT;
+        let limit = skelpi::client::REQUEST_TIMEOUT;
         future::or(
             future::try_zip(w.write_all(data), r.read_exact(out)),
             async {
