@@ -10,6 +10,9 @@
 //! sockets only ever delay a fresh peer by a handshake. Handshakes whose
 //! peer has not sent a byte go first: a master that connects from the same
 //! address as a stream of idle sockets keeps its place once it has spoken.
+//! A silent handshake younger than [`SILENT_GRACE`] may be a master whose
+//! first bytes are on their way: while one that spoke and then stalled
+//! (still pending after [`STALLED_AFTER`]) can go instead, it does.
 //! Refusals are logged at most once a second.
 
 use std::cell::{Cell, RefCell};
@@ -22,6 +25,14 @@ use std::time::{Duration, Instant};
 pub const MAX_HANDSHAKING: usize = 64;
 /// Handshakes in progress at once from one address (one /64 for IPv6).
 pub const MAX_HANDSHAKING_PER_IP: usize = 8;
+
+/// How long a handshake may stay silent before it is taken for idle
+/// rather than for a master whose first bytes are on their way.
+pub const SILENT_GRACE: Duration = Duration::from_millis(100);
+
+/// How long a handshake whose peer spoke may take before it is taken for
+/// stalled: far more than the round trips of a real master's handshake.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 /// Where a peer connects from, for the per-address budget: an IPv4
 /// address, or an IPv6 address's /64 (an IPv4-mapped one as IPv4).
@@ -45,6 +56,8 @@ impl Origin {
 struct Pending {
     id: u64,
     origin: Origin,
+    /// When it was accepted.
+    since: Instant,
     /// Whether its peer's first bytes were read.
     spoke: bool,
     /// Whether bytes from its peer wait unread (it spoke, but its
@@ -109,15 +122,16 @@ impl Admission {
         })
     }
 
-    /// Lets a new connection from `ip` start its handshake, evicting a
-    /// pending one if the budget is full (the oldest silent one, else the
-    /// oldest); the reason of an eviction, to log, beside the slot.
+    /// Lets a new connection from `ip`, accepted at `now`, start its
+    /// handshake, evicting a pending one if the budget is full (see
+    /// [`victim`]); the reason of an eviction, to log, beside the slot.
     /// `waiting` tells whether the peer's bytes wait unread on its socket:
     /// a peer that spoke is not silent even if its handshake has not
     /// read them yet.
     pub fn handshake(
         self: &Rc<Self>,
         ip: IpAddr,
+        now: Instant,
         waiting: impl Fn() -> bool + 'static,
     ) -> (HandshakeSlot, Option<String>) {
         let origin = Origin::of(ip);
@@ -125,21 +139,16 @@ impl Admission {
         let from_origin = pending.iter().filter(|p| p.origin == origin).count();
         let victim = if from_origin >= MAX_HANDSHAKING_PER_IP {
             let why = format!("{from_origin} handshakes pending from {ip}'s address");
-            victim(&pending, |p| p.origin == origin).map(|at| (at, why))
+            victim(&pending, now, |p| p.origin == origin).map(|(at, which)| (at, why, which))
         } else if pending.len() >= MAX_HANDSHAKING {
             let why = format!("{MAX_HANDSHAKING} handshakes pending");
-            victim(&pending, |_| true).map(|at| (at, why))
+            victim(&pending, now, |_| true).map(|(at, which)| (at, why, which))
         } else {
             None
         };
-        let why = victim.and_then(|(at, why)| {
+        let why = victim.and_then(|(at, why, which)| {
             // Dropping its sender tells the evicted handshake to stop.
-            let gone = pending.remove(at)?;
-            let which = if gone.spoke {
-                "oldest"
-            } else {
-                "oldest silent"
-            };
+            pending.remove(at)?;
             Some(format!("{why}: the {which} evicted"))
         });
         let id = self.next.get();
@@ -148,6 +157,7 @@ impl Admission {
         pending.push_back(Pending {
             id,
             origin,
+            since: now,
             spoke: false,
             waiting: Box::new(waiting),
             _evict: tx,
@@ -174,12 +184,30 @@ impl Admission {
 }
 
 /// Where in `pending` (oldest first) the handshake to evict is, among
-/// those `eligible`: the oldest whose peer has not spoken, else the oldest.
-fn victim(pending: &VecDeque<Pending>, eligible: impl Fn(&Pending) -> bool) -> Option<usize> {
-    let silent = pending
+/// those `eligible`, and which kind it is: the oldest silent one if it has
+/// been silent past [`SILENT_GRACE`]; else the oldest that spoke and is
+/// still pending after [`STALLED_AFTER`]; else the oldest silent one;
+/// else the oldest.
+fn victim(
+    pending: &VecDeque<Pending>,
+    now: Instant,
+    eligible: impl Fn(&Pending) -> bool,
+) -> Option<(usize, &'static str)> {
+    let silent = |p: &Pending| !p.spoke && !(p.waiting)();
+    let older = |p: &Pending, than| now.saturating_duration_since(p.since) >= than;
+    let oldest_silent = pending.iter().position(|p| eligible(p) && silent(p));
+    if let Some(at) = oldest_silent
+        && older(&pending[at], SILENT_GRACE)
+    {
+        return Some((at, "oldest silent"));
+    }
+    let stalled = pending
         .iter()
-        .position(|p| eligible(p) && !p.spoke && !(p.waiting)());
-    silent.or_else(|| pending.iter().position(eligible))
+        .position(|p| eligible(p) && !silent(p) && older(p, STALLED_AFTER));
+    stalled
+        .map(|at| (at, "oldest stalled"))
+        .or(oldest_silent.map(|at| (at, "oldest silent")))
+        .or_else(|| pending.iter().position(eligible).map(|at| (at, "oldest")))
 }
 
 impl std::fmt::Debug for Pending {
@@ -261,48 +289,50 @@ mod tests {
     #[test]
     fn a_full_budget_evicts_the_oldest_handshake_of_the_address_or_of_all() {
         let a = Admission::new(1);
+        let t0 = Instant::now();
         let ip: IpAddr = [10, 0, 0, 1].into();
         let slots: Vec<_> = (0..MAX_HANDSHAKING_PER_IP)
-            .map(|_| a.handshake(ip, || false))
+            .map(|_| a.handshake(ip, t0, || false))
             .collect();
         assert!(slots.iter().all(|(_, why)| why.is_none()));
-        let (newest, why) = a.handshake(ip, || false);
+        let (newest, why) = a.handshake(ip, t0, || false);
         assert!(why.unwrap().contains("pending from 10.0.0.1"));
         assert!(slots[0].0.evicted.is_closed(), "the oldest of that address");
         assert!(!slots[1].0.evicted.is_closed());
-        let (_, why) = a.handshake([10, 0, 0, 2].into(), || false);
+        let (_, why) = a.handshake([10, 0, 0, 2].into(), t0, || false);
         assert!(why.is_none(), "other addresses have their own budget");
         // The whole budget full: the oldest of all goes.
         let all: Vec<_> = (3..=9u8)
             .flat_map(|k| (0..MAX_HANDSHAKING_PER_IP).map(move |_| [10, 0, 0, k]))
-            .map(|ip| a.handshake(ip.into(), || false))
+            .map(|ip| a.handshake(ip.into(), t0, || false))
             .collect();
         assert_eq!(a.pending.borrow().len(), MAX_HANDSHAKING);
-        let (tenth, why) = a.handshake([10, 0, 0, 10].into(), || false);
+        let (tenth, why) = a.handshake([10, 0, 0, 10].into(), t0, || false);
         assert!(why.unwrap().contains("64 handshakes pending"));
         assert!(slots[1].0.evicted.is_closed());
         assert_eq!(a.pending.borrow().len(), MAX_HANDSHAKING);
         // Slots release on drop, evicted or not; sessions are budgeted.
         drop((slots, all, tenth));
         let session = a.session(newest).unwrap();
-        let (second, _) = a.handshake(ip, || false);
+        let (second, _) = a.handshake(ip, t0, || false);
         assert!(a.session(second).unwrap_err().contains("sessions open"));
         drop(session);
-        assert!(a.session(a.handshake(ip, || false).0).is_ok());
+        assert!(a.session(a.handshake(ip, t0, || false).0).is_ok());
         assert!(a.pending.borrow().is_empty());
     }
 
     #[test]
     fn a_handshake_whose_peer_spoke_outlives_silent_ones() {
         let a = Admission::new(4);
+        let t0 = Instant::now();
         let ip: IpAddr = [10, 0, 0, 1].into();
         // A master connects and speaks, another's first bytes are in but
         // unread; then idle sockets keep coming.
-        let (master, _) = a.handshake(ip, || false);
+        let (master, _) = a.handshake(ip, t0, || false);
         master.spoke();
-        let (early, _) = a.handshake(ip, || true);
+        let (early, _) = a.handshake(ip, t0, || true);
         let idle: Vec<_> = (0..4 * MAX_HANDSHAKING_PER_IP)
-            .map(|_| a.handshake(ip, || false))
+            .map(|_| a.handshake(ip, t0, || false))
             .collect();
         assert!(!master.evicted.is_closed(), "the master kept its place");
         assert!(
@@ -315,9 +345,44 @@ mod tests {
         for (slot, _) in &idle {
             slot.spoke();
         }
-        let (_, why) = a.handshake(ip, || false);
+        let (_, why) = a.handshake(ip, t0, || false);
         assert!(master.evicted.is_closed());
         assert!(why.unwrap().ends_with(": the oldest evicted"));
+    }
+
+    #[test]
+    fn a_master_whose_first_bytes_are_on_their_way_outlives_stalled_handshakes() {
+        let a = Admission::new(4);
+        let t0 = Instant::now();
+        let later = t0 + STALLED_AFTER;
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        // Seven peers sent their preamble and stalled; one idle socket.
+        let stalled: Vec<_> = (0..MAX_HANDSHAKING_PER_IP - 1)
+            .map(|_| a.handshake(ip, t0, || false))
+            .collect();
+        for (slot, _) in &stalled {
+            slot.spoke();
+        }
+        let (idle, _) = a.handshake(ip, t0, || false);
+        // An idle socket past the grace goes first...
+        let (master, why) = a.handshake(ip, later, || false);
+        assert!(idle.evicted.is_closed());
+        assert!(why.unwrap().ends_with("the oldest silent evicted"));
+        // ...then, the master being silent for a moment only, a stalled one.
+        let (_, why) = a.handshake(ip, later, || false);
+        assert!(!master.evicted.is_closed(), "the master kept its place");
+        assert!(stalled[0].0.evicted.is_closed());
+        assert!(why.unwrap().ends_with("the oldest stalled evicted"));
+        // A handshake that spoke but is young is not taken for stalled.
+        let a = Admission::new(4);
+        let talking: Vec<_> = (0..MAX_HANDSHAKING_PER_IP)
+            .map(|_| a.handshake(ip, t0, || false))
+            .collect();
+        talking[0].0.spoke();
+        let (_, why) = a.handshake(ip, t0 + SILENT_GRACE, || false);
+        assert!(!talking[0].0.evicted.is_closed());
+        assert!(talking[1].0.evicted.is_closed());
+        assert!(why.unwrap().ends_with("the oldest silent evicted"));
     }
 
     #[test]

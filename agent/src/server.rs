@@ -44,7 +44,8 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let (slot, evicted) = admission.handshake(peer.ip(), bytes_waiting(&stream));
+                let now = std::time::Instant::now();
+                let (slot, evicted) = admission.handshake(peer.ip(), now, bytes_waiting(&stream));
                 if let Some(why) = evicted {
                     admission
                         .complaints

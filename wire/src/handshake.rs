@@ -185,8 +185,9 @@ pub async fn accept(
     accept_noting(stream, key, opts, || {}).await
 }
 
-/// [`accept`], calling `spoke` as soon as the peer's first bytes are in
-/// (admission spares a peer that has spoken: it is not an idle socket).
+/// [`accept`], calling `spoke` once the peer's preamble (its first 8
+/// bytes) is in: admission spares a peer that has spoken, which is not an
+/// idle socket.
 pub async fn accept_noting(
     stream: TcpStream,
     key: &ClusterKey,

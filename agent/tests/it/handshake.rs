@@ -533,9 +533,9 @@ fn a_master_keeps_its_handshake_amid_bursts_of_idle_sockets_from_its_address() {
     // A master that speaks at once keeps its place: the silent sockets
     // are evicted before it. Only one whose first bytes had not arrived
     // before eight more sockets did (it was descheduled between its
-    // connect and its first write: at most one in 200 here, against 13 to
-    // 27 in 200 when the oldest went whatever it had sent) can be taken
-    // for idle.
+    // connect and its first write: at most one in 200 in runs here,
+    // against 13 to 27 in 200 when the oldest went whatever it had sent)
+    // can be taken for idle; the bound leaves room for a loaded machine.
     let mut refused = Vec::new();
     smol::block_on(async {
         for _ in 0..200 {
