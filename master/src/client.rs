@@ -112,13 +112,18 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Handshakes the agent closed without a verdict that are tried again.
 /// An agent flooded with idle connections from the master's own address
-/// evicts the oldest handshake that has sent nothing (see its
-/// `admission`): a master whose first bytes were late (descheduled between
-/// its connect and its first write) can be taken for one of them.
+/// evicts a handshake that has sent nothing (see its `admission`): a
+/// master whose first bytes were late (descheduled between its connect and
+/// its first write) can be taken for one of them. Such an eviction comes
+/// at once; a close later in the handshake is the agent's answer, not
+/// retried.
 const HANDSHAKE_RETRIES: u32 = 2;
 
+/// How soon after connecting a close counts as an eviction worth a retry.
+const EVICTED_WITHIN: Duration = Duration::from_millis(500);
+
 /// Connects to the agent at `addr` and runs the handshake, trying again
-/// (after a short pause) if the agent closed it without a verdict.
+/// (after a short pause) if the agent closed it at once without a verdict.
 async fn authenticate(
     addr: SocketAddr,
     key: &ClusterKey,
@@ -127,13 +132,15 @@ async fn authenticate(
     let limit = opts.timeout;
     let mut retries = HANDSHAKE_RETRIES;
     loop {
+        let started = Instant::now();
         let stream = skelpi_wire::dial(addr, limit).await.map_err(|e| match e {
             DialError::Connect { source, .. } => ClientError::Connect { addr, source },
             DialError::Timeout { .. } => ClientError::Timeout { addr, limit },
         })?;
         match handshake::connect(stream, key, opts).await {
-            Err(HandshakeError::Closed) if retries > 0 => {
+            Err(HandshakeError::Closed) if retries > 0 && started.elapsed() < EVICTED_WITHIN => {
                 retries -= 1;
+                log::debug!("agent {addr} closed the handshake at once (evicted?); trying again");
                 async_io::Timer::after(Duration::from_millis(20)).await;
             }
             done => return done.map_err(|source| ClientError::Handshake { addr, source }),
