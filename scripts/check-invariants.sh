@@ -28,7 +28,7 @@ for banned in skelpi-agent wasmi mdns-sd sd-notify systemd-journal-logger; do
 done
 # An ignored test needs root, and scripts/test.sh runs every ignored test
 # as root: any other reason to ignore a test needs a change there first.
-if grep -rn --include='*.rs' '#\[ignore' agent proto wire testkit master examples |
+if grep -rn --include='*.rs' '#\[ignore' agent proto wire testkit master cli examples |
   grep -v '#\[ignore = "needs root'; then
   echo "invariant broken: an ignored test (above) does not say it needs root; scripts/test.sh runs all ignored tests as root"
   fail=1

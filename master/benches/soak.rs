@@ -9,7 +9,11 @@
 //! and runs `farm(seq(erf_burn(40)))` on 200 random lists of 256 floats,
 //! checking every result bit for bit against the same kernel run here, and
 //! that every input gave exactly one result. A task's latency runs from
-//! the farm drawing its input (it has a credit to send it) to its result.
+//! the farm drawing its input to its result: inputs are drawn a few ahead
+//! of the credits that send them (the farm's input buffer), so it includes
+//! that short queue. Tasks count in the window they were drawn in, connects
+//! in the window they began in; a job that spans two windows blurs them a
+//! little.
 //!
 //! The hostile clients, per agent, all from 127.0.0.1 (the good master's
 //! own address, so they share its admission budget), while a window is
@@ -85,10 +89,10 @@ while True:
 struct Args {
     /// Minutes under attack in all (quiet windows come on top: half as
     /// long, before, between and after the attacked ones).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = positive)]
     minutes: f64,
     /// Seconds per attacked window.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..))]
     window: u64,
     /// Agents (real `skelpi-agent` processes on 127.0.0.1).
     #[arg(long, default_value_t = 2)]
@@ -99,6 +103,14 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// A number of minutes above zero.
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m > 0.0 && m.is_finite() => Ok(m),
+        _ => Err(format!("{text:?} is not a number of minutes above zero")),
+    }
 }
 
 /// Which kind of window runs.
@@ -154,6 +166,9 @@ struct Hits {
     stalled_ended: AtomicU64,
     oversized: AtomicU64,
     flood: AtomicU64,
+    /// Hostile sessions with the key evicted while they handshook (by the
+    /// idle sockets of their own address): expected, not a surprise.
+    evicted: AtomicU64,
     surprises: Mutex<Vec<String>>,
 }
 
@@ -184,7 +199,8 @@ struct Window {
 
 fn main() {
     let args = Args::parse();
-    let dir = scratch();
+    let scratch = Scratch::new();
+    let dir = &scratch.0;
     let key = ClusterKey::generate().expect("a cluster key");
     let key_path = dir.join("cluster.key");
     key.write(&key_path, true).expect("the key file");
@@ -256,28 +272,41 @@ fn main() {
     for (phase, c) in good.connects {
         watched[phase as usize].connects.push(c);
     }
-    let report = Report::new(&good.tally, &watched, &hits, rss_series);
+    let peaks = agents
+        .iter()
+        .map(|a| mib(a.peak_rss().unwrap_or(0)))
+        .collect();
+    let report = Report::new(&good.tally, &watched, &hits, rss_series, peaks);
     report.print();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).expect("JSON");
         std::fs::write(path, text).expect("the JSON report");
     }
-    for a in agents {
-        let _ = a.terminate();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(agents);
+    drop(scratch);
     if !report.clean() {
         std::process::exit(1);
     }
 }
 
-/// A private scratch directory under the temporary directory.
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("skelpi-soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    dir
+/// A private scratch directory under the temporary directory (a fresh
+/// name, mode 0700: it holds the cluster key), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let tag: u64 = rand::rng().random();
+        let dir = std::env::temp_dir().join(format!("skelpi-soak-{tag:016x}"));
+        std::fs::create_dir(&dir).expect("a fresh scratch directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The release agent binary beside this bench's target directory, built
@@ -349,7 +378,19 @@ struct Tally {
     wrong: u64,
     lost: u64,
     duplicated: u64,
+    jobs_failed: u64,
+    /// The first reasons.
     failed_jobs: Vec<String>,
+}
+
+impl Tally {
+    /// Counts a failed job, keeping the first 20 reasons.
+    fn failed(&mut self, why: String) {
+        self.jobs_failed += 1;
+        if self.failed_jobs.len() < 20 {
+            self.failed_jobs.push(why);
+        }
+    }
 }
 
 /// The good master's measurements, by the phase they began in.
@@ -383,7 +424,8 @@ fn good_master(addrs: &[SocketAddr], key: &ClusterKey, clock: &Clock) -> Good {
         let mut cluster = match cluster {
             Ok(c) => c,
             Err(e) => {
-                good.tally.failed_jobs.push(format!("connecting: {e}"));
+                good.tally.failed(format!("connecting: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
@@ -392,7 +434,7 @@ fn good_master(addrs: &[SocketAddr], key: &ClusterKey, clock: &Clock) -> Good {
         smol::block_on(cluster.close());
         good.tally.jobs += 1;
         if let Err(e) = outcome {
-            good.tally.failed_jobs.push(e);
+            good.tally.failed(e);
             continue;
         }
         for (got, want) in got.iter().zip(&expected) {
@@ -558,6 +600,10 @@ async fn session(addr: SocketAddr, key: &ClusterKey, hits: &Hits) -> Option<Esta
     let s = async_net::TcpStream::connect(addr).await.ok()?;
     match handshake::connect(s, key, &ConnectOptions::default()).await {
         Ok(est) => Some(est),
+        Err(handshake::HandshakeError::Closed) => {
+            Hits::count(&hits.evicted);
+            None
+        }
         Err(e) => {
             hits.surprise(format!("a hostile master with the key was refused: {e}"));
             None
@@ -623,7 +669,10 @@ async fn oversized(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: &Hit
             {
                 return;
             }
-            match est.receiver.recv(&mut bulk).await.map(|r| r.msg) {
+            let Some(reply) = answer(&mut est, &mut bulk, hits).await else {
+                return;
+            };
+            match reply {
                 Ok(Message::TaskFailed(f)) if f.error.contains("exceeds the 16 MiB limit") => {
                     Hits::count(&hits.oversized);
                 }
@@ -634,6 +683,20 @@ async fn oversized(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: &Hit
         }
     })
     .await;
+}
+
+/// The agent's next message on a hostile session, within 30 s (`None`,
+/// and a surprise, if none came).
+async fn answer(
+    est: &mut Established,
+    bulk: &mut Vec<f64>,
+    hits: &Hits,
+) -> Option<Result<Message, skelpi_wire::WireError>> {
+    let got = skelpi_wire::within(Duration::from_secs(30), est.receiver.recv(bulk)).await;
+    if got.is_none() {
+        hits.surprise("an agent left a request unanswered for 30 s".into());
+    }
+    Some(got?.map(|r| r.msg))
 }
 
 async fn flood(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: &Hits) {
@@ -655,7 +718,10 @@ async fn flood(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: &Hits) {
             {
                 return;
             }
-            match est.receiver.recv(&mut bulk).await.map(|r| r.msg) {
+            let Some(reply) = answer(&mut est, &mut bulk, hits).await else {
+                return;
+            };
+            match reply {
                 Ok(Message::TaskFailed(_)) => Hits::count(&hits.flood),
                 Ok(other) => hits.surprise(format!("a bad request came back as {other:?}")),
                 Err(_) => return,
@@ -723,6 +789,7 @@ struct Attacks {
     non_reading_masters_ended_by_agent: u64,
     oversized_results_refused: u64,
     bad_requests_answered: u64,
+    hostile_sessions_evicted: u64,
     surprises: Vec<String>,
 }
 
@@ -734,6 +801,8 @@ struct Report {
     attacked: Side,
     /// Every agent's RSS (MiB) at the end of every window, in order.
     rss_by_window_mib: Vec<(&'static str, Vec<f64>)>,
+    /// Every agent's peak RSS (MiB) over the whole run.
+    rss_peak_mib: Vec<f64>,
     attacks: Attacks,
 }
 
@@ -743,6 +812,7 @@ impl Report {
         watched: &[Window; 2],
         hits: &Hits,
         rss_by_window_mib: Vec<(&'static str, Vec<f64>)>,
+        rss_peak_mib: Vec<f64>,
     ) -> Report {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Report {
@@ -753,6 +823,7 @@ impl Report {
             quiet: Side::new(&watched[0]),
             attacked: Side::new(&watched[1]),
             rss_by_window_mib,
+            rss_peak_mib,
             attacks: Attacks {
                 wrong_key_refused: n(&hits.wrong_key),
                 garbage_closed: n(&hits.garbage),
@@ -761,6 +832,7 @@ impl Report {
                 non_reading_masters_ended_by_agent: n(&hits.stalled_ended),
                 oversized_results_refused: n(&hits.oversized),
                 bad_requests_answered: n(&hits.flood),
+                hostile_sessions_evicted: n(&hits.evicted),
                 surprises: hits.surprises.lock().unwrap().clone(),
             },
         }
@@ -771,7 +843,7 @@ impl Report {
     fn clean(&self) -> bool {
         let g = &self.good;
         g.wrong + g.lost + g.duplicated == 0
-            && g.failed_jobs.is_empty()
+            && g.jobs_failed == 0
             && self.attacks.surprises.is_empty()
     }
 
@@ -780,12 +852,7 @@ impl Report {
         let g = &self.good;
         println!(
             "good master: {} jobs, {} tasks; {} wrong, {} lost, {} duplicated; {} jobs failed",
-            g.jobs,
-            g.tasks,
-            g.wrong,
-            g.lost,
-            g.duplicated,
-            g.failed_jobs.len()
+            g.jobs, g.tasks, g.wrong, g.lost, g.duplicated, g.jobs_failed
         );
         for e in g.failed_jobs.iter().take(5) {
             println!("  failed: {e}");
@@ -818,18 +885,24 @@ impl Report {
         for (phase, rss) in &self.rss_by_window_mib {
             println!("  {phase:<9}{rss:.1?}");
         }
+        println!(
+            "agent peak RSS over the run, MiB: {:.1?}",
+            self.rss_peak_mib
+        );
         let t = &self.attacks;
         println!(
             "attacks: {} wrong-key handshakes refused, {} garbage connections closed, \
              {} idle sockets closed, {} masters that stopped reading ({} ended by the agent), \
-             {} oversized results refused as task errors, {} bad requests answered",
+             {} oversized results refused as task errors, {} bad requests answered; \
+             {} hostile sessions evicted while handshaking",
             t.wrong_key_refused,
             t.garbage_closed,
             t.idle_sockets_closed,
             t.non_reading_masters,
             t.non_reading_masters_ended_by_agent,
             t.oversized_results_refused,
-            t.bad_requests_answered
+            t.bad_requests_answered,
+            t.hostile_sessions_evicted
         );
         if t.surprises.is_empty() {
             println!("surprises: none");

@@ -18,7 +18,8 @@ pub struct RawClient {
 
 impl RawClient {
     /// Asks `conn`'s agent for its raw TCP echo socket (one per
-    /// connection) and connects to it.
+    /// connection) and connects to it within the request deadline (a
+    /// failure to connect leaves `conn` usable).
     pub async fn open(conn: &mut AgentConn) -> Result<RawClient, ClientError> {
         let addr = conn.addr();
         let ready = conn
@@ -28,8 +29,11 @@ impl RawClient {
             })
             .await?;
         let raw = SocketAddr::new(addr.ip(), ready.port);
-        RawClient::connect(raw, &ready.token)
-            .await
+        let limit = skelpi::client::REQUEST_TIMEOUT;
+        let opened = skelpi_wire::within(limit, RawClient::connect(raw, &ready.token)).await;
+        let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection");
+        opened
+            .unwrap_or_else(|| Err(timed_out()))
             .map_err(|source| ClientError::Baseline { addr: raw, source })
     }
 
