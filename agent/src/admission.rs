@@ -124,7 +124,7 @@ impl Admission {
 
     /// Lets a new connection from `ip`, accepted at `now`, start its
     /// handshake, evicting a pending one if the budget is full (see
-    /// [`victim`]); the reason of an eviction, to log, beside the slot.
+    /// `victim`); the reason of an eviction, to log, beside the slot.
     /// `waiting` tells whether the peer's bytes wait unread on its socket:
     /// a peer that spoke is not silent even if its handshake has not
     /// read them yet.

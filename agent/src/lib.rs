@@ -37,5 +37,6 @@ pub mod server;
 pub mod service;
 pub mod stages;
 pub mod state;
+pub mod streams;
 pub mod trace;
 pub mod workers;

@@ -15,6 +15,7 @@ use crate::kernels::Array;
 use crate::raw_echo;
 use crate::stages;
 use crate::state::AgentState;
+use crate::streams;
 use crate::workers::{Failure, Outcome, Tag, Traced};
 use futures_lite::future;
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
@@ -263,7 +264,7 @@ pub async fn serve_session(
                         shape,
                         data: std::mem::take(&mut bulk),
                     };
-                    let arrived = stages::Arrival {
+                    let arrived = streams::Arrival {
                         conn,
                         started: received.started,
                         frame_len: received.frame_len,
@@ -272,7 +273,7 @@ pub async fn serve_session(
                     feeding.insert(key);
                     // A full inbox holds this reader; shutdown still ends it.
                     let delivered = future::or(
-                        async { Some(stages::deliver(config, item, data, arrived).await) },
+                        async { Some(config.streams.deliver(item, data, arrived, recorder).await) },
                         async {
                             stop.as_mut().await;
                             None

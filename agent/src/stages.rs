@@ -3,7 +3,7 @@
 //!
 //! The master opens each stage on a connection dedicated to it
 //! ([`skelpi_proto::StageOpen`]). A stage registers an inbox under
-//! `(stream, stage)` in the agent's [`Streams`]; items addressed to it
+//! `(stream, stage)` in the agent's [`Streams`](crate::streams::Streams); items addressed to it
 //! arrive on any authenticated connection — the master's for the first
 //! stage, the previous stage's agent's for the others — and the session
 //! that reads one waits while the inbox is full, so a slow stage slows its
@@ -17,7 +17,7 @@
 //! kernel failure is reported to the master as
 //! [`skelpi_proto::StageFailed`], and no end of stream follows it; a link
 //! that ends before the end of its stream cuts the next stage's input
-//! ([`Streams::cut`]), which then reports `InputLost`. When the master
+//! ([`Streams::cut`](crate::streams::Streams::cut)), which then reports `InputLost`. When the master
 //! closes the stage's connection, the stage is dropped with its session.
 
 use crate::kernels::{Array, KernelError};
@@ -28,227 +28,14 @@ use skelpi_proto::code::{StageSwap, StageSwapped};
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
 use skelpi_proto::trace::TraceKind;
 use skelpi_proto::{
-    ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageProgress,
-    StageStats, StreamItem, StreamRef,
+    ErrorCode, ErrorReply, Hello, JobId, Message, StageFailed, StageOpen, StageStats, StreamItem,
+    StreamRef,
 };
 use skelpi_wire::handshake::{self, ConnectOptions};
 use skelpi_wire::{Receiver, Sender, WireError};
 use smol::lock::Mutex;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// Items an inbox holds before its producer waits.
-pub const INBOX: usize = 8;
-
-/// One item on its way into a stage.
-#[derive(Debug)]
-pub struct StageItem {
-    /// Its position in the pipeline's input.
-    pub index: u64,
-    /// The data.
-    pub data: Array,
-    /// When its frame had been read, before it waited for room in the
-    /// inbox.
-    pub arrived: Instant,
-}
-
-/// How a stream item's frame arrived.
-#[derive(Debug, Clone, Copy)]
-pub struct Arrival {
-    /// The connection's number in traces.
-    pub conn: u32,
-    /// When its first bytes were in.
-    pub started: Instant,
-    /// Its bytes.
-    pub frame_len: usize,
-}
-
-type Key = (u64, u32);
-
-/// Why a stage's input ended before the end of its stream, once it did.
-type Cut = Arc<std::sync::OnceLock<String>>;
-
-/// How far a stage has got, for [`Streams::progress`].
-#[derive(Debug, Default)]
-pub struct Counts {
-    arrived: AtomicU64,
-    done: AtomicU64,
-    sent: AtomicU64,
-    input_ended: AtomicBool,
-}
-
-impl Counts {
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A stage's inbox, whether its stream is traced, why its input was cut,
-/// and its counts.
-#[derive(Debug, Clone)]
-struct Inbox {
-    tx: async_channel::Sender<StageItem>,
-    traced: bool,
-    cut: Cut,
-    counts: Arc<Counts>,
-}
-
-/// What a stage reads: its items, why they stopped before the end of the
-/// stream (set by [`Streams::cut`]), and the counts it keeps.
-#[derive(Debug)]
-pub struct StageInput {
-    /// The items, in order; closed after the last.
-    pub items: async_channel::Receiver<StageItem>,
-    /// Set when the connection that carried them ended first.
-    pub cut: Cut,
-    /// Items in, run, passed on.
-    pub counts: Arc<Counts>,
-}
-
-/// The stages this agent runs, by `(stream, stage)`.
-#[derive(Debug, Default)]
-pub struct Streams {
-    inboxes: std::sync::Mutex<HashMap<Key, Inbox>>,
-}
-
-/// Removes a stage's inbox when the stage ends.
-#[derive(Debug)]
-pub struct Registration<'s> {
-    streams: &'s Streams,
-    key: Key,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.streams.lock().remove(&self.key);
-    }
-}
-
-impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Inbox>> {
-        self.inboxes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Registers a stage's inbox (`traced`: record its items' arrivals);
-    /// refused if that stage already runs here.
-    pub fn register(
-        &self,
-        stream: u64,
-        stage: u32,
-        traced: bool,
-    ) -> Result<(StageInput, Registration<'_>), String> {
-        let mut map = self.lock();
-        if map.contains_key(&(stream, stage)) {
-            return Err(format!(
-                "stage {stage} of job {} already runs here",
-                JobId(stream)
-            ));
-        }
-        let (tx, rx) = async_channel::bounded(INBOX);
-        let inbox = Inbox {
-            tx,
-            traced,
-            cut: Cut::default(),
-            counts: Arc::default(),
-        };
-        let input = StageInput {
-            items: rx,
-            cut: inbox.cut.clone(),
-            counts: inbox.counts.clone(),
-        };
-        map.insert((stream, stage), inbox);
-        let key = (stream, stage);
-        Ok((input, Registration { streams: self, key }))
-    }
-
-    /// The inbox of a stage running here.
-    fn inbox(&self, stream: u64, stage: u32) -> Option<Inbox> {
-        self.lock().get(&(stream, stage)).cloned()
-    }
-
-    /// How far a stage running here has got.
-    pub fn progress(&self, stream: u64, stage: u32) -> Option<StageProgress> {
-        let map = self.lock();
-        let counts = &map.get(&(stream, stage))?.counts;
-        Some(StageProgress {
-            stream,
-            stage,
-            arrived: counts.arrived.load(Ordering::Relaxed),
-            done: counts.done.load(Ordering::Relaxed),
-            sent: counts.sent.load(Ordering::Relaxed),
-            input_ended: counts.input_ended.load(Ordering::Relaxed),
-        })
-    }
-
-    /// Ends a stage's input: once the items already in its inbox are done,
-    /// the stage finishes. Returns whether the stage runs here.
-    pub fn end(&self, stream: u64, stage: u32) -> bool {
-        match self.lock().get(&(stream, stage)) {
-            Some(inbox) => {
-                inbox.counts.input_ended.store(true, Ordering::Relaxed);
-                inbox.tx.close();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Ends a stage's input early, `why`: the connection that carried its
-    /// items ended before the end of the stream. The stage runs the items
-    /// already in its inbox, then fails with [`ErrorCode::InputLost`]
-    /// instead of waiting for items that can no longer come.
-    pub fn cut(&self, stream: u64, stage: u32, why: &str) {
-        if let Some(inbox) = self.lock().get(&(stream, stage)) {
-            let _ = inbox.cut.set(why.to_owned());
-            inbox.tx.close();
-        }
-    }
-}
-
-/// Hands a received stream item to its stage, waiting while the stage's
-/// inbox is full. An error names an item no stage here expects.
-pub async fn deliver(
-    config: &AgentState,
-    item: StreamItem,
-    data: Array,
-    arrival: Arrival,
-) -> Result<(), String> {
-    let Some(inbox) = config.streams.inbox(item.stream, item.stage) else {
-        return Err(format!(
-            "no stage {} of job {} runs on agent {}",
-            item.stage,
-            JobId(item.stream),
-            config.info.name
-        ));
-    };
-    let index = item.index;
-    if inbox.traced {
-        let (job, kind) = (JobId(item.stream), TraceKind::ItemRecv);
-        let (at, bytes) = (arrival.started, arrival.frame_len);
-        config
-            .workers
-            .recorder()
-            .frame(job, kind, arrival.conn, index, item.stage, at, bytes);
-    }
-    let arrived = Instant::now();
-    let item_in = StageItem {
-        index,
-        data,
-        arrived,
-    };
-    inbox.tx.send(item_in).await.map_err(|_| {
-        format!(
-            "stage {} of job {} has ended; item {index} is late",
-            item.stage,
-            JobId(item.stream)
-        )
-    })?;
-    Counts::add(&inbox.counts.arrived);
-    Ok(())
-}
 
 /// How the session that opened a stage is linked to its master, and how
 /// the stage links to its successor likewise.
@@ -429,7 +216,7 @@ pub async fn run_stage(
                 .await;
             busy += started.elapsed();
             items += 1;
-            Counts::add(&counts.done);
+            counts.ran();
             match outcome {
                 Ok(out) => {
                     if out_tx.send((item.index, out)).await.is_err() {
@@ -508,7 +295,7 @@ pub async fn run_stage(
                     recorder.frame(job, kind, out_conn, index, out_stage, started, bytes);
                 }
                 match sent {
-                    Ok(()) => Counts::add(&counts.sent),
+                    Ok(()) => counts.passed_on(),
                     Err(e) if e.is_link() => return link_failed(e.to_string()),
                     // What was sent is at fault (e.g. larger than a frame):
                     // as deterministic as a kernel error.

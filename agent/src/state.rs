@@ -5,7 +5,7 @@
 //! it.
 
 use crate::kernels::Registry;
-use crate::stages::Streams;
+use crate::streams::Streams;
 use crate::workers::Workers;
 use skelpi_proto::AgentInfo;
 use skelpi_wire::handshake::AcceptOptions;
