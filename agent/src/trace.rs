@@ -13,18 +13,13 @@
 
 use heapless::{HistoryBuf, LinearMap};
 use skelpi_proto::JobId;
-use skelpi_proto::trace::{BATCH_EVENTS, Lane, TraceBatch, TraceEvent, TraceKind};
+use skelpi_proto::trace::{
+    BATCH_EVENTS, IO_RINGS_PER_WORKER, Lane, RING_EVENTS, TraceBatch, TraceEvent, TraceKind,
+    agent_capacity,
+};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// Events one ring holds (each ring is about half a megabyte).
-pub const RING_EVENTS: usize = 8192;
-
-/// Rings for frames per worker ring: a task makes one kernel event and two
-/// frame events, so the frame rings (shared by all connections, events
-/// spread by id) fill no faster than the workers'.
-const IO_RINGS_PER_WORKER: usize = 2;
 
 /// Jobs whose overwritten events a ring counts; beyond that the count of
 /// the job that lost events least recently is forgotten.
@@ -108,7 +103,7 @@ impl Recorder {
     /// The most events an agent with `workers` worker threads holds for
     /// one job: what a master may expect from it at most.
     pub fn capacity(workers: usize) -> usize {
-        (1 + IO_RINGS_PER_WORKER) * workers.max(1) * RING_EVENTS
+        agent_capacity(workers)
     }
 
     /// Allocates the rings, once: called where a traced task or stage

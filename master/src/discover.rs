@@ -16,8 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, RecvTimeoutError, ResolvedService, ServiceDaemon, ServiceEvent};
-use skelpi_agent::announce::{SERVICE_TYPE, parse_txt};
 use skelpi_proto::AgentInfo;
+use skelpi_proto::dnssd::{SERVICE_TYPE, parse_txt};
 
 /// How long [`discover`] waits for its daemon to confirm the shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);

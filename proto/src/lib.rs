@@ -32,6 +32,7 @@ mod array;
 pub mod bulk;
 pub mod code;
 pub mod codec;
+pub mod dnssd;
 mod error;
 pub mod frame;
 #[doc(hidden)]

@@ -19,6 +19,22 @@ pub const NO_STAGE: u32 = u32::MAX;
 /// frame limit).
 pub const BATCH_EVENTS: usize = 2048;
 
+/// Events one of an agent's trace rings holds (each ring is about half a
+/// megabyte).
+pub const RING_EVENTS: usize = 8192;
+
+/// An agent's rings for frames per worker ring: a task makes one kernel
+/// event and two frame events, so the frame rings (shared by all
+/// connections, events spread by id) fill no faster than the workers'.
+pub const IO_RINGS_PER_WORKER: usize = 2;
+
+/// The most events an agent with `workers` worker threads holds for one
+/// job: what a master may expect from it at most.
+pub const fn agent_capacity(workers: usize) -> usize {
+    let workers = if workers == 0 { 1 } else { workers };
+    (1 + IO_RINGS_PER_WORKER) * workers * RING_EVENTS
+}
+
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

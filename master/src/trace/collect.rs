@@ -5,7 +5,6 @@ use super::TraceError;
 use super::clock::{ClockSample, MasterClock, PROBES};
 use super::merge::Mark;
 use crate::client::{AgentConn, ClientError, Reply, unexpected};
-use skelpi_agent::trace::Recorder as AgentRecorder;
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{Lane, TraceEvent, TraceKind};
 use skelpi_proto::{JobId, Message, Ping};
@@ -306,7 +305,7 @@ pub async fn gather(
             agents.push(agent);
             continue;
         }
-        let max = AgentRecorder::capacity(conn.info().cores as usize);
+        let max = skelpi_proto::trace::agent_capacity(conn.info().cores as usize);
         let collected = async {
             let after = probe(conn, clock).await?.unwrap_or_default();
             let events =
