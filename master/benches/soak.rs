@@ -650,36 +650,33 @@ async fn stops_reading(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: 
     .await;
 }
 
-async fn oversized(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: &Hits) {
+/// A hostile master with the key: while windows are attacked, sends the
+/// task `next` makes (of a 1-float input) every `pace`, one at a time, and
+/// hands each answer to `judge`; a session the agent ends is opened again.
+async fn requests(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    clock: &Clock,
+    hits: &Hits,
+    pace: Duration,
+    next: impl Fn() -> Message,
+    judge: impl Fn(Message),
+) {
     while_attacked(clock, || async {
         let Some(mut est) = session(addr, key, hits).await else {
             return;
         };
         let mut bulk = Vec::new();
-        for id in 0.. {
-            if !clock.attacking() {
+        while clock.attacking() {
+            let sent = est.sender.send_bulk(&next(), Shape::List(1), &[1.0]).await;
+            if sent.is_err() {
                 return;
             }
-            let msg = task(id, 2, "port:grow.py");
-            if est
-                .sender
-                .send_bulk(&msg, Shape::List(1), &[1.0])
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let Some(reply) = answer(&mut est, &mut bulk, hits).await else {
+            let Some(Ok(reply)) = answer(&mut est, &mut bulk, hits).await else {
                 return;
             };
-            match reply {
-                Ok(Message::TaskFailed(f)) if f.error.contains("exceeds the 16 MiB limit") => {
-                    Hits::count(&hits.oversized);
-                }
-                Ok(other) => hits.surprise(format!("an oversized result came as {other:?}")),
-                Err(_) => return,
-            }
-            async_io::Timer::after(Duration::from_millis(100)).await;
+            judge(reply);
+            async_io::Timer::after(pace).await;
         }
     })
     .await;
@@ -699,37 +696,33 @@ async fn answer(
     Some(got?.map(|r| r.msg))
 }
 
+/// Asks `port:grow.py`, whose 16 MiB answer cannot travel as a result.
+async fn oversized(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: &Hits) {
+    let next_id = std::cell::Cell::new(0u64);
+    let next = || task(next_id.replace(next_id.get() + 1), 2, "port:grow.py");
+    let judge = |reply| match reply {
+        Message::TaskFailed(f) if f.error.contains("exceeds the 16 MiB limit") => {
+            Hits::count(&hits.oversized);
+        }
+        other => hits.surprise(format!("an oversized result came as {other:?}")),
+    };
+    let pace = Duration::from_millis(100);
+    requests(addr, key, clock, hits, pace, next, judge).await;
+}
+
+/// Asks for a kernel the agent lacks, each time for a job of its own.
 async fn flood(addr: SocketAddr, key: &ClusterKey, clock: &Clock, hits: &Hits) {
     let next_job = std::cell::Cell::new(1_000u64);
-    while_attacked(clock, || async {
-        let Some(mut est) = session(addr, key, hits).await else {
-            return;
-        };
-        let mut bulk = Vec::new();
-        while clock.attacking() {
-            let job = next_job.get();
-            next_job.set(job + 1);
-            let msg = task(job, job, "no-such-kernel");
-            if est
-                .sender
-                .send_bulk(&msg, Shape::List(1), &[1.0])
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let Some(reply) = answer(&mut est, &mut bulk, hits).await else {
-                return;
-            };
-            match reply {
-                Ok(Message::TaskFailed(_)) => Hits::count(&hits.flood),
-                Ok(other) => hits.surprise(format!("a bad request came back as {other:?}")),
-                Err(_) => return,
-            }
-            async_io::Timer::after(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    let next = || {
+        let job = next_job.replace(next_job.get() + 1);
+        task(job, job, "no-such-kernel")
+    };
+    let judge = |reply| match reply {
+        Message::TaskFailed(_) => Hits::count(&hits.flood),
+        other => hits.surprise(format!("a bad request came back as {other:?}")),
+    };
+    let pace = Duration::from_millis(2);
+    requests(addr, key, clock, hits, pace, next, judge).await;
 }
 
 /// One kind of window, summed up.
