@@ -270,32 +270,13 @@ impl AgentConn {
         .await
     }
 
-    /// Sends `ask` with a fresh nonce and reads the answer: (nonce, answer,
-    /// when sent, when the answer was in). Call it inside `guarded`.
-    async fn round_trip(
-        &mut self,
-        ask: impl FnOnce(Ping) -> Message,
-    ) -> Result<(u64, Message, Instant, Instant), ClientError> {
-        let nonce = self.next_id;
-        self.next_id += 1;
-        let addr = self.addr;
-        let wire = |source| ClientError::Wire { addr, source };
-        let sent = Instant::now();
-        self.sender.send(&ask(Ping { nonce })).await.map_err(wire)?;
-        let got = self.receiver.recv(&mut self.scratch).await;
-        let back = Instant::now();
-        Ok((nonce, got.map_err(wire)?.msg, sent, back))
-    }
-
     /// One ping round trip; returns its duration.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
-        let limit = self.request_timeout;
-        self.guarded(limit, async |c: &mut Self| {
-            let (nonce, got, sent, back) = c.round_trip(Message::Ping).await?;
-            match got {
-                Message::Pong(p) if p.nonce == nonce => Ok(back - sent),
-                other => Err(unexpected(c.addr, other, "answering ping")),
-            }
+        let (addr, nonce) = (self.addr, self.next_nonce());
+        let sent = Instant::now();
+        self.request(&Message::Ping(Ping { nonce }), |got| match got {
+            Message::Pong(p) if p.nonce == nonce => Ok(Reply::Done(sent.elapsed())),
+            other => Err(unexpected(addr, other, "answering ping")),
         })
         .await
     }
@@ -325,8 +306,7 @@ impl AgentConn {
         }
         self.guarded(limit, async |c: &mut Self| {
             let addr = c.addr;
-            let id = c.next_id;
-            c.next_id += 1;
+            let id = c.next_nonce();
             let sender = &mut c.sender;
             let receiver = &mut c.receiver;
             let send = async {
