@@ -26,14 +26,24 @@ for banned in skelpi-agent wasmi mdns-sd sd-notify systemd-journal-logger; do
     fail=1
   fi
 done
+# The embeddable library runs skeletons without the daemon: no agent
+# crate, interpreter or service plumbing among its normal dependencies
+# (in-process agents come with its `local` feature, off by default).
+deps=$(cargo tree -p skelpi -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+for banned in skelpi-agent wasmi sd-notify systemd-journal-logger fatfs mbrman liblzma plotters csv; do
+  if grep -qx "$banned" <<<"$deps"; then
+    echo "invariant broken: skelpi (the library) depends on $banned by default (keep it behind a feature or in skelpi-cli)"
+    fail=1
+  fi
+done
 # An ignored test needs root, and scripts/test.sh runs every ignored test
 # as root: any other reason to ignore a test needs a change there first.
-if grep -rn --include='*.rs' '#\[ignore' agent proto wire testkit master cli examples |
+if grep -rn --include='*.rs' '#\[ignore' agent proto wire kernels testkit master cli examples |
   grep -v '#\[ignore = "needs root'; then
   echo "invariant broken: an ignored test (above) does not say it needs root; scripts/test.sh runs all ignored tests as root"
   fail=1
 fi
 if [ "$fail" -eq 0 ]; then
-  echo "invariants: 4 passed, 0 failed"
+  echo "invariants: 5 passed, 0 failed"
 fi
 exit "$fail"

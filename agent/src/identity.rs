@@ -33,14 +33,7 @@ pub fn machine_id() -> Option<String> {
 }
 
 /// The host name, used as the default agent name.
-pub fn default_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "skelpi-agent".to_owned())
-}
+pub use skelpi_wire::host_name as default_name;
 
 /// Total physical memory in bytes, from `/proc/meminfo` (0 if unreadable).
 pub fn total_memory() -> u64 {

@@ -27,7 +27,8 @@ pub mod admission;
 pub mod announce;
 pub mod cli;
 pub mod identity;
-pub mod kernels;
+/// The kernels the agent runs (the `skelpi-kernels` crate).
+pub use skelpi_kernels as kernels;
 pub mod local;
 pub mod logging;
 pub mod node;

@@ -5,22 +5,15 @@
 
 use crate::kernels::{Array, Kernel, KernelError};
 use crate::trace::Recorder;
+use skelpi_kernels::call::{CallScope, MemoryBudget, enter};
+pub use skelpi_kernels::call::{
+    Failure, Reservation, call_kernel, call_kernel_for, keep_going, reserve_memory,
+};
 use skelpi_proto::JobId;
-use std::cell::RefCell;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// How a kernel call ended badly.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// What went wrong.
-    pub message: String,
-    /// The kernel panicked.
-    pub panicked: bool,
-}
 
 /// Which task a worker's result belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,14 +72,7 @@ pub fn default_kernel_memory() -> u64 {
     }
 }
 
-/// Bytes the kernels of one pool may hold at once (see [`reserve_memory`]).
-#[derive(Debug)]
-struct MemoryBudget {
-    limit: AtomicU64,
-    used: AtomicU64,
-}
-
-/// What the kernel call running on a worker thread can ask of its pool.
+/// What a worker tells the kernel call it runs (see [`CallScope`]).
 struct CallContext {
     reply: async_channel::Sender<Outcome>,
     stopping: Arc<AtomicBool>,
@@ -94,78 +80,28 @@ struct CallContext {
     deadline: Option<Instant>,
 }
 
-thread_local! {
-    /// The call this worker thread runs, if any.
-    static CALL: RefCell<Option<CallContext>> = const { RefCell::new(None) };
-}
-
-/// Whether the kernel call running on this thread should go on: an error
-/// if its caller is gone (a master that left, a stage that ended), its
-/// deadline passed, or the agent is shutting down. Long kernels ask now
-/// and then and return the error (the built-ins do); outside a worker's
-/// call, always `Ok`.
-pub fn keep_going() -> Result<(), KernelError> {
-    CALL.with_borrow(|call| match call {
-        Some(c) if c.stopping.load(Ordering::Relaxed) => {
-            Err(KernelError("stopped: the agent is shutting down".into()))
+impl CallScope for CallContext {
+    fn stop(&self) -> Option<KernelError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            Some(KernelError("stopped: the agent is shutting down".into()))
+        } else if self.reply.is_closed() {
+            Some(KernelError(
+                "stopped: the master or stage that asked for it is gone".into(),
+            ))
+        } else if self.deadline.is_some_and(|d| Instant::now() > d) {
+            Some(past_deadline())
+        } else {
+            None
         }
-        Some(c) if c.reply.is_closed() => Err(KernelError(
-            "stopped: the master or stage that asked for it is gone".into(),
-        )),
-        Some(c) if c.deadline.is_some_and(|d| Instant::now() > d) => Err(past_deadline()),
-        _ => Ok(()),
-    })
+    }
+
+    fn memory(&self) -> Option<&Arc<MemoryBudget>> {
+        Some(&self.memory)
+    }
 }
 
 fn past_deadline() -> KernelError {
     KernelError("stopped: its deadline passed (the master's task deadline)".into())
-}
-
-/// Kernel memory held by a call; given back when dropped.
-#[derive(Debug)]
-pub struct Reservation {
-    budget: Option<Arc<MemoryBudget>>,
-    bytes: u64,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if let Some(b) = &self.budget {
-            b.used.fetch_sub(self.bytes, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Reserves `bytes` of the agent's kernel memory for the call running on
-/// this thread, or says why not (`what` names what needs it). Outside a
-/// worker's call, always granted.
-pub fn reserve_memory(bytes: u64, what: &str) -> Result<Reservation, KernelError> {
-    let budget = CALL.with_borrow(|call| call.as_ref().map(|c| c.memory.clone()));
-    let Some(budget) = budget else {
-        return Ok(Reservation {
-            budget: None,
-            bytes,
-        });
-    };
-    let limit = budget.limit.load(Ordering::Relaxed);
-    let taken = budget
-        .used
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-            used.checked_add(bytes).filter(|&total| total <= limit)
-        });
-    match taken {
-        Ok(_) => Ok(Reservation {
-            budget: Some(budget),
-            bytes,
-        }),
-        Err(used) => Err(KernelError(format!(
-            "{what} needs {} MiB; this agent allows {} MiB for kernels at once ({} MiB in \
-             use; skelpi-agent --kernel-memory sets it)",
-            bytes.div_ceil(1 << 20),
-            limit >> 20,
-            used.div_ceil(1 << 20)
-        ))),
-    }
 }
 
 /// A fixed pool of worker threads with a bounded queue of jobs.
@@ -186,10 +122,7 @@ impl Workers {
         let recorder = Arc::new(Recorder::new(n));
         let (queue, jobs) = async_channel::bounded::<Job>(2 * n);
         let stopping = Arc::new(AtomicBool::new(false));
-        let memory = Arc::new(MemoryBudget {
-            limit: AtomicU64::new(default_kernel_memory()),
-            used: AtomicU64::new(0),
-        });
+        let memory = Arc::new(MemoryBudget::new(default_kernel_memory()));
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
@@ -205,7 +138,7 @@ impl Workers {
                                 continue;
                             }
                             let at = Instant::now();
-                            CALL.set(Some(CallContext {
+                            let scope = enter(Box::new(CallContext {
                                 reply: job.reply.clone(),
                                 stopping: stopping.clone(),
                                 memory: memory.clone(),
@@ -232,7 +165,7 @@ impl Workers {
                                 }
                                 other => other,
                             };
-                            CALL.set(None);
+                            drop(scope);
                             let busy = at.elapsed();
                             if let Some(t) = job.tag.trace {
                                 let tag = job.tag;
@@ -272,7 +205,7 @@ impl Workers {
 
     /// Sets the bytes its kernels may hold at once (see [`reserve_memory`]).
     pub fn set_kernel_memory(&self, bytes: u64) {
-        self.memory.limit.store(bytes, Ordering::Relaxed);
+        self.memory.set_limit(bytes);
     }
 
     /// The recorder of traced calls (shared with the sessions).
@@ -360,38 +293,6 @@ impl Drop for Workers {
                 "some of {n} worker threads still run a kernel {SHUTDOWN_GRACE:?} after the \
                  stop: left behind"
             );
-        }
-    }
-}
-
-/// Runs a kernel on this thread, turning a panic into a [`Failure`].
-pub fn call_kernel(kernel: &dyn Kernel, args: &[f64], input: Array) -> Result<Array, Failure> {
-    call_kernel_for(kernel, JobId::default(), args, input)
-}
-
-/// [`call_kernel`] for job `job` ([`Kernel::call_for`]).
-pub fn call_kernel_for(
-    kernel: &dyn Kernel,
-    job: JobId,
-    args: &[f64],
-    input: Array,
-) -> Result<Array, Failure> {
-    match catch_unwind(AssertUnwindSafe(|| kernel.call_for(job, args, input))) {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(Failure {
-            message: e.0,
-            panicked: false,
-        }),
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            Err(Failure {
-                message: format!("kernel panicked: {what}"),
-                panicked: true,
-            })
         }
     }
 }

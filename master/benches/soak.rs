@@ -41,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use skelpi::cluster::Cluster;
 use skelpi::stats::quantile;
-use skelpi_agent::kernels::Registry;
+use skelpi_kernels::Registry;
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
 use skelpi_proto::{JobId, Message, Shape, TaskHead};

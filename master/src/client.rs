@@ -163,7 +163,7 @@ impl AgentConn {
         let wire = |source| ClientError::Wire { addr, source };
         sender
             .send(&Message::Hello(Hello {
-                master: skelpi_agent::identity::default_name(),
+                master: skelpi_wire::host_name(),
                 heartbeat_ms: opts.heartbeat.as_millis().try_into().unwrap_or(u32::MAX),
             }))
             .await

@@ -6,6 +6,7 @@ use crate::runtime::eval::get_nodes;
 use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
 use crate::runtime::{JobError, autonomic, job, offered, stall};
 use crate::trace::{Trace, TraceError};
+#[cfg(feature = "local")]
 use skelpi_agent::local::{LocalAgent, LocalOptions};
 use skelpi_proto::AgentInfo;
 use skelpi_proto::Array;
@@ -22,7 +23,7 @@ pub struct Cluster {
     agents: Vec<AgentConn>,
     /// In-process agents this cluster owns; stopped when it is dropped
     /// (after the connections, which are declared first).
-    local: Vec<LocalAgent>,
+    local: Vec<Embedded>,
     /// The key and options the connections were made with: streamed
     /// pipelines open more.
     key: ClusterKey,
@@ -41,6 +42,12 @@ pub struct Cluster {
     /// again to agents that rejoin (a restarted agent forgot them).
     pub(crate) modules: Vec<(String, std::sync::Arc<[u8]>)>,
 }
+
+/// An in-process agent a cluster owns (none without the `local` feature).
+#[cfg(feature = "local")]
+type Embedded = LocalAgent;
+#[cfg(not(feature = "local"))]
+type Embedded = std::convert::Infallible;
 
 /// A failed agent is tried again before a job at most this often.
 pub const REJOIN_EVERY: Duration = Duration::from_secs(5);
@@ -123,12 +130,14 @@ impl Cluster {
 
     /// Starts `n` in-process agents on loopback with a throwaway key and
     /// connects to them. `opts.plaintext` asks for the plaintext transport,
-    /// which local agents allow.
+    /// which local agents allow. With the `local` feature.
+    #[cfg(feature = "local")]
     pub async fn local(n: usize, opts: &ConnectOptions) -> Result<Cluster, ClientError> {
         Cluster::local_with(&vec![LocalOptions::default(); n], opts).await
     }
 
     /// [`Cluster::local`] with options for each agent (one agent per entry).
+    #[cfg(feature = "local")]
     pub async fn local_with(
         agents: &[LocalOptions],
         opts: &ConnectOptions,

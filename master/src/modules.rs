@@ -1,11 +1,10 @@
 //! WebAssembly modules on the pool: `Cluster::push_module` stores a module
 //! on every connected agent (they check its hash and the guest ABI; see
-//! `skelpi_agent::kernels::wasm`), and job files may name a local module
+//! `skelpi_kernels::wasm`), and job files may name a local module
 //! file in a kernel (`wasm:FILE.wasm:export`), pushed before the job.
 
 use crate::client::{AgentConn, ClientError, Reply, unexpected};
 use crate::cluster::Cluster;
-use skelpi_agent::kernels::wasm;
 use skelpi_proto::code::MAX_MODULE_BYTES;
 use skelpi_proto::skeleton::Skeleton;
 use std::path::{Path, PathBuf};
@@ -109,7 +108,7 @@ impl Cluster {
         if self.agents().is_empty() {
             return Err(PushError::NoAgents);
         }
-        let hash = wasm::hash(bytes);
+        let hash = skelpi_kernels::module_hash(bytes);
         let (mut kernels, mut stored_on, mut refused) = (Vec::new(), Vec::new(), Vec::new());
         for conn in self.agents_mut() {
             let name = conn.info().name.clone();

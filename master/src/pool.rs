@@ -25,7 +25,8 @@ pub struct PoolOptions {
     /// Browse on this network interface only.
     pub interface: Option<String>,
     /// When discovery finds nobody, fall back to a local cluster of one
-    /// agent per core (the main job does this; other commands fail).
+    /// agent per core (the main job does this; other commands fail). Only
+    /// with the `local` feature.
     pub fallback_local: bool,
     /// Cluster key file [default: `key::default_key_path()`].
     pub key_file: Option<PathBuf>,
@@ -57,6 +58,12 @@ pub enum PoolError {
         /// What is wrong.
         reason: String,
     },
+    /// An embedded cluster was asked of a build without one.
+    #[error(
+        "this program was built without in-process agents (the skelpi library's `local` \
+         feature): name agents with --agents, or rebuild with that feature"
+    )]
+    NoLocalAgents,
     /// Connecting failed.
     #[error(transparent)]
     Client(#[from] crate::client::ClientError),
@@ -132,8 +139,8 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         .await
         .map_err(|e| PoolError::Discover(e.to_string()))?;
         if found.is_empty() {
-            if opts.fallback_local {
-                let n = skelpi_agent::identity::cores();
+            if opts.fallback_local && cfg!(feature = "local") {
+                let n = std::thread::available_parallelism().map_or(1, |n| n.get());
                 return local(
                     n,
                     &connect_opts,
@@ -175,9 +182,15 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
     Ok(Pool { cluster, origin })
 }
 
+#[cfg(feature = "local")]
 async fn local(n: usize, opts: &ConnectOptions, origin: String) -> Result<Pool, PoolError> {
     let cluster = Cluster::local(n.max(1), opts).await?;
     Ok(Pool { cluster, origin })
+}
+
+#[cfg(not(feature = "local"))]
+async fn local(_: usize, _: &ConnectOptions, _: String) -> Result<Pool, PoolError> {
+    Err(PoolError::NoLocalAgents)
 }
 
 /// Loads the cluster key named by the options or the default path.

@@ -23,6 +23,18 @@ use async_net::TcpStream;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The name this machine goes by: its host name, or `skelpi-agent` if
+/// it has none (a master names itself so in its hello, an agent
+/// announces itself so unless told otherwise).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "skelpi-agent".to_owned())
+}
+
 /// Runs `fut` for at most `limit`: its output, or `None` if time ran out
 /// first (then `fut` is dropped).
 pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> {

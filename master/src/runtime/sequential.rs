@@ -6,8 +6,8 @@
 //! identical to the last bit, not merely close.
 
 use super::{Item, JobError, TaskError, split};
-use skelpi_agent::kernels::Registry;
-use skelpi_agent::workers::call_kernel;
+use skelpi_kernels::Registry;
+use skelpi_kernels::call::call_kernel;
 use skelpi_proto::Array;
 use skelpi_proto::Shape;
 use skelpi_proto::skeleton::{Kernel, Skeleton};

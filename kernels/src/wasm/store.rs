@@ -68,12 +68,6 @@ pub enum ModuleError {
     },
 }
 
-/// The SHA-256 of `bytes` in 64 lowercase hex digits: a module's name.
-pub fn hash(bytes: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The modules of an agent. Clones share them.
 #[derive(Clone)]
 pub struct Modules {
@@ -152,7 +146,7 @@ impl Modules {
     /// bytes hash otherwise, are not a module, or do not follow the guest
     /// ABI. Returns its kernels' names, `wasm:<hash>:<export>`.
     pub fn store(&self, claimed: &str, bytes: &[u8]) -> Result<Vec<String>, ModuleError> {
-        let actual = hash(bytes);
+        let actual = crate::module_hash(bytes);
         if actual != claimed {
             return Err(ModuleError::HashMismatch {
                 claimed: claimed.chars().take(80).collect(),
@@ -242,7 +236,7 @@ impl Modules {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_stored()),
             Err(source) => return Err(ModuleError::Disk { path, source }),
         };
-        if self::hash(&bytes) != hash {
+        if crate::module_hash(&bytes) != hash {
             log::warn!("{}: its content changed; ignored", path.display());
             return Err(not_stored());
         }
@@ -391,6 +385,7 @@ fn no_export(hash: &str, export: &str, kernels: Vec<String>) -> ModuleError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::module_hash as hash;
 
     /// A guest of about `pad` bytes with one kernel `k` returning nothing.
     fn module(pad: usize, tag: u32) -> Vec<u8> {

@@ -42,7 +42,8 @@
 
 mod store;
 
-pub use store::{ModuleError, Modules, hash};
+pub use crate::module_hash as hash;
+pub use store::{ModuleError, Modules};
 
 use super::{Array, Kernel, KernelError};
 use skelpi_proto::Shape;

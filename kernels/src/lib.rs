@@ -1,12 +1,19 @@
-//! Kernels: the functions skeletons apply, registered by name.
+//! skelpi-kernels: the functions skeletons apply, registered by name.
 //!
 //! A kernel maps numeric arguments and an input array to an output array.
 //! Agents carry a [`Registry`]; a job names kernels, never ships code. Users
-//! add kernels by building their own agent with [`Registry::with`].
+//! add kernels by building their own agent with [`Registry::with`]. Besides
+//! the built-ins there are port kernels (programs in a directory, see
+//! [`port`]) and, with the `wasm` feature, WebAssembly modules masters push
+//! ([`wasm`]). [`call`] runs one call, turning panics into failures.
+//!
+//! The agent daemon runs them on its worker threads; the master library
+//! uses the built-ins to evaluate a tree in its own process (the reference
+//! results and the sequential baseline), without the daemon.
 //!
 //! # Examples
 //! ```
-//! use skelpi_agent::kernels::{Array, Registry};
+//! use skelpi_kernels::{Array, Registry};
 //! let reg = Registry::builtin();
 //! let square = reg.get("square").unwrap();
 //! let out = square.call(&[], Array::list(vec![1.0, -2.0, 3.0])).unwrap();
@@ -14,6 +21,7 @@
 //! ```
 
 mod builtin;
+pub mod call;
 pub mod port;
 #[cfg(feature = "wasm")]
 pub mod wasm;
@@ -181,6 +189,13 @@ impl Registry {
             k.end_job(job);
         }
     }
+}
+
+/// The SHA-256 of `bytes` in 64 lowercase hex digits: the name of a
+/// WebAssembly module (`wasm:<hash>:<export>`).
+pub fn module_hash(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads argument `i` of `name` as a non-negative whole number.

@@ -2,7 +2,7 @@
 //! tests and examples.
 
 use super::{Array, Kernel, KernelError, count_arg, float_arg};
-use crate::workers::{keep_going, reserve_memory};
+use crate::call::{keep_going, reserve_memory};
 use std::hint::black_box;
 use std::sync::Arc;
 
