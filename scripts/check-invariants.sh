@@ -13,8 +13,9 @@ for banned in smol async-io async-net async-executor tokio mio polling async-std
     fail=1
   fi
 done
-# proto source reads no clock and opens no socket.
-if grep -rnE 'std::(net|time::(Instant|SystemTime))|Instant::now|SystemTime::now' proto/src; then
+# proto source reads no clock and opens no socket (it is given the time
+# where a rule needs it, as quinn-proto is).
+if grep -rnE 'std::net|Instant::now|SystemTime::now|UNIX_EPOCH' proto/src; then
   echo "invariant broken: skelpi-proto touches sockets or clocks (lines above)"
   fail=1
 fi

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod array;
+pub mod beat;
 pub mod bulk;
 pub mod code;
 pub mod codec;

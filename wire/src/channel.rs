@@ -153,6 +153,12 @@ impl Liveness {
         self.epoch.elapsed().saturating_sub(last)
     }
 
+    /// Whether the peer, asked for a heartbeat every `beat`, is down now
+    /// ([`skelpi_proto::beat::is_down`]).
+    pub fn is_down(&self, beat: Duration) -> bool {
+        skelpi_proto::beat::is_down(beat, self.beats(), self.silent_for())
+    }
+
     /// Returns once the peer, asked for a heartbeat every `beat`, has sent
     /// one and then nothing for [`DOWN_AFTER_BEATS`] of them — it is down;
     /// never if `beat` is zero, nor while it never beat (an older peer, its
@@ -163,10 +169,9 @@ impl Liveness {
         if beat.is_zero() {
             return std::future::pending().await;
         }
-        let down_after = beat * crate::handshake::DOWN_AFTER_BEATS;
         loop {
             async_io::Timer::after(beat / 4).await;
-            if self.beats() > 0 && self.silent_for() >= down_after {
+            if self.is_down(beat) {
                 return;
             }
         }

@@ -48,9 +48,7 @@ pub struct ConnectOptions {
     pub heartbeat: Duration,
 }
 
-/// Heartbeat intervals of silence after which a master declares an agent
-/// down (4 s with the default 1 s heartbeat).
-pub const DOWN_AFTER_BEATS: u32 = 4;
+pub use skelpi_proto::beat::DOWN_AFTER_BEATS;
 
 impl Default for ConnectOptions {
     fn default() -> Self {

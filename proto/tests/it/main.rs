@@ -5,6 +5,7 @@
 //! `SKELPI_BLESS=1 cargo test -p skelpi-proto --test it golden` rewrites the
 //! golden files from the current encoder; review the diff before committing.
 
+mod beat;
 mod cases;
 mod corpus;
 mod golden;
