@@ -10,7 +10,7 @@
 //! for a while and finish early, which looks saturated over its own short
 //! window though it never held the pipeline back.)
 
-use super::merge::{Event, Trace};
+use super::merge::{Event, Node, Trace};
 use serde::Serialize;
 use skelpi_proto::trace::TraceKind;
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,6 +116,52 @@ pub struct WorkerUse {
 impl Analysis {
     /// Analyses a trace.
     pub fn of(trace: &Trace) -> Analysis {
+        let window = Window::of(trace);
+        let span_us = window.span_us;
+        let nodes: Vec<NodeUse> = trace
+            .nodes
+            .iter()
+            .map(|n| NodeUse::of(n, &window.events, span_us))
+            .collect();
+        let stages = StageUse::all(trace, &window.events, span_us);
+        let workers = WorkerUse::all(trace, &window.events);
+        let (bottleneck, verdict) = verdict(&stages, &nodes);
+        let mut notes = trace.notes.clone();
+        notes.extend(window.note);
+        let origin_us = trace.events.first().map_or(0.0, |e| e.ts_us);
+        Analysis {
+            job: trace.job.clone(),
+            skeleton: trace.skeleton.clone(),
+            span_s: span_us / 1e6,
+            nodes,
+            stages,
+            workers,
+            bottleneck,
+            verdict,
+            acausal_messages: acausal_messages(trace),
+            notes,
+            marks: trace
+                .marks
+                .iter()
+                .map(|m| ((m.ts_us - origin_us) / 1e6, m.text.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The part of a trace analysed: every event, or — where a node lost its
+/// oldest events — those from the first moment every node's record is
+/// complete.
+struct Window<'t> {
+    events: Vec<&'t Event>,
+    /// From the first event's start to the last's end, microseconds.
+    span_us: f64,
+    /// What a reader should know when events were left out.
+    note: Option<String>,
+}
+
+impl<'t> Window<'t> {
+    fn of(trace: &'t Trace) -> Window<'t> {
         // Where a node lost its oldest events, only the time after its
         // first kept one is complete everywhere.
         let first_of = |pid: u32| {
@@ -144,90 +190,104 @@ impl Analysis {
             .map(|e| e.end_us())
             .fold(f64::NEG_INFINITY, f64::max);
         let span_us = if last > first { last - first } else { 0.0 };
-        let mut notes = trace.notes.clone();
-        let origin_us = trace.events.first().map_or(0.0, |e| e.ts_us);
-        if complete_from.is_finite() {
+        let note = complete_from.is_finite().then(|| {
             let all = trace
                 .events
                 .iter()
                 .map(|e| e.ts_us)
                 .fold(f64::INFINITY, f64::min);
-            notes.push(format!(
+            format!(
                 "the analysis covers the last {} of the job ({} dropped), where every \
                  node's record is complete",
                 duration(span_us / 1e6),
                 duration((first - all).max(0.0) / 1e6)
-            ));
+            )
+        });
+        Window {
+            events,
+            span_us,
+            note,
         }
-        let name = |pid: u32| {
-            trace
-                .nodes
-                .iter()
-                .find(|n| n.pid == pid)
-                .map_or_else(|| format!("node {pid}"), |n| n.name.clone())
-        };
+    }
+}
 
-        let nodes: Vec<NodeUse> = trace
-            .nodes
-            .iter()
-            .map(|n| {
-                let mine: Vec<&Event> = events.iter().copied().filter(|e| e.pid == n.pid).collect();
-                let (mut compute, mut send, mut recv, mut sent, mut got) = (0.0, 0.0, 0.0, 0, 0);
-                for e in &mine {
-                    match e.kind {
-                        TraceKind::Kernel => compute += e.dur_us,
-                        k if k.is_send() => {
-                            send += e.dur_us;
-                            sent += e.bytes;
-                        }
-                        _ => {
-                            recv += e.dur_us;
-                            got += e.bytes;
-                        }
-                    }
-                }
-                let capacity = f64::from(n.workers) * span_us;
-                let share = |t: f64| if span_us > 0.0 { t / span_us } else { 0.0 };
-                let (computing, communicating) = partition(&mine);
-                NodeUse {
-                    name: n.name.clone(),
-                    workers: n.workers,
-                    compute_s: compute / 1e6,
-                    send_s: send / 1e6,
-                    recv_s: recv / 1e6,
-                    worker_use: if capacity > 0.0 {
-                        compute / capacity
-                    } else {
-                        0.0
-                    },
-                    compute_share: share(computing),
-                    comm_share: share(communicating),
-                    idle_share: if span_us > 0.0 {
-                        (1.0 - share(computing) - share(communicating)).max(0.0)
-                    } else {
-                        0.0
-                    },
-                    bytes_sent: sent,
-                    bytes_received: got,
-                    dropped: n.dropped,
-                }
-            })
-            .collect();
+/// The name of node `pid`.
+fn node_name(trace: &Trace, pid: u32) -> String {
+    trace
+        .nodes
+        .iter()
+        .find(|n| n.pid == pid)
+        .map_or_else(|| format!("node {pid}"), |n| n.name.clone())
+}
 
-        // Stages: streamed ones by position, routed tasks by kernel.
-        #[derive(Default)]
-        struct Acc {
-            calls: Vec<(f64, f64)>,
-            lanes: BTreeSet<(u32, u32)>,
-            agents: BTreeSet<u32>,
+impl NodeUse {
+    /// Where node `n`'s time went among `events`, over `span_us`.
+    fn of(n: &Node, events: &[&Event], span_us: f64) -> NodeUse {
+        let mine: Vec<&Event> = events.iter().copied().filter(|e| e.pid == n.pid).collect();
+        let (mut compute, mut send, mut recv, mut sent, mut got) = (0.0, 0.0, 0.0, 0, 0);
+        for e in &mine {
+            match e.kind {
+                TraceKind::Kernel => compute += e.dur_us,
+                k if k.is_send() => {
+                    send += e.dur_us;
+                    sent += e.bytes;
+                }
+                _ => {
+                    recv += e.dur_us;
+                    got += e.bytes;
+                }
+            }
         }
+        let capacity = f64::from(n.workers) * span_us;
+        let share = |t: f64| if span_us > 0.0 { t / span_us } else { 0.0 };
+        let (computing, communicating) = partition(&mine);
+        NodeUse {
+            name: n.name.clone(),
+            workers: n.workers,
+            compute_s: compute / 1e6,
+            send_s: send / 1e6,
+            recv_s: recv / 1e6,
+            worker_use: if capacity > 0.0 {
+                compute / capacity
+            } else {
+                0.0
+            },
+            compute_share: share(computing),
+            comm_share: share(communicating),
+            idle_share: if span_us > 0.0 {
+                (1.0 - share(computing) - share(communicating)).max(0.0)
+            } else {
+                0.0
+            },
+            bytes_sent: sent,
+            bytes_received: got,
+            dropped: n.dropped,
+        }
+    }
+}
+
+/// A stage's kernel calls, gathered from the events.
+#[derive(Default)]
+struct Calls {
+    /// Each call's kernel time and wait, microseconds.
+    calls: Vec<(f64, f64)>,
+    /// The (node, lane) pairs that ran them.
+    lanes: BTreeSet<(u32, u32)>,
+    /// The nodes that ran them.
+    agents: BTreeSet<u32>,
+}
+
+impl StageUse {
+    /// Every stage's measures over `span_us`: streamed ones by position,
+    /// routed tasks by kernel.
+    fn all(trace: &Trace, events: &[&Event], span_us: f64) -> Vec<StageUse> {
         let key = |stage: Option<u32>, kernel: &Option<String>| -> Option<(u32, String)> {
             match stage {
                 Some(s) => Some((s, trace.stages.get(s as usize)?.clone())),
                 None => Some((u32::MAX, kernel.clone()?)),
             }
         };
-        let mut stages: BTreeMap<(u32, String), Acc> = BTreeMap::new();
+        let mut stages: BTreeMap<(u32, String), Calls> = BTreeMap::new();
         for e in events.iter().filter(|e| e.kind == TraceKind::Kernel) {
             if let Some(k) = key(e.stage, &e.kernel) {
                 let acc = stages.entry(k).or_default();
@@ -236,37 +296,48 @@ impl Analysis {
                 acc.agents.insert(e.pid);
             }
         }
-        let stages: Vec<StageUse> = stages
+        stages
             .into_iter()
             .filter(|(_, a)| !a.calls.is_empty())
             .map(|((s, kernel), a)| {
-                let n = a.calls.len() as f64;
-                let ts = a.calls.iter().map(|c| c.0).sum::<f64>() / n;
-                let wait = a.calls.iter().map(|c| c.1).sum::<f64>() / n;
-                let ta = span_us / n;
-                let workers = a.lanes.len().max(1);
-                let rho = if ta > 0.0 {
-                    ts / (ta * workers as f64)
+                let stage = if s == u32::MAX {
+                    kernel
                 } else {
-                    0.0
+                    format!("stage {s}: {kernel}")
                 };
-                StageUse {
-                    stage: if s == u32::MAX {
-                        kernel
-                    } else {
-                        format!("stage {s}: {kernel}")
-                    },
-                    agents: a.agents.iter().map(|&p| name(p)).collect(),
-                    items: a.calls.len(),
-                    workers,
-                    ts_s: ts / 1e6,
-                    ta_s: ta / 1e6,
-                    rho,
-                    wait_s: wait / 1e6,
-                }
+                StageUse::of(stage, &a, trace, span_us)
             })
-            .collect();
+            .collect()
+    }
 
+    /// The measures of one stage, named `stage`, from its calls.
+    fn of(stage: String, a: &Calls, trace: &Trace, span_us: f64) -> StageUse {
+        let n = a.calls.len() as f64;
+        let ts = a.calls.iter().map(|c| c.0).sum::<f64>() / n;
+        let wait = a.calls.iter().map(|c| c.1).sum::<f64>() / n;
+        let ta = span_us / n;
+        let workers = a.lanes.len().max(1);
+        let rho = if ta > 0.0 {
+            ts / (ta * workers as f64)
+        } else {
+            0.0
+        };
+        StageUse {
+            stage,
+            agents: a.agents.iter().map(|&p| node_name(trace, p)).collect(),
+            items: a.calls.len(),
+            workers,
+            ts_s: ts / 1e6,
+            ta_s: ta / 1e6,
+            rho,
+            wait_s: wait / 1e6,
+        }
+    }
+}
+
+impl WorkerUse {
+    /// The share of every worker thread that ran a kernel among `events`.
+    fn all(trace: &Trace, events: &[&Event]) -> Vec<WorkerUse> {
         let mut per_worker: BTreeMap<(u32, usize), (usize, f64)> = BTreeMap::new();
         for e in events.iter().filter(|e| e.kind == TraceKind::Kernel) {
             if let Some(w) = e.lane.as_worker() {
@@ -275,39 +346,24 @@ impl Analysis {
                 slot.1 += e.dur_us;
             }
         }
-        let workers = per_worker
+        per_worker
             .into_iter()
             .map(|((pid, worker), (tasks, busy))| WorkerUse {
-                node: name(pid),
+                node: node_name(trace, pid),
                 worker,
                 tasks,
                 busy_s: busy / 1e6,
             })
-            .collect();
-
-        let acausal_messages = super::merge::messages(&trace.events)
-            .into_iter()
-            .filter(|&(s, r)| trace.events[r].ts_us < trace.events[s].ts_us)
-            .count();
-        let (bottleneck, verdict) = verdict(&stages, &nodes);
-        Analysis {
-            job: trace.job.clone(),
-            skeleton: trace.skeleton.clone(),
-            span_s: span_us / 1e6,
-            nodes,
-            stages,
-            workers,
-            bottleneck,
-            verdict,
-            acausal_messages,
-            notes,
-            marks: trace
-                .marks
-                .iter()
-                .map(|m| ((m.ts_us - origin_us) / 1e6, m.text.clone()))
-                .collect(),
-        }
+            .collect()
     }
+}
+
+/// Messages whose receive starts before their send, in the whole trace.
+fn acausal_messages(trace: &Trace) -> usize {
+    super::merge::messages(&trace.events)
+        .into_iter()
+        .filter(|&(s, r)| trace.events[r].ts_us < trace.events[s].ts_us)
+        .count()
 }
 
 /// How long some kernel ran, and how long only frames moved, on one node:
