@@ -8,6 +8,7 @@ use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError};
 use crate::trace::{NO_LABEL, Recorder};
 use skelpi_proto::Array;
+use skelpi_proto::beat::Beats;
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
 use skelpi_proto::{EncodeError, JobId, Message, TaskHead};
@@ -406,74 +407,80 @@ impl<'c> Dispatcher<'c> {
         // A heartbeat at once, then after every interval without a task: the
         // agent drops this job's work if the master falls silent. Only to
         // an agent that beats itself: an older one would refuse the frame.
-        let mut beat_now = !link.heartbeat.is_zero();
+        let mut beats = Beats::new(link.heartbeat, Instant::now());
         loop {
-            let next = if std::mem::take(&mut beat_now) {
-                None
-            } else {
-                let task = async { Some(link.outbox_rx.recv().await) };
-                futures_lite::future::or(task, async {
-                    if link.heartbeat.is_zero() {
-                        std::future::pending::<()>().await;
-                    }
-                    async_io::Timer::after(link.heartbeat).await;
-                    None
-                })
-                .await
-            };
-            let out = match next {
-                Some(Ok(out)) => out,
-                Some(Err(_)) => break,
-                None if link.dead.get() || link.liveness.beats() == 0 => continue,
-                None => {
-                    if let Err(source) = sender.send(&Message::Heartbeat).await {
-                        self.kill(
-                            link,
-                            ClientError::Wire {
-                                addr: link.addr,
-                                source,
-                            },
-                        );
-                    }
-                    continue;
-                }
-            };
-            if link.dead.get() {
-                continue;
+            // A beat due goes before the next task: the first tells the
+            // agent this master beats, which a task does not.
+            if beats.take_due(Instant::now()) && !link.dead.get() && link.liveness.beats() > 0 {
+                self.send_beat(link, &mut sender).await;
             }
-            let started = Instant::now();
-            let sent = sender
-                .send_bulk(&out.head, out.input.shape, &out.input.data)
-                .await;
-            if let Some(t) = self.trace {
-                let (kind, bytes) = (TraceKind::TaskSend, sender.last_frame_len());
-                t.frame(
-                    kind, link.index, out.id, NO_STAGE, started, bytes, out.label,
-                );
-            }
-            if let Err(WireError::Encode(e)) = sent {
-                // The input is at fault, not the link (nothing was
-                // written): the task fails wherever it would be sent.
-                let message = match e {
-                    EncodeError::TooLarge { len, max } => format!(
-                        "input of {} floats ({len} bytes in a frame) exceeds the {} MiB \
-                         limit of a frame: split it (map) or send smaller items",
-                        out.input.data.len(),
-                        max >> 20
-                    ),
-                    other => format!("input cannot be sent: {other}"),
+            let task = async { Some(link.outbox_rx.recv().await) };
+            let timer = async {
+                match beats.next() {
+                    Some(at) => async_io::Timer::at(at).await,
+                    None => std::future::pending().await,
                 };
-                self.finish(link, out.id, Err((message, false)));
-            } else if let Err(source) = sent {
-                log::debug!("task {} not sent", out.id);
-                self.kill(
-                    link,
-                    ClientError::Wire {
-                        addr: link.addr,
-                        source,
-                    },
-                );
+                None
+            };
+            match futures_lite::future::or(task, timer).await {
+                Some(Ok(out)) if !link.dead.get() => {
+                    self.send_task(link, &mut sender, out).await;
+                    beats.postpone(Instant::now());
+                }
+                Some(Ok(_)) | None => {}
+                Some(Err(_)) => break,
             }
+        }
+    }
+
+    /// Sends a heartbeat on `link`; it dies if that fails.
+    async fn send_beat(&self, link: &Link<'c>, sender: &mut Sender) {
+        if let Err(source) = sender.send(&Message::Heartbeat).await {
+            self.kill(
+                link,
+                ClientError::Wire {
+                    addr: link.addr,
+                    source,
+                },
+            );
+        }
+    }
+
+    /// Sends a task on `link`: one that cannot be encoded fails; a link
+    /// that fails dies.
+    async fn send_task(&self, link: &Link<'c>, sender: &mut Sender, out: Outgoing) {
+        let started = Instant::now();
+        let sent = sender
+            .send_bulk(&out.head, out.input.shape, &out.input.data)
+            .await;
+        if let Some(t) = self.trace {
+            let (kind, bytes) = (TraceKind::TaskSend, sender.last_frame_len());
+            t.frame(
+                kind, link.index, out.id, NO_STAGE, started, bytes, out.label,
+            );
+        }
+        if let Err(WireError::Encode(e)) = sent {
+            // The input is at fault, not the link (nothing was
+            // written): the task fails wherever it would be sent.
+            let message = match e {
+                EncodeError::TooLarge { len, max } => format!(
+                    "input of {} floats ({len} bytes in a frame) exceeds the {} MiB \
+                     limit of a frame: split it (map) or send smaller items",
+                    out.input.data.len(),
+                    max >> 20
+                ),
+                other => format!("input cannot be sent: {other}"),
+            };
+            self.finish(link, out.id, Err((message, false)));
+        } else if let Err(source) = sent {
+            log::debug!("task {} not sent", out.id);
+            self.kill(
+                link,
+                ClientError::Wire {
+                    addr: link.addr,
+                    source,
+                },
+            );
         }
     }
 
