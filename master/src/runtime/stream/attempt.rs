@@ -1,25 +1,30 @@
 //! One run of a streamed pipeline on one placement: open the stages, feed
 //! the held items again and then new ones, read the results, and say how
 //! it stopped — finished, lost an agent (start again elsewhere), or failed.
+//!
+//! [`open`] connects to the stages' agents and opens the stages; then the
+//! run's [`parts`] go on together — the feed, and for every stage its
+//! listener, the watch on its agent's heartbeats and the master's own
+//! beats — beside the stall watchdog. The first part to stop ends the run;
+//! what the others report in a short grace is weighed with it
+//! ([`decide`]).
 
-use super::progress::Probes;
+mod open;
+mod parts;
+
 use super::replay::Replay;
 use super::swap::SwapState;
-use super::{OPEN_TIMEOUT, Placement, READY_TIMEOUT, StageReport, StreamSpec};
+use super::{Placement, StageReport, StreamSpec};
 use crate::client::{AgentConn, ClientError};
-use crate::runtime::stall::{self, Look};
-use crate::runtime::{JobError, TaskError};
+use crate::runtime::JobError;
 use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
+use parts::Attempt;
 use skelpi_proto::Array;
-use skelpi_proto::code::StageSwap;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
-use skelpi_proto::trace::TraceKind;
-use skelpi_proto::{
-    ErrorCode, ErrorReply, JobId, Message, Shape, StageNext, StageOpen, StreamItem, StreamRef,
-};
+use skelpi_proto::{ErrorCode, ErrorReply, JobId};
 use skelpi_wire::WireError;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -64,9 +69,13 @@ pub(super) enum Stop {
     Fail(JobError),
 }
 
+/// How a part ends: `Ok` with its stage's report (a listener) or nothing
+/// (the others), or early.
+type PartEnd = Result<Option<StageReport>, PartStop>;
+
 /// One concurrent part of a running stream: the feed, or one stage's
 /// listener (which ends with the stage's report).
-type Part<'a> = Pin<Box<dyn Future<Output = Result<Option<StageReport>, PartStop>> + 'a>>;
+type Part<'a> = Pin<Box<dyn Future<Output = PartEnd> + 'a>>;
 
 /// What a finished run gives: the stages' reports, and its trace if traced.
 pub(super) type Finished = (Vec<StageReport>, Option<Result<Trace, TraceError>>);
@@ -83,16 +92,45 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
     inputs: &mut I,
     on_result: &mut impl FnMut(u64, Array),
 ) -> Result<Finished, Stop> {
-    let n = spec.stages.len();
     // The stages' kernels now: swapped ones after a restart.
     let kernels = swaps.borrow().current().to_vec();
-    let kernels = &kernels[..];
-    let job = JobId(stream);
-    let recorder_owned = traced.then(Recorder::new);
-    let recorder = recorder_owned.as_ref();
-    // Distinct agents, in order of first use, and each stage's agent.
+    let recorder = traced.then(Recorder::new);
+    let peers = agent_of_stage(placement);
+    let agents = peers.iter().max().map_or(0, |&a| a + 1);
+    // Each agent's clock probes (inner `None`: it does not trace).
+    let mut probes: Vec<Option<Option<Vec<ClockSample>>>> = vec![None; agents];
+    let on = (placement, &kernels[..]);
+    let opened = open::within_timeout(spec, on, stream, recorder.as_ref(), &peers, &mut probes);
+    let mut conns = opened
+        .await
+        .map_err(|stop| decide(vec![stop], Vec::new()))?;
+    let attempt = Attempt::new(spec, on, stream, recorder.as_ref(), (replay, swaps));
+    log::debug!(
+        "job {}: {} streamed stages open; feeding from item {} ({} held)",
+        attempt.job(),
+        spec.stages.len(),
+        replay.borrow().done(),
+        replay.borrow().held()
+    );
+    let reports = run_parts(&attempt, &mut conns, inputs, on_result).await?;
+    let job = attempt.job();
+    drop(attempt);
+    let trace = match recorder {
+        Some(rec) => Some(Ok(
+            gather(rec, &mut conns, &peers, probes, &kernels, job).await
+        )),
+        None => None,
+    };
+    for c in conns {
+        c.close().await;
+    }
+    Ok((reports, trace))
+}
+
+/// Each stage's agent, numbered in order of first use.
+fn agent_of_stage(placement: &[Placement]) -> Vec<usize> {
     let mut agents: Vec<SocketAddr> = Vec::new();
-    let peers: Vec<usize> = placement
+    placement
         .iter()
         .map(|p| match agents.iter().position(|a| *a == p.addr) {
             Some(i) => i,
@@ -101,456 +139,93 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
                 agents.len() - 1
             }
         })
-        .collect();
-    // Each agent's clock probes (inner `None`: it does not trace).
-    let mut probes: Vec<Option<Option<Vec<ClockSample>>>> = vec![None; agents.len()];
-    let opened = future::or(
-        open(
-            spec,
-            kernels,
-            placement,
-            stream,
-            recorder,
-            &peers,
-            &mut probes,
-        ),
-        async {
-            async_io::Timer::after(OPEN_TIMEOUT).await;
-            Err(PartStop::Fail(JobError::Invalid(format!(
-                "the pipeline's stages did not open within {OPEN_TIMEOUT:?}"
-            ))))
-        },
-    )
-    .await;
-    let mut conns = match opened {
-        Ok(conns) => conns,
-        Err(stop) => return Err(decide(vec![stop], Vec::new())),
-    };
-    let first = replay.borrow().done();
-    log::debug!(
-        "job {job}: {n} streamed stages open; feeding from item {first} ({} held)",
-        replay.borrow().held()
-    );
+        .collect()
+}
 
-    // Items sent to stage 0 in this run; every stage must report that many.
-    let fed = Cell::new(0u64);
-    // Items of the stages that reported their end (the watchdog does not
-    // ask those).
-    let finished: Vec<Cell<Option<u64>>> = (0..n).map(|_| Cell::new(None)).collect();
-    let finished = &finished;
-    let fed = &fed;
-    // A result taken makes room in the window: the feed may go on.
-    let (room_tx, room_rx) = async_channel::bounded::<()>(1);
-    let room_tx = &room_tx;
-    // Closed when the first stage's listener ends: the feed stops serving
-    // its swaps.
-    let (first_done_tx, first_done_rx) = async_channel::bounded::<()>(1);
-    let mut first_done_tx = Some(first_done_tx);
+/// Runs every part on the open connections `conns`, beside the stall
+/// watchdog, until all end (the stages' reports, in order) or one stops.
+async fn run_parts(
+    attempt: &Attempt<'_>,
+    conns: &mut [AgentConn],
+    inputs: &mut dyn Iterator<Item = Array>,
+    on_result: &mut dyn FnMut(u64, Array),
+) -> Result<Vec<StageReport>, Stop> {
+    let n = conns.len();
     let mut halves: Vec<_> = conns
         .iter_mut()
         .map(|c| (c.addr(), c.heartbeat(), c.halves()))
         .collect();
-    let mut parts: Vec<Part<'_>> = Vec::new();
-    let mut on_result = Some(on_result);
-    let mut inputs = Some(inputs);
-    for (i, (addr, (beat, liveness), (sender, receiver))) in halves.iter_mut().enumerate() {
-        let addr = *addr;
-        let lost = move |e: WireError| sent_or_lost(addr, e);
-        // This stage's swaps.
-        let stage_swaps = spec.swaps.and_then(|s| s.stages.get(i));
-        let swap = move |kernel: Kernel| {
-            let id = swaps.borrow_mut().sent(i, kernel.clone());
-            Message::StageSwap(StageSwap {
-                id,
-                stream,
-                stage: i as u32,
-                kernel: kernel.name,
-                args: kernel.args,
-            })
-        };
-        let mut idle_sender = None;
-        if let Some(inputs) = inputs.take() {
-            let sender = &mut **sender;
-            let room_rx = room_rx.clone();
-            let first_done = first_done_rx.clone();
-            let feed = async move {
-                let mut due = Instant::now();
-                let mut next = first;
-                loop {
-                    // Swaps of the first stage go between two items.
-                    while let Some(kernel) = stage_swaps.and_then(|rx| rx.try_recv().ok()) {
-                        sender.send(&swap(kernel)).await.map_err(lost)?;
-                    }
-                    let again = replay.borrow().get(next);
-                    let data = match again {
-                        Some(data) => data,
-                        None => {
-                            while !replay.borrow_mut().has_room() {
-                                let _ = room_rx.recv().await;
-                            }
-                            let Some(input) = inputs.next() else { break };
-                            let (index, data) = replay.borrow_mut().push(input);
-                            debug_assert_eq!(index, next);
-                            data
-                        }
-                    };
-                    if let Some(every) = spec.interval {
-                        async_io::Timer::at(due).await;
-                        due = due.checked_add(every).unwrap_or(due);
-                    }
-                    let head = Message::StreamItem(StreamItem {
-                        stream,
-                        stage: 0,
-                        index: next,
-                    });
-                    let started = Instant::now();
-                    sender
-                        .send_bulk(&head, data.shape, &data.data)
-                        .await
-                        .map_err(lost)?;
-                    if let Some(rec) = recorder {
-                        let bytes = sender.last_frame_len();
-                        let kind = TraceKind::ItemSend;
-                        rec.frame(kind, 0, next, 0, started, bytes, trace::NO_LABEL);
-                    }
-                    next += 1;
-                    fed.set(fed.get() + 1);
-                }
-                let end = Message::StreamEnd(StreamRef { stream, stage: 0 });
-                sender.send(&end).await.map_err(lost)?;
-                // The stage may still have items to run: swaps go on
-                // until it reports (its listener drops the sender).
-                if let Some(rx) = stage_swaps {
-                    loop {
-                        let asked = future::or(async { rx.recv().await.ok() }, async {
-                            let _ = first_done.recv().await;
-                            None
-                        });
-                        match asked.await {
-                            Some(kernel) => sender.send(&swap(kernel)).await.map_err(lost)?,
-                            None => break,
-                        }
-                    }
-                }
-                Ok(None)
-            };
-            parts.push(Box::pin(feed));
-        } else {
-            idle_sender = Some(&mut **sender);
-        }
-        let results = if i + 1 == n { on_result.take() } else { None };
-        let receiver = &mut **receiver;
-        let kernel = &kernels[i];
-        let agent = &placement[i].name;
-        // Stage 0's listener holds this until it ends.
-        let done_guard = if i == 0 { first_done_tx.take() } else { None };
-        let listen = async move {
-            let _done_guard = done_guard;
-            let mut results = results;
-            let mut ended = false;
-            let mut data = Vec::new();
-            loop {
-                // Whatever fails in receiving, the agent is of no more use.
-                let got = receiver
-                    .recv(&mut data)
-                    .await
-                    .map_err(|e| PartStop::Lost(addr, e.to_string(), Instant::now()))?;
-                match got.msg {
-                    Message::StreamItem(item) if results.is_some() && item.stage == n as u32 => {
-                        let taken = replay.borrow_mut().accept(item.index);
-                        if let Err(o) = taken {
-                            return Err(PartStop::Fail(JobError::Invalid(format!(
-                                "the pipeline returned item {} where {} was due",
-                                o.got, o.due
-                            ))));
-                        }
-                        if replay.borrow().resumes() {
-                            let _ = room_tx.try_send(());
-                        }
-                        if let Some(rec) = recorder {
-                            let (at, bytes) = (got.started, got.frame_len);
-                            let (kind, id, stage) = (TraceKind::ItemRecv, item.index, item.stage);
-                            rec.frame(kind, i, id, stage, at, bytes, trace::NO_LABEL);
-                        }
-                        let shape = got.bulk.unwrap_or(Shape::List(0));
-                        let out = Array {
-                            shape,
-                            data: std::mem::take(&mut data),
-                        };
-                        if let Some(f) = results.as_mut() {
-                            f(item.index, out);
-                        }
-                    }
-                    Message::StreamEnd(_) if results.is_some() => ended = true,
-                    Message::StageSwapped(a) if a.stream == stream && a.stage == i as u32 => {
-                        if let Err(what) = swaps.borrow_mut().answered(i, &a, first) {
-                            let what = format!("{what} (on {agent})");
-                            return Err(PartStop::Fail(JobError::Invalid(what)));
-                        }
-                    }
-                    Message::StageFailed(f) => {
-                        return Err(PartStop::Fail(
-                            TaskError {
-                                job: Some(job),
-                                task: format!("item {}", f.index),
-                                kernel: kernel.name.clone(),
-                                agent: format!("{agent} ({addr})"),
-                                message: f.error,
-                                panicked: f.panicked,
-                            }
-                            .into(),
-                        ));
-                    }
-                    Message::StageStats(s) => {
-                        let all = fed.get();
-                        let left = replay.borrow().held();
-                        if s.items != all || (results.is_some() && (!ended || left != 0)) {
-                            return Err(PartStop::Fail(JobError::Invalid(format!(
-                                "stage {i} on {agent} ended after {} of {all} items \
-                                 ({left} results missing)",
-                                s.items
-                            ))));
-                        }
-                        finished[i].set(Some(s.items));
-                        return Ok(Some(StageReport {
-                            stage: i,
-                            kernel: swaps.borrow().current()[i].clone(),
-                            swaps: Vec::new(),
-                            agent: agent.clone(),
-                            items: s.items,
-                            busy: Duration::from_nanos(s.busy_ns),
-                            span: Duration::from_nanos(s.span_ns),
-                        }));
-                    }
-                    // Once open, a stage speaks up only when its link to
-                    // the next one fails.
-                    Message::Error(e) => return Err(stage_error(i, placement, e)),
-                    other => {
-                        return Err(PartStop::Fail(
-                            ClientError::Protocol {
-                                addr,
-                                what: format!("{} from stage {i}", other.kind_name()),
-                            }
-                            .into(),
-                        ));
-                    }
-                }
-            }
-        };
-        let beat = *beat;
-        let (liveness, heard) = (liveness.clone(), liveness.clone());
-        let watch = async move {
-            liveness.silent_past(beat).await;
-            let what = format!(
-                "silent for {:.1?} (a heartbeat was due every {beat:?}): declared down",
-                liveness.silent_for()
-            );
-            Err(PartStop::Lost(addr, what, Instant::now()))
-        };
-        // The master beats on the connections it sends nothing else on
-        // (all but the first stage's): an agent whose master falls silent
-        // drops its stage. Not on the feed's — the agent reads that one
-        // only as fast as its stage takes items. Swaps of these stages go
-        // on them too.
-        let beats = async move {
-            let Some(sender) = idle_sender else {
-                return future::pending().await;
-            };
-            // The first beat at once: the agent then knows this master
-            // beats. Only to an agent that beats itself (it sends its
-            // first beat on hello): an older one would refuse the frame.
-            let mut due = (!beat.is_zero()).then(Instant::now);
-            loop {
-                // Once the swapper is gone, only beats.
-                let asked = async {
-                    if let Some(rx) = stage_swaps
-                        && let Ok(kernel) = rx.recv().await
-                    {
-                        return Some(kernel);
-                    }
-                    future::pending().await
-                };
-                let timer = async {
-                    match due {
-                        Some(at) => async_io::Timer::at(at).await,
-                        None => future::pending().await,
-                    };
-                    None
-                };
-                match future::or(asked, timer).await {
-                    Some(kernel) => sender.send(&swap(kernel)).await.map_err(lost)?,
-                    None => {
-                        if heard.beats() > 0 {
-                            sender.send(&Message::Heartbeat).await.map_err(lost)?;
-                        }
-                        due = due.map(|at| at.max(Instant::now()) + beat);
-                    }
-                }
-            }
-        };
-        parts.push(Box::pin(future::or(listen, future::or(watch, beats))));
-    }
+    let mut parts = attempt.parts(&mut halves, inputs, on_result);
     // Poll everything; the first stop ends the run (the connections close
-    // when this returns, which stops every stage). An agent that dies makes
-    // its neighbours complain too, over other connections: what arrives in
-    // a short grace is weighed together.
+    // when the run returns, which stops every stage). An agent that dies
+    // makes its neighbours complain too, over other connections: what
+    // arrives in a short grace is weighed together.
     let mut reports = Vec::with_capacity(n);
-    let questions = Probes::default();
-    let stalled = async {
-        let stalled = stall::watch(stall::paced(spec.stall, spec.interval), |from| {
-            let totals = {
-                let r = replay.borrow();
-                (r.drawn(), r.done())
-            };
-            let questions = &questions;
-            async move {
-                // Results came: nothing to ask.
-                let parts = if from.is_none_or(|from| from == totals) {
-                    let on = (placement, kernels);
-                    Some(questions.ask(spec, on, stream, finished).await)
-                } else {
-                    None
-                };
-                Look { totals, parts }
-            }
-        });
-        Err(PartStop::Fail(stalled.await))
-    };
+    let stalled = async { Err(attempt.stalled().await) };
     let outcome = future::or(poll_all(&mut parts, &mut reports), stalled).await;
     if let Err(first) = outcome {
-        // A lost agent or a task error settles what happens; anything
-        // else waits a little for one.
-        let settles =
-            |s: &PartStop| matches!(s, PartStop::Lost(..) | PartStop::Fail(JobError::Task(_)));
-        let mut stops = vec![first];
-        if !settles(&stops[0]) {
-            let deadline = Instant::now() + GRACE;
-            while !parts.is_empty() {
-                let grace = async {
-                    async_io::Timer::at(deadline).await;
-                    Ok(())
-                };
-                match future::or(poll_all(&mut parts, &mut reports), grace).await {
-                    Err(stop) => {
-                        let settled = settles(&stop);
-                        stops.push(stop);
-                        if settled {
-                            break;
-                        }
-                    }
-                    Ok(()) => break,
-                }
-            }
-        }
-        reports.sort_by_key(|r| r.stage);
-        return Err(decide(stops, reports));
-    }
-    drop(parts);
-    drop(halves);
-    let mut trace_out = None;
-    if let Some(rec) = recorder_owned {
-        // Each agent once, on the connection of its first stage (agents
-        // are numbered in that order).
-        let firsts: Vec<usize> = (0..agents.len())
-            .filter_map(|a| peers.iter().position(|&p| p == a))
-            .collect();
-        let on = conns
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| firsts.contains(i))
-            .map(|(_, c)| c);
-        let before = probes.into_iter().map(Option::flatten).collect();
-        let agents = trace::gather(on, before, rec.clock(), job).await;
-        let names = kernels.iter().map(Kernel::to_string).collect();
-        let tree = Skeleton::pipe(kernels.iter().cloned().map(Skeleton::seq)).to_string();
-        trace_out = Some(Ok(trace::merge::merge(
-            &rec.finish(job, tree, names, agents),
-        )));
-    }
-    for c in conns {
-        c.close().await;
+        return Err(settle(first, &mut parts, reports).await);
     }
     reports.sort_by_key(|r| r.stage);
-    Ok((reports, trace_out))
+    Ok(reports)
 }
 
-/// Connects to every stage's agent, opens the stages (each told where the
-/// next one runs) and waits until all are ready.
-async fn open(
-    spec: &StreamSpec<'_>,
-    kernels: &[Kernel],
-    placement: &[Placement],
-    stream: u64,
-    recorder: Option<&Recorder>,
-    peers: &[usize],
-    probes: &mut [Option<Option<Vec<ClockSample>>>],
-) -> Result<Vec<AgentConn>, PartStop> {
-    let mut conns = Vec::with_capacity(placement.len());
-    for (i, p) in placement.iter().enumerate() {
-        let mut conn = AgentConn::connect(p.addr, spec.key, spec.opts)
-            .await
-            .map_err(|e| PartStop::Lost(p.addr, e.to_string(), Instant::now()))?;
-        if let Some(rec) = recorder
-            && probes[peers[i]].is_none()
-        {
-            let probed = trace::probe(&mut conn, rec.clock())
-                .await
-                .map_err(|e| PartStop::Fail(JobError::Invalid(e.to_string())))?;
-            probes[peers[i]] = Some(probed);
-        }
-        let next = placement.get(i + 1).map(|q| StageNext {
-            addr: q.addr.to_string(),
-            stage: i as u32 + 1,
-        });
-        let open = Message::StageOpen(StageOpen {
-            stream,
-            stage: i as u32,
-            kernel: kernels[i].name.clone(),
-            args: kernels[i].args.clone(),
-            next,
-            trace: recorder.is_some(),
-        });
-        let (sender, _) = conn.halves();
-        sender
-            .send(&open)
-            .await
-            .map_err(|e| PartStop::Lost(p.addr, e.to_string(), Instant::now()))?;
-        conns.push(conn);
-    }
-    let deadline = Instant::now() + READY_TIMEOUT;
-    for (i, conn) in conns.iter_mut().enumerate() {
-        let addr = conn.addr();
-        let (_, receiver) = conn.halves();
-        let mut scratch = Vec::new();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let got = skelpi_wire::within(left, receiver.recv(&mut scratch)).await;
-        let what = format!("stage {i} was not ready within {READY_TIMEOUT:?}");
-        let got = got
-            .ok_or_else(|| PartStop::Lost(addr, what, Instant::now()))?
-            .map_err(|e| PartStop::Lost(addr, e.to_string(), Instant::now()))?;
-        match got.msg {
-            Message::StageReady(r) if r.stream == stream && r.stage == i as u32 => {}
-            Message::Error(e) if e.code != ErrorCode::BadRequest => {
-                return Err(stage_error(i, placement, e));
-            }
-            Message::Error(e) => {
-                return Err(PartStop::Fail(JobError::Invalid(format!(
-                    "stage {i} ({}) on {}: {}",
-                    kernels[i], placement[i].name, e.message
-                ))));
-            }
-            other => {
-                return Err(PartStop::Fail(
-                    ClientError::Protocol {
-                        addr,
-                        what: format!("{} while opening stage {i}", other.kind_name()),
+/// What a run whose part stopped with `first` comes to: unless that
+/// settles it (a lost agent or a task error), the other `parts` may still
+/// report for a [`GRACE`], and every stop is weighed together.
+async fn settle(first: PartStop, parts: &mut Vec<Part<'_>>, mut reports: Vec<StageReport>) -> Stop {
+    let settles =
+        |s: &PartStop| matches!(s, PartStop::Lost(..) | PartStop::Fail(JobError::Task(_)));
+    let mut stops = vec![first];
+    if !settles(&stops[0]) {
+        let deadline = Instant::now() + GRACE;
+        while !parts.is_empty() {
+            let grace = async {
+                async_io::Timer::at(deadline).await;
+                Ok(())
+            };
+            match future::or(poll_all(parts, &mut reports), grace).await {
+                Err(stop) => {
+                    let settled = settles(&stop);
+                    stops.push(stop);
+                    if settled {
+                        break;
                     }
-                    .into(),
-                ));
+                }
+                Ok(()) => break,
             }
         }
     }
-    Ok(conns)
+    reports.sort_by_key(|r| r.stage);
+    decide(stops, reports)
+}
+
+/// Probes the agents' clocks again, collects their events and merges the
+/// run's trace; `peers`: each stage's agent, `probes`: each agent's probes
+/// before the run.
+async fn gather(
+    rec: Recorder,
+    conns: &mut [AgentConn],
+    peers: &[usize],
+    probes: Vec<Option<Option<Vec<ClockSample>>>>,
+    kernels: &[Kernel],
+    job: JobId,
+) -> Trace {
+    // Each agent once, on the connection of its first stage (agents are
+    // numbered in that order).
+    let firsts: Vec<usize> = (0..probes.len())
+        .filter_map(|a| peers.iter().position(|&p| p == a))
+        .collect();
+    let on = conns
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| firsts.contains(i))
+        .map(|(_, c)| c);
+    let before = probes.into_iter().map(Option::flatten).collect();
+    let agents = trace::gather(on, before, rec.clock(), job).await;
+    let names = kernels.iter().map(Kernel::to_string).collect();
+    let tree = Skeleton::pipe(kernels.iter().cloned().map(Skeleton::seq)).to_string();
+    trace::merge::merge(&rec.finish(job, tree, names, agents))
 }
 
 /// What an error from stage `i`'s agent means: its link to the next stage
@@ -697,6 +372,7 @@ async fn poll_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::TaskError;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
