@@ -1,6 +1,7 @@
 //! skelpi: the master library — forms a pool of agents and runs skeleton
 //! jobs on them. The `skelpi` command line (benchmarks, job files, images,
-//! the lab) is the `skelpi-cli` package over it.
+//! the lab) is the `skelpi-cli` package over it. A job runs through one
+//! builder, [`JobBuilder`], which chooses how ([`jobs`]).
 //!
 //! # Examples
 //! An embedded cluster of two in-process agents, pinged:
@@ -22,8 +23,11 @@
 pub mod client;
 pub mod cluster;
 pub mod discover;
+pub mod jobs;
 pub mod modules;
 pub mod pool;
 pub mod runtime;
 pub mod stats;
 pub mod trace;
+
+pub use jobs::JobBuilder;
