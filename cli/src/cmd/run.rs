@@ -5,15 +5,18 @@ use crate::jobfile;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use skelpi::cluster::streamable;
+use skelpi::JobBuilder;
+use skelpi::jobs::{Event, Execution, RunError, Swap};
 use skelpi::pool;
+use skelpi::runtime::JobError;
 use skelpi::runtime::autonomic::{self, Contract};
-use skelpi::runtime::stream::{self, SwapOutcome};
+use skelpi::runtime::stream::SwapOutcome;
 use skelpi_proto::Array;
-use skelpi_proto::skeleton::{Kernel, Skeleton};
-use std::io::Write;
+use skelpi_proto::skeleton::Skeleton;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Flags of `skelpi run`.
 #[derive(Debug, Clone, Args)]
@@ -63,7 +66,7 @@ pub struct RunArgs {
     /// agent).
     #[arg(long, value_name = "STAGE=KERNEL@RESULTS", value_parser = parse_swap,
           conflicts_with_all = ["autonomic", "target_throughput"])]
-    swap: Vec<SwapArg>,
+    swap: Vec<Swap>,
     /// Stop the job, saying where each stage or kernel's tasks stand
     /// (items in, done, passed on), when nothing has moved for this long
     /// while the agents still answer: a hang becomes a message. Seconds,
@@ -95,14 +98,7 @@ fn stall_timeout(s: &str) -> Result<StallTimeout, String> {
 }
 
 /// One `--swap`.
-#[derive(Debug, Clone)]
-pub struct SwapArg {
-    stage: usize,
-    kernel: Kernel,
-    after: u64,
-}
-
-fn parse_swap(s: &str) -> Result<SwapArg, String> {
+fn parse_swap(s: &str) -> Result<Swap, String> {
     let form = "expected STAGE=KERNEL@RESULTS, e.g. 1=scale(3)@5000";
     let (stage, rest) = s.split_once('=').ok_or(form)?;
     let (kernel, after) = rest.rsplit_once('@').ok_or(form)?;
@@ -119,7 +115,7 @@ fn parse_swap(s: &str) -> Result<SwapArg, String> {
         Ok(_) => return Err(format!("{kernel:?} is not a kernel ({form})")),
         Err(e) => return Err(format!("kernel {kernel:?}: {e}")),
     };
-    Ok(SwapArg {
+    Ok(Swap {
         stage,
         kernel,
         after,
@@ -137,209 +133,206 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 /// Runs the job.
 pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     let job = jobfile::load(&args.job)?;
-    // Swaps need a streamed pipeline, with the stages they name.
-    let streamed = streamable(&job.skeleton);
-    if let Some(first) = args.swap.first() {
-        let Some(stages) = &streamed else {
-            anyhow::bail!(
-                "--swap {}=...: swaps are for pipelines of seq stages (streamed agent to \
-                 agent); this job runs {}",
-                first.stage,
-                job.skeleton
-            );
-        };
-        if let Some(bad) = args.swap.iter().find(|s| s.stage >= stages.len()) {
-            anyhow::bail!(
-                "--swap {}={}: the pipeline has stages 0 to {}",
-                bad.stage,
-                bad.kernel,
-                stages.len() - 1
-            );
-        }
-    }
-    let mut out = match &args.out {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => None,
-    };
+    let inputs = job.input.len();
+    let builder = builder(args, job);
+    // Refused before the pool is reached: swaps of a job that streams
+    // nothing, or of stages it does not have.
+    builder.plan()?;
+    let mut sink = Sink::create(args)?;
     smol::block_on(async {
         let mut pool = pool::connect(&pool_args.options(true)).await?;
         eprintln!("{}", pool.origin);
-        pool.cluster.set_tracing(args.trace.is_some());
         pool.cluster.set_stall_timeout(args.stall_timeout.0);
         pool.cluster.set_task_deadline(args.task_deadline.0);
-        // Module files the job names (`wasm:FILE.wasm:export`, relative
-        // to the job file) go to the agents first.
-        let base = args.job.parent().unwrap_or(std::path::Path::new("."));
-        let (skeleton, pushed) = pool.cluster.push_named_modules(&job.skeleton, base).await?;
-        for p in &pushed {
-            eprintln!("module {} stored on {}", p.hash, p.stored_on.join(", "));
-        }
-        let job = jobfile::Job { skeleton, ..job };
-        // Module files named by swaps too.
-        let mut swap_args = args.swap.clone();
-        for s in &mut swap_args {
-            let tree = Skeleton::seq(s.kernel.clone());
-            let (tree, pushed) = pool.cluster.push_named_modules(&tree, base).await?;
-            if let (Skeleton::Seq(k), Some(p)) = (tree, pushed.first()) {
-                eprintln!("module {} stored on {}", p.hash, p.stored_on.join(", "));
-                s.kernel = k;
-            }
-        }
-        let inputs = job.input.len();
-        eprintln!("running {} on {inputs} inputs", job.skeleton);
         let progress = ProgressBar::new(inputs as u64);
         progress.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} results {msg}")
                 .expect("static template"),
         );
-        let start = Instant::now();
-        let mut count = 0usize;
-        let mut shown = Vec::new();
-        let mut write_error = None;
-        let on_result = |index: u64, a: Array| {
-            count += 1;
-            progress.inc(1);
-            match out.as_mut() {
-                Some(w) if write_error.is_none() => {
-                    let line = jobfile::result_line(index, &a.data);
-                    if let Err(e) = writeln!(w, "{line}") {
-                        write_error = Some(e);
-                    }
-                }
-                Some(_) => {}
-                None if shown.len() < args.show => shown.push((index, a.data)),
-                None => {}
-            }
-        };
-        let mut report = None;
-        let result = if args.autonomic || args.target_throughput.is_some() {
-            let opts = autonomic::Options {
-                contract: args
-                    .target_throughput
-                    .map_or(Contract::Fastest, Contract::Throughput),
-                ..autonomic::Options::default()
-            };
-            eprintln!("manager: contract {}", opts.contract);
-            let on_decision =
-                |d: &autonomic::Decision| progress.suspend(|| eprintln!("manager: {d}"));
-            let (result, got) = pool
-                .cluster
-                .run_managed(
-                    &job.skeleton,
-                    job.input.arrays(),
-                    &opts,
-                    on_result,
-                    on_decision,
-                )
-                .await;
-            report = got;
-            result
-        } else if let (false, Some(stages)) = (swap_args.is_empty(), streamable(&job.skeleton)) {
-            let (swapper, swaps) = stream::swaps(stages.len());
-            let ask = |s: &SwapArg| {
-                swapper.swap(s.stage, s.kernel.clone());
-                progress.suspend(|| {
-                    eprintln!(
-                        "swap: asked stage {} to run {} (after {} results)",
-                        s.stage, s.kernel, s.after
-                    )
-                });
-            };
-            swap_args.iter().filter(|s| s.after == 0).for_each(ask);
-            let mut seen = 0u64;
-            let mut on_result = on_result;
-            let with_swaps = |index: u64, a: Array| {
-                on_result(index, a);
-                seen += 1;
-                swap_args.iter().filter(|s| s.after == seen).for_each(ask);
-            };
-            let inputs_total = inputs as u64;
-            let never = swap_args.iter().filter(|s| s.after > inputs_total);
-            for s in never {
-                eprintln!(
-                    "swap: stage {} will not run {}: the job has {inputs_total} results, \
-                     fewer than {}",
-                    s.stage, s.kernel, s.after
-                );
-            }
-            let stages = &stages[..];
-            let inputs = job.input.arrays();
-            let got = pool
-                .cluster
-                .stream_pipeline_swapping(stages, inputs, None, &swaps, with_swaps)
-                .await;
-            got.map(|reports| {
-                for r in &reports {
-                    for s in &r.swaps {
-                        let (stage, kernel) = (r.stage, &s.kernel);
-                        match &s.outcome {
-                            SwapOutcome::From(k) => {
-                                eprintln!("swap: stage {stage} runs {kernel} from item {k}")
-                            }
-                            SwapOutcome::By(k) => eprintln!(
-                                "swap: stage {stage} runs {kernel} from item {k} at the latest \
-                                 (its agent was lost before it answered)"
-                            ),
-                            SwapOutcome::Refused(why) => {
-                                eprintln!(
-                                    "swap: stage {stage} kept its kernel, not {kernel}: {why}"
-                                )
-                            }
-                            SwapOutcome::NotApplied => eprintln!(
-                                "swap: stage {stage} never ran {kernel}: the stream ended first"
-                            ),
-                        }
-                    }
-                }
+        let mut start = Instant::now();
+        let outcome = builder
+            .on_result(|index, a| {
+                progress.inc(1);
+                sink.take(index, a);
             })
-        } else {
-            pool.cluster
-                .run_each(&job.skeleton, job.input.arrays(), on_result)
-                .await
-        };
+            .on_event(|e| progress.suspend(|| say(e, inputs, &mut start)))
+            .run(&mut pool.cluster)
+            .await;
         progress.finish_and_clear();
-        if let Some(report) = &report {
+        if let Some(report) = &outcome.report {
             eprint!("{}", report.summary());
         }
         let elapsed = start.elapsed();
-        let trace = pool.cluster.take_trace();
         pool.cluster.close().await;
-        if let Some(dir) = &args.trace {
-            let saved = super::trace::save(trace, dir, &format!("job {}", args.job.display()));
-            match (&result, saved) {
-                (_, Ok(())) => {}
-                (Ok(()), Err(e)) => return Err(e),
-                (Err(_), Err(e)) => eprintln!("skelpi: {e:#}"),
+        finish(args, outcome, sink, elapsed)
+    })
+}
+
+/// The job of `job`, as the flags say (no sinks yet).
+fn builder(args: &RunArgs, job: jobfile::Job) -> JobBuilder<'static> {
+    // Module files the job names (`wasm:FILE.wasm:export`, relative to
+    // the job file) go to the agents first.
+    let base = args.job.parent().unwrap_or(std::path::Path::new("."));
+    let mut builder = JobBuilder::new(job.skeleton)
+        .inputs(job.input.arrays())
+        .trace(args.trace.is_some())
+        .modules_relative_to(base);
+    if args.autonomic || args.target_throughput.is_some() {
+        builder = builder.managed(autonomic::Options {
+            contract: args
+                .target_throughput
+                .map_or(Contract::Fastest, Contract::Throughput),
+            ..autonomic::Options::default()
+        });
+    }
+    args.swap.iter().cloned().fold(builder, JobBuilder::swap)
+}
+
+/// Prints what the job reports; `start` is reset when it starts.
+fn say(event: Event<'_>, inputs: usize, start: &mut Instant) {
+    match event {
+        Event::ModuleStored(p) => {
+            eprintln!("module {} stored on {}", p.hash, p.stored_on.join(", "))
+        }
+        Event::Started {
+            skeleton,
+            execution,
+        } => {
+            eprintln!("running {skeleton} on {inputs} inputs");
+            if let Execution::Managed(contract) = execution {
+                eprintln!("manager: contract {contract}");
+            }
+            *start = Instant::now();
+        }
+        Event::Decision(d) => eprintln!("manager: {d}"),
+        Event::SwapAsked(s) => eprintln!(
+            "swap: asked stage {} to run {} (after {} results)",
+            s.stage, s.kernel, s.after
+        ),
+        Event::SwapNever { swap: s, inputs } => eprintln!(
+            "swap: stage {} will not run {}: the job has {inputs} results, fewer than {}",
+            s.stage, s.kernel, s.after
+        ),
+        Event::Swapped { stage, swapped } => {
+            let kernel = &swapped.kernel;
+            match &swapped.outcome {
+                SwapOutcome::From(k) => {
+                    eprintln!("swap: stage {stage} runs {kernel} from item {k}")
+                }
+                SwapOutcome::By(k) => eprintln!(
+                    "swap: stage {stage} runs {kernel} from item {k} at the latest \
+                     (its agent was lost before it answered)"
+                ),
+                SwapOutcome::Refused(why) => {
+                    eprintln!("swap: stage {stage} kept its kernel, not {kernel}: {why}")
+                }
+                SwapOutcome::NotApplied => {
+                    eprintln!("swap: stage {stage} never ran {kernel}: the stream ended first")
+                }
             }
         }
-        if let Err(skelpi::runtime::JobError::Stalled(_)) = &result {
-            eprintln!("skelpi: hint: --stall-timeout sets how long a job may make no progress");
+        _ => {}
+    }
+}
+
+/// After the job: its trace saved, its error or its results reported.
+fn finish(
+    args: &RunArgs,
+    outcome: skelpi::jobs::Outcome,
+    sink: Sink,
+    elapsed: Duration,
+) -> anyhow::Result<()> {
+    let result = match outcome.result {
+        Ok(()) => Ok(()),
+        Err(RunError::Job(e)) => Err(e),
+        // A module not pushed: the job never started.
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(dir) = &args.trace {
+        let saved = super::trace::save(outcome.trace, dir, &format!("job {}", args.job.display()));
+        match (&result, saved) {
+            (_, Ok(())) => {}
+            (Ok(()), Err(e)) => return Err(e),
+            (Err(_), Err(e)) => eprintln!("skelpi: {e:#}"),
         }
-        result.with_context(|| format!("job {} failed", args.job.display()))?;
-        if let Some(e) = write_error {
+    }
+    if let Err(JobError::Stalled(_)) = &result {
+        eprintln!("skelpi: hint: --stall-timeout sets how long a job may make no progress");
+    }
+    result.with_context(|| format!("job {} failed", args.job.display()))?;
+    sink.finish(args)?;
+    let count = outcome.results;
+    eprintln!(
+        "{count} results in {elapsed:.2?} ({:.1} results/s){}",
+        count as f64 / elapsed.as_secs_f64().max(1e-9),
+        args.out
+            .as_ref()
+            .map_or(String::new(), |p| format!(", written to {}", p.display()))
+    );
+    Ok(())
+}
+
+/// Where results go: the `--out` file, or the first `--show` kept to
+/// print.
+#[derive(Debug)]
+struct Sink {
+    out: Option<BufWriter<File>>,
+    /// The first error writing `out` (later results are not written).
+    write_error: Option<std::io::Error>,
+    shown: Vec<(u64, Vec<f64>)>,
+    show: usize,
+}
+
+impl Sink {
+    /// Creates the `--out` file, if any.
+    fn create(args: &RunArgs) -> anyhow::Result<Sink> {
+        let out = match &args.out {
+            Some(path) => {
+                Some(BufWriter::new(File::create(path).with_context(|| {
+                    format!("cannot create {}", path.display())
+                })?))
+            }
+            None => None,
+        };
+        Ok(Sink {
+            out,
+            write_error: None,
+            shown: Vec::new(),
+            show: args.show,
+        })
+    }
+
+    /// One result.
+    fn take(&mut self, index: u64, a: Array) {
+        match self.out.as_mut() {
+            Some(w) if self.write_error.is_none() => {
+                let line = jobfile::result_line(index, &a.data);
+                if let Err(e) = writeln!(w, "{line}") {
+                    self.write_error = Some(e);
+                }
+            }
+            Some(_) => {}
+            None if self.shown.len() < self.show => self.shown.push((index, a.data)),
+            None => {}
+        }
+    }
+
+    /// Flushes the file, or prints the results kept.
+    fn finish(self, args: &RunArgs) -> anyhow::Result<()> {
+        if let Some(e) = self.write_error {
             return Err(e).context(format!(
                 "cannot write {}",
                 args.out.as_ref().expect("set").display()
             ));
         }
-        if let Some(mut w) = out {
+        if let Some(mut w) = self.out {
             w.flush()?;
         }
-        for (index, data) in shown {
+        for (index, data) in self.shown {
             println!("result of input {index}: {}", preview(&data));
         }
-        eprintln!(
-            "{count} results in {elapsed:.2?} ({:.1} results/s){}",
-            count as f64 / elapsed.as_secs_f64().max(1e-9),
-            args.out
-                .as_ref()
-                .map_or(String::new(), |p| format!(", written to {}", p.display()))
-        );
         Ok(())
-    })
+    }
 }
 
 /// The first few elements of an array and its length.
