@@ -2,8 +2,9 @@
 # The project's test command: ./scripts/test.sh [NEXTEST-ARGS...]
 #
 # On a fresh Debian machine, as root, it installs what the tests need, then
-# builds the workspace once, runs every test (with cargo-nextest when it can)
-# and the doctests. Extra arguments go to nextest, e.g. a filter:
+# builds the workspace once, runs every test (with cargo-nextest when it can),
+# the doctests and the embedding example (master/examples/embed.rs). Extra
+# arguments go to nextest, e.g. a filter:
 #   ./scripts/test.sh key::
 # `./scripts/test.sh --setup-only` does the set-up and stops (.ci/run uses it
 # before clippy).
@@ -147,3 +148,7 @@ fi
 
 step "cargo test --workspace --doc"
 cargo test --workspace --doc
+
+# The library embedded in a program of its own (built above).
+step "cargo run -p skelpi --example embed"
+cargo run -q -p skelpi --example embed
