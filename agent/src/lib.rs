@@ -36,6 +36,7 @@ pub mod raw_echo;
 pub mod roles;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod stages;
 pub mod state;
 pub mod streams;

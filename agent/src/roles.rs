@@ -5,30 +5,40 @@
 //! the stages running here.
 //!
 //! # Implementation
-//! Two loops share the connection's [`Sender`]: the reader answers
-//! requests in order and queues tasks on the workers (waiting while their
-//! bounded queue is full, which stops reading and so throttles the
-//! master through TCP); the writer sends task outcomes as workers finish.
+//! The rules live in a [`Session`] without sockets or a clock; this module
+//! drives it. Loops share the connection's [`Sender`]: the reader hands
+//! each message to the session and carries out what it answers (queueing a
+//! task on the workers; while a task waits for a slot, it reads nothing, so
+//! a master past its slots waits, and its TCP); the writer sends task
+//! outcomes as workers finish; the clock calls the session when it is due
+//! (heartbeats, a silent master, a master that reads nothing); the stage
+//! and the raw echo socket run when opened.
 
 use crate::admission::Throttle;
 use crate::kernels::Array;
 use crate::raw_echo;
+use crate::session::{Action, Ending, Heard, Session, error_message};
 use crate::stages;
 use crate::state::AgentState;
 use crate::streams;
+use crate::trace::Recorder;
 use crate::workers::{Failure, Outcome, Tag, Traced};
+use event_listener::Event;
 use futures_lite::future;
+use skelpi_proto::code::StageSwap;
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
 use skelpi_proto::trace::{ClockReading, NO_STAGE, TraceKind};
 use skelpi_proto::{
-    ErrorCode, ErrorReply, JobId, Message, RawEchoReady, Shape, TaskDone, TaskFailed, TaskHead,
+    ErrorCode, JobId, Message, RawEchoReady, StageOpen, TaskDone, TaskFailed, TaskHead,
 };
 use skelpi_wire::handshake::{DOWN_AFTER_BEATS, Established};
-use skelpi_wire::{Sender, WireError};
+use skelpi_wire::{Liveness, Receiver, Sender, WireError};
 use smol::lock::Mutex;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Job ids a session remembers for logging each job once; beyond that it
@@ -40,17 +50,11 @@ const JOBS_REMEMBERED: usize = 1024;
 /// that keeps to them never waits for a slot.
 pub const TASKS_PER_WORKER: usize = 2;
 
-/// How long one result may take to be written to its master: a master
-/// that reads nothing for this long (with results waiting) is taken for
-/// gone, and its session ends. A 16 MiB frame takes 1.4 s at 100 Mb/s.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(60);
-
 /// Kernel swaps a stage's session holds for it while it runs an item.
 const SWAPS_WAITING: usize = 64;
 
-/// Bounds of the heartbeat interval a master may ask for, milliseconds.
-const MIN_HEARTBEAT_MS: u32 = 100;
-const MAX_HEARTBEAT_MS: u32 = 60_000;
+/// Whether a session goes on.
+type Flow = ControlFlow<()>;
 
 /// Serves one authenticated connection until the master leaves or `stop`
 /// completes; in the latter case the master is told the agent is shutting
@@ -64,450 +68,532 @@ pub async fn serve_session(
 ) {
     let Established {
         sender,
-        mut receiver,
+        receiver,
         local_addr,
         plaintext,
         ..
     } = est;
-    let sender = Mutex::new(sender);
-    let (raw_tx, raw_rx) = async_channel::bounded(1);
-    // Task slots of this session: the reader takes one before it queues a
-    // task, the writer gives it back once it has taken the task's outcome.
-    // So outcomes never outnumber `done`'s room, and a worker never waits
-    // for a master that does not read (nor holds up other masters' tasks).
+    // Task slots of this session: taken when a task is queued, given back
+    // once the writer has taken its outcome. So outcomes never outnumber
+    // `done`'s room, and a worker never waits for a master that does not
+    // read (nor holds up other masters' tasks).
     let slots = TASKS_PER_WORKER * config.workers.len();
     let (done_tx, done_rx) = async_channel::bounded::<Outcome>(slots);
-    let (slot_tx, slot_rx) = async_channel::bounded::<()>(slots);
-    for _ in 0..slots {
-        let _ = slot_tx.try_send(());
-    }
-    // Tasks of this master queued, running or waiting to be sent.
-    let in_flight = || slots - slot_rx.len();
-    let mut bulk = Vec::new();
-    let mut raw_opened = false;
+    let (raw_tx, raw_rx) = async_channel::bounded(1);
     let (stage_tx, stage_rx) = async_channel::bounded(1);
     // Kernel swaps for that stage, applied between two items.
     let (swap_tx, swap_rx) = async_channel::bounded(SWAPS_WAITING);
-    // The stage this session opened: (stream, stage).
-    let mut stage_opened: Option<(u64, u32)> = None;
-    // The heartbeat interval the master asked for, once.
-    let (beat_tx, beat_rx) = async_channel::bounded::<Duration>(1);
-    let (watch_tx, watch_rx) = async_channel::bounded::<Duration>(1);
-    // A stage of this master's running.
-    let stage_running = Cell::new(false);
-    // The heartbeat the master asked for: its stages ask it of their
-    // successors too.
-    let heartbeat = Cell::new(Duration::ZERO);
-    let liveness = receiver.liveness();
-    let mut stop = std::pin::pin!(stop);
-    // Jobs this session has run tasks for, to log each job once.
-    let job_news = LogQuota::new(log::Level::Info);
-    // The job of the last task: when a task of another comes, or the
-    // master goes, it has ended here (its ports' programs are stopped).
-    let last_job: Cell<Option<JobId>> = Cell::new(None);
-    // Stages here this connection has delivered items to and not yet
-    // the end of their stream: if it ends first, their input is cut.
-    let mut feeding: HashSet<(u64, u32)> = HashSet::new();
     let recorder = config.workers.recorder();
-    // Warnings about this master's requests (see `LogQuota`).
-    let warnings = LogQuota::new(log::Level::Warn);
-    // This connection's number in traces.
-    let conn = recorder.new_conn();
-    let reader = async {
-        loop {
-            let next = future::or(async { Some(receiver.recv(&mut bulk).await) }, async {
-                stop.as_mut().await;
-                None
-            })
-            .await;
-            let Some(next) = next else {
-                return shutting_down(&sender).await;
-            };
-            let received = match next {
-                Ok(r) => r,
-                Err(WireError::Closed) => {
-                    log::info!("master {peer} disconnected");
-                    return;
-                }
-                Err(WireError::Io(e)) => {
-                    log::info!("connection to master {peer} ended: {e}");
-                    return;
-                }
-                Err(e) => {
-                    let (level, held) = warnings.level(None);
-                    log::log!(
-                        level,
-                        "bad input from master {peer}: {}{held}",
-                        clip(&e.to_string(), MESSAGE_MAX)
-                    );
-                    let sent = sender
-                        .lock()
-                        .await
-                        .send(&error(ErrorCode::BadRequest, e.to_string()))
-                        .await;
-                    if e.is_recoverable() && sent.is_ok() {
-                        continue;
-                    }
-                    sender.lock().await.close();
-                    return;
-                }
-            };
-            let result = match received.msg {
-                Message::Hello(hello) => {
-                    log::info!("master {peer} is {:?}", quoted(&hello.master));
-                    if hello.heartbeat_ms > 0 {
-                        let ms = hello.heartbeat_ms.clamp(MIN_HEARTBEAT_MS, MAX_HEARTBEAT_MS);
-                        heartbeat.set(Duration::from_millis(ms.into()));
-                        let _ = beat_tx.try_send(Duration::from_millis(ms.into()));
-                        let _ = watch_tx.try_send(Duration::from_millis(ms.into()));
-                    }
-                    let welcome = Message::Welcome(config.info.clone());
-                    sender.lock().await.send(&welcome).await
-                }
-                Message::Ping(p) => sender.lock().await.send(&Message::Pong(p)).await,
-                Message::Echo(chunk) => match received.bulk {
-                    Some(shape) => {
-                        let reply = Message::EchoReply(chunk);
-                        sender.lock().await.send_bulk(&reply, shape, &bulk).await
-                    }
-                    None => {
-                        let what = "echo without an array".to_owned();
-                        sender
-                            .lock()
-                            .await
-                            .send(&error(ErrorCode::BadRequest, what))
-                            .await
-                    }
-                },
-                Message::Task(task) => {
-                    if let Some(ended) = last_job.replace(Some(task.job))
-                        && ended != task.job
-                    {
-                        config.kernels.end_job(ended);
-                    }
-                    let job = task.job;
-                    let (level, held) = job_news.level(Some(job));
-                    log::log!(level, skelpi_job:% = job; "job {job}: tasks from master {peer}{held}");
-                    let shape = received.bulk.unwrap_or(Shape::List(0));
-                    let input = Array {
-                        shape,
-                        data: std::mem::take(&mut bulk),
-                    };
-                    let traced = task.trace.then(|| {
-                        recorder.prepare();
-                        let (kind, at, bytes) =
-                            (TraceKind::TaskRecv, received.started, received.frame_len);
-                        recorder.frame(task.job, kind, conn, task.id, NO_STAGE, at, bytes);
-                        // Its wait starts once the frame is in.
-                        Traced {
-                            stage: NO_STAGE,
-                            since: Instant::now(),
-                        }
-                    });
-                    // A master past its slots waits (so does its TCP).
-                    let slot = future::or(async { slot_rx.recv().await.ok() }, async {
-                        stop.as_mut().await;
-                        None
-                    })
-                    .await;
-                    if slot.is_none() {
-                        return shutting_down(&sender).await;
-                    }
-                    let started =
-                        start_task(config, task, input, traced, &done_tx, (&sender, &warnings));
-                    let (queued, sent) = started.await;
-                    if !queued {
-                        let _ = slot_tx.try_send(());
-                    }
-                    sent
-                }
-                Message::RawEchoOpen => {
-                    let reply = if raw_opened {
-                        error(
-                            ErrorCode::BadRequest,
-                            "this session already opened its raw echo socket".into(),
-                        )
-                    } else {
-                        match raw_echo::open(local_addr.ip())
-                            .and_then(|o| Ok((o.listener.local_addr()?.port(), o.token, o)))
-                        {
-                            Ok((port, token, opened)) => {
-                                raw_opened = true;
-                                let _ = raw_tx.try_send(opened);
-                                Message::RawEchoReady(RawEchoReady { port, token })
-                            }
-                            Err(e) => error(
-                                ErrorCode::Unsupported,
-                                format!("cannot open a raw echo socket: {e}"),
-                            ),
-                        }
-                    };
-                    sender.lock().await.send(&reply).await
-                }
-                Message::StageOpen(open) => {
-                    if stage_opened.is_some() {
-                        let what = "this session already runs a stage".to_owned();
-                        sender
-                            .lock()
-                            .await
-                            .send(&error(ErrorCode::BadRequest, what))
-                            .await
-                    } else {
-                        stage_opened = Some((open.stream, open.stage));
-                        let _ = stage_tx.try_send(open);
-                        Ok(())
-                    }
-                }
-                Message::StreamItem(item) => {
-                    let shape = received.bulk.unwrap_or(Shape::List(0));
-                    let data = Array {
-                        shape,
-                        data: std::mem::take(&mut bulk),
-                    };
-                    let arrived = streams::Arrival {
-                        conn,
-                        started: received.started,
-                        frame_len: received.frame_len,
-                    };
-                    let key = (item.stream, item.stage);
-                    feeding.insert(key);
-                    // A full inbox holds this reader; shutdown still ends it.
-                    let delivered = future::or(
-                        async { Some(config.streams.deliver(item, data, arrived, recorder).await) },
-                        async {
-                            stop.as_mut().await;
-                            None
-                        },
-                    )
-                    .await;
-                    match delivered {
-                        None => return shutting_down(&sender).await,
-                        Some(Ok(())) => Ok(()),
-                        Some(Err(what)) => {
-                            feeding.remove(&key);
-                            // Items still in flight after a stage ended are
-                            // many: not worth a warning each.
-                            log::debug!("{peer}: {what}");
-                            sender
-                                .lock()
-                                .await
-                                .send(&error(ErrorCode::BadRequest, what))
-                                .await
-                        }
-                    }
-                }
-                Message::StreamEnd(end) => {
-                    feeding.remove(&(end.stream, end.stage));
-                    if !config.streams.end(end.stream, end.stage) {
-                        log::debug!(
-                            "{peer}: end of stage {} of stream {}, which has ended",
-                            end.stage,
-                            end.stream
-                        );
-                    }
-                    Ok(())
-                }
-                Message::StageQuery(q) => {
-                    let reply = match config.streams.progress(q.stream, q.stage) {
-                        Some(p) => Message::StageProgress(p),
-                        None => error(
-                            ErrorCode::BadRequest,
-                            format!("no stage {} of job {} runs here", q.stage, JobId(q.stream)),
-                        ),
-                    };
-                    sender.lock().await.send(&reply).await
-                }
-                Message::ClockProbe(p) => {
-                    let reading = ClockReading {
-                        nonce: p.nonce,
-                        agent_ns: recorder.now_ns(),
-                    };
-                    sender
-                        .lock()
-                        .await
-                        .send(&Message::ClockReading(reading))
-                        .await
-                }
-                Message::TraceCollect(req) => {
-                    let mut s = sender.lock().await;
-                    let mut sent = Ok(());
-                    for batch in recorder.batches(req.job) {
-                        sent = s.send(&Message::TraceBatch(batch)).await;
-                        if sent.is_err() {
-                            break;
-                        }
-                    }
-                    sent
-                }
-                Message::ModulePush(push) => {
-                    let reply = store_module(config, push, peer).await;
-                    sender.lock().await.send(&reply).await
-                }
-                Message::StageSwap(swap) => {
-                    if stage_opened == Some((swap.stream, swap.stage)) {
-                        // The stage answers when it has swapped (it takes
-                        // swaps before items). This reader never waits for
-                        // it: it must go on reading the master's beats.
-                        match swap_tx.try_send(swap) {
-                            Err(async_channel::TrySendError::Full(swap)) => {
-                                let what = format!(
-                                    "stage {} has {SWAPS_WAITING} swaps waiting: ask again once \
-                                     it has answered them",
-                                    swap.stage
-                                );
-                                let mut s = sender.lock().await;
-                                s.send(&error(ErrorCode::BadRequest, what)).await
-                            }
-                            // Closed: the stage is gone with its channel.
-                            _ => Ok(()),
-                        }
-                    } else {
-                        let what = format!(
-                            "stage swap for stage {} of stream {}, which this session does not run",
-                            swap.stage, swap.stream
-                        );
-                        sender
-                            .lock()
-                            .await
-                            .send(&error(ErrorCode::BadRequest, what))
-                            .await
-                    }
-                }
-                Message::Bye => {
-                    log::info!("master {peer} said goodbye");
-                    sender.lock().await.close();
-                    return;
-                }
-                Message::Error(e) => {
-                    let (level, held) = warnings.level(None);
-                    let what = quoted(&e.message);
-                    log::log!(level, "master {peer} reported an error: {what}{held}");
-                    Ok(())
-                }
-                other => {
-                    let what = format!("agent does not handle {} messages", other.kind_name());
-                    sender
-                        .lock()
-                        .await
-                        .send(&error(ErrorCode::Unsupported, what))
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                log::warn!("connection to master {peer} failed: {e}");
-                return;
-            }
-        }
+    let driver = Driver {
+        config,
+        peer,
+        local_addr: local_addr.ip(),
+        sender: Mutex::new(sender),
+        session: RefCell::new(Session::new(slots)),
+        changed: Event::new(),
+        freed: Event::new(),
+        traced: Cell::new(None),
+        conn: recorder.new_conn(),
+        recorder,
+        job_news: LogQuota::new(log::Level::Info),
+        warnings: LogQuota::new(log::Level::Warn),
+        done: done_tx,
+        raw: raw_tx,
+        stage: stage_tx,
+        swaps: swap_tx,
     };
-    let writer = async {
-        while let Ok(outcome) = done_rx.recv().await {
-            let _ = slot_tx.try_send(());
-            let (tag, id) = (outcome.tag, outcome.tag.id);
-            let send = async {
-                let mut s = sender.lock().await;
-                let started = Instant::now();
-                let sent = send_outcome(&mut s, outcome, &warnings, peer).await;
-                if tag.trace.is_some() {
-                    let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
-                    recorder.frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
-                }
-                Some(sent)
-            };
-            let late = async {
-                async_io::Timer::after(WRITE_DEADLINE).await;
-                None
-            };
-            match future::or(send, late).await {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    log::warn!("cannot send a task result to master {peer}: {e}");
-                    return;
-                }
-                None => {
-                    log::warn!(
-                        "master {peer} took no result for {WRITE_DEADLINE:?}: taken for gone"
-                    );
-                    return;
-                }
-            }
-        }
-    };
-    let raw = raw_echo::serve_opened(raw_rx, peer.ip());
-    // The stage this session opened, if any: dropped with the session.
-    let stage = async {
-        if let Ok(open) = stage_rx.recv().await {
-            stage_running.set(true);
-            let link = stages::Link {
-                conn,
-                plaintext,
-                heartbeat: heartbeat.get(),
-            };
-            stages::run_stage(config, open, &sender, link, swap_rx.clone()).await;
-            stage_running.set(false);
-        }
-        future::pending::<()>().await
-    };
-    // Heartbeats, if the master asked: they tell it this agent still
-    // answers while its kernels run.
-    let beat = async {
-        if let Ok(every) = beat_rx.recv().await {
-            // The first at once: the master then knows this agent beats.
-            while sender.lock().await.send(&Message::Heartbeat).await.is_ok() {
-                async_io::Timer::after(every).await;
-            }
-        }
-        future::pending::<()>().await
-    };
-    // A master that beats and then falls silent while work of its is
-    // unfinished is taken for gone (its host died, it was stopped): the
-    // session ends, which drops its work.
-    let watch = async {
-        if let Ok(every) = watch_rx.recv().await {
-            let down_after = every * DOWN_AFTER_BEATS;
-            let mut heard = false;
-            loop {
-                async_io::Timer::after(every / 4).await;
-                if !heard && liveness.beats() > 0 {
-                    heard = true;
-                    log::info!(
-                        "master {peer} beats: silent for {down_after:?} with work unfinished, \
-                         it is taken for gone"
-                    );
-                }
-                let busy = in_flight() > 0 || stage_running.get();
-                let silent = liveness.silent_for();
-                if busy && liveness.beats() > 0 && silent >= down_after {
-                    log::warn!(
-                        "master {peer} silent for {silent:.1?} with work unfinished: \
-                         taken for gone"
-                    );
-                    return;
-                }
-            }
-        }
-        future::pending::<()>().await
+    let liveness = receiver.liveness();
+    let shutdown = async {
+        stop.await;
+        driver.shutting_down().await;
     };
     future::or(
-        reader,
+        shutdown,
         future::or(
-            writer,
-            future::or(raw, future::or(stage, future::or(beat, watch))),
+            driver.read(receiver),
+            future::or(
+                driver.write(done_rx),
+                future::or(
+                    raw_echo::serve_opened(raw_rx, peer.ip()),
+                    future::or(
+                        driver.run_stage(stage_rx, swap_rx, plaintext),
+                        driver.tick(liveness),
+                    ),
+                ),
+            ),
         ),
     )
     .await;
-    if let Some(job) = last_job.get() {
-        config.kernels.end_job(job);
+    driver.finish();
+}
+
+/// A frame as it arrived (for traces).
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    started: Instant,
+    len: usize,
+}
+
+/// What serves one session: its [`Session`] and the I/O it drives.
+struct Driver<'a> {
+    config: &'a AgentState,
+    peer: SocketAddr,
+    /// The address the master reached: the raw echo socket listens there.
+    local_addr: IpAddr,
+    sender: Mutex<Sender>,
+    session: RefCell<Session>,
+    /// The session's timeout may have moved.
+    changed: Event,
+    /// A task slot was given back.
+    freed: Event,
+    /// How the last task read is traced, until it runs.
+    traced: Cell<Option<Traced>>,
+    /// This connection's number in traces.
+    conn: u32,
+    recorder: &'a Arc<Recorder>,
+    /// Jobs this session has run tasks for, to log each job once.
+    job_news: LogQuota,
+    /// Warnings about this master's requests (see `LogQuota`).
+    warnings: LogQuota,
+    done: async_channel::Sender<Outcome>,
+    raw: async_channel::Sender<raw_echo::Opened>,
+    stage: async_channel::Sender<StageOpen>,
+    swaps: async_channel::Sender<StageSwap>,
+}
+
+impl Driver<'_> {
+    /// Reads the master's messages until the session ends.
+    async fn read(&self, mut receiver: Receiver) {
+        let mut bulk = Vec::new();
+        loop {
+            if self.wait_for_slot().await.is_break() {
+                return;
+            }
+            let received = match receiver.recv(&mut bulk).await {
+                Ok(received) => received,
+                Err(e) => match self.read_failed(e).await {
+                    ControlFlow::Continue(()) => continue,
+                    ControlFlow::Break(()) => return,
+                },
+            };
+            let frame = Frame {
+                started: received.started,
+                len: received.frame_len,
+            };
+            self.note(&received.msg, frame);
+            let array = received.bulk.map(|shape| Array {
+                shape,
+                data: std::mem::take(&mut bulk),
+            });
+            let actions = self
+                .session
+                .borrow_mut()
+                .handle(Instant::now(), received.msg, array);
+            self.changed.notify(usize::MAX);
+            for action in actions {
+                if self.execute(action, frame, &mut bulk).await.is_break() {
+                    return;
+                }
+            }
+        }
     }
-    job_news.close(peer);
-    warnings.close(peer);
-    for (stream, stage) in feeding {
-        let why = format!("the connection from {peer} ended before the end of the stream");
-        config.streams.cut(stream, stage, &why);
+
+    /// While a task read waits for a slot, waits for one and runs it.
+    async fn wait_for_slot(&self) -> Flow {
+        loop {
+            let freed = self.freed.listen();
+            if self.session.borrow().can_read() {
+                return Flow::Continue(());
+            }
+            let released = self.session.borrow_mut().release_held();
+            match released {
+                Some(run) => {
+                    let frame = Frame {
+                        started: Instant::now(),
+                        len: 0,
+                    };
+                    return self.execute(run, frame, &mut Vec::new()).await;
+                }
+                None => freed.await,
+            }
+        }
     }
-    let left = in_flight();
-    if left > 0 {
-        // The workers skip queued calls whose session is gone.
-        log::info!("master {peer} left {left} tasks unfinished; those not started are dropped");
+
+    /// What was read was no message: the master is told, and the session
+    /// ends unless the next frame can be read.
+    async fn read_failed(&self, e: WireError) -> Flow {
+        let peer = self.peer;
+        match e {
+            WireError::Closed => log::info!("master {peer} disconnected"),
+            WireError::Io(e) => log::info!("connection to master {peer} ended: {e}"),
+            e => {
+                let (level, held) = self.warnings.level(None);
+                let what = e.to_string();
+                let what = clip(&what, MESSAGE_MAX);
+                log::log!(level, "bad input from master {peer}: {what}{held}");
+                let actions = self
+                    .session
+                    .borrow_mut()
+                    .bad_input(e.to_string(), e.is_recoverable());
+                for action in actions {
+                    self.execute(
+                        action,
+                        Frame {
+                            started: Instant::now(),
+                            len: 0,
+                        },
+                        &mut Vec::new(),
+                    )
+                    .await?;
+                }
+                return Flow::Continue(());
+            }
+        }
+        Flow::Break(())
+    }
+
+    /// Logs (and traces) a message read, before the session handles it.
+    fn note(&self, msg: &Message, frame: Frame) {
+        let peer = self.peer;
+        match msg {
+            Message::Hello(hello) => log::info!("master {peer} is {:?}", quoted(&hello.master)),
+            Message::Task(task) => {
+                let job = task.job;
+                let (level, held) = self.job_news.level(Some(job));
+                log::log!(level, skelpi_job:% = job; "job {job}: tasks from master {peer}{held}");
+                let traced = task.trace.then(|| {
+                    self.recorder.prepare();
+                    let kind = TraceKind::TaskRecv;
+                    let (at, bytes) = (frame.started, frame.len);
+                    self.recorder
+                        .frame(job, kind, self.conn, task.id, NO_STAGE, at, bytes);
+                    // Its wait starts once the frame is in.
+                    Traced {
+                        stage: NO_STAGE,
+                        since: Instant::now(),
+                    }
+                });
+                self.traced.set(traced);
+            }
+            Message::Error(e) => {
+                let (level, held) = self.warnings.level(None);
+                let what = quoted(&e.message);
+                log::log!(level, "master {peer} reported an error: {what}{held}");
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out one of the session's actions (`frame`: the message's,
+    /// `bulk`: the buffer an echoed array goes back to).
+    async fn execute(&self, action: Action, frame: Frame, bulk: &mut Vec<f64>) -> Flow {
+        let config = self.config;
+        match action {
+            Action::Send(msg) => self.send(&msg).await,
+            Action::SendBulk(msg, array) => {
+                let sent = self
+                    .sender
+                    .lock()
+                    .await
+                    .send_bulk(&msg, array.shape, &array.data)
+                    .await;
+                // The next frame is read into the same buffer.
+                *bulk = array.data;
+                self.sent(sent)
+            }
+            Action::Welcome => self.send(&Message::Welcome(config.info.clone())).await,
+            Action::RunTask(task, input) => self.run_task(task, input).await,
+            Action::EndJob(job) => {
+                config.kernels.end_job(job);
+                Flow::Continue(())
+            }
+            Action::OpenRawEcho => self.open_raw_echo().await,
+            Action::StartStage(open) => {
+                let _ = self.stage.try_send(open);
+                Flow::Continue(())
+            }
+            Action::Swap(swap) => self.swap(swap).await,
+            Action::Deliver(item, data) => self.deliver(item, data, frame).await,
+            Action::EndStream((stream, stage)) => {
+                if !config.streams.end(stream, stage) {
+                    let peer = self.peer;
+                    log::debug!("{peer}: end of stage {stage} of stream {stream}, which has ended");
+                }
+                Flow::Continue(())
+            }
+            Action::Answer(msg) => self.answer(msg).await,
+            Action::Close(why) => {
+                self.close(&why).await;
+                Flow::Break(())
+            }
+        }
+    }
+
+    /// Sends a message to the master.
+    async fn send(&self, msg: &Message) -> Flow {
+        let sent = self.sender.lock().await.send(msg).await;
+        self.sent(sent)
+    }
+
+    /// Whether the session goes on after a send.
+    fn sent(&self, sent: Result<(), WireError>) -> Flow {
+        match sent {
+            Ok(()) => Flow::Continue(()),
+            Err(e) => {
+                log::warn!("connection to master {} failed: {e}", self.peer);
+                Flow::Break(())
+            }
+        }
+    }
+
+    /// Queues a task on the workers (its slot was taken), or answers at
+    /// once if its kernel is unknown (its slot given back).
+    async fn run_task(&self, task: TaskHead, input: Array) -> Flow {
+        let traced = self.traced.take();
+        let parts = (&self.sender, &self.warnings);
+        let (queued, sent) = start_task(self.config, task, input, traced, &self.done, parts).await;
+        if !queued {
+            self.session.borrow_mut().task_finished();
+        }
+        self.sent(sent)
+    }
+
+    /// Opens the raw echo socket and tells the master where, or why not.
+    async fn open_raw_echo(&self) -> Flow {
+        let opened = raw_echo::open(self.local_addr)
+            .and_then(|o| Ok((o.listener.local_addr()?.port(), o.token, o)));
+        let reply = match opened {
+            Ok((port, token, opened)) => {
+                let _ = self.raw.try_send(opened);
+                Message::RawEchoReady(RawEchoReady { port, token })
+            }
+            Err(e) => {
+                self.session.borrow_mut().raw_echo_failed();
+                let what = format!("cannot open a raw echo socket: {e}");
+                error_message(ErrorCode::Unsupported, what)
+            }
+        };
+        self.send(&reply).await
+    }
+
+    /// Passes a kernel swap to the stage, which answers once it has
+    /// swapped (it takes swaps before items); the reader never waits for
+    /// it, as it must go on reading the master's beats.
+    async fn swap(&self, swap: StageSwap) -> Flow {
+        match self.swaps.try_send(swap) {
+            Err(async_channel::TrySendError::Full(swap)) => {
+                let what = format!(
+                    "stage {} has {SWAPS_WAITING} swaps waiting: ask again once it has answered                      them",
+                    swap.stage
+                );
+                self.send(&error_message(ErrorCode::BadRequest, what)).await
+            }
+            // Closed: the stage is gone with its channel.
+            _ => Flow::Continue(()),
+        }
+    }
+
+    /// Delivers a stream item to its stage here; a full inbox holds the
+    /// reader (shutdown still ends it).
+    async fn deliver(&self, item: skelpi_proto::StreamItem, data: Array, frame: Frame) -> Flow {
+        let arrived = streams::Arrival {
+            conn: self.conn,
+            started: frame.started,
+            frame_len: frame.len,
+        };
+        let key = (item.stream, item.stage);
+        let delivered = self
+            .config
+            .streams
+            .deliver(item, data, arrived, self.recorder);
+        let Err(what) = delivered.await else {
+            return Flow::Continue(());
+        };
+        // Items still in flight after a stage ended are many: not worth
+        // a warning each.
+        log::debug!("{}: {what}", self.peer);
+        let reply = self.session.borrow_mut().delivery_refused(key, what);
+        self.send(&reply).await
+    }
+
+    /// Answers a request from the agent's shared state.
+    async fn answer(&self, msg: Message) -> Flow {
+        let config = self.config;
+        let reply = match msg {
+            Message::StageQuery(q) => match config.streams.progress(q.stream, q.stage) {
+                Some(p) => Message::StageProgress(p),
+                None => {
+                    let what = format!("no stage {} of job {} runs here", q.stage, JobId(q.stream));
+                    error_message(ErrorCode::BadRequest, what)
+                }
+            },
+            Message::ClockProbe(p) => Message::ClockReading(ClockReading {
+                nonce: p.nonce,
+                agent_ns: self.recorder.now_ns(),
+            }),
+            Message::TraceCollect(req) => {
+                let mut s = self.sender.lock().await;
+                for batch in self.recorder.batches(req.job) {
+                    let sent = s.send(&Message::TraceBatch(batch)).await;
+                    self.sent(sent)?;
+                }
+                return Flow::Continue(());
+            }
+            Message::ModulePush(push) => store_module(config, push, self.peer).await,
+            other => {
+                let what = format!("agent does not answer {} messages", other.kind_name());
+                error_message(ErrorCode::Unsupported, what)
+            }
+        };
+        self.send(&reply).await
+    }
+
+    /// Ends the connection, saying why in the log.
+    async fn close(&self, why: &Ending) {
+        let peer = self.peer;
+        match why {
+            Ending::Goodbye => log::info!("master {peer} {why}"),
+            // Logged as it was read.
+            Ending::BadInput => {}
+            Ending::Silent(_) | Ending::NotReading => log::warn!("master {peer} {why}"),
+        }
+        self.sender.lock().await.close();
+    }
+
+    /// Sends task outcomes as the workers finish them, until the
+    /// connection fails.
+    async fn write(&self, done: async_channel::Receiver<Outcome>) {
+        while let Ok(outcome) = done.recv().await {
+            self.session.borrow_mut().task_finished();
+            self.freed.notify(usize::MAX);
+            let (tag, id) = (outcome.tag, outcome.tag.id);
+            // The master has a while to take it (see `WRITE_DEADLINE`).
+            self.session.borrow_mut().writing(Instant::now());
+            self.changed.notify(usize::MAX);
+            let mut s = self.sender.lock().await;
+            let started = Instant::now();
+            let sent = send_outcome(&mut s, outcome, &self.warnings, self.peer).await;
+            if tag.trace.is_some() {
+                let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
+                let conn = self.conn;
+                self.recorder
+                    .frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
+            }
+            drop(s);
+            self.session.borrow_mut().written();
+            if let Err(e) = sent {
+                log::warn!("cannot send a task result to master {}: {e}", self.peer);
+                return;
+            }
+        }
+    }
+
+    /// Calls the session when it is due (or its timeout moved), and
+    /// carries out what it says: a heartbeat, or the end of a master taken
+    /// for gone.
+    async fn tick(&self, liveness: Arc<Liveness>) {
+        loop {
+            let changed = self.changed.listen();
+            let due = self.session.borrow().poll_timeout();
+            match due {
+                Some(at) => {
+                    let timer = async {
+                        async_io::Timer::at(at).await;
+                    };
+                    future::or(timer, changed).await;
+                }
+                None => changed.await,
+            }
+            let heard = Heard {
+                beats: liveness.beats(),
+                silent_for: liveness.silent_for(),
+            };
+            let actions = self.due(heard);
+            for action in actions {
+                let frame = Frame {
+                    started: Instant::now(),
+                    len: 0,
+                };
+                if self
+                    .execute(action, frame, &mut Vec::new())
+                    .await
+                    .is_break()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What the session says is due now; the first time it sees the
+    /// master beat, the log says what its silence will mean.
+    fn due(&self, heard: Heard) -> Vec<Action> {
+        let mut session = self.session.borrow_mut();
+        let beat_before = session.master_beats();
+        let actions = session.on_timeout(Instant::now(), heard);
+        if session.master_beats() && !beat_before {
+            let down_after = session.heartbeat() * DOWN_AFTER_BEATS;
+            log::info!(
+                "master {} beats: silent for {down_after:?} with work unfinished, it is taken \
+                 for gone",
+                self.peer
+            );
+        }
+        actions
+    }
+
+    /// Runs the stage this session opened, if any (dropped with the
+    /// session).
+    async fn run_stage(
+        &self,
+        opened: async_channel::Receiver<StageOpen>,
+        swaps: async_channel::Receiver<StageSwap>,
+        plaintext: bool,
+    ) {
+        if let Ok(open) = opened.recv().await {
+            // The heartbeat the master asked for: the stage asks it of
+            // its successors too.
+            let link = stages::Link {
+                conn: self.conn,
+                plaintext,
+                heartbeat: self.session.borrow().heartbeat(),
+            };
+            stages::run_stage(self.config, open, &self.sender, link, swaps).await;
+            self.session.borrow_mut().stage_ended();
+        }
+        future::pending::<()>().await
+    }
+
+    /// Tells the master the agent is shutting down, and closes the
+    /// connection.
+    async fn shutting_down(&self) {
+        let mut s = self.sender.lock().await;
+        let bye = error_message(ErrorCode::ShuttingDown, "agent is shutting down".into());
+        let _ = s.send(&bye).await;
+        s.close();
+    }
+
+    /// Cleans up after the session: its last job ends here, the streams
+    /// it fed without their end are cut, its queued tasks are dropped.
+    fn finish(self) {
+        let peer = self.peer;
+        let left = self.session.into_inner().finish();
+        if let Some(job) = left.last_job {
+            self.config.kernels.end_job(job);
+        }
+        self.job_news.close(peer);
+        self.warnings.close(peer);
+        for (stream, stage) in left.cut {
+            let why = format!("the connection from {peer} ended before the end of the stream");
+            self.config.streams.cut(stream, stage, &why);
+        }
+        if left.unfinished > 0 {
+            // The workers skip queued calls whose session is gone.
+            log::info!(
+                "master {peer} left {} tasks unfinished; those not started are dropped",
+                left.unfinished
+            );
+        }
     }
 }
 
@@ -612,14 +698,6 @@ async fn send_outcome(
     s.send(&Message::TaskFailed(failed)).await
 }
 
-/// Tells the master the agent is shutting down, and closes the connection.
-async fn shutting_down(sender: &Mutex<Sender>) {
-    let mut s = sender.lock().await;
-    let bye = error(ErrorCode::ShuttingDown, "agent is shutting down".into());
-    let _ = s.send(&bye).await;
-    s.close();
-}
-
 /// Queues a task on the workers (its outcome goes to `done`), or answers
 /// at once if its kernel is unknown; says whether it was queued.
 async fn start_task(
@@ -683,21 +761,12 @@ async fn store_module(
             Err(e) => {
                 let e = clip(&e.to_string(), MESSAGE_MAX).into_owned();
                 log::warn!("master {peer} pushed a module that was refused: {e}");
-                error(ErrorCode::BadRequest, e.to_string())
+                error_message(ErrorCode::BadRequest, e.to_string())
             }
         };
     }
     let _ = (config, push, peer);
     let what = "this agent runs no WebAssembly (built without the wasm feature, \
                 or started with --wasm-cache 0)";
-    error(ErrorCode::Unsupported, what.to_owned())
-}
-
-/// An error reply (its message clipped: it may quote the peer).
-fn error(code: ErrorCode, message: String) -> Message {
-    let message = match clip(&message, MESSAGE_MAX) {
-        std::borrow::Cow::Borrowed(_) => message,
-        clipped => clipped.into_owned(),
-    };
-    Message::Error(ErrorReply { code, message })
+    error_message(ErrorCode::Unsupported, what.to_owned())
 }

@@ -4,6 +4,7 @@
 mod daemon;
 mod handshake;
 mod journal;
+mod session;
 mod stages;
 mod support;
 mod systemd;
