@@ -14,36 +14,33 @@
 //! (heartbeats, a silent master, a master that reads nothing); the stage
 //! and the raw echo socket run when opened.
 
-use crate::admission::Throttle;
 use crate::kernels::Array;
 use crate::raw_echo;
 use crate::session::{Action, Ending, Heard, Session, error_message};
 use crate::stages;
 use crate::state::AgentState;
-use crate::streams;
 use crate::trace::Recorder;
-use crate::workers::{Failure, Outcome, Tag, Traced};
+use crate::workers::{Outcome, Traced};
 use event_listener::Event;
 use futures_lite::future;
 use skelpi_proto::code::StageSwap;
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
-use skelpi_proto::trace::{ClockReading, NO_STAGE, TraceKind};
-use skelpi_proto::{
-    ErrorCode, JobId, Message, RawEchoReady, StageOpen, TaskDone, TaskFailed, TaskHead,
-};
+use skelpi_proto::trace::{NO_STAGE, TraceKind};
+use skelpi_proto::{ErrorCode, Message, StageOpen};
 use skelpi_wire::handshake::{DOWN_AFTER_BEATS, Established};
 use skelpi_wire::{Liveness, Receiver, Sender, WireError};
 use smol::lock::Mutex;
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Job ids a session remembers for logging each job once; beyond that it
-/// forgets them all and may log a job again.
-const JOBS_REMEMBERED: usize = 1024;
+mod outcome;
+mod quota;
+mod requests;
+
+use quota::LogQuota;
 
 /// Tasks a session may have queued, running or waiting to be sent, per
 /// worker thread: what a master's credits use (2 per core), so a master
@@ -346,108 +343,6 @@ impl Driver<'_> {
         }
     }
 
-    /// Queues a task on the workers (its slot was taken), or answers at
-    /// once if its kernel is unknown (its slot given back).
-    async fn run_task(&self, task: TaskHead, input: Array) -> Flow {
-        let traced = self.traced.take();
-        let parts = (&self.sender, &self.warnings);
-        let (queued, sent) = start_task(self.config, task, input, traced, &self.done, parts).await;
-        if !queued {
-            self.session.borrow_mut().task_finished();
-        }
-        self.sent(sent)
-    }
-
-    /// Opens the raw echo socket and tells the master where, or why not.
-    async fn open_raw_echo(&self) -> Flow {
-        let opened = raw_echo::open(self.local_addr)
-            .and_then(|o| Ok((o.listener.local_addr()?.port(), o.token, o)));
-        let reply = match opened {
-            Ok((port, token, opened)) => {
-                let _ = self.raw.try_send(opened);
-                Message::RawEchoReady(RawEchoReady { port, token })
-            }
-            Err(e) => {
-                self.session.borrow_mut().raw_echo_failed();
-                let what = format!("cannot open a raw echo socket: {e}");
-                error_message(ErrorCode::Unsupported, what)
-            }
-        };
-        self.send(&reply).await
-    }
-
-    /// Passes a kernel swap to the stage, which answers once it has
-    /// swapped (it takes swaps before items); the reader never waits for
-    /// it, as it must go on reading the master's beats.
-    async fn swap(&self, swap: StageSwap) -> Flow {
-        match self.swaps.try_send(swap) {
-            Err(async_channel::TrySendError::Full(swap)) => {
-                let what = format!(
-                    "stage {} has {SWAPS_WAITING} swaps waiting: ask again once it has answered                      them",
-                    swap.stage
-                );
-                self.send(&error_message(ErrorCode::BadRequest, what)).await
-            }
-            // Closed: the stage is gone with its channel.
-            _ => Flow::Continue(()),
-        }
-    }
-
-    /// Delivers a stream item to its stage here; a full inbox holds the
-    /// reader (shutdown still ends it).
-    async fn deliver(&self, item: skelpi_proto::StreamItem, data: Array, frame: Frame) -> Flow {
-        let arrived = streams::Arrival {
-            conn: self.conn,
-            started: frame.started,
-            frame_len: frame.len,
-        };
-        let key = (item.stream, item.stage);
-        let delivered = self
-            .config
-            .streams
-            .deliver(item, data, arrived, self.recorder);
-        let Err(what) = delivered.await else {
-            return Flow::Continue(());
-        };
-        // Items still in flight after a stage ended are many: not worth
-        // a warning each.
-        log::debug!("{}: {what}", self.peer);
-        let reply = self.session.borrow_mut().delivery_refused(key, what);
-        self.send(&reply).await
-    }
-
-    /// Answers a request from the agent's shared state.
-    async fn answer(&self, msg: Message) -> Flow {
-        let config = self.config;
-        let reply = match msg {
-            Message::StageQuery(q) => match config.streams.progress(q.stream, q.stage) {
-                Some(p) => Message::StageProgress(p),
-                None => {
-                    let what = format!("no stage {} of job {} runs here", q.stage, JobId(q.stream));
-                    error_message(ErrorCode::BadRequest, what)
-                }
-            },
-            Message::ClockProbe(p) => Message::ClockReading(ClockReading {
-                nonce: p.nonce,
-                agent_ns: self.recorder.now_ns(),
-            }),
-            Message::TraceCollect(req) => {
-                let mut s = self.sender.lock().await;
-                for batch in self.recorder.batches(req.job) {
-                    let sent = s.send(&Message::TraceBatch(batch)).await;
-                    self.sent(sent)?;
-                }
-                return Flow::Continue(());
-            }
-            Message::ModulePush(push) => store_module(config, push, self.peer).await,
-            other => {
-                let what = format!("agent does not answer {} messages", other.kind_name());
-                error_message(ErrorCode::Unsupported, what)
-            }
-        };
-        self.send(&reply).await
-    }
-
     /// Ends the connection, saying why in the log.
     async fn close(&self, why: &Ending) {
         let peer = self.peer;
@@ -458,34 +353,6 @@ impl Driver<'_> {
             Ending::Silent(_) | Ending::NotReading => log::warn!("master {peer} {why}"),
         }
         self.sender.lock().await.close();
-    }
-
-    /// Sends task outcomes as the workers finish them, until the
-    /// connection fails.
-    async fn write(&self, done: async_channel::Receiver<Outcome>) {
-        while let Ok(outcome) = done.recv().await {
-            self.session.borrow_mut().task_finished();
-            self.freed.notify(usize::MAX);
-            let (tag, id) = (outcome.tag, outcome.tag.id);
-            // The master has a while to take it (see `WRITE_DEADLINE`).
-            self.session.borrow_mut().writing(Instant::now());
-            self.changed.notify(usize::MAX);
-            let mut s = self.sender.lock().await;
-            let started = Instant::now();
-            let sent = send_outcome(&mut s, outcome, &self.warnings, self.peer).await;
-            if tag.trace.is_some() {
-                let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
-                let conn = self.conn;
-                self.recorder
-                    .frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
-            }
-            drop(s);
-            self.session.borrow_mut().written();
-            if let Err(e) = sent {
-                log::warn!("cannot send a task result to master {}: {e}", self.peer);
-                return;
-            }
-        }
     }
 
     /// Calls the session when it is due (or its timeout moved), and
@@ -595,178 +462,4 @@ impl Driver<'_> {
             );
         }
     }
-}
-
-/// What a session logs about its master's requests at a level above debug:
-/// the first record of each job, and at most one a second for the whole
-/// session (the next says how many were held back); the rest go to debug.
-/// So neither a failing job of many tasks nor a master inventing a job id
-/// per task can flood the journal (journald would drop the agent's other
-/// records).
-#[derive(Debug)]
-struct LogQuota {
-    level: log::Level,
-    jobs: RefCell<HashSet<JobId>>,
-    throttle: Throttle,
-}
-
-impl LogQuota {
-    /// A quota for records at `level`.
-    fn new(level: log::Level) -> LogQuota {
-        LogQuota {
-            level,
-            jobs: RefCell::new(HashSet::new()),
-            throttle: Throttle::new(Duration::from_secs(1)),
-        }
-    }
-
-    /// The level of a record (about `job`, if any), and a note to add to
-    /// it: how many were held back before it.
-    fn level(&self, job: Option<JobId>) -> (log::Level, String) {
-        let first = job.is_none_or(|job| {
-            let mut jobs = self.jobs.borrow_mut();
-            if jobs.len() >= JOBS_REMEMBERED {
-                jobs.clear();
-            }
-            jobs.insert(job)
-        });
-        match first.then(|| self.throttle.admit()).flatten() {
-            Some(0) => (self.level, String::new()),
-            Some(held) => (self.level, format!(" ({held} similar records held back)")),
-            None => (log::Level::Debug, String::new()),
-        }
-    }
-
-    /// Says how many records were held back since the last one (the
-    /// session ends).
-    fn close(&self, peer: SocketAddr) {
-        let held = self.throttle.take_held_back();
-        if held > 0 {
-            log::log!(
-                self.level,
-                "master {peer}: {held} similar records held back (logged at debug level)"
-            );
-        }
-    }
-}
-
-/// Why a task's output of `floats` elements cannot be sent back.
-fn unsendable(e: &skelpi_proto::EncodeError, floats: usize) -> String {
-    match e {
-        skelpi_proto::EncodeError::TooLarge { len, max } => format!(
-            "output of {floats} floats ({len} bytes in a frame) exceeds the {} MiB limit of a frame",
-            max >> 20
-        ),
-        other => format!("its output cannot be sent: {other}"),
-    }
-}
-
-/// Sends a task's outcome: its result, or its failure (also when the
-/// result cannot be sent: too large for a frame).
-async fn send_outcome(
-    s: &mut Sender,
-    Outcome { tag, busy, result }: Outcome,
-    warnings: &LogQuota,
-    peer: SocketAddr,
-) -> Result<(), WireError> {
-    let (id, job) = (tag.id, tag.job);
-    let failure = match result {
-        Ok(out) => {
-            let busy_ns = Some(busy.as_nanos().min(u64::MAX as u128) as u64);
-            let done = Message::TaskDone(TaskDone { id, busy_ns });
-            match s.send_bulk(&done, out.shape, &out.data).await {
-                // The output is at fault, not the connection (nothing was
-                // written): the task fails, as deterministically as a
-                // kernel error.
-                Err(WireError::Encode(e)) => Failure {
-                    message: unsendable(&e, out.data.len()),
-                    panicked: false,
-                },
-                sent => return sent,
-            }
-        }
-        Err(f) => f,
-    };
-    let message = clip(&failure.message, MESSAGE_MAX).into_owned();
-    let (level, held) = warnings.level(Some(job));
-    log::log!(level, skelpi_job:% = job; "job {job}: task {id} for master {peer} failed: {message}{held}");
-    let failed = TaskFailed {
-        id,
-        error: message,
-        panicked: failure.panicked,
-    };
-    s.send(&Message::TaskFailed(failed)).await
-}
-
-/// Queues a task on the workers (its outcome goes to `done`), or answers
-/// at once if its kernel is unknown; says whether it was queued.
-async fn start_task(
-    config: &AgentState,
-    task: TaskHead,
-    input: Array,
-    trace: Option<Traced>,
-    done: &async_channel::Sender<Outcome>,
-    (sender, warnings): (&Mutex<Sender>, &LogQuota),
-) -> (bool, Result<(), WireError>) {
-    match config.kernels.find_unblocked(&task.kernel).await {
-        Ok(kernel) => {
-            let deadline = task
-                .deadline_ms
-                .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms.into())));
-            let tag = Tag {
-                id: task.id,
-                job: task.job,
-                trace,
-                deadline,
-            };
-            config
-                .workers
-                .submit(tag, kernel, task.args, input, done.clone())
-                .await;
-            (true, Ok(()))
-        }
-        Err(why) => {
-            let error = format!("agent {}: {why}", config.info.name);
-            let error = clip(&error, MESSAGE_MAX).into_owned();
-            let job = task.job;
-            let (level, held) = warnings.level(Some(job));
-            log::log!(level, skelpi_job:% = job; "job {job}: task {}: {error}{held}", task.id);
-            let failed = TaskFailed {
-                id: task.id,
-                error,
-                panicked: false,
-            };
-            let sent = sender.lock().await.send(&Message::TaskFailed(failed)).await;
-            (false, sent)
-        }
-    }
-}
-
-/// Stores a pushed WebAssembly module (compiled off the executor); the
-/// reply to send.
-async fn store_module(
-    config: &AgentState,
-    push: skelpi_proto::code::ModulePush,
-    peer: SocketAddr,
-) -> Message {
-    #[cfg(feature = "wasm")]
-    if let Some(modules) = config.kernels.modules().cloned() {
-        let hash = push.hash.clone();
-        let stored = smol::unblock(move || modules.store(&push.hash, &push.bytes)).await;
-        return match stored {
-            Ok(kernels) => {
-                log::info!("master {peer} stored module {hash}: {}", kernels.join(", "));
-                Message::ModuleStored(skelpi_proto::code::ModuleStored { hash, kernels })
-            }
-            Err(e) => {
-                let e = clip(&e.to_string(), MESSAGE_MAX).into_owned();
-                log::warn!("master {peer} pushed a module that was refused: {e}");
-                error_message(ErrorCode::BadRequest, e.to_string())
-            }
-        };
-    }
-    let _ = (config, push, peer);
-    let what = "this agent runs no WebAssembly (built without the wasm feature, \
-                or started with --wasm-cache 0)";
-    error_message(ErrorCode::Unsupported, what.to_owned())
 }
