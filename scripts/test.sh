@@ -80,6 +80,19 @@ else
     die 2 "missing rust components: ${components[*]}, and no rustup to add them"
 fi
 
+# The oldest Rust the workspace says it builds with (Cargo.toml's
+# rust-version): installed here, checked below.
+MSRV=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+[[ -n $MSRV ]] || die 2 "Cargo.toml states no rust-version"
+step "rust $MSRV (the stated minimum)"
+if rustup toolchain list 2>/dev/null | grep -q "^$MSRV[.-]"; then
+    echo "installed"
+elif command -v rustup >/dev/null; then
+    rustup toolchain install "$MSRV" --profile minimal
+else
+    die 2 "rust $MSRV (Cargo.toml's rust-version) is missing, and no rustup to add it"
+fi
+
 # The boards' agent: 64-bit (static musl) and 32-bit Raspberry Pi OS.
 BOARD_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 # WebAssembly guests: examples/wasm-guest, pushed to agents by the tests.
@@ -120,6 +133,9 @@ done
 
 step "the example WebAssembly guest (examples/wasm-guest, $GUEST_TARGET)"
 cargo build --release --target "$GUEST_TARGET" --manifest-path examples/wasm-guest/Cargo.toml
+
+step "cargo +$MSRV check --workspace --all-targets (the stated minimum Rust)"
+CARGO_TARGET_DIR=target/msrv cargo "+$MSRV" check --workspace --all-targets --locked
 
 step "architecture invariants"
 ./scripts/check-invariants.sh
