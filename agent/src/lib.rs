@@ -4,7 +4,9 @@
 //! ([`skelpi_wire::handshake`]), announces itself over DNS-SD ([`announce`]) and
 //! plays skeleton roles for them ([`roles`]). The `skelpi-agent` binary is a
 //! thin shell over [`node::run`]; the master starts in-process agents with
-//! [`local::LocalAgent`].
+//! [`local::LocalAgent`]. Where these docs say *the seed*, they mean the
+//! 2010 talk skelpi succeeds, *Erlang as a framework for
+//! parallel/distributed programming*.
 //!
 //! # Examples
 //! An in-process agent on loopback, reached by a master connection:

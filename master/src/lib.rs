@@ -3,6 +3,11 @@
 //! the lab) is the `skelpi-cli` package over it. A job runs through one
 //! builder, [`JobBuilder`], which chooses how ([`jobs`]).
 //!
+//! skelpi is the Rust successor of the 2010 talk *Erlang as a framework for
+//! parallel/distributed programming* (pmap and pipeline on
+//! `spawn(Node, M, F, Args)`, a `.hosts.erlang` pool, Inviso tracing);
+//! throughout these docs, **the seed** means that talk.
+//!
 //! # Examples
 //! An embedded cluster of two in-process agents, pinged:
 //! ```
