@@ -1,7 +1,7 @@
 //! Finding agents on the local network by browsing DNS-SD over mDNS.
 //!
 //! [`discover`] browses [`SERVICE_TYPE`] for a bounded time and returns what
-//! the agents announced (see [`skelpi_agent::announce`]).
+//! the agents announced (the agent announces the same `skelpi_proto::dnssd` form).
 //!
 //! # Implementation
 //!

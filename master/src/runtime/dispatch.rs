@@ -1,5 +1,5 @@
 //! On-demand task dispatch with credits: the I/O around
-//! [`Scheduler`](super::schedule::Scheduler), which makes every decision
+//! [`Scheduler`], which makes every decision
 //! (which agent, what to send again, which result counts).
 
 use super::schedule::Scheduler;

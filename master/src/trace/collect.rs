@@ -125,7 +125,7 @@ impl Recorder {
     }
 
     /// Marks the job's timeline now with `text` (a decision of its
-    /// manager). At most [`MASTER_MARKS`] are kept.
+    /// manager). At most `MASTER_MARKS` are kept.
     pub fn mark(&self, text: String) {
         let mut marks = self.marks.borrow_mut();
         if marks.len() < MASTER_MARKS {
