@@ -94,8 +94,20 @@ pub struct ImageReport {
     pub image_bytes: u64,
 }
 
+/// The file on a virtual board's boot partition naming its architecture
+/// (Debian's name: `amd64`, `arm64`), written by `scripts/board-base.sh`.
+/// Raspberry Pi OS images have none: they take ARM agents only.
+pub const BOARD_FILE: &str = "skelpi-board";
+
 /// The CPU an ELF binary is for, if it is a 64- or 32-bit ARM Linux one.
 pub fn elf_arch(head: &[u8]) -> Result<&'static str, String> {
+    elf_arch_for(head, None)
+}
+
+/// The CPU an ELF binary is for, if it runs on `board`: a virtual board's
+/// architecture (its [`BOARD_FILE`]), or `None` for a Raspberry Pi, which
+/// takes 64- or 32-bit ARM.
+pub fn elf_arch_for(head: &[u8], board: Option<&str>) -> Result<&'static str, String> {
     if head.len() < 20 || head[..4] != *b"\x7fELF" {
         return Err("is not an ELF executable".into());
     }
@@ -105,16 +117,26 @@ pub fn elf_arch(head: &[u8]) -> Result<&'static str, String> {
     } else {
         u16::from_be_bytes([head[18], head[19]])
     };
-    match (head[4], machine) {
-        (2, 183) => Ok("aarch64"),
-        (1, 40) => Ok("arm (32-bit)"),
-        (_, 62) => Err(
+    match (head[4], machine, board) {
+        (2, 183, None | Some("arm64")) => Ok("aarch64"),
+        (1, 40, None) => Ok("arm (32-bit)"),
+        (2, 62, Some("amd64")) => Ok("x86-64"),
+        (_, 62, None) => Err(
             "is an x86-64 program; the boards need an aarch64 or armv7 build \
              (cargo build --profile board --target aarch64-unknown-linux-musl -p skelpi-agent)"
                 .into(),
         ),
-        (_, m) => Err(format!("is an ELF program for machine {m}, not ARM")),
+        (_, m, Some(board)) => Err(format!(
+            "is an ELF program for machine {m}; this virtual board is {board}"
+        )),
+        (_, m, None) => Err(format!("is an ELF program for machine {m}, not ARM")),
     }
+}
+
+/// Whether `base` may be a virtual board's image: only those (raw, never
+/// `.xz`) can take an agent that is not ARM.
+fn may_be_virtual_board(base: &Path) -> bool {
+    !source::is_xz(base).unwrap_or(true)
 }
 
 /// Builds the image, reporting base bytes read to `progress` (see
@@ -122,10 +144,17 @@ pub fn elf_arch(head: &[u8]) -> Result<&'static str, String> {
 pub fn build(opts: &ImageOptions, progress: impl FnMut(u64)) -> Result<ImageReport, ImageError> {
     // Everything that can be checked before the (long) copy is.
     let agent = std::fs::read(&opts.agent_binary).map_err(ImageError::io(&opts.agent_binary))?;
-    let arch = elf_arch(&agent).map_err(|what| ImageError::Agent {
+    let bad_agent = |what| ImageError::Agent {
         path: opts.agent_binary.clone(),
         what,
-    })?;
+    };
+    // A Pi's architectures at once; a virtual board's once its boot
+    // partition says which it is.
+    if let Err(what) = elf_arch(&agent)
+        && !(may_be_virtual_board(&opts.base) && elf_arch_for(&agent, Some("amd64")).is_ok())
+    {
+        return Err(bad_agent(what));
+    }
     let key = ClusterKey::load(&opts.key_file).map_err(|e| {
         ImageError::Option(format!(
             "cannot use cluster key {}: {e}",
@@ -166,7 +195,7 @@ pub fn build(opts: &ImageOptions, progress: impl FnMut(u64)) -> Result<ImageRepo
     }
     // A leftover of an interrupted run.
     let _ = std::fs::remove_file(&tmp);
-    let result = build_into(opts, &tmp, &agent, arch, &key_text, progress);
+    let result = build_into(opts, &tmp, &agent, &key_text, progress);
     match result {
         Ok(report) => {
             std::fs::rename(&tmp, &opts.out).map_err(ImageError::io(&opts.out))?;
@@ -188,7 +217,6 @@ fn build_into(
     opts: &ImageOptions,
     tmp: &Path,
     agent: &[u8],
-    arch: &'static str,
     key_text: &str,
     progress: impl FnMut(u64),
 ) -> Result<ImageReport, ImageError> {
@@ -211,6 +239,12 @@ fn build_into(
             "its boot partition has no cmdline.txt; is it a Raspberry Pi OS image?".into(),
         ));
     };
+    let board = fs.read_text(BOARD_FILE).map_err(ImageError::io(tmp))?;
+    let arch =
+        elf_arch_for(agent, board.as_deref().map(str::trim)).map_err(|what| ImageError::Agent {
+            path: opts.agent_binary.clone(),
+            what,
+        })?;
     let detected = opts.flavor.is_none();
     let flavor = opts.flavor.unwrap_or_else(|| {
         if ["user-data", "meta-data", "network-config"]
@@ -361,6 +395,16 @@ mod tests {
         assert!(elf_arch(b"#!/bin/sh\n").is_err());
         let native = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(elf_arch(&native).is_err() || cfg!(target_arch = "aarch64"));
+        // A virtual board takes its own architecture only.
+        assert_eq!(elf_arch_for(&head, Some("amd64")), Ok("x86-64"));
+        assert!(
+            elf_arch_for(&head, Some("arm64"))
+                .unwrap_err()
+                .contains("arm64")
+        );
+        head[18] = 183;
+        assert_eq!(elf_arch_for(&head, Some("arm64")), Ok("aarch64"));
+        assert!(elf_arch_for(&head, Some("amd64")).is_err());
     }
 
     #[test]

@@ -10,6 +10,20 @@ use std::path::Path;
 /// The first bytes of every `.xz` stream.
 const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
 
+/// Whether the file at `path` is an `.xz` stream (by its magic bytes).
+pub fn is_xz(path: &Path) -> io::Result<bool> {
+    let mut head = [0u8; XZ_MAGIC.len()];
+    let mut file = File::open(path)?;
+    let mut read = 0;
+    while read < head.len() {
+        match file.read(&mut head[read..])? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    Ok(read == head.len() && head == XZ_MAGIC)
+}
+
 /// A reader that reports how many bytes have gone through it.
 struct Counting<R, F> {
     inner: R,

@@ -550,3 +550,69 @@ fn bad_inputs_are_refused_by_name_and_leave_no_file() {
     assert!(stderr.contains("--force"), "{stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 }
+
+/// Marks the base at `path` as a virtual board of `arch` (what
+/// `scripts/board-base.sh` writes on its boot partition).
+fn mark_virtual_board(path: &Path, arch: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let slice = fscommon::StreamSlice::new(&mut f, BOOT_START, BOOT_START + BOOT_LEN).unwrap();
+    let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).unwrap();
+    let mut file = fs.root_dir().create_file("skelpi-board").unwrap();
+    file.write_all(format!("{arch}\n").as_bytes()).unwrap();
+    drop(file);
+    fs.unmount().unwrap();
+}
+
+#[test]
+fn a_virtual_board_takes_an_agent_of_its_own_architecture_and_a_pi_only_arm() {
+    let dir = Scratch::new("image-virtual");
+    let key = key_file(&dir.0);
+    let laptop = Path::new(env!("CARGO_BIN_EXE_skelpi"));
+    let arm = dir.0.join("arm-agent");
+    std::fs::write(&arm, fake_arm_elf()).unwrap();
+    let out = dir.0.join("out.img");
+
+    // An amd64 virtual board takes the laptop's build (the tests' boards).
+    let amd64 = dir.0.join("amd64.img");
+    base_image(&amd64, true);
+    mark_virtual_board(&amd64, "amd64");
+    let (code, stdout, stderr) = skelpi_image(&amd64, &out, laptop, &key, &[]);
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("x86-64"), "{stdout}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    // ... and refuses a 32-bit ARM one.
+    let (code, _, stderr) = skelpi_image(&amd64, &out, &arm, &key, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("this virtual board is amd64"), "{stderr}");
+    assert!(!out.exists());
+
+    // An arm64 board, and a Pi image compressed as they come, refuse it:
+    // the check is the board's, never weakened for a user's Pi image.
+    let arm64 = dir.0.join("arm64.img");
+    base_image(&arm64, true);
+    mark_virtual_board(&arm64, "arm64");
+    let pi = dir.0.join("raspios.img");
+    base_image(&pi, true);
+    let raw = std::fs::read(&pi).unwrap();
+    let mut xz = Vec::new();
+    liblzma::read::XzEncoder::new(&raw[..], 0)
+        .read_to_end(&mut xz)
+        .unwrap();
+    let pi_xz = dir.0.join("raspios.img.xz");
+    std::fs::write(&pi_xz, &xz).unwrap();
+    for base in [&arm64, &pi, &pi_xz] {
+        let (code, _, stderr) = skelpi_image(base, &out, laptop, &key, &[]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("x86-64") || stderr.contains("machine 62"),
+            "{stderr}"
+        );
+        assert!(!out.exists(), "{stderr}");
+    }
+}
