@@ -29,6 +29,10 @@ APT_PACKAGES=(
     cloud-init  # cloud-init schema: validates the user-data those images carry
     python3-yaml # parses their network-config
     python3     # runs the example port program (examples/ports/scale.py)
+    mmdebstrap  # builds the virtual boards' base (scripts/board-base.sh)
+    e2fsprogs   # mkfs.ext4 -d for that base; debugfs reads a board's disk back
+    fdisk       # sfdisk lays the base out as Raspberry Pi OS
+    qemu-system-x86 # boots the virtual boards (software emulation)
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -133,6 +137,13 @@ done
 
 step "the example WebAssembly guest (examples/wasm-guest, $GUEST_TARGET)"
 cargo build --release --target "$GUEST_TARGET" --manifest-path examples/wasm-guest/Cargo.toml
+
+# The virtual boards' base: Debian packages, built once per machine (cached
+# by scripts/board-base.sh); the board tests need root, as this does.
+if [ "$(id -u)" -eq 0 ]; then
+    step "virtual board base (scripts/board-base.sh; cached after the first build)"
+    ./scripts/board-base.sh
+fi
 
 step "cargo +$MSRV check --workspace --all-targets (the stated minimum Rust)"
 CARGO_TARGET_DIR=target/msrv cargo "+$MSRV" check --workspace --all-targets --locked

@@ -3,6 +3,7 @@
 
 mod agents;
 mod autonomic;
+mod boards;
 mod cli;
 mod client;
 mod cross;

@@ -1,0 +1,360 @@
+//! Virtual boards: an image `skelpi image` wrote over the board base
+//! (`scripts/board-base.sh`: Debian's kernel, systemd, cloud-init, journald
+//! and avahi, laid out as Raspberry Pi OS), booted under qemu with software
+//! emulation (nested KVM hangs on these machines) — what a user does with
+//! a Pi: flash, boot, run, read the journal. The master reaches the board
+//! through a port qemu forwards on loopback; what the board wrote is read
+//! back from its disk once it has powered down (mtools, debugfs,
+//! `journalctl -D`).
+
+use super::agents::agent_binary;
+use super::support::{Scratch, skelpi};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a board may take from power on to its agent answering (about
+/// 60 s under software emulation on 2 busy cores).
+const BOOT_LIMIT: Duration = Duration::from_secs(240);
+/// How long a clean power-down may take.
+const POWER_DOWN_LIMIT: Duration = Duration::from_secs(120);
+/// Where the boot partition starts on the base (scripts/board-base.sh).
+const BOOT_PARTITION: &str = "@@4M";
+
+/// The board base, built once per machine (cached by the script).
+fn board_base() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/board-base.sh");
+    let out = Command::new(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Runs a tool; its stdout, or a failure naming it and what it said.
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free port on loopback (for qemu to forward to the board's agent).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A board powered on: qemu with the image as its disk, its serial console
+/// in a file, its agent's port forwarded to `port` on loopback. Killed on
+/// drop if still running.
+struct Board {
+    qemu: Child,
+    monitor: PathBuf,
+    serial: PathBuf,
+    port: u16,
+    powered_on: Instant,
+}
+
+impl Board {
+    /// Boots `image` as a Pi's firmware would: the base's kernel with the
+    /// image's cmdline.txt.
+    fn boot(base: &Path, image: &Path, dir: &Path, run: usize) -> Board {
+        let cmdline = tool(
+            "mtype",
+            &[
+                "-i",
+                &format!("{}{BOOT_PARTITION}", image.display()),
+                "::cmdline.txt",
+            ],
+        );
+        let (monitor, serial) = (
+            dir.join(format!("monitor-{run}.sock")),
+            dir.join(format!("serial-{run}.log")),
+        );
+        let port = free_port();
+        let qemu = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
+            .args(["-display", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server,nowait", monitor.display()))
+            .arg("-kernel")
+            .arg(base.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(base.join("initrd.img"))
+            .args(["-append", cmdline.trim()])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", image.display()))
+            .arg("-nic")
+            .arg(format!(
+                "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:7871"
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian package qemu-system-x86)");
+        Board {
+            qemu,
+            monitor,
+            serial,
+            port,
+            powered_on: Instant::now(),
+        }
+    }
+
+    fn agents(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits until the board's agent answers a ping (polled once a second:
+    /// a booting machine sends no event); the time since power-on and the
+    /// agent's name.
+    fn wait_serving(&mut self, key: &str) -> (Duration, String) {
+        while self.powered_on.elapsed() < BOOT_LIMIT {
+            if let Some(status) = self.qemu.try_wait().unwrap() {
+                panic!(
+                    "qemu exited ({status}) before the agent served:\n{}",
+                    tail(&self.console())
+                );
+            }
+            let (code, stdout, _) =
+                skelpi(&["ping", "--agents", &self.agents(), "--key-file", key]);
+            if code == Some(0) {
+                let name = stdout
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| l.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_owned();
+                return (self.powered_on.elapsed(), name);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!(
+            "the board's agent did not answer within {BOOT_LIMIT:?}; its console:\n{}",
+            tail(&self.console())
+        );
+    }
+
+    /// Presses the power button (ACPI) and waits for systemd to stop
+    /// everything and power off, so the disk holds what the board wrote.
+    fn power_down(mut self) {
+        let mut monitor = UnixStream::connect(&self.monitor).unwrap();
+        monitor.write_all(b"system_powerdown\n").unwrap();
+        let started = Instant::now();
+        while started.elapsed() < POWER_DOWN_LIMIT {
+            if self.qemu.try_wait().unwrap().is_some() {
+                let mut rest = Vec::new();
+                let _ = monitor.read_to_end(&mut rest);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "the board did not power down within {POWER_DOWN_LIMIT:?}:\n{}",
+            tail(&self.console())
+        );
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+/// The last lines of a console log, for failures.
+fn tail(log: &str) -> String {
+    let lines: Vec<_> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The root partition of `image`, for debugfs (`FILE?offset=N`).
+fn root_fs(image: &Path) -> String {
+    let table = tool("sfdisk", &["--dump", image.to_str().unwrap()]);
+    let start: u64 = table
+        .lines()
+        .filter(|l| l.contains("type=83"))
+        .find_map(|l| {
+            l.split("start=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("a Linux root partition");
+    format!("{}?offset={}", image.display(), start * 512)
+}
+
+/// The skelpi-agent unit's journal entries on the powered-down board.
+fn agent_journal(image: &Path, dir: &Path) -> Vec<serde_json::Value> {
+    let out = dir.join("journal");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let rdump = format!("rdump /var/log/journal {}", out.display());
+    tool("debugfs", &["-R", &rdump, &root_fs(image)]);
+    let json = tool(
+        "journalctl",
+        &[
+            "-D",
+            out.join("journal").to_str().unwrap(),
+            "-u",
+            "skelpi-agent",
+            "-o",
+            "json",
+            "--no-pager",
+        ],
+    );
+    json.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A job file of this test: a farm over seeded random arrays.
+fn farm_job(dir: &Path) -> String {
+    let path = dir.join("farm.toml");
+    std::fs::write(
+        &path,
+        "skeleton = \"farm(seq(erf_burn(5)), 4)\"\n[input]\ngenerate = \"random\"\n\
+         items = 64\nlength = 256\nseed = 7\n",
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+#[ignore = "needs root: scripts/board-base.sh builds the board base with mmdebstrap"]
+fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_reboot() {
+    let dir = Scratch::new("board");
+    let base = board_base();
+    let key = dir.path("cluster.key");
+    assert_eq!(skelpi(&["keygen", "--out", &key]).0, Some(0));
+    let image = dir.0.join("board.img");
+    let agent = agent_binary();
+    let (code, stdout, stderr) = skelpi(&[
+        "image",
+        "--base",
+        base.join("disk.img").to_str().unwrap(),
+        "--out",
+        image.to_str().unwrap(),
+        "--agent-binary",
+        agent.to_str().unwrap(),
+        "--key-file",
+        &key,
+        "--hostname-prefix",
+        "vpi",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("agent: x86-64"), "{stdout}");
+
+    // First boot: cloud-init installs the agent, systemd starts it.
+    let mut board = Board::boot(&base, &image, &dir.0, 1);
+    let (ready, name) = board.wait_serving(&key);
+    eprintln!("board: power-on to serving in {ready:.1?} (first boot)");
+    assert!(
+        name.starts_with("vpi-") && name.len() == 10,
+        "host name {name:?}"
+    );
+    let console = board.console();
+    assert!(
+        console.contains("skelpi-install: host name vpi-"),
+        "{}",
+        tail(&console)
+    );
+    assert!(console.contains("skelpi-install: skelpi-agent installed and enabled"));
+
+    // A job on the board gives what in-process agents give.
+    let job = farm_job(&dir.0);
+    let (on_board, on_local) = (dir.path("board.jsonl"), dir.path("local.jsonl"));
+    let (code, _, stderr) = skelpi(&[
+        "run",
+        "--agents",
+        &board.agents(),
+        "--key-file",
+        &key,
+        &job,
+        "--out",
+        &on_board,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = skelpi(&["run", "--local", "2", &job, "--out", &on_local]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let sorted = |path: &str| {
+        let mut lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&on_board).len(), 64);
+    assert_eq!(sorted(&on_board), sorted(&on_local));
+    board.power_down();
+
+    // What the first boot left: the key moved off the FAT partition to
+    // /etc/skelpi (0600), the agent's records with its id and the job's.
+    let boot_files = tool(
+        "mdir",
+        &[
+            "-b",
+            "-i",
+            &format!("{}{BOOT_PARTITION}", image.display()),
+            "::",
+        ],
+    );
+    assert!(!boot_files.contains("skelpi-cluster.key"), "{boot_files}");
+    let key_stat = tool(
+        "debugfs",
+        &["-R", "stat /etc/skelpi/cluster.key", &root_fs(&image)],
+    );
+    assert!(key_stat.contains("Mode:  0600"), "{key_stat}");
+    let journal = agent_journal(&image, &dir.0);
+    let field =
+        |e: &serde_json::Value, f: &str| e.get(f).and_then(|v| v.as_str()).map(str::to_owned);
+    let id = journal
+        .iter()
+        .find_map(|e| field(e, "SKELPI_AGENT_ID"))
+        .expect("SKELPI_AGENT_ID in the journal");
+    let job_entry = journal
+        .iter()
+        .find(|e| field(e, "SKELPI_JOB").is_some())
+        .expect("a SKELPI_JOB record");
+    let job_id = field(job_entry, "SKELPI_JOB").unwrap();
+    assert!(field(job_entry, "MESSAGE").unwrap().contains(&job_id));
+
+    // A reboot brings the same agent back, without installing again.
+    let mut board = Board::boot(&base, &image, &dir.0, 2);
+    let (ready, again) = board.wait_serving(&key);
+    eprintln!("board: power-on to serving in {ready:.1?} (reboot)");
+    assert_eq!(again, name);
+    assert!(
+        !board.console().contains("skelpi-install:"),
+        "installed again"
+    );
+    board.power_down();
+    let boots: std::collections::HashSet<_> = agent_journal(&image, &dir.0)
+        .iter()
+        .filter(|e| field(e, "SKELPI_AGENT_ID").as_deref() == Some(id.as_str()))
+        .filter_map(|e| field(e, "_BOOT_ID"))
+        .collect();
+    assert_eq!(boots.len(), 2, "agent {id} in both boots' journals");
+}
