@@ -71,7 +71,7 @@ trap 'rm -rf "$work"' EXIT
 root=$work/root
 
 packages=(systemd systemd-sysv udev dbus "linux-image-$arch" initramfs-tools
-    cloud-init avahi-daemon libnss-mdns iproute2 netbase openssh-server)
+    cloud-init avahi-daemon libnss-mdns iproute2 netbase openssh-server sudo)
 echo "board-base: mmdebstrap $suite $arch (${packages[*]})" >&2
 mmdebstrap --quiet --variant=minbase --architectures="$arch" \
     --include="$(
@@ -125,4 +125,8 @@ rm -rf "$root" "$work/boot.img" "$work/root.img"
 
 mv "$work" "$out"
 trap - EXIT
+# Bases this script made before it changed are of no further use.
+for old in "$cache/$suite-$arch"-*; do
+    [[ $old == "$out" ]] || rm -rf "$old"
+done
 echo "$out"

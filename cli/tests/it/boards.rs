@@ -61,6 +61,7 @@ struct Board {
     monitor: PathBuf,
     serial: PathBuf,
     port: u16,
+    ssh_port: u16,
     powered_on: Instant,
 }
 
@@ -80,7 +81,7 @@ impl Board {
             dir.join(format!("monitor-{run}.sock")),
             dir.join(format!("serial-{run}.log")),
         );
-        let port = free_port();
+        let (port, ssh_port) = (free_port(), free_port());
         let qemu = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "1024", "-smp", "2"])
             .args(["-display", "none", "-no-reboot"])
@@ -97,7 +98,8 @@ impl Board {
             .arg(format!("file={},format=raw,if=virtio", image.display()))
             .arg("-nic")
             .arg(format!(
-                "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:7871"
+                "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:7871,\
+                 hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -109,12 +111,61 @@ impl Board {
             monitor,
             serial,
             port,
+            ssh_port,
             powered_on: Instant::now(),
         }
     }
 
     fn agents(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a command on the board as the image's login user (`pi`, with
+    /// the test's SSH key); its stdout.
+    fn ssh(&self, identity: &Path, command: &str) -> String {
+        let port = self.ssh_port.to_string();
+        tool(
+            "ssh",
+            &[
+                "-i",
+                identity.to_str().unwrap(),
+                "-p",
+                &port,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=20",
+                "-o",
+                "LogLevel=ERROR",
+                "pi@127.0.0.1",
+                command,
+            ],
+        )
+    }
+
+    /// Whether the agent answers a ping now.
+    fn answers(&self, key: &str) -> bool {
+        skelpi(&["ping", "--agents", &self.agents(), "--key-file", key]).0 == Some(0)
+    }
+
+    /// Polls (every 100 ms) until the agent answers again, at most
+    /// `limit`; how long it took.
+    fn serving_again(&self, key: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.answers(key) {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the agent did not serve again within {limit:?}:\n{}",
+            tail(&self.console())
+        );
     }
 
     fn console(&self) -> String {
@@ -249,6 +300,20 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     assert_eq!(skelpi(&["keygen", "--out", &key]).0, Some(0));
     let image = dir.0.join("board.img");
     let agent = agent_binary();
+    let identity = dir.0.join("id_ed25519");
+    tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            identity.to_str().unwrap(),
+        ],
+    );
+    let public = dir.path("id_ed25519.pub");
     let (code, stdout, stderr) = skelpi(&[
         "image",
         "--base",
@@ -261,6 +326,8 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         &key,
         "--hostname-prefix",
         "vpi",
+        "--ssh-key",
+        &public,
     ]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("agent: x86-64"), "{stdout}");
@@ -308,6 +375,30 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     };
     assert_eq!(sorted(&on_board).len(), 64);
     assert_eq!(sorted(&on_board), sorted(&on_local));
+
+    // kill -9: systemd starts the agent again (Restart=always, 2 s later).
+    let mut restarts: Vec<Duration> = (0..3)
+        .map(|_| {
+            board.ssh(&identity, "sudo pkill -KILL -x skelpi-agent");
+            board.serving_again(&key, Duration::from_secs(60))
+        })
+        .collect();
+    restarts.sort();
+    eprintln!("board: kill -9 to serving again: {restarts:.1?}");
+    assert!(
+        restarts[1] <= Duration::from_secs(5),
+        "median {:?}",
+        restarts[1]
+    );
+    // Stopped (SIGSTOP): it sends no watchdog pings, so systemd kills it
+    // after WatchdogSec (20 s) and starts it again.
+    board.ssh(&identity, "sudo pkill -STOP -x skelpi-agent");
+    let back = board.serving_again(&key, Duration::from_secs(90));
+    eprintln!("board: SIGSTOP to serving again: {back:.1?}");
+    assert!(
+        back >= Duration::from_secs(15),
+        "served while stopped? {back:?}"
+    );
     board.power_down();
 
     // What the first boot left: the key moved off the FAT partition to
@@ -340,6 +431,11 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         .expect("a SKELPI_JOB record");
     let job_id = field(job_entry, "SKELPI_JOB").unwrap();
     assert!(field(job_entry, "MESSAGE").unwrap().contains(&job_id));
+    let messages: Vec<String> = journal.iter().filter_map(|e| field(e, "MESSAGE")).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("Watchdog timeout")),
+        "the watchdog killed the stopped agent: {messages:#?}"
+    );
 
     // A reboot brings the same agent back, without installing again.
     let mut board = Board::boot(&base, &image, &dir.0, 2);
