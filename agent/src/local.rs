@@ -12,6 +12,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The stack of an in-process agent's executor thread: that of the
+/// daemon's, which runs on the main thread (8 MiB). The default 2 MiB of a
+/// spawned thread is too little in debug builds, where the trace rings
+/// (`Recorder::prepare`) are built on the stack before they are boxed.
+const EXECUTOR_STACK: usize = 8 << 20;
+
 /// Options of an in-process agent.
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
@@ -72,6 +78,7 @@ impl LocalAgent {
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name(format!("agent-{name}"))
+            .stack_size(EXECUTOR_STACK)
             .spawn(move || {
                 smol::block_on(server::serve(listener, config, async move {
                     let _ = stop_rx.recv().await;
