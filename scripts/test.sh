@@ -33,6 +33,8 @@ APT_PACKAGES=(
     e2fsprogs   # mkfs.ext4 -d for that base; debugfs reads a board's disk back
     fdisk       # sfdisk lays the base out as Raspberry Pi OS
     qemu-system-x86 # boots the virtual boards (software emulation)
+    dnsmasq-base # the DHCP server on the lab bridge the boards join
+    openssh-client # the board test logs in to stop and kill the agent
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

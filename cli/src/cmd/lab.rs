@@ -9,7 +9,10 @@ use std::path::PathBuf;
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Create N hosts (network namespaces on one bridge), each running a
-    /// real skelpi-agent with mDNS, and a namespace for the master.
+    /// real skelpi-agent with mDNS, and a namespace for the master; with
+    /// --boards, also boot virtual boards on the bridge (qemu, an image
+    /// written by `skelpi image`, DHCP from dnsmasq) and wait for their
+    /// agents.
     Up {
         /// Lab number (0-250): several labs can coexist. Addresses are
         /// 10.77.ID.N, the master 10.77.ID.254.
@@ -36,6 +39,17 @@ pub enum LabCommand {
         /// Let agents grant plaintext transport (for --plaintext benches).
         #[arg(long)]
         allow_plaintext: bool,
+        /// Virtual boards to boot besides the hosts (about 100 s each to
+        /// READY under software emulation; they boot in parallel).
+        #[arg(long, default_value_t = 0)]
+        boards: usize,
+        /// The virtual board base: the directory `scripts/board-base.sh`
+        /// prints (disk.img, vmlinuz, initrd.img). Needed with --boards.
+        #[arg(long, value_name = "DIR")]
+        board_base: Option<PathBuf>,
+        /// The agent put on the boards [default: --agent-binary].
+        #[arg(long, value_name = "PATH")]
+        board_agent: Option<PathBuf>,
     },
     /// Stop the lab's agents and remove its namespaces (safe to repeat, and
     /// after a crash).
@@ -68,6 +82,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             agent_binary,
             workers,
             allow_plaintext,
+            boards,
+            board_base,
+            board_agent,
         } => {
             let agent_binary = agent_binary.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -84,6 +101,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 agent_binary,
                 workers,
                 allow_plaintext,
+                boards,
+                board_base,
+                board_agent,
             })?;
             println!(
                 "lab {} is up: {} hosts ({}), master namespace {}",
@@ -96,6 +116,14 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                     .join(", "),
                 lab.master_ns
             );
+            for b in &lab.boards {
+                println!(
+                    "board {}: READY (console {}, MAC {})",
+                    b.n,
+                    b.console.display(),
+                    b.mac
+                );
+            }
             println!(
                 "key: {}; agent logs: {}",
                 lab.key_file.display(),

@@ -14,6 +14,7 @@
 //! and supervises the agent binary, reuses the key handling and is tested
 //! like the rest of the tool.
 
+pub mod boards;
 mod sh;
 
 use skelpi_wire::key::ClusterKey;
@@ -54,6 +55,16 @@ pub enum LabError {
         /// Why.
         source: std::io::Error,
     },
+    /// A board did not come up.
+    #[error("board {board}: {step}: {why}")]
+    Board {
+        /// The board's number.
+        board: usize,
+        /// What was being done.
+        step: String,
+        /// What went wrong.
+        why: String,
+    },
     /// An agent did not start.
     #[error("agent on host {host} did not start: {why} (its log: {log})")]
     Agent {
@@ -85,6 +96,12 @@ pub struct LabOptions {
     pub workers: Option<usize>,
     /// Let agents grant plaintext transport.
     pub allow_plaintext: bool,
+    /// Booted boards (virtual machines on the bridge), besides the hosts.
+    pub boards: usize,
+    /// The virtual board base (what `scripts/board-base.sh` prints).
+    pub board_base: Option<PathBuf>,
+    /// The agent put on the boards (`None`: `agent_binary`).
+    pub board_agent: Option<PathBuf>,
 }
 
 /// A lab that is up: where to find its parts.
@@ -104,6 +121,8 @@ pub struct Lab {
     pub key_file: PathBuf,
     /// Where logs and the key live.
     pub dir: PathBuf,
+    /// The booted boards, in order (their agents READY).
+    pub boards: Vec<boards::Board>,
 }
 
 /// Namespace-name prefix of lab `id`.
@@ -153,8 +172,15 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
     if opts.id > 250 {
         return Err(LabError::Invalid("--id must be 0 to 250".into()));
     }
-    if !(1..=200).contains(&opts.hosts) {
-        return Err(LabError::Invalid("--hosts must be 1 to 200".into()));
+    if opts.hosts > 200 || opts.boards > 20 || opts.hosts + opts.boards == 0 {
+        return Err(LabError::Invalid(
+            "--hosts must be 0 to 200 and --boards 0 to 20, at least one of either".into(),
+        ));
+    }
+    if opts.boards > 0 && opts.board_base.is_none() {
+        return Err(LabError::Invalid(
+            "--boards needs --board-base: the directory scripts/board-base.sh prints".into(),
+        ));
     }
     if !namespaces(opts.id)?.is_empty() {
         return Err(LabError::Exists(opts.id));
@@ -233,6 +259,16 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
             &dir,
         )?);
     }
+    let mut booted = Vec::new();
+    if opts.boards > 0 {
+        boards::start_dhcp(&sw, id, &dir)?;
+        for n in 1..=opts.boards {
+            booted.push(boards::start(opts, &sw, n, &key_file, &dir)?);
+        }
+        boards::wait_ready(&booted, |b, after| {
+            eprintln!("board {}: agent READY {after:.0?} after power-on", b.n);
+        })?;
+    }
     Ok(Lab {
         id,
         master_ns: master,
@@ -241,6 +277,7 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
         agent_pids: pids,
         key_file,
         dir,
+        boards: booted,
     })
 }
 

@@ -8,6 +8,7 @@
 //! `journalctl -D`).
 
 use super::agents::agent_binary;
+use super::lab::LabGuard;
 use super::support::{Scratch, skelpi};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -279,6 +280,18 @@ fn agent_journal(image: &Path, dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The lines of a results file (`run --out`), sorted: jobs may finish
+/// items out of order.
+fn sorted_lines(path: &str) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// A job file of this test: a farm over seeded random arrays.
 fn farm_job(dir: &Path) -> String {
     let path = dir.join("farm.toml");
@@ -364,17 +377,8 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     assert_eq!(code, Some(0), "{stderr}");
     let (code, _, stderr) = skelpi(&["run", "--local", "2", &job, "--out", &on_local]);
     assert_eq!(code, Some(0), "{stderr}");
-    let sorted = |path: &str| {
-        let mut lines: Vec<String> = std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        lines
-    };
-    assert_eq!(sorted(&on_board).len(), 64);
-    assert_eq!(sorted(&on_board), sorted(&on_local));
+    assert_eq!(sorted_lines(&on_board).len(), 64);
+    assert_eq!(sorted_lines(&on_board), sorted_lines(&on_local));
 
     // kill -9: systemd starts the agent again (Restart=always, 2 s later).
     let mut restarts: Vec<Duration> = (0..3)
@@ -453,4 +457,92 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         .filter_map(|e| field(e, "_BOOT_ID"))
         .collect();
     assert_eq!(boots.len(), 2, "agent {id} in both boots' journals");
+}
+
+/// Runs `skelpi` in lab `id`'s master namespace.
+fn in_lab(id: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let exe = env!("CARGO_BIN_EXE_skelpi");
+    skelpi(&[&["lab", "exec", "--id", id, "--", exe][..], args].concat())
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, taps, and the board base (mmdebstrap)"]
+fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host() {
+    let base = board_base();
+    let dir = Scratch::new("lab-board");
+    // An id of its own (the lab test takes 200-249).
+    let id = (150 + std::process::id() % 50).to_string();
+    let _ = skelpi(&["lab", "down", "--id", &id]);
+    let guard = LabGuard(id.clone());
+    let agent = agent_binary();
+    let (code, out, err) = skelpi(&[
+        "lab",
+        "up",
+        "--id",
+        &id,
+        "--hosts",
+        "1",
+        "--boards",
+        "1",
+        "--board-base",
+        base.to_str().unwrap(),
+        "--agent-binary",
+        agent.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    eprintln!("{}", err.trim());
+    assert!(out.contains("board 1: READY"), "{out}");
+
+    // The board announces itself over mDNS on the lab's bridge.
+    let (code, out, err) = in_lab(&id, &["discover", "--interface", "eth0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("lab{id}-h1")), "{out}");
+    let board_name = format!("lab{id}b1-");
+    assert!(out.contains(&board_name), "the board's agent: {out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(":7871")).count(),
+        2,
+        "{out}"
+    );
+
+    // A streamed pipeline (stage 0 on one agent, stage 1 on the other,
+    // items agent to agent over the bridge) and a farm, as in-process
+    // agents compute them.
+    for (name, skeleton) in [
+        ("pipe", "pipe(seq(square), seq(erf_burn(5)))"),
+        ("farm", "farm(seq(erf_burn(5)), 4)"),
+    ] {
+        let job = dir.0.join(format!("{name}.toml"));
+        std::fs::write(
+            &job,
+            format!(
+                "skeleton = \"{skeleton}\"\n[input]\ngenerate = \"random\"\nitems = 200\n\
+                 length = 64\nseed = 3\n"
+            ),
+        )
+        .unwrap();
+        let job = job.to_str().unwrap();
+        let (on_lab, on_local) = (
+            dir.path(&format!("{name}-lab")),
+            dir.path(&format!("{name}-local")),
+        );
+        let (code, _, err) = in_lab(&id, &["run", "--interface", "eth0", job, "--out", &on_lab]);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        let (code, _, err) = skelpi(&["run", "--local", "2", job, "--out", &on_local]);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert_eq!(sorted_lines(&on_lab).len(), 200, "{name}");
+        assert_eq!(sorted_lines(&on_lab), sorted_lines(&on_local), "{name}");
+    }
+
+    // Down: no board, tap or namespace is left.
+    drop(guard);
+    let netns = tool("ip", &["netns", "list"]);
+    assert!(!netns.contains(&format!("skl{id}-")), "{netns}");
+    let qemus = tool("ps", &["-eo", "stat=,args="]);
+    assert!(
+        !qemus.lines().any(|l| !l.starts_with('Z')
+            && l.contains("qemu-system")
+            && l.contains(&format!("skelpi-lab-{id}/"))),
+        "a board still runs: {qemus}"
+    );
 }

@@ -512,11 +512,7 @@ fn bad_inputs_are_refused_by_name_and_leave_no_file() {
     let e = run(&junk, &arm, &key, &[]);
     assert!(e.contains("junk.img") && e.contains("partition"), "{e}");
     // A truncated download.
-    let raw = std::fs::read(&base).unwrap();
-    let mut xz = Vec::new();
-    liblzma::read::XzEncoder::new(&raw[..], 0)
-        .read_to_end(&mut xz)
-        .unwrap();
+    let xz = xz_of(&base);
     let cut = dir.0.join("cut.img.xz");
     std::fs::write(&cut, &xz[..xz.len() / 2]).unwrap();
     let e = run(&cut, &arm, &key, &[]);
@@ -549,6 +545,16 @@ fn bad_inputs_are_refused_by_name_and_leave_no_file() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--force"), "{stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+}
+
+/// The image at `path`, compressed as Raspberry Pi OS images come (`.xz`).
+fn xz_of(path: &Path) -> Vec<u8> {
+    let raw = std::fs::read(path).unwrap();
+    let mut xz = Vec::new();
+    liblzma::read::XzEncoder::new(&raw[..], 0)
+        .read_to_end(&mut xz)
+        .unwrap();
+    xz
 }
 
 /// Marks the base at `path` as a virtual board of `arch` (what
@@ -599,13 +605,8 @@ fn a_virtual_board_takes_an_agent_of_its_own_architecture_and_a_pi_only_arm() {
     mark_virtual_board(&arm64, "arm64");
     let pi = dir.0.join("raspios.img");
     base_image(&pi, true);
-    let raw = std::fs::read(&pi).unwrap();
-    let mut xz = Vec::new();
-    liblzma::read::XzEncoder::new(&raw[..], 0)
-        .read_to_end(&mut xz)
-        .unwrap();
     let pi_xz = dir.0.join("raspios.img.xz");
-    std::fs::write(&pi_xz, &xz).unwrap();
+    std::fs::write(&pi_xz, xz_of(&pi)).unwrap();
     for base in [&arm64, &pi, &pi_xz] {
         let (code, _, stderr) = skelpi_image(base, &out, laptop, &key, &[]);
         assert_eq!(code, Some(2), "{stderr}");

@@ -7,7 +7,7 @@ use super::agents::agent_binary;
 use super::support::{Scratch, skelpi};
 
 /// Takes the lab down even if the test fails half-way.
-struct LabGuard(String);
+pub struct LabGuard(pub String);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
