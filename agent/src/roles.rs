@@ -11,8 +11,10 @@
 //! task on the workers; while a task waits for a slot, it reads nothing, so
 //! a master past its slots waits, and its TCP); the writer sends task
 //! outcomes as workers finish; the clock calls the session when it is due
-//! (heartbeats, a silent master, a master that reads nothing); the stage
-//! and the raw echo socket run when opened.
+//! (heartbeats, a silent master, a master that reads nothing) and never
+//! waits for the sender, so a master that stops reading cannot stop it
+//! from ending the session (heartbeats go through a loop of their own);
+//! the stage and the raw echo socket run when opened.
 
 use crate::kernels::Array;
 use crate::raw_echo;
@@ -80,6 +82,7 @@ pub async fn serve_session(
     let (stage_tx, stage_rx) = async_channel::bounded(1);
     // Kernel swaps for that stage, applied between two items.
     let (swap_tx, swap_rx) = async_channel::bounded(SWAPS_WAITING);
+    let (beat_tx, beat_rx) = async_channel::bounded(1);
     let recorder = config.workers.recorder();
     let driver = Driver {
         config,
@@ -98,6 +101,7 @@ pub async fn serve_session(
         raw: raw_tx,
         stage: stage_tx,
         swaps: swap_tx,
+        beat: beat_tx,
     };
     let liveness = receiver.liveness();
     let shutdown = async {
@@ -114,7 +118,7 @@ pub async fn serve_session(
                     raw_echo::serve_opened(raw_rx, peer.ip()),
                     future::or(
                         driver.run_stage(stage_rx, swap_rx, plaintext),
-                        driver.tick(liveness),
+                        future::or(driver.tick(liveness), driver.beat(beat_rx)),
                     ),
                 ),
             ),
@@ -156,6 +160,8 @@ struct Driver<'a> {
     raw: async_channel::Sender<raw_echo::Opened>,
     stage: async_channel::Sender<StageOpen>,
     swaps: async_channel::Sender<StageSwap>,
+    /// A heartbeat is due (see [`Driver::beat`]).
+    beat: async_channel::Sender<()>,
 }
 
 impl Driver<'_> {
@@ -182,11 +188,15 @@ impl Driver<'_> {
                 shape,
                 data: std::mem::take(&mut bulk),
             });
-            let actions = self
-                .session
-                .borrow_mut()
-                .handle(Instant::now(), received.msg, array);
-            self.changed.notify(usize::MAX);
+            let (actions, moved) = {
+                let mut session = self.session.borrow_mut();
+                let before = session.poll_timeout();
+                let actions = session.handle(Instant::now(), received.msg, array);
+                (actions, session.poll_timeout() != before)
+            };
+            if moved {
+                self.changed.notify(usize::MAX);
+            }
             for action in actions {
                 if self.execute(action, frame, &mut bulk).await.is_break() {
                     return;
@@ -343,14 +353,24 @@ impl Driver<'_> {
         }
     }
 
-    /// Ends the connection, saying why in the log.
+    /// Ends the connection, saying why in the log. A master that said
+    /// goodbye or sent bad input gets the frame being written first; one
+    /// taken for gone does not: a frame it does not read may hold the
+    /// sender for ever, and the connection closes when the session's
+    /// loops are dropped.
     async fn close(&self, why: &Ending) {
         let peer = self.peer;
         match why {
             Ending::Goodbye => log::info!("master {peer} {why}"),
             // Logged as it was read.
             Ending::BadInput => {}
-            Ending::Silent(_) | Ending::NotReading => log::warn!("master {peer} {why}"),
+            Ending::Silent(_) | Ending::NotReading => {
+                log::warn!("master {peer} {why}");
+                if let Some(sender) = self.sender.try_lock() {
+                    sender.close();
+                }
+                return;
+            }
         }
         self.sender.lock().await.close();
     }
@@ -375,19 +395,35 @@ impl Driver<'_> {
                 beats: liveness.beats(),
                 silent_for: liveness.silent_for(),
             };
-            let actions = self.due(heard);
-            for action in actions {
-                let frame = Frame {
-                    started: Instant::now(),
-                    len: 0,
-                };
-                if self
-                    .execute(action, frame, &mut Vec::new())
-                    .await
-                    .is_break()
-                {
-                    return;
+            for action in self.due(heard) {
+                match action {
+                    // Sent by `beat`, so that a master that reads nothing
+                    // (the sender held by a frame it does not take) cannot
+                    // stop this loop from judging it.
+                    Action::Send(Message::Heartbeat) => {
+                        let _ = self.beat.try_send(());
+                    }
+                    Action::Close(why) => return self.close(&why).await,
+                    other => {
+                        let now = Frame {
+                            started: Instant::now(),
+                            len: 0,
+                        };
+                        if self.execute(other, now, &mut Vec::new()).await.is_break() {
+                            return;
+                        }
+                    }
                 }
+            }
+        }
+    }
+
+    /// Sends the heartbeats [`Driver::tick`] asks for (one waiting at
+    /// most: a beat due while another waits for the sender is dropped).
+    async fn beat(&self, due: async_channel::Receiver<()>) {
+        while due.recv().await.is_ok() {
+            if self.send(&Message::Heartbeat).await.is_break() {
+                return;
             }
         }
     }

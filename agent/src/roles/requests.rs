@@ -56,7 +56,8 @@ impl Driver<'_> {
         match self.swaps.try_send(swap) {
             Err(async_channel::TrySendError::Full(swap)) => {
                 let what = format!(
-                    "stage {} has {SWAPS_WAITING} swaps waiting: ask again once it has answered                      them",
+                    "stage {} has {SWAPS_WAITING} swaps waiting: ask again once it has answered \
+                     them",
                     swap.stage
                 );
                 self.send(&error_message(ErrorCode::BadRequest, what)).await

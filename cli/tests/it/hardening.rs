@@ -440,3 +440,57 @@ fn a_task_past_its_deadline_fails_and_its_kernel_stops() {
     every_agent_serves_on(&mut cluster);
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[test]
+fn a_beating_master_that_stops_reading_is_dropped_within_its_beats() {
+    // A master that asked for 100 ms heartbeats, beat once, then sends
+    // tasks whose 8 MB results it never reads (a stopped host): its
+    // results fill the socket and hold the agent's sender. The agent must
+    // still take it for gone after 4 silent beats and close its connection
+    // (which fails the master's blocked send), not keep its work for ever.
+    let key = ClusterKey::generate().unwrap();
+    let agent = LocalAgent::start("judge", key.clone(), LocalOptions::default()).unwrap();
+    let addr = agent.addr();
+    let closed_after = smol::block_on(async {
+        let stream = async_net::TcpStream::connect(addr).await.unwrap();
+        let mut est = handshake::connect(stream, &key, &ConnectOptions::default())
+            .await
+            .unwrap();
+        let hello = Message::Hello(skelpi_proto::Hello {
+            master: "stopped".into(),
+            heartbeat_ms: 100,
+        });
+        est.sender.send(&hello).await.unwrap();
+        est.sender.send(&Message::Heartbeat).await.unwrap();
+        let big = vec![1.0; 1_000_000];
+        let started = Instant::now();
+        let send_all = async {
+            for id in 0..200 {
+                let task = Message::Task(TaskHead {
+                    id,
+                    job: JobId(9),
+                    kernel: "identity".into(),
+                    args: vec![],
+                    trace: false,
+                    deadline_ms: None,
+                });
+                let shape = Shape::List(big.len() as u64);
+                if est.sender.send_bulk(&task, shape, &big).await.is_err() {
+                    return Some(started.elapsed());
+                }
+            }
+            None
+        };
+        let limit = async {
+            async_io::Timer::after(Duration::from_secs(30)).await;
+            None
+        };
+        futures_lite::future::or(send_all, limit).await
+    });
+    let after = closed_after.expect("the agent kept the connection of a master that reads nothing");
+    // 4 beats of 100 ms once it stops reading, looked at every 25 ms.
+    assert!(
+        after < Duration::from_secs(10),
+        "closed only after {after:?}"
+    );
+}
