@@ -46,6 +46,13 @@ pub struct Board {
     pub console: PathBuf,
     /// Its network card's address (its DHCP lease is for it).
     pub mac: String,
+    /// The process id of its qemu.
+    pub pid: u32,
+}
+
+/// Whether process `pid` is running (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z"))
 }
 
 /// The files of a virtual board base: the disk and the kernel qemu boots.
@@ -166,7 +173,12 @@ pub fn start(
 
     let mac = format!("52:54:00:77:{:02x}:{:02x}", opts.id, n);
     let console = dir.join(format!("board-{n}.console"));
-    Command::new("ip")
+    let qemu_log = dir.join(format!("board-{n}.qemu.log"));
+    let qemu_err = std::fs::File::create(&qemu_log).map_err(|source| LabError::Io {
+        path: qemu_log.clone(),
+        source,
+    })?;
+    let qemu = Command::new("ip")
         .args(["netns", "exec", sw, "qemu-system-x86_64"])
         .args([
             "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none",
@@ -187,7 +199,7 @@ pub fn start(
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(qemu_err)
         .process_group(0)
         .spawn()
         .map_err(|e| {
@@ -201,6 +213,8 @@ pub fn start(
         image,
         console,
         mac,
+        // `ip netns exec` execs qemu: this is qemu's pid.
+        pid: qemu.id(),
     })
 }
 
@@ -222,6 +236,17 @@ pub fn wait_ready(
                 true
             }
         });
+        if let Some(b) = waiting.iter().find(|b| !running(b.pid)) {
+            return Err(LabError::Board {
+                board: b.n,
+                step: "running qemu-system-x86_64 (Debian package qemu-system-x86)".into(),
+                why: format!(
+                    "it exited before the agent was READY: {}; the end of its console:\n{}",
+                    console_tail(&b.console.with_extension("qemu.log")).trim(),
+                    console_tail(&b.console)
+                ),
+            });
+        }
         if let Some(b) = waiting.first()
             && started.elapsed() > READY_LIMIT
         {
