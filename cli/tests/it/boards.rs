@@ -258,24 +258,22 @@ fn root_fs(image: &Path) -> String {
 
 /// The skelpi-agent unit's journal entries on the powered-down board.
 fn agent_journal(image: &Path, dir: &Path) -> Vec<serde_json::Value> {
+    journal(image, dir, &["-u", "skelpi-agent"])
+}
+
+/// The journal entries on the powered-down board that `filters`
+/// (journalctl's) select.
+fn journal(image: &Path, dir: &Path, filters: &[&str]) -> Vec<serde_json::Value> {
     let out = dir.join("journal");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let rdump = format!("rdump /var/log/journal {}", out.display());
     tool("debugfs", &["-R", &rdump, &root_fs(image)]);
-    let json = tool(
-        "journalctl",
-        &[
-            "-D",
-            out.join("journal").to_str().unwrap(),
-            "-u",
-            "skelpi-agent",
-            "-o",
-            "json",
-            "--no-pager",
-        ],
-    );
-    json.lines()
+    let files = out.join("journal");
+    let mut args = vec!["-D", files.to_str().unwrap(), "-o", "json", "--no-pager"];
+    args.extend_from_slice(filters);
+    tool("journalctl", &args)
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
@@ -544,5 +542,58 @@ fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host(
             && l.contains("qemu-system")
             && l.contains(&format!("skelpi-lab-{id}/"))),
         "a board still runs: {qemus}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: scripts/board-base.sh builds the board base with mmdebstrap"]
+fn a_board_with_a_malformed_first_boot_seed_still_boots_and_says_why() {
+    let dir = Scratch::new("board-bad-seed");
+    let base = board_base();
+    let key = dir.path("cluster.key");
+    assert_eq!(skelpi(&["keygen", "--out", &key]).0, Some(0));
+    let image = dir.0.join("board.img");
+    let agent = agent_binary();
+    let (code, _, stderr) = skelpi(&[
+        "image",
+        "--base",
+        base.join("disk.img").to_str().unwrap(),
+        "--out",
+        image.to_str().unwrap(),
+        "--agent-binary",
+        agent.to_str().unwrap(),
+        "--key-file",
+        &key,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // The user's edit gone wrong: user-data that is not YAML.
+    let bad = dir.0.join("user-data");
+    std::fs::write(&bad, "#cloud-config\nruncmd: [sh, -c, 'unclosed\n  - {\n").unwrap();
+    let fat = format!("{}{BOOT_PARTITION}", image.display());
+    tool(
+        "mcopy",
+        &["-o", "-i", &fat, bad.to_str().unwrap(), "::user-data"],
+    );
+
+    let board = Board::boot(&base, &image, &dir.0, 1);
+    // It boots to its login prompt (the agent is not installed: nothing
+    // ran the install script).
+    let started = Instant::now();
+    while !board.console().contains("login:") {
+        assert!(
+            started.elapsed() < BOOT_LIMIT,
+            "no login prompt within {BOOT_LIMIT:?}:\n{}",
+            tail(&board.console())
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    board.power_down();
+    let said: Vec<String> = journal(&image, &dir.0, &["-t", "cloud-init"])
+        .iter()
+        .filter_map(|e| e.get("MESSAGE").and_then(|m| m.as_str()).map(str::to_owned))
+        .collect();
+    assert!(
+        said.iter().any(|m| m.to_lowercase().contains("yaml")),
+        "cloud-init's records name the bad YAML: {said:#?}"
     );
 }
