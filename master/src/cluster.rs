@@ -32,6 +32,8 @@ pub struct Cluster {
     tracing: bool,
     /// How long its jobs may go without progress (see [`stall`]).
     stall_timeout: Option<Duration>,
+    /// Bytes of fed items a streamed pipeline may hold for replay.
+    max_replay_bytes: usize,
     /// How long each routed task may take on its agent.
     task_deadline: Option<Duration>,
     /// The last traced job's trace, until taken.
@@ -82,6 +84,7 @@ impl Cluster {
             opts: opts.clone(),
             tracing: false,
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
+            max_replay_bytes: crate::runtime::stream::WINDOW_BYTES,
             task_deadline: None,
             last_trace: None,
             tried: HashMap::new(),
@@ -120,6 +123,7 @@ impl Cluster {
             opts: opts.clone(),
             tracing: false,
             stall_timeout: Some(stall::DEFAULT_STALL_TIMEOUT),
+            max_replay_bytes: crate::runtime::stream::WINDOW_BYTES,
             task_deadline: None,
             last_trace: None,
             tried: HashMap::new(),
@@ -167,6 +171,15 @@ impl Cluster {
     /// at a set pace waits at least four of its intervals.
     pub fn set_stall_timeout(&mut self, bound: Option<Duration>) {
         self.stall_timeout = bound.filter(|b| !b.is_zero());
+    }
+
+    /// Bounds the memory of fed items a streamed pipeline holds until
+    /// their results are back (to replay them after a lost agent): a full
+    /// window waits for results, and an item larger than `bytes` fails
+    /// the job before it is sent. Default
+    /// [`WINDOW_BYTES`](crate::runtime::stream::WINDOW_BYTES), 256 MiB.
+    pub fn set_max_replay_bytes(&mut self, bytes: usize) {
+        self.max_replay_bytes = bytes.max(1);
     }
 
     /// Gives each task of the jobs it routes `deadline` on its agent (from
@@ -494,6 +507,7 @@ impl Cluster {
             trace: self.tracing,
             swaps,
             stall: self.stall_timeout,
+            max_replay_bytes: self.max_replay_bytes,
         };
         let run = stream::run_pipeline(&spec, inputs, on_result).await;
         // A lost agent is tried again before the next job.

@@ -81,6 +81,15 @@ pub struct RunArgs {
     /// of streamed pipelines).
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = stall_timeout)]
     task_deadline: StallTimeout,
+    /// Memory the master may use to hold the items it fed a streamed
+    /// pipeline until their results are back, so that it can replay them
+    /// on other agents when a stage's agent is lost. The window holds at
+    /// most 1,024 items per stage and at most this many bytes of items;
+    /// when full, feeding waits for results (large items then stream with
+    /// fewer in flight). An item larger than this fails the job before it
+    /// is sent (split it with map(n, ...)). E.g. 64MiB, 1GiB, 500MB.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    max_replay_memory: bytesize::ByteSize,
 }
 
 /// `--stall-timeout` or `--task-deadline`: `None` for no bound.
@@ -144,6 +153,8 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         eprintln!("{}", pool.origin);
         pool.cluster.set_stall_timeout(args.stall_timeout.0);
         pool.cluster.set_task_deadline(args.task_deadline.0);
+        let replay = usize::try_from(args.max_replay_memory.as_u64()).unwrap_or(usize::MAX);
+        pool.cluster.set_max_replay_bytes(replay);
         let progress = ProgressBar::new(inputs as u64);
         progress.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} results {msg}")

@@ -494,3 +494,51 @@ fn a_beating_master_that_stops_reading_is_dropped_within_its_beats() {
         "closed only after {after:?}"
     );
 }
+
+#[test]
+fn the_replay_memory_of_a_streamed_pipeline_is_the_operators_to_bound() {
+    // 50 items of 8000 bytes through a streamed pipeline. With a 20 KiB
+    // bound the master holds two or three at a time and every result
+    // comes back, as with the default; with 4 KiB no item fits: the job is
+    // refused before the first is sent, naming the item and the option.
+    let dir = Scratch::new("hardening-replay");
+    let job = dir.path("pipe.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"pipe(seq(square), seq(square))\"\n[input]\ngenerate = \"random\"\n\
+         items = 50\nlength = 1000\nseed = 5\n",
+    )
+    .unwrap();
+    let run = |bound: Option<&str>, out: &str| {
+        let mut args = vec!["run", "--local", "2", &job, "--out", out];
+        if let Some(b) = bound {
+            args.extend(["--max-replay-memory", b]);
+        }
+        skelpi(&args)
+    };
+    let (wide, narrow, none) = (dir.path("wide"), dir.path("narrow"), dir.path("none"));
+    let (code, _, err) = run(None, &wide);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(Some("20KiB"), &narrow);
+    assert_eq!(code, Some(0), "{err}");
+    let sorted = |p: &str| {
+        let mut lines: Vec<String> = std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&narrow).len(), 50);
+    assert_eq!(sorted(&narrow), sorted(&wide));
+    let (code, _, err) = run(Some("4KiB"), &none);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("item 0 is 8000 bytes") && err.contains("--max-replay-memory"),
+        "{err}"
+    );
+    let (code, _, err) = run(Some("lots"), &none);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--max-replay-memory"), "{err}");
+}

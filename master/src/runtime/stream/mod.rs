@@ -116,6 +116,9 @@ pub struct StreamSpec<'a> {
     /// Stop the job as stalled when nothing moved for this long (see
     /// [`crate::runtime::stall`]); `None`: never.
     pub stall: Option<Duration>,
+    /// Bytes of fed items the master may hold for replay (see
+    /// [`WINDOW_BYTES`], the default); a larger item is refused.
+    pub max_replay_bytes: usize,
 }
 
 /// An agent a pipeline lost.
@@ -170,7 +173,25 @@ pub async fn run_pipeline(
         };
     }
     let swaps = RefCell::new(SwapState::new(spec.stages));
+    // An item the window cannot hold ends the feed and fails the job.
+    let too_large = std::cell::Cell::new(None);
+    let limit = spec.max_replay_bytes;
+    let inputs = inputs.into_iter().enumerate().map_while(|(i, item)| {
+        let bytes = size_of_val(item.data.as_slice());
+        if bytes > limit {
+            too_large.set(Some((i, bytes)));
+            return None;
+        }
+        Some(item)
+    });
     let mut run = run_attempts(spec, inputs, on_result, &swaps).await;
+    if let Some((i, bytes)) = too_large.get() {
+        run.result = Err(JobError::Invalid(format!(
+            "item {i} is {bytes} bytes, more than the {limit} bytes of fed items the master may \
+             hold for replay (--max-replay-memory); raise the bound, or split the item with \
+             map(n, ...)"
+        )));
+    }
     if let Ok(reports) = &mut run.result {
         // Swaps still unsent: asked for too late.
         let mut state = swaps.into_inner();
@@ -216,7 +237,7 @@ async fn run_attempts(
     let job = JobId(rand::random());
     log::debug!("job {job}: pipeline of {n} streamed stages");
     let window = WINDOW_PER_STAGE * (n + 1);
-    let replay = RefCell::new(Replay::new(window, WINDOW_BYTES));
+    let replay = RefCell::new(Replay::new(window, spec.max_replay_bytes));
     // Fused: a restart draws again from an iterator that may have ended.
     let mut inputs = inputs.into_iter().fuse().peekable();
     let mut placement = spec.placement.clone();
