@@ -435,10 +435,11 @@ impl Driver<'_> {
         let beat_before = session.master_beats();
         let actions = session.on_timeout(Instant::now(), heard);
         if session.master_beats() && !beat_before {
-            let down_after = session.heartbeat() * DOWN_AFTER_BEATS;
+            let every = session.heartbeat();
+            let down_after = every * DOWN_AFTER_BEATS;
             log::info!(
-                "master {} beats: silent for {down_after:?} with work unfinished, it is taken \
-                 for gone",
+                "master {} beats every {every:?}; should it fall silent for {down_after:?} while \
+                 work of its is unfinished, it will be taken for gone",
                 self.peer
             );
         }

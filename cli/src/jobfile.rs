@@ -2,7 +2,7 @@
 //! inputs come from (a generator or a file).
 //!
 //! ```toml
-//! # The seed's pmap: 200,000 random floats in 8 chunks, erf applied 50 times.
+//! # The seed's pmap: 200,000 random floats in 8 chunks, 50 erf evaluations per element.
 //! skeleton = "map(8, seq(erf_burn(50)))"
 //!
 //! [input]

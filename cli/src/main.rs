@@ -110,6 +110,13 @@ enum Command {
         #[command(subcommand)]
         command: cmd::trace::TraceCommand,
     },
+    /// Print a completion script for your shell, e.g.
+    /// `skelpi completions bash > ~/.local/share/bash-completion/completions/skelpi`
+    /// or `skelpi completions zsh > "${fpath[1]}/_skelpi"`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -231,6 +238,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(args) => cmd::image::run(&args),
         Command::Trace { command } => cmd::trace::run(&command),
         Command::Module { command } => cmd::module::run(&command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "skelpi", &mut script);
+            match std::io::stdout().write_all(&script) {
+                // Read in part (`| head`): nothing to say.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                written => Ok(written?),
+            }
+        }
         Command::Lab { command } => {
             let code = cmd::lab::run(command)?;
             if code != 0 {

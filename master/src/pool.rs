@@ -97,6 +97,15 @@ pub fn parse_agents(list: &[String]) -> Result<Vec<SocketAddr>, PoolError> {
         .collect()
 }
 
+/// "1 agent", "3 agents".
+fn agents(n: usize) -> String {
+    if n == 1 {
+        "1 agent".into()
+    } else {
+        format!("{n} agents")
+    }
+}
+
 fn has_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.contains(':') && port.parse::<u16>().is_ok(),
@@ -115,13 +124,13 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         return local(
             n,
             &connect_opts,
-            format!("embedded local cluster of {n} agents"),
+            format!("embedded local cluster of {}", agents(n)),
         )
         .await;
     }
     if !opts.agents.is_empty() {
         let addrs = parse_agents(&opts.agents)?;
-        let origin = format!("{} agents from --agents", addrs.len());
+        let origin = format!("{} from --agents", agents(addrs.len()));
         let key = load_key(opts)?;
         let cluster = Cluster::connect(&addrs, &key, &connect_opts).await?;
         return Ok(Pool { cluster, origin });
@@ -145,14 +154,15 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
                     n,
                     &connect_opts,
                     format!(
-                        "no agents answered on mDNS within {timeout:?}: running on an embedded local cluster of {n} agents (one per core)"
+                        "no agents answered on mDNS within {timeout:?}: running on an embedded local cluster of {} (one per core)",
+                        agents(n)
                     ),
                 )
                 .await;
             }
             return Err(PoolError::NoneFound(timeout));
         }
-        let origin = format!("{} agents found by mDNS", found.len());
+        let origin = format!("{} found by mDNS", agents(found.len()));
         (
             found.iter().map(|a| a.socket_addr()).collect::<Vec<_>>(),
             origin,

@@ -17,8 +17,9 @@ pub struct PoolArgs {
         global = true
     )]
     pub agents: Vec<String>,
-    /// Run on N in-process agents on loopback instead.
-    #[arg(long, value_name = "N", global = true, conflicts_with = "agents")]
+    /// Run on N in-process agents on loopback instead (1 to 256).
+    #[arg(long, value_name = "N", global = true, conflicts_with = "agents",
+          value_parser = local_agents)]
     pub local: Option<usize>,
     /// Cluster key file.
     #[arg(long, value_name = "PATH", global = true)]
@@ -48,5 +49,14 @@ impl PoolArgs {
             key_file: self.key_file.clone(),
             plaintext: self.plaintext,
         }
+    }
+}
+
+/// `--local N`: at least one in-process agent, at most 256.
+fn local_agents(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=256) => Ok(n),
+        Ok(n) => Err(format!("{n} in-process agents: give 1 to 256")),
+        Err(_) => Err(format!("{s:?} is not a number of agents (1 to 256)")),
     }
 }

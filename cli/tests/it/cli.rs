@@ -124,3 +124,31 @@ fn keygen_writes_a_0600_key_and_refuses_to_overwrite() {
     assert_ne!(std::fs::read_to_string(&path).unwrap(), first);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_cli_counts_agents_in_english_refuses_no_agents_and_completes_shells() {
+    // One agent is "1 agent".
+    let (code, _, err) = skelpi(&["ping", "--local", "1", "--count", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("embedded local cluster of 1 agent\n"), "{err}");
+    // No agents at all is a usage error, not a run on one.
+    let (code, out, err) = skelpi(&["ping", "--local", "0"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("--local") && err.contains("1 to 256"), "{err}");
+    // Completion scripts for the shells clap_complete knows.
+    for (shell, needle) in [
+        ("bash", "_skelpi()"),
+        ("zsh", "#compdef skelpi"),
+        ("fish", "complete -c skelpi"),
+    ] {
+        let (code, out, err) = skelpi(&["completions", shell]);
+        assert_eq!(code, Some(0), "{shell}: {err}");
+        assert!(
+            out.contains(needle) && out.contains("lab"),
+            "{shell}: {out}"
+        );
+    }
+    let (code, _, err) = skelpi(&["completions", "tcsh"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("possible values"), "{err}");
+}

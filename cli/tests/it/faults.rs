@@ -496,10 +496,10 @@ fn agents_drop_the_streamed_stages_of_a_stopped_master() {
     wait_for(&second, "stage 1 runs", Duration::from_secs(30));
     wait_for(&first, "stage 0 runs", Duration::from_secs(30));
     // The master streams, and beats to stage 1's agent.
-    wait_for(&second, "beats: silent for", Duration::from_secs(30));
+    wait_for(&second, "beats every", Duration::from_secs(30));
     let stopped = std::time::Instant::now();
     signal("-STOP", &master.id().to_string());
-    let gone = wait_for(&second, "taken for gone", Duration::from_secs(10));
+    let gone = wait_for(&second, ": taken for gone", Duration::from_secs(10));
     eprintln!("after {:.2?}: {gone}", stopped.elapsed());
     let link = wait_for(&first, "lost its link to stage 1", Duration::from_secs(10));
     let ended = stopped.elapsed();
