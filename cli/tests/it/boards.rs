@@ -9,7 +9,7 @@
 
 use super::agents::agent_binary;
 use super::lab::LabGuard;
-use super::support::{Scratch, skelpi};
+use super::support::{Scratch, skelpi, sorted_lines};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -278,16 +278,29 @@ fn journal(image: &Path, dir: &Path, filters: &[&str]) -> Vec<serde_json::Value>
         .collect()
 }
 
-/// The lines of a results file (`run --out`), sorted: jobs may finish
-/// items out of order.
-fn sorted_lines(path: &str) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
+/// Writes a board image over the base with a new key (its path returned)
+/// and this workspace's agent, with `extra` options of `skelpi image`;
+/// what `skelpi image` printed.
+fn write_image(base: &Path, dir: &Scratch, image: &Path, extra: &[&str]) -> (String, String) {
+    let key = dir.path("cluster.key");
+    assert_eq!(skelpi(&["keygen", "--out", &key]).0, Some(0));
+    let agent = agent_binary();
+    let disk = base.join("disk.img");
+    let mut args = vec![
+        "image",
+        "--base",
+        disk.to_str().unwrap(),
+        "--out",
+        image.to_str().unwrap(),
+        "--agent-binary",
+        agent.to_str().unwrap(),
+        "--key-file",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = skelpi(&args);
+    assert_eq!(code, Some(0), "{stderr}");
+    (key, stdout)
 }
 
 /// A job file of this test: a farm over seeded random arrays.
@@ -307,10 +320,7 @@ fn farm_job(dir: &Path) -> String {
 fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_reboot() {
     let dir = Scratch::new("board");
     let base = board_base();
-    let key = dir.path("cluster.key");
-    assert_eq!(skelpi(&["keygen", "--out", &key]).0, Some(0));
     let image = dir.0.join("board.img");
-    let agent = agent_binary();
     let identity = dir.0.join("id_ed25519");
     tool(
         "ssh-keygen",
@@ -325,22 +335,12 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         ],
     );
     let public = dir.path("id_ed25519.pub");
-    let (code, stdout, stderr) = skelpi(&[
-        "image",
-        "--base",
-        base.join("disk.img").to_str().unwrap(),
-        "--out",
-        image.to_str().unwrap(),
-        "--agent-binary",
-        agent.to_str().unwrap(),
-        "--key-file",
-        &key,
-        "--hostname-prefix",
-        "vpi",
-        "--ssh-key",
-        &public,
-    ]);
-    assert_eq!(code, Some(0), "{stderr}");
+    let (key, stdout) = write_image(
+        &base,
+        &dir,
+        &image,
+        &["--hostname-prefix", "vpi", "--ssh-key", &public],
+    );
     assert!(stdout.contains("agent: x86-64"), "{stdout}");
 
     // First boot: cloud-init installs the agent, systemd starts it.
@@ -550,22 +550,8 @@ fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host(
 fn a_board_with_a_malformed_first_boot_seed_still_boots_and_says_why() {
     let dir = Scratch::new("board-bad-seed");
     let base = board_base();
-    let key = dir.path("cluster.key");
-    assert_eq!(skelpi(&["keygen", "--out", &key]).0, Some(0));
     let image = dir.0.join("board.img");
-    let agent = agent_binary();
-    let (code, _, stderr) = skelpi(&[
-        "image",
-        "--base",
-        base.join("disk.img").to_str().unwrap(),
-        "--out",
-        image.to_str().unwrap(),
-        "--agent-binary",
-        agent.to_str().unwrap(),
-        "--key-file",
-        &key,
-    ]);
-    assert_eq!(code, Some(0), "{stderr}");
+    write_image(&base, &dir, &image, &[]);
     // The user's edit gone wrong: user-data that is not YAML.
     let bad = dir.0.join("user-data");
     std::fs::write(&bad, "#cloud-config\nruncmd: [sh, -c, 'unclosed\n  - {\n").unwrap();

@@ -2,7 +2,7 @@
 //! (issue 19): what fails deterministically fails its task or job, with a
 //! clear error, and never takes an agent for lost.
 
-use crate::support::{Scratch, skelpi};
+use crate::support::{Scratch, skelpi, sorted_lines};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi_agent::kernels::Registry;
@@ -152,14 +152,7 @@ fn a_master_that_stops_reading_does_not_stall_another() {
                 let big = vec![1.0; 1_000_000];
                 let send_all = async {
                     for id in 0..40 {
-                        let task = Message::Task(TaskHead {
-                            id,
-                            job: JobId(7),
-                            kernel: "identity".into(),
-                            args: vec![],
-                            trace: false,
-                            deadline_ms: None,
-                        });
+                        let task = identity_task(id, 7);
                         let shape = Shape::List(big.len() as u64);
                         if est.sender.send_bulk(&task, shape, &big).await.is_err() {
                             break;
@@ -200,6 +193,18 @@ fn a_master_that_stops_reading_does_not_stall_another() {
     );
     drop((b, stop_tx));
     hog.join().unwrap();
+}
+
+/// Task `id` of job `job`: the identity kernel (its result is its input).
+fn identity_task(id: u64, job: u64) -> Message {
+    Message::Task(TaskHead {
+        id,
+        job: JobId(job),
+        kernel: "identity".into(),
+        args: vec![],
+        trace: false,
+        deadline_ms: None,
+    })
 }
 
 /// This process's peak resident memory, from `/proc/self/status`.
@@ -466,14 +471,7 @@ fn a_beating_master_that_stops_reading_is_dropped_within_its_beats() {
         let started = Instant::now();
         let send_all = async {
             for id in 0..200 {
-                let task = Message::Task(TaskHead {
-                    id,
-                    job: JobId(9),
-                    kernel: "identity".into(),
-                    args: vec![],
-                    trace: false,
-                    deadline_ms: None,
-                });
+                let task = identity_task(id, 9);
                 let shape = Shape::List(big.len() as u64);
                 if est.sender.send_bulk(&task, shape, &big).await.is_err() {
                     return Some(started.elapsed());
@@ -521,17 +519,8 @@ fn the_replay_memory_of_a_streamed_pipeline_is_the_operators_to_bound() {
     assert_eq!(code, Some(0), "{err}");
     let (code, _, err) = run(Some("20KiB"), &narrow);
     assert_eq!(code, Some(0), "{err}");
-    let sorted = |p: &str| {
-        let mut lines: Vec<String> = std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        lines.sort();
-        lines
-    };
-    assert_eq!(sorted(&narrow).len(), 50);
-    assert_eq!(sorted(&narrow), sorted(&wide));
+    assert_eq!(sorted_lines(&narrow).len(), 50);
+    assert_eq!(sorted_lines(&narrow), sorted_lines(&wide));
     let (code, _, err) = run(Some("4KiB"), &none);
     assert_eq!(code, Some(1), "{err}");
     assert!(

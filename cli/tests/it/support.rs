@@ -42,3 +42,15 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The lines of a results file (`skelpi run --out`), sorted: jobs may
+/// finish items out of order.
+pub fn sorted_lines(path: &str) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
