@@ -7,7 +7,7 @@
 //! The taps, dnsmasq and the qemu processes live in the lab's switch
 //! namespace, so [`super::down`] stops and removes them with the rest.
 
-use super::{LabError, LabOptions, sh};
+use super::{LabError, LabOptions, running, sh};
 use crate::image::{self, FirstBoot, ImageOptions};
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
@@ -48,11 +48,6 @@ pub struct Board {
     pub mac: String,
     /// The process id of its qemu.
     pub pid: u32,
-}
-
-/// Whether process `pid` is running (not gone, not a zombie).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z"))
 }
 
 /// The files of a virtual board base: the disk and the kernel qemu boots.

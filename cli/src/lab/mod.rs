@@ -367,10 +367,7 @@ fn start_agent(
         if text.contains("listening on") {
             return Ok(pid);
         }
-        let alive = Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z");
+        let alive = running(pid);
         if !alive || Instant::now() > deadline {
             let why = if alive {
                 "no \"listening on\" line within 15 s".to_owned()
@@ -381,6 +378,11 @@ fn start_agent(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether process `pid` is running (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z"))
 }
 
 /// Removes lab `id`: stops every process in its namespaces (SIGTERM, then

@@ -3,7 +3,8 @@
 //! and avahi, laid out as Raspberry Pi OS), booted under qemu with software
 //! emulation (nested KVM hangs on these machines) — what a user does with
 //! a Pi: flash, boot, run, read the journal. The master reaches the board
-//! through a port qemu forwards on loopback; what the board wrote is read
+//! through a port qemu forwards on loopback (its user network restricted:
+//! the board reaches nothing else); what the board wrote is read
 //! back from its disk once it has powered down (mtools, debugfs,
 //! `journalctl -D`).
 
@@ -99,7 +100,7 @@ impl Board {
             .arg(format!("file={},format=raw,if=virtio", image.display()))
             .arg("-nic")
             .arg(format!(
-                "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:7871,\
+                "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:7871,\
                  hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
             ))
             .stdin(Stdio::null())
