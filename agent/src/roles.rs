@@ -169,7 +169,7 @@ impl Driver<'_> {
     async fn read(&self, mut receiver: Receiver) {
         let mut bulk = Vec::new();
         loop {
-            if self.wait_for_slot().await.is_break() {
+            if self.unheard(self.wait_for_slot()).await.is_break() {
                 return;
             }
             let received = match receiver.recv(&mut bulk).await {
@@ -203,6 +203,17 @@ impl Driver<'_> {
                 }
             }
         }
+    }
+
+    /// Awaits `wait`, which holds the reader by this agent's own
+    /// backpressure: meanwhile the master's silence is not judged.
+    async fn unheard<T>(&self, wait: impl Future<Output = T>) -> T {
+        self.session.borrow_mut().reading_held(true, Instant::now());
+        let out = wait.await;
+        self.session
+            .borrow_mut()
+            .reading_held(false, Instant::now());
+        out
     }
 
     /// While a task read waits for a slot, waits for one and runs it.
@@ -320,7 +331,7 @@ impl Driver<'_> {
                 Flow::Continue(())
             }
             Action::Swap(swap) => self.swap(swap).await,
-            Action::Deliver(item, data) => self.deliver(item, data, frame).await,
+            Action::Deliver(item, data) => self.unheard(self.deliver(item, data, frame)).await,
             Action::EndStream((stream, stage)) => {
                 if !config.streams.end(stream, stage) {
                     let peer = self.peer;

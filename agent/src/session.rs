@@ -120,6 +120,13 @@ pub struct Session {
     feeding: HashSet<StageKey>,
     /// Since when a result has been being written.
     writing_since: Option<Instant>,
+    /// Reading is held by this agent's own backpressure (a full inbox, no
+    /// task slot): the master's frames wait unread in the socket, so its
+    /// silence is not judged meanwhile.
+    reading_held: bool,
+    /// When reading last went on after being held: silence counts from
+    /// then at the earliest.
+    reading_since: Option<Instant>,
     ended: bool,
 }
 
@@ -140,6 +147,8 @@ impl Session {
             last_job: None,
             feeding: HashSet::new(),
             writing_since: None,
+            reading_held: false,
+            reading_since: None,
             ended: false,
         }
     }
@@ -306,6 +315,16 @@ impl Session {
         self.stage_running = false;
     }
 
+    /// Reading the master's frames is held by this agent (`held`), or goes
+    /// on again at `now`: while held, the master's silence is not judged,
+    /// and afterwards it counts from `now` at the earliest.
+    pub fn reading_held(&mut self, held: bool, now: Instant) {
+        self.reading_held = held;
+        if !held {
+            self.reading_since = Some(now);
+        }
+    }
+
     /// A result began to be written at `now`.
     pub fn writing(&mut self, now: Instant) {
         self.writing_since = Some(now);
@@ -346,8 +365,12 @@ impl Session {
             self.next_watch = Some(now + every / 4);
             self.master_beats |= heard.beats > 0;
             let busy = self.in_flight > 0 || self.stage_running;
-            if busy && beat::is_down(every, heard.beats, heard.silent_for) {
-                return self.end(Ending::Silent(heard.silent_for));
+            let silent_for = match self.reading_since {
+                Some(t) => heard.silent_for.min(now.saturating_duration_since(t)),
+                None => heard.silent_for,
+            };
+            if busy && !self.reading_held && beat::is_down(every, heard.beats, silent_for) {
+                return self.end(Ending::Silent(silent_for));
             }
         }
         if self.beats.take_due(now) {

@@ -242,6 +242,29 @@ fn a_silent_master_is_kept_while_nothing_of_its_runs_and_if_it_never_beat() {
     assert!(sim.session.ended());
 }
 
+#[test]
+fn silence_while_the_agent_holds_its_reading_is_not_the_masters() {
+    // A stage of the master runs; the agent stops reading for 10 s (its
+    // stage's inbox is full): the beats wait unread in the socket, and the
+    // master is not judged by them.
+    let mut sim = Sim::new(4);
+    sim.recv(hello(100)).recv(stage_open(3, 0));
+    sim.beat();
+    sim.run_until(100);
+    sim.session.reading_held(true, sim.now);
+    sim.run_until(10_100);
+    assert!(!sim.session.ended(), "{:?}", sim.take());
+    // Reading goes on and nothing comes (the master is gone): its silence
+    // counts from then, 4 beats (400 ms) and the next look (25 ms).
+    sim.session.reading_held(false, sim.now);
+    sim.run_until(11_000);
+    let lines = sim.take();
+    let close = lines.last().unwrap();
+    let at: u64 = close.split(' ').next().unwrap().parse().unwrap();
+    assert!((10_500..=10_525).contains(&at), "{lines:?}");
+    assert!(close.contains("close: silent for 400"), "{close}");
+}
+
 /// A master beating every 100 ms over a network that delays or drops
 /// beats, with a task running: the session ends if and only if some gap
 /// between beats heard reached 4 intervals, and never before the gap did.

@@ -59,16 +59,22 @@ fn pause_when_told(
 /// Waits up to `limit` for a log line of `agent` containing `what`, and
 /// returns it.
 fn wait_for(agent: &AgentProcess, what: &str, limit: Duration) -> String {
+    wait_for_any(agent, &[what], limit)
+}
+
+/// Waits up to `limit` for a log line of `agent` containing one of `what`,
+/// and returns it.
+fn wait_for_any(agent: &AgentProcess, what: &[&str], limit: Duration) -> String {
     let deadline = std::time::Instant::now() + limit;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         match agent.lines.recv_timeout(left) {
-            Ok(line) if line.contains(what) => return line,
+            Ok(line) if what.iter().any(|w| line.contains(w)) => return line,
             Ok(_) => {}
             Err(_) => break,
         }
     }
     panic!(
-        "agent {} never logged {what:?} within {limit:?}",
+        "agent {} never logged one of {what:?} within {limit:?}",
         agent.addr
     );
 }
@@ -460,14 +466,17 @@ fn an_agent_frees_the_work_of_a_stopped_master() {
     agent_frees_the_work_of_a_lost_master("-STOP");
 }
 
-#[test]
-fn agents_drop_the_streamed_stages_of_a_stopped_master() {
-    // A real `skelpi run` master streams a two-stage pipeline over two
-    // agents, then stops (SIGSTOP: its connections stay open). The agent
-    // of stage 1 hears no more beats and ends the stage's session; stage 0
-    // then loses its link to stage 1 and ends too: nothing is left waiting
-    // for a master that may never come back.
-    let dir = std::env::temp_dir().join(format!("skelpi-stream-master-{}", std::process::id()));
+/// A real master streams a pipeline of `n` stages, each on its own agent,
+/// then stops (SIGSTOP: its connections stay open). Every agent — the
+/// first stage's too, whose connection carries the feed — hears no more
+/// beats and takes the master for gone within the detection bound: nothing
+/// is left waiting for a master that may never come back. `master` gives
+/// the command's arguments for the job's folder and the agents' addresses.
+fn agents_drop_the_streamed_stages_of_a_stopped_master(
+    n: usize,
+    master: impl Fn(&std::path::Path, &str) -> Vec<String>,
+) {
+    let dir = std::env::temp_dir().join(format!("skelpi-stream-master{n}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key_path = dir.join("cluster.key");
     ClusterKey::generate()
@@ -475,35 +484,38 @@ fn agents_drop_the_streamed_stages_of_a_stopped_master() {
         .write(&key_path, true)
         .unwrap();
     let args = ["--no-mdns", "--workers", "1"];
-    let first = start_agent(&key_path, "stage-0", &args);
-    let second = start_agent(&key_path, "stage-1", &args);
-    let job = dir.join("pipe.toml");
-    std::fs::write(
-        &job,
-        "skeleton = \"pipe(seq(sleep_ms(200)), seq(sleep_ms(200)))\"\n\
-         [input]\ngenerate = \"range\"\nitems = 200\nlength = 1\n",
-    )
-    .unwrap();
-    let agents = format!("{},{}", first.addr, second.addr);
+    let agents: Vec<AgentProcess> = (0..n)
+        .map(|i| start_agent(&key_path, &format!("stage-{i}"), &args))
+        .collect();
+    let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
     let mut master = std::process::Command::new(env!("CARGO_BIN_EXE_skelpi"))
-        .args(["run", "--agents", &agents, "--key-file"])
+        .args(master(&dir, &addrs.join(",")))
+        .arg("--key-file")
         .arg(&key_path)
-        .arg(&job)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(&second, "stage 1 runs", Duration::from_secs(30));
-    wait_for(&first, "stage 0 runs", Duration::from_secs(30));
-    // The master streams, and beats to stage 1's agent.
-    wait_for(&second, "beats every", Duration::from_secs(30));
+    for (i, agent) in agents.iter().enumerate() {
+        wait_for(agent, &format!("stage {i} runs"), Duration::from_secs(30));
+    }
+    // The last stage's results flow back: every stage is busy.
+    wait_for(&agents[n - 1], "beats every", Duration::from_secs(30));
     let stopped = std::time::Instant::now();
     signal("-STOP", &master.id().to_string());
-    let gone = wait_for(&second, ": taken for gone", Duration::from_secs(10));
-    eprintln!("after {:.2?}: {gone}", stopped.elapsed());
-    let link = wait_for(&first, "lost its link to stage 1", Duration::from_secs(10));
+    // A stage with a successor may end first by losing its link, once the
+    // successor's agent ended its stage; both free the work.
+    for (i, agent) in agents.iter().enumerate() {
+        let link = format!("lost its link to stage {}", i + 1);
+        let ends: &[&str] = if i + 1 < n {
+            &[": taken for gone", &link]
+        } else {
+            &[": taken for gone"]
+        };
+        let gone = wait_for_any(agent, ends, Duration::from_secs(10));
+        eprintln!("after {:.2?}: {gone}", stopped.elapsed());
+    }
     let ended = stopped.elapsed();
-    eprintln!("after {ended:.2?}: {link}");
     assert!(
         ended < Duration::from_secs(10),
         "stages ended after {ended:?}"
@@ -511,6 +523,52 @@ fn agents_drop_the_streamed_stages_of_a_stopped_master() {
     let _ = master.kill();
     let _ = master.wait();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_agent_drops_the_one_streamed_stage_of_a_stopped_master() {
+    // The seed's pipeline benchmark streams a single stage, fed every
+    // 50 ms: its one connection carries the feed, with pauses between
+    // items.
+    agents_drop_the_streamed_stages_of_a_stopped_master(1, |dir, agents| {
+        bench_pipeline(1, dir, agents)
+    });
+}
+
+/// `skelpi bench pipeline` of `stages` small stages on `agents`, fed every
+/// 50 ms for 20 s, writing into `dir`.
+fn bench_pipeline(stages: usize, dir: &std::path::Path, agents: &str) -> Vec<String> {
+    let out = dir.join("bench").to_str().unwrap().to_string();
+    let args = format!(
+        "bench pipeline --stages {stages} --items 400 --size 10 --work 1 --work-size 10 \
+         --interval 50ms --repeats 1 --out {out} --agents {agents}"
+    );
+    args.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn agents_drop_three_streamed_stages_of_a_stopped_master() {
+    // `skelpi run` streams as fast as the stages go: the first stage's
+    // inbox is full when the master stops.
+    agents_drop_the_streamed_stages_of_a_stopped_master(3, |dir, agents| {
+        let job = dir.join("pipe.toml");
+        std::fs::write(
+            &job,
+            "skeleton = \"pipe(seq(sleep_ms(200)), seq(sleep_ms(200)), seq(sleep_ms(200)))\"\n\
+             [input]\ngenerate = \"range\"\nitems = 200\nlength = 1\n",
+        )
+        .unwrap();
+        let job = job.to_str().unwrap().to_string();
+        vec!["run".into(), "--agents".into(), agents.into(), job]
+    });
+}
+
+#[test]
+fn agents_drop_three_paced_streamed_stages_of_a_stopped_master() {
+    // Fed every 50 ms: the first stage waits for items, not for room.
+    agents_drop_the_streamed_stages_of_a_stopped_master(3, |dir, agents| {
+        bench_pipeline(3, dir, agents)
+    });
 }
 
 /// What a chaos schedule does to one agent, when so many results are in.

@@ -230,6 +230,45 @@ fn a_pipeline_whose_last_stage_is_slower_ends_with_every_result() {
     runs_to_the_end(&mut cluster, &tree, inputs, limit, "slow last stage");
 }
 
+#[test]
+fn a_first_stage_slower_than_its_feed_does_not_take_the_master_for_gone() {
+    // Beats every 100 ms: a master silent for 400 ms is taken for gone.
+    // Stage 0 takes 600 ms an item, fed every 5 ms: once its inbox is full
+    // its agent reads the feed's connection, beats and all, one item per
+    // 600 ms — silence of its own making, not the master's.
+    let opts = ConnectOptions {
+        heartbeat: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let mut cluster = smol::block_on(Cluster::local(2, &opts)).unwrap();
+    let stages = [
+        Kernel::new("sleep_ms", [600.0]),
+        Kernel::new("identity", []),
+    ];
+    let n = skelpi_agent::streams::INBOX as u32 + 3;
+    let inputs: Vec<Array> = (0..n).map(|i| Array::list(vec![f64::from(i)])).collect();
+    let mut got = Vec::new();
+    let every = Some(Duration::from_millis(5));
+    let job = cluster.stream_pipeline(&stages, inputs.clone(), every, |i, a| got.push((i, a)));
+    let ended = bounded(job, Duration::from_secs(30));
+    let tree = Skeleton::pipe(stages.iter().cloned().map(Skeleton::seq));
+    check(
+        ended.map(|r| r.map(drop)),
+        got,
+        &inputs,
+        &tree,
+        "slow first stage",
+    );
+    for a in cluster.agents() {
+        assert!(
+            a.broken().is_none(),
+            "agent {} lost: {:?}",
+            a.addr(),
+            a.broken()
+        );
+    }
+}
+
 /// A random tree of routed skeletons (farms, maps, pipelines with farm
 /// stages) over kernels of unequal cost, `depth` levels at most.
 fn routed_tree(rng: &mut StdRng, depth: u32) -> Skeleton {

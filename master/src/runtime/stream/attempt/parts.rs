@@ -1,8 +1,8 @@
 //! The parts of a running stream, polled together: the feed of the first
 //! stage, and for every stage its listener (results, swaps answered,
 //! failures, its closing report), the watch that declares its agent down
-//! when it falls silent, and the master's heartbeats on connections it
-//! sends nothing else on. Beside them, the stall watchdog.
+//! when it falls silent, and the master's heartbeats on every connection
+//! (the feed's sent between its items). Beside them, the stall watchdog.
 
 use super::{Part, PartEnd, PartStop, sent_or_lost, stage_error};
 use crate::client::ClientError;
@@ -108,7 +108,8 @@ impl<'a> Attempt<'a> {
             let mut idle_sender = None;
             if let Some(inputs) = inputs.take() {
                 let first_done = first_done_rx.clone();
-                parts.push(Box::pin(self.feed(addr, sender, inputs, first_done)));
+                let beats = (*beat, liveness.clone());
+                parts.push(Box::pin(self.feed(addr, sender, beats, inputs, first_done)));
             } else {
                 idle_sender = Some(&mut **sender);
             }
@@ -145,16 +146,21 @@ impl<'a> Attempt<'a> {
     /// from `inputs` while the window has room (one every
     /// `spec.interval` if given), then the stream's end. Its swaps go
     /// between two items, and after the end until its listener ends
-    /// (`first_done` closes).
+    /// (`first_done` closes). The master's heartbeats (every `beats.0`, to
+    /// an agent that beats: `beats.1` heard one) go on this connection
+    /// whenever the feed waits, so the first stage's agent can tell a
+    /// master that waits from one that is gone.
     async fn feed(
         &self,
         addr: SocketAddr,
         sender: &mut Sender,
+        (every, heard): (Duration, Arc<Liveness>),
         inputs: &mut dyn Iterator<Item = Array>,
         first_done: async_channel::Receiver<()>,
     ) -> PartEnd {
         let lost = |e| sent_or_lost(addr, e);
         let stage_swaps = self.swaps_of(0);
+        let mut beats = Beats::new(every, Instant::now());
         let mut due = Instant::now();
         let mut next = self.first;
         loop {
@@ -162,11 +168,18 @@ impl<'a> Attempt<'a> {
             while let Some(kernel) = stage_swaps.and_then(|rx| rx.try_recv().ok()) {
                 sender.send(&self.swap(0, kernel)).await.map_err(lost)?;
             }
-            let Some(data) = self.item(next, inputs).await else {
+            let item = self.item(next, inputs);
+            let Some(data) = beating(sender, &mut beats, &heard, item)
+                .await
+                .map_err(lost)?
+            else {
                 break;
             };
             if let Some(every) = self.spec.interval {
-                async_io::Timer::at(due).await;
+                let timer = async_io::Timer::at(due);
+                beating(sender, &mut beats, &heard, timer)
+                    .await
+                    .map_err(lost)?;
                 due = due.checked_add(every).unwrap_or(due);
             }
             self.send_item(sender, next, &data).await.map_err(lost)?;
@@ -178,18 +191,27 @@ impl<'a> Attempt<'a> {
             stage: 0,
         });
         sender.send(&end).await.map_err(lost)?;
-        // The stage may still have items to run: swaps go on until it
-        // reports (its listener drops the sender).
-        if let Some(rx) = stage_swaps {
-            loop {
-                let asked = future::or(async { rx.recv().await.ok() }, async {
+        // The stage may still have items to run: swaps and beats go on
+        // until it reports (its listener drops the sender).
+        loop {
+            let asked = future::or(
+                async {
+                    match stage_swaps {
+                        Some(rx) => rx.recv().await.ok(),
+                        None => future::pending().await,
+                    }
+                },
+                async {
                     let _ = first_done.recv().await;
                     None
-                });
-                match asked.await {
-                    Some(kernel) => sender.send(&self.swap(0, kernel)).await.map_err(lost)?,
-                    None => break,
-                }
+                },
+            );
+            match beating(sender, &mut beats, &heard, asked)
+                .await
+                .map_err(lost)?
+            {
+                Some(kernel) => sender.send(&self.swap(0, kernel)).await.map_err(lost)?,
+                None => break,
             }
         }
         Ok(None)
@@ -446,4 +468,33 @@ async fn watch(addr: SocketAddr, beat: Duration, liveness: Arc<Liveness>) -> Par
         liveness.silent_for()
     );
     Err(PartStop::Lost(addr, what, Instant::now()))
+}
+
+/// Awaits `wait`, sending the master's heartbeats on `sender` as `beats`
+/// fall due meanwhile (only to an agent that beats: `heard` one of its).
+/// `wait` must be safe to poll again after a beat was sent.
+async fn beating<T>(
+    sender: &mut Sender,
+    beats: &mut Beats,
+    heard: &Liveness,
+    wait: impl Future<Output = T>,
+) -> Result<T, skelpi_wire::WireError> {
+    let mut wait = std::pin::pin!(wait);
+    loop {
+        let timer = async {
+            match beats.next() {
+                Some(at) => async_io::Timer::at(at).await,
+                None => future::pending().await,
+            };
+            None
+        };
+        match future::or(async { Some(wait.as_mut().await) }, timer).await {
+            Some(done) => return Ok(done),
+            None => {
+                if beats.take_due(Instant::now()) && heard.beats() > 0 {
+                    sender.send(&Message::Heartbeat).await?;
+                }
+            }
+        }
+    }
 }
