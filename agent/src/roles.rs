@@ -169,7 +169,9 @@ impl Driver<'_> {
     async fn read(&self, mut receiver: Receiver) {
         let mut bulk = Vec::new();
         loop {
-            if self.unheard(self.wait_for_slot()).await.is_break() {
+            // Not `unheard`: a master past its slots, or one whose results
+            // wait because it reads nothing, is judged as ever.
+            if self.wait_for_slot().await.is_break() {
                 return;
             }
             let received = match receiver.recv(&mut bulk).await {
@@ -206,7 +208,8 @@ impl Driver<'_> {
     }
 
     /// Awaits `wait`, which holds the reader by this agent's own
-    /// backpressure: meanwhile the master's silence is not judged.
+    /// backpressure (a stage's full inbox): meanwhile the master's silence
+    /// is not judged.
     async fn unheard<T>(&self, wait: impl Future<Output = T>) -> T {
         self.session.borrow_mut().reading_held(true, Instant::now());
         let out = wait.await;

@@ -120,8 +120,8 @@ pub struct Session {
     feeding: HashSet<StageKey>,
     /// Since when a result has been being written.
     writing_since: Option<Instant>,
-    /// Reading is held by this agent's own backpressure (a full inbox, no
-    /// task slot): the master's frames wait unread in the socket, so its
+    /// Reading is held by this agent's own backpressure (a stage's full
+    /// inbox): the master's frames wait unread in the socket, so its
     /// silence is not judged meanwhile.
     reading_held: bool,
     /// When reading last went on after being held: silence counts from
