@@ -3,6 +3,7 @@
 
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::eval::get_nodes;
+use crate::runtime::handoff::{self, Inputs, Results};
 use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
 use crate::runtime::{JobError, autonomic, job, offered, stall};
 use crate::trace::{Trace, TraceError};
@@ -44,6 +45,14 @@ pub struct Cluster {
     /// again to agents that rejoin (a restarted agent forgot them).
     pub(crate) modules: Vec<(String, std::sync::Arc<[u8]>)>,
 }
+
+/// What a routed job gives back from its thread: its outcome, the
+/// connections it ran on, its trace if traced.
+type Returned = (
+    Result<(), JobError>,
+    Vec<AgentConn>,
+    Option<Result<Trace, TraceError>>,
+);
 
 /// An in-process agent a cluster owns (none without the `local` feature).
 #[cfg(feature = "local")]
@@ -256,10 +265,12 @@ impl Cluster {
 
     /// Runs `skeleton` on `inputs`, handing each result and its input's
     /// index to `on_result` as soon as it is ready. Inputs are drawn from
-    /// the iterator only as the tree has room for them, so a huge generator
-    /// runs in bounded memory. Both run on the job's thread, which also
-    /// sends the heartbeats: neither may block for seconds, or the agents
-    /// take the master for gone.
+    /// the iterator only as the tree has room for them (a few ahead: see
+    /// [`handoff`]), so a huge generator runs in bounded memory. Both run
+    /// here, where the job is awaited; the job's connections and their
+    /// heartbeats run on a thread of their own, so either may block (a slow
+    /// disk, a network write) without the agents taking the master for
+    /// gone: the job waits for them.
     pub async fn run_each(
         &mut self,
         skeleton: &Skeleton,
@@ -273,13 +284,18 @@ impl Cluster {
             return Ok(());
         }
         let able = self.able(skeleton)?;
-        let (places, mut conns, bad) = self.take_good(&able);
-        let trace = (self.tracing, &mut self.last_trace);
+        let (places, conns, bad) = self.take_good(&able);
+        let tracing = self.tracing;
         let limits = job::Limits {
             stall: self.stall_timeout,
             task_deadline: self.task_deadline,
         };
-        let result = Self::job(trace, limits, &mut conns, skeleton, inputs, on_result).await;
+        let tree = skeleton.clone();
+        let io = move |inputs, results| Self::job(tracing, limits, conns, tree, inputs, results);
+        let (result, conns, trace) = handoff::on_own_thread(inputs, on_result, |_| {}, io).await;
+        if let Some(trace) = trace {
+            self.last_trace = Some(trace);
+        }
         self.put_back(places, conns, bad);
         result
     }
@@ -303,35 +319,53 @@ impl Cluster {
             Ok(able) => able,
             Err(e) => return (Err(e), None),
         };
-        let (places, mut conns, bad) = self.take_good(&able);
-        let mut trace = Err(TraceError::Stopped);
-        let traced = self.tracing.then_some(&mut trace);
-        let opts = &autonomic::Options {
+        let (places, conns, bad) = self.take_good(&able);
+        if conns.is_empty() {
+            self.put_back(places, conns, bad);
+            return (Err(JobError::NoAgents), None);
+        }
+        let tracing = self.tracing;
+        let opts = autonomic::Options {
             stall: self.stall_timeout,
             ..opts.clone()
         };
-        let mut out = if conns.is_empty() {
-            (Err(JobError::NoAgents), None)
-        } else {
-            autonomic::run(
-                &mut conns,
-                skeleton,
-                inputs,
-                on_result,
-                opts,
-                on_decision,
-                traced,
-            )
-            .await
-        };
+        let tree = skeleton.clone();
+        let io = move |inputs, results| Self::managed(tracing, opts, conns, tree, inputs, results);
+        let (mut out, conns, trace) =
+            handoff::on_own_thread(inputs, on_result, on_decision, io).await;
         if let Some(report) = &mut out.1 {
             report.renumber_agents(&places);
         }
-        if self.tracing {
+        if let Some(trace) = trace {
             self.last_trace = Some(trace);
         }
         self.put_back(places, conns, bad);
         out
+    }
+
+    /// A managed job on `conns`, on the job's thread (see
+    /// [`Cluster::run_managed`]); gives the connections back, and the job's
+    /// trace if `tracing`.
+    async fn managed(
+        tracing: bool,
+        opts: autonomic::Options,
+        mut conns: Vec<AgentConn>,
+        skeleton: Skeleton,
+        inputs: Inputs<'static>,
+        results: Results<'static>,
+    ) -> (
+        (Result<(), JobError>, Option<autonomic::Report>),
+        Vec<AgentConn>,
+        Option<Result<Trace, TraceError>>,
+    ) {
+        let mut trace = Err(TraceError::Stopped);
+        let traced = tracing.then_some(&mut trace);
+        let decisions = results.decisions();
+        let out = autonomic::run(
+            &mut conns, &skeleton, inputs, results, &opts, decisions, traced,
+        )
+        .await;
+        (out, conns, tracing.then_some(trace))
     }
 
     /// Which agents of the pool (by position) can run `tree`: good ones
@@ -389,23 +423,22 @@ impl Cluster {
         self.agents = all.into_iter().map(|(_, a)| a).collect();
     }
 
-    /// One dispatched job on `conns`; if tracing (`trace.0`), its trace
-    /// goes to `trace.1`.
+    /// One dispatched job on `conns`, on the job's thread; gives the
+    /// connections back, and the job's trace if `tracing`.
     async fn job(
-        trace: (bool, &mut Option<Result<Trace, TraceError>>),
+        tracing: bool,
         limits: job::Limits,
-        conns: &mut [AgentConn],
-        skeleton: &Skeleton,
-        inputs: impl IntoIterator<Item = Array>,
-        on_result: impl FnMut(u64, Array),
-    ) -> Result<(), JobError> {
-        let (tracing, last) = trace;
+        mut conns: Vec<AgentConn>,
+        skeleton: Skeleton,
+        inputs: Inputs<'static>,
+        results: Results<'static>,
+    ) -> Returned {
         if !tracing {
-            return job::run(conns, skeleton, inputs, on_result, limits).await;
+            let result = job::run(&mut conns, &skeleton, inputs, results, limits).await;
+            return (result, conns, None);
         }
-        let (result, got) = job::run_traced(conns, skeleton, inputs, on_result, limits).await;
-        *last = Some(got);
-        result
+        let (result, got) = job::run_traced(&mut conns, &skeleton, inputs, results, limits).await;
+        (result, conns, Some(got))
     }
 
     /// Runs a pipeline of `seq` stages streamed agent to agent: stage i on
@@ -497,19 +530,27 @@ impl Cluster {
             .into_iter()
             .map(|i| pool[i].clone())
             .collect();
-        let spec = StreamSpec {
-            stages,
-            placement,
-            pool,
-            key: &self.key,
-            opts: &self.opts,
-            interval,
-            trace: self.tracing,
-            swaps,
-            stall: self.stall_timeout,
-            max_replay_bytes: self.max_replay_bytes,
+        let stages = stages.to_vec();
+        let (key, opts) = (self.key.clone(), self.opts.clone());
+        let swaps = swaps.cloned();
+        let (trace, stall, max_replay_bytes) =
+            (self.tracing, self.stall_timeout, self.max_replay_bytes);
+        let io = move |inputs, results| async move {
+            let spec = StreamSpec {
+                stages: &stages,
+                placement,
+                pool,
+                key: &key,
+                opts: &opts,
+                interval,
+                trace,
+                swaps: swaps.as_ref(),
+                stall,
+                max_replay_bytes,
+            };
+            stream::run_pipeline(&spec, inputs, results).await
         };
-        let run = stream::run_pipeline(&spec, inputs, on_result).await;
+        let run = handoff::on_own_thread(inputs, on_result, |_| {}, io).await;
         // A lost agent is tried again before the next job.
         for lost in &run.lost {
             if let Some(conn) = self.agents.iter_mut().find(|a| a.addr() == lost.addr) {

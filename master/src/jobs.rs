@@ -227,15 +227,16 @@ impl<'a> JobBuilder<'a> {
     }
 
     /// Hands each result and its input's index to `sink` as it leaves the
-    /// tree. It runs on the job's thread, which also sends the heartbeats:
-    /// it may not block for seconds.
+    /// tree. It runs where the job is awaited, not on the thread that
+    /// talks to the agents: it may block (the job then waits for it, and
+    /// its heartbeats go on).
     pub fn on_result(mut self, sink: impl FnMut(u64, Array) + 'a) -> Self {
         self.on_result = Box::new(sink);
         self
     }
 
-    /// Hands what the job reports while it runs to `observer` (on the
-    /// job's thread, like [`JobBuilder::on_result`]).
+    /// Hands what the job reports while it runs to `observer` (where the
+    /// job is awaited, like [`JobBuilder::on_result`]).
     pub fn on_event(mut self, observer: impl FnMut(Event<'_>) + 'a) -> Self {
         self.on_event = Box::new(observer);
         self

@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use skelpi::cluster::Cluster;
+use skelpi::runtime::handoff::{Inputs, Results};
 use skelpi::runtime::job;
 use skelpi::runtime::{JobError, TaskError};
 use skelpi::stats::median;
@@ -182,7 +183,9 @@ pub async fn run(
                     stall: Some(skelpi::runtime::stall::DEFAULT_STALL_TIMEOUT),
                     task_deadline: None,
                 };
-                job::run(conns, &tree, [data], |_, a| out = Some(a), limits).await?;
+                // One input, one result: handled on the job's thread.
+                let (input, result) = (Inputs::here([data]), Results::here(|_, a| out = Some(a)));
+                job::run(conns, &tree, input, result, limits).await?;
                 let time = start.elapsed();
                 times.push(time);
                 ratios.push(ratio(seq_time, time));

@@ -13,7 +13,7 @@ use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
 use skelpi_testkit::AgentProcess;
 use skelpi_wire::key::ClusterKey;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Sends signal `sig` (`-KILL`, `-STOP`, `-CONT`) to process `pid`.
 fn signal(sig: &str, pid: &str) {
@@ -729,4 +729,80 @@ fn swaps_survive_a_restart_with_one_switch_point_per_stage() {
     }
     smol::block_on(cluster.close());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Where the caller's code blocks.
+#[derive(Clone, Copy, PartialEq)]
+enum Blocks {
+    /// The result callback.
+    OnResult,
+    /// The input iterator.
+    OnInput,
+}
+
+/// Runs `tree` over `n` inputs on two agent processes (heartbeats every
+/// second: a master silent for 4 s while work of its is unfinished is
+/// taken for gone), the caller's code blocking for 10 s once the job has
+/// run 2 s (beats have gone both ways by then). The job completes with
+/// every result, in order; no agent took the master for gone, and none was
+/// lost.
+fn blocking_user_code(tree: &str, n: usize, blocks: Blocks) {
+    let tag = format!("blocking-{}", blocks == Blocks::OnInput);
+    let (agents, mut cluster, dir) = agents(&tag, 2);
+    let tree: Skeleton = tree.parse().unwrap();
+    let pause = Duration::from_secs(10);
+    let started = Instant::now();
+    let blocked = std::cell::Cell::new(false);
+    let block = |here: Blocks| {
+        if here == blocks && !blocked.get() && started.elapsed() > Duration::from_secs(2) {
+            blocked.set(true);
+            std::thread::sleep(pause);
+        }
+    };
+    let inputs = (0..n).map(|i| {
+        block(Blocks::OnInput);
+        Array::list(vec![i as f64])
+    });
+    let mut got = Vec::new();
+    let job = cluster.run_each(&tree, inputs, |i, a| {
+        got.push((i, a.data));
+        block(Blocks::OnResult);
+    });
+    bounded(job).unwrap();
+    assert!(blocked.get(), "the job ended before it blocked");
+    let want: Vec<(u64, Vec<f64>)> = (0..n as u64).map(|i| (i, vec![i as f64])).collect();
+    assert_eq!(got, want);
+    for a in cluster.agents() {
+        assert!(
+            a.broken().is_none(),
+            "agent {} lost: {:?}",
+            a.addr(),
+            a.broken()
+        );
+    }
+    for agent in &agents {
+        let gone: Vec<String> = agent
+            .lines
+            .try_iter()
+            .filter(|l| l.contains(": taken for gone"))
+            .collect();
+        assert!(gone.is_empty(), "{gone:?}");
+    }
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_result_callback_that_blocks_for_10_s_loses_nothing() {
+    // The first results come after 5 s; the callback blocks on them while
+    // the tasks queued behind them run for 5 s more.
+    blocking_user_code("farm(seq(sleep_ms(5000)))", 16, Blocks::OnResult);
+}
+
+#[test]
+fn an_input_iterator_that_blocks_for_10_s_loses_nothing() {
+    // More inputs than the stream's window: they are drawn as results come
+    // back, and the stages stay open while the iterator blocks.
+    let tree = "pipe(seq(sleep_ms(2)), seq(identity))";
+    blocking_user_code(tree, 5000, Blocks::OnInput);
 }

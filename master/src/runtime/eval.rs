@@ -127,7 +127,7 @@ impl std::fmt::Debug for Ctx<'_, '_> {
     }
 }
 
-fn channel() -> (Sink, Stream) {
+pub(crate) fn channel() -> (Sink, Stream) {
     async_channel::bounded(STREAM_BUFFER)
 }
 

@@ -3,13 +3,13 @@
 
 use super::check::check;
 use super::dispatch::Dispatcher;
-use super::eval::{Ctx, Spawner, Stream, eval, replica_budget, source};
+use super::eval::{Ctx, Spawner, Stream, channel, eval, replica_budget};
+use super::handoff::{Inputs, Results, Room};
 use super::stall::{self, Look};
 use super::{Item, JobError};
 use crate::client::AgentConn;
 use crate::trace::{self, Recorder, Trace, TraceError};
 use futures_lite::future;
-use skelpi_proto::Array;
 use skelpi_proto::JobId;
 use skelpi_proto::skeleton::Skeleton;
 use smol::LocalExecutor;
@@ -46,9 +46,10 @@ impl Graph for Skeleton {
 }
 
 /// Runs `skeleton` on `inputs` over `conns`, handing each result and the
-/// index of its input (for a reduction: 0) to `on_result` as it leaves the
+/// index of its input (for a reduction: 0) to `results` as it leaves the
 /// tree (in input order where the tree keeps
-/// order). Inputs are drawn only as the tree has room for them. On the
+/// order). Inputs are drawn only as the tree has room for them, and not
+/// while the results' [`super::handoff::Room`] is full. On the
 /// first error the job stops, waits (at most [`DRAIN_TIMEOUT`]) for the
 /// results of tasks already sent, so every connection is left between
 /// frames, and returns it; connections that failed, or whose tasks did not
@@ -58,11 +59,11 @@ impl Graph for Skeleton {
 pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
-    inputs: impl IntoIterator<Item = Array>,
-    on_result: impl FnMut(u64, Array),
+    inputs: Inputs<'_>,
+    results: Results<'_>,
     limits: Limits,
 ) -> Result<(), JobError> {
-    run_graph(conns, skeleton, skeleton, inputs, on_result, None, limits).await
+    run_graph(conns, skeleton, skeleton, inputs, results, None, limits).await
 }
 
 /// [`run`], traced: also returns the job's merged trace, which is there
@@ -70,13 +71,13 @@ pub async fn run(
 pub async fn run_traced(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
-    inputs: impl IntoIterator<Item = Array>,
-    on_result: impl FnMut(u64, Array),
+    inputs: Inputs<'_>,
+    results: Results<'_>,
     limits: Limits,
 ) -> (Result<(), JobError>, Result<Trace, TraceError>) {
     let mut trace = Err(TraceError::Stopped);
     let out = Some(&mut trace);
-    let result = run_graph(conns, skeleton, skeleton, inputs, on_result, out, limits).await;
+    let result = run_graph(conns, skeleton, skeleton, inputs, results, out, limits).await;
     (result, trace)
 }
 
@@ -87,8 +88,8 @@ pub async fn run_graph(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
     graph: &impl Graph,
-    inputs: impl IntoIterator<Item = Array>,
-    mut on_result: impl FnMut(u64, Array),
+    inputs: Inputs<'_>,
+    mut results: Results<'_>,
     trace_out: Option<&mut Result<Trace, TraceError>>,
     limits: Limits,
 ) -> Result<(), JobError> {
@@ -131,8 +132,8 @@ pub async fn run_graph(
     // mid-frame would cut a frame.
     let mut io = Box::pin(dispatcher.run_io());
     // Inputs drawn and results handed on, for the stall watchdog.
-    let (drawn, results) = (Cell::new(0u64), Cell::new(0u64));
-    let (drawn, results) = (&drawn, &results);
+    let (drawn, handed) = (Cell::new(0u64), Cell::new(0u64));
+    let (drawn, handed) = (&drawn, &handed);
     let result = {
         let ex = LocalExecutor::new();
         let (spawn_tx, spawn_rx) = async_channel::unbounded();
@@ -144,26 +145,27 @@ pub async fn run_graph(
             replicated: false,
             budget: replica_budget(cores),
         };
-        let items = inputs.into_iter().enumerate().map(|(i, data)| {
-            drawn.set(drawn.get() + 1);
-            Item {
-                index: i as u64,
-                origin: format!("item {i}"),
-                data,
-            }
-        });
-        let input = source(&cx.spawner, items);
+        let room = results.room();
+        let input = draw(&cx.spawner, inputs, drawn, room);
         let work = async {
             let out = graph.build(cx, input);
             while let Ok(r) = out.recv().await {
                 let item = r?;
-                results.set(results.get() + 1);
-                on_result(item.index, item.data);
+                handed.set(handed.get() + 1);
+                results.push(item.index, item.data);
+                // Handed on together: what comes out before the tree waits
+                // (the other nodes run once before that is judged).
+                if out.is_empty() {
+                    future::yield_now().await;
+                    if out.is_empty() {
+                        results.flush();
+                    }
+                }
             }
             Ok(())
         };
         let stalled = stall::watch(limits.stall, |_| {
-            let totals = (drawn.get(), results.get());
+            let totals = (drawn.get(), handed.get());
             let parts = Some(dispatcher.task_counts());
             async move { Look { totals, parts } }
         });
@@ -214,4 +216,34 @@ pub async fn run_graph(
         *out = Ok(trace::merge::merge(&collected));
     }
     result
+}
+
+/// The stream of `inputs`, drawn by a node of its own (counted in `drawn`)
+/// as the tree has room for them and `room` has room for their results.
+fn draw<'a>(
+    spawner: &Spawner<'a>,
+    mut inputs: Inputs<'a>,
+    drawn: &'a Cell<u64>,
+    room: Room,
+) -> Stream {
+    let (tx, rx) = channel();
+    spawner.spawn(async move {
+        loop {
+            room.wait().await;
+            let Some(data) = inputs.next().await else {
+                return;
+            };
+            let i = drawn.get();
+            drawn.set(i + 1);
+            let item = Item {
+                index: i,
+                origin: format!("item {i}"),
+                data,
+            };
+            if tx.send(Ok(item)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

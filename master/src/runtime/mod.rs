@@ -10,13 +10,14 @@
 //! [`check`] refuses trees the runtime cannot run as written.
 //! [`sequential`] evaluates the same tree in this process, one call at a
 //! time: the reference semantics, and the "best sequential" baseline of the
-//! benchmarks.
+//! benchmarks. [`handoff`] keeps the caller's code off a job's thread.
 
 pub mod autonomic;
 pub mod check;
 pub mod dispatch;
 mod error;
 pub mod eval;
+pub mod handoff;
 pub mod job;
 pub mod offered;
 pub mod schedule;

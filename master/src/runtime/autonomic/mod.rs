@@ -20,6 +20,7 @@ pub mod metrics;
 
 pub use manager::{Action, Contract, Decision, PoolSize};
 
+use super::handoff::{Inputs, Results};
 use super::job;
 use super::{JobError, check::check};
 use crate::client::AgentConn;
@@ -27,7 +28,6 @@ use crate::trace::{Trace, TraceError};
 use graph::Control;
 use manager::{Manager, meets};
 use metrics::{AgentTotals, StageWindow, Totals, window};
-use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::time::Duration;
 
@@ -258,7 +258,7 @@ fn validate(opts: &Options, stages: usize) -> Result<(), JobError> {
 }
 
 /// Runs `skeleton` (see [`stages`]) on `inputs` over `conns`, managed as
-/// `opts` say; results go to `on_result` in input order, decisions to
+/// `opts` say; results go to `results` in input order, decisions to
 /// `on_decision` as they are made. Traced if `trace_out` is given (the
 /// decisions are marks of the trace). The report is there when the job
 /// started, even if it failed; `None` when it could not start (a tree or
@@ -266,8 +266,8 @@ fn validate(opts: &Options, stages: usize) -> Result<(), JobError> {
 pub async fn run(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
-    inputs: impl IntoIterator<Item = Array>,
-    on_result: impl FnMut(u64, Array),
+    inputs: Inputs<'_>,
+    results: Results<'_>,
     opts: &Options,
     on_decision: impl FnMut(&Decision),
     trace_out: Option<&mut Result<Trace, TraceError>>,
@@ -305,7 +305,7 @@ pub async fn run(
         stall,
         task_deadline: None,
     };
-    let result = job::run_graph(conns, skeleton, &ctl, inputs, on_result, trace_out, limits).await;
+    let result = job::run_graph(conns, skeleton, &ctl, inputs, results, trace_out, limits).await;
     (result, Some(report(&ctl, opts.contract, start)))
 }
 

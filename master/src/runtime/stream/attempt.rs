@@ -17,10 +17,10 @@ use super::swap::SwapState;
 use super::{Placement, StageReport, StreamSpec};
 use crate::client::{AgentConn, ClientError};
 use crate::runtime::JobError;
+use crate::runtime::handoff::{Inputs, Results};
 use crate::trace::{self, ClockSample, Recorder, Trace, TraceError};
 use futures_lite::future;
 use parts::Attempt;
-use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use skelpi_proto::{ErrorCode, ErrorReply, JobId};
 use skelpi_wire::WireError;
@@ -82,15 +82,15 @@ pub(super) type Finished = (Vec<StageReport>, Option<Result<Trace, TraceError>>)
 
 /// Runs the pipeline once on `placement` as stream `stream`: feeds the
 /// items `replay` holds, then new ones from `inputs` while the window has
-/// room, and hands each result due to `on_result`.
-pub(super) async fn run<I: Iterator<Item = Array>>(
+/// room, and hands each result due to `results`.
+pub(super) async fn run(
     spec: &StreamSpec<'_>,
     placement: &[Placement],
     stream: u64,
     traced: bool,
     (replay, swaps): (&RefCell<Replay>, &RefCell<SwapState>),
-    inputs: &mut I,
-    on_result: &mut impl FnMut(u64, Array),
+    inputs: &mut Inputs<'_>,
+    results: &mut Results<'_>,
 ) -> Result<Finished, Stop> {
     // The stages' kernels now: swapped ones after a restart.
     let kernels = swaps.borrow().current().to_vec();
@@ -112,7 +112,7 @@ pub(super) async fn run<I: Iterator<Item = Array>>(
         replay.borrow().done(),
         replay.borrow().held()
     );
-    let reports = run_parts(&attempt, &mut conns, inputs, on_result).await?;
+    let reports = run_parts(&attempt, &mut conns, inputs, results).await?;
     let job = attempt.job();
     drop(attempt);
     let trace = match recorder {
@@ -147,15 +147,15 @@ fn agent_of_stage(placement: &[Placement]) -> Vec<usize> {
 async fn run_parts(
     attempt: &Attempt<'_>,
     conns: &mut [AgentConn],
-    inputs: &mut dyn Iterator<Item = Array>,
-    on_result: &mut dyn FnMut(u64, Array),
+    inputs: &mut Inputs<'_>,
+    results: &mut Results<'_>,
 ) -> Result<Vec<StageReport>, Stop> {
     let n = conns.len();
     let mut halves: Vec<_> = conns
         .iter_mut()
         .map(|c| (c.addr(), c.heartbeat(), c.halves()))
         .collect();
-    let mut parts = attempt.parts(&mut halves, inputs, on_result);
+    let mut parts = attempt.parts(&mut halves, inputs, results);
     // Poll everything; the first stop ends the run (the connections close
     // when the run returns, which stops every stage). An agent that dies
     // makes its neighbours complain too, over other connections: what

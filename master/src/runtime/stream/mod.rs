@@ -16,9 +16,9 @@
 //! whose result is missing. Stages are pure, and the master takes only the
 //! next index due, so every result comes once, in order.
 //!
-//! The master beats on the stage connections from the thread that runs the
-//! job: a result callback or an input iterator that blocks for seconds
-//! makes the agents take the master for gone (as for routed jobs).
+//! The master beats on every stage connection from the job's own thread
+//! (see [`super::handoff`]): a result callback or an input iterator that
+//! blocks for seconds holds the feed, not the beats.
 
 mod attempt;
 mod progress;
@@ -28,10 +28,10 @@ mod swap;
 pub use swap::{SwapOutcome, Swapped, Swapper, Swaps, swaps};
 
 use super::JobError;
+use super::handoff::{Inputs, Results};
 use crate::trace::{Trace, TraceError};
 use attempt::Stop;
 use replay::Replay;
-use skelpi_proto::Array;
 use skelpi_proto::JobId;
 use skelpi_proto::skeleton::Kernel;
 use skelpi_wire::handshake::ConnectOptions;
@@ -150,14 +150,14 @@ pub struct StreamRun {
 }
 
 /// Runs the pipeline `spec` over `inputs`, handing each result and its
-/// index to `on_result` exactly once, in input order. A stage whose agent
+/// index to `results` exactly once, in input order. A stage whose agent
 /// is lost moves to another agent of the pool, and the stream starts again
 /// from the first item whose result is missing (at most [`MAX_RESTARTS`]
 /// times).
 pub async fn run_pipeline(
     spec: &StreamSpec<'_>,
-    inputs: impl IntoIterator<Item = Array>,
-    on_result: impl FnMut(u64, Array),
+    mut inputs: Inputs<'_>,
+    mut results: Results<'_>,
 ) -> StreamRun {
     if let Some(s) = spec.swaps
         && s.stages() != spec.stages.len()
@@ -174,18 +174,10 @@ pub async fn run_pipeline(
     }
     let swaps = RefCell::new(SwapState::new(spec.stages));
     // An item the window cannot hold ends the feed and fails the job.
-    let too_large = std::cell::Cell::new(None);
     let limit = spec.max_replay_bytes;
-    let inputs = inputs.into_iter().enumerate().map_while(|(i, item)| {
-        let bytes = size_of_val(item.data.as_slice());
-        if bytes > limit {
-            too_large.set(Some((i, bytes)));
-            return None;
-        }
-        Some(item)
-    });
-    let mut run = run_attempts(spec, inputs, on_result, &swaps).await;
-    if let Some((i, bytes)) = too_large.get() {
+    inputs.limit_bytes(limit);
+    let mut run = run_attempts(spec, &mut inputs, &mut results, &swaps).await;
+    if let Some((i, bytes)) = inputs.refused() {
         run.result = Err(JobError::Invalid(format!(
             "item {i} is {bytes} bytes, more than the {limit} bytes of fed items the master may \
              hold for replay (--max-replay-memory); raise the bound, or split the item with \
@@ -215,8 +207,8 @@ pub async fn run_pipeline(
 /// [`run_pipeline`], swaps kept in `swaps` across the attempts.
 async fn run_attempts(
     spec: &StreamSpec<'_>,
-    inputs: impl IntoIterator<Item = Array>,
-    mut on_result: impl FnMut(u64, Array),
+    inputs: &mut Inputs<'_>,
+    results: &mut Results<'_>,
     swaps: &RefCell<SwapState>,
 ) -> StreamRun {
     let n = spec.stages.len();
@@ -238,8 +230,6 @@ async fn run_attempts(
     log::debug!("job {job}: pipeline of {n} streamed stages");
     let window = WINDOW_PER_STAGE * (n + 1);
     let replay = RefCell::new(Replay::new(window, spec.max_replay_bytes));
-    // Fused: a restart draws again from an iterator that may have ended.
-    let mut inputs = inputs.into_iter().fuse().peekable();
     let mut placement = spec.placement.clone();
     // Agents log a restarted stream under its own id.
     let mut stream = job.0;
@@ -251,8 +241,8 @@ async fn run_attempts(
             stream,
             traced,
             (&replay, swaps),
-            &mut inputs,
-            &mut on_result,
+            inputs,
+            results,
         )
         .await;
         let (lost, why) = match outcome {
@@ -271,7 +261,7 @@ async fn run_attempts(
             }
             Err(Stop::Restart { lost, why, reports }) => {
                 // Every result is in: nothing to run again.
-                if replay.borrow().held() == 0 && inputs.peek().is_none() {
+                if replay.borrow().held() == 0 && inputs.peek().await.is_none() {
                     log::warn!("job {job}: all results in, then an agent was lost: {why}");
                     run.result = Ok(reports);
                     return run;

@@ -27,7 +27,7 @@ pub struct Swapper {
 /// `Cluster::stream_pipeline_swapping`. It serves one pipeline: when that
 /// ends, swaps not sent are reported as not applied and the swapper's
 /// `swap` returns `false`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Swaps {
     pub(super) stages: Vec<async_channel::Receiver<Kernel>>,
 }

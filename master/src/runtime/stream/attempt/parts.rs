@@ -6,6 +6,7 @@
 
 use super::{Part, PartEnd, PartStop, sent_or_lost, stage_error};
 use crate::client::ClientError;
+use crate::runtime::handoff::{Inputs, Results, Room};
 use crate::runtime::stall::{self, Look};
 use crate::runtime::stream::progress::Probes;
 use crate::runtime::stream::replay::Replay;
@@ -92,15 +93,16 @@ impl<'a> Attempt<'a> {
     pub(super) fn parts<'p>(
         &'p self,
         halves: &'p mut [Halves<'_>],
-        inputs: &'p mut dyn Iterator<Item = Array>,
-        on_result: &'p mut dyn FnMut(u64, Array),
+        inputs: &'p mut Inputs<'_>,
+        results: &'p mut Results<'_>,
     ) -> Vec<Part<'p>> {
         let n = halves.len();
         // Closed when the first stage's listener ends: the feed stops
         // serving its swaps.
         let (first_done_tx, first_done_rx) = async_channel::bounded::<()>(1);
         let mut first_done_tx = Some(first_done_tx);
-        let mut on_result = Some(on_result);
+        let room = results.room();
+        let mut results = Some(results);
         let mut inputs = Some(inputs);
         let mut parts: Vec<Part<'p>> = Vec::new();
         for (i, (addr, (beat, liveness), (sender, receiver))) in halves.iter_mut().enumerate() {
@@ -109,11 +111,12 @@ impl<'a> Attempt<'a> {
             if let Some(inputs) = inputs.take() {
                 let first_done = first_done_rx.clone();
                 let beats = (*beat, liveness.clone());
+                let inputs = (inputs, room.clone());
                 parts.push(Box::pin(self.feed(addr, sender, beats, inputs, first_done)));
             } else {
                 idle_sender = Some(&mut **sender);
             }
-            let results = if i + 1 == n { on_result.take() } else { None };
+            let results = if i + 1 == n { results.take() } else { None };
             // Stage 0's listener holds this until it ends.
             let done_guard = if i == 0 { first_done_tx.take() } else { None };
             let listen = self.listen(i, addr, receiver, results, done_guard);
@@ -155,7 +158,7 @@ impl<'a> Attempt<'a> {
         addr: SocketAddr,
         sender: &mut Sender,
         (every, heard): (Duration, Arc<Liveness>),
-        inputs: &mut dyn Iterator<Item = Array>,
+        mut inputs: (&mut Inputs<'_>, Room),
         first_done: async_channel::Receiver<()>,
     ) -> PartEnd {
         let lost = |e| sent_or_lost(addr, e);
@@ -168,7 +171,7 @@ impl<'a> Attempt<'a> {
             while let Some(kernel) = stage_swaps.and_then(|rx| rx.try_recv().ok()) {
                 sender.send(&self.swap(0, kernel)).await.map_err(lost)?;
             }
-            let item = self.item(next, inputs);
+            let item = self.item(next, &mut inputs);
             let Some(data) = beating(sender, &mut beats, &heard, item)
                 .await
                 .map_err(lost)?
@@ -218,8 +221,9 @@ impl<'a> Attempt<'a> {
     }
 
     /// Item `index` to feed: held again, or drawn from `inputs` once the
-    /// window has room; `None` when the inputs have ended.
-    async fn item(&self, index: u64, inputs: &mut dyn Iterator<Item = Array>) -> Option<Rc<Array>> {
+    /// window has room and the results waiting for the caller leave room
+    /// (`inputs.1`); `None` when the inputs have ended.
+    async fn item(&self, index: u64, inputs: &mut (&mut Inputs<'_>, Room)) -> Option<Rc<Array>> {
         let again = self.replay.borrow().get(index);
         if again.is_some() {
             return again;
@@ -227,7 +231,9 @@ impl<'a> Attempt<'a> {
         while !self.replay.borrow_mut().has_room() {
             let _ = self.room.1.recv().await;
         }
-        let (drawn, data) = self.replay.borrow_mut().push(inputs.next()?);
+        inputs.1.wait().await;
+        let input = inputs.0.next().await?;
+        let (drawn, data) = self.replay.borrow_mut().push(input);
         debug_assert_eq!(drawn, index);
         Some(data)
     }
@@ -263,7 +269,7 @@ impl<'a> Attempt<'a> {
         i: usize,
         addr: SocketAddr,
         receiver: &mut Receiver,
-        mut results: Option<&mut dyn FnMut(u64, Array)>,
+        mut results: Option<&mut Results<'_>>,
         _done_guard: Option<async_channel::Sender<()>>,
     ) -> PartEnd {
         let n = self.placement.len();
@@ -279,8 +285,9 @@ impl<'a> Attempt<'a> {
             match got.msg {
                 Message::StreamItem(item) if results.is_some() && item.stage == n as u32 => {
                     let out = self.result(i, item, &got, std::mem::take(&mut data))?;
-                    if let Some(f) = results.as_mut() {
-                        f(item.index, out);
+                    if let Some(r) = results.as_mut() {
+                        r.push(item.index, out);
+                        r.flush();
                     }
                 }
                 Message::StreamEnd(_) if results.is_some() => ended = true,
