@@ -806,3 +806,59 @@ fn an_input_iterator_that_blocks_for_10_s_loses_nothing() {
     let tree = "pipe(seq(sleep_ms(2)), seq(identity))";
     blocking_user_code(tree, 5000, Blocks::OnInput);
 }
+
+#[test]
+fn a_managed_job_that_loses_an_agent_ends_exact_and_its_manager_sees_the_smaller_pool() {
+    // Three agents of two workers; a pipeline whose middle stage is slow,
+    // managed. Agent 1 is killed once 150 of 600 results are in: every
+    // result comes once, in order, equal to the reference, and the
+    // manager's last look saw the two agents left (4 worker threads).
+    use skelpi::runtime::autonomic::{Options, PoolSize};
+    let (agents, mut cluster, dir) = agents("managed", 3);
+    let tree: Skeleton = "pipe(seq(sleep_ms(5)), seq(sleep_ms(20)), seq(sleep_ms(5)))"
+        .parse()
+        .unwrap();
+    let n = 600;
+    let inputs: Vec<Array> = (0..n).map(|i| Array::list(vec![i as f64 + 0.5])).collect();
+    let victim = agents[1].child.id().to_string();
+    let mut got = Vec::new();
+    let mut decisions = Vec::new();
+    let (result, report) = bounded(cluster.run_managed(
+        &tree,
+        inputs.clone(),
+        &Options::default(),
+        |i, a| {
+            got.push((i, a));
+            if got.len() == 150 {
+                signal("-KILL", &victim);
+            }
+        },
+        |d| decisions.push(d.clone()),
+    ));
+    result.expect("the managed job ends");
+    let got: Vec<Array> = got
+        .into_iter()
+        .enumerate()
+        .map(|(k, (i, a))| {
+            assert_eq!(i, k as u64, "result {k} in order");
+            a
+        })
+        .collect();
+    assert_eq!(got, inputs, "every result once, unchanged");
+    let report = report.expect("a report");
+    eprintln!(
+        "{} decisions; last: {:?}",
+        decisions.len(),
+        decisions.last()
+    );
+    assert_eq!(
+        report.pool,
+        Some(PoolSize {
+            threads: 4,
+            slots: 4 * skelpi::runtime::dispatch::CREDITS_PER_WORKER,
+        }),
+        "the manager's last look"
+    );
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}

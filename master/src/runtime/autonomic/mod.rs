@@ -119,6 +119,9 @@ pub struct Report {
     /// Each stage in the last window the manager judged (the whole job if
     /// none was judged).
     pub per_stage: Vec<StageWindow>,
+    /// The live pool in the last window the manager judged (`None`: none
+    /// was): smaller than at the start once an agent was lost.
+    pub pool: Option<PoolSize>,
     /// Items each stage finished over the whole job.
     pub served: Vec<u64>,
     /// What each agent did for each stage (by stage, then agent position
@@ -354,6 +357,7 @@ fn report(ctl: &Control<'_>, contract: Contract, initial: Vec<usize>) -> Report 
             .as_ref()
             .and_then(|m| m.saturated().map(str::to_owned)),
         per_stage,
+        pool: ctl.last_window.borrow().as_ref().map(|obs| obs.pool),
         served: totals.iter().map(|t| t.served).collect(),
         per_agent: totals.iter().map(|t| t.agents.clone()).collect(),
     }
