@@ -162,6 +162,18 @@ impl Registry {
         self.find(name)
     }
 
+    /// The hash of the WebAssembly module `name` needs, if this registry
+    /// runs modules and that one is not stored here (see
+    /// [`wasm::Modules::missing`]).
+    pub fn missing_module(&self, name: &str) -> Option<String> {
+        #[cfg(feature = "wasm")]
+        if let Some(modules) = self.modules() {
+            return modules.missing(name);
+        }
+        let _ = name;
+        None
+    }
+
     /// Registered names, sorted; `wasm:*` when it runs WebAssembly modules.
     pub fn names(&self) -> Vec<&str> {
         let names = self.kernels.keys().map(String::as_str);

@@ -104,6 +104,9 @@ pub struct AgentConn {
     echo_chunk: usize,
     /// The heartbeat interval asked of the agent (zero: none).
     heartbeat: Duration,
+    /// WebAssembly modules pushed on this connection (hash, bytes): pushed
+    /// again when the agent says it no longer has one.
+    pushed: Vec<(String, Arc<[u8]>)>,
 }
 
 /// Time an agent has to answer a ping or a raw echo request, and to move
@@ -188,6 +191,7 @@ impl AgentConn {
             broken_at: None,
             echo_chunk: CHUNK_ELEMENTS,
             heartbeat: opts.heartbeat,
+            pushed: Vec::new(),
         })
     }
 
@@ -400,6 +404,18 @@ impl AgentConn {
     /// connection last heard from it.
     pub fn heartbeat(&self) -> (Duration, Arc<Liveness>) {
         (self.heartbeat, self.receiver.liveness())
+    }
+
+    /// The WebAssembly modules pushed on this connection (hash, bytes).
+    pub fn pushed_modules(&self) -> &[(String, Arc<[u8]>)] {
+        &self.pushed
+    }
+
+    /// Remembers that module `hash` was stored through this connection.
+    pub(crate) fn pushed_module(&mut self, hash: &str, bytes: &[u8]) {
+        if !self.pushed.iter().any(|(h, _)| h == hash) {
+            self.pushed.push((hash.to_owned(), Arc::from(bytes)));
+        }
     }
 
     /// Says goodbye and closes the connection.

@@ -184,7 +184,10 @@ pub async fn push(
     });
     let answer = conn.request(&ask, |got| Ok(Reply::Done(got))).await?;
     match answer {
-        skelpi_proto::Message::ModuleStored(s) if s.hash == hash => Ok(s.kernels),
+        skelpi_proto::Message::ModuleStored(s) if s.hash == hash => {
+            conn.pushed_module(hash, bytes);
+            Ok(s.kernels)
+        }
         other => {
             let e = unexpected(conn.addr(), other, "answering a module push");
             if !matches!(e, ClientError::Agent { .. }) {

@@ -235,6 +235,11 @@ pub struct TaskFailed {
     pub error: String,
     /// The kernel panicked (rather than returning an error).
     pub panicked: bool,
+    /// The task's WebAssembly module (its hash) is not stored on the agent
+    /// (evicted from its cache, or never pushed): a master that has it may
+    /// push it and send the task again. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_module: Option<String>,
 }
 
 /// Where the raw echo baseline listens, and the token that opens it.

@@ -83,6 +83,7 @@ async fn send_outcome(
         id,
         error: message,
         panicked: failure.panicked,
+        missing_module: None,
     };
     s.send(&Message::TaskFailed(failed)).await
 }

@@ -165,6 +165,7 @@ pub(super) async fn start_task(
                 id: task.id,
                 error,
                 panicked: false,
+                missing_module: config.kernels.missing_module(&task.kernel),
             };
             let sent = sender.lock().await.send(&Message::TaskFailed(failed)).await;
             (false, sent)

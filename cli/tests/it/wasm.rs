@@ -291,3 +291,38 @@ fn skelpi_pushes_modules_by_command_and_from_job_files() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not a valid WebAssembly module"), "{err}");
 }
+
+#[test]
+fn a_module_evicted_from_the_agents_cache_is_pushed_again_and_its_task_retried() {
+    // The agent's cache holds one module, and it has no module folder: two
+    // modules used alternately evict each other, and each job finds its
+    // module gone. The master pushes it again and sends the task again,
+    // without taking the agent for lost.
+    let a = locate::example_guest();
+    let one = Modules::new(Limits::default(), a.len() * 3 / 2, None);
+    let opts = LocalOptions {
+        kernels: Some(Registry::builtin().with_modules(Some(one))),
+        ..LocalOptions::default()
+    };
+    // The same kernels under another hash: a custom section at the end.
+    let mut b = a.clone();
+    b.extend_from_slice(&[0, 5, 4, b't', b'w', b'i', b'n']);
+    smol::block_on(async {
+        let mut cluster = Cluster::local_with(&[opts], &Default::default())
+            .await
+            .unwrap();
+        let ha = cluster.push_module(&a).await.unwrap().hash;
+        let hb = cluster.push_module(&b).await.unwrap().hash;
+        assert_ne!(ha, hb);
+        for (round, hash) in [&ha, &hb, &ha, &hb].into_iter().enumerate() {
+            let tree = format!("farm(seq(wasm:{hash}:scale(3)))").parse().unwrap();
+            let out = cluster.run(&tree, inputs(40)).await;
+            let out = out.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            for (i, r) in out.iter().enumerate() {
+                assert_eq!(r.data, [3.0 * i as f64, -1.5], "round {round}");
+            }
+            assert!(cluster.agents()[0].broken().is_none(), "round {round}");
+        }
+        cluster.close().await;
+    });
+}

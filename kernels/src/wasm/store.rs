@@ -202,6 +202,19 @@ impl Modules {
         })
     }
 
+    /// The hash of `name`'s module if `name` is a WebAssembly kernel name
+    /// whose module is stored neither in the cache nor in the folder (a
+    /// master may push it again).
+    pub fn missing(&self, name: &str) -> Option<String> {
+        let (hash, _) = parse(name).ok()?;
+        if self.cache().entries.contains_key(hash) {
+            return None;
+        }
+        let on_disk = |dir: &PathBuf| dir.join(format!("{hash}.wasm")).is_file();
+        let stored = self.inner.dir.as_ref().is_some_and(on_disk);
+        (!stored).then(|| hash.to_owned())
+    }
+
     /// Whether [`Modules::kernel`] finds `name`'s module in the cache
     /// (then it reads and compiles nothing; a malformed name counts too).
     pub fn is_cached(&self, name: &str) -> bool {

@@ -56,6 +56,31 @@ struct Outgoing {
     label: u32,
 }
 
+/// What a link's writer sends: a task, or a module pushed again (before
+/// the task that found it missing is sent again).
+enum Out {
+    Task(Outgoing),
+    Module(Message),
+}
+
+/// Why an attempt failed: the agent's words, whether the kernel panicked,
+/// and the WebAssembly module the agent said it lacks.
+struct Failed {
+    message: String,
+    panicked: bool,
+    missing_module: Option<String>,
+}
+
+impl Failed {
+    fn plain(message: String) -> Failed {
+        Failed {
+            message,
+            panicked: false,
+            missing_module: None,
+        }
+    }
+}
+
 /// A caller waiting for its task's outcome.
 struct Call {
     /// Names the task in errors (e.g. `item 3 part 1`).
@@ -65,6 +90,8 @@ struct Call {
     /// Its kernel's label in the job's trace, if traced.
     label: u32,
     reply: async_channel::Sender<Result<Done, JobError>>,
+    /// Its module was pushed again to an agent that lacked it (once only).
+    repushed: bool,
 }
 
 struct Link<'c> {
@@ -80,14 +107,17 @@ struct Link<'c> {
     /// Frames for the writer (credits bound them). Once queued, a frame is
     /// written whole even if its caller is cancelled, so a job that stops
     /// never cuts a frame.
-    outbox_tx: async_channel::Sender<Outgoing>,
-    outbox_rx: async_channel::Receiver<Outgoing>,
+    outbox_tx: async_channel::Sender<Out>,
+    outbox_rx: async_channel::Receiver<Out>,
     /// The heartbeat asked of the agent (zero: none), and when the
     /// connection last heard from it.
     heartbeat: Duration,
     liveness: Arc<Liveness>,
     dead: Cell<bool>,
     why_dead: RefCell<Option<(String, Instant)>>,
+    /// WebAssembly modules pushed on its connection (hash, bytes): pushed
+    /// again when a task finds its module gone from the agent.
+    modules: Vec<(String, Arc<[u8]>)>,
 }
 
 /// Hands kernel calls to the agents of a cluster for the duration of one
@@ -155,6 +185,7 @@ impl<'c> Dispatcher<'c> {
                 let addr = conn.addr();
                 let (heartbeat, liveness) = conn.heartbeat();
                 let cores = (conn.info().cores as usize).max(1);
+                let modules = conn.pushed_modules().to_vec();
                 let (sender, receiver) = conn.halves();
                 let (outbox_tx, outbox_rx) = async_channel::unbounded();
                 Link {
@@ -170,6 +201,7 @@ impl<'c> Dispatcher<'c> {
                     liveness,
                     dead: Cell::new(false),
                     why_dead: RefCell::new(None),
+                    modules,
                 }
             })
             .collect();
@@ -282,6 +314,7 @@ impl<'c> Dispatcher<'c> {
             input: Rc::new(input),
             label: self.trace.map_or(NO_LABEL, |t| t.label(kernel)),
             reply,
+            repushed: false,
         };
         self.calls.borrow_mut().insert(key, call);
         let _waiting = Waiting { d: self, key };
@@ -301,7 +334,7 @@ impl<'c> Dispatcher<'c> {
                 .next_send(|| NEXT_TASK.fetch_add(1, Ordering::Relaxed));
             let Some(send) = send else { return };
             let out = match self.calls.borrow().get(&send.task) {
-                Some(call) => Outgoing {
+                Some(call) => Out::Task(Outgoing {
                     id: send.attempt,
                     head: Message::Task(TaskHead {
                         id: send.attempt,
@@ -313,7 +346,7 @@ impl<'c> Dispatcher<'c> {
                     }),
                     input: call.input.clone(),
                     label: call.label,
-                },
+                }),
                 // The scheduler forgets cancelled calls, so this is not
                 // reached; if it were, the attempt is given back.
                 None => {
@@ -423,8 +456,15 @@ impl<'c> Dispatcher<'c> {
                 None
             };
             match futures_lite::future::or(task, timer).await {
-                Some(Ok(out)) if !link.dead.get() => {
+                Some(Ok(Out::Task(out))) if !link.dead.get() => {
                     self.send_task(link, &mut sender, out).await;
+                    beats.postpone(Instant::now());
+                }
+                Some(Ok(Out::Module(push))) if !link.dead.get() => {
+                    if let Err(source) = sender.send(&push).await {
+                        let addr = link.addr;
+                        self.kill(link, ClientError::Wire { addr, source });
+                    }
                     beats.postpone(Instant::now());
                 }
                 Some(Ok(_)) | None => {}
@@ -471,7 +511,7 @@ impl<'c> Dispatcher<'c> {
                 ),
                 other => format!("input cannot be sent: {other}"),
             };
-            self.finish(link, out.id, Err((message, false)));
+            self.finish(link, out.id, Err(Failed::plain(message)));
         } else if let Err(source) = sent {
             log::debug!("task {} not sent", out.id);
             self.kill(
@@ -519,7 +559,19 @@ impl<'c> Dispatcher<'c> {
                     };
                     (done.id, Ok(ran))
                 }
-                Message::TaskFailed(f) => (f.id, Err((f.error, f.panicked))),
+                Message::TaskFailed(f) => {
+                    let failed = Failed {
+                        message: f.error,
+                        panicked: f.panicked,
+                        missing_module: f.missing_module,
+                    };
+                    (f.id, Err(failed))
+                }
+                // The answer to a module pushed again (see `retry`).
+                Message::ModuleStored(m) => {
+                    log::debug!("{}: module {} stored again", link.label, m.hash);
+                    continue;
+                }
                 Message::Error(e) => {
                     let what = format!("agent reported: {}", e.message);
                     self.kill(
@@ -544,23 +596,24 @@ impl<'c> Dispatcher<'c> {
         }
     }
 
-    /// Ends attempt `id` on `link` with `outcome` (an error: its message
-    /// and whether the kernel panicked).
-    fn finish(&self, link: &Link<'c>, id: u64, outcome: Result<Done, (String, bool)>) {
+    /// Ends attempt `id` on `link` with `outcome` (an error: see
+    /// [`Failed`]).
+    fn finish(&self, link: &Link<'c>, id: u64, outcome: Result<Done, Failed>) {
         // A result counts only if its attempt is still out there: a late
         // one (its agent was declared down, the task sent again) or a
         // repeated one is dropped.
         let taken = self.sched.borrow_mut().on_result(link.index, id);
         match taken {
+            Some(key) if self.retry(link, key, &outcome) => {}
             Some(key) => self.settle(key, |call| {
-                outcome.map_err(|(message, panicked)| {
+                outcome.map_err(|f| {
                     JobError::Task(TaskError {
                         job: Some(self.job),
                         task: call.task.clone(),
                         kernel: call.kernel.name.clone(),
                         agent: link.label.clone(),
-                        message,
-                        panicked,
+                        message: f.message,
+                        panicked: f.panicked,
                     })
                 })
             }),
@@ -569,6 +622,42 @@ impl<'c> Dispatcher<'c> {
         // Its credit is free: a waiting task may go.
         self.pump();
         let _ = self.progress_tx.try_send(());
+    }
+
+    /// Whether the task of call `key`, which failed on `link` for want of
+    /// a WebAssembly module once pushed on that link, goes again: the module is
+    /// queued to `link` and the task after it, to the same agent, once per
+    /// call.
+    fn retry(&self, link: &Link<'c>, key: u64, outcome: &Result<Done, Failed>) -> bool {
+        let Err(Failed {
+            missing_module: Some(hash),
+            ..
+        }) = outcome
+        else {
+            return false;
+        };
+        let bytes = link.modules.iter().find(|(h, _)| h == hash).map(|(_, b)| b);
+        let Some(bytes) = bytes else {
+            return false;
+        };
+        match self.calls.borrow_mut().get_mut(&key) {
+            Some(call) if !call.repushed => call.repushed = true,
+            _ => return false,
+        }
+        log::info!(
+            "job {}: {} no longer has module {hash}: pushing it again, and the task after it",
+            self.job,
+            link.label
+        );
+        let push = Message::ModulePush(skelpi_proto::code::ModulePush {
+            hash: hash.clone(),
+            bytes: bytes.to_vec().into(),
+        });
+        let _ = link.outbox_tx.try_send(Out::Module(push));
+        self.sched
+            .borrow_mut()
+            .submit(key, Some(link.index))
+            .is_ok()
     }
 
     /// Marks a link dead: its tasks out are sent again elsewhere (or fail

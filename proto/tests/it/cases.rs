@@ -431,6 +431,7 @@ pub fn golden_cases() -> Vec<Case> {
                 id: 7,
                 error: "kernel panicked: boom".into(),
                 panicked: true,
+                missing_module: None,
             }))),
         },
         Case {

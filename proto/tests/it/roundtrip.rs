@@ -82,13 +82,20 @@ fn plain_message() -> impl Strategy<Value = Message> {
         Just(Message::RawEchoOpen),
         (any::<u16>(), any::<[u8; 16]>())
             .prop_map(|(port, token)| Message::RawEchoReady(RawEchoReady { port, token })),
-        (any::<u64>(), any::<String>(), any::<bool>()).prop_map(|(id, error, panicked)| {
-            Message::TaskFailed(TaskFailed {
-                id,
-                error,
-                panicked,
-            })
-        }),
+        (
+            any::<u64>(),
+            any::<String>(),
+            any::<bool>(),
+            proptest::option::of(any::<String>())
+        )
+            .prop_map(|(id, error, panicked, missing_module)| {
+                Message::TaskFailed(TaskFailed {
+                    id,
+                    error,
+                    panicked,
+                    missing_module,
+                })
+            }),
         stage_message(),
         trace_message(),
         code_message(),
