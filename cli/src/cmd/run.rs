@@ -37,10 +37,11 @@ pub struct RunArgs {
     /// Trace the job: write DIR/trace.json (Chrome Trace Event format,
     /// opens in https://ui.perfetto.dev), DIR/analysis.txt and
     /// DIR/analysis.json (compute vs communication per node, Ts, Ta and
-    /// rho per stage, the bottleneck). For jobs the master routes, the
-    /// trace is written even when the job fails (agents that cannot be
-    /// reached are left out, with a note); a streamed pipeline that fails
-    /// leaves none.
+    /// rho per stage, the bottleneck). The trace is written even when the
+    /// job fails (agents that cannot be reached are left out, with a
+    /// note); a streamed pipeline that fails, or starts again after losing
+    /// an agent, leaves the trace of its first run up to that point,
+    /// marked with why it stopped.
     #[arg(long, value_name = "DIR")]
     trace: Option<PathBuf>,
     /// Let a manager set each stage's degree while the job runs, starting

@@ -862,3 +862,41 @@ fn a_managed_job_that_loses_an_agent_ends_exact_and_its_manager_sees_the_smaller
     drop(agents);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_traced_streamed_pipeline_that_loses_an_agent_keeps_its_trace_to_the_restart() {
+    // Stage 1's agent is killed at 100 of 400 results: the stream starts
+    // again elsewhere, and the trace kept is the first run's up to there,
+    // with the surviving agent's events and a mark saying why it stopped.
+    let (agents, mut cluster, dir) = agents("traced-restart", 3);
+    let tree: Skeleton = "pipe(seq(sleep_ms(2)), seq(square))".parse().unwrap();
+    let inputs: Vec<Array> = (0..400).map(|i| Array::list(vec![f64::from(i)])).collect();
+    let victim = agents[1].child.id().to_string();
+    cluster.set_tracing(true);
+    let mut got = 0;
+    bounded(cluster.run_each(&tree, inputs, |_, _| {
+        got += 1;
+        if got == 100 {
+            signal("-KILL", &victim);
+        }
+    }))
+    .unwrap();
+    assert_eq!(got, 400);
+    let trace = cluster
+        .take_trace()
+        .expect("a traced job")
+        .expect("the first run's trace");
+    let kernels = trace
+        .events
+        .iter()
+        .filter(|e| e.kind == skelpi_proto::trace::TraceKind::Kernel)
+        .count();
+    assert!(kernels >= 100, "{kernels} kernel calls traced");
+    let marks: Vec<&str> = trace.marks.iter().map(|m| m.text.as_str()).collect();
+    assert!(
+        marks.iter().any(|m| m.contains("starts again from item")),
+        "{marks:?}"
+    );
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}

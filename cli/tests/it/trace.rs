@@ -330,3 +330,43 @@ fn check_trace_event_format(name: &str, text: &str) {
         "{name}: kernel calls are in"
     );
 }
+
+#[test]
+fn a_streamed_pipeline_that_fails_leaves_its_trace_marked_with_the_failure() {
+    // Stage 1's kernel fails on item 30 (whose value is 30).
+    let kernels =
+        skelpi_agent::kernels::Registry::builtin().with("not_30", |_: &[f64], x: Array| {
+            if x.data[0] == 30.0 {
+                return Err(skelpi_agent::kernels::KernelError("30 is refused".into()));
+            }
+            Ok(x)
+        });
+    let opts = LocalOptions {
+        kernels: Some(kernels),
+        ..LocalOptions::default()
+    };
+    let agents = [opts.clone(), opts];
+    let mut cluster = smol::block_on(Cluster::local_with(&agents, &Default::default())).unwrap();
+    let tree: Skeleton = "pipe(seq(identity), seq(not_30))".parse().unwrap();
+    let inputs: Vec<Array> = (0..40).map(|i| Array::list(vec![f64::from(i)])).collect();
+    cluster.set_tracing(true);
+    let err = smol::block_on(cluster.run(&tree, inputs)).unwrap_err();
+    assert!(err.to_string().contains("item 30"), "{err}");
+    let trace = cluster
+        .take_trace()
+        .expect("a traced job")
+        .expect("the trace of the failed run");
+    let kernels = trace
+        .events
+        .iter()
+        .filter(|e| e.kind == TraceKind::Kernel)
+        .count();
+    assert!(kernels >= 30, "{kernels} kernel calls traced");
+    let marks: Vec<&str> = trace.marks.iter().map(|m| m.text.as_str()).collect();
+    assert!(
+        marks
+            .iter()
+            .any(|m| m.contains("the job failed") && m.contains("item 30")),
+        "{marks:?}"
+    );
+}

@@ -32,10 +32,6 @@ pub enum TraceError {
     /// The job stopped before its trace could be collected.
     #[error("the job stopped before its trace could be collected")]
     Stopped,
-    /// A streamed pipeline started again after losing an agent: no run
-    /// went through whole, so no trace tells one story.
-    #[error("the pipeline restarted after losing an agent; its trace was not kept")]
-    Restarted,
     /// An agent could not be probed or asked for its events.
     #[error("cannot trace agent {agent}: {source}")]
     Agent {

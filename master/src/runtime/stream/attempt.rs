@@ -82,7 +82,9 @@ pub(super) type Finished = (Vec<StageReport>, Option<Result<Trace, TraceError>>)
 
 /// Runs the pipeline once on `placement` as stream `stream`: feeds the
 /// items `replay` holds, then new ones from `inputs` while the window has
-/// room, and hands each result due to `results`.
+/// room, and hands each result due to `results`. Traced (`traced`), a run
+/// that stops early gives the trace of what it did as far as the agents
+/// left can tell, marked with where and why it stopped.
 pub(super) async fn run(
     spec: &StreamSpec<'_>,
     placement: &[Placement],
@@ -91,7 +93,7 @@ pub(super) async fn run(
     (replay, swaps): (&RefCell<Replay>, &RefCell<SwapState>),
     inputs: &mut Inputs<'_>,
     results: &mut Results<'_>,
-) -> Result<Finished, Stop> {
+) -> Result<Finished, (Stop, Option<Trace>)> {
     // The stages' kernels now: swapped ones after a restart.
     let kernels = swaps.borrow().current().to_vec();
     let recorder = traced.then(Recorder::new);
@@ -103,7 +105,7 @@ pub(super) async fn run(
     let opened = open::within_timeout(spec, on, stream, recorder.as_ref(), &peers, &mut probes);
     let mut conns = opened
         .await
-        .map_err(|stop| decide(vec![stop], Vec::new()))?;
+        .map_err(|stop| (decide(vec![stop], Vec::new()), None))?;
     let attempt = Attempt::new(spec, on, stream, recorder.as_ref(), (replay, swaps));
     log::debug!(
         "job {}: {} streamed stages open; feeding from item {} ({} held)",
@@ -112,9 +114,25 @@ pub(super) async fn run(
         replay.borrow().done(),
         replay.borrow().held()
     );
-    let reports = run_parts(&attempt, &mut conns, inputs, results).await?;
+    let parts = run_parts(&attempt, &mut conns, inputs, results).await;
     let job = attempt.job();
     drop(attempt);
+    let reports = match parts {
+        Ok(reports) => reports,
+        Err(stop) => {
+            // Closing the connections ends the stages.
+            for c in conns {
+                c.close().await;
+            }
+            let Some(rec) = recorder else {
+                return Err((stop, None));
+            };
+            rec.mark(stopped_here(&stop, replay.borrow().done()));
+            let at = (placement, &peers[..]);
+            let trace = gather_after(spec, rec, at, probes, &kernels, (job, &stop)).await;
+            return Err((stop, Some(trace)));
+        }
+    };
     let trace = match recorder {
         Some(rec) => Some(Ok(
             gather(rec, &mut conns, &peers, probes, &kernels, job).await
@@ -125,6 +143,17 @@ pub(super) async fn run(
         c.close().await;
     }
     Ok((reports, trace))
+}
+
+/// The trace's mark where a run stopped early: why, and the first item
+/// whose result was missing (`first`).
+fn stopped_here(stop: &Stop, first: u64) -> String {
+    match stop {
+        Stop::Restart { why, .. } => {
+            format!("the stream stopped ({why}); it starts again from item {first}")
+        }
+        Stop::Fail(e) => format!("the job failed ({e}); item {first} was the first not done"),
+    }
 }
 
 /// Each stage's agent, numbered in order of first use.
@@ -223,6 +252,50 @@ async fn gather(
         .map(|(_, c)| c);
     let before = probes.into_iter().map(Option::flatten).collect();
     let agents = trace::gather(on, before, rec.clock(), job).await;
+    merged(rec, kernels, job, agents)
+}
+
+/// [`gather`] after a run that stopped (`stop`): its connections are
+/// closed, so each agent still there is asked on a new one; the agents it
+/// lost are left out (the trace's mark names them).
+async fn gather_after(
+    spec: &StreamSpec<'_>,
+    rec: Recorder,
+    (placement, peers): (&[Placement], &[usize]),
+    probes: Vec<Option<Option<Vec<ClockSample>>>>,
+    kernels: &[Kernel],
+    (job, stop): (JobId, &Stop),
+) -> Trace {
+    let lost: Vec<SocketAddr> = match stop {
+        Stop::Restart { lost, .. } => lost.iter().map(|l| l.0).collect(),
+        Stop::Fail(_) => Vec::new(),
+    };
+    let (mut conns, mut before) = (Vec::new(), Vec::new());
+    for (agent, probe) in probes.into_iter().enumerate() {
+        let Some(first) = peers.iter().position(|&p| p == agent) else {
+            continue;
+        };
+        let addr = placement[first].addr;
+        if lost.contains(&addr) {
+            continue;
+        }
+        match AgentConn::connect(addr, spec.key, spec.opts).await {
+            Ok(conn) => {
+                conns.push(conn);
+                before.push(probe.flatten());
+            }
+            Err(e) => log::debug!("job {job}: no trace from {addr}: {e}"),
+        }
+    }
+    let agents = trace::gather(conns.iter_mut(), before, rec.clock(), job).await;
+    for c in conns {
+        c.close().await;
+    }
+    merged(rec, kernels, job, agents)
+}
+
+/// The run's trace: the master's records and the agents', merged.
+fn merged(rec: Recorder, kernels: &[Kernel], job: JobId, agents: Vec<trace::AgentTrace>) -> Trace {
     let names = kernels.iter().map(Kernel::to_string).collect();
     let tree = Skeleton::pipe(kernels.iter().cloned().map(Skeleton::seq)).to_string();
     trace::merge::merge(&rec.finish(job, tree, names, agents))

@@ -245,21 +245,29 @@ async fn run_attempts(
             results,
         )
         .await;
-        let (lost, why) = match outcome {
+        // Only the first run is traced: after a restart, its trace (up to
+        // the restart, marked) is the one kept.
+        let stop = match outcome {
             Ok((reports, trace)) => {
                 if trace.is_some() {
                     run.trace = trace;
-                } else if run.restarts > 0 && spec.trace {
-                    run.trace = Some(Err(TraceError::Restarted));
                 }
                 run.result = Ok(reports);
                 return run;
             }
-            Err(Stop::Fail(e)) => {
+            Err((stop, trace)) => {
+                if let Some(trace) = trace {
+                    run.trace = Some(Ok(trace));
+                }
+                stop
+            }
+        };
+        let (lost, why) = match stop {
+            Stop::Fail(e) => {
                 run.result = Err(e);
                 return run;
             }
-            Err(Stop::Restart { lost, why, reports }) => {
+            Stop::Restart { lost, why, reports } => {
                 // Every result is in: nothing to run again.
                 if replay.borrow().held() == 0 && inputs.peek().await.is_none() {
                     log::warn!("job {job}: all results in, then an agent was lost: {why}");
