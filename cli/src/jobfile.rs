@@ -126,11 +126,86 @@ enum RawSkeleton {
     Tree(Skeleton),
 }
 
+/// `[input]` as written: a generator's fields or a file (checked after
+/// parsing, so that a misspelt field or kind is named with its place).
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum RawInput {
-    File { file: PathBuf },
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    file: Option<PathBuf>,
+    generate: Option<GeneratorKind>,
+    items: Option<usize>,
+    length: Option<usize>,
+    min: Option<f64>,
+    max: Option<f64>,
+    seed: Option<u64>,
+}
+
+/// Where `[input]` says the inputs come from.
+enum InputSource {
+    File(PathBuf),
     Generate(Generator),
+}
+
+impl RawInput {
+    fn source(self) -> Result<InputSource, String> {
+        let generator_fields = [
+            self.items.is_some(),
+            self.length.is_some(),
+            self.min.is_some(),
+            self.max.is_some(),
+            self.seed.is_some(),
+        ];
+        match (self.file, self.generate) {
+            (Some(_), Some(_)) => Err("[input] has both file and generate: keep one".into()),
+            (Some(file), None) if generator_fields.contains(&true) => Err(format!(
+                "[input] reads {}: items, length, min, max and seed are for generate",
+                file.display()
+            )),
+            (Some(file), None) => Ok(InputSource::File(file)),
+            (None, None) => Err(
+                "[input] needs generate = \"random\" | \"range\" | \"constant\" (with length), \
+                 or file = PATH"
+                    .into(),
+            ),
+            (None, Some(generate)) => Ok(InputSource::Generate(Generator {
+                generate,
+                items: self.items.unwrap_or_else(one),
+                length: self
+                    .length
+                    .ok_or("[input] generate needs length (floats per array)")?,
+                min: self.min.unwrap_or_default(),
+                max: self.max.unwrap_or_else(one_f),
+                seed: self.seed.unwrap_or_else(seed),
+            })),
+        }
+    }
+}
+
+/// `message` (serde's, through toml), with the closest of the names it
+/// expected when it names an unknown field or variant: "unknown variant
+/// `rnage`, expected one of `random`, `range`" gets "(did you mean
+/// `range`?)".
+fn with_suggestion(message: String) -> String {
+    let Some(at) = message
+        .find("unknown field `")
+        .or_else(|| message.find("unknown variant `"))
+    else {
+        return message;
+    };
+    let rest = &message[at..];
+    let quoted: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let Some((given, expected)) = quoted.split_first() else {
+        return message;
+    };
+    let best = expected
+        .iter()
+        .map(|e| (strsim::jaro(given, e), e))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, e)) => format!("{} (did you mean `{e}`?)", message.trim_end()),
+        None => message,
+    }
 }
 
 impl Generator {
@@ -194,18 +269,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Job, JobFileError> {
         path: path.to_owned(),
         message,
     };
-    let raw: RawJob = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let raw: RawJob = toml::from_str(text).map_err(|e| invalid(with_suggestion(e.to_string())))?;
     let skeleton = match raw.skeleton {
         RawSkeleton::Text(t) => t.parse().map_err(|e| invalid(format!("skeleton: {e}")))?,
         RawSkeleton::Tree(t) => t,
     };
-    let input = match raw.input {
-        RawInput::Generate(g) => {
+    let input = match raw.input.source().map_err(invalid)? {
+        InputSource::Generate(g) => {
             let what = format!("[input] length = {}", g.length);
             check_size(&skeleton, g.length, &what).map_err(invalid)?;
             Input::Generate(g)
         }
-        RawInput::File { file } => {
+        InputSource::File(file) => {
             let file = path.parent().unwrap_or(Path::new(".")).join(file);
             let arrays = read_arrays(&file)?;
             for (i, a) in arrays.iter().enumerate() {
@@ -420,6 +495,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/in.txt"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_field_or_kind_is_named_at_its_line_with_the_closest_name() {
+        let err = |text: &str| parse(text, Path::new("j.toml")).unwrap_err().to_string();
+        let e = err("skeleton = \"seq(x)\"\n[input]\ngenerate = \"rnage\"\nlength = 1\n");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("unknown variant `rnage`"), "{e}");
+        assert!(e.ends_with("(did you mean `range`?)"), "{e}");
+        let e = err("skeleton = \"seq(x)\"\n[input]\ngenerate = \"range\"\nlenght = 1\n");
+        assert!(
+            e.contains("line 4") && e.contains("unknown field `lenght`"),
+            "{e}"
+        );
+        assert!(e.ends_with("(did you mean `length`?)"), "{e}");
+        // Nothing close: no guess.
+        let e = err("skeleton = \"seq(x)\"\n[input]\ngenerate = \"range\"\nzzz = 1\n");
+        assert!(!e.contains("did you mean"), "{e}");
+        // What is missing or contradictory is said in words.
+        let e = err("skeleton = \"seq(x)\"\n[input]\ngenerate = \"range\"\n");
+        assert!(e.contains("generate needs length"), "{e}");
+        let e = err("skeleton = \"seq(x)\"\n[input]\nitems = 3\n");
+        assert!(e.contains("needs generate = "), "{e}");
+        let e = err("skeleton = \"seq(x)\"\n[input]\nfile = \"a\"\ngenerate = \"range\"\n");
+        assert!(e.contains("both file and generate"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cmd;
+pub mod failure;
 pub mod image;
 pub mod jobfile;
 pub mod lab;

@@ -4,13 +4,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use skelpi_cli::cmd;
+use skelpi_cli::{cmd, failure};
 
 use cmd::bench::{BenchArgs, BenchCommand};
 use cmd::pool_args::PoolArgs;
 use cmd::run::RunArgs;
 use skelpi::discover::{DiscoverOptions, discover};
-use skelpi::pool::{self, PoolError};
+use skelpi::pool;
 use skelpi_wire::key::{self, ClusterKey};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,31 +125,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("skelpi: error: {e:#}");
-            let usage = e
-                .downcast_ref::<PoolError>()
-                .is_some_and(|p| matches!(p, PoolError::Key { .. } | PoolError::BadAddress(_)))
-                || e.downcast_ref::<std::io::Error>().is_some()
-                || e.downcast_ref::<skelpi_cli::jobfile::JobFileError>()
-                    .is_some()
-                || e.downcast_ref::<skelpi_cli::image::ImageError>().is_some()
-                || e.downcast_ref::<skelpi::trace::TraceError>()
-                    .is_some_and(|t| {
-                        matches!(
-                            t,
-                            skelpi::trace::TraceError::File { .. }
-                                | skelpi::trace::TraceError::Format { .. }
-                        )
-                    })
-                || e.downcast_ref::<skelpi_cli::lab::LabError>()
-                    .is_some_and(|l| {
-                        matches!(
-                            l,
-                            skelpi_cli::lab::LabError::NotRoot
-                                | skelpi_cli::lab::LabError::Invalid(_)
-                        )
-                    });
-            ExitCode::from(if usage { 2 } else { 1 })
+            eprintln!("skelpi: error: {}", failure::text(&e));
+            ExitCode::from(failure::exit_code(&e))
         }
     }
 }

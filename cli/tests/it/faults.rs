@@ -503,16 +503,19 @@ fn agents_drop_the_streamed_stages_of_a_stopped_master(
     wait_for(&agents[n - 1], "beats every", Duration::from_secs(30));
     let stopped = std::time::Instant::now();
     signal("-STOP", &master.id().to_string());
-    // A stage with a successor may end first by losing its link, once the
-    // successor's agent ended its stage; both free the work.
+    // A stage may end first by losing its link to its successor, or its
+    // input from its predecessor, once that one's agent ended its stage;
+    // either way its work is freed.
     for (i, agent) in agents.iter().enumerate() {
-        let link = format!("lost its link to stage {}", i + 1);
-        let ends: &[&str] = if i + 1 < n {
-            &[": taken for gone", &link]
-        } else {
-            &[": taken for gone"]
-        };
-        let gone = wait_for_any(agent, ends, Duration::from_secs(10));
+        let mut ends = vec![": taken for gone".to_owned()];
+        if i + 1 < n {
+            ends.push(format!("lost its link to stage {}", i + 1));
+        }
+        if i > 0 {
+            ends.push(format!("lost its input from stage {}", i - 1));
+        }
+        let ends: Vec<&str> = ends.iter().map(String::as_str).collect();
+        let gone = wait_for_any(agent, &ends, Duration::from_secs(10));
         eprintln!("after {:.2?}: {gone}", stopped.elapsed());
     }
     let ended = stopped.elapsed();

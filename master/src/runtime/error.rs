@@ -49,19 +49,26 @@ pub enum JobError {
     /// The tree names kernels that no agent of the pool offers (or that
     /// no single agent offers all of).
     #[error(
-        "{}: {}",
+        "{}{}: {}",
         if kernels.len() == 1 {
             format!("no agent of the pool offers kernel {}", kernels[0])
         } else {
             format!("no agent offers all of {}", kernels.join(", "))
+        },
+        match suggestion {
+            Some(s) => format!(" (did you mean {s}?)"),
+            None => String::new(),
         },
         offered.join("; ")
     )]
     NoKernel {
         /// The kernels.
         kernels: Vec<String>,
-        /// What each agent offers (`name has k1, k2`).
+        /// What the agents offer, agents that offer the same kernels
+        /// together (`a and b offer k1, k2`).
         offered: Vec<String>,
+        /// An offered kernel whose name is close to the one missing.
+        suggestion: Option<String>,
     },
     /// A managed job's tree or options are not what a manager can run.
     #[error("cannot manage this job: {0}")]
