@@ -61,6 +61,10 @@ enum Command {
         /// Pings per agent.
         #[arg(long, default_value_t = 10)]
         count: usize,
+        /// Print JSON (one object per agent, times in microseconds) instead
+        /// of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the benchmark suite (rtt, pmap, farm, pipeline), or one of its
     /// benchmarks; with no agents found, on an embedded local cluster of
@@ -186,29 +190,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ping { pool, count } => smol::block_on(async {
+        Command::Ping { pool, count, json } => smol::block_on(async {
             let mut pool = pool::connect(&pool.options(false)).await?;
             eprintln!("{}", pool.origin);
-            println!(
-                "{:<16} {:<22} {:>10} {:>10} {:>10}",
-                "agent", "address", "min", "median", "max"
-            );
+            let mut rows = Vec::new();
             for agent in pool.cluster.agents_mut() {
                 let mut rtts = Vec::with_capacity(count);
                 for _ in 0..count.max(1) {
                     rtts.push(agent.ping().await?);
                 }
-                println!(
-                    "{:<16} {:<22} {:>10.1?} {:>10.1?} {:>10.1?}",
-                    agent.info().name,
-                    agent.addr().to_string(),
-                    skelpi::stats::quantile(&rtts, 0.0),
-                    skelpi::stats::median(&rtts),
-                    skelpi::stats::quantile(&rtts, 1.0),
-                );
+                rows.push(cmd::ping::Row::new(agent, &rtts));
             }
             pool.cluster.close().await;
-            Ok(())
+            cmd::ping::print(&rows, json)
         }),
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
         Command::Run { pool, args } => cmd::run::run(&pool, &args),

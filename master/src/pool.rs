@@ -1,6 +1,7 @@
 //! Where the agents of a job come from: `--agents` (the `.hosts.erlang`
 //! replacement), `--local N`, or mDNS discovery.
 
+use crate::client::ClientError;
 use crate::cluster::Cluster;
 use crate::discover::{DiscoverOptions, discover};
 use skelpi_wire::handshake::ConnectOptions;
@@ -32,6 +33,9 @@ pub struct PoolOptions {
     pub key_file: Option<PathBuf>,
     /// Ask for plaintext transport after authentication.
     pub plaintext: bool,
+    /// Explicit agents that cannot be reached are left out (and said so in
+    /// the pool's origin) instead of failing the pool.
+    pub skip_unreachable: bool,
 }
 
 /// Why no pool could be formed.
@@ -132,6 +136,10 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         let addrs = parse_agents(&opts.agents)?;
         let origin = format!("{} from --agents", agents(addrs.len()));
         let key = load_key(opts)?;
+        if opts.skip_unreachable {
+            let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
+            return reachable(cluster, &failed, origin, "skipping an unreachable agent");
+        }
         let cluster = Cluster::connect(&addrs, &key, &connect_opts).await?;
         return Ok(Pool { cluster, origin });
     }
@@ -172,22 +180,28 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
     // another cluster, one that does not answer is gone. Skip them.
     let key = load_key(opts)?;
     let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
-    for e in &failed {
-        log::warn!("skipping a discovered agent: {e}");
+    reachable(cluster, &failed, origin, "skipping a discovered agent")
+}
+
+/// The pool of the agents that answered (`failed`: those that did not,
+/// each logged after `skipping`); an error if none did.
+fn reachable(
+    cluster: Cluster,
+    failed: &[ClientError],
+    origin: String,
+    skipping: &str,
+) -> Result<Pool, PoolError> {
+    for e in failed {
+        log::warn!("{skipping}: {e}");
     }
     if cluster.agents().is_empty() {
-        return Err(PoolError::NoneReachable(
-            failed
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ));
+        let why: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+        return Err(PoolError::NoneReachable(why.join("; ")));
     }
-    let origin = if failed.is_empty() {
-        origin
-    } else {
-        format!("{origin} ({} skipped: {})", failed.len(), failed[0])
+    let origin = match failed {
+        [] => origin,
+        [one] => format!("{origin} (1 skipped: {one})"),
+        [first, ..] => format!("{origin} ({} skipped: {first}; ...)", failed.len()),
     };
     Ok(Pool { cluster, origin })
 }

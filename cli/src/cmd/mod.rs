@@ -5,6 +5,7 @@ pub mod bench;
 pub mod image;
 pub mod lab;
 pub mod module;
+pub mod ping;
 pub mod pool_args;
 pub mod run;
 pub mod trace;

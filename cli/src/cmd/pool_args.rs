@@ -34,6 +34,11 @@ pub struct PoolArgs {
     /// --allow-plaintext; for trusted benchmark networks).
     #[arg(long, global = true)]
     pub plaintext: bool,
+    /// With --agents: run on the agents that answer, saying which did
+    /// not, instead of failing when one cannot be reached (discovered
+    /// agents are always skipped so).
+    #[arg(long, global = true)]
+    pub skip_unreachable: bool,
 }
 
 impl PoolArgs {
@@ -48,6 +53,7 @@ impl PoolArgs {
             fallback_local,
             key_file: self.key_file.clone(),
             plaintext: self.plaintext,
+            skip_unreachable: self.skip_unreachable,
         }
     }
 }

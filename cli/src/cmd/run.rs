@@ -31,6 +31,12 @@ pub struct RunArgs {
     /// A job file reads it back with `file = "FILE.jsonl"`.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// When the job ends, print one JSON object on stdout instead of text:
+    /// the job file, how it ran, the results' count, time and rate, the
+    /// --out file or the first --show results (`{"index", "data"}`).
+    /// Errors still go to stderr, with exit status 1 (2 for a usage error).
+    #[arg(long)]
+    json: bool,
     /// Results to print when there is no --out (the first N).
     #[arg(long, default_value_t = 5, value_name = "N")]
     show: usize,
@@ -272,11 +278,37 @@ fn finish(
         eprintln!("skelpi: hint: --stall-timeout sets how long a job may make no progress");
     }
     result.with_context(|| format!("job {} failed", args.job.display()))?;
-    sink.finish(args)?;
+    let shown = sink.finish(args)?;
     let count = outcome.results;
+    let rate = count as f64 / elapsed.as_secs_f64().max(1e-9);
+    if args.json {
+        let execution = match outcome.execution {
+            Execution::Routed => "routed".to_owned(),
+            Execution::Streamed { .. } => "streamed".to_owned(),
+            Execution::Managed(c) => format!("managed ({c})"),
+            other => format!("{other:?}"),
+        };
+        let shown: Vec<_> = shown
+            .iter()
+            .map(|(index, data)| serde_json::json!({ "index": index, "data": data }))
+            .collect();
+        let summary = serde_json::json!({
+            "job": args.job,
+            "execution": execution,
+            "results": count,
+            "elapsed_s": elapsed.as_secs_f64(),
+            "results_per_s": rate,
+            "out": args.out,
+            "shown": shown,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    for (index, data) in &shown {
+        println!("result of input {index}: {}", preview(data));
+    }
     eprintln!(
-        "{count} results in {elapsed:.2?} ({:.1} results/s){}",
-        count as f64 / elapsed.as_secs_f64().max(1e-9),
+        "{count} results in {elapsed:.2?} ({rate:.1} results/s){}",
         args.out
             .as_ref()
             .map_or(String::new(), |p| format!(", written to {}", p.display()))
@@ -329,8 +361,8 @@ impl Sink {
         }
     }
 
-    /// Flushes the file, or prints the results kept.
-    fn finish(self, args: &RunArgs) -> anyhow::Result<()> {
+    /// Flushes the file; returns the results kept to show.
+    fn finish(self, args: &RunArgs) -> anyhow::Result<Vec<(u64, Vec<f64>)>> {
         if let Some(e) = self.write_error {
             return Err(e).context(format!(
                 "cannot write {}",
@@ -340,10 +372,7 @@ impl Sink {
         if let Some(mut w) = self.out {
             w.flush()?;
         }
-        for (index, data) in self.shown {
-            println!("result of input {index}: {}", preview(&data));
-        }
-        Ok(())
+        Ok(self.shown)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `skelpi` binary, driven as a user would.
 
-use super::support::skelpi;
+use super::support::{Scratch, skelpi};
 
 #[test]
 fn bench_rtt_on_a_local_cluster_prints_the_table() {
@@ -151,4 +151,62 @@ fn the_cli_counts_agents_in_english_refuses_no_agents_and_completes_shells() {
     let (code, _, err) = skelpi(&["completions", "tcsh"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("possible values"), "{err}");
+}
+
+#[test]
+fn ping_and_run_speak_json_and_skip_unreachable_agents_when_asked() {
+    let dir = Scratch::new("json-skip");
+    let key = dir.path("cluster.key");
+    skelpi_wire::key::ClusterKey::generate()
+        .unwrap()
+        .write(std::path::Path::new(&key), true)
+        .unwrap();
+    let agent = crate::agents::start_agent(std::path::Path::new(&key), "answers", &["--no-mdns"]);
+    // Port 1 on loopback: nothing listens.
+    let agents = format!("{},127.0.0.1:1", agent.addr);
+    let base = ["--agents", agents.as_str(), "--key-file", key.as_str()];
+    let (code, _, err) = skelpi(&[&["ping", "--count", "2"][..], &base].concat());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    let skip = [
+        &["ping", "--count", "3", "--json", "--skip-unreachable"][..],
+        &base,
+    ]
+    .concat();
+    let (code, out, err) = skelpi(&skip);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("1 skipped") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["agent"], "answers");
+    assert_eq!(rows[0]["pings"], 3);
+    assert!(rows[0]["min_us"].as_f64().unwrap() <= rows[0]["max_us"].as_f64().unwrap());
+
+    let job = dir.path("job.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"farm(seq(square))\"\n[input]\ngenerate = \"range\"\nitems = 7\nlength = 1\n",
+    )
+    .unwrap();
+    let run = [
+        &[
+            "run",
+            job.as_str(),
+            "--json",
+            "--skip-unreachable",
+            "--show",
+            "2",
+        ][..],
+        &base,
+    ];
+    let (code, out, err) = skelpi(&run.concat());
+    assert_eq!(code, Some(0), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["results"], 7, "{out}");
+    assert_eq!(summary["execution"], "routed", "{out}");
+    assert_eq!(summary["shown"][1]["data"][0], 1.0, "{out}");
 }
