@@ -111,7 +111,12 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     service::ready(&status);
     let serve = server::serve(listener, server_config, async {
         if let Some(sig) = signals.next().await {
-            log::info!("received {sig:?}, shutting down");
+            let name = match sig {
+                Ok(async_signal::Signal::Term) => "SIGTERM",
+                Ok(async_signal::Signal::Int) => "SIGINT",
+                _ => "a signal",
+            };
+            log::info!("received {name}, shutting down");
             service::stopping();
         }
     });

@@ -56,6 +56,15 @@ pub enum ClientError {
         /// What it did.
         what: String,
     },
+    /// The agent was given up without breaking anything: it fell silent
+    /// (a stopped or overloaded board), or its tasks did not come back.
+    #[error("agent at {addr} {what}")]
+    GivenUp {
+        /// The agent's address.
+        addr: SocketAddr,
+        /// What happened, from a verb: "fell silent for 4.2s ...".
+        what: String,
+    },
     /// The agent did not answer in time.
     #[error("agent at {addr} did not answer within {limit:?}")]
     Timeout {

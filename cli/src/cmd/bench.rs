@@ -7,7 +7,7 @@ use crate::bench::pmap::{self, PmapOptions};
 use crate::bench::{plot, report, rtt};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use skelpi::pool::{self, Pool};
 use std::path::{Path, PathBuf};
@@ -175,11 +175,7 @@ fn parse_sizes(s: &str) -> Result<Sizes, String> {
 }
 
 fn bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("static template"),
-    );
-    bar
+    super::progress::bar(len, "steps")
 }
 
 /// What the suite measured, for `--json`.

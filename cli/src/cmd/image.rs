@@ -3,7 +3,6 @@
 use crate::image::{self, FirstBoot, Flavor, ImageOptions, Wifi};
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 /// The arguments of `skelpi image` (its help text is on the command).
@@ -109,13 +108,7 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<()> {
         },
     };
     let total = image::base_len(&opts.base)?;
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = super::progress::bytes(total);
     bar.set_message(format!("reading {}", opts.base.display()));
     let report = image::build(&opts, |n| bar.inc(n));
     bar.finish_and_clear();

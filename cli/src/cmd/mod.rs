@@ -7,5 +7,6 @@ pub mod lab;
 pub mod module;
 pub mod ping;
 pub mod pool_args;
+pub mod progress;
 pub mod run;
 pub mod trace;

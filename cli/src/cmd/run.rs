@@ -4,7 +4,6 @@ use super::pool_args::PoolArgs;
 use crate::jobfile;
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use skelpi::JobBuilder;
 use skelpi::jobs::{Event, Execution, RunError, Swap};
 use skelpi::pool;
@@ -162,11 +161,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         pool.cluster.set_task_deadline(args.task_deadline.0);
         let replay = usize::try_from(args.max_replay_memory.as_u64()).unwrap_or(usize::MAX);
         pool.cluster.set_max_replay_bytes(replay);
-        let progress = ProgressBar::new(inputs as u64);
-        progress.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} results {msg}")
-                .expect("static template"),
-        );
+        let progress = super::progress::bar(inputs as u64, "results");
         let mut start = Instant::now();
         let outcome = builder
             .on_result(|index, a| {

@@ -137,9 +137,10 @@ fn skelpi_run_swaps_a_stage_after_n_results() {
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 4000);
     assert!(text.lines().last().unwrap().contains("[39990.0]"), "{text}");
-    // A swap that names no stage of the job is refused before it runs.
+    // A swap that names no stage of the job is refused before it runs, as
+    // a usage error.
     let (code, _, err) = skelpi(&["run", &job, "--local", "1", "--swap", "7=square@1"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("the pipeline has stages 0 to 1"), "{err}");
     let (code, _, err) = skelpi(&["run", &job, "--local", "1", "--swap", "0=square"]);
     assert_eq!(code, Some(2), "{err}");

@@ -416,13 +416,13 @@ impl<'c> Dispatcher<'c> {
         link.liveness.silent_past(link.heartbeat).await;
         if !link.dead.get() {
             let what = format!(
-                "silent for {:.1?} (a heartbeat was due every {:?}): declared down",
+                "fell silent for {:.1?} (a heartbeat was due every {:?}): declared down",
                 link.liveness.silent_for(),
                 link.heartbeat
             );
             self.kill(
                 link,
-                ClientError::Protocol {
+                ClientError::GivenUp {
                     addr: link.addr,
                     what,
                 },
@@ -720,9 +720,9 @@ impl Dispatcher<'_> {
             if !link.dead.get() && busy {
                 self.kill(
                     link,
-                    ClientError::Protocol {
+                    ClientError::GivenUp {
                         addr: link.addr,
-                        what: why.to_owned(),
+                        what: format!("was given up: {why}"),
                     },
                 );
             }
