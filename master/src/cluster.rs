@@ -46,13 +46,9 @@ pub struct Cluster {
     pub(crate) modules: Vec<(String, std::sync::Arc<[u8]>)>,
 }
 
-/// What a routed job gives back from its thread: its outcome, the
+/// What a job gives back from its thread: its outcome `T`, the
 /// connections it ran on, its trace if traced.
-type Returned = (
-    Result<(), JobError>,
-    Vec<AgentConn>,
-    Option<Result<Trace, TraceError>>,
-);
+type Returned<T = Result<(), JobError>> = (T, Vec<AgentConn>, Option<Result<Trace, TraceError>>);
 
 /// An in-process agent a cluster owns (none without the `local` feature).
 #[cfg(feature = "local")]
@@ -353,11 +349,7 @@ impl Cluster {
         skeleton: Skeleton,
         inputs: Inputs<'static>,
         results: Results<'static>,
-    ) -> (
-        (Result<(), JobError>, Option<autonomic::Report>),
-        Vec<AgentConn>,
-        Option<Result<Trace, TraceError>>,
-    ) {
+    ) -> Returned<(Result<(), JobError>, Option<autonomic::Report>)> {
         let mut trace = Err(TraceError::Stopped);
         let traced = tracing.then_some(&mut trace);
         let decisions = results.decisions();

@@ -1,6 +1,6 @@
 //! The `skelpi` binary, driven as a user would.
 
-use super::support::{Scratch, skelpi};
+use super::support::{Scratch, skelpi, write_range_job};
 
 #[test]
 fn bench_rtt_on_a_local_cluster_prints_the_table() {
@@ -187,11 +187,7 @@ fn ping_and_run_speak_json_and_skip_unreachable_agents_when_asked() {
     assert!(rows[0]["min_us"].as_f64().unwrap() <= rows[0]["max_us"].as_f64().unwrap());
 
     let job = dir.path("job.toml");
-    std::fs::write(
-        &job,
-        "skeleton = \"farm(seq(square))\"\n[input]\ngenerate = \"range\"\nitems = 7\nlength = 1\n",
-    )
-    .unwrap();
+    write_range_job(&job, "farm(seq(square))", 7, 1);
     let run = [
         &[
             "run",

@@ -5,6 +5,7 @@
 //! back exactly once and equals the sequential reference.
 
 use crate::agents::start_agent;
+use crate::support::{assert_no_agent_lost, write_range_job};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi::runtime::sequential;
@@ -555,12 +556,8 @@ fn agents_drop_three_streamed_stages_of_a_stopped_master() {
     // inbox is full when the master stops.
     agents_drop_the_streamed_stages_of_a_stopped_master(3, |dir, agents| {
         let job = dir.join("pipe.toml");
-        std::fs::write(
-            &job,
-            "skeleton = \"pipe(seq(sleep_ms(200)), seq(sleep_ms(200)), seq(sleep_ms(200)))\"\n\
-             [input]\ngenerate = \"range\"\nitems = 200\nlength = 1\n",
-        )
-        .unwrap();
+        let tree = "pipe(seq(sleep_ms(200)), seq(sleep_ms(200)), seq(sleep_ms(200)))";
+        write_range_job(&job, tree, 200, 1);
         let job = job.to_str().unwrap().to_string();
         vec!["run".into(), "--agents".into(), agents.into(), job]
     });
@@ -775,14 +772,7 @@ fn blocking_user_code(tree: &str, n: usize, blocks: Blocks) {
     assert!(blocked.get(), "the job ended before it blocked");
     let want: Vec<(u64, Vec<f64>)> = (0..n as u64).map(|i| (i, vec![i as f64])).collect();
     assert_eq!(got, want);
-    for a in cluster.agents() {
-        assert!(
-            a.broken().is_none(),
-            "agent {} lost: {:?}",
-            a.addr(),
-            a.broken()
-        );
-    }
+    assert_no_agent_lost(&cluster);
     for agent in &agents {
         let gone: Vec<String> = agent
             .lines

@@ -2,7 +2,7 @@
 //! (issue 19): what fails deterministically fails its task or job, with a
 //! clear error, and never takes an agent for lost.
 
-use crate::support::{Scratch, skelpi, sorted_lines};
+use crate::support::{Scratch, assert_no_agent_lost, skelpi, sorted_lines};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi_agent::kernels::Registry;
@@ -34,14 +34,7 @@ fn growing_cluster() -> Cluster {
 /// Asserts that no agent of `cluster` was taken for lost, and that it
 /// still runs a job.
 fn every_agent_serves_on(cluster: &mut Cluster) {
-    for a in cluster.agents() {
-        assert!(
-            a.broken().is_none(),
-            "agent {} lost: {:?}",
-            a.addr(),
-            a.broken()
-        );
-    }
+    assert_no_agent_lost(cluster);
     let tree: Skeleton = "farm(seq(square))".parse().unwrap();
     let inputs = (0..8).map(|i| Array::list(vec![f64::from(i)]));
     let out = smol::block_on(cluster.run(&tree, inputs)).unwrap();

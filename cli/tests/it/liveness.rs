@@ -8,7 +8,7 @@
 //! `SKELPI_LIVENESS_SEED=N` replays one test's cases.
 
 use crate::agents::start_agent;
-use crate::support::{Scratch, skelpi};
+use crate::support::{Scratch, assert_no_agent_lost, skelpi};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::{JobError, sequential};
@@ -259,14 +259,7 @@ fn a_first_stage_slower_than_its_feed_does_not_take_the_master_for_gone() {
         &tree,
         "slow first stage",
     );
-    for a in cluster.agents() {
-        assert!(
-            a.broken().is_none(),
-            "agent {} lost: {:?}",
-            a.addr(),
-            a.broken()
-        );
-    }
+    assert_no_agent_lost(&cluster);
 }
 
 /// A random tree of routed skeletons (farms, maps, pipelines with farm

@@ -1,7 +1,7 @@
 //! `skelpi bench pmap|farm|pipeline` and `skelpi run JOB.toml`, as a user
 //! runs them, on small embedded clusters.
 
-use super::support::{Scratch, skelpi};
+use super::support::{Scratch, skelpi, write_range_job};
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -218,12 +218,8 @@ fn run_reports_bad_job_files_and_failing_kernels() {
 fn run_autonomic_prints_decisions_and_a_summary_and_refuses_what_it_cannot_manage() {
     let dir = Scratch::new("run-autonomic");
     let job = dir.path("slow-middle.toml");
-    std::fs::write(
-        &job,
-        "skeleton = \"pipe(seq(sleep_ms(2)), seq(sleep_ms(10)), seq(sleep_ms(2)))\"\n\
-         [input]\ngenerate = \"range\"\nitems = 400\nlength = 3\n",
-    )
-    .unwrap();
+    let tree = "pipe(seq(sleep_ms(2)), seq(sleep_ms(10)), seq(sleep_ms(2)))";
+    write_range_job(&job, tree, 400, 3);
     let results = dir.path("out.jsonl");
     let (code, _, err) = skelpi(&[
         "run",

@@ -54,3 +54,29 @@ pub fn sorted_lines(path: &str) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// Writes a job file at `path`: `skeleton` over `items` arrays of `length`
+/// consecutive numbers (`generate = "range"`).
+pub fn write_range_job(
+    path: impl AsRef<std::path::Path>,
+    skeleton: &str,
+    items: usize,
+    length: usize,
+) {
+    let text = format!(
+        "skeleton = \"{skeleton}\"\n[input]\ngenerate = \"range\"\nitems = {items}\nlength = {length}\n"
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// Asserts that no agent of `cluster` was taken for lost.
+pub fn assert_no_agent_lost(cluster: &skelpi::cluster::Cluster) {
+    for a in cluster.agents() {
+        assert!(
+            a.broken().is_none(),
+            "agent {} lost: {:?}",
+            a.addr(),
+            a.broken()
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! from a trace, clocks that disagree put back in order, and trace.json
 //! checked against the Trace Event Format as Perfetto reads it.
 
-use crate::support::{Scratch, skelpi};
+use crate::support::{Scratch, skelpi, write_range_job};
 use serde_json::Value;
 use skelpi::cluster::Cluster;
 use skelpi::trace::{self, Analysis, Trace};
@@ -31,12 +31,8 @@ fn traced(cluster: &mut Cluster, tree: &str, items: usize) -> Trace {
 fn a_slow_middle_stage_is_named_the_bottleneck_with_the_highest_rho() {
     let scratch = Scratch::new("trace-bottleneck");
     let job = scratch.path("slow.toml");
-    std::fs::write(
-        &job,
-        "skeleton = \"pipe(seq(sleep_ms(1)), seq(sleep_ms(10)), seq(sleep_ms(1)))\"\n\
-         [input]\ngenerate = \"range\"\nitems = 100\nlength = 4\n",
-    )
-    .unwrap();
+    let tree = "pipe(seq(sleep_ms(1)), seq(sleep_ms(10)), seq(sleep_ms(1)))";
+    write_range_job(&job, tree, 100, 4);
     let dir = scratch.path("out");
     let (code, _, err) = skelpi(&["run", "--local", "3", &job, "--trace", &dir, "--show", "0"]);
     assert_eq!(code, Some(0), "{err}");
