@@ -60,24 +60,12 @@ pub enum LogTarget {
 /// Safe to call more than once: later calls do nothing and return the target
 /// chosen by the first.
 pub fn init(level: log::LevelFilter) -> LogTarget {
-    init_styled(level, true)
-}
-
-/// [`init`] for a command run in a terminal (the `skelpi` master): lines
-/// on stderr without timestamps.
-pub fn init_terse(level: log::LevelFilter) -> LogTarget {
-    init_styled(level, false)
-}
-
-/// [`init`]; on stderr, each line starts with its UTC time (RFC 3339, ms)
-/// if `timestamps`.
-fn init_styled(level: log::LevelFilter, timestamps: bool) -> LogTarget {
     static TARGET: OnceLock<LogTarget> = OnceLock::new();
-    *TARGET.get_or_init(|| install(level, timestamps))
+    *TARGET.get_or_init(|| install(level))
 }
 
 /// Chooses and installs the logger (once).
-fn install(level: log::LevelFilter, timestamps: bool) -> LogTarget {
+fn install(level: log::LevelFilter) -> LogTarget {
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     let wanted = choose_target(
         journal_stream.as_deref(),
@@ -87,7 +75,7 @@ fn install(level: log::LevelFilter, timestamps: bool) -> LogTarget {
     if wanted == LogTarget::Journal && install_journal(level).is_ok() {
         return LogTarget::Journal;
     }
-    install_stderr(level, timestamps);
+    install_stderr(level);
     LogTarget::Stderr
 }
 
@@ -171,22 +159,20 @@ fn install_journal(level: log::LevelFilter) -> Result<(), Box<dyn std::error::Er
     Ok(())
 }
 
-/// Installs the stderr logger. If another logger is already installed there
+/// Installs the stderr logger, each line led by its UTC time (RFC 3339,
+/// milliseconds). If another logger is already installed there
 /// is nothing to do: records go wherever that one sends them.
-fn install_stderr(level: log::LevelFilter, timestamps: bool) {
-    let mut builder = env_logger::Builder::new();
-    builder
+fn install_stderr(level: log::LevelFilter) {
+    let _ = env_logger::Builder::new()
         .filter_level(level)
         .parse_default_env()
-        .target(env_logger::Target::Stderr);
-    if timestamps {
-        builder.format(|buf, record| {
+        .target(env_logger::Target::Stderr)
+        .format(|buf, record| {
             let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
             let (level, target) = (record.level(), record.target());
             writeln!(buf, "[{now} {level:<5} {target}] {}", record.args())
-        });
-    }
-    let _ = builder.try_init();
+        })
+        .try_init();
 }
 
 #[cfg(test)]

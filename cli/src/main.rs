@@ -125,7 +125,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    skelpi_agent::logging::init_terse(log::LevelFilter::Warn);
+    cmd::progress::init_logging(log::LevelFilter::Warn);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,7 +1,31 @@
 //! One progress bar style for every long command: what is done of what,
-//! the elapsed time, the rate and the time left.
+//! the elapsed time, the rate and the time left. Every bar is drawn through
+//! one [`MultiProgress`], and the command's log lines (warnings) are
+//! printed above the bars, not across them ([`init_logging`]).
 
-use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressState, ProgressStyle};
+use std::sync::LazyLock;
+
+/// The bars of this process.
+static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
+
+/// Logs at `level` (or as `RUST_LOG` says) to stderr, each line printed
+/// above the progress bars. Later calls, and loggers installed after it
+/// (an embedded agent's), change nothing.
+pub fn init_logging(level: log::LevelFilter) {
+    let logger = env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .target(env_logger::Target::Stderr)
+        .build();
+    let max = logger.filter();
+    if indicatif_log_bridge::LogWrapper::new(BARS.clone(), logger)
+        .try_init()
+        .is_ok()
+    {
+        log::set_max_level(max);
+    }
+}
 
 /// A bar of `len` steps named `unit` (e.g. "results", "steps"), drawn on
 /// stderr: `[=====>    ] 120/500 results  00:00:03  40/s  ETA 10s  msg`.
@@ -11,7 +35,7 @@ pub fn bar(len: u64, unit: &str) -> ProgressBar {
     let template = format!(
         "[{{bar:30}}] {{pos}}/{{len}} {unit}  {{elapsed_precise}}  {{rate}}  ETA {{eta}}  {{msg}}"
     );
-    ProgressBar::new(len).with_style(
+    BARS.add(ProgressBar::new(len)).with_style(
         ProgressStyle::with_template(&template)
             .expect("a valid template")
             .with_key(
@@ -26,7 +50,7 @@ pub fn bar(len: u64, unit: &str) -> ProgressBar {
 
 /// A bar of `total` bytes: the same style, in bytes.
 pub fn bytes(total: u64) -> ProgressBar {
-    ProgressBar::new(total).with_style(
+    BARS.add(ProgressBar::new(total)).with_style(
         ProgressStyle::with_template(
             "[{bar:30}] {bytes}/{total_bytes}  {elapsed_precise}  {bytes_per_sec}  ETA {eta}  {msg}",
         )
