@@ -24,11 +24,20 @@ pub fn text(e: &anyhow::Error) -> String {
     out
 }
 
-/// The exit status for `e`: 2 for a usage error (a bad key or address, a
+/// The user stopped the command (Ctrl-C).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by the user")]
+pub struct Interrupted;
+
+/// The exit status for `e`: 130 when the user stopped it (as a shell
+/// reports SIGINT), 2 for a usage error (a bad key or address, a
 /// file that cannot be read or is not valid, a tree naming kernels no agent
 /// offers, swaps the job cannot take, the lab run without root), 1
 /// otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<Interrupted>()) {
+        return 130;
+    }
     // An I/O error only as the error itself: deeper in the chain it is
     // often a network's, not a file's.
     let usage = e.chain().any(is_usage) || e.downcast_ref::<std::io::Error>().is_some();

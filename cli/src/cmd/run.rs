@@ -163,15 +163,24 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         pool.cluster.set_max_replay_bytes(replay);
         let progress = super::progress::bar(inputs as u64, "results");
         let mut start = Instant::now();
-        let outcome = builder
+        let job = builder
             .on_result(|index, a| {
                 progress.inc(1);
                 sink.take(index, a);
             })
             .on_event(|e| progress.suspend(|| say(e, inputs, &mut start)))
-            .run(&mut pool.cluster)
-            .await;
+            .run(&mut pool.cluster);
+        let outcome = futures_lite::future::or(async { Some(job.await) }, async {
+            interrupt().await;
+            None
+        })
+        .await;
+        // (Finishing sets the position to the end.)
+        let done = progress.position();
         progress.finish_and_clear();
+        let Some(outcome) = outcome else {
+            return Err(interrupted(args, sink, done, inputs, start));
+        };
         if let Some(report) = &outcome.report {
             eprint!("{}", report.summary());
         }
@@ -179,6 +188,38 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         pool.cluster.close().await;
         finish(args, outcome, sink, elapsed)
     })
+}
+
+/// Returns when the user presses Ctrl-C (SIGINT); never if that cannot be
+/// watched.
+async fn interrupt() {
+    use futures_lite::StreamExt;
+    match async_signal::Signals::new([async_signal::Signal::Int]) {
+        Ok(mut signals) => {
+            signals.next().await;
+        }
+        Err(_) => futures_lite::future::pending().await,
+    }
+}
+
+/// After Ctrl-C: the results so far kept in `--out`, and how far the job
+/// got (`done` of `inputs` results since `start`).
+fn interrupted(
+    args: &RunArgs,
+    sink: Sink,
+    done: u64,
+    inputs: usize,
+    start: Instant,
+) -> anyhow::Error {
+    let kept = match (sink.finish(args), &args.out) {
+        (Ok(_), Some(out)) => format!("; those results are in {}", out.display()),
+        (Ok(_), None) => String::new(),
+        (Err(e), _) => format!("; {e:#}"),
+    };
+    let elapsed = start.elapsed();
+    anyhow::Error::new(crate::failure::Interrupted).context(format!(
+        "interrupted after {done} of {inputs} results in {elapsed:.2?}{kept}"
+    ))
 }
 
 /// The job of `job`, as the flags say (no sinks yet).

@@ -266,3 +266,54 @@ fn run_autonomic_prints_decisions_and_a_summary_and_refuses_what_it_cannot_manag
         "{err}"
     );
 }
+
+#[test]
+fn ctrl_c_stops_run_saying_how_far_it_got_and_keeps_those_results() {
+    use std::io::{BufRead, BufReader};
+    let dir = Scratch::new("run-interrupted");
+    let job = dir.path("slow.toml");
+    write_range_job(&job, "farm(seq(sleep_ms(1)))", 100_000, 1);
+    let out = dir.path("out.jsonl");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_skelpi"))
+        .args(["run", &job, "--local", "2", "--out", &out])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Once results reach the file (its buffer filled once), stop it as a
+    // terminal's Ctrl-C would.
+    let running = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("running "));
+    assert!(running.is_some(), "the job never started");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&out).map_or(0, |m| m.len()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no result written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let said = rest
+        .iter()
+        .find(|l| l.contains("interrupted after"))
+        .unwrap_or_else(|| panic!("{rest:?}"));
+    let done: usize = said
+        .split("interrupted after ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(said.contains("of 100000 results"), "{said}");
+    assert!(said.contains(&out), "{said}");
+    let kept = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert_eq!(kept, done, "{said}");
+    assert!(done > 0, "{said}");
+}
