@@ -197,19 +197,43 @@ pub fn run(which: Option<BenchCommand>, pool: &PoolArgs, args: &BenchArgs) -> an
         let mut pool = pool::connect(&pool.options(true)).await?;
         eprintln!("{}", pool.origin);
         let all = which.is_none();
-        let wants = |b: BenchCommand| all || which.as_ref().is_some_and(|w| same(w, &b));
+        let wants = |b: &BenchCommand| all || which.as_ref().is_some_and(|w| same(w, b));
+        say_overwritten(&args.common.out);
         let mut suite = Suite::default();
+        let names = ["rtt", "pmap", "farm", "pipeline"];
+        let runs: Vec<&str> = [
+            BenchCommand::Rtt,
+            BenchCommand::Pmap,
+            BenchCommand::Farm,
+            BenchCommand::Pipeline,
+        ]
+        .into_iter()
+        .zip(names)
+        .filter(|(b, _)| wants(b))
+        .map(|(_, n)| n)
+        .collect();
+        let mut step = 0;
+        let mut next = |name: &str| {
+            step += 1;
+            if runs.len() > 1 {
+                eprintln!("benchmark {step} of {}: {name}", runs.len());
+            }
+        };
         let result = async {
-            if wants(BenchCommand::Rtt) {
+            if wants(&BenchCommand::Rtt) {
+                next("rtt");
                 suite.rtt = Some(run_rtt(&mut pool, args).await?);
             }
-            if wants(BenchCommand::Pmap) {
+            if wants(&BenchCommand::Pmap) {
+                next("pmap");
                 suite.pmap = Some(run_pmap(&mut pool, args).await?);
             }
-            if wants(BenchCommand::Farm) {
+            if wants(&BenchCommand::Farm) {
+                next("farm");
                 suite.farm = Some(run_farm(&mut pool, args).await?);
             }
-            if wants(BenchCommand::Pipeline) {
+            if wants(&BenchCommand::Pipeline) {
+                next("pipeline");
                 suite.pipeline = Some(run_pipeline(&mut pool, args).await?);
             }
             anyhow::Ok(())
@@ -225,6 +249,18 @@ pub fn run(which: Option<BenchCommand>, pool: &PoolArgs, args: &BenchArgs) -> an
         }
         Ok(())
     })
+}
+
+/// Says so when `dir` holds files already: this run's replace them.
+fn say_overwritten(dir: &Path) {
+    let held = std::fs::read_dir(dir).map_or(0, |d| d.count());
+    if held > 0 {
+        eprintln!(
+            "{} holds {held} files of an earlier run: this run's CSV files and plots replace \
+             them (--out DIR to keep both)",
+            dir.display()
+        );
+    }
 }
 
 fn same(a: &BenchCommand, b: &BenchCommand) -> bool {
