@@ -893,3 +893,43 @@ fn a_traced_streamed_pipeline_that_loses_an_agent_keeps_its_trace_to_the_restart
     drop(agents);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_streamed_pipeline_restarts_without_waiting_for_its_stopped_feed_agent() {
+    // Items of 160 KB stream to stage 0's agent, which is stopped (its
+    // socket fills, and it reads nothing more) for 22 s. The stream must
+    // start again elsewhere within the detection bound, not wait for the
+    // stopped agent to read a goodbye: the job ends long before it
+    // resumes.
+    let (agents, mut cluster, dir) = agents("stopped-feed", 3);
+    let tree: Skeleton = "pipe(seq(sleep_ms(2)), seq(identity))".parse().unwrap();
+    let inputs: Vec<Array> = (0..1500)
+        .map(|i| Array::list(vec![f64::from(i); 20_000]))
+        .collect();
+    let (go_tx, controller) = pause_when_told(&agents[0], Duration::from_secs(22));
+    let mut got = 0usize;
+    let mut stopped_at = None;
+    let result = bounded(cluster.run_each(&tree, inputs, |i, a| {
+        assert_eq!(
+            (i, a.data[0]),
+            (got as u64, got as f64),
+            "each result once, in order"
+        );
+        got += 1;
+        if got == 100 {
+            go_tx.send(()).unwrap();
+            stopped_at = Some(std::time::Instant::now());
+        }
+    }));
+    let ended = stopped_at.expect("stopped").elapsed();
+    result.unwrap();
+    assert_eq!(got, 1500);
+    eprintln!("the job ended {ended:.2?} after its feed's agent stopped");
+    assert!(
+        ended < Duration::from_secs(18),
+        "ended only after {ended:?}"
+    );
+    controller.join().unwrap();
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}

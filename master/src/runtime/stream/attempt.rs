@@ -30,6 +30,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+/// How long each agent may take to give its part of the trace of a run
+/// that stopped early.
+const GATHER_AFTER_STOP: Duration = Duration::from_secs(5);
+
 /// How long the other parts may still report after the first one stopped:
 /// an agent's death reaches the master on several connections.
 const GRACE: Duration = Duration::from_millis(500);
@@ -120,10 +124,10 @@ pub(super) async fn run(
     let reports = match parts {
         Ok(reports) => reports,
         Err(stop) => {
-            // Closing the connections ends the stages.
-            for c in conns {
-                c.close().await;
-            }
+            // Dropped, not closed: a goodbye may never be read by a
+            // stopped agent whose socket is full (and a frame may be half
+            // written). Dropping them ends the stages.
+            drop(conns);
             let Some(rec) = recorder else {
                 return Err((stop, None));
             };
@@ -256,8 +260,9 @@ async fn gather(
 }
 
 /// [`gather`] after a run that stopped (`stop`): its connections are
-/// closed, so each agent still there is asked on a new one; the agents it
-/// lost are left out (the trace's mark names them).
+/// gone, so each agent still there is asked on a new one, within
+/// [`GATHER_AFTER_STOP`] each; the agents it lost, and those that do not
+/// answer in time, are left out (the trace's mark names the lost).
 async fn gather_after(
     spec: &StreamSpec<'_>,
     rec: Recorder,
@@ -270,7 +275,7 @@ async fn gather_after(
         Stop::Restart { lost, .. } => lost.iter().map(|l| l.0).collect(),
         Stop::Fail(_) => Vec::new(),
     };
-    let (mut conns, mut before) = (Vec::new(), Vec::new());
+    let mut agents = Vec::new();
     for (agent, probe) in probes.into_iter().enumerate() {
         let Some(first) = peers.iter().position(|&p| p == agent) else {
             continue;
@@ -279,17 +284,17 @@ async fn gather_after(
         if lost.contains(&addr) {
             continue;
         }
-        match AgentConn::connect(addr, spec.key, spec.opts).await {
-            Ok(conn) => {
-                conns.push(conn);
-                before.push(probe.flatten());
-            }
-            Err(e) => log::debug!("job {job}: no trace from {addr}: {e}"),
+        let asked = async {
+            let mut conn = AgentConn::connect(addr, spec.key, spec.opts).await?;
+            let got = trace::gather([&mut conn], vec![probe.flatten()], rec.clock(), job).await;
+            conn.close().await;
+            Ok::<_, ClientError>(got)
+        };
+        match skelpi_wire::within(GATHER_AFTER_STOP, asked).await {
+            Some(Ok(got)) => agents.extend(got),
+            Some(Err(e)) => log::debug!("job {job}: no trace from {addr}: {e}"),
+            None => log::debug!("job {job}: no trace from {addr} within {GATHER_AFTER_STOP:?}"),
         }
-    }
-    let agents = trace::gather(conns.iter_mut(), before, rec.clock(), job).await;
-    for c in conns {
-        c.close().await;
     }
     merged(rec, kernels, job, agents)
 }
