@@ -15,7 +15,7 @@ use event_listener::Event;
 use futures_lite::future;
 use skelpi_proto::Array;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Inputs the caller's thread draws ahead of the job's demand.
 pub const INPUTS_AHEAD: usize = 16;
@@ -246,11 +246,14 @@ impl Room {
     }
 }
 
-/// A count shared by the two threads, and the event of its going down.
+/// A count shared by the two threads, and the event of its going down
+/// (or of the caller's being gone).
 #[derive(Debug, Default)]
 struct Gauge {
     count: AtomicUsize,
     down: Event,
+    /// The caller is gone: nobody will take the count down.
+    gone: AtomicBool,
 }
 
 impl Gauge {
@@ -266,15 +269,29 @@ impl Gauge {
         }
     }
 
-    /// Waits until the count is below `bound`.
+    /// Waits until the count is below `bound`, or the caller is gone.
     async fn below(&self, bound: usize) {
-        while self.count.load(Ordering::Acquire) >= bound {
+        let low =
+            || self.count.load(Ordering::Acquire) < bound || self.gone.load(Ordering::Acquire);
+        while !low() {
             let listener = self.down.listen();
-            if self.count.load(Ordering::Acquire) < bound {
+            if low() {
                 return;
             }
             listener.await;
         }
+    }
+}
+
+/// Marks the results' gauge when the caller's side of a job ends
+/// (finished, dropped or unwinding): a job waiting for room goes on, finds
+/// its inputs ended and ends too.
+struct CallerGone(Arc<Gauge>);
+
+impl Drop for CallerGone {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::Release);
+        self.0.down.notify(usize::MAX);
     }
 }
 
@@ -284,8 +301,9 @@ impl Gauge {
 /// handed on. At most [`INPUTS_AHEAD`] inputs are drawn before the job
 /// asks for them. A panic of the job is raised here.
 ///
-/// Dropping the returned future mid-job ends the inputs; the job then ends
-/// on its thread, and what it owned (its connections) goes with it.
+/// Dropping the returned future mid-job (or a callback's panic) ends the
+/// inputs and frees the job from waiting for room; the job then ends on
+/// its thread, and what it owned (its connections) goes with it.
 pub async fn on_own_thread<T, F, Fut>(
     inputs: impl IntoIterator<Item = Array>,
     mut on_result: impl FnMut(u64, Array),
@@ -303,6 +321,7 @@ where
     let queued = Arc::new(Gauge::default());
     let waiting = Arc::new(Gauge::default());
     let (job_queued, job_waiting) = (queued.clone(), waiting.clone());
+    let _gone = CallerGone(waiting.clone());
     let thread = std::thread::Builder::new()
         .name("skelpi-job".into())
         .stack_size(JOB_STACK)
@@ -436,6 +455,31 @@ mod tests {
         };
         let most = smol::block_on(on_own_thread(std::iter::empty(), on_result, |_| {}, job));
         assert!(most <= RESULTS_WAITING, "{most} waited");
+    }
+
+    #[test]
+    fn a_job_whose_caller_is_gone_ends_instead_of_waiting_for_room() {
+        // The result callback panics at once: the caller is gone with
+        // results waiting, and nobody will take them.
+        let (ended_tx, ended_rx) = std::sync::mpsc::channel();
+        let job = move |mut inputs: Inputs<'static>, mut results: Results<'static>| async move {
+            for i in 0..1000 {
+                results.room().wait().await;
+                results.push(i, list(i));
+                results.flush();
+            }
+            while inputs.next().await.is_some() {}
+            ended_tx.send(()).unwrap();
+        };
+        let inputs = (0..).map(list);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let on_result = |_, _| panic!("the caller's own");
+            smol::block_on(on_own_thread(inputs, on_result, |_| {}, job));
+        }));
+        assert!(caught.is_err());
+        ended_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the job ended");
     }
 
     #[test]
