@@ -266,7 +266,8 @@ impl Cluster {
     /// here, where the job is awaited; the job's connections and their
     /// heartbeats run on a thread of their own, so either may block (a slow
     /// disk, a network write) without the agents taking the master for
-    /// gone: the job waits for them.
+    /// gone: the job waits for them (up to its stall bound, see
+    /// [`Cluster::set_stall_timeout`]).
     pub async fn run_each(
         &mut self,
         skeleton: &Skeleton,
