@@ -90,8 +90,9 @@ struct Call {
     /// Its kernel's label in the job's trace, if traced.
     label: u32,
     reply: async_channel::Sender<Result<Done, JobError>>,
-    /// Its module was pushed again to an agent that lacked it (once only).
-    repushed: bool,
+    /// The agents its module was pushed to again, having lacked it (once
+    /// per agent).
+    repushed: Vec<usize>,
 }
 
 struct Link<'c> {
@@ -314,7 +315,7 @@ impl<'c> Dispatcher<'c> {
             input: Rc::new(input),
             label: self.trace.map_or(NO_LABEL, |t| t.label(kernel)),
             reply,
-            repushed: false,
+            repushed: Vec::new(),
         };
         self.calls.borrow_mut().insert(key, call);
         let _waiting = Waiting { d: self, key };
@@ -625,9 +626,9 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Whether the task of call `key`, which failed on `link` for want of
-    /// a WebAssembly module once pushed on that link, goes again: the module is
-    /// queued to `link` and the task after it, to the same agent, once per
-    /// call.
+    /// a WebAssembly module once pushed on that link, goes again: the module
+    /// is queued to `link`, and the task waits for a credit as a new one
+    /// (the agent that just freed one takes it first), once per agent.
     fn retry(&self, link: &Link<'c>, key: u64, outcome: &Result<Done, Failed>) -> bool {
         let Err(Failed {
             missing_module: Some(hash),
@@ -641,7 +642,7 @@ impl<'c> Dispatcher<'c> {
             return false;
         };
         match self.calls.borrow_mut().get_mut(&key) {
-            Some(call) if !call.repushed => call.repushed = true,
+            Some(call) if !call.repushed.contains(&link.index) => call.repushed.push(link.index),
             _ => return false,
         }
         log::info!(
@@ -654,10 +655,9 @@ impl<'c> Dispatcher<'c> {
             bytes: bytes.to_vec().into(),
         });
         let _ = link.outbox_tx.try_send(Out::Module(push));
-        self.sched
-            .borrow_mut()
-            .submit(key, Some(link.index))
-            .is_ok()
+        // Not pinned to the agent: a pinned task takes no credit, and would
+        // put it past its task slots.
+        self.sched.borrow_mut().submit(key, None).is_ok()
     }
 
     /// Marks a link dead: its tasks out are sent again elsewhere (or fail
