@@ -55,6 +55,10 @@ enum Command {
         interface: Option<String>,
     },
     /// Measure each agent's small-message round-trip time.
+    #[command(after_help = "Examples:
+  skelpi ping                                  # the agents found on mDNS
+  skelpi ping --agents pi1,pi2 --count 100
+  skelpi ping --agents pi1,pi2,pi3 --skip-unreachable --json")]
     Ping {
         #[command(flatten)]
         pool: PoolArgs,
@@ -70,6 +74,12 @@ enum Command {
     /// benchmarks; with no agents found, on an embedded local cluster of
     /// one agent per core. Tables go to stdout, CSV files and SVG plots to
     /// --out.
+    #[command(after_help = "Examples:
+  skelpi bench                                 # the whole suite, agents found or embedded
+  skelpi bench rtt --agents pi1,pi2 --link-mbps 100 --csv rtt.csv
+  skelpi bench pmap --local 2 --chunks 2,4,8
+  skelpi bench farm --local 2 --tasks 20000 --trace trace-dir
+  skelpi bench pipeline --agents pi1,pi2,pi3 --stages 3 --interval 20ms")]
     Bench {
         #[command(subcommand)]
         which: Option<BenchCommand>,
@@ -98,6 +108,12 @@ enum Command {
     /// card, boot them, then run `skelpi discover`.
     Image(cmd::image::ImageArgs),
     /// Run a job file: a skeleton tree and its inputs (see the README).
+    #[command(after_help = "Examples:
+  skelpi run examples/jobs/pmap.toml --local 2
+  skelpi run examples/jobs/pipeline.toml --agents pi1,pi2 --out out.jsonl
+  skelpi run job.toml --trace trace-dir        # then open trace-dir/trace.json in ui.perfetto.dev
+  skelpi run job.toml --autonomic --target-throughput 50
+  skelpi run job.toml --swap '1=scale(3)@5000' --json")]
     Run {
         #[command(flatten)]
         pool: PoolArgs,
@@ -227,5 +243,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn every_example_in_help_parses() {
+        let cli = Cli::command();
+        let mut seen = 0;
+        for sub in cli.get_subcommands() {
+            let Some(help) = sub.get_after_help() else {
+                continue;
+            };
+            for line in help.to_string().lines() {
+                let Some(example) = line.trim().strip_prefix("skelpi ") else {
+                    continue;
+                };
+                let example = example.split(" # ").next().unwrap_or(example);
+                let words = std::iter::once("skelpi")
+                    .chain(example.split_whitespace().map(|w| w.trim_matches('\'')));
+                let words: Vec<&str> = words.collect();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("{words:?}: {e}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "{seen} examples");
     }
 }
