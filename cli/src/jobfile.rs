@@ -67,26 +67,21 @@ pub enum Input {
     Arrays(Vec<Array>),
 }
 
-/// An input generator.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An input generator (as `[input]` gives it: see `RawInput::source`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Generator {
     /// `random` (uniform in [min, max)), `range` (0, 1, 2... continuing
     /// across arrays) or `constant` (every element `min`).
     pub generate: GeneratorKind,
     /// Number of arrays.
-    #[serde(default = "one")]
     pub items: usize,
     /// Floats per array.
     pub length: usize,
     /// Lower bound (and the constant).
-    #[serde(default)]
     pub min: f64,
     /// Upper bound.
-    #[serde(default = "one_f")]
     pub max: f64,
     /// Seed of `random`.
-    #[serde(default = "seed")]
     pub seed: u64,
 }
 

@@ -5,7 +5,7 @@
 //! back exactly once and equals the sequential reference.
 
 use crate::agents::start_agent;
-use crate::support::{assert_no_agent_lost, write_range_job};
+use crate::support::{assert_no_agent_lost, kernel_calls, write_range_job};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi::runtime::sequential;
@@ -879,11 +879,7 @@ fn a_traced_streamed_pipeline_that_loses_an_agent_keeps_its_trace_to_the_restart
         .take_trace()
         .expect("a traced job")
         .expect("the first run's trace");
-    let kernels = trace
-        .events
-        .iter()
-        .filter(|e| e.kind == skelpi_proto::trace::TraceKind::Kernel)
-        .count();
+    let kernels = kernel_calls(&trace);
     assert!(kernels >= 100, "{kernels} kernel calls traced");
     let marks: Vec<&str> = trace.marks.iter().map(|m| m.text.as_str()).collect();
     assert!(

@@ -80,3 +80,9 @@ pub fn assert_no_agent_lost(cluster: &skelpi::cluster::Cluster) {
         );
     }
 }
+
+/// The kernel calls a trace recorded.
+pub fn kernel_calls(trace: &skelpi::trace::Trace) -> usize {
+    let kernel = skelpi_proto::trace::TraceKind::Kernel;
+    trace.events.iter().filter(|e| e.kind == kernel).count()
+}

@@ -2,7 +2,7 @@
 //! from a trace, clocks that disagree put back in order, and trace.json
 //! checked against the Trace Event Format as Perfetto reads it.
 
-use crate::support::{Scratch, skelpi, write_range_job};
+use crate::support::{Scratch, kernel_calls, skelpi, write_range_job};
 use serde_json::Value;
 use skelpi::cluster::Cluster;
 use skelpi::trace::{self, Analysis, Trace};
@@ -352,11 +352,7 @@ fn a_streamed_pipeline_that_fails_leaves_its_trace_marked_with_the_failure() {
         .take_trace()
         .expect("a traced job")
         .expect("the trace of the failed run");
-    let kernels = trace
-        .events
-        .iter()
-        .filter(|e| e.kind == TraceKind::Kernel)
-        .count();
+    let kernels = kernel_calls(&trace);
     assert!(kernels >= 30, "{kernels} kernel calls traced");
     let marks: Vec<&str> = trace.marks.iter().map(|m| m.text.as_str()).collect();
     assert!(
