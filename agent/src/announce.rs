@@ -264,6 +264,7 @@ mod tests {
             memory_bytes: 8 << 30,
             port: 7878,
             kernels: Vec::new(),
+            build: None,
         }
     }
 

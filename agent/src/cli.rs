@@ -18,7 +18,9 @@
 //! way, and tells masters its kernels in its handshake reply, so that they
 //! send it only jobs it can run.
 
+use crate::deploy::Deployer;
 use crate::kernels::Registry;
+use crate::launch::{self, Choice, Files, Role};
 use crate::{identity, logging, node};
 use clap::Parser;
 use skelpi_wire::key;
@@ -102,6 +104,20 @@ pub struct Args {
     #[cfg(feature = "wasm")]
     #[arg(long, value_name = "DIR")]
     modules: Option<PathBuf>,
+    /// Accept new agent binaries (`skelpi deploy`) signed by the key whose
+    /// public half is in FILE [default: /etc/skelpi/deploy.pub if it
+    /// exists; without one, every deploy is refused].
+    #[arg(long, value_name = "FILE")]
+    deploy_pubkey: Option<PathBuf>,
+    /// Keep deployed binaries in DIR/deploy [default: $STATE_DIRECTORY,
+    /// which systemd's StateDirectory= sets; without one, every deploy is
+    /// refused].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print this binary's version, protocol and architecture, and exit
+    /// (a deploy runs a new binary so before it switches to it).
+    #[arg(long)]
+    self_check: bool,
 }
 
 /// Why an agent could not run.
@@ -132,6 +148,20 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// The deploy public key could not be read.
+    #[error(transparent)]
+    DeployKey(#[from] skelpi_wire::deploy_key::DeployKeyError),
+    /// The state directory could not be used.
+    #[error("cannot use state directory {}: {source}", dir.display())]
+    State {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A deploy asked for a restart, and the launcher could not be run.
+    #[error("cannot restart into the deployed binary: {0}")]
+    Restart(std::io::Error),
     /// The daemon stopped with an error.
     #[error(transparent)]
     Node(#[from] node::NodeError),
@@ -142,8 +172,16 @@ pub enum CliError {
 /// and printed).
 pub fn main(kernels: Registry) -> ExitCode {
     let args = Args::parse();
+    if args.self_check {
+        return self_check(&kernels);
+    }
     logging::init(log::LevelFilter::Info);
-    match run(args, kernels) {
+    let outcome = run(args, kernels).and_then(|stopped| match stopped {
+        node::Stopped::Signal => Ok(()),
+        // Returns only when the launcher could not be run.
+        node::Stopped::Restart => Err(CliError::Restart(launch::restart())),
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The whole chain: "cannot use cluster key K: cannot read K:
@@ -164,8 +202,74 @@ pub fn main(kernels: Registry) -> ExitCode {
     }
 }
 
-/// Runs the agent as `args` say, with `kernels`.
-pub fn run(args: Args, kernels: Registry) -> Result<(), CliError> {
+/// `--self-check`: runs a built-in kernel once, prints what a deploy
+/// checks, exits 0 (1 if the kernel failed).
+fn self_check(kernels: &Registry) -> ExitCode {
+    use crate::kernels::Array;
+    if let Some(square) = kernels.get("square") {
+        let out = square.call(&[], Array::list(vec![3.0]));
+        if !out.is_ok_and(|a| a.data == [9.0]) {
+            eprintln!("skelpi-agent: self-check: the square kernel does not work");
+            return ExitCode::from(1);
+        }
+    }
+    print!(
+        "{}",
+        crate::deploy::self_check_report(env!("CARGO_PKG_VERSION"))
+    );
+    ExitCode::SUCCESS
+}
+
+/// The deploy set-up `args` ask for: the deploy files (made if missing)
+/// and the public key.
+fn deploy_setup(args: &Args) -> Result<(Option<Files>, Deployer), CliError> {
+    let state_dir = args.state_dir.clone().or_else(|| {
+        // systemd sets a colon-separated list; ours has one directory.
+        let dirs = std::env::var_os("STATE_DIRECTORY")?;
+        let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+        (!first.is_empty()).then(|| PathBuf::from(first))
+    });
+    let files = match state_dir {
+        Some(dir) => Some(Files::open(&dir).map_err(|source| CliError::State { dir, source })?),
+        None => None,
+    };
+    let default = PathBuf::from(skelpi_wire::deploy_key::DEFAULT_PUBLIC_KEY_PATH);
+    let public = match &args.deploy_pubkey {
+        Some(path) => Some(skelpi_wire::deploy_key::DeployPublicKey::load(path)?),
+        None if default.exists() => Some(skelpi_wire::deploy_key::DeployPublicKey::load(&default)?),
+        None => None,
+    };
+    Ok((files.clone(), Deployer::new(public, files)))
+}
+
+/// As the launcher: replaces this process with a deployed binary when
+/// there is one to run (see [`crate::launch`]); returns this process's
+/// role when it runs itself.
+fn launch_deployed(files: &Files) -> Role {
+    let role = Role::from_env();
+    // A trial that cannot be started is rolled back, and the choice made
+    // again: at most twice.
+    for _ in 0..2 {
+        match files.choose(role) {
+            Choice::Run => return role,
+            Choice::Exec(path, next) => {
+                let e = launch::exec(&path, next);
+                log::error!("cannot run the deployed binary {}: {e}", path.display());
+                if next != Role::Trial {
+                    return role;
+                }
+                files.roll_back(&format!("it could not be started: {e}"));
+            }
+        }
+    }
+    role
+}
+
+/// Runs the agent as `args` say, with `kernels`, until it stops: by a
+/// signal, or to restart into a deployed binary.
+pub fn run(args: Args, kernels: Registry) -> Result<node::Stopped, CliError> {
+    let (files, deployer) = deploy_setup(&args)?;
+    let role = files.as_ref().map_or(Role::from_env(), launch_deployed);
     let path = args.key_file.unwrap_or_else(key::default_key_path);
     let key = key::ClusterKey::load(&path).map_err(|source| CliError::Key { path, source })?;
     let workers = args.workers.unwrap_or_else(identity::cores).max(1);
@@ -208,6 +312,9 @@ pub fn run(args: Args, kernels: Registry) -> Result<(), CliError> {
         allow_plaintext: args.allow_plaintext,
         kernels,
         kernel_memory: args.kernel_memory.map(|mib| mib.saturating_mul(1 << 20)),
-    })?;
-    Ok(())
+        deployed: files.as_ref().and_then(|f| f.deployed(role)),
+        promote: files.filter(|_| role == Role::Trial),
+        deployer,
+    })
+    .map_err(CliError::from)
 }

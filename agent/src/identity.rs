@@ -62,6 +62,7 @@ pub fn local_info(name: &str, id: Option<&str>, workers: usize, port: u16) -> Ag
         memory_bytes: total_memory(),
         port,
         kernels: Vec::new(),
+        build: None,
     }
 }
 

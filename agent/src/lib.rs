@@ -28,7 +28,9 @@
 pub mod admission;
 pub mod announce;
 pub mod cli;
+pub mod deploy;
 pub mod identity;
+pub mod launch;
 /// The kernels the agent runs (the `skelpi-kernels` crate).
 pub use skelpi_kernels as kernels;
 pub mod local;

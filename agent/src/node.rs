@@ -1,8 +1,10 @@
-//! Running an agent as a daemon: bind, announce, serve until SIGTERM or
-//! SIGINT, say goodbye.
+//! Running an agent as a daemon: bind, announce, serve until SIGTERM,
+//! SIGINT or a deploy's restart, say goodbye.
 
 use crate::announce::{AnnounceError, Announcer};
+use crate::deploy::Deployer;
 use crate::identity;
+use crate::launch::Files;
 use crate::server;
 use crate::service;
 use crate::state::AgentState;
@@ -35,6 +37,22 @@ pub struct NodeConfig {
     /// Bytes its kernels may hold at once (`None`: half the machine's
     /// memory, see [`crate::workers::default_kernel_memory`]).
     pub kernel_memory: Option<u64>,
+    /// How it takes new binaries (see [`crate::deploy`]).
+    pub deployer: Deployer,
+    /// The SHA-256 of the binary running, when a deploy put it there.
+    pub deployed: Option<String>,
+    /// A trial binary's deploy files: once ready, it becomes the current
+    /// binary (see [`crate::launch`]).
+    pub promote: Option<Files>,
+}
+
+/// Why the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A deploy asked for a restart into a new binary.
+    Restart,
 }
 
 /// Why the daemon stopped with an error.
@@ -60,9 +78,9 @@ pub enum NodeError {
     Serve(std::io::Error),
 }
 
-/// Runs the agent until SIGTERM or SIGINT; returns `Ok` after a clean
-/// shutdown (sessions closed, mDNS goodbye sent).
-pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+/// Runs the agent until SIGTERM, SIGINT or a deploy's restart; returns
+/// which after a clean shutdown (sessions closed, mDNS goodbye sent).
+pub fn run(config: NodeConfig) -> Result<Stopped, NodeError> {
     let bind = |source| NodeError::Bind {
         addr: config.listen,
         source,
@@ -70,12 +88,17 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind)?;
     let local = std_listener.local_addr().map_err(bind)?;
     let listener = async_net::TcpListener::try_from(std_listener).map_err(bind)?;
-    let info = identity::local_info(
+    let mut info = identity::local_info(
         &config.name,
         config.id.as_deref(),
         config.workers,
         local.port(),
     );
+    info.build = Some(Box::new(
+        config
+            .deployer
+            .build(env!("CARGO_PKG_VERSION"), config.deployed.clone()),
+    ));
     let mut signals =
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
             .map_err(NodeError::Signals)?;
@@ -103,22 +126,40 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             },
         )
         .map_err(NodeError::Serve)?
-        .with_kernels(config.kernels),
+        .with_kernels(config.kernels)
+        .with_deployer(config.deployer),
     );
     if let Some(bytes) = config.kernel_memory {
         server_config.workers.set_kernel_memory(bytes);
     }
     service::ready(&status);
-    let serve = server::serve(listener, server_config, async {
-        if let Some(sig) = signals.next().await {
-            let name = match sig {
-                Ok(async_signal::Signal::Term) => "SIGTERM",
-                Ok(async_signal::Signal::Int) => "SIGINT",
-                _ => "a signal",
-            };
-            log::info!("received {name}, shutting down");
-            service::stopping();
+    if let Some(files) = &config.promote {
+        match files.promote() {
+            Ok(()) => log::info!(
+                "the deployed binary {} is ready: it is the current one now",
+                config.deployed.as_deref().unwrap_or("?")
+            ),
+            Err(e) => log::error!("cannot make the deployed binary current: {e}"),
         }
+    }
+    let state = server_config.clone();
+    let serve = server::serve(listener, server_config, async {
+        let signal = async {
+            if let Some(sig) = signals.next().await {
+                let name = match sig {
+                    Ok(async_signal::Signal::Term) => "SIGTERM",
+                    Ok(async_signal::Signal::Int) => "SIGINT",
+                    _ => "a signal",
+                };
+                log::info!("received {name}, shutting down");
+            }
+        };
+        let restart = async {
+            state.deploy.restart_requested().await;
+            log::info!("restarting into the deployed binary");
+        };
+        futures_lite::future::or(signal, restart).await;
+        service::stopping();
     });
     let served = smol::block_on(futures_lite::future::or(serve, async {
         service::watchdog().await;
@@ -131,5 +172,9 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
     served.map_err(NodeError::Serve)?;
     log::info!("stopped");
-    Ok(())
+    Ok(if state.deploy.restarting() {
+        Stopped::Restart
+    } else {
+        Stopped::Signal
+    })
 }

@@ -205,7 +205,11 @@ impl Session {
             msg @ (Message::StageQuery(_)
             | Message::ClockProbe(_)
             | Message::TraceCollect(_)
-            | Message::ModulePush(_)) => vec![Action::Answer(msg)],
+            | Message::ModulePush(_)
+            | Message::DeployOffer(_)
+            | Message::DeployChunk(_)
+            | Message::DeployFinish
+            | Message::DeployRestart) => vec![Action::Answer(msg)],
             Message::Bye => self.end(Ending::Goodbye),
             // The driver logs it; nothing to answer.
             Message::Error(_) => Vec::new(),

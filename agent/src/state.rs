@@ -4,6 +4,7 @@
 //! `server`, `roles` and `stages` read it and never import each other for
 //! it.
 
+use crate::deploy::Deployer;
 use crate::kernels::Registry;
 use crate::streams::Streams;
 use crate::workers::Workers;
@@ -35,6 +36,9 @@ pub struct AgentState {
     pub workers: Workers,
     /// The pipeline stages running here, for items arriving on any session.
     pub streams: Streams,
+    /// New binaries for this agent (`skelpi deploy`); disabled unless the
+    /// daemon was given a deploy key and a state directory.
+    pub deploy: Deployer,
 }
 
 impl AgentState {
@@ -54,8 +58,15 @@ impl AgentState {
             kernels: Registry::default(),
             workers,
             streams: Streams::default(),
+            deploy: Deployer::disabled(),
         }
         .with_kernels(Registry::builtin()))
+    }
+
+    /// The same, taking new binaries as `deployer` says.
+    pub fn with_deployer(mut self, deployer: Deployer) -> AgentState {
+        self.deploy = deployer;
+        self
     }
 
     /// The same, offering `kernels` (and saying so in its handshake

@@ -65,7 +65,10 @@ fn is_usage(cause: &(dyn std::error::Error + 'static)) -> bool {
         return !matches!(r, RunError::Module(_))
             && !matches!(r, RunError::Job(j) if !matches!(j, JobError::NoKernel { .. }));
     }
-    cause.is::<crate::jobfile::JobFileError>() || cause.is::<crate::image::ImageError>()
+    cause.is::<crate::jobfile::JobFileError>()
+        || cause.is::<crate::image::ImageError>()
+        || cause.is::<skelpi::deploy::DeployError>()
+        || cause.is::<skelpi_wire::deploy_key::DeployKeyError>()
 }
 
 #[cfg(test)]

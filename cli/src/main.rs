@@ -34,13 +34,24 @@ struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once; boxing would only obscure clap's derive
 enum Command {
     /// Write a new 256-bit cluster key (mode 0600); copy it to every board.
+    ///
+    /// With --deploy: write the deploy signing key instead (Ed25519,
+    /// mode 0600) and its public half beside it (`.pub`); the public half
+    /// goes on every board (/etc/skelpi/deploy.pub, or `skelpi image
+    /// --deploy-pubkey`), the private one stays with whoever may replace
+    /// the agents' binaries (`skelpi deploy`).
     Keygen {
-        /// Where to write it [default: $SKELPI_KEY_FILE or ~/.config/skelpi/cluster.key].
+        /// Where to write it [default: $SKELPI_KEY_FILE or
+        /// ~/.config/skelpi/cluster.key; with --deploy,
+        /// $SKELPI_DEPLOY_KEY_FILE or ~/.config/skelpi/deploy.key].
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
         /// Replace an existing key file.
         #[arg(long)]
         force: bool,
+        /// Write a deploy signing key, not a cluster key.
+        #[arg(long)]
+        deploy: bool,
     },
     /// List the agents that answer on mDNS.
     Discover {
@@ -107,6 +118,21 @@ enum Command {
     /// enables and starts the agent. Flash the result to every board's SD
     /// card, boot them, then run `skelpi discover`.
     Image(cmd::image::ImageArgs),
+    /// Upgrade the agents to new binaries, one board at a time, while
+    /// the cluster keeps working (see the README's "Upgrading the agents").
+    ///
+    /// Each board gets the binary for its architecture with a manifest
+    /// signed by the deploy key; it checks the signature, the hash, the
+    /// architecture and that the binary runs there before it restarts
+    /// into it. The roll waits for each board to answer on the new binary
+    /// and pass a small check job, and stops at the first failure, leaving
+    /// the boards not reached on their binary. A binary that does not come
+    /// up is rolled back by the board.
+    #[command(after_help = "Examples:
+  skelpi deploy --binary target/aarch64-unknown-linux-musl/release/skelpi-agent --dry-run
+  skelpi deploy --binary target/aarch64-unknown-linux-musl/release/skelpi-agent --binary target/armv7-unknown-linux-musleabihf/release/skelpi-agent
+  skelpi deploy --agents pi1,pi2,pi3 --binary skelpi-agent --batch 2")]
+    Deploy(cmd::deploy::DeployArgs),
     /// Run a job file: a skeleton tree and its inputs (see the README).
     #[command(after_help = "Examples:
   skelpi run examples/jobs/pmap.toml --local 2
@@ -153,7 +179,29 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen { out, force } => {
+        Command::Keygen {
+            out,
+            force,
+            deploy: true,
+        } => {
+            let path = out.unwrap_or_else(skelpi_wire::deploy_key::default_key_path);
+            let key = skelpi_wire::deploy_key::DeployKey::generate()?;
+            key.write(&path, force)?;
+            let mut public = path.clone().into_os_string();
+            public.push(".pub");
+            let public = PathBuf::from(public);
+            key.public()
+                .write(&public)
+                .with_context(|| format!("cannot write {}", public.display()))?;
+            println!("wrote a new deploy key to {} (mode 0600)", path.display());
+            println!(
+                "wrote its public half to {}: put it on every board as \
+                 /etc/skelpi/deploy.pub (or pass it to `skelpi image --deploy-pubkey`)",
+                public.display()
+            );
+            Ok(())
+        }
+        Command::Keygen { out, force, .. } => {
             let path = out.unwrap_or_else(key::default_key_path);
             ClusterKey::generate()?
                 .write(&path, force)
@@ -222,6 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
         Command::Run { pool, args } => cmd::run::run(&pool, &args),
+        Command::Deploy(args) => cmd::deploy::run(&args),
         Command::Image(args) => cmd::image::run(&args),
         Command::Trace { command } => cmd::trace::run(&command),
         Command::Module { command } => cmd::module::run(&command),

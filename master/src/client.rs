@@ -283,6 +283,20 @@ impl AgentConn {
         .await
     }
 
+    /// Sends one message that has no answer of its own (a deploy's chunk),
+    /// within the request deadline; a failure marks the connection broken.
+    pub async fn send_only(&mut self, msg: &Message) -> Result<(), ClientError> {
+        let limit = self.request_timeout;
+        self.guarded(limit, async |c: &mut Self| {
+            let addr = c.addr;
+            c.sender
+                .send(msg)
+                .await
+                .map_err(|source| ClientError::Wire { addr, source })
+        })
+        .await
+    }
+
     /// One ping round trip; returns its duration.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
         let (addr, nonce) = (self.addr, self.next_nonce());

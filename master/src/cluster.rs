@@ -623,6 +623,16 @@ impl Cluster {
         }
     }
 
+    /// The cluster key its connections were made with.
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
+    /// The options its connections were made with.
+    pub fn connect_options(&self) -> &ConnectOptions {
+        &self.opts
+    }
+
     /// Says goodbye to every agent.
     pub async fn close(mut self) {
         for a in std::mem::take(&mut self.agents) {

@@ -263,6 +263,7 @@ mod tests {
                 memory_bytes: 1,
                 port: 9000,
                 kernels: Vec::new(),
+                build: None,
             },
             addrs: vec!["10.0.0.2".parse().unwrap(), "fe80::1".parse().unwrap()],
             instance: "pi".into(),

@@ -27,6 +27,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod deploy;
 pub mod discover;
 pub mod jobs;
 pub mod modules;

@@ -97,9 +97,13 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::Ping(b) | Message::Pong(b) => ciborium::into_writer(b, &mut *out),
         Message::Echo(b) | Message::EchoReply(b) => ciborium::into_writer(b, &mut *out),
         Message::Error(b) => ciborium::into_writer(b, &mut *out),
-        Message::Bye | Message::RawEchoOpen | Message::Heartbeat => {
-            ciborium::into_writer(&(), &mut *out)
-        }
+        Message::Bye
+        | Message::RawEchoOpen
+        | Message::Heartbeat
+        | Message::DeployAccepted
+        | Message::DeployFinish
+        | Message::DeployRestart
+        | Message::DeployRestarting => ciborium::into_writer(&(), &mut *out),
         Message::RawEchoReady(b) => ciborium::into_writer(b, &mut *out),
         Message::Task(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
@@ -120,6 +124,9 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         Message::StageSwap(b) => ciborium::into_writer(b, &mut *out),
         Message::StageSwapped(b) => ciborium::into_writer(b, &mut *out),
         Message::StageProgress(b) => ciborium::into_writer(b, &mut *out),
+        Message::DeployOffer(b) => ciborium::into_writer(b, &mut *out),
+        Message::DeployChunk(b) => ciborium::into_writer(b, &mut *out),
+        Message::DeployStaged(b) => ciborium::into_writer(b, &mut *out),
     };
     body.map_err(|e| EncodeError::Body(e.to_string()))?;
     bulk::write_descriptor(&mut Encoder::from(&mut *out), shape).map_err(io)?;
@@ -275,8 +282,21 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         28 => Message::StageSwapped(body::<crate::code::StageSwapped>(kind, rest)?),
         29 => Message::StageQuery(body::<StreamRef>(kind, rest)?),
         30 => Message::StageProgress(body::<StageProgress>(kind, rest)?),
+        31 => Message::DeployOffer(body::<crate::deploy::DeployOffer>(kind, rest)?),
+        32 => unit(kind, rest, Message::DeployAccepted)?,
+        33 => Message::DeployChunk(body::<crate::deploy::DeployChunk>(kind, rest)?),
+        34 => unit(kind, rest, Message::DeployFinish)?,
+        35 => Message::DeployStaged(body::<crate::deploy::DeployStaged>(kind, rest)?),
+        36 => unit(kind, rest, Message::DeployRestart)?,
+        37 => unit(kind, rest, Message::DeployRestarting)?,
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
+}
+
+/// A message without a body (its body is CBOR null).
+fn unit(kind: u64, rest: &mut &[u8], msg: Message) -> Result<Message, Option<DecodeError>> {
+    body::<()>(kind, rest)?;
+    Ok(msg)
 }
 
 fn body<T: DeserializeOwned>(kind: u64, rest: &mut &[u8]) -> Result<T, Option<DecodeError>> {

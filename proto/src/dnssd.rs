@@ -16,6 +16,8 @@ const KEY_ARCH: &str = "arch";
 const KEY_CORES: &str = "cores";
 const KEY_MEM: &str = "mem";
 const KEY_PORT: &str = "port";
+/// The agent's version (optional: older agents lack it).
+const KEY_VERSION: &str = "ver";
 
 /// Why a TXT record is not an agent's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,8 +39,13 @@ pub enum TxtError {
     },
 }
 
-/// Builds the TXT properties for an agent (keys: id, proto, arch, cores, mem, port).
+/// Builds the TXT properties for an agent (keys: id, proto, arch, cores,
+/// mem, port, and ver when its build is known).
 pub fn txt_properties(info: &AgentInfo) -> Vec<(String, String)> {
+    let version = info
+        .build
+        .as_ref()
+        .map(|b| (KEY_VERSION, b.version.clone()));
     [
         (KEY_ID, info.id.clone()),
         (KEY_PROTO, info.version.to_string()),
@@ -48,6 +55,7 @@ pub fn txt_properties(info: &AgentInfo) -> Vec<(String, String)> {
         (KEY_PORT, info.port.to_string()),
     ]
     .into_iter()
+    .chain(version)
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }
@@ -85,6 +93,12 @@ pub fn parse_txt(instance_name: &str, props: &[(String, String)]) -> Result<Agen
         memory_bytes: number(KEY_MEM, get(KEY_MEM)?)?,
         port: number(KEY_PORT, get(KEY_PORT)?)?,
         kernels: Vec::new(),
+        build: get(KEY_VERSION).ok().map(|v| {
+            Box::new(crate::deploy::Build {
+                version: v.to_owned(),
+                ..Default::default()
+            })
+        }),
     })
 }
 
@@ -109,6 +123,7 @@ mod tests {
             memory_bytes: 8 << 30,
             port: 7878,
             kernels: Vec::new(),
+            build: None,
         }
     }
 

@@ -27,4 +27,8 @@ pub struct AgentInfo {
     /// TXT record). Empty: not said (an older agent, or mDNS).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernels: Vec<String>,
+    /// Its build: version, deployed binary, last deploy (in its handshake
+    /// reply; in its TXT record only the version). Absent: not said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Box<crate::deploy::Build>>,
 }

@@ -33,6 +33,7 @@ pub mod beat;
 pub mod bulk;
 pub mod code;
 pub mod codec;
+pub mod deploy;
 pub mod dnssd;
 mod error;
 pub mod frame;

@@ -5,6 +5,7 @@
 //! map (serde), and either null or a typed `f64` array (see [`crate::bulk`]).
 
 use crate::code::{ModulePush, ModuleStored, StageSwap, StageSwapped};
+use crate::deploy::{DeployChunk, DeployOffer, DeployStaged};
 use crate::trace::{ClockReading, TraceBatch, TraceRequest};
 use crate::{AgentInfo, JobId};
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,25 @@ pub enum Message {
     StageQuery(StreamRef),
     /// Agent → master: a stage's counts so far.
     StageProgress(StageProgress),
+    /// Master → agent: a new binary for this agent, its signed manifest
+    /// (see [`crate::deploy`]). Answered with [`Message::DeployAccepted`]
+    /// or an error.
+    DeployOffer(DeployOffer),
+    /// Agent → master: send the binary's chunks.
+    DeployAccepted,
+    /// Master → agent: bytes of the offered binary.
+    DeployChunk(DeployChunk),
+    /// Master → agent: that was the whole binary; check it. Answered with
+    /// [`Message::DeployStaged`] or an error.
+    DeployFinish,
+    /// Agent → master: the binary passed every check.
+    DeployStaged(DeployStaged),
+    /// Master → agent: restart into the staged binary. Answered with
+    /// [`Message::DeployRestarting`], after which the agent closes every
+    /// connection and restarts.
+    DeployRestart,
+    /// Agent → master: restarting now.
+    DeployRestarting,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -354,6 +374,13 @@ impl Message {
             Message::StageSwapped(_) => 28,
             Message::StageQuery(_) => 29,
             Message::StageProgress(_) => 30,
+            Message::DeployOffer(_) => 31,
+            Message::DeployAccepted => 32,
+            Message::DeployChunk(_) => 33,
+            Message::DeployFinish => 34,
+            Message::DeployStaged(_) => 35,
+            Message::DeployRestart => 36,
+            Message::DeployRestarting => 37,
         }
     }
 
@@ -408,6 +435,13 @@ pub fn kind_name(kind: u64) -> &'static str {
         28 => "stage-swapped",
         29 => "stage-query",
         30 => "stage-progress",
+        31 => "deploy-offer",
+        32 => "deploy-accepted",
+        33 => "deploy-chunk",
+        34 => "deploy-finish",
+        35 => "deploy-staged",
+        36 => "deploy-restart",
+        37 => "deploy-restarting",
         _ => "unknown",
     }
 }

@@ -278,7 +278,7 @@ fn key_path_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
 
 /// Parses a key file's content: 64 hex digits with optional surrounding
 /// whitespace. Errors carry positions and lengths, never content.
-fn parse_hex(text: &[u8]) -> Result<[u8; KEY_LEN], Malformed> {
+pub(crate) fn parse_hex(text: &[u8]) -> Result<[u8; KEY_LEN], Malformed> {
     let start = text
         .iter()
         .position(|b| !b.is_ascii_whitespace())

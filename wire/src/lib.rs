@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+pub mod deploy_key;
 mod error;
 pub mod handshake;
 pub mod key;

@@ -1,6 +1,7 @@
 //! The requests a session answers from the agent's shared state or by
 //! starting work: tasks, the raw echo socket, stage swaps, stream items,
-//! stage queries, clock probes, trace collection and module pushes.
+//! stage queries, clock probes, trace collection, module pushes and
+//! deploys.
 
 use super::{Driver, Flow, Frame, LogQuota, SWAPS_WAITING};
 use crate::kernels::Array;
@@ -119,6 +120,18 @@ impl Driver<'_> {
                 return Flow::Continue(());
             }
             Message::ModulePush(push) => store_module(config, push, self.peer).await,
+            deploy @ (Message::DeployOffer(_)
+            | Message::DeployChunk(_)
+            | Message::DeployFinish
+            | Message::DeployRestart) => match config.deploy.handle(self.peer, deploy).await {
+                None => return Flow::Continue(()),
+                Some(Ok(reply)) => reply,
+                Some(Err(why)) => {
+                    log::warn!("master {}: deploy refused: {why}", self.peer);
+                    let why = clip(&why, MESSAGE_MAX).into_owned();
+                    error_message(ErrorCode::BadRequest, why)
+                }
+            },
             other => {
                 let what = format!("agent does not answer {} messages", other.kind_name());
                 error_message(ErrorCode::Unsupported, what)

@@ -126,6 +126,7 @@ fn a_stage_whose_successor_falls_silent_reports_its_link_lost_within_four_beats(
         memory_bytes: 0,
         port: 0,
         kernels: Vec::new(),
+        build: None,
     };
     let (asked_tx, asked_rx) = std::sync::mpsc::channel();
     let hung = std::thread::spawn({

@@ -2,6 +2,7 @@
 //! argument structs and the glue from them to the library.
 
 pub mod bench;
+pub mod deploy;
 pub mod image;
 pub mod lab;
 pub mod module;

@@ -31,6 +31,7 @@ fn agents() -> Vec<AgentInfo> {
             // Nothing listens there: discovery only reads the announcement.
             port: 40_000 + rand::random::<u16>() % 20_000 + i as u16,
             kernels: Vec::new(),
+            build: None,
         })
         .collect()
 }

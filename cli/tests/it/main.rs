@@ -7,6 +7,7 @@ mod boards;
 mod cli;
 mod client;
 mod cross;
+mod deploy;
 mod discovery;
 mod faults;
 mod hardening;

@@ -110,6 +110,7 @@ mod tests {
             memory_bytes: 0,
             port: 0,
             kernels: kernels.iter().map(|k| (*k).to_owned()).collect(),
+            build: None,
         }
     }
 

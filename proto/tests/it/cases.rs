@@ -125,6 +125,7 @@ pub fn sample_agent() -> AgentInfo {
         memory_bytes: 4 << 30,
         port: 7878,
         kernels: Vec::new(),
+        build: None,
     }
 }
 

@@ -50,9 +50,10 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
         any::<u64>(),
         any::<u16>(),
         proptest::collection::vec(any::<String>(), 0..4),
+        proptest::option::of(any::<(String, Option<String>, bool, Option<String>)>()),
     )
         .prop_map(
-            |(id, name, version, arch, cores, memory_bytes, port, kernels)| AgentInfo {
+            |(id, name, version, arch, cores, memory_bytes, port, kernels, build)| AgentInfo {
                 id,
                 name,
                 version,
@@ -61,6 +62,14 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
                 memory_bytes,
                 port,
                 kernels,
+                build: build.map(|(version, deployed, deployable, last_failure)| {
+                    Box::new(skelpi_proto::deploy::Build {
+                        version,
+                        deployed,
+                        deployable,
+                        last_failure,
+                    })
+                }),
             },
         )
 }
@@ -264,6 +273,25 @@ fn stage_message() -> impl Strategy<Value = Message> {
                 })
             }
         ),
+        (any::<Vec<u8>>(), any::<Vec<u8>>()).prop_map(|(manifest, signature)| {
+            Message::DeployOffer(skelpi_proto::deploy::DeployOffer {
+                manifest: manifest.into(),
+                signature: signature.into(),
+            })
+        }),
+        Just(Message::DeployAccepted),
+        (any::<u64>(), any::<Vec<u8>>()).prop_map(|(offset, bytes)| {
+            Message::DeployChunk(skelpi_proto::deploy::DeployChunk {
+                offset,
+                bytes: bytes.into(),
+            })
+        }),
+        Just(Message::DeployFinish),
+        (any::<String>(), any::<String>()).prop_map(|(sha256, version)| {
+            Message::DeployStaged(skelpi_proto::deploy::DeployStaged { sha256, version })
+        }),
+        Just(Message::DeployRestart),
+        Just(Message::DeployRestarting),
     ]
 }
 

@@ -1,0 +1,445 @@
+//! `skelpi deploy` against real agent processes: a roll while a farm
+//! runs, every refusal the agents make, and a binary that does not come
+//! up rolled back.
+//!
+//! The "new build" is this workspace's agent with bytes appended: the same
+//! code, a different SHA-256, which is what agents and the roll tell
+//! builds apart by (a rebuild with a bumped version would take a second
+//! agent build in CI). systemd is not PID 1 here: where a board relies on
+//! its `Restart=always`, a test loop restarts the agent process instead
+//! (said where it does); the booted boards run the real one.
+
+use super::agents::agent_binary;
+use super::support::{Scratch, skelpi};
+use skelpi::client::AgentConn;
+use skelpi::cluster::Cluster;
+use skelpi::deploy::{self, Binary, Board, Outcome, RollOptions};
+use skelpi_proto::Array;
+use skelpi_proto::deploy::DeployOffer;
+use skelpi_testkit::AgentProcess;
+use skelpi_wire::deploy_key::DeployKey;
+use skelpi_wire::key::ClusterKey;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Keys and binaries of one test.
+struct Setup {
+    dir: Scratch,
+    key: ClusterKey,
+    key_path: PathBuf,
+    deploy: DeployKey,
+    public: PathBuf,
+    /// A copy of the agent, as installed on a board.
+    installed: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let dir = Scratch::new(&format!("deploy-{name}"));
+        let key = ClusterKey::generate().unwrap();
+        let key_path = dir.0.join("cluster.key");
+        key.write(&key_path, true).unwrap();
+        let deploy = DeployKey::generate().unwrap();
+        deploy.write(&dir.0.join("deploy.key"), true).unwrap();
+        let public = dir.0.join("deploy.pub");
+        deploy.public().write(&public).unwrap();
+        let installed = dir.0.join("skelpi-agent");
+        std::fs::copy(agent_binary(), &installed).unwrap();
+        Setup {
+            dir,
+            key,
+            key_path,
+            deploy,
+            public,
+            installed,
+        }
+    }
+
+    /// A build that differs from the installed one (see the module doc).
+    fn new_build(&self, tag: &str) -> PathBuf {
+        let path = self.dir.0.join(format!("skelpi-agent-{tag}"));
+        let mut bytes = std::fs::read(&self.installed).unwrap();
+        bytes.extend_from_slice(format!("\nskelpi test build {tag}\n").as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).unwrap();
+        path
+    }
+
+    /// The agent's arguments: a fixed port (it comes back on it), its own
+    /// state directory, and the deploy public key when `deployable`.
+    fn args(&self, name: &str, port: u16, deployable: bool) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--name",
+            name,
+            "--no-mdns",
+            "--workers",
+            "2",
+            "--key-file",
+            self.key_path.to_str().unwrap(),
+            "--state-dir",
+            self.dir.0.join(format!("state-{name}")).to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        if deployable {
+            args.extend([
+                "--deploy-pubkey".into(),
+                self.public.to_str().unwrap().into(),
+            ]);
+        }
+        args
+    }
+
+    fn start(&self, name: &str, deployable: bool) -> AgentProcess {
+        let args = self.args(name, free_port(), deployable);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        AgentProcess::start(&self.installed, &args, Duration::from_secs(20)).unwrap()
+    }
+
+    fn connect(&self, addr: SocketAddr) -> AgentConn {
+        smol::block_on(AgentConn::connect(addr, &self.key, &Default::default())).unwrap()
+    }
+
+    fn trial_exists(&self, name: &str) -> bool {
+        let deploy = self.dir.0.join(format!("state-{name}")).join("deploy");
+        deploy.join("trial").exists() || deploy.join("current").exists()
+    }
+}
+
+/// A port free now (the agent binds it again after each restart).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn offer(binary: &Binary, key: &DeployKey) -> DeployOffer {
+    let manifest = binary.manifest().to_bytes();
+    DeployOffer {
+        signature: key.sign(&manifest).into(),
+        manifest: manifest.into(),
+    }
+}
+
+/// The agent at `addr`'s build: the SHA-256 of its deployed binary.
+fn deployed(setup: &Setup, addr: SocketAddr) -> Option<String> {
+    let conn = setup.connect(addr);
+    let build = conn.info().build.clone().expect("agents say their build");
+    smol::block_on(conn.close());
+    build.deployed
+}
+
+#[test]
+fn a_farm_of_5000_tasks_loses_nothing_while_three_agents_are_rolled() {
+    let setup = Setup::new("roll");
+    let rolled: Vec<AgentProcess> = (0..3)
+        .map(|i| setup.start(&format!("roll-{i}"), true))
+        .collect();
+    // One more agent the roll leaves alone: with the rolled ones back
+    // only at the next job, the farm needs one that stays.
+    let steady = setup.start("steady", false);
+    let new_build = setup.new_build("2");
+    let addrs: Vec<SocketAddr> = rolled.iter().chain([&steady]).map(|a| a.addr).collect();
+    let rolled_addrs: Vec<String> = rolled.iter().map(|a| a.addr.to_string()).collect();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let farm = {
+        let (key, done) = (setup.key.clone(), done.clone());
+        std::thread::spawn(move || {
+            smol::block_on(async {
+                let mut cluster = Cluster::connect(&addrs, &key, &Default::default()).await?;
+                let tree = "farm(seq(square))".parse().unwrap();
+                // Drawn at a bounded pace until the roll is over, so that
+                // it happens while the farm runs; the last items wait for
+                // its end (bounded).
+                let inputs = (0..5000u32).map(move |i| {
+                    if i == 4900 {
+                        let deadline = Instant::now() + Duration::from_secs(120);
+                        while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    } else if !done.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Array::list(vec![f64::from(i)])
+                });
+                let mut results = Vec::new();
+                let ran = cluster
+                    .run_each(&tree, inputs, |i, out| results.push((i, out.data)))
+                    .await;
+                cluster.close().await;
+                ran.map(|()| results)
+            })
+        })
+    };
+    let (code, out, err) = skelpi(&[
+        "deploy",
+        "--agents",
+        &rolled_addrs.join(","),
+        "--key-file",
+        setup.key_path.to_str().unwrap(),
+        "--deploy-key",
+        setup.dir.0.join("deploy.key").to_str().unwrap(),
+        "--binary",
+        new_build.to_str().unwrap(),
+    ]);
+    done.store(true, Ordering::SeqCst);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out.matches("upgraded to").count(), 3, "{out}");
+    let results = farm.join().unwrap().expect("the farm survives the roll");
+    assert_eq!(results.len(), 5000);
+    for (n, (i, data)) in results.iter().enumerate() {
+        assert_eq!(*i, n as u64, "results in order, each once");
+        assert_eq!(data, &[(n * n) as f64]);
+    }
+    let sha = Binary::read(&new_build).unwrap().sha256;
+    for a in &rolled {
+        assert_eq!(deployed(&setup, a.addr).as_deref(), Some(sha.as_str()));
+    }
+    assert_eq!(deployed(&setup, steady.addr), None);
+}
+
+#[test]
+fn every_bad_deploy_is_refused_with_its_reason_and_the_agent_keeps_its_binary() {
+    let setup = Setup::new("refusals");
+    let agent = setup.start("refuse", true);
+    let keyless = setup.start("keyless", false);
+    let good = Binary::read(&setup.new_build("good")).unwrap();
+    let other_key = DeployKey::generate().unwrap();
+
+    let unsigned = DeployOffer {
+        signature: Vec::new().into(),
+        ..offer(&good, &setup.deploy)
+    };
+    let wrong_hash = Binary {
+        sha256: "00".repeat(32),
+        ..good.clone()
+    };
+    // The manifest of the whole binary, half of its bytes.
+    let half = Binary {
+        bytes: good.bytes[..good.bytes.len() / 2].into(),
+        ..good.clone()
+    };
+    let foreign = Binary {
+        arch: "aarch64".into(),
+        ..good.clone()
+    };
+    let script = b"#!/bin/sh\necho 'cannot run here' >&2\nexit 3\n";
+    let fails_self_check = Binary {
+        bytes: script.as_slice().into(),
+        sha256: deploy::sha256_hex(script),
+        ..good.clone()
+    };
+    let cases: [(&str, DeployOffer, &Binary, &str); 7] = [
+        ("unsigned", unsigned, &good, "the manifest is unsigned"),
+        (
+            "wrong key",
+            offer(&good, &other_key),
+            &good,
+            "not signed by this agent's deploy key",
+        ),
+        (
+            "wrong hash",
+            offer(&wrong_hash, &setup.deploy),
+            &good,
+            "the binary's SHA-256 is",
+        ),
+        (
+            "truncated",
+            offer(&good, &setup.deploy),
+            &half,
+            "the upload is truncated",
+        ),
+        (
+            "wrong architecture",
+            offer(&foreign, &setup.deploy),
+            &good,
+            "the binary is for aarch64",
+        ),
+        (
+            "failing self-check",
+            offer(&fails_self_check, &setup.deploy),
+            &fails_self_check,
+            "failed its self-check",
+        ),
+        (
+            "no deploy key",
+            offer(&good, &setup.deploy),
+            &good,
+            "no deploy public key",
+        ),
+    ];
+    for (what, offer, binary, expected) in cases {
+        let target = if what == "no deploy key" {
+            &keyless
+        } else {
+            &agent
+        };
+        let mut conn = setup.connect(target.addr);
+        let refused = smol::block_on(deploy::upload(&mut conn, &offer, binary, |_| {}));
+        let e = refused.expect_err(what).to_string();
+        assert!(e.contains(expected), "{what}: {e}");
+        // Still serving, on its old binary, nothing staged.
+        let mut again = setup.connect(target.addr);
+        smol::block_on(again.ping()).unwrap();
+        assert_eq!(again.info().build.clone().unwrap().deployed, None, "{what}");
+        smol::block_on(again.close());
+    }
+    assert!(!setup.trial_exists("refuse"));
+    // The command refuses a board without a deploy key before sending a
+    // byte, naming it.
+    let (code, _, err) = skelpi(&[
+        "deploy",
+        "--agents",
+        &keyless.addr.to_string(),
+        "--key-file",
+        setup.key_path.to_str().unwrap(),
+        "--deploy-key",
+        setup.dir.0.join("deploy.key").to_str().unwrap(),
+        "--binary",
+        good.path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("keyless cannot be deployed to"), "{err}");
+}
+
+/// Runs the installed agent with `args` again each time it exits, as
+/// systemd's `Restart=always` would (not PID 1 here), until dropped.
+struct Supervised {
+    child: Arc<Mutex<Option<std::process::Child>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervised {
+    fn start(binary: &Path, args: Vec<String>) -> Supervised {
+        let child = Arc::new(Mutex::new(None::<std::process::Child>));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (binary, child, stop) = (binary.to_owned(), child.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let spawned = std::process::Command::new(&binary)
+                        .args(&args)
+                        .env_remove("JOURNAL_STREAM")
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap();
+                    *child.lock().unwrap() = Some(spawned);
+                    loop {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let exited = child.lock().unwrap().as_mut().unwrap().try_wait();
+                        if exited.unwrap().is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        };
+        Supervised {
+            child,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_binary_that_exits_at_start_is_rolled_back_and_the_board_serves_again() {
+    let setup = Setup::new("rollback");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _agent = Supervised::start(&setup.installed, setup.args("back", port, true));
+    // Up: a bounded wait for its first answer.
+    let cluster_opts = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut conn = loop {
+        match smol::block_on(AgentConn::connect(addr, &setup.key, &cluster_opts)) {
+            Ok(conn) => break conn,
+            Err(e) if Instant::now() > deadline => panic!("the agent never answered: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    smol::block_on(conn.ping()).unwrap();
+    smol::block_on(conn.close());
+
+    // Passes its self-check, exits when started for real.
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --self-check ]; then\n  printf \
+         'skelpi-agent self-check ok\\nversion=9.9.9\\nprotocol={}\\narch={}\\n'\n  exit 0\nfi\n\
+         echo 'this build exits at start' >&2\nexit 1\n",
+        skelpi_proto::PROTOCOL_VERSION,
+        std::env::consts::ARCH
+    );
+    let bad = Binary {
+        path: setup.dir.0.join("bad-build"),
+        bytes: script.as_bytes().into(),
+        arch: std::env::consts::ARCH.into(),
+        sha256: deploy::sha256_hex(script.as_bytes()),
+        version: Some("9.9.9".into()),
+    };
+    let mut cluster = smol::block_on(Cluster::connect(&[addr], &setup.key, &cluster_opts)).unwrap();
+    let boards: Vec<Board> = cluster.agents().iter().map(Board::of).collect();
+    let steps = deploy::plan(&boards, std::slice::from_ref(&bad)).unwrap();
+    let restarted = Arc::new(Mutex::new(None));
+    let outcomes = smol::block_on(deploy::roll(
+        &mut cluster,
+        &steps,
+        std::slice::from_ref(&bad),
+        &setup.deploy,
+        &RollOptions {
+            batch: 1,
+            ready_timeout: Duration::from_secs(30),
+        },
+        |_, p| {
+            if p == deploy::Progress::Restarting {
+                *restarted.lock().unwrap() = Some(Instant::now());
+            }
+        },
+    ));
+    let back_after = restarted.lock().unwrap().unwrap().elapsed();
+    smol::block_on(cluster.close());
+    let [(_, Outcome::Failed(why))] = &outcomes[..] else {
+        panic!("{outcomes:?}");
+    };
+    assert!(
+        why.contains(&format!("rolled back from binary {}", bad.sha256))
+            && why.contains("installed"),
+        "{why}"
+    );
+    // Serving again on its old binary, saying why.
+    let mut conn = setup.connect(addr);
+    smol::block_on(conn.ping()).unwrap();
+    let build = conn.info().build.clone().unwrap();
+    assert_eq!(build.deployed, None);
+    assert!(build.last_failure.unwrap().contains("rolled back"));
+    smol::block_on(conn.close());
+    eprintln!("rolled back and serving again {back_after:.1?} after the restart");
+    assert!(back_after < Duration::from_secs(15), "{back_after:?}");
+}
