@@ -227,7 +227,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         serde_json::json!({
                             "id": a.info.id, "name": a.info.name, "address": a.socket_addr().to_string(),
                             "addresses": a.addrs, "arch": a.info.arch, "cores": a.info.cores,
-                            "memory_bytes": a.info.memory_bytes, "version": a.info.version,
+                            "memory_bytes": a.info.memory_bytes, "protocol": a.info.version,
+                            "version": a.info.build.as_ref().map(|b| b.version.as_str()),
                         })
                     })
                     .collect();
@@ -236,18 +237,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("no agents answered within {timeout:?}");
             } else {
                 println!(
-                    "{:<16} {:<16} {:<22} {:<8} {:>5} {:>9} {:>7}",
-                    "id", "name", "address", "arch", "cores", "memory", "version"
+                    "{:<16} {:<16} {:<22} {:<8} {:>5} {:>9} {:>8} {:>5}",
+                    "id", "name", "address", "arch", "cores", "memory", "version", "proto"
                 );
                 for a in &agents {
+                    let version = a.info.build.as_ref().map_or("?", |b| b.version.as_str());
                     println!(
-                        "{:<16} {:<16} {:<22} {:<8} {:>5} {:>7.1} G {:>7}",
+                        "{:<16} {:<16} {:<22} {:<8} {:>5} {:>7.1} G {:>8} {:>5}",
                         a.info.id,
                         a.info.name,
                         a.socket_addr().to_string(),
                         a.info.arch,
                         a.info.cores,
                         a.info.memory_bytes as f64 / (1u64 << 30) as f64,
+                        version,
                         a.info.version
                     );
                 }

@@ -24,6 +24,11 @@ pub struct ImageArgs {
     /// Cluster key [default: $SKELPI_KEY_FILE or ~/.config/skelpi/cluster.key].
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,
+    /// Let the boards accept new agent binaries (`skelpi deploy`) signed
+    /// by the key whose public half is in FILE (the `.pub` file `skelpi
+    /// keygen --deploy` wrote); without it, they refuse every deploy.
+    #[arg(long, value_name = "FILE")]
+    deploy_pubkey: Option<PathBuf>,
     /// Name boards PREFIX-xxxxxx (the last 6 hex digits of each board's
     /// serial number), so one image serves every board.
     #[arg(long, value_name = "PREFIX")]
@@ -99,6 +104,7 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<()> {
             .key_file
             .clone()
             .unwrap_or_else(skelpi_wire::key::default_key_path),
+        deploy_pubkey: args.deploy_pubkey.clone(),
         flavor: args.flavor,
         first_boot: FirstBoot {
             hostname_prefix: args.hostname_prefix.clone(),

@@ -81,6 +81,11 @@ elif [ ! -f "$ROOT/etc/skelpi/cluster.key" ]; then
     say "no cluster key: neither $BOOT/skelpi-cluster.key nor $ROOT/etc/skelpi/cluster.key"
     exit 1
 fi
+# The deploy public key (public: it may stay on the FAT partition).
+if [ -f "$BOOT/skelpi-deploy.pub" ]; then
+    install -D -m 0644 "$BOOT/skelpi-deploy.pub" "$ROOT/etc/skelpi/deploy.pub"
+    say "deploys signed by $(cut -c1-16 "$ROOT/etc/skelpi/deploy.pub")... accepted"
+fi
 
 if [ -n "$HOSTNAME_PREFIX" ]; then
     serial=$(tr -d '\000' < "$ROOT/sys/firmware/devicetree/base/serial-number" 2>/dev/null || true)

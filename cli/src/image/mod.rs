@@ -11,6 +11,7 @@
 //! | `skelpi-agent` | the agent binary (aarch64 or armv7) |
 //! | `skelpi-agent.service` | the systemd unit, byte for byte `systemd/skelpi-agent.service` |
 //! | `skelpi-cluster.key` | the cluster key; moved to `/etc/skelpi/cluster.key` (0600) at first boot |
+//! | `skelpi-deploy.pub` | with `--deploy-pubkey`: the deploy public key, installed as `/etc/skelpi/deploy.pub` (`skelpi deploy`) |
 //! | `skelpi-install.sh` | installs the three, sets the host name, enables the unit |
 //!
 //! and the first-boot hook for the image's flavour ([`Flavor`]): cloud-init
@@ -71,6 +72,9 @@ pub struct ImageOptions {
     pub agent_binary: PathBuf,
     /// The cluster key file.
     pub key_file: PathBuf,
+    /// The deploy public key file (`skelpi keygen --deploy`), if the
+    /// boards are to accept `skelpi deploy`.
+    pub deploy_pubkey: Option<PathBuf>,
     /// The first-boot hook; `None`: detect from the boot partition.
     pub flavor: Option<Flavor>,
     /// Host name, SSH and wifi set-up.
@@ -164,6 +168,14 @@ pub fn build(opts: &ImageOptions, progress: impl FnMut(u64)) -> Result<ImageRepo
     let key_text =
         std::fs::read_to_string(&opts.key_file).map_err(ImageError::io(&opts.key_file))?;
     drop(key);
+    let deploy_pub = match &opts.deploy_pubkey {
+        Some(path) => {
+            let public = skelpi_wire::deploy_key::DeployPublicKey::load(path)
+                .map_err(|e| ImageError::Option(e.to_string()))?;
+            Some(format!("{public}\n"))
+        }
+        None => None,
+    };
     if let Some(prefix) = &opts.first_boot.hostname_prefix {
         check_hostname_prefix(prefix)?;
     }
@@ -195,7 +207,11 @@ pub fn build(opts: &ImageOptions, progress: impl FnMut(u64)) -> Result<ImageRepo
     }
     // A leftover of an interrupted run.
     let _ = std::fs::remove_file(&tmp);
-    let result = build_into(opts, &tmp, &agent, &key_text, progress);
+    let keys = Keys {
+        cluster: &key_text,
+        deploy_pub: deploy_pub.as_deref(),
+    };
+    let result = build_into(opts, &tmp, &agent, &keys, progress);
     match result {
         Ok(report) => {
             std::fs::rename(&tmp, &opts.out).map_err(ImageError::io(&opts.out))?;
@@ -213,11 +229,19 @@ pub fn base_len(base: &Path) -> Result<u64, ImageError> {
     Ok(std::fs::metadata(base).map_err(ImageError::io(base))?.len())
 }
 
+/// The key files the image carries.
+struct Keys<'a> {
+    /// The cluster key file's text.
+    cluster: &'a str,
+    /// The deploy public key's, if any.
+    deploy_pub: Option<&'a str>,
+}
+
 fn build_into(
     opts: &ImageOptions,
     tmp: &Path,
     agent: &[u8],
-    key_text: &str,
+    keys: &Keys<'_>,
     progress: impl FnMut(u64),
 ) -> Result<ImageReport, ImageError> {
     let image_bytes = source::write_raw(&opts.base, tmp, progress)?;
@@ -261,12 +285,15 @@ fn build_into(
     let mut files: Vec<(String, Vec<u8>)> = vec![
         ("skelpi-agent".into(), agent.to_vec()),
         ("skelpi-agent.service".into(), UNIT.into()),
-        ("skelpi-cluster.key".into(), key_text.into()),
+        ("skelpi-cluster.key".into(), keys.cluster.into()),
         (
             "skelpi-install.sh".into(),
             firstboot::install_script(fb.hostname_prefix.as_deref()).into(),
         ),
     ];
+    if let Some(public) = keys.deploy_pub {
+        files.push(("skelpi-deploy.pub".into(), public.into()));
+    }
     match flavor {
         Flavor::CloudInit => {
             let old = fs.read_text("user-data").map_err(ImageError::io(tmp))?;

@@ -149,6 +149,7 @@ pub fn start(
                 .clone()
                 .unwrap_or_else(|| opts.agent_binary.clone()),
             key_file: key.to_owned(),
+            deploy_pubkey: None,
             flavor: None,
             first_boot: FirstBoot {
                 hostname_prefix: Some(format!("lab{}b{n}", opts.id)),

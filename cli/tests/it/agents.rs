@@ -89,7 +89,9 @@ fn three_agents_are_discovered_and_a_silent_one_is_reachable_by_address() {
             .find(|a| a["id"] == agent.id.as_str())
             .unwrap_or_else(|| panic!("agent {} not discovered in {out}", agent.id));
         assert_eq!(hit["address"], agent.addr.to_string());
-        assert_eq!(hit["version"], skelpi_proto::PROTOCOL_VERSION);
+        assert_eq!(hit["protocol"], skelpi_proto::PROTOCOL_VERSION);
+        // The agent's own version, from its TXT record.
+        assert_eq!(hit["version"], env!("CARGO_PKG_VERSION"));
         assert!(hit["cores"].as_u64().unwrap() >= 1);
     }
     assert!(

@@ -217,12 +217,17 @@ fn a_trixie_image_gets_the_agent_and_a_cloud_init_seed() {
     .unwrap();
     let agent = super::cross::arm_agent();
     let out = dir.0.join("cluster.img");
+    let deploy = skelpi_wire::deploy_key::DeployKey::generate().unwrap();
+    let deploy_pub = dir.0.join("deploy.pub");
+    deploy.public().write(&deploy_pub).unwrap();
     let (code, stdout, stderr) = skelpi_image(
         &base_xz,
         &out,
         &agent,
         &key,
         &[
+            "--deploy-pubkey",
+            deploy_pub.to_str().unwrap(),
             "--hostname-prefix",
             "pi",
             "--ssh-key",
@@ -341,6 +346,7 @@ fn a_trixie_image_gets_the_agent_and_a_cloud_init_seed() {
         "skelpi-agent",
         "skelpi-agent.service",
         "skelpi-cluster.key",
+        "skelpi-deploy.pub",
         "skelpi-install.sh",
     ] {
         std::fs::write(boot.join(name), mread(&part, name, &dir.0)).unwrap();
@@ -367,6 +373,13 @@ fn a_trixie_image_gets_the_agent_and_a_cloud_init_seed() {
     assert_eq!(
         std::fs::read(root.join("etc/skelpi/cluster.key")).unwrap(),
         std::fs::read(&key).unwrap()
+    );
+    // The deploy public key, where agents look for it.
+    assert_eq!(mode("etc/skelpi/deploy.pub"), 0o644);
+    assert_eq!(
+        skelpi_wire::deploy_key::DeployPublicKey::load(&root.join("etc/skelpi/deploy.pub"))
+            .unwrap(),
+        deploy.public()
     );
     assert!(
         !boot.join("skelpi-cluster.key").exists(),
