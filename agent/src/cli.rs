@@ -21,6 +21,7 @@
 use crate::deploy::Deployer;
 use crate::kernels::Registry;
 use crate::launch::{self, Choice, Files, Role};
+use skelpi_wire::deploy_key::DeployPublicKey;
 use crate::{identity, logging, node};
 use clap::Parser;
 use skelpi_wire::key;
@@ -105,8 +106,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     modules: Option<PathBuf>,
     /// Accept new agent binaries (`skelpi deploy`) signed by the key whose
-    /// public half is in FILE [default: /etc/skelpi/deploy.pub if it
-    /// exists; without one, every deploy is refused].
+    /// public half is in FILE [default: $CREDENTIALS_DIRECTORY/deploy.pub
+    /// (the unit's credential), else /etc/skelpi/deploy.pub if it exists;
+    /// without one, every deploy is refused].
     #[arg(long, value_name = "FILE")]
     deploy_pubkey: Option<PathBuf>,
     /// Keep deployed binaries in DIR/deploy [default: $STATE_DIRECTORY,
@@ -233,13 +235,36 @@ fn deploy_setup(args: &Args) -> Result<(Option<Files>, Deployer), CliError> {
         Some(dir) => Some(Files::open(&dir).map_err(|source| CliError::State { dir, source })?),
         None => None,
     };
-    let default = PathBuf::from(skelpi_wire::deploy_key::DEFAULT_PUBLIC_KEY_PATH);
     let public = match &args.deploy_pubkey {
-        Some(path) => Some(skelpi_wire::deploy_key::DeployPublicKey::load(path)?),
-        None if default.exists() => Some(skelpi_wire::deploy_key::DeployPublicKey::load(&default)?),
-        None => None,
+        Some(path) => Some(DeployPublicKey::load(path)?),
+        None => default_deploy_pubkey()?,
     };
     Ok((files.clone(), Deployer::new(public, files)))
+}
+
+/// The deploy public key where a board keeps it: the unit's credential
+/// (`$CREDENTIALS_DIRECTORY/deploy.pub`, `none` when the board has none),
+/// else /etc/skelpi/deploy.pub if it exists.
+fn default_deploy_pubkey() -> Result<Option<DeployPublicKey>, CliError> {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let credential = PathBuf::from(dir).join("deploy.pub");
+        if credential.exists() {
+            return Ok(DeployPublicKey::load_optional(&credential)?);
+        }
+    }
+    let default = PathBuf::from(skelpi_wire::deploy_key::DEFAULT_PUBLIC_KEY_PATH);
+    match std::fs::metadata(&default) {
+        Ok(_) => Ok(Some(DeployPublicKey::load(&default)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            log::warn!(
+                "cannot read {}: {e}; deploys are refused (pass --deploy-pubkey FILE, or \
+                 hand it over as the unit's deploy.pub credential)",
+                default.display()
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// As the launcher: replaces this process with a deployed binary when

@@ -210,6 +210,20 @@ impl DeployPublicKey {
             })
     }
 
+    /// Reads a public key file that may say there is none: empty, or
+    /// `none` (the fallback a systemd unit sets when the board has no
+    /// key, see `SetCredential=` in the unit).
+    pub fn load_optional(path: &Path) -> Result<Option<DeployPublicKey>, DeployKeyError> {
+        let text = std::fs::read(path).map_err(|source| DeployKeyError::PublicIo {
+            path: path.to_owned(),
+            source,
+        })?;
+        match text.trim_ascii() {
+            b"" | b"none" => Ok(None),
+            _ => DeployPublicKey::load(path).map(Some),
+        }
+    }
+
     /// Writes it as 64 hex digits and a newline (mode 0644).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         std::fs::write(path, format!("{self}\n"))

@@ -9,6 +9,7 @@
 //! `journalctl -D`).
 
 use super::agents::agent_binary;
+use super::deploy::{appended_build, exits_at_start, roll_one};
 use super::lab::LabGuard;
 use super::support::{Scratch, skelpi, sorted_lines};
 use std::io::{Read, Write};
@@ -336,11 +337,23 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         ],
     );
     let public = dir.path("id_ed25519.pub");
+    let deploy_key = dir.path("deploy.key");
+    assert_eq!(
+        skelpi(&["keygen", "--deploy", "--out", &deploy_key]).0,
+        Some(0)
+    );
     let (key, stdout) = write_image(
         &base,
         &dir,
         &image,
-        &["--hostname-prefix", "vpi", "--ssh-key", &public],
+        &[
+            "--hostname-prefix",
+            "vpi",
+            "--ssh-key",
+            &public,
+            "--deploy-pubkey",
+            &format!("{deploy_key}.pub"),
+        ],
     );
     assert!(stdout.contains("agent: x86-64"), "{stdout}");
 
@@ -402,6 +415,39 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         back >= Duration::from_secs(15),
         "served while stopped? {back:?}"
     );
+
+    // An upgrade under real systemd: a new build rolled in...
+    let new_build = dir.0.join("skelpi-agent-2");
+    appended_build(&agent_binary(), &new_build, "2");
+    let (code, out, err) = skelpi(&[
+        "deploy",
+        "--agents",
+        &board.agents(),
+        "--key-file",
+        &key,
+        "--deploy-key",
+        &deploy_key,
+        "--binary",
+        new_build.to_str().unwrap(),
+        "--ready-timeout",
+        "120s",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("upgraded to"), "{out}");
+    eprintln!("board: {}", out.lines().last().unwrap_or_default());
+    let new_sha = skelpi::deploy::Binary::read(&new_build).unwrap().sha256;
+    // ... then a build that exits at start: systemd starts the unit again
+    // (Restart=always) and its launcher rolls back to the new build.
+    let bad = exits_at_start(dir.0.join("bad-build"));
+    let cluster_key = skelpi_wire::key::ClusterKey::load(Path::new(&key)).unwrap();
+    let signer = skelpi_wire::deploy_key::DeployKey::load(Path::new(&deploy_key)).unwrap();
+    let addr = board.agents().parse().unwrap();
+    let (outcome, back) = roll_one(addr, &cluster_key, &signer, &bad, Duration::from_secs(120));
+    eprintln!("board: a build that exits at start rolled back, serving again in {back:.1?}");
+    let skelpi::deploy::Outcome::Failed(why) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(why.contains(&format!("to binary {new_sha}")), "{why}");
     board.power_down();
 
     // What the first boot left: the key moved off the FAT partition to
@@ -439,12 +485,34 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         messages.iter().any(|m| m.contains("Watchdog timeout")),
         "the watchdog killed the stopped agent: {messages:#?}"
     );
+    // The journal shows each switch: to the new build, and back to it.
+    for said in [
+        format!("the deployed binary {new_sha} is ready"),
+        format!("rolled back from binary {}", bad.sha256),
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(&said)),
+            "{said:?} not in the journal: {messages:#?}"
+        );
+    }
 
     // A reboot brings the same agent back, without installing again.
     let mut board = Board::boot(&base, &image, &dir.0, 2);
     let (ready, again) = board.wait_serving(&key);
     eprintln!("board: power-on to serving in {ready:.1?} (reboot)");
     assert_eq!(again, name);
+    // On the deployed build still.
+    let conn = smol::block_on(skelpi::client::AgentConn::connect(
+        board.agents().parse().unwrap(),
+        &cluster_key,
+        &Default::default(),
+    ))
+    .unwrap();
+    assert_eq!(
+        conn.info().build.clone().unwrap().deployed.as_deref(),
+        Some(new_sha.as_str())
+    );
+    smol::block_on(conn.close());
     assert!(
         !board.console().contains("skelpi-install:"),
         "installed again"

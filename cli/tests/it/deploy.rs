@@ -61,12 +61,7 @@ impl Setup {
     /// A build that differs from the installed one (see the module doc).
     fn new_build(&self, tag: &str) -> PathBuf {
         let path = self.dir.0.join(format!("skelpi-agent-{tag}"));
-        let mut bytes = std::fs::read(&self.installed).unwrap();
-        bytes.extend_from_slice(format!("\nskelpi test build {tag}\n").as_bytes());
-        std::fs::write(&path, bytes).unwrap();
-        let mut perms = std::fs::metadata(&path).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-        std::fs::set_permissions(&path, perms).unwrap();
+        appended_build(&self.installed, &path, tag);
         path
     }
 
@@ -111,6 +106,70 @@ impl Setup {
         let deploy = self.dir.0.join(format!("state-{name}")).join("deploy");
         deploy.join("trial").exists() || deploy.join("current").exists()
     }
+}
+
+/// Writes at `to` the agent at `from` with bytes appended: the same code,
+/// another SHA-256 (see the module doc).
+pub fn appended_build(from: &Path, to: &Path, tag: &str) {
+    let mut bytes = std::fs::read(from).unwrap();
+    bytes.extend_from_slice(format!("\nskelpi test build {tag}\n").as_bytes());
+    std::fs::write(to, bytes).unwrap();
+    let mut perms = std::fs::metadata(to).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(to, perms).unwrap();
+}
+
+/// A "binary" (a shell script) that passes its self-check and exits when
+/// started for real, as a build that crashes at start would.
+pub fn exits_at_start(path: PathBuf) -> Binary {
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --self-check ]; then\n  printf \
+         'skelpi-agent self-check ok\\nversion=9.9.9\\nprotocol={}\\narch={}\\n'\n  exit 0\nfi\n\
+         echo 'this build exits at start' >&2\nexit 1\n",
+        skelpi_proto::PROTOCOL_VERSION,
+        std::env::consts::ARCH
+    );
+    Binary {
+        path,
+        bytes: script.as_bytes().into(),
+        arch: std::env::consts::ARCH.into(),
+        sha256: deploy::sha256_hex(script.as_bytes()),
+        version: Some("9.9.9".into()),
+    }
+}
+
+/// Rolls `binary` onto the one agent at `addr`; its outcome and the time
+/// from its restart to the end of its part.
+pub fn roll_one(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    deploy_key: &DeployKey,
+    binary: &Binary,
+    ready_timeout: Duration,
+) -> (Outcome, Duration) {
+    let opts = Default::default();
+    let mut cluster = smol::block_on(Cluster::connect(&[addr], key, &opts)).unwrap();
+    let boards: Vec<Board> = cluster.agents().iter().map(Board::of).collect();
+    let steps = deploy::plan(&boards, std::slice::from_ref(binary)).unwrap();
+    let mut restarted = None;
+    let mut outcomes = smol::block_on(deploy::roll(
+        &mut cluster,
+        &steps,
+        std::slice::from_ref(binary),
+        deploy_key,
+        &RollOptions {
+            batch: 1,
+            ready_timeout,
+        },
+        |_, p| {
+            if p == deploy::Progress::Restarting {
+                restarted = Some(Instant::now());
+            }
+        },
+    ));
+    smol::block_on(cluster.close());
+    let took = restarted.expect("it was restarted").elapsed();
+    (outcomes.remove(0).1, took)
 }
 
 /// A port free now (the agent binds it again after each restart).
@@ -389,44 +448,16 @@ fn a_binary_that_exits_at_start_is_rolled_back_and_the_board_serves_again() {
     smol::block_on(conn.ping()).unwrap();
     smol::block_on(conn.close());
 
-    // Passes its self-check, exits when started for real.
-    let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = --self-check ]; then\n  printf \
-         'skelpi-agent self-check ok\\nversion=9.9.9\\nprotocol={}\\narch={}\\n'\n  exit 0\nfi\n\
-         echo 'this build exits at start' >&2\nexit 1\n",
-        skelpi_proto::PROTOCOL_VERSION,
-        std::env::consts::ARCH
-    );
-    let bad = Binary {
-        path: setup.dir.0.join("bad-build"),
-        bytes: script.as_bytes().into(),
-        arch: std::env::consts::ARCH.into(),
-        sha256: deploy::sha256_hex(script.as_bytes()),
-        version: Some("9.9.9".into()),
-    };
-    let mut cluster = smol::block_on(Cluster::connect(&[addr], &setup.key, &cluster_opts)).unwrap();
-    let boards: Vec<Board> = cluster.agents().iter().map(Board::of).collect();
-    let steps = deploy::plan(&boards, std::slice::from_ref(&bad)).unwrap();
-    let restarted = Arc::new(Mutex::new(None));
-    let outcomes = smol::block_on(deploy::roll(
-        &mut cluster,
-        &steps,
-        std::slice::from_ref(&bad),
+    let bad = exits_at_start(setup.dir.0.join("bad-build"));
+    let (outcome, back_after) = roll_one(
+        addr,
+        &setup.key,
         &setup.deploy,
-        &RollOptions {
-            batch: 1,
-            ready_timeout: Duration::from_secs(30),
-        },
-        |_, p| {
-            if p == deploy::Progress::Restarting {
-                *restarted.lock().unwrap() = Some(Instant::now());
-            }
-        },
-    ));
-    let back_after = restarted.lock().unwrap().unwrap().elapsed();
-    smol::block_on(cluster.close());
-    let [(_, Outcome::Failed(why))] = &outcomes[..] else {
-        panic!("{outcomes:?}");
+        &bad,
+        Duration::from_secs(30),
+    );
+    let Outcome::Failed(why) = &outcome else {
+        panic!("{outcome:?}");
     };
     assert!(
         why.contains(&format!("rolled back from binary {}", bad.sha256))
