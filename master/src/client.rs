@@ -116,6 +116,38 @@ pub struct AgentConn {
     /// WebAssembly modules pushed on this connection (hash, bytes): pushed
     /// again when the agent says it no longer has one.
     pushed: Vec<(String, Arc<[u8]>)>,
+    /// The key and options it was made with, to make it again.
+    made_with: Arc<(ClusterKey, ConnectOptions)>,
+    /// Each time a job lost the agent (its connection failed or it fell
+    /// silent), and why, oldest first.
+    losses: Vec<(String, Instant)>,
+}
+
+/// How to connect again to an agent whose connection failed (see
+/// [`AgentConn::redial`]).
+#[derive(Debug, Clone)]
+pub struct Redial {
+    addr: SocketAddr,
+    made_with: Arc<(ClusterKey, ConnectOptions)>,
+    pushed: Vec<(String, Arc<[u8]>)>,
+}
+
+impl Redial {
+    /// A new connection to the agent, made as the first was (its
+    /// handshake bounded by `timeout` at most), with the modules pushed on
+    /// the first pushed again.
+    pub async fn connect(&self, timeout: Duration) -> Result<AgentConn, ClientError> {
+        let (key, opts) = &*self.made_with;
+        let opts = ConnectOptions {
+            timeout: opts.timeout.min(timeout),
+            ..opts.clone()
+        };
+        let mut conn = AgentConn::connect(self.addr, key, &opts).await?;
+        for (hash, bytes) in &self.pushed {
+            crate::modules::push(&mut conn, hash, bytes).await?;
+        }
+        Ok(conn)
+    }
 }
 
 /// Time an agent has to answer a ping or a raw echo request, and to move
@@ -201,7 +233,31 @@ impl AgentConn {
             echo_chunk: CHUNK_ELEMENTS,
             heartbeat: opts.heartbeat,
             pushed: Vec::new(),
+            made_with: Arc::new((key.clone(), opts.clone())),
+            losses: Vec::new(),
         })
+    }
+
+    /// Each time a job lost this agent (its connection failed or it fell
+    /// silent, including times it came back within the job), and why,
+    /// oldest first.
+    pub fn losses(&self) -> &[(String, Instant)] {
+        &self.losses
+    }
+
+    /// Records losses of this agent (kept across the connections a job
+    /// made anew to it).
+    pub(crate) fn add_losses(&mut self, losses: impl IntoIterator<Item = (String, Instant)>) {
+        self.losses.extend(losses);
+    }
+
+    /// How to connect to this agent again, as this connection was made.
+    pub fn redial(&self) -> Redial {
+        Redial {
+            addr: self.addr,
+            made_with: self.made_with.clone(),
+            pushed: self.pushed.clone(),
+        }
     }
 
     /// The agent's address.

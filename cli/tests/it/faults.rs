@@ -364,9 +364,12 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
         "each result once, in order"
     );
     assert_eq!(values, want);
+    // Declared down (it may have come back within the job since).
     let (why, since) = cluster.agents()[1]
-        .broken()
-        .expect("the stopped agent is down");
+        .losses()
+        .first()
+        .cloned()
+        .expect("the stopped agent was declared down");
     assert!(why.contains("declared down"), "{why}");
     let detection = since - stopped;
     eprintln!("stopped agent declared down after {detection:.2?}");
@@ -375,7 +378,8 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
         "declared down after {detection:?}"
     );
 
-    // Back from its pause, it rejoins at the next job and gets work.
+    // Back from its pause, it serves (again within that job, or at the
+    // next) and gets work.
     cluster.set_tracing(true);
     let again: Vec<Array> = (0..60).map(|i| Array::list(vec![i as f64])).collect();
     smol::block_on(cluster.run(&tree, again)).unwrap();
@@ -927,5 +931,100 @@ fn a_streamed_pipeline_restarts_without_waiting_for_its_stopped_feed_agent() {
     );
     controller.join().unwrap();
     drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts the workspace's agent on a fixed port (it comes back on it).
+fn agent_on(key: &std::path::Path, name: &str, port: u16) -> AgentProcess {
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--listen",
+        &listen,
+        "--name",
+        name,
+        "--key-file",
+        key.to_str().unwrap(),
+        "--no-mdns",
+        "--workers",
+        "2",
+    ];
+    AgentProcess::start(
+        &crate::agents::agent_binary(),
+        &args,
+        Duration::from_secs(20),
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_agent_restarted_mid_job_takes_tasks_again_and_carries_the_job_when_the_other_dies() {
+    let dir = std::env::temp_dir().join(format!("skelpi-faults-rejoin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_path = dir.join("cluster.key");
+    let key = ClusterKey::generate().unwrap();
+    key.write(&key_path, true).unwrap();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        })
+        .collect();
+    let first = agent_on(&key_path, "stays-then-dies", ports[0]);
+    let second = agent_on(&key_path, "restarted", ports[1]);
+    let addrs = [first.addr, second.addr];
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job = {
+        let (key, done) = (key.clone(), done.clone());
+        std::thread::spawn(move || {
+            bounded(async {
+                let mut cluster = Cluster::connect(&addrs, &key, &Default::default()).await?;
+                let tree: Skeleton = "farm(seq(square))".parse().unwrap();
+                // Paced until the agents' dance is over (bounded), so the
+                // job spans it.
+                let inputs = (0..3000u32).map(move |i| {
+                    let deadline = Instant::now() + Duration::from_secs(45);
+                    while i >= 2500 && !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        assert!(Instant::now() < deadline, "the test never ended its dance");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    if !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Array::list(vec![f64::from(i)])
+                });
+                let mut out = Vec::new();
+                let ran = cluster
+                    .run_each(&tree, inputs, |i, a| out.push((i, a.data)))
+                    .await;
+                cluster.close().await;
+                ran.map(|()| out)
+            })
+        })
+    };
+    wait_for(&second, "tasks from master", Duration::from_secs(20));
+    let mut second = second;
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    // The same agent, started again on its port: the running job connects
+    // to it again and gives it tasks.
+    let again = agent_on(&key_path, "restarted", ports[1]);
+    wait_for(&again, "tasks from master", Duration::from_secs(20));
+    // Now the other one dies: the job goes on with the agent that came back.
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = job
+        .join()
+        .unwrap()
+        .expect("the job survives on the agent that came back");
+    assert_eq!(out.len(), 3000);
+    for (n, (i, data)) in out.iter().enumerate() {
+        assert_eq!(
+            (*i, data.as_slice()),
+            (n as u64, [(n * n) as f64].as_slice())
+        );
+    }
+    drop(again);
     let _ = std::fs::remove_dir_all(dir);
 }

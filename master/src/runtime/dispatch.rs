@@ -5,7 +5,7 @@
 use super::schedule::Scheduler;
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
-use crate::client::{AgentConn, ClientError};
+use crate::client::{AgentConn, ClientError, Redial};
 use crate::trace::{NO_LABEL, Recorder};
 use skelpi_proto::Array;
 use skelpi_proto::beat::Beats;
@@ -26,6 +26,17 @@ pub use super::schedule::MAX_REDISPATCH;
 
 /// Credits per agent worker: one task running, one queued behind it.
 pub const CREDITS_PER_WORKER: usize = 2;
+
+/// After an agent's connection fails, the job tries to connect to it
+/// again this long after (doubling up to [`REDIAL_MAX`]): a restarted or
+/// upgraded agent takes tasks again within the job.
+pub const REDIAL_FIRST: Duration = Duration::from_millis(250);
+
+/// The longest pause between two tries.
+pub const REDIAL_MAX: Duration = Duration::from_secs(4);
+
+/// How long one try may take.
+const REDIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Task ids are unique in the process, so a late result of an aborted job
 /// can never be taken for a result of the next one.
@@ -105,6 +116,12 @@ struct Link<'c> {
     addr: SocketAddr,
     sender: RefCell<&'c mut Sender>,
     receiver: RefCell<&'c mut Receiver>,
+    /// How to connect again after its connection failed, and the new
+    /// connection once made (the pool takes it after the job).
+    redial: Redial,
+    again: RefCell<Option<AgentConn>>,
+    /// Told when the link dies, so that its I/O ends.
+    died: event_listener::Event,
     /// Frames for the writer (credits bound them). Once queued, a frame is
     /// written whole even if its caller is cancelled, so a job that stops
     /// never cuts a frame.
@@ -113,9 +130,11 @@ struct Link<'c> {
     /// The heartbeat asked of the agent (zero: none), and when the
     /// connection last heard from it.
     heartbeat: Duration,
-    liveness: Arc<Liveness>,
+    liveness: RefCell<Arc<Liveness>>,
     dead: Cell<bool>,
     why_dead: RefCell<Option<(String, Instant)>>,
+    /// Every time it died in this job, and why.
+    deaths: RefCell<Vec<(String, Instant)>>,
     /// WebAssembly modules pushed on its connection (hash, bytes): pushed
     /// again when a task finds its module gone from the agent.
     modules: Vec<(String, Arc<[u8]>)>,
@@ -187,6 +206,7 @@ impl<'c> Dispatcher<'c> {
                 let (heartbeat, liveness) = conn.heartbeat();
                 let cores = (conn.info().cores as usize).max(1);
                 let modules = conn.pushed_modules().to_vec();
+                let redial = conn.redial();
                 let (sender, receiver) = conn.halves();
                 let (outbox_tx, outbox_rx) = async_channel::unbounded();
                 Link {
@@ -196,12 +216,16 @@ impl<'c> Dispatcher<'c> {
                     addr,
                     sender: RefCell::new(sender),
                     receiver: RefCell::new(receiver),
+                    redial,
+                    again: RefCell::new(None),
+                    died: event_listener::Event::new(),
                     outbox_tx,
                     outbox_rx,
                     heartbeat,
-                    liveness,
+                    liveness: RefCell::new(liveness),
                     dead: Cell::new(false),
                     why_dead: RefCell::new(None),
+                    deaths: RefCell::new(Vec::new()),
                     modules,
                 }
             })
@@ -389,15 +413,16 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Moves every connection's frames: writes queued tasks, reads results
-    /// and routes them to their callers. It never returns: keep one such
-    /// future alive for the whole job, through [`Dispatcher::drain`], and
-    /// drop it only after the drain (between frames).
+    /// and routes them to their callers; connects again to agents whose
+    /// connection failed. It never returns: keep one such future alive for
+    /// the whole job, through [`Dispatcher::drain`], and drop it only
+    /// after the drain (between frames).
     pub async fn run_io(&self) {
-        let readers = self.links.iter().map(|link| {
-            let watched = futures_lite::future::or(self.write(link), self.watch(link));
-            Box::pin(futures_lite::future::or(self.read(link), watched))
-        });
-        let mut all: Vec<_> = readers.collect();
+        let links = self
+            .links
+            .iter()
+            .map(|link| Box::pin(self.serve_link(link)));
+        let mut all: Vec<_> = links.collect();
         futures_lite::future::poll_fn(|cx| {
             all.retain_mut(|f| f.as_mut().poll(cx).is_pending());
             if all.is_empty() {
@@ -410,15 +435,79 @@ impl<'c> Dispatcher<'c> {
         std::future::pending::<()>().await;
     }
 
+    /// One link's I/O on its connection until it dies; then tries to
+    /// connect to its agent again (after [`REDIAL_FIRST`], doubling up to
+    /// [`REDIAL_MAX`]) and, once it answers, puts it back in the job on
+    /// the new connection, its frames queued for the old one dropped.
+    // The halves stay borrowed across awaits: only this future uses them,
+    // and it is dropped (between frames, after `drain`) with `run_io`.
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn serve_link(&self, link: &Link<'c>) {
+        {
+            let mut sender = link.sender.borrow_mut();
+            let mut receiver = link.receiver.borrow_mut();
+            self.link_io(link, &mut sender, &mut receiver).await;
+        }
+        let mut pause = REDIAL_FIRST;
+        loop {
+            async_io::Timer::after(pause).await;
+            pause = (pause * 2).min(REDIAL_MAX);
+            let conn = match link.redial.connect(REDIAL_TIMEOUT).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    log::debug!("job {}: {} is still gone: {e}", self.job, link.label);
+                    continue;
+                }
+            };
+            while link.outbox_rx.try_recv().is_ok() {}
+            *link.liveness.borrow_mut() = conn.heartbeat().1;
+            *link.again.borrow_mut() = Some(conn);
+            *link.why_dead.borrow_mut() = None;
+            link.dead.set(false);
+            self.sched.borrow_mut().on_up(link.index);
+            log::warn!(
+                "job {}: {} is back: it takes tasks again",
+                self.job,
+                link.label
+            );
+            self.pump();
+            let _ = self.progress_tx.try_send(());
+            pause = REDIAL_FIRST;
+            let mut again = link.again.borrow_mut();
+            if let Some(conn) = again.as_mut() {
+                let (sender, receiver) = conn.halves();
+                self.link_io(link, sender, receiver).await;
+            }
+        }
+    }
+
+    /// Writes, reads and watches one connection of `link` until the link
+    /// dies.
+    async fn link_io(&self, link: &Link<'c>, sender: &mut Sender, receiver: &mut Receiver) {
+        let died = async {
+            loop {
+                let listener = link.died.listen();
+                if link.dead.get() {
+                    return;
+                }
+                listener.await;
+            }
+        };
+        let watched = futures_lite::future::or(self.write(link, sender), self.watch(link));
+        let io = futures_lite::future::or(self.read(link, receiver), watched);
+        futures_lite::future::or(died, io).await;
+    }
+
     /// Declares an agent down when it has been silent for
     /// [`DOWN_AFTER_BEATS`](skelpi_wire::handshake::DOWN_AFTER_BEATS) heartbeats — once it has sent one: an agent
     /// that never beats (an older one) is watched by its connection only.
     async fn watch(&self, link: &Link<'c>) {
-        link.liveness.silent_past(link.heartbeat).await;
+        let liveness = link.liveness.borrow().clone();
+        liveness.silent_past(link.heartbeat).await;
         if !link.dead.get() {
             let what = format!(
                 "fell silent for {:.1?} (a heartbeat was due every {:?}): declared down",
-                link.liveness.silent_for(),
+                liveness.silent_for(),
                 link.heartbeat
             );
             self.kill(
@@ -433,11 +522,8 @@ impl<'c> Dispatcher<'c> {
         std::future::pending().await
     }
 
-    // Only this writer uses the sender; the borrow lasts as long as the
-    // link's I/O future.
-    #[allow(clippy::await_holding_refcell_ref)]
-    async fn write(&self, link: &Link<'c>) {
-        let mut sender = link.sender.borrow_mut();
+    /// Writes `link`'s queued frames, and its heartbeats, on `sender`.
+    async fn write(&self, link: &Link<'c>, sender: &mut Sender) {
         // A heartbeat at once, then after every interval without a task: the
         // agent drops this job's work if the master falls silent. Only to
         // an agent that beats itself: an older one would refuse the frame.
@@ -445,8 +531,9 @@ impl<'c> Dispatcher<'c> {
         loop {
             // A beat due goes before the next task: the first tells the
             // agent this master beats, which a task does not.
-            if beats.take_due(Instant::now()) && !link.dead.get() && link.liveness.beats() > 0 {
-                self.send_beat(link, &mut sender).await;
+            let beating = link.liveness.borrow().beats() > 0;
+            if beats.take_due(Instant::now()) && !link.dead.get() && beating {
+                self.send_beat(link, sender).await;
             }
             let task = async { Some(link.outbox_rx.recv().await) };
             let timer = async {
@@ -458,7 +545,7 @@ impl<'c> Dispatcher<'c> {
             };
             match futures_lite::future::or(task, timer).await {
                 Some(Ok(Out::Task(out))) if !link.dead.get() => {
-                    self.send_task(link, &mut sender, out).await;
+                    self.send_task(link, sender, out).await;
                     beats.postpone(Instant::now());
                 }
                 Some(Ok(Out::Module(push))) if !link.dead.get() => {
@@ -525,15 +612,11 @@ impl<'c> Dispatcher<'c> {
         }
     }
 
-    // The receiver stays borrowed across awaits: only one reader per link
-    // runs, and it is dropped (between frames, after `drain`) with the
-    // link's I/O future.
-    #[allow(clippy::await_holding_refcell_ref)]
-    async fn read(&self, link: &Link<'c>) {
+    /// Reads `link`'s results from `receiver` and routes them.
+    async fn read(&self, link: &Link<'c>, receiver: &mut Receiver) {
         if link.dead.get() {
             return;
         }
-        let mut receiver = link.receiver.borrow_mut();
         loop {
             let mut data = Vec::new();
             let received = match receiver.recv(&mut data).await {
@@ -668,8 +751,10 @@ impl<'c> Dispatcher<'c> {
         }
         log::warn!("{}: {why}", link.label);
         let message = why.to_string();
-        *link.why_dead.borrow_mut() = Some((message, Instant::now()));
-        link.outbox_tx.close();
+        let death = (message, Instant::now());
+        link.deaths.borrow_mut().push(death.clone());
+        *link.why_dead.borrow_mut() = Some(death);
+        link.died.notify(usize::MAX);
         let down = self.sched.borrow_mut().on_down(link.index);
         for key in down.again {
             if let Some(call) = self.calls.borrow().get(&key) {
@@ -727,6 +812,24 @@ impl Dispatcher<'_> {
                 );
             }
         }
+    }
+
+    /// The connections made anew during the job (to agents that came
+    /// back), by pool position: they replace the pool's.
+    pub fn take_rejoined(&self) -> Vec<(usize, AgentConn)> {
+        self.links
+            .iter()
+            .filter_map(|l| l.again.borrow_mut().take().map(|c| (l.index, c)))
+            .collect()
+    }
+
+    /// Every time each agent was lost during the job, and why, in pool
+    /// order.
+    pub fn deaths(&self) -> Vec<Vec<(String, Instant)>> {
+        self.links
+            .iter()
+            .map(|l| l.deaths.borrow().clone())
+            .collect()
     }
 
     /// Why each connection died during the job (`None`: still good), in

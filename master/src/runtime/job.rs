@@ -203,7 +203,16 @@ pub async fn run_graph(
     future::or(future::or(dispatcher.drain(), deadline), io.as_mut()).await;
     drop(io);
     let casualties = dispatcher.casualties();
+    let deaths = dispatcher.deaths();
+    let rejoined = dispatcher.take_rejoined();
     drop(dispatcher);
+    for (i, mut conn) in rejoined {
+        conn.add_losses(conns[i].losses().to_vec());
+        conns[i] = conn;
+    }
+    for (conn, lost) in conns.iter_mut().zip(deaths) {
+        conn.add_losses(lost);
+    }
     for (conn, why) in conns.iter_mut().zip(casualties) {
         if let Some((why, when)) = why {
             conn.mark_broken_at(why, when);

@@ -228,9 +228,19 @@ impl Scheduler {
             .drain(..)
             .partition(|t| tasks.get(t).and_then(|t| t.home) == Some(agent));
         self.homed = stay;
-        for &task in again.iter().chain(&moved).rev() {
+        // A task lost away from its home, which is up again (it came
+        // back), goes home; the others go first in line.
+        let (home_up, elsewhere): (Vec<u64>, Vec<u64>) =
+            again.iter().chain(&moved).partition(|t| {
+                tasks
+                    .get(t)
+                    .and_then(|t| t.home)
+                    .is_some_and(|h| self.live[h])
+            });
+        for task in elsewhere.into_iter().rev() {
             self.queue.push_front(task);
         }
+        self.homed.extend(home_up);
         down.again = again;
         if !self.any_live() {
             down.stranded = self.queue.drain(..).collect();
@@ -240,6 +250,26 @@ impl Scheduler {
             }
         }
         down
+    }
+
+    /// Declares `agent` up again (its connection made anew): it gets its
+    /// credits back, with none taken, and the waiting tasks whose home it
+    /// is go home again. An agent up already changes nothing.
+    pub fn on_up(&mut self, agent: usize) {
+        if agent >= self.live.len() || self.live[agent] {
+            return;
+        }
+        self.live[agent] = true;
+        self.held[agent] = 0;
+        self.free
+            .extend(std::iter::repeat_n(agent, self.credits[agent]));
+        let tasks = &self.tasks;
+        let (home, rest): (VecDeque<u64>, VecDeque<u64>) = self
+            .queue
+            .drain(..)
+            .partition(|t| tasks.get(t).and_then(|t| t.home) == Some(agent));
+        self.queue = rest;
+        self.homed.extend(home);
     }
 
     /// Where in `free` the credit to take next is: the agent with the
@@ -585,6 +615,18 @@ mod tests {
                         settle(&mut fate, t, 's');
                     }
                 }
+                // An agent declared down is connected anew: its old
+                // connection, and the results on it, are gone.
+                34..36 => {
+                    let a = rng.random_range(0..agents);
+                    if declared[a] {
+                        declared[a] = false;
+                        dead[a] = false;
+                        held[a].clear();
+                        s.on_up(a);
+                        *tally.entry("rejoined").or_default() += 1;
+                    }
+                }
                 // A caller gives up on a task not yet finished.
                 32..34 if submitted > 0 => {
                     let t = rng.random_range(0..submitted);
@@ -659,7 +701,14 @@ mod tests {
         eprintln!("{tally:?}");
         if count > 1 {
             // The schedules reach every path, not only the happy one.
-            for what in ["done", "failed", "given up", "stranded", "cancelled"] {
+            for what in [
+                "done",
+                "failed",
+                "given up",
+                "stranded",
+                "cancelled",
+                "rejoined",
+            ] {
                 assert!(
                     tally.get(what).copied().unwrap_or(0) >= 10,
                     "{what}: {tally:?}"
