@@ -21,9 +21,9 @@
 use crate::deploy::Deployer;
 use crate::kernels::Registry;
 use crate::launch::{self, Choice, Files, Role};
-use skelpi_wire::deploy_key::DeployPublicKey;
 use crate::{identity, logging, node};
 use clap::Parser;
+use skelpi_wire::deploy_key::DeployPublicKey;
 use skelpi_wire::key;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -181,7 +181,10 @@ pub fn main(kernels: Registry) -> ExitCode {
     let outcome = run(args, kernels).and_then(|stopped| match stopped {
         node::Stopped::Signal => Ok(()),
         // Returns only when the launcher could not be run.
-        node::Stopped::Restart => Err(CliError::Restart(launch::restart())),
+        node::Stopped::Restart => {
+            crate::service::watchdog_ping();
+            Err(CliError::Restart(launch::restart()))
+        }
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,14 +220,14 @@ fn self_check(kernels: &Registry) -> ExitCode {
     }
     print!(
         "{}",
-        crate::deploy::self_check_report(env!("CARGO_PKG_VERSION"))
+        skelpi_proto::deploy::self_check_report(env!("CARGO_PKG_VERSION"), std::env::consts::ARCH)
     );
     ExitCode::SUCCESS
 }
 
 /// The deploy set-up `args` ask for: the deploy files (made if missing)
 /// and the public key.
-fn deploy_setup(args: &Args) -> Result<(Option<Files>, Deployer), CliError> {
+fn deploy_setup(args: &Args) -> Result<(Option<Files>, Option<DeployPublicKey>), CliError> {
     let state_dir = args.state_dir.clone().or_else(|| {
         // systemd sets a colon-separated list; ours has one directory.
         let dirs = std::env::var_os("STATE_DIRECTORY")?;
@@ -239,7 +242,7 @@ fn deploy_setup(args: &Args) -> Result<(Option<Files>, Deployer), CliError> {
         Some(path) => Some(DeployPublicKey::load(path)?),
         None => default_deploy_pubkey()?,
     };
-    Ok((files.clone(), Deployer::new(public, files)))
+    Ok((files, public))
 }
 
 /// The deploy public key where a board keeps it: the unit's credential
@@ -263,6 +266,23 @@ fn default_deploy_pubkey() -> Result<Option<DeployPublicKey>, CliError> {
                 default.display()
             );
             Ok(None)
+        }
+    }
+}
+
+/// The SHA-256 of the deployed binary this process is, checked against
+/// its record; one that does not match is removed and the launcher run
+/// again (returns only if it cannot be).
+fn verified(files: &Files, role: Role) -> Result<String, CliError> {
+    match files.verify(role) {
+        Ok(sha) => Ok(sha),
+        Err(why) => {
+            log::error!("the deployed binary does not match its record: {why}");
+            match role {
+                Role::Trial => files.roll_back(&format!("it does not match its record: {why}")),
+                _ => files.discard_current(&format!("it does not match its record: {why}")),
+            }
+            Err(CliError::Restart(launch::restart()))
         }
     }
 }
@@ -293,8 +313,13 @@ fn launch_deployed(files: &Files) -> Role {
 /// Runs the agent as `args` say, with `kernels`, until it stops: by a
 /// signal, or to restart into a deployed binary.
 pub fn run(args: Args, kernels: Registry) -> Result<node::Stopped, CliError> {
-    let (files, deployer) = deploy_setup(&args)?;
+    let (files, public) = deploy_setup(&args)?;
     let role = files.as_ref().map_or(Role::from_env(), launch_deployed);
+    let deployed = match (&files, role) {
+        (Some(files), Role::Current | Role::Trial) => Some(verified(files, role)?),
+        _ => None,
+    };
+    let deployer = Deployer::new(public, files, role);
     let path = args.key_file.unwrap_or_else(key::default_key_path);
     let key = key::ClusterKey::load(&path).map_err(|source| CliError::Key { path, source })?;
     let workers = args.workers.unwrap_or_else(identity::cores).max(1);
@@ -337,8 +362,7 @@ pub fn run(args: Args, kernels: Registry) -> Result<node::Stopped, CliError> {
         allow_plaintext: args.allow_plaintext,
         kernels,
         kernel_memory: args.kernel_memory.map(|mib| mib.saturating_mul(1 << 20)),
-        deployed: files.as_ref().and_then(|f| f.deployed(role)),
-        promote: files.filter(|_| role == Role::Trial),
+        deployed,
         deployer,
     })
     .map_err(CliError::from)

@@ -1,19 +1,25 @@
-//! Receiving a new agent binary (`skelpi deploy`), checking it, and
-//! staging it for the launcher ([`crate::launch`]) to start.
+//! Receiving a new agent binary (`skelpi deploy`), checking it, staging
+//! it, restarting into it on the master's word, and committing it once
+//! the master checked it (see [`crate::launch`] for which binary runs).
 //!
 //! A deploy is refused, with a message that says why, unless this agent
 //! has a deploy public key and a state directory, the manifest is signed
-//! by that key, names this agent's architecture and protocol, and the
-//! bytes that arrive are exactly the manifest's (size and SHA-256). The
-//! binary is then run once in its self-check mode (`--self-check`, which
-//! exits at once): it must run on this board and report the manifest's
-//! architecture, protocol and version. Only then is it staged; the
-//! running agent is untouched until the master asks it to restart.
+//! by that key, names this agent's architecture and protocol, was signed
+//! after the last manifest committed here (no replay of an older build),
+//! and the bytes that arrive are exactly the manifest's (size and
+//! SHA-256). The binary is then run once in its self-check mode
+//! (`--self-check`, which exits at once): it must run on this board and
+//! report the manifest's architecture, protocol and version. Only then is
+//! it staged; the running agent is untouched until the master asks it to
+//! restart, and a staged binary never restarted into is dropped at the
+//! next start.
 //!
-//! One upload at a time: a second master's offer is refused while another
-//! upload made progress in the last [`UPLOAD_IDLE`].
+//! One deploy at a time: another master's offer is refused while one is
+//! checked, or made progress in the last [`UPLOAD_IDLE`] (and at most
+//! [`UPLOAD_DEADLINE`] after it began). File writes and hashing run off
+//! the executor.
 
-use crate::launch::Files;
+use crate::launch::{Files, Role};
 use ring::digest::{Context, SHA256};
 use skelpi_proto::deploy::{
     Build, DeployChunk, DeployOffer, DeployStaged, MAX_BINARY_BYTES, Manifest,
@@ -23,42 +29,68 @@ use skelpi_wire::deploy_key::DeployPublicKey;
 use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// An upload idle this long may be replaced by another master's.
+/// A deploy idle this long may be replaced by another master's.
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(30);
+
+/// A deploy this old may be replaced however busy it is.
+pub const UPLOAD_DEADLINE: Duration = Duration::from_secs(600);
 
 /// How long the new binary's self-check may take.
 pub const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the self-check prints first.
-pub const SELF_CHECK_BANNER: &str = "skelpi-agent self-check ok";
-
-/// An agent's deploy set-up and the upload in progress.
-#[derive(Debug, Default)]
+/// An agent's deploy set-up and the deploy in progress.
+#[derive(Debug)]
 pub struct Deployer {
     /// The key manifests must be signed with (`None`: every deploy is
     /// refused).
     public: Option<DeployPublicKey>,
     /// Where binaries are kept (`None`: every deploy is refused).
     files: Option<Files>,
-    upload: Mutex<Option<Upload>>,
+    /// Which binary this process is.
+    role: Role,
+    committed: AtomicBool,
+    slot: Mutex<Slot>,
     restart: event_listener::Event,
-    restarting: std::sync::atomic::AtomicBool,
+    restarting: AtomicBool,
+}
+
+impl Default for Deployer {
+    fn default() -> Self {
+        Deployer::new(None, None, Role::Installed)
+    }
+}
+
+/// The deploy in progress.
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Free,
+    Uploading(Box<Upload>),
+    /// Being checked (its file is no longer written).
+    Checking {
+        peer: SocketAddr,
+    },
+    /// Checked and staged, waiting for its master's restart request.
+    Staged {
+        peer: SocketAddr,
+        since: Instant,
+    },
 }
 
 struct Upload {
     peer: SocketAddr,
     manifest: Manifest,
-    file: File,
+    /// Out while a chunk is written off the executor.
+    file: Option<(File, Context)>,
     received: u64,
-    hash: Context,
+    began: Instant,
     touched: Instant,
     /// The first chunk that was refused, said at the finish.
     failed: Option<String>,
-    staged: bool,
 }
 
 impl std::fmt::Debug for Upload {
@@ -67,8 +99,23 @@ impl std::fmt::Debug for Upload {
             .field("peer", &self.peer)
             .field("sha256", &self.manifest.sha256)
             .field("received", &self.received)
-            .field("staged", &self.staged)
             .finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    /// Whether `peer` may start a deploy now; else who holds the slot.
+    fn holder(&self, peer: SocketAddr, now: Instant) -> Option<SocketAddr> {
+        let (holder, began, touched) = match self {
+            Slot::Free => return None,
+            Slot::Uploading(u) => (u.peer, u.began, u.touched),
+            // A check ends within the self-check's bound.
+            Slot::Checking { peer } => return Some(*peer),
+            Slot::Staged { peer, since } => (*peer, *since, *since),
+        };
+        let stale = now.duration_since(touched) >= UPLOAD_IDLE
+            || now.duration_since(began) >= UPLOAD_DEADLINE;
+        (holder != peer && !stale).then_some(holder)
     }
 }
 
@@ -78,12 +125,17 @@ impl Deployer {
         Deployer::default()
     }
 
-    /// Deploys checked against `public`, binaries kept in `files`.
-    pub fn new(public: Option<DeployPublicKey>, files: Option<Files>) -> Deployer {
+    /// Deploys checked against `public`, binaries kept in `files`; this
+    /// process is the binary in `role`.
+    pub fn new(public: Option<DeployPublicKey>, files: Option<Files>, role: Role) -> Deployer {
         Deployer {
             public,
             files,
-            ..Deployer::default()
+            role,
+            committed: AtomicBool::new(false),
+            slot: Mutex::new(Slot::Free),
+            restart: event_listener::Event::new(),
+            restarting: AtomicBool::new(false),
         }
     }
 
@@ -92,12 +144,19 @@ impl Deployer {
         self.public.is_some() && self.files.is_some()
     }
 
-    /// The build this agent reports, with `version` its own.
+    /// Whether this process is a deployed binary not yet committed.
+    pub fn on_trial(&self) -> bool {
+        self.role == Role::Trial && !self.committed.load(Ordering::SeqCst)
+    }
+
+    /// The build this agent reports, with `version` its own and
+    /// `deployed` the SHA-256 of the deployed binary it runs.
     pub fn build(&self, version: &str, deployed: Option<String>) -> Build {
         Build {
             version: version.to_owned(),
             deployed,
             deployable: self.enabled(),
+            on_trial: self.on_trial(),
             last_failure: self.files.as_ref().and_then(Files::last_failure),
         }
     }
@@ -116,16 +175,21 @@ impl Deployer {
 
     /// Whether a restart was asked for.
     pub fn restarting(&self) -> bool {
-        self.restarting.load(std::sync::atomic::Ordering::SeqCst)
+        self.restarting.load(Ordering::SeqCst)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Handles a deploy message from `peer`; the reply, if any.
     pub async fn handle(&self, peer: SocketAddr, msg: Message) -> Option<Result<Message, String>> {
         match msg {
             Message::DeployOffer(offer) => Some(self.offer(peer, offer)),
-            Message::DeployChunk(chunk) => self.chunk(peer, chunk).err().map(Err),
+            Message::DeployChunk(chunk) => self.chunk(peer, chunk).await.err().map(Err),
             Message::DeployFinish => Some(self.finish(peer).await),
             Message::DeployRestart => Some(self.ask_restart(peer)),
+            Message::DeployCommit => Some(self.commit(peer)),
             other => Some(Err(format!("{} is no deploy message", other.kind_name()))),
         }
     }
@@ -152,22 +216,26 @@ impl Deployer {
             })?;
         let manifest = Manifest::from_bytes(&offer.manifest)?;
         check_manifest(&manifest)?;
-        let mut upload = self.upload.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(other) = upload.as_ref()
-            && other.peer != peer
-            && other.touched.elapsed() < UPLOAD_IDLE
-        {
+        let last = files.last_issued();
+        if manifest.issued_at <= last {
             return Err(format!(
-                "master {} is deploying to this agent now; try again when it is done",
-                other.peer
+                "the manifest was signed at {} (Unix time), not after the last one committed \
+                 here ({last}): a replay, or an older build; sign it anew",
+                manifest.issued_at
             ));
         }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o700)
-            .open(files.incoming())
+        let mut slot = self.slot();
+        let now = Instant::now();
+        if let Some(holder) = slot.holder(peer, now) {
+            return Err(format!(
+                "master {holder} is deploying to this agent now; try again when it is done"
+            ));
+        }
+        if matches!(*slot, Slot::Staged { .. }) {
+            files.unstage();
+        }
+        let file = files
+            .fresh_incoming()
             .map_err(|e| format!("cannot write {}: {e}", files.incoming().display()))?;
         log::info!(
             "master {peer} offers agent binary {} ({} bytes, {})",
@@ -175,16 +243,15 @@ impl Deployer {
             manifest.size,
             manifest.version.as_deref().unwrap_or("version not said")
         );
-        *upload = Some(Upload {
+        *slot = Slot::Uploading(Box::new(Upload {
             peer,
             manifest,
-            file,
+            file: Some((file, Context::new(&SHA256))),
             received: 0,
-            hash: Context::new(&SHA256),
-            touched: Instant::now(),
+            began: now,
+            touched: now,
             failed: None,
-            staged: false,
-        });
+        }));
         Ok(Message::DeployAccepted)
     }
 
@@ -202,98 +269,135 @@ impl Deployer {
         }
     }
 
-    fn chunk(&self, peer: SocketAddr, chunk: DeployChunk) -> Result<(), String> {
-        let mut upload = self.upload.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(up) = upload.as_mut().filter(|u| u.peer == peer && !u.staged) else {
-            return Err("a deploy chunk without an accepted offer".to_owned());
-        };
-        up.touched = Instant::now();
-        if up.failed.is_some() {
-            return Ok(());
-        }
-        let end = chunk.offset.saturating_add(chunk.bytes.len() as u64);
-        let refused = if chunk.offset != up.received {
-            Some(format!(
-                "a chunk at byte {} arrived where byte {} was due",
-                chunk.offset, up.received
-            ))
-        } else if end > up.manifest.size {
-            Some(format!(
-                "more bytes arrived than the manifest's {}",
-                up.manifest.size
-            ))
-        } else {
-            up.file
-                .write_all(&chunk.bytes)
-                .err()
-                .map(|e| format!("cannot store the binary: {e}"))
-        };
-        match refused {
-            Some(why) => up.failed = Some(why),
-            None => {
-                up.hash.update(&chunk.bytes);
-                up.received = end;
+    /// Writes a chunk (off the executor); `Err` only for a chunk without
+    /// an upload of this master's (a refused chunk is said at the finish).
+    async fn chunk(&self, peer: SocketAddr, chunk: DeployChunk) -> Result<(), String> {
+        let (file, end) = {
+            let mut slot = self.slot();
+            let Slot::Uploading(up) = &mut *slot else {
+                return Err("a deploy chunk without an accepted offer".to_owned());
+            };
+            if up.peer != peer {
+                return Err("a deploy chunk without an accepted offer".to_owned());
             }
+            if up.failed.is_some() || chunk.bytes.is_empty() {
+                return Ok(());
+            }
+            let end = chunk.offset.saturating_add(chunk.bytes.len() as u64);
+            if chunk.offset != up.received {
+                up.failed = Some(format!(
+                    "a chunk at byte {} arrived where byte {} was due",
+                    chunk.offset, up.received
+                ));
+                return Ok(());
+            }
+            if end > up.manifest.size {
+                up.failed = Some(format!(
+                    "more bytes arrived than the manifest's {}",
+                    up.manifest.size
+                ));
+                return Ok(());
+            }
+            let Some(file) = up.file.take() else {
+                return Ok(());
+            };
+            (file, end)
+        };
+        let written = smol::unblock(move || {
+            let (mut file, mut hash) = file;
+            let w = file.write_all(&chunk.bytes);
+            hash.update(&chunk.bytes);
+            (file, hash, w)
+        })
+        .await;
+        let mut slot = self.slot();
+        if let Slot::Uploading(up) = &mut *slot
+            && up.peer == peer
+        {
+            let (file, hash, w) = written;
+            match w {
+                Ok(()) => {
+                    up.received = end;
+                    up.touched = Instant::now();
+                }
+                Err(e) => up.failed = Some(format!("cannot store the binary: {e}")),
+            }
+            up.file = Some((file, hash));
         }
         Ok(())
     }
 
     async fn finish(&self, peer: SocketAddr) -> Result<Message, String> {
         let files = self.files.clone().ok_or_else(|| self.why_disabled())?;
-        let (manifest, file, hash) = {
-            let mut upload = self.upload.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(up) = upload.take_if(|u| u.peer == peer && !u.staged) else {
-                return Err("nothing was uploaded to finish".to_owned());
-            };
-            if let Some(why) = up.failed {
-                return Err(why);
+        let up = {
+            let mut slot = self.slot();
+            match std::mem::take(&mut *slot) {
+                Slot::Uploading(up) if up.peer == peer => {
+                    *slot = Slot::Checking { peer };
+                    up
+                }
+                other => {
+                    *slot = other;
+                    return Err("nothing of yours was uploaded to finish".to_owned());
+                }
             }
-            if up.received != up.manifest.size {
-                return Err(format!(
-                    "the upload is truncated: {} of the manifest's {} bytes arrived",
-                    up.received, up.manifest.size
-                ));
-            }
-            (up.manifest, up.file, up.hash)
         };
-        let sha256 = hex(hash.finish().as_ref());
-        if sha256 != manifest.sha256 {
-            return Err(format!(
-                "the binary's SHA-256 is {sha256}, the signed manifest says {}",
-                manifest.sha256
-            ));
-        }
+        let manifest = up.manifest.clone();
         let checked = {
             let files = files.clone();
-            let manifest = manifest.clone();
-            smol::unblock(move || stage(&files, file, &manifest)).await
+            smol::unblock(move || check_upload(&files, *up)).await
         };
-        let version = checked?;
-        log::info!("staged agent binary {sha256} (version {version}) from master {peer}");
-        let mut upload = self.upload.lock().unwrap_or_else(|e| e.into_inner());
-        *upload = Some(Upload {
-            peer,
-            manifest,
-            file: File::open("/dev/null").map_err(|e| e.to_string())?,
-            received: 0,
-            hash: Context::new(&SHA256),
-            touched: Instant::now(),
-            failed: None,
-            staged: true,
-        });
-        Ok(Message::DeployStaged(DeployStaged { sha256, version }))
+        let mut slot = self.slot();
+        match checked {
+            Ok(version) => {
+                log::info!(
+                    "staged agent binary {} (version {version}) from master {peer}",
+                    manifest.sha256
+                );
+                *slot = Slot::Staged {
+                    peer,
+                    since: Instant::now(),
+                };
+                Ok(Message::DeployStaged(DeployStaged {
+                    sha256: manifest.sha256,
+                    version,
+                }))
+            }
+            Err(why) => {
+                files.drop_incoming();
+                *slot = Slot::Free;
+                Err(why)
+            }
+        }
     }
 
     fn ask_restart(&self, peer: SocketAddr) -> Result<Message, String> {
-        let upload = self.upload.lock().unwrap_or_else(|e| e.into_inner());
-        if !upload.as_ref().is_some_and(|u| u.staged && u.peer == peer) {
+        let files = self.files.as_ref().ok_or_else(|| self.why_disabled())?;
+        let mut slot = self.slot();
+        if !matches!(*slot, Slot::Staged { peer: p, .. } if p == peer) {
             return Err("no binary of yours is staged here: deploy one first".to_owned());
         }
+        files
+            .stage_to_trial()
+            .map_err(|e| format!("cannot make the staged binary the next to run: {e}"))?;
+        *slot = Slot::Free;
         log::info!("master {peer} asked for a restart into the staged binary");
-        self.restarting
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.restarting.store(true, Ordering::SeqCst);
         self.restart.notify(usize::MAX);
         Ok(Message::DeployRestarting)
+    }
+
+    fn commit(&self, peer: SocketAddr) -> Result<Message, String> {
+        let files = self.files.as_ref().ok_or_else(|| self.why_disabled())?;
+        if !self.on_trial() {
+            return Err("no deployed binary is on trial here: nothing to commit".to_owned());
+        }
+        files
+            .promote()
+            .map_err(|e| format!("cannot make the binary on trial current: {e}"))?;
+        self.committed.store(true, Ordering::SeqCst);
+        log::info!("master {peer} committed the deployed binary: it is the current one now");
+        Ok(Message::DeployCommitted)
     }
 }
 
@@ -319,20 +423,44 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
             m.size
         ));
     }
-    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("the manifest's sha256 is not 64 hex digits".to_owned());
+    if m.sha256.len() != 64
+        || !m
+            .sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err("the manifest's sha256 is not 64 lower-case hex digits".to_owned());
     }
     Ok(())
 }
 
-/// Stores the checked binary as the trial and runs its self-check; its
+/// Checks a finished upload (size, hash, self-check) and stages it; its
 /// version.
-fn stage(files: &Files, file: File, manifest: &Manifest) -> Result<String, String> {
+fn check_upload(files: &Files, up: Upload) -> Result<String, String> {
+    if let Some(why) = up.failed {
+        return Err(why);
+    }
+    if up.received != up.manifest.size {
+        return Err(format!(
+            "the upload is truncated: {} of the manifest's {} bytes arrived",
+            up.received, up.manifest.size
+        ));
+    }
+    let (file, hash) = up
+        .file
+        .ok_or_else(|| "the upload was still being written".to_owned())?;
+    let sha256 = hex(hash.finish().as_ref());
+    if sha256 != up.manifest.sha256 {
+        return Err(format!(
+            "the binary's SHA-256 is {sha256}, the signed manifest says {}",
+            up.manifest.sha256
+        ));
+    }
     file.sync_all()
         .map_err(|e| format!("cannot store the binary: {e}"))?;
     drop(file);
-    let trial = files.incoming();
-    let report = self_check(&trial)?;
+    let manifest = &up.manifest;
+    let report = self_check(&files.incoming())?;
     let expect = |key: &str, want: &str| match report.get(key) {
         Some(got) if got == want => Ok(()),
         got => Err(format!(
@@ -347,13 +475,15 @@ fn stage(files: &Files, file: File, manifest: &Manifest) -> Result<String, Strin
     }
     let version = report.get("version").cloned().unwrap_or_default();
     files
-        .stage(&manifest.sha256, &version)
+        .stage(&manifest.sha256, &version, manifest.issued_at)
         .map_err(|e| format!("cannot stage the binary: {e}"))?;
     Ok(version)
 }
 
-/// Runs `path --self-check`; the `key=value` lines it printed.
+/// Runs `path --self-check`; the `key=value` lines it printed (its
+/// output read as it comes, so a chatty one cannot block on a full pipe).
 fn self_check(path: &std::path::Path) -> Result<std::collections::HashMap<String, String>, String> {
+    use std::io::Read;
     use std::process::{Command, Stdio};
     let mut child = Command::new(path)
         .arg("--self-check")
@@ -362,6 +492,27 @@ fn self_check(path: &std::path::Path) -> Result<std::collections::HashMap<String
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("the binary does not run on this board: {e}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.take(64 << 10).read_to_end(&mut kept);
+            }
+            kept
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -379,12 +530,11 @@ fn self_check(path: &std::path::Path) -> Result<std::collections::HashMap<String
             Err(e) => return Err(format!("cannot wait for the binary's self-check: {e}")),
         }
     };
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("cannot read the self-check: {e}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !status.success() || !stdout.starts_with(SELF_CHECK_BANNER) {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
+    let report = skelpi_proto::deploy::parse_self_check(&stdout).filter(|_| status.success());
+    let Some(report) = report else {
+        let stderr = stderr.join().unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&stderr);
         let said = skelpi_proto::text::clip(stderr.trim(), 200).into_owned();
         return Err(format!(
             "the binary failed its self-check ({status}){}",
@@ -394,20 +544,8 @@ fn self_check(path: &std::path::Path) -> Result<std::collections::HashMap<String
                 format!(": {said}")
             }
         ));
-    }
-    Ok(stdout
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect())
-}
-
-/// What `--self-check` prints: the banner and `key=value` lines.
-pub fn self_check_report(version: &str) -> String {
-    format!(
-        "{SELF_CHECK_BANNER}\nversion={version}\nprotocol={PROTOCOL_VERSION}\narch={}\n",
-        std::env::consts::ARCH
-    )
+    };
+    Ok(report)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -7,17 +7,19 @@
 //!
 //! - a `trial` never started: it marks it started and runs it (`exec`, so
 //!   systemd keeps watching the same process);
-//! - a `trial` marked started: that trial ran and never became ready (it
+//! - a `trial` marked started: that trial ran and was never committed (it
 //!   exited, crashed, or hung until the watchdog killed it, and systemd
-//!   started the unit again). It is moved aside to `failed`, the reason
-//!   kept in `last-failure` (agents report it in their handshake), and
-//!   the launcher goes on as if there were no trial;
+//!   started the unit again). It is removed, the reason kept in
+//!   `last-failure` (agents report it in their handshake), and the
+//!   launcher goes on as if there were no trial;
 //! - a `current`: it runs it;
 //! - else it runs itself.
 //!
-//! A trial that becomes ready promotes itself: `current` becomes
-//! `previous`, the trial `current`. A restart asked for by a deploy runs
-//! the launcher again. Without systemd (or another supervisor that
+//! A trial becomes `current` (and `current` `previous`) only when the
+//! master commits it, after it answered on it and ran a check job there;
+//! until then any restart rolls it back. A deployed binary checks its own
+//! hash against its record before it runs. A restart asked for by a
+//! deploy runs the launcher again. Without systemd (or another supervisor that
 //! restarts the agent when it exits), a trial that exits is not rolled
 //! back until the agent is started again.
 
@@ -71,7 +73,11 @@ pub enum Choice {
     Exec(PathBuf, Role),
 }
 
-/// The deploy directory and its files.
+/// The deploy directory and its files: `incoming` (an upload), `staged`
+/// (checked, waiting for the master's restart), `trial` (restarted into,
+/// not yet committed; `trial.started` once the launcher ran it),
+/// `current` and `previous`, each binary with its `.sha256` record (hash,
+/// version, signing time), and `last-failure`, `last-issued`.
 #[derive(Debug, Clone)]
 pub struct Files {
     dir: PathBuf,
@@ -79,14 +85,19 @@ pub struct Files {
 
 impl Files {
     /// The deploy directory under `state_dir`, made (mode 0700) if
-    /// missing.
+    /// missing; an upload or staged binary left by an earlier run is
+    /// removed (it was never restarted into).
     pub fn open(state_dir: &Path) -> io::Result<Files> {
         let dir = state_dir.join("deploy");
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
-        Ok(Files { dir })
+        let files = Files { dir };
+        for leftover in ["incoming", "staged", "staged.sha256"] {
+            let _ = std::fs::remove_file(files.path(leftover));
+        }
+        Ok(files)
     }
 
     /// The directory.
@@ -103,16 +114,43 @@ impl Files {
         self.path("incoming")
     }
 
-    /// Makes the checked upload the trial the launcher runs next, with
-    /// its hash and version beside it.
-    pub fn stage(&self, sha256: &str, version: &str) -> io::Result<()> {
-        std::fs::write(
-            self.path("trial.sha256.new"),
-            format!("{sha256}\n{version}\n"),
-        )?;
+    /// A new, empty upload file: a fresh inode each time (an earlier
+    /// upload's open handle writes elsewhere), mode 0700.
+    pub fn fresh_incoming(&self) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(self.incoming());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(self.incoming())
+    }
+
+    /// Drops the upload.
+    pub fn drop_incoming(&self) {
+        let _ = std::fs::remove_file(self.incoming());
+    }
+
+    /// Makes the checked upload the staged binary, with its record.
+    pub fn stage(&self, sha256: &str, version: &str, issued_at: u64) -> io::Result<()> {
+        let record = format!("{sha256}\n{version}\n{issued_at}\n");
+        std::fs::write(self.path("staged.sha256"), record)?;
+        std::fs::rename(self.incoming(), self.path("staged"))?;
+        self.sync()
+    }
+
+    /// Drops the staged binary.
+    pub fn unstage(&self) {
+        let _ = std::fs::remove_file(self.path("staged"));
+        let _ = std::fs::remove_file(self.path("staged.sha256"));
+    }
+
+    /// Makes the staged binary the trial the launcher runs next.
+    pub fn stage_to_trial(&self) -> io::Result<()> {
         let _ = std::fs::remove_file(self.path("trial.started"));
-        std::fs::rename(self.incoming(), self.path("trial"))?;
-        std::fs::rename(self.path("trial.sha256.new"), self.path("trial.sha256"))
+        std::fs::rename(self.path("staged.sha256"), self.path("trial.sha256"))?;
+        std::fs::rename(self.path("staged"), self.path("trial"))?;
+        self.sync()
     }
 
     /// Why the last deploy here did not become the running binary.
@@ -121,15 +159,51 @@ impl Files {
         Some(skelpi_proto::text::clip(text.trim(), 400).into_owned())
     }
 
-    /// The SHA-256 of the binary in `role` (`None` for the installed one).
-    pub fn deployed(&self, role: Role) -> Option<String> {
+    /// The signing time of the last manifest committed here (0: none).
+    pub fn last_issued(&self) -> u64 {
+        std::fs::read_to_string(self.path("last-issued"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn record(&self, role: Role) -> Option<(String, u64)> {
         let name = match role {
             Role::Installed => return None,
             Role::Current => "current.sha256",
             Role::Trial => "trial.sha256",
         };
         let text = std::fs::read_to_string(self.path(name)).ok()?;
-        text.lines().next().map(str::to_owned)
+        let mut lines = text.lines();
+        let sha = lines.next()?.to_owned();
+        let issued = lines.nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+        Some((sha, issued))
+    }
+
+    /// The SHA-256 its record gives for the binary in `role` (`None` for
+    /// the installed one).
+    pub fn deployed(&self, role: Role) -> Option<String> {
+        self.record(role).map(|(sha, _)| sha)
+    }
+
+    /// Checks that the binary in `role` is the one its record names (a
+    /// deployed binary about to run); its SHA-256.
+    pub fn verify(&self, role: Role) -> Result<String, String> {
+        let (name, recorded) = match role {
+            Role::Installed => return Err("the installed binary has no record".into()),
+            Role::Current => ("current", self.deployed(role)),
+            Role::Trial => ("trial", self.deployed(role)),
+        };
+        let bytes = std::fs::read(self.path(name)).map_err(|e| format!("cannot read it: {e}"))?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let sha: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        match recorded {
+            Some(r) if r == sha => Ok(sha),
+            r => Err(format!(
+                "its SHA-256 is {sha}, its record says {}",
+                r.as_deref().unwrap_or("nothing")
+            )),
+        }
     }
 
     /// What the launcher runs.
@@ -139,8 +213,12 @@ impl Files {
         }
         if self.path("trial").exists() {
             if self.path("trial.started").exists() {
-                self.roll_back("it exited, crashed or hung before it was ready");
-            } else if let Err(e) = std::fs::write(self.path("trial.started"), b"") {
+                self.roll_back(
+                    "it exited, crashed or hung before it was committed (ready and checked)",
+                );
+            } else if let Err(e) =
+                std::fs::write(self.path("trial.started"), b"").and_then(|()| self.sync())
+            {
                 log::error!("cannot mark the deployed binary started ({e}); not running it");
                 self.roll_back(&format!("its start could not be recorded: {e}"));
             } else {
@@ -153,35 +231,67 @@ impl Files {
         Choice::Run
     }
 
-    /// Moves a trial that did not come up aside, saying why in
+    /// Removes a trial that did not come up, saying why in
     /// `last-failure`.
     pub fn roll_back(&self, why: &str) {
         let sha = self.deployed(Role::Trial).unwrap_or_else(|| "?".to_owned());
         let back_to = self
             .deployed(Role::Current)
             .map_or("the installed binary".to_owned(), |s| format!("binary {s}"));
-        let text = format!("rolled back from binary {sha} to {back_to}: {why}");
+        self.fail(&format!(
+            "rolled back from binary {sha} to {back_to}: {why}"
+        ));
+        for name in ["trial", "trial.sha256", "trial.started"] {
+            let _ = std::fs::remove_file(self.path(name));
+        }
+        let _ = self.sync();
+    }
+
+    /// Removes a current binary that does not match its record (the
+    /// installed one runs next).
+    pub fn discard_current(&self, why: &str) {
+        self.fail(&format!("discarded the current binary: {why}"));
+        for name in ["current", "current.sha256"] {
+            let _ = std::fs::remove_file(self.path(name));
+        }
+        let _ = self.sync();
+    }
+
+    fn fail(&self, text: &str) {
         log::warn!("deploy failed: {text}");
-        let _ = std::fs::rename(self.path("trial"), self.path("failed"));
-        let _ = std::fs::rename(self.path("trial.sha256"), self.path("failed.sha256"));
-        let _ = std::fs::remove_file(self.path("trial.started"));
         if let Err(e) = std::fs::write(self.path("last-failure"), format!("{text}\n")) {
             log::warn!("cannot record the failed deploy: {e}");
         }
     }
 
-    /// A trial that became ready becomes the current binary; the one it
-    /// replaces is kept as `previous`.
+    /// Commits the trial (it is ready and passed the master's check): it
+    /// becomes `current`, the one it replaces is kept as `previous`.
+    /// Each step replaces a name atomically, so a crash leaves either the
+    /// old or the new binary current.
     pub fn promote(&self) -> io::Result<()> {
+        let issued = self.record(Role::Trial).map_or(0, |(_, issued)| issued);
         if self.path("current").exists() {
-            std::fs::rename(self.path("current"), self.path("previous"))?;
-            let _ = std::fs::rename(self.path("current.sha256"), self.path("previous.sha256"));
+            for (from, to) in [
+                ("current", "previous"),
+                ("current.sha256", "previous.sha256"),
+            ] {
+                let tmp = self.path(&format!("{to}.new"));
+                let _ = std::fs::remove_file(&tmp);
+                std::fs::hard_link(self.path(from), &tmp)?;
+                std::fs::rename(&tmp, self.path(to))?;
+            }
         }
-        std::fs::rename(self.path("trial"), self.path("current"))?;
         std::fs::rename(self.path("trial.sha256"), self.path("current.sha256"))?;
+        std::fs::rename(self.path("trial"), self.path("current"))?;
         let _ = std::fs::remove_file(self.path("trial.started"));
         let _ = std::fs::remove_file(self.path("last-failure"));
-        Ok(())
+        std::fs::write(self.path("last-issued"), format!("{issued}\n"))?;
+        self.sync()
+    }
+
+    /// Flushes the directory's renames to disk.
+    fn sync(&self) -> io::Result<()> {
+        std::fs::File::open(&self.dir)?.sync_all()
     }
 }
 
@@ -237,8 +347,10 @@ mod tests {
     }
 
     fn stage(files: &Files, sha: &str) {
-        std::fs::write(files.incoming(), b"binary").unwrap();
-        files.stage(sha, "0.1.0").unwrap();
+        drop(files.fresh_incoming().unwrap());
+        std::fs::write(files.incoming(), sha.as_bytes()).unwrap();
+        files.stage(sha, "0.1.0", 7).unwrap();
+        files.stage_to_trial().unwrap();
     }
 
     #[test]
@@ -252,7 +364,7 @@ mod tests {
             Choice::Exec(trial.clone(), Role::Trial)
         );
         assert_eq!(files.deployed(Role::Trial).as_deref(), Some("aa"));
-        // It never became ready: the next start rolls back to the installed one.
+        // It was never committed: the next start rolls back to the installed one.
         assert_eq!(files.choose(Role::Installed), Choice::Run);
         let failure = files.last_failure().unwrap();
         assert!(
@@ -267,6 +379,7 @@ mod tests {
         );
         files.promote().unwrap();
         assert_eq!(files.last_failure(), None);
+        assert_eq!(files.last_issued(), 7);
         let current = files.dir().join("current");
         assert_eq!(
             files.choose(Role::Installed),
@@ -285,8 +398,17 @@ mod tests {
         );
         let failure = files.last_failure().unwrap();
         assert!(failure.contains("from binary cc to binary bb"), "{failure}");
-        // A binary started by the launcher runs.
+        // A binary started by the launcher runs, once its hash is checked.
         assert_eq!(files.choose(Role::Current), Choice::Run);
+        let e = files.verify(Role::Current).unwrap_err();
+        assert!(e.contains("its record says bb"), "{e}");
+        files.discard_current(&e);
+        assert_eq!(files.choose(Role::Installed), Choice::Run);
+        // A staged binary never restarted into is gone at the next start.
+        drop(files.fresh_incoming().unwrap());
+        files.stage("dd", "0.1.0", 8).unwrap();
+        let files = Files::open(files.dir().parent().unwrap()).unwrap();
+        assert!(!files.dir().join("staged").exists());
         let _ = std::fs::remove_dir_all(files.dir().parent().unwrap());
     }
 }

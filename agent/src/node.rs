@@ -4,7 +4,6 @@
 use crate::announce::{AnnounceError, Announcer};
 use crate::deploy::Deployer;
 use crate::identity;
-use crate::launch::Files;
 use crate::server;
 use crate::service;
 use crate::state::AgentState;
@@ -41,9 +40,6 @@ pub struct NodeConfig {
     pub deployer: Deployer,
     /// The SHA-256 of the binary running, when a deploy put it there.
     pub deployed: Option<String>,
-    /// A trial binary's deploy files: once ready, it becomes the current
-    /// binary (see [`crate::launch`]).
-    pub promote: Option<Files>,
 }
 
 /// Why the daemon stopped.
@@ -133,14 +129,11 @@ pub fn run(config: NodeConfig) -> Result<Stopped, NodeError> {
         server_config.workers.set_kernel_memory(bytes);
     }
     service::ready(&status);
-    if let Some(files) = &config.promote {
-        match files.promote() {
-            Ok(()) => log::info!(
-                "the deployed binary {} is ready: it is the current one now",
-                config.deployed.as_deref().unwrap_or("?")
-            ),
-            Err(e) => log::error!("cannot make the deployed binary current: {e}"),
-        }
+    if server_config.deploy.on_trial() {
+        log::info!(
+            "the deployed binary {} is ready, on trial until its master commits it",
+            config.deployed.as_deref().unwrap_or("?")
+        );
     }
     let state = server_config.clone();
     let serve = server::serve(listener, server_config, async {
@@ -153,13 +146,15 @@ pub fn run(config: NodeConfig) -> Result<Stopped, NodeError> {
                 };
                 log::info!("received {name}, shutting down");
             }
+            // Only a stop is said to systemd: a restart into a deployed
+            // binary keeps the unit running (the same process, exec'd).
+            service::stopping();
         };
         let restart = async {
             state.deploy.restart_requested().await;
             log::info!("restarting into the deployed binary");
         };
         futures_lite::future::or(signal, restart).await;
-        service::stopping();
     });
     let served = smol::block_on(futures_lite::future::or(serve, async {
         service::watchdog().await;

@@ -322,7 +322,14 @@ impl Driver<'_> {
                 *bulk = array.data;
                 self.sent(sent)
             }
-            Action::Welcome => self.send(&Message::Welcome(config.info.clone())).await,
+            Action::Welcome => {
+                let mut info = config.info.clone();
+                // What a deploy changed since the agent started.
+                if let Some(build) = info.build.as_mut() {
+                    build.on_trial = config.deploy.on_trial();
+                }
+                self.send(&Message::Welcome(info)).await
+            }
             Action::RunTask(task, input) => self.run_task(task, input).await,
             Action::EndJob(job) => {
                 config.kernels.end_job(job);

@@ -17,6 +17,12 @@ pub fn stopping() {
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
 }
 
+/// Pings the watchdog once (before the agent replaces itself with
+/// another binary, which pings it on its own once it runs).
+pub fn watchdog_ping() {
+    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+}
+
 /// The interval at which the watchdog wants pings (half its timeout), if
 /// systemd enabled one for this process.
 pub fn watchdog_interval() -> Option<Duration> {

@@ -209,7 +209,8 @@ impl Session {
             | Message::DeployOffer(_)
             | Message::DeployChunk(_)
             | Message::DeployFinish
-            | Message::DeployRestart) => vec![Action::Answer(msg)],
+            | Message::DeployRestart
+            | Message::DeployCommit) => vec![Action::Answer(msg)],
             Message::Bye => self.end(Ending::Goodbye),
             // The driver logs it; nothing to answer.
             Message::Error(_) => Vec::new(),

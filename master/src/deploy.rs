@@ -140,14 +140,17 @@ impl Binary {
         })
     }
 
-    /// Its manifest.
-    pub fn manifest(&self) -> Manifest {
+    /// Its manifest, signed at `issued_at` (seconds since the Unix
+    /// epoch: agents take no manifest older than the last they
+    /// committed).
+    pub fn manifest(&self, issued_at: u64) -> Manifest {
         Manifest {
             sha256: self.sha256.clone(),
             size: self.bytes.len() as u64,
             arch: self.arch.clone(),
             protocol: PROTOCOL_VERSION,
             version: self.version.clone(),
+            issued_at,
         }
     }
 }
@@ -206,16 +209,11 @@ fn self_check(path: &Path) -> Result<std::collections::HashMap<String, String>, 
     };
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
-    if !status.success() || !text.starts_with("skelpi-agent self-check ok") {
-        return Err(format!(
-            "its self-check (--self-check) failed ({status}): is it a skelpi-agent?"
-        ));
-    }
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect())
+    skelpi_proto::deploy::parse_self_check(&text)
+        .filter(|_| status.success())
+        .ok_or_else(|| {
+            format!("its self-check (--self-check) failed ({status}): is it a skelpi-agent?")
+        })
 }
 
 /// A board of the pool, as a deploy sees it.
@@ -233,6 +231,8 @@ pub struct Board {
     pub deployed: Option<String>,
     /// Whether it accepts deploys.
     pub deployable: bool,
+    /// Whether its deployed binary is on trial (not committed).
+    pub on_trial: bool,
 }
 
 impl Board {
@@ -251,6 +251,7 @@ impl Board {
             },
             deployed: build.deployed,
             deployable: build.deployable,
+            on_trial: build.on_trial,
         }
     }
 }
@@ -323,7 +324,8 @@ pub fn plan(boards: &[Board], binaries: &[Binary]) -> Result<Vec<Step>, DeployEr
             Step {
                 board: board.clone(),
                 binary,
-                current: board.deployed.as_deref() == Some(&binaries[binary].sha256),
+                current: board.deployed.as_deref() == Some(&binaries[binary].sha256)
+                    && !board.on_trial,
             }
         })
         .collect())
@@ -397,10 +399,13 @@ pub async fn roll(
     opts: &RollOptions,
     mut progress: impl FnMut(&Board, Progress),
 ) -> Vec<(Board, Outcome)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let signed: Vec<DeployOffer> = binaries
         .iter()
         .map(|b| {
-            let manifest = b.manifest().to_bytes();
+            let manifest = b.manifest(now).to_bytes();
             let signature = key.sign(&manifest);
             DeployOffer {
                 manifest: manifest.into(),
@@ -419,6 +424,11 @@ pub async fn roll(
         let mut restarted = Vec::new();
         for step in batch {
             let board = &step.board;
+            if failed {
+                progress(board, Progress::Done(Outcome::NotReached));
+                outcomes.push((board.clone(), Outcome::NotReached));
+                continue;
+            }
             if step.current {
                 progress(board, Progress::Done(Outcome::AlreadyCurrent));
                 outcomes.push((board.clone(), Outcome::AlreadyCurrent));
@@ -569,23 +579,43 @@ pub async fn come_back(
         async_io::Timer::after(RETRY_EVERY).await;
     }
     Err(format!(
-        "it did not answer on the new binary within {bound:?} (last: {last}); its launcher \
-         rolls it back at its next start"
+        "it did not answer on the new binary within {bound:?} (last: {last}); it may still \
+         come up on it, on trial: uncommitted, it goes back to its old binary at its next \
+         restart"
     ))
 }
 
-/// Pings the upgraded agent and runs a small farm on it (when it offers
-/// `square`); the version it runs.
+/// Pings the upgraded agent, runs a small farm on it (when it offers
+/// `square`), then commits its binary; the version it runs.
 async fn check(conn: AgentConn, key: &ClusterKey, opts: &ConnectOptions) -> Result<String, String> {
     let addr = conn.addr();
     let mut conn = conn;
     conn.ping().await.map_err(|e| e.to_string())?;
     let info = conn.info().clone();
-    conn.close().await;
     let version = info.build.map(|b| b.version).unwrap_or_default();
-    if !info.kernels.iter().any(|k| k == "square") {
-        return Ok(version);
+    if info.kernels.iter().any(|k| k == "square")
+        && let Err(why) = check_job(addr, key, opts).await
+    {
+        conn.close().await;
+        return Err(why);
     }
+    let committed = conn
+        .request(&Message::DeployCommit, |got| match got {
+            Message::DeployCommitted => Ok(Reply::Done(())),
+            other => Err(unexpected(addr, other, "asked to commit")),
+        })
+        .await;
+    conn.close().await;
+    committed.map_err(|e| format!("the commit failed: {e}"))?;
+    Ok(version)
+}
+
+/// A farm of `square` over 8 items on the agent at `addr` alone.
+async fn check_job(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    opts: &ConnectOptions,
+) -> Result<(), String> {
     let mut one = Cluster::connect(&[addr], key, opts)
         .await
         .map_err(|e| e.to_string())?;
@@ -595,13 +625,12 @@ async fn check(conn: AgentConn, key: &ClusterKey, opts: &ConnectOptions) -> Resu
     let inputs: Vec<Array> = (0..8).map(|i| Array::list(vec![f64::from(i)])).collect();
     let out = one.run(&tree, inputs).await.map_err(|e| e.to_string());
     one.close().await;
-    let out = out?;
-    let right = out
+    let right = out?
         .iter()
         .enumerate()
         .all(|(i, a)| a.data == [(i * i) as f64]);
     if right {
-        Ok(version)
+        Ok(())
     } else {
         Err("the check job's results were wrong".to_owned())
     }

@@ -103,7 +103,9 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         | Message::DeployAccepted
         | Message::DeployFinish
         | Message::DeployRestart
-        | Message::DeployRestarting => ciborium::into_writer(&(), &mut *out),
+        | Message::DeployRestarting
+        | Message::DeployCommit
+        | Message::DeployCommitted => ciborium::into_writer(&(), &mut *out),
         Message::RawEchoReady(b) => ciborium::into_writer(b, &mut *out),
         Message::Task(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
@@ -289,6 +291,8 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         35 => Message::DeployStaged(body::<crate::deploy::DeployStaged>(kind, rest)?),
         36 => unit(kind, rest, Message::DeployRestart)?,
         37 => unit(kind, rest, Message::DeployRestarting)?,
+        38 => unit(kind, rest, Message::DeployCommit)?,
+        39 => unit(kind, rest, Message::DeployCommitted)?,
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

@@ -16,7 +16,13 @@
 //!                                   ◄─ DeployStaged {version}  (or Error)
 //! DeployRestart                     ─►
 //!                                   ◄─ DeployRestarting, then the agent restarts
+//! ... (on a new connection, once the new binary passed the master's check)
+//! DeployCommit                      ─►
+//!                                   ◄─ DeployCommitted         (or Error)
 //! ```
+//!
+//! A binary that restarted but was never committed is rolled back at the
+//! agent's next start.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -46,6 +52,11 @@ pub struct Manifest {
     /// it; the agent checks it against the binary's self-check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// When it was signed (seconds since the Unix epoch, the signer's
+    /// clock): an agent takes no manifest signed before the last one it
+    /// committed, so an old signed manifest cannot be replayed to install
+    /// an older build.
+    pub issued_at: u64,
 }
 
 impl Manifest {
@@ -106,10 +117,38 @@ pub struct Build {
     /// state directory).
     #[serde(default)]
     pub deployable: bool,
+    /// Whether the deployed binary it runs is on trial (restarted into,
+    /// not yet committed: it is rolled back at the next start).
+    #[serde(default)]
+    pub on_trial: bool,
     /// What happened to the last binary deployed here, when it did not
     /// become the running one ("rolled back: ...").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+}
+
+/// What a binary's `--self-check` prints first.
+pub const SELF_CHECK_BANNER: &str = "skelpi-agent self-check ok";
+
+/// What `skelpi-agent --self-check` prints: the banner, then its version,
+/// protocol and architecture as `key=value` lines.
+pub fn self_check_report(version: &str, arch: &str) -> String {
+    format!(
+        "{SELF_CHECK_BANNER}\nversion={version}\nprotocol={}\narch={arch}\n",
+        crate::PROTOCOL_VERSION
+    )
+}
+
+/// The `key=value` lines of a self-check's output; `None` when it does
+/// not start with the banner (not a skelpi agent).
+pub fn parse_self_check(text: &str) -> Option<std::collections::HashMap<String, String>> {
+    let rest = text.strip_prefix(SELF_CHECK_BANNER)?;
+    Some(
+        rest.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -124,8 +163,18 @@ mod tests {
             arch: "aarch64".into(),
             protocol: crate::PROTOCOL_VERSION,
             version: Some("0.1.0".into()),
+            issued_at: 1_790_000_000,
         };
         assert_eq!(Manifest::from_bytes(&m.to_bytes()), Ok(m));
         assert!(Manifest::from_bytes(b"\xff").is_err());
+    }
+
+    #[test]
+    fn a_self_check_report_parses_back() {
+        let report = parse_self_check(&self_check_report("1.2.3", "arm")).unwrap();
+        assert_eq!(report["version"], "1.2.3");
+        assert_eq!(report["arch"], "arm");
+        assert_eq!(report["protocol"], crate::PROTOCOL_VERSION.to_string());
+        assert_eq!(parse_self_check("hello\nversion=1"), None);
     }
 }

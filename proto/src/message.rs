@@ -112,6 +112,11 @@ pub enum Message {
     DeployRestart,
     /// Agent → master: restarting now.
     DeployRestarting,
+    /// Master → agent: the binary on trial passed the master's check; keep
+    /// it. Answered with [`Message::DeployCommitted`] or an error.
+    DeployCommit,
+    /// Agent → master: the binary on trial is the current one now.
+    DeployCommitted,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -381,6 +386,8 @@ impl Message {
             Message::DeployStaged(_) => 35,
             Message::DeployRestart => 36,
             Message::DeployRestarting => 37,
+            Message::DeployCommit => 38,
+            Message::DeployCommitted => 39,
         }
     }
 
@@ -442,6 +449,8 @@ pub fn kind_name(kind: u64) -> &'static str {
         35 => "deploy-staged",
         36 => "deploy-restart",
         37 => "deploy-restarting",
+        38 => "deploy-commit",
+        39 => "deploy-committed",
         _ => "unknown",
     }
 }

@@ -123,11 +123,13 @@ impl Driver<'_> {
             deploy @ (Message::DeployOffer(_)
             | Message::DeployChunk(_)
             | Message::DeployFinish
-            | Message::DeployRestart) => match config.deploy.handle(self.peer, deploy).await {
+            | Message::DeployRestart
+            | Message::DeployCommit) => match config.deploy.handle(self.peer, deploy).await {
                 None => return Flow::Continue(()),
                 Some(Ok(reply)) => reply,
                 Some(Err(why)) => {
-                    log::warn!("master {}: deploy refused: {why}", self.peer);
+                    let (level, held) = self.warnings.level(None);
+                    log::log!(level, "master {}: deploy refused: {why}{held}", self.peer);
                     let why = clip(&why, MESSAGE_MAX).into_owned();
                     error_message(ErrorCode::BadRequest, why)
                 }

@@ -182,11 +182,19 @@ fn free_port() -> u16 {
 }
 
 fn offer(binary: &Binary, key: &DeployKey) -> DeployOffer {
-    let manifest = binary.manifest().to_bytes();
+    let manifest = binary.manifest(now()).to_bytes();
     DeployOffer {
         signature: key.sign(&manifest).into(),
         manifest: manifest.into(),
     }
+}
+
+/// Seconds since the Unix epoch (a manifest's signing time).
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The agent at `addr`'s build: the SHA-256 of its deployed binary.
@@ -354,6 +362,52 @@ fn every_bad_deploy_is_refused_with_its_reason_and_the_agent_keeps_its_binary() 
         smol::block_on(again.close());
     }
     assert!(!setup.trial_exists("refuse"));
+    let incoming = setup.dir.0.join("state-refuse/deploy/incoming");
+    assert!(!incoming.exists(), "a refused upload is not left on disk");
+
+    // After all that, a good deploy goes through (and is committed)...
+    let (outcome, _) = roll_one(
+        agent.addr,
+        &setup.key,
+        &setup.deploy,
+        &good,
+        Duration::from_secs(30),
+    );
+    assert!(matches!(outcome, Outcome::Upgraded { .. }), "{outcome:?}");
+    assert_eq!(deployed(&setup, agent.addr), Some(good.sha256.clone()));
+    // ... and an older signed manifest cannot be replayed to go back.
+    let older = setup.new_build("older");
+    let older = Binary::read(&older).unwrap();
+    let manifest = older.manifest(now() - 3600).to_bytes();
+    let replay = DeployOffer {
+        signature: setup.deploy.sign(&manifest).into(),
+        manifest: manifest.into(),
+    };
+    let mut conn = setup.connect(agent.addr);
+    let e = smol::block_on(deploy::upload(&mut conn, &replay, &older, |_| {}))
+        .expect_err("a replay")
+        .to_string();
+    assert!(e.contains("not after the last one committed here"), "{e}");
+    // One deploy at a time: a second master is told who deploys.
+    let mut first = setup.connect(agent.addr);
+    let accepted = smol::block_on(first.request(
+        &skelpi_proto::Message::DeployOffer(offer(&older, &setup.deploy)),
+        |got| match got {
+            skelpi_proto::Message::DeployAccepted => Ok(skelpi::client::Reply::Done(())),
+            other => panic!("{other:?}"),
+        },
+    ));
+    accepted.unwrap();
+    let mut second = setup.connect(agent.addr);
+    let e = smol::block_on(deploy::upload(
+        &mut second,
+        &offer(&older, &setup.deploy),
+        &older,
+        |_| {},
+    ))
+    .expect_err("a second deploy")
+    .to_string();
+    assert!(e.contains("is deploying to this agent now"), "{e}");
     // The command refuses a board without a deploy key before sending a
     // byte, naming it.
     let (code, _, err) = skelpi(&[
@@ -473,4 +527,57 @@ fn a_binary_that_exits_at_start_is_rolled_back_and_the_board_serves_again() {
     smol::block_on(conn.close());
     eprintln!("rolled back and serving again {back_after:.1?} after the restart");
     assert!(back_after < Duration::from_secs(15), "{back_after:?}");
+}
+
+#[test]
+fn a_deploy_restart_keeps_the_systemd_unit_running() {
+    // systemd is not PID 1 here: its notify socket is, as in the agent's
+    // own systemd test. A restart into a deployed binary must not say
+    // STOPPING=1: systemd would take the unit for stopping and kill the
+    // new binary after TimeoutStopSec.
+    use std::os::unix::net::UnixDatagram;
+    let setup = Setup::new("notify");
+    let socket_path = setup.dir.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let port = free_port();
+    let mut agent = std::process::Command::new(&setup.installed)
+        .args(setup.args("notify", port, true))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
+    };
+    assert!(next().contains("READY=1"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let build = Binary::read(&setup.new_build("2")).unwrap();
+    let (outcome, _) = roll_one(
+        addr,
+        &setup.key,
+        &setup.deploy,
+        &build,
+        Duration::from_secs(30),
+    );
+    assert!(matches!(outcome, Outcome::Upgraded { .. }), "{outcome:?}");
+    // The new binary says it is ready, and nothing said stopping before.
+    let mut said = Vec::new();
+    loop {
+        let n = next();
+        let ready = n.contains("READY=1");
+        said.push(n);
+        if ready {
+            break;
+        }
+    }
+    assert!(!said.iter().any(|s| s.contains("STOPPING=1")), "{said:?}");
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

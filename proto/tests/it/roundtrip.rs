@@ -50,7 +50,7 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
         any::<u64>(),
         any::<u16>(),
         proptest::collection::vec(any::<String>(), 0..4),
-        proptest::option::of(any::<(String, Option<String>, bool, Option<String>)>()),
+        proptest::option::of(any::<(String, Option<String>, (bool, bool), Option<String>)>()),
     )
         .prop_map(
             |(id, name, version, arch, cores, memory_bytes, port, kernels, build)| AgentInfo {
@@ -62,14 +62,17 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
                 memory_bytes,
                 port,
                 kernels,
-                build: build.map(|(version, deployed, deployable, last_failure)| {
-                    Box::new(skelpi_proto::deploy::Build {
-                        version,
-                        deployed,
-                        deployable,
-                        last_failure,
-                    })
-                }),
+                build: build.map(
+                    |(version, deployed, (deployable, on_trial), last_failure)| {
+                        Box::new(skelpi_proto::deploy::Build {
+                            version,
+                            deployed,
+                            deployable,
+                            on_trial,
+                            last_failure,
+                        })
+                    },
+                ),
             },
         )
 }
@@ -292,6 +295,8 @@ fn stage_message() -> impl Strategy<Value = Message> {
         }),
         Just(Message::DeployRestart),
         Just(Message::DeployRestarting),
+        Just(Message::DeployCommit),
+        Just(Message::DeployCommitted),
     ]
 }
 
