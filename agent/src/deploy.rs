@@ -39,9 +39,6 @@ pub const UPLOAD_IDLE: Duration = Duration::from_secs(30);
 /// A deploy this old may be replaced however busy it is.
 pub const UPLOAD_DEADLINE: Duration = Duration::from_secs(600);
 
-/// How long the new binary's self-check may take.
-pub const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// An agent's deploy set-up and the deploy in progress.
 #[derive(Debug)]
 pub struct Deployer {
@@ -460,7 +457,8 @@ fn check_upload(files: &Files, up: Upload) -> Result<String, String> {
         .map_err(|e| format!("cannot store the binary: {e}"))?;
     drop(file);
     let manifest = &up.manifest;
-    let report = self_check(&files.incoming())?;
+    let report = skelpi_wire::self_check::run(&files.incoming())
+        .map_err(|why| format!("the binary {why}"))?;
     let expect = |key: &str, want: &str| match report.get(key) {
         Some(got) if got == want => Ok(()),
         got => Err(format!(
@@ -478,74 +476,6 @@ fn check_upload(files: &Files, up: Upload) -> Result<String, String> {
         .stage(&manifest.sha256, &version, manifest.issued_at)
         .map_err(|e| format!("cannot stage the binary: {e}"))?;
     Ok(version)
-}
-
-/// Runs `path --self-check`; the `key=value` lines it printed (its
-/// output read as it comes, so a chatty one cannot block on a full pipe).
-fn self_check(path: &std::path::Path) -> Result<std::collections::HashMap<String, String>, String> {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(path)
-        .arg("--self-check")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("the binary does not run on this board: {e}"))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            if let Some(pipe) = pipe {
-                let _ = pipe.take(64 << 10).read_to_end(&mut kept);
-            }
-            kept
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < SELF_CHECK_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "the binary's self-check did not end within {SELF_CHECK_TIMEOUT:?}"
-                ));
-            }
-            Err(e) => return Err(format!("cannot wait for the binary's self-check: {e}")),
-        }
-    };
-    let stdout = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
-    let report = skelpi_proto::deploy::parse_self_check(&stdout).filter(|_| status.success());
-    let Some(report) = report else {
-        let stderr = stderr.join().unwrap_or_default();
-        let stderr = String::from_utf8_lossy(&stderr);
-        let said = skelpi_proto::text::clip(stderr.trim(), 200).into_owned();
-        return Err(format!(
-            "the binary failed its self-check ({status}){}",
-            if said.is_empty() {
-                String::new()
-            } else {
-                format!(": {said}")
-            }
-        ));
-    };
-    Ok(report)
 }
 
 fn hex(bytes: &[u8]) -> String {

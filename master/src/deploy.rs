@@ -33,9 +33,6 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a restarting board is tried.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 
-/// How long a local self-check of a binary may take.
-const LOCAL_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// An agent binary to deploy.
 #[derive(Debug, Clone)]
 pub struct Binary {
@@ -96,6 +93,12 @@ pub enum DeployError {
     /// The pool has no agent.
     #[error("the pool has no agent to deploy to")]
     NoAgents,
+    /// In-process agents were named.
+    #[error(
+        "--local agents run inside this process and cannot be upgraded: deploy to agents \
+         started as daemons (--agents, or found on mDNS)"
+    )]
+    Local,
 }
 
 impl Binary {
@@ -120,7 +123,8 @@ impl Binary {
         let sha256 = sha256_hex(&bytes);
         let mut version = None;
         if arch == std::env::consts::ARCH {
-            let report = self_check(path).map_err(fail)?;
+            let report =
+                skelpi_wire::self_check::run(path).map_err(|why| fail(format!("it {why}")))?;
             let protocol = report.get("protocol").and_then(|p| p.parse::<u16>().ok());
             if protocol != Some(PROTOCOL_VERSION) {
                 return Err(fail(format!(
@@ -181,39 +185,6 @@ fn elf_arch(bytes: &[u8]) -> Result<&'static str, String> {
             ));
         }
     })
-}
-
-/// Runs `path --self-check` here; its `key=value` lines.
-fn self_check(path: &Path) -> Result<std::collections::HashMap<String, String>, String> {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(path)
-        .arg("--self-check")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("it does not run: {e}"))?;
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < LOCAL_CHECK_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("its self-check (--self-check) did not end".to_owned());
-            }
-        }
-    };
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    skelpi_proto::deploy::parse_self_check(&text)
-        .filter(|_| status.success())
-        .ok_or_else(|| {
-            format!("its self-check (--self-check) failed ({status}): is it a skelpi-agent?")
-        })
 }
 
 /// A board of the pool, as a deploy sees it.

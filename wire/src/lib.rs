@@ -14,6 +14,7 @@ pub mod deploy_key;
 mod error;
 pub mod handshake;
 pub mod key;
+pub mod self_check;
 mod stream;
 
 pub use channel::{Liveness, Received, Receiver, Sender};

@@ -3,7 +3,7 @@
 
 use super::pool_args::PoolArgs;
 use super::progress;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use skelpi::deploy::{self, Binary, Board, Outcome, Progress, RollOptions, Step};
 use skelpi::pool;
 use skelpi_wire::deploy_key::{self, DeployKey};
@@ -43,10 +43,7 @@ pub struct DeployArgs {
 /// Runs `skelpi deploy`.
 pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     if args.pool.local.is_some() {
-        bail!(
-            "--local agents run inside this process and cannot be upgraded: deploy to agents \
-             started as daemons (--agents, or found on mDNS)"
-        );
+        return Err(deploy::DeployError::Local.into());
     }
     let binaries = args
         .binaries

@@ -11,7 +11,7 @@
 use super::agents::agent_binary;
 use super::deploy::{appended_build, exits_at_start, roll_one};
 use super::lab::LabGuard;
-use super::support::{Scratch, skelpi, sorted_lines};
+use super::support::{Scratch, free_port, skelpi, sorted_lines};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -48,12 +48,6 @@ fn tool(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A free port on loopback (for qemu to forward to the board's agent).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// A board powered on: qemu with the image as its disk, its serial console

@@ -10,11 +10,10 @@
 //! (said where it does); the booted boards run the real one.
 
 use super::agents::agent_binary;
-use super::support::{Scratch, skelpi};
+use super::support::{Scratch, assert_squares, free_port, paced_farm, skelpi};
 use skelpi::client::AgentConn;
 use skelpi::cluster::Cluster;
 use skelpi::deploy::{self, Binary, Board, Outcome, RollOptions};
-use skelpi_proto::Array;
 use skelpi_proto::deploy::DeployOffer;
 use skelpi_testkit::AgentProcess;
 use skelpi_wire::deploy_key::DeployKey;
@@ -172,15 +171,6 @@ pub fn roll_one(
     (outcomes.remove(0).1, took)
 }
 
-/// A port free now (the agent binds it again after each restart).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn offer(binary: &Binary, key: &DeployKey) -> DeployOffer {
     let manifest = binary.manifest(now()).to_bytes();
     DeployOffer {
@@ -219,35 +209,7 @@ fn a_farm_of_5000_tasks_loses_nothing_while_three_agents_are_rolled() {
     let rolled_addrs: Vec<String> = rolled.iter().map(|a| a.addr.to_string()).collect();
 
     let done = Arc::new(AtomicBool::new(false));
-    let farm = {
-        let (key, done) = (setup.key.clone(), done.clone());
-        std::thread::spawn(move || {
-            smol::block_on(async {
-                let mut cluster = Cluster::connect(&addrs, &key, &Default::default()).await?;
-                let tree = "farm(seq(square))".parse().unwrap();
-                // Drawn at a bounded pace until the roll is over, so that
-                // it happens while the farm runs; the last items wait for
-                // its end (bounded).
-                let inputs = (0..5000u32).map(move |i| {
-                    if i == 4900 {
-                        let deadline = Instant::now() + Duration::from_secs(120);
-                        while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    } else if !done.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Array::list(vec![f64::from(i)])
-                });
-                let mut results = Vec::new();
-                let ran = cluster
-                    .run_each(&tree, inputs, |i, out| results.push((i, out.data)))
-                    .await;
-                cluster.close().await;
-                ran.map(|()| results)
-            })
-        })
-    };
+    let farm = paced_farm(addrs, setup.key.clone(), 5000, 4900, done.clone());
     let (code, out, err) = skelpi(&[
         "deploy",
         "--agents",
@@ -263,11 +225,7 @@ fn a_farm_of_5000_tasks_loses_nothing_while_three_agents_are_rolled() {
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert_eq!(out.matches("upgraded to").count(), 3, "{out}");
     let results = farm.join().unwrap().expect("the farm survives the roll");
-    assert_eq!(results.len(), 5000);
-    for (n, (i, data)) in results.iter().enumerate() {
-        assert_eq!(*i, n as u64, "results in order, each once");
-        assert_eq!(data, &[(n * n) as f64]);
-    }
+    assert_squares(&results, 5000);
     let sha = Binary::read(&new_build).unwrap().sha256;
     for a in &rolled {
         assert_eq!(deployed(&setup, a.addr).as_deref(), Some(sha.as_str()));
@@ -580,4 +538,27 @@ fn a_deploy_restart_keeps_the_systemd_unit_running() {
     assert!(!said.iter().any(|s| s.contains("STOPPING=1")), "{said:?}");
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+#[test]
+fn deploy_refuses_in_process_agents_and_a_missing_key_as_usage_errors() {
+    let dir = Scratch::new("deploy-usage");
+    let (code, _, err) = skelpi(&["deploy", "--local", "2", "--binary", "/nonexistent"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--local agents run inside this process"),
+        "{err}"
+    );
+    let agent = agent_binary();
+    let (code, _, err) = skelpi(&[
+        "deploy",
+        "--agents",
+        "127.0.0.1:1",
+        "--deploy-key",
+        &dir.path("none.key"),
+        "--binary",
+        agent.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("skelpi keygen --deploy"), "{err}");
 }

@@ -5,7 +5,9 @@
 //! back exactly once and equals the sequential reference.
 
 use crate::agents::start_agent;
-use crate::support::{assert_no_agent_lost, kernel_calls, write_range_job};
+use crate::support::{
+    assert_no_agent_lost, assert_squares, free_port, kernel_calls, paced_farm, write_range_job,
+};
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
 use skelpi::runtime::sequential;
@@ -963,44 +965,17 @@ fn an_agent_restarted_mid_job_takes_tasks_again_and_carries_the_job_when_the_oth
     let key_path = dir.join("cluster.key");
     let key = ClusterKey::generate().unwrap();
     key.write(&key_path, true).unwrap();
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        })
-        .collect();
+    let ports = [free_port(), free_port()];
     let first = agent_on(&key_path, "stays-then-dies", ports[0]);
     let second = agent_on(&key_path, "restarted", ports[1]);
-    let addrs = [first.addr, second.addr];
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let job = {
-        let (key, done) = (key.clone(), done.clone());
-        std::thread::spawn(move || {
-            bounded(async {
-                let mut cluster = Cluster::connect(&addrs, &key, &Default::default()).await?;
-                let tree: Skeleton = "farm(seq(square))".parse().unwrap();
-                // Paced until the agents' dance is over (bounded), so the
-                // job spans it.
-                let inputs = (0..3000u32).map(move |i| {
-                    let deadline = Instant::now() + Duration::from_secs(45);
-                    while i >= 2500 && !done.load(std::sync::atomic::Ordering::SeqCst) {
-                        assert!(Instant::now() < deadline, "the test never ended its dance");
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    if !done.load(std::sync::atomic::Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Array::list(vec![f64::from(i)])
-                });
-                let mut out = Vec::new();
-                let ran = cluster
-                    .run_each(&tree, inputs, |i, a| out.push((i, a.data)))
-                    .await;
-                cluster.close().await;
-                ran.map(|()| out)
-            })
-        })
-    };
+    let job = paced_farm(
+        vec![first.addr, second.addr],
+        key.clone(),
+        3000,
+        2500,
+        done.clone(),
+    );
     wait_for(&second, "tasks from master", Duration::from_secs(20));
     let mut second = second;
     second.child.kill().unwrap();
@@ -1018,13 +993,7 @@ fn an_agent_restarted_mid_job_takes_tasks_again_and_carries_the_job_when_the_oth
         .join()
         .unwrap()
         .expect("the job survives on the agent that came back");
-    assert_eq!(out.len(), 3000);
-    for (n, (i, data)) in out.iter().enumerate() {
-        assert_eq!(
-            (*i, data.as_slice()),
-            (n as u64, [(n * n) as f64].as_slice())
-        );
-    }
+    assert_squares(&out, 3000);
     drop(again);
     let _ = std::fs::remove_dir_all(dir);
 }

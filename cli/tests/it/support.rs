@@ -86,3 +86,67 @@ pub fn kernel_calls(trace: &skelpi::trace::Trace) -> usize {
     let kernel = skelpi_proto::trace::TraceKind::Kernel;
     trace.events.iter().filter(|e| e.kind == kernel).count()
 }
+
+/// A loopback port free now (for an agent that must come back on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A [`paced_farm`]'s thread: its results, with their input's index.
+pub type FarmThread =
+    std::thread::JoinHandle<Result<Vec<(u64, Vec<f64>)>, skelpi::runtime::JobError>>;
+
+/// A farm of `square` over `0..items` on the agents at `addrs`, on a
+/// thread of its own, while the test does something to the agents: its
+/// inputs are drawn every 2 ms until `done` is set, and input `hold_at`
+/// waits for it (at most 120 s), so that the job spans what the test
+/// does. The results, with their input's index, in the order they came.
+pub fn paced_farm(
+    addrs: Vec<std::net::SocketAddr>,
+    key: skelpi_wire::key::ClusterKey,
+    items: u32,
+    hold_at: u32,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> FarmThread {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    std::thread::spawn(move || {
+        smol::block_on(async {
+            let mut cluster = skelpi::cluster::Cluster::connect(&addrs, &key, &Default::default())
+                .await
+                .map_err(skelpi::runtime::JobError::from)?;
+            let tree = "farm(seq(square))".parse().unwrap();
+            let inputs = (0..items).map(move |i| {
+                if i == hold_at {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                } else if !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                skelpi_proto::Array::list(vec![f64::from(i)])
+            });
+            let mut results = Vec::new();
+            let ran = cluster
+                .run_each(&tree, inputs, |i, out| results.push((i, out.data)))
+                .await;
+            cluster.close().await;
+            ran.map(|()| results)
+        })
+    })
+}
+
+/// Checks a [`paced_farm`]'s results: `items` of them, each once, in
+/// order, each its input squared.
+pub fn assert_squares(results: &[(u64, Vec<f64>)], items: usize) {
+    assert_eq!(results.len(), items);
+    for (n, (i, data)) in results.iter().enumerate() {
+        assert_eq!(*i, n as u64, "results in order, each once");
+        assert_eq!(data, &[(n * n) as f64]);
+    }
+}
