@@ -29,6 +29,7 @@ pub mod admission;
 pub mod announce;
 pub mod cli;
 pub mod deploy;
+pub mod health;
 pub mod identity;
 pub mod launch;
 /// The kernels the agent runs (the `skelpi-kernels` crate).

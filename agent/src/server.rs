@@ -152,6 +152,7 @@ async fn session(
             ""
         }
     );
+    let _counted = config.master_connected();
     roles::serve_session(est, peer, &config, async {
         let _ = stop.recv().await;
     })

@@ -210,7 +210,8 @@ impl Session {
             | Message::DeployChunk(_)
             | Message::DeployFinish
             | Message::DeployRestart
-            | Message::DeployCommit) => vec![Action::Answer(msg)],
+            | Message::DeployCommit
+            | Message::HealthQuery) => vec![Action::Answer(msg)],
             Message::Bye => self.end(Ending::Goodbye),
             // The driver logs it; nothing to answer.
             Message::Error(_) => Vec::new(),

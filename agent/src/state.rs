@@ -39,6 +39,23 @@ pub struct AgentState {
     /// New binaries for this agent (`skelpi deploy`); disabled unless the
     /// daemon was given a deploy key and a state directory.
     pub deploy: Deployer,
+    /// When it started serving.
+    pub started: std::time::Instant,
+    /// Masters with a session now.
+    masters: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a master's session while it lives (see
+/// [`AgentState::master_connected`]).
+#[derive(Debug)]
+pub struct MasterSession<'a>(&'a AgentState);
+
+impl Drop for MasterSession<'_> {
+    fn drop(&mut self) {
+        self.0
+            .masters
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl AgentState {
@@ -59,8 +76,22 @@ impl AgentState {
             workers,
             streams: Streams::default(),
             deploy: Deployer::disabled(),
+            started: std::time::Instant::now(),
+            masters: std::sync::atomic::AtomicUsize::new(0),
         }
         .with_kernels(Registry::builtin()))
+    }
+
+    /// Counts a master's session until the guard is dropped.
+    pub fn master_connected(&self) -> MasterSession<'_> {
+        self.masters
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        MasterSession(self)
+    }
+
+    /// Masters with a session now.
+    pub fn masters(&self) -> usize {
+        self.masters.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same, taking new binaries as `deployer` says.

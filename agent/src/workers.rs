@@ -112,6 +112,8 @@ pub struct Workers {
     recorder: Arc<Recorder>,
     stopping: Arc<AtomicBool>,
     memory: Arc<MemoryBudget>,
+    /// Threads running a kernel now.
+    busy: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Workers {
@@ -123,11 +125,13 @@ impl Workers {
         let (queue, jobs) = async_channel::bounded::<Job>(2 * n);
         let stopping = Arc::new(AtomicBool::new(false));
         let memory = Arc::new(MemoryBudget::new(default_kernel_memory()));
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
                 let recorder = recorder.clone();
                 let (stopping, memory) = (stopping.clone(), memory.clone());
+                let busy = busy.clone();
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
                     .spawn(move || {
@@ -138,6 +142,7 @@ impl Workers {
                                 continue;
                             }
                             let at = Instant::now();
+                            busy.fetch_add(1, Ordering::Relaxed);
                             let scope = enter(Box::new(CallContext {
                                 reply: job.reply.clone(),
                                 stopping: stopping.clone(),
@@ -166,6 +171,7 @@ impl Workers {
                                 other => other,
                             };
                             drop(scope);
+                            busy.fetch_sub(1, Ordering::Relaxed);
                             let busy = at.elapsed();
                             if let Some(t) = job.tag.trace {
                                 let tag = job.tag;
@@ -200,7 +206,13 @@ impl Workers {
             recorder,
             stopping,
             memory,
+            busy,
         })
+    }
+
+    /// Threads running a kernel now, and calls queued for a thread.
+    pub fn load(&self) -> (usize, usize) {
+        (self.busy.load(Ordering::Relaxed), self.queue.len())
     }
 
     /// Sets the bytes its kernels may hold at once (see [`reserve_memory`]).

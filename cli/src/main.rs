@@ -81,6 +81,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Each board's health as its agent reports it: model, agent version,
+    /// busy workers, load, free memory, CPU temperature and the Raspberry
+    /// Pi firmware's throttling and under-voltage flags ("-": the board
+    /// does not say).
+    #[command(after_help = "Examples:
+  skelpi health                                # the agents found on mDNS
+  skelpi health --agents pi1,pi2 --json")]
+    Health {
+        #[command(flatten)]
+        pool: PoolArgs,
+        /// Print JSON (absent figures as null) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the benchmark suite (rtt, pmap, farm, pipeline), or one of its
     /// benchmarks; with no agents found, on an embedded local cluster of
     /// one agent per core. Tables go to stdout, CSV files and SVG plots to
@@ -270,6 +284,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             pool.cluster.close().await;
             cmd::ping::print(&rows, json)
+        }),
+        Command::Health { pool, json } => smol::block_on(async {
+            let mut pool = pool::connect(&pool.options(false)).await?;
+            eprintln!("{}", pool.origin);
+            let mut rows = Vec::new();
+            for agent in pool.cluster.agents_mut() {
+                rows.push(cmd::health::Row::ask(agent).await?);
+            }
+            pool.cluster.close().await;
+            cmd::health::print(&rows, json)
         }),
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
         Command::Run { pool, args } => cmd::run::run(&pool, &args),

@@ -353,6 +353,16 @@ impl AgentConn {
         .await
     }
 
+    /// The agent's report on its board's health (`skelpi health`).
+    pub async fn health(&mut self) -> Result<skelpi_proto::health::HealthReport, ClientError> {
+        let addr = self.addr;
+        self.request(&Message::HealthQuery, |got| match got {
+            Message::Health(report) => Ok(Reply::Done(*report)),
+            other => Err(unexpected(addr, other, "asked for its health")),
+        })
+        .await
+    }
+
     /// One ping round trip; returns its duration.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
         let (addr, nonce) = (self.addr, self.next_nonce());

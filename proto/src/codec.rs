@@ -105,7 +105,9 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         | Message::DeployRestart
         | Message::DeployRestarting
         | Message::DeployCommit
-        | Message::DeployCommitted => ciborium::into_writer(&(), &mut *out),
+        | Message::DeployCommitted
+        | Message::HealthQuery => ciborium::into_writer(&(), &mut *out),
+        Message::Health(b) => ciborium::into_writer(b, &mut *out),
         Message::RawEchoReady(b) => ciborium::into_writer(b, &mut *out),
         Message::Task(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
@@ -293,6 +295,8 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         37 => unit(kind, rest, Message::DeployRestarting)?,
         38 => unit(kind, rest, Message::DeployCommit)?,
         39 => unit(kind, rest, Message::DeployCommitted)?,
+        40 => unit(kind, rest, Message::HealthQuery)?,
+        41 => Message::Health(Box::new(body::<crate::health::HealthReport>(kind, rest)?)),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })
 }

@@ -39,6 +39,7 @@ mod error;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 mod info;
 pub mod job;
 mod message;

@@ -117,6 +117,11 @@ pub enum Message {
     DeployCommit,
     /// Agent → master: the binary on trial is the current one now.
     DeployCommitted,
+    /// Master → agent: how is the board? Answered with
+    /// [`Message::Health`].
+    HealthQuery,
+    /// Agent → master: its board's health.
+    Health(Box<crate::health::HealthReport>),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -388,6 +393,8 @@ impl Message {
             Message::DeployRestarting => 37,
             Message::DeployCommit => 38,
             Message::DeployCommitted => 39,
+            Message::HealthQuery => 40,
+            Message::Health(_) => 41,
         }
     }
 
@@ -451,6 +458,8 @@ pub fn kind_name(kind: u64) -> &'static str {
         37 => "deploy-restarting",
         38 => "deploy-commit",
         39 => "deploy-committed",
+        40 => "health-query",
+        41 => "health",
         _ => "unknown",
     }
 }

@@ -17,6 +17,7 @@ use skelpi_proto::{ErrorCode, JobId, Message, RawEchoReady, TaskFailed, TaskHead
 use skelpi_wire::{Sender, WireError};
 use smol::lock::Mutex;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 impl Driver<'_> {
@@ -120,6 +121,11 @@ impl Driver<'_> {
                 return Flow::Continue(());
             }
             Message::ModulePush(push) => store_module(config, push, self.peer).await,
+            // A few files of /proc and /sys: kernel memory, never a disk
+            // to wait for.
+            Message::HealthQuery => {
+                Message::Health(Box::new(crate::health::report(config, Path::new("/"))))
+            }
             deploy @ (Message::DeployOffer(_)
             | Message::DeployChunk(_)
             | Message::DeployFinish

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod deploy;
+pub mod health;
 pub mod image;
 pub mod lab;
 pub mod module;

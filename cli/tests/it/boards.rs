@@ -410,6 +410,27 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         "served while stopped? {back:?}"
     );
 
+    // Its health, read by the sandboxed agent from the board's /proc and
+    // /sys (a PC's DMI name under qemu; no Pi firmware flags).
+    let (code, out, err) = skelpi(&[
+        "health",
+        "--agents",
+        &board.agents(),
+        "--key-file",
+        &key,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let health: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let health = &health[0];
+    assert!(
+        health["model"].as_str().is_some_and(|m| !m.is_empty()),
+        "{health}"
+    );
+    assert!(health["uptime_s"].as_u64().is_some(), "{health}");
+    assert!(health["throttled"].is_null(), "{health}");
+    eprintln!("board: health {health}");
+
     // An upgrade under real systemd: a new build rolled in...
     let new_build = dir.0.join("skelpi-agent-2");
     appended_build(&agent_binary(), &new_build, "2");

@@ -206,3 +206,25 @@ fn ping_and_run_speak_json_and_skip_unreachable_agents_when_asked() {
     assert_eq!(summary["execution"], "routed", "{out}");
     assert_eq!(summary["shown"][1]["data"][0], 1.0, "{out}");
 }
+
+#[test]
+fn health_reports_each_agent_and_shows_what_the_board_lacks_as_absent() {
+    let (code, out, err) = skelpi(&["health", "--local", "2", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in rows {
+        assert_eq!(r["version"], env!("CARGO_PKG_VERSION"));
+        assert!(r["workers"].as_u64().unwrap() >= 1, "{r}");
+        assert!(r["masters"].as_u64().unwrap() >= 1, "{r}");
+        assert!(r["memory_total"].as_u64().unwrap() > 64 << 20, "{r}");
+        // Read from this machine; a figure it lacks is null, not 0.
+        for key in ["cpu_temp_c", "throttled", "model"] {
+            assert!(r[key].is_null() || r[key] != 0, "{key}: {r}");
+        }
+    }
+    let (code, out, err) = skelpi(&["health", "--local", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("name ") && out.contains("local-0"), "{out}");
+}

@@ -297,6 +297,37 @@ fn stage_message() -> impl Strategy<Value = Message> {
         Just(Message::DeployRestarting),
         Just(Message::DeployCommit),
         Just(Message::DeployCommitted),
+        Just(Message::HealthQuery),
+        (
+            any::<(Option<String>, String, Option<u64>, u64)>(),
+            any::<(u32, u32, u32, u32)>(),
+            any::<(Option<u64>, Option<u64>, Option<u32>)>(),
+            (0.0..100.0f64, -40.0..120.0f64),
+        )
+            .prop_map(
+                |(
+                    (model, version, uptime_s, agent_uptime_s),
+                    (workers, busy_workers, queued_calls, masters),
+                    (memory_total, memory_available, throttled),
+                    (load, temp),
+                )| {
+                    Message::Health(Box::new(skelpi_proto::health::HealthReport {
+                        model,
+                        version,
+                        uptime_s,
+                        agent_uptime_s,
+                        workers,
+                        busy_workers,
+                        queued_calls,
+                        masters,
+                        load_1m: Some(load),
+                        memory_total,
+                        memory_available,
+                        cpu_temp_c: Some(temp),
+                        throttled,
+                    }))
+                }
+            ),
     ]
 }
 
