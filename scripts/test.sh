@@ -35,6 +35,7 @@ APT_PACKAGES=(
     qemu-system-x86 # boots the virtual boards (software emulation)
     dnsmasq-base # the DHCP server on the lab bridge the boards join
     openssh-client # the board test logs in to stop and kill the agent
+    tmux        # skelpi top is tested in a real terminal (capture-pane)
 )
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -69,6 +69,7 @@ fn is_usage(cause: &(dyn std::error::Error + 'static)) -> bool {
         || cause.is::<crate::image::ImageError>()
         || cause.is::<skelpi::deploy::DeployError>()
         || cause.is::<skelpi_wire::deploy_key::DeployKeyError>()
+        || cause.is::<crate::cmd::top::NoTerminal>()
 }
 
 #[cfg(test)]

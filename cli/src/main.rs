@@ -95,6 +95,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The pool's boards, live: health, load and temperature per board,
+    /// refreshed every --interval; a board that stops answering turns
+    /// down within 2 s of a poll. Keys: q quit, ↑↓ select, n b l t sort
+    /// by name, busy workers, load, temperature.
+    #[command(after_help = "Examples:
+  skelpi top                                   # the agents found on mDNS
+  skelpi top --agents pi1,pi2,pi3 --interval 500ms
+  skelpi top --once --json                     # one snapshot, for scripts")]
+    Top(cmd::top::TopArgs),
     /// Run the benchmark suite (rtt, pmap, farm, pipeline), or one of its
     /// benchmarks; with no agents found, on an embedded local cluster of
     /// one agent per core. Tables go to stdout, CSV files and SVG plots to
@@ -295,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pool.cluster.close().await;
             cmd::health::print(&rows, json)
         }),
+        Command::Top(args) => cmd::top::run(&args),
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),
         Command::Run { pool, args } => cmd::run::run(&pool, &args),
         Command::Deploy(args) => cmd::deploy::run(&args),

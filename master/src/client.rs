@@ -353,6 +353,13 @@ impl AgentConn {
         .await
     }
 
+    /// Bounds each later request on this connection (ping, health,
+    /// ...) by `limit` instead of [`REQUEST_TIMEOUT`]: one that takes
+    /// longer fails and breaks the connection.
+    pub fn set_request_timeout(&mut self, limit: Duration) {
+        self.request_timeout = limit;
+    }
+
     /// The agent's report on its board's health (`skelpi health`).
     pub async fn health(&mut self) -> Result<skelpi_proto::health::HealthReport, ClientError> {
         let addr = self.addr;

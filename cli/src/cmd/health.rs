@@ -13,6 +13,15 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row of `report`, from the agent `name` at `address`.
+    pub fn new(name: &str, address: &str, report: HealthReport) -> Row {
+        Row {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            report,
+        }
+    }
+
     /// Asks `agent` for its report.
     pub async fn ask(agent: &mut AgentConn) -> anyhow::Result<Row> {
         let report = agent.health().await?;

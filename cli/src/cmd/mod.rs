@@ -11,4 +11,5 @@ pub mod ping;
 pub mod pool_args;
 pub mod progress;
 pub mod run;
+pub mod top;
 pub mod trace;

@@ -22,5 +22,6 @@ mod ports;
 mod skeleton_cli;
 mod skeletons;
 mod support;
+mod top;
 mod trace;
 mod wasm;

@@ -1,0 +1,151 @@
+//! `skelpi top` in a real terminal (tmux, read with capture-pane) against
+//! real agent processes: the boards appear, a stopped one turns down
+//! within the poll bound and comes back when it resumes; `--once --json`
+//! for scripts.
+
+use super::agents::start_agent;
+use super::support::{Scratch, skelpi};
+use skelpi_wire::key::ClusterKey;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A tmux session running a command, killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn start(name: &str, command: &str) -> Tmux {
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "180",
+                "-y",
+                "30",
+                command,
+            ])
+            .status()
+            .expect("tmux (Debian package tmux)");
+        assert!(ok.success(), "tmux new-session");
+        Tmux(name.to_owned())
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls the screen (a terminal sends no event to wait for) until
+    /// `ok` holds, at most `limit`; how long it took.
+    fn until(&self, limit: Duration, what: &str, ok: impl Fn(&str) -> bool) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if ok(&self.screen()) {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what} not seen within {limit:?}:\n{}", self.screen());
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["has-session", "-t", &self.0])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// The screen line of the board `name`.
+fn line_of<'a>(screen: &'a str, name: &str) -> Option<&'a str> {
+    screen.lines().find(|l| l.contains(name))
+}
+
+#[test]
+fn top_shows_the_boards_and_a_stopped_one_down_then_back() {
+    let dir = Scratch::new("top");
+    let key = dir.0.join("cluster.key");
+    ClusterKey::generate().unwrap().write(&key, true).unwrap();
+    let agents: Vec<_> = ["top-a", "top-b"]
+        .iter()
+        .map(|n| start_agent(&key, n, &["--no-mdns", "--workers", "1"]))
+        .collect();
+    let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
+    let command = format!(
+        "{} top --agents {} --key-file {} --interval 300ms",
+        env!("CARGO_BIN_EXE_skelpi"),
+        addrs.join(","),
+        key.display()
+    );
+    let session = format!("skelpi-top-{}", std::process::id());
+    let top = Tmux::start(&session, &command);
+    top.until(Duration::from_secs(20), "both boards up", |s| {
+        ["top-a", "top-b"]
+            .iter()
+            .all(|n| line_of(s, n).is_some_and(|l| l.contains(" up ")))
+    });
+    // Stopped: no answer to the poll, so down within the poll bound.
+    let pid = agents[1].child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let down = top.until(Duration::from_secs(10), "top-b down", |s| {
+        line_of(s, "top-b").is_some_and(|l| l.contains("down"))
+    });
+    eprintln!("top: a stopped board shown down after {down:.1?}");
+    assert!(down <= Duration::from_secs(4), "{down:?}");
+    assert!(line_of(&top.screen(), "top-a").is_some_and(|l| l.contains(" up ")));
+    // Resumed: connected again (every 5 s) and shown up.
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    top.until(Duration::from_secs(20), "top-b up again", |s| {
+        line_of(s, "top-b").is_some_and(|l| l.contains(" up "))
+    });
+    // q quits and gives the terminal back.
+    assert!(
+        Command::new("tmux")
+            .args(["send-keys", "-t", &session, "q"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    while top.alive() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!top.alive(), "top did not quit on q");
+}
+
+#[test]
+fn top_once_prints_a_snapshot_and_refuses_a_missing_terminal() {
+    let (code, out, err) = skelpi(&["top", "--local", "2", "--once", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{out}");
+    // Not a terminal (the test's pipe): it says what to do instead.
+    let (code, _, err) = skelpi(&["top", "--local", "1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--once"), "{err}");
+}
