@@ -272,11 +272,16 @@ fn default_deploy_pubkey() -> Result<Option<DeployPublicKey>, CliError> {
 
 /// The SHA-256 of the deployed binary this process is, checked against
 /// its record; one that does not match is removed and the launcher run
-/// again (returns only if it cannot be).
-fn verified(files: &Files, role: Role) -> Result<String, CliError> {
+/// again (returns only if it cannot be). One that cannot be read runs on,
+/// its hash unknown.
+fn verified(files: &Files, role: Role) -> Result<Option<String>, CliError> {
     match files.verify(role) {
-        Ok(sha) => Ok(sha),
-        Err(why) => {
+        Ok(Ok(sha)) => Ok(Some(sha)),
+        Err(e) => {
+            log::warn!("cannot read the deployed binary to check its hash: {e}");
+            Ok(None)
+        }
+        Ok(Err(why)) => {
             log::error!("the deployed binary does not match its record: {why}");
             match role {
                 Role::Trial => files.roll_back(&format!("it does not match its record: {why}")),
@@ -316,10 +321,10 @@ pub fn run(args: Args, kernels: Registry) -> Result<node::Stopped, CliError> {
     let (files, public) = deploy_setup(&args)?;
     let role = files.as_ref().map_or(Role::from_env(), launch_deployed);
     let deployed = match (&files, role) {
-        (Some(files), Role::Current | Role::Trial) => Some(verified(files, role)?),
+        (Some(files), Role::Current | Role::Trial) => verified(files, role)?,
         _ => None,
     };
-    let deployer = Deployer::new(public, files, role);
+    let deployer = Deployer::new(public, files, (role, deployed.clone()));
     let path = args.key_file.unwrap_or_else(key::default_key_path);
     let key = key::ClusterKey::load(&path).map_err(|source| CliError::Key { path, source })?;
     let workers = args.workers.unwrap_or_else(identity::cores).max(1);

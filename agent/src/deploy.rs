@@ -22,7 +22,7 @@
 use crate::launch::{Files, Role};
 use ring::digest::{Context, SHA256};
 use skelpi_proto::deploy::{
-    Build, DeployChunk, DeployOffer, DeployStaged, MAX_BINARY_BYTES, Manifest,
+    Build, DeployChunk, DeployOffer, DeployRef, DeployStaged, MAX_BINARY_BYTES, Manifest,
 };
 use skelpi_proto::{Message, PROTOCOL_VERSION};
 use skelpi_wire::deploy_key::DeployPublicKey;
@@ -39,6 +39,10 @@ pub const UPLOAD_IDLE: Duration = Duration::from_secs(30);
 /// A deploy this old may be replaced however busy it is.
 pub const UPLOAD_DEADLINE: Duration = Duration::from_secs(600);
 
+/// A binary on trial not committed this long after it started goes back
+/// to the one before (its master died mid-roll, say).
+pub const COMMIT_DEADLINE: Duration = Duration::from_secs(600);
+
 /// An agent's deploy set-up and the deploy in progress.
 #[derive(Debug)]
 pub struct Deployer {
@@ -47,9 +51,12 @@ pub struct Deployer {
     public: Option<DeployPublicKey>,
     /// Where binaries are kept (`None`: every deploy is refused).
     files: Option<Files>,
-    /// Which binary this process is.
+    /// Which binary this process is, and its SHA-256 when deployed.
     role: Role,
+    deployed: Option<String>,
     committed: AtomicBool,
+    /// A signal asked the agent to stop: no restart into a new binary.
+    stopping: AtomicBool,
     slot: Mutex<Slot>,
     restart: event_listener::Event,
     restarting: AtomicBool,
@@ -57,7 +64,7 @@ pub struct Deployer {
 
 impl Default for Deployer {
     fn default() -> Self {
-        Deployer::new(None, None, Role::Installed)
+        Deployer::new(None, None, (Role::Installed, None))
     }
 }
 
@@ -75,6 +82,7 @@ enum Slot {
     Staged {
         peer: SocketAddr,
         since: Instant,
+        issued_at: u64,
     },
 }
 
@@ -108,7 +116,7 @@ impl Slot {
             Slot::Uploading(u) => (u.peer, u.began, u.touched),
             // A check ends within the self-check's bound.
             Slot::Checking { peer } => return Some(*peer),
-            Slot::Staged { peer, since } => (*peer, *since, *since),
+            Slot::Staged { peer, since, .. } => (*peer, *since, *since),
         };
         let stale = now.duration_since(touched) >= UPLOAD_IDLE
             || now.duration_since(began) >= UPLOAD_DEADLINE;
@@ -123,13 +131,19 @@ impl Deployer {
     }
 
     /// Deploys checked against `public`, binaries kept in `files`; this
-    /// process is the binary in `role`.
-    pub fn new(public: Option<DeployPublicKey>, files: Option<Files>, role: Role) -> Deployer {
+    /// process is the binary in `role` (with its SHA-256 when deployed).
+    pub fn new(
+        public: Option<DeployPublicKey>,
+        files: Option<Files>,
+        (role, deployed): (Role, Option<String>),
+    ) -> Deployer {
         Deployer {
             public,
             files,
             role,
+            deployed,
             committed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             slot: Mutex::new(Slot::Free),
             restart: event_listener::Event::new(),
             restarting: AtomicBool::new(false),
@@ -170,28 +184,57 @@ impl Deployer {
         }
     }
 
-    /// Whether a restart was asked for.
+    /// Whether a restart was asked for (and no signal asked to stop).
     pub fn restarting(&self) -> bool {
-        self.restarting.load(Ordering::SeqCst)
+        self.restarting.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// A signal asked the agent to stop: it stops, and restarts into no
+    /// binary.
+    pub fn signal_seen(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// A binary on trial that is still not committed goes back to the one
+    /// before, and the agent restarts (see [`COMMIT_DEADLINE`]).
+    pub fn give_up_trial(&self, why: &str) {
+        if let Some(files) = &self.files
+            && self.on_trial()
+        {
+            files.roll_back(why);
+            self.restart_now();
+        }
+    }
+
+    fn restart_now(&self) {
+        self.restarting.store(true, Ordering::SeqCst);
+        self.restart.notify(usize::MAX);
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Handles a deploy message from `peer`; the reply, if any.
-    pub async fn handle(&self, peer: SocketAddr, msg: Message) -> Option<Result<Message, String>> {
+    /// Handles a deploy message from `peer` to this agent (`agent`, its
+    /// id); the reply, if any.
+    pub async fn handle(
+        &self,
+        agent: &str,
+        peer: SocketAddr,
+        msg: Message,
+    ) -> Option<Result<Message, String>> {
         match msg {
-            Message::DeployOffer(offer) => Some(self.offer(peer, offer)),
+            Message::DeployOffer(offer) => Some(self.offer(agent, peer, offer)),
             Message::DeployChunk(chunk) => self.chunk(peer, chunk).await.err().map(Err),
             Message::DeployFinish => Some(self.finish(peer).await),
             Message::DeployRestart => Some(self.ask_restart(peer)),
-            Message::DeployCommit => Some(self.commit(peer)),
+            Message::DeployCommit(r) => Some(self.commit(peer, &r)),
+            Message::DeployAbort(r) => Some(self.abort(peer, &r)),
             other => Some(Err(format!("{} is no deploy message", other.kind_name()))),
         }
     }
 
-    fn offer(&self, peer: SocketAddr, offer: DeployOffer) -> Result<Message, String> {
+    fn offer(&self, agent: &str, peer: SocketAddr, offer: DeployOffer) -> Result<Message, String> {
         let (Some(public), Some(files)) = (&self.public, &self.files) else {
             return Err(self.why_disabled());
         };
@@ -212,12 +255,29 @@ impl Deployer {
                 )
             })?;
         let manifest = Manifest::from_bytes(&offer.manifest)?;
+        if manifest.agent != agent {
+            return Err(format!(
+                "the manifest was signed for agent {}, this is agent {agent}",
+                manifest.agent
+            ));
+        }
         check_manifest(&manifest)?;
+        if self.restarting() || self.stopping.load(Ordering::SeqCst) {
+            return Err("this agent is restarting: try again once it answers".to_owned());
+        }
+        if self.on_trial() {
+            return Err(
+                "this agent runs a deployed binary on trial, not yet committed: \
+                        deploy again once its deploy is over (committed, or rolled back)"
+                    .to_owned(),
+            );
+        }
         let last = files.last_issued();
         if manifest.issued_at <= last {
             return Err(format!(
-                "the manifest was signed at {} (Unix time), not after the last one committed \
-                 here ({last}): a replay, or an older build; sign it anew",
+                "the manifest was signed at {} (ms since the Unix epoch), not after the last \
+                 one this agent restarted into ({last}): a replay, or an older build; deploy \
+                 anew (a master whose clock is behind cannot deploy here)",
                 manifest.issued_at
             ));
         }
@@ -354,6 +414,7 @@ impl Deployer {
                 *slot = Slot::Staged {
                     peer,
                     since: Instant::now(),
+                    issued_at: manifest.issued_at,
                 };
                 Ok(Message::DeployStaged(DeployStaged {
                     sha256: manifest.sha256,
@@ -370,25 +431,53 @@ impl Deployer {
 
     fn ask_restart(&self, peer: SocketAddr) -> Result<Message, String> {
         let files = self.files.as_ref().ok_or_else(|| self.why_disabled())?;
-        let mut slot = self.slot();
-        if !matches!(*slot, Slot::Staged { peer: p, .. } if p == peer) {
-            return Err("no binary of yours is staged here: deploy one first".to_owned());
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("this agent is stopping (a signal): no restart into a new binary".into());
         }
+        let mut slot = self.slot();
+        let issued_at = match *slot {
+            Slot::Staged {
+                peer: p, issued_at, ..
+            } if p == peer => issued_at,
+            _ => return Err("no binary of yours is staged here: deploy one first".to_owned()),
+        };
+        // Its manifest is used: it cannot be replayed to restart again.
         files
-            .stage_to_trial()
+            .set_last_issued(issued_at)
+            .and_then(|()| files.stage_to_trial())
             .map_err(|e| format!("cannot make the staged binary the next to run: {e}"))?;
         *slot = Slot::Free;
         log::info!("master {peer} asked for a restart into the staged binary");
-        self.restarting.store(true, Ordering::SeqCst);
-        self.restart.notify(usize::MAX);
+        self.restart_now();
         Ok(Message::DeployRestarting)
     }
 
-    fn commit(&self, peer: SocketAddr) -> Result<Message, String> {
+    /// The files, when `r` names the binary this process is, on trial.
+    fn on_trial_as(&self, r: &DeployRef) -> Result<&Files, String> {
         let files = self.files.as_ref().ok_or_else(|| self.why_disabled())?;
         if !self.on_trial() {
-            return Err("no deployed binary is on trial here: nothing to commit".to_owned());
+            return Err("no deployed binary is on trial here".to_owned());
         }
+        match &self.deployed {
+            Some(sha) if *sha == r.sha256 => Ok(files),
+            sha => Err(format!(
+                "the binary on trial here is {}, not {}",
+                sha.as_deref().unwrap_or("?"),
+                r.sha256
+            )),
+        }
+    }
+
+    /// The master's check failed: back to the binary before, at once.
+    fn abort(&self, peer: SocketAddr, r: &DeployRef) -> Result<Message, String> {
+        let files = self.on_trial_as(r)?;
+        files.roll_back(&format!("its master {peer} found it failing its check"));
+        self.restart_now();
+        Ok(Message::DeployRestarting)
+    }
+
+    fn commit(&self, peer: SocketAddr, r: &DeployRef) -> Result<Message, String> {
+        let files = self.on_trial_as(r)?;
         files
             .promote()
             .map_err(|e| format!("cannot make the binary on trial current: {e}"))?;

@@ -159,7 +159,17 @@ impl Files {
         Some(skelpi_proto::text::clip(text.trim(), 400).into_owned())
     }
 
-    /// The signing time of the last manifest committed here (0: none).
+    /// Records the signing time of the manifest last restarted into
+    /// (written whole, then renamed).
+    pub fn set_last_issued(&self, issued_at: u64) -> io::Result<()> {
+        let tmp = self.path("last-issued.new");
+        std::fs::write(&tmp, format!("{issued_at}\n"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(tmp, self.path("last-issued"))?;
+        self.sync()
+    }
+
+    /// The signing time of the last manifest restarted into here (0: none).
     pub fn last_issued(&self) -> u64 {
         std::fs::read_to_string(self.path("last-issued"))
             .ok()
@@ -187,29 +197,51 @@ impl Files {
     }
 
     /// Checks that the binary in `role` is the one its record names (a
-    /// deployed binary about to run); its SHA-256.
-    pub fn verify(&self, role: Role) -> Result<String, String> {
+    /// deployed binary about to run): its SHA-256, or (inner `Err`) how it
+    /// differs; an outer `Err` when it cannot be read.
+    pub fn verify(&self, role: Role) -> io::Result<Result<String, String>> {
+        use std::io::Read;
         let (name, recorded) = match role {
-            Role::Installed => return Err("the installed binary has no record".into()),
+            Role::Installed => return Ok(Err("the installed binary has no record".into())),
             Role::Current => ("current", self.deployed(role)),
             Role::Trial => ("trial", self.deployed(role)),
         };
-        let bytes = std::fs::read(self.path(name)).map_err(|e| format!("cannot read it: {e}"))?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let sha: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        match recorded {
+        // Read in pieces: a board's memory need not hold the binary twice.
+        let mut file = std::fs::File::open(self.path(name))?;
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+        }
+        let sha: String = hash
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(match recorded {
             Some(r) if r == sha => Ok(sha),
             r => Err(format!(
                 "its SHA-256 is {sha}, its record says {}",
                 r.as_deref().unwrap_or("nothing")
             )),
-        }
+        })
     }
 
     /// What the launcher runs.
     pub fn choose(&self, role: Role) -> Choice {
         if role != Role::Installed {
             return Choice::Run;
+        }
+        // A promotion cut short between its two renames: the new binary
+        // is current already, its record not yet.
+        if !self.path("trial").exists() && self.path("trial.sha256").exists() {
+            let _ = std::fs::rename(self.path("trial.sha256"), self.path("current.sha256"));
+            let _ = std::fs::remove_file(self.path("trial.started"));
         }
         if self.path("trial").exists() {
             if self.path("trial.started").exists() {
@@ -266,10 +298,10 @@ impl Files {
 
     /// Commits the trial (it is ready and passed the master's check): it
     /// becomes `current`, the one it replaces is kept as `previous`.
-    /// Each step replaces a name atomically, so a crash leaves either the
-    /// old or the new binary current.
+    /// Each step replaces a name atomically; the binary moves before its
+    /// record, and the launcher completes a promotion cut short between
+    /// the two ([`Files::choose`]).
     pub fn promote(&self) -> io::Result<()> {
-        let issued = self.record(Role::Trial).map_or(0, |(_, issued)| issued);
         if self.path("current").exists() {
             for (from, to) in [
                 ("current", "previous"),
@@ -281,11 +313,11 @@ impl Files {
                 std::fs::rename(&tmp, self.path(to))?;
             }
         }
-        std::fs::rename(self.path("trial.sha256"), self.path("current.sha256"))?;
         std::fs::rename(self.path("trial"), self.path("current"))?;
+        self.sync()?;
+        std::fs::rename(self.path("trial.sha256"), self.path("current.sha256"))?;
         let _ = std::fs::remove_file(self.path("trial.started"));
         let _ = std::fs::remove_file(self.path("last-failure"));
-        std::fs::write(self.path("last-issued"), format!("{issued}\n"))?;
         self.sync()
     }
 
@@ -379,7 +411,6 @@ mod tests {
         );
         files.promote().unwrap();
         assert_eq!(files.last_failure(), None);
-        assert_eq!(files.last_issued(), 7);
         let current = files.dir().join("current");
         assert_eq!(
             files.choose(Role::Installed),
@@ -400,7 +431,7 @@ mod tests {
         assert!(failure.contains("from binary cc to binary bb"), "{failure}");
         // A binary started by the launcher runs, once its hash is checked.
         assert_eq!(files.choose(Role::Current), Choice::Run);
-        let e = files.verify(Role::Current).unwrap_err();
+        let e = files.verify(Role::Current).unwrap().unwrap_err();
         assert!(e.contains("its record says bb"), "{e}");
         files.discard_current(&e);
         assert_eq!(files.choose(Role::Installed), Choice::Run);

@@ -146,13 +146,25 @@ pub fn run(config: NodeConfig) -> Result<Stopped, NodeError> {
                 };
                 log::info!("received {name}, shutting down");
             }
+            state.deploy.signal_seen();
             // Only a stop is said to systemd: a restart into a deployed
             // binary keeps the unit running (the same process, exec'd).
             service::stopping();
         };
         let restart = async {
-            state.deploy.restart_requested().await;
-            log::info!("restarting into the deployed binary");
+            let deadline = async {
+                if !state.deploy.on_trial() {
+                    return std::future::pending().await;
+                }
+                async_io::Timer::after(crate::deploy::COMMIT_DEADLINE).await;
+                state.deploy.give_up_trial(&format!(
+                    "no master committed it within {:?} of its start",
+                    crate::deploy::COMMIT_DEADLINE
+                ));
+                std::future::pending::<()>().await
+            };
+            futures_lite::future::or(state.deploy.restart_requested(), deadline).await;
+            log::info!("restarting through the launcher");
         };
         futures_lite::future::or(signal, restart).await;
     });

@@ -210,7 +210,8 @@ impl Session {
             | Message::DeployChunk(_)
             | Message::DeployFinish
             | Message::DeployRestart
-            | Message::DeployCommit
+            | Message::DeployCommit(_)
+            | Message::DeployAbort(_)
             | Message::HealthQuery) => vec![Action::Answer(msg)],
             Message::Bye => self.end(Ending::Goodbye),
             // The driver logs it; nothing to answer.

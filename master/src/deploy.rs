@@ -144,10 +144,10 @@ impl Binary {
         })
     }
 
-    /// Its manifest, signed at `issued_at` (seconds since the Unix
-    /// epoch: agents take no manifest older than the last they
-    /// committed).
-    pub fn manifest(&self, issued_at: u64) -> Manifest {
+    /// Its manifest for the agent with id `agent`, signed at `issued_at`
+    /// (milliseconds since the Unix epoch: an agent takes no manifest
+    /// signed before or at the last one it restarted into).
+    pub fn manifest(&self, issued_at: u64, agent: &str) -> Manifest {
         Manifest {
             sha256: self.sha256.clone(),
             size: self.bytes.len() as u64,
@@ -155,6 +155,19 @@ impl Binary {
             protocol: PROTOCOL_VERSION,
             version: self.version.clone(),
             issued_at,
+            agent: agent.to_owned(),
+        }
+    }
+
+    /// Its signed offer to the agent with id `agent`, signed now.
+    pub fn offer(&self, key: &DeployKey, agent: &str) -> DeployOffer {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let manifest = self.manifest(now, agent).to_bytes();
+        DeployOffer {
+            signature: key.sign(&manifest).into(),
+            manifest: manifest.into(),
         }
     }
 }
@@ -192,6 +205,8 @@ fn elf_arch(bytes: &[u8]) -> Result<&'static str, String> {
 pub struct Board {
     /// Its name.
     pub name: String,
+    /// Its id (what a manifest is signed for).
+    pub id: String,
     /// Its address.
     pub addr: SocketAddr,
     /// Its architecture.
@@ -213,6 +228,7 @@ impl Board {
         let build = info.build.clone().unwrap_or_default();
         Board {
             name: info.name.clone(),
+            id: info.id.clone(),
             addr: conn.addr(),
             arch: info.arch.clone(),
             version: if build.version.is_empty() {
@@ -370,20 +386,6 @@ pub async fn roll(
     opts: &RollOptions,
     mut progress: impl FnMut(&Board, Progress),
 ) -> Vec<(Board, Outcome)> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let signed: Vec<DeployOffer> = binaries
-        .iter()
-        .map(|b| {
-            let manifest = b.manifest(now).to_bytes();
-            let signature = key.sign(&manifest);
-            DeployOffer {
-                manifest: manifest.into(),
-                signature: signature.into(),
-            }
-        })
-        .collect();
     let (cluster_key, connect) = (cluster.key().clone(), cluster.connect_options().clone());
     let mut outcomes: Vec<(Board, Outcome)> = Vec::new();
     let mut failed = false;
@@ -412,8 +414,8 @@ pub async fn roll(
                 .find(|c| c.addr() == board.addr);
             let staged = match conn {
                 Some(conn) => {
-                    let offer = &signed[step.binary];
-                    let up = upload(conn, offer, binary, |sent| {
+                    let offer = binary.offer(key, &board.id);
+                    let up = upload(conn, &offer, binary, |sent| {
                         let total = binary.bytes.len() as u64;
                         progress(board, Progress::Uploading { sent, total });
                     });
@@ -451,11 +453,10 @@ pub async fn roll(
                 Ok(conn) => {
                     let took = at.elapsed();
                     progress(board, Progress::Checking);
-                    match check(conn, &cluster_key, &connect).await {
+                    let sha = &binaries[step.binary].sha256;
+                    match check(conn, &cluster_key, &connect, sha).await {
                         Ok(version) => Outcome::Upgraded { version, took },
-                        Err(why) => Outcome::Failed(format!(
-                            "it runs the new binary but failed its check: {why}"
-                        )),
+                        Err(why) => Outcome::Failed(why),
                     }
                 }
                 Err(why) => Outcome::Failed(why),
@@ -556,22 +557,55 @@ pub async fn come_back(
     ))
 }
 
-/// Pings the upgraded agent, runs a small farm on it (when it offers
-/// `square`), then commits its binary; the version it runs.
-async fn check(conn: AgentConn, key: &ClusterKey, opts: &ConnectOptions) -> Result<String, String> {
+/// Pings the upgraded agent and runs a small farm on it (when it offers
+/// `square`), then commits its binary `sha256`; the version it runs. A
+/// failed check aborts the binary: the agent goes back to the one before.
+async fn check(
+    mut conn: AgentConn,
+    key: &ClusterKey,
+    opts: &ConnectOptions,
+    sha256: &str,
+) -> Result<String, String> {
     let addr = conn.addr();
-    let mut conn = conn;
-    conn.ping().await.map_err(|e| e.to_string())?;
     let info = conn.info().clone();
     let version = info.build.map(|b| b.version).unwrap_or_default();
-    if info.kernels.iter().any(|k| k == "square")
-        && let Err(why) = check_job(addr, key, opts).await
-    {
-        conn.close().await;
-        return Err(why);
+    let checked = match conn.ping().await {
+        Err(e) => Err(e.to_string()),
+        Ok(_) if info.kernels.iter().any(|k| k == "square") => check_job(addr, key, opts).await,
+        Ok(_) => Ok(()),
+    };
+    let sha256 = sha256.to_owned();
+    if let Err(why) = checked {
+        let aborted = AgentConn::connect(addr, key, opts)
+            .await
+            .map(|mut c| async move {
+                let r = c
+                    .request(
+                        &Message::DeployAbort(skelpi_proto::deploy::DeployRef { sha256 }),
+                        |got| match got {
+                            Message::DeployRestarting => Ok(Reply::Done(())),
+                            other => Err(unexpected(addr, other, "asked to abort")),
+                        },
+                    )
+                    .await;
+                c.close().await;
+                r
+            });
+        let aborted = match aborted {
+            Ok(a) => a.await,
+            Err(e) => Err(e),
+        };
+        return Err(match aborted {
+            Ok(()) => format!("it failed its check ({why}): rolled back to its binary before"),
+            Err(e) => format!(
+                "it failed its check ({why}), and could not be told to roll back ({e}): it \
+                 goes back to its binary before at its next restart"
+            ),
+        });
     }
+    let commit = Message::DeployCommit(skelpi_proto::deploy::DeployRef { sha256 });
     let committed = conn
-        .request(&Message::DeployCommit, |got| match got {
+        .request(&commit, |got| match got {
             Message::DeployCommitted => Ok(Reply::Done(())),
             other => Err(unexpected(addr, other, "asked to commit")),
         })

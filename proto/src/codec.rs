@@ -104,10 +104,10 @@ fn write_head(msg: &Message, shape: Option<Shape>, out: &mut Vec<u8>) -> Result<
         | Message::DeployFinish
         | Message::DeployRestart
         | Message::DeployRestarting
-        | Message::DeployCommit
         | Message::DeployCommitted
         | Message::HealthQuery => ciborium::into_writer(&(), &mut *out),
         Message::Health(b) => ciborium::into_writer(b, &mut *out),
+        Message::DeployCommit(b) | Message::DeployAbort(b) => ciborium::into_writer(b, &mut *out),
         Message::RawEchoReady(b) => ciborium::into_writer(b, &mut *out),
         Message::Task(b) => ciborium::into_writer(b, &mut *out),
         Message::TaskDone(b) => ciborium::into_writer(b, &mut *out),
@@ -293,9 +293,10 @@ fn decode_body(kind: u64, rest: &mut &[u8]) -> Result<Message, Option<DecodeErro
         35 => Message::DeployStaged(body::<crate::deploy::DeployStaged>(kind, rest)?),
         36 => unit(kind, rest, Message::DeployRestart)?,
         37 => unit(kind, rest, Message::DeployRestarting)?,
-        38 => unit(kind, rest, Message::DeployCommit)?,
+        38 => Message::DeployCommit(body::<crate::deploy::DeployRef>(kind, rest)?),
         39 => unit(kind, rest, Message::DeployCommitted)?,
         40 => unit(kind, rest, Message::HealthQuery)?,
+        42 => Message::DeployAbort(body::<crate::deploy::DeployRef>(kind, rest)?),
         41 => Message::Health(Box::new(body::<crate::health::HealthReport>(kind, rest)?)),
         other => return Err(Some(DecodeError::UnknownKind(other))),
     })

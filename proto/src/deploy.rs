@@ -52,11 +52,14 @@ pub struct Manifest {
     /// it; the agent checks it against the binary's self-check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// When it was signed (seconds since the Unix epoch, the signer's
-    /// clock): an agent takes no manifest signed before the last one it
-    /// committed, so an old signed manifest cannot be replayed to install
-    /// an older build.
+    /// When it was signed (milliseconds since the Unix epoch, the
+    /// signer's clock): an agent takes no manifest signed before or at the
+    /// last one it restarted into, so a signed manifest is used once and
+    /// an older one cannot be replayed to install an older build.
     pub issued_at: u64,
+    /// The agent it is for (its id): the master signs one manifest per
+    /// board, so another board refuses it.
+    pub agent: String,
 }
 
 impl Manifest {
@@ -101,6 +104,14 @@ pub struct DeployStaged {
     pub sha256: String,
     /// The version its self-check reported.
     pub version: String,
+}
+
+/// Master → agent: the deployed binary with this hash, on trial here,
+/// passed the master's check (commit) or failed it (abort).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRef {
+    /// Its SHA-256.
+    pub sha256: String,
 }
 
 /// An agent's build, in its handshake reply: what runs, and how its last
@@ -163,7 +174,8 @@ mod tests {
             arch: "aarch64".into(),
             protocol: crate::PROTOCOL_VERSION,
             version: Some("0.1.0".into()),
-            issued_at: 1_790_000_000,
+            issued_at: 1_790_000_000_000,
+            agent: "0123456789abcdef".into(),
         };
         assert_eq!(Manifest::from_bytes(&m.to_bytes()), Ok(m));
         assert!(Manifest::from_bytes(b"\xff").is_err());

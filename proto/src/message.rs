@@ -5,7 +5,7 @@
 //! map (serde), and either null or a typed `f64` array (see [`crate::bulk`]).
 
 use crate::code::{ModulePush, ModuleStored, StageSwap, StageSwapped};
-use crate::deploy::{DeployChunk, DeployOffer, DeployStaged};
+use crate::deploy::{DeployChunk, DeployOffer, DeployRef, DeployStaged};
 use crate::trace::{ClockReading, TraceBatch, TraceRequest};
 use crate::{AgentInfo, JobId};
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,7 @@ pub enum Message {
     DeployRestarting,
     /// Master → agent: the binary on trial passed the master's check; keep
     /// it. Answered with [`Message::DeployCommitted`] or an error.
-    DeployCommit,
+    DeployCommit(DeployRef),
     /// Agent → master: the binary on trial is the current one now.
     DeployCommitted,
     /// Master → agent: how is the board? Answered with
@@ -122,6 +122,10 @@ pub enum Message {
     HealthQuery,
     /// Agent → master: its board's health.
     Health(Box<crate::health::HealthReport>),
+    /// Master → agent: the binary on trial failed the master's check: go
+    /// back to the one before. Answered with [`Message::DeployRestarting`]
+    /// (or an error), after which the agent restarts.
+    DeployAbort(DeployRef),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -391,10 +395,11 @@ impl Message {
             Message::DeployStaged(_) => 35,
             Message::DeployRestart => 36,
             Message::DeployRestarting => 37,
-            Message::DeployCommit => 38,
+            Message::DeployCommit(_) => 38,
             Message::DeployCommitted => 39,
             Message::HealthQuery => 40,
             Message::Health(_) => 41,
+            Message::DeployAbort(_) => 42,
         }
     }
 
@@ -460,6 +465,7 @@ pub fn kind_name(kind: u64) -> &'static str {
         39 => "deploy-committed",
         40 => "health-query",
         41 => "health",
+        42 => "deploy-abort",
         _ => "unknown",
     }
 }

@@ -15,6 +15,10 @@ pub const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Output kept of each of its streams.
 const KEPT: u64 = 64 << 10;
 
+/// How long its output may take to end once it exited (a process it
+/// left behind may hold the pipes).
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs `path --self-check` (at most [`SELF_CHECK_TIMEOUT`]); the
 /// `key=value` lines it printed after the banner. Its output is read as
 /// it comes, so a chatty binary cannot block on a full pipe. The error
@@ -53,13 +57,17 @@ pub fn run(path: &Path) -> Result<HashMap<String, String>, String> {
                     "did not end its self-check within {SELF_CHECK_TIMEOUT:?}"
                 ));
             }
-            Err(e) => return Err(format!("could not be waited for: {e}")),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("could not be waited for: {e}"));
+            }
         }
     };
-    let stdout = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
+    let stdout = String::from_utf8_lossy(&collected(&stdout)).into_owned();
     let report = skelpi_proto::deploy::parse_self_check(&stdout).filter(|_| status.success());
     report.ok_or_else(|| {
-        let stderr = stderr.join().unwrap_or_default();
+        let stderr = collected(&stderr);
         let stderr = String::from_utf8_lossy(&stderr);
         let said = skelpi_proto::text::clip(stderr.trim(), 200).into_owned();
         format!(
@@ -73,9 +81,16 @@ pub fn run(path: &Path) -> Result<HashMap<String, String>, String> {
     })
 }
 
+/// What a [`drain`] kept, once its stream ended or after
+/// [`OUTPUT_GRACE`] (nothing then).
+fn collected(drained: &std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    drained.recv_timeout(OUTPUT_GRACE).unwrap_or_default()
+}
+
 /// Reads a child's stream on a thread of its own, keeping its first
-/// [`KEPT`] bytes.
-fn drain(pipe: Option<Box<dyn Read + Send>>) -> std::thread::JoinHandle<Vec<u8>> {
+/// [`KEPT`] bytes, sent when the stream ends.
+fn drain(pipe: Option<Box<dyn Read + Send>>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut kept = Vec::new();
         if let Some(pipe) = pipe {
@@ -84,6 +99,7 @@ fn drain(pipe: Option<Box<dyn Read + Send>>) -> std::thread::JoinHandle<Vec<u8>>
             // The rest is read and dropped, so the child never blocks.
             let _ = std::io::copy(&mut pipe, &mut std::io::sink());
         }
-        kept
-    })
+        let _ = tx.send(kept);
+    });
+    rx
 }

@@ -130,7 +130,12 @@ impl Driver<'_> {
             | Message::DeployChunk(_)
             | Message::DeployFinish
             | Message::DeployRestart
-            | Message::DeployCommit) => match config.deploy.handle(self.peer, deploy).await {
+            | Message::DeployCommit(_)
+            | Message::DeployAbort(_)) => match config
+                .deploy
+                .handle(&config.info.id, self.peer, deploy)
+                .await
+            {
                 None => return Flow::Continue(()),
                 Some(Ok(reply)) => reply,
                 Some(Err(why)) => {

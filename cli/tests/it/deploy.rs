@@ -171,20 +171,17 @@ pub fn roll_one(
     (outcomes.remove(0).1, took)
 }
 
-fn offer(binary: &Binary, key: &DeployKey) -> DeployOffer {
-    let manifest = binary.manifest(now()).to_bytes();
-    DeployOffer {
-        signature: key.sign(&manifest).into(),
-        manifest: manifest.into(),
-    }
+/// `binary`'s offer signed with `key` for the agent with id `agent`.
+fn offer(binary: &Binary, key: &DeployKey, agent: &str) -> DeployOffer {
+    binary.offer(key, agent)
 }
 
-/// Seconds since the Unix epoch (a manifest's signing time).
-fn now() -> u64 {
+/// Milliseconds since the Unix epoch (a manifest's signing time).
+fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs()
+        .as_millis() as u64
 }
 
 /// The agent at `addr`'s build: the SHA-256 of its deployed binary.
@@ -201,8 +198,8 @@ fn a_farm_of_5000_tasks_loses_nothing_while_three_agents_are_rolled() {
     let rolled: Vec<AgentProcess> = (0..3)
         .map(|i| setup.start(&format!("roll-{i}"), true))
         .collect();
-    // One more agent the roll leaves alone: with the rolled ones back
-    // only at the next job, the farm needs one that stays.
+    // One more agent the roll leaves alone, so that some agent is up at
+    // every moment of the roll (the rolled ones rejoin the job once back).
     let steady = setup.start("steady", false);
     let new_build = setup.new_build("2");
     let addrs: Vec<SocketAddr> = rolled.iter().chain([&steady]).map(|a| a.addr).collect();
@@ -240,10 +237,11 @@ fn every_bad_deploy_is_refused_with_its_reason_and_the_agent_keeps_its_binary() 
     let keyless = setup.start("keyless", false);
     let good = Binary::read(&setup.new_build("good")).unwrap();
     let other_key = DeployKey::generate().unwrap();
+    let id = agent.id.clone();
 
     let unsigned = DeployOffer {
         signature: Vec::new().into(),
-        ..offer(&good, &setup.deploy)
+        ..offer(&good, &setup.deploy, &id)
     };
     let wrong_hash = Binary {
         sha256: "00".repeat(32),
@@ -264,41 +262,47 @@ fn every_bad_deploy_is_refused_with_its_reason_and_the_agent_keeps_its_binary() 
         sha256: deploy::sha256_hex(script),
         ..good.clone()
     };
-    let cases: [(&str, DeployOffer, &Binary, &str); 7] = [
+    let cases: [(&str, DeployOffer, &Binary, &str); 8] = [
         ("unsigned", unsigned, &good, "the manifest is unsigned"),
         (
             "wrong key",
-            offer(&good, &other_key),
+            offer(&good, &other_key, &id),
             &good,
             "not signed by this agent's deploy key",
         ),
         (
             "wrong hash",
-            offer(&wrong_hash, &setup.deploy),
+            offer(&wrong_hash, &setup.deploy, &id),
             &good,
             "the binary's SHA-256 is",
         ),
         (
             "truncated",
-            offer(&good, &setup.deploy),
+            offer(&good, &setup.deploy, &id),
             &half,
             "the upload is truncated",
         ),
         (
             "wrong architecture",
-            offer(&foreign, &setup.deploy),
+            offer(&foreign, &setup.deploy, &id),
             &good,
             "the binary is for aarch64",
         ),
         (
             "failing self-check",
-            offer(&fails_self_check, &setup.deploy),
+            offer(&fails_self_check, &setup.deploy, &id),
             &fails_self_check,
             "failed its self-check",
         ),
         (
+            "another agent",
+            offer(&good, &setup.deploy, "0000000000000000"),
+            &good,
+            "signed for agent 0000000000000000",
+        ),
+        (
             "no deploy key",
-            offer(&good, &setup.deploy),
+            offer(&good, &setup.deploy, &id),
             &good,
             "no deploy public key",
         ),
@@ -336,7 +340,7 @@ fn every_bad_deploy_is_refused_with_its_reason_and_the_agent_keeps_its_binary() 
     // ... and an older signed manifest cannot be replayed to go back.
     let older = setup.new_build("older");
     let older = Binary::read(&older).unwrap();
-    let manifest = older.manifest(now() - 3600).to_bytes();
+    let manifest = older.manifest(now_ms() - 3_600_000, &id).to_bytes();
     let replay = DeployOffer {
         signature: setup.deploy.sign(&manifest).into(),
         manifest: manifest.into(),
@@ -345,11 +349,14 @@ fn every_bad_deploy_is_refused_with_its_reason_and_the_agent_keeps_its_binary() 
     let e = smol::block_on(deploy::upload(&mut conn, &replay, &older, |_| {}))
         .expect_err("a replay")
         .to_string();
-    assert!(e.contains("not after the last one committed here"), "{e}");
+    assert!(
+        e.contains("not after the last one this agent restarted into"),
+        "{e}"
+    );
     // One deploy at a time: a second master is told who deploys.
     let mut first = setup.connect(agent.addr);
     let accepted = smol::block_on(first.request(
-        &skelpi_proto::Message::DeployOffer(offer(&older, &setup.deploy)),
+        &skelpi_proto::Message::DeployOffer(offer(&older, &setup.deploy, &id)),
         |got| match got {
             skelpi_proto::Message::DeployAccepted => Ok(skelpi::client::Reply::Done(())),
             other => panic!("{other:?}"),
@@ -359,7 +366,7 @@ fn every_bad_deploy_is_refused_with_its_reason_and_the_agent_keeps_its_binary() 
     let mut second = setup.connect(agent.addr);
     let e = smol::block_on(deploy::upload(
         &mut second,
-        &offer(&older, &setup.deploy),
+        &offer(&older, &setup.deploy, &id),
         &older,
         |_| {},
     ))

@@ -447,6 +447,9 @@ impl<'c> Dispatcher<'c> {
             let mut sender = link.sender.borrow_mut();
             let mut receiver = link.receiver.borrow_mut();
             self.link_io(link, &mut sender, &mut receiver).await;
+            // The agent may be alive (taken for gone when silent): it
+            // drops this session's work once the connection closes.
+            sender.close();
         }
         let mut pause = REDIAL_FIRST;
         loop {
@@ -472,11 +475,17 @@ impl<'c> Dispatcher<'c> {
             );
             self.pump();
             let _ = self.progress_tx.try_send(());
-            pause = REDIAL_FIRST;
+            let up = Instant::now();
             let mut again = link.again.borrow_mut();
             if let Some(conn) = again.as_mut() {
                 let (sender, receiver) = conn.halves();
                 self.link_io(link, sender, receiver).await;
+                sender.close();
+            }
+            // Tried again at once only if it served a while: an agent that
+            // fails each new connection is not hammered.
+            if up.elapsed() >= REDIAL_MAX {
+                pause = REDIAL_FIRST;
             }
         }
     }

@@ -295,7 +295,10 @@ fn stage_message() -> impl Strategy<Value = Message> {
         }),
         Just(Message::DeployRestart),
         Just(Message::DeployRestarting),
-        Just(Message::DeployCommit),
+        any::<String>()
+            .prop_map(|sha256| Message::DeployCommit(skelpi_proto::deploy::DeployRef { sha256 })),
+        any::<String>()
+            .prop_map(|sha256| Message::DeployAbort(skelpi_proto::deploy::DeployRef { sha256 })),
         Just(Message::DeployCommitted),
         Just(Message::HealthQuery),
         (
