@@ -145,15 +145,16 @@ enum Command {
     /// the cluster keeps working (see the README's "Upgrading the agents").
     ///
     /// Each board gets the binary for its architecture with a manifest
-    /// signed by the deploy key; it checks the signature, the hash, the
-    /// architecture and that the binary runs there before it restarts
-    /// into it. The roll waits for each board to answer on the new binary
-    /// and pass a small check job, and stops at the first failure, leaving
-    /// the boards not reached on their binary. A binary that does not come
-    /// up is rolled back by the board.
+    /// signed by the deploy key for that board; it checks the signature,
+    /// the hash, the architecture and that the binary runs there before it
+    /// restarts into it. The roll waits for each board to answer on the new
+    /// binary and pass a small check job, then commits it; it stops at the
+    /// first failure, leaving the boards not reached on their binary. A
+    /// binary that fails its check, or does not come up, is rolled back by
+    /// the board.
     #[command(after_help = "Examples:
-  skelpi deploy --binary target/aarch64-unknown-linux-musl/release/skelpi-agent --dry-run
-  skelpi deploy --binary target/aarch64-unknown-linux-musl/release/skelpi-agent --binary target/armv7-unknown-linux-musleabihf/release/skelpi-agent
+  skelpi deploy --binary target/aarch64-unknown-linux-musl/board/skelpi-agent --dry-run
+  skelpi deploy --binary target/aarch64-unknown-linux-musl/board/skelpi-agent --binary target/armv7-unknown-linux-gnueabihf/board/skelpi-agent
   skelpi deploy --agents pi1,pi2,pi3 --binary skelpi-agent --batch 2")]
     Deploy(cmd::deploy::DeployArgs),
     /// Run a job file: a skeleton tree and its inputs (see the README).

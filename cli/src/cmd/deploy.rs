@@ -15,7 +15,7 @@ use std::time::Duration;
 pub struct DeployArgs {
     /// An agent binary for one architecture (repeat it for each
     /// architecture of the pool), e.g.
-    /// target/aarch64-unknown-linux-musl/release/skelpi-agent.
+    /// target/aarch64-unknown-linux-musl/board/skelpi-agent.
     #[arg(long = "binary", value_name = "PATH", required = true)]
     pub binaries: Vec<PathBuf>,
     /// The deploy signing key [default: $SKELPI_DEPLOY_KEY_FILE or
