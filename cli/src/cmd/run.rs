@@ -162,6 +162,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let replay = usize::try_from(args.max_replay_memory.as_u64()).unwrap_or(usize::MAX);
         pool.cluster.set_max_replay_bytes(replay);
         let progress = super::progress::bar(inputs as u64, "results");
+        let before = Losses::of(&pool.cluster);
         let mut start = Instant::now();
         let job = builder
             .on_result(|index, a| {
@@ -185,9 +186,63 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
             eprint!("{}", report.summary());
         }
         let elapsed = start.elapsed();
+        let lost = before.since(&pool.cluster);
         pool.cluster.close().await;
-        finish(args, outcome, sink, elapsed)
+        finish(args, outcome, sink, (elapsed, lost))
     })
+}
+
+/// The agents lost during a job, by what their connections recorded.
+struct Losses(Vec<(usize, bool)>);
+
+impl Losses {
+    /// Each agent's losses so far, and whether it is broken.
+    fn of(cluster: &skelpi::cluster::Cluster) -> Losses {
+        Losses(
+            cluster
+                .agents()
+                .iter()
+                .map(|a| (a.losses().len(), a.is_broken()))
+                .collect(),
+        )
+    }
+
+    /// The agents lost since: their names, each with whether it serves
+    /// again (it came back within the job).
+    fn since(&self, cluster: &skelpi::cluster::Cluster) -> Vec<(String, bool)> {
+        cluster
+            .agents()
+            .iter()
+            .zip(&self.0)
+            .filter(|(a, (losses, broken))| {
+                a.losses().len() > *losses || (a.is_broken() && !broken)
+            })
+            .map(|(a, _)| (a.info().name.clone(), !a.is_broken()))
+            .collect()
+    }
+}
+
+/// "; 2 agents lost during the job (pi-2, back in it; pi-3)", or nothing.
+fn lost_line(lost: &[(String, bool)]) -> String {
+    if lost.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = lost
+        .iter()
+        .map(|(name, back)| {
+            if *back {
+                format!("{name}, back in it")
+            } else {
+                name.clone()
+            }
+        })
+        .collect();
+    let n = lost.len();
+    format!(
+        "; {n} agent{} lost during the job ({}): its tasks went to the others",
+        if n == 1 { "" } else { "s" },
+        names.join("; ")
+    )
 }
 
 /// Returns when the user presses Ctrl-C (SIGINT); never if that cannot be
@@ -294,7 +349,7 @@ fn finish(
     args: &RunArgs,
     outcome: skelpi::jobs::Outcome,
     sink: Sink,
-    elapsed: Duration,
+    (elapsed, lost): (Duration, Vec<(String, bool)>),
 ) -> anyhow::Result<()> {
     let result = match outcome.result {
         Ok(()) => Ok(()),
@@ -334,6 +389,9 @@ fn finish(
             "results": count,
             "elapsed_s": elapsed.as_secs_f64(),
             "results_per_s": rate,
+            "agents_lost": lost.iter().map(|(name, back)| serde_json::json!({
+                "name": name, "back": back,
+            })).collect::<Vec<_>>(),
             "out": args.out,
             "shown": shown,
         });
@@ -344,10 +402,11 @@ fn finish(
         println!("result of input {index}: {}", preview(data));
     }
     eprintln!(
-        "{count} results in {elapsed:.2?} ({rate:.1} results/s){}",
+        "{count} results in {elapsed:.2?} ({rate:.1} results/s){}{}",
         args.out
             .as_ref()
-            .map_or(String::new(), |p| format!(", written to {}", p.display()))
+            .map_or(String::new(), |p| format!(", written to {}", p.display())),
+        lost_line(&lost)
     );
     Ok(())
 }

@@ -997,3 +997,38 @@ fn an_agent_restarted_mid_job_takes_tasks_again_and_carries_the_job_when_the_oth
     drop(again);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn skelpi_run_says_which_agents_it_lost_in_its_last_line() {
+    let dir = crate::support::Scratch::new("run-lost");
+    let key_path = dir.0.join("cluster.key");
+    ClusterKey::generate()
+        .unwrap()
+        .write(&key_path, true)
+        .unwrap();
+    let stays = start_agent(&key_path, "stays", &["--no-mdns", "--workers", "2"]);
+    let lost = start_agent(&key_path, "lost-one", &["--no-mdns", "--workers", "2"]);
+    let job = dir.path("job.toml");
+    write_range_job(&job, "farm(seq(sleep_ms(20)))", 300, 1);
+    let agents = format!("{},{}", stays.addr, lost.addr);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_skelpi"))
+        .args(["run", &job, "--agents", &agents, "--key-file"])
+        .arg(&key_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&lost, "tasks from master", Duration::from_secs(20));
+    let mut lost = lost;
+    lost.child.kill().unwrap();
+    lost.child.wait().unwrap();
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("300 results") && last.contains("1 agent lost during the job (lost-one)"),
+        "{err}"
+    );
+    drop(stays);
+}
