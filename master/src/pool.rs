@@ -102,7 +102,7 @@ pub fn parse_agents(list: &[String]) -> Result<Vec<SocketAddr>, PoolError> {
 }
 
 /// "1 agent", "3 agents".
-fn agents(n: usize) -> String {
+pub fn agents(n: usize) -> String {
     if n == 1 {
         "1 agent".into()
     } else {

@@ -162,7 +162,7 @@ pub async fn run(
         let conns = &mut cluster.agents_mut()[..k];
         let workers: usize = conns.iter().map(|c| c.info().cores as usize).sum();
         for &n in &opts.chunks {
-            progress.set_message(format!("pmap: {k} agents, {n} chunks"));
+            progress.set_message(format!("pmap: {}, {n} chunks", skelpi::pool::agents(k)));
             let tree = Skeleton::map(n as u32, Skeleton::seq(kernel.clone()));
             let mut times = Vec::with_capacity(repeats);
             let mut ratios = Vec::with_capacity(repeats);
@@ -192,7 +192,8 @@ pub async fn run(
                 let out = black_box(out).map(|a| a.data);
                 if out.as_deref() != Some(&reference[..]) {
                     return Err(JobError::Invalid(format!(
-                        "pmap on {k} agents with {n} chunks gave a result that differs from the sequential one"
+                        "pmap on {} with {n} chunks gave a result that differs from the sequential one",
+                        skelpi::pool::agents(k)
                     )));
                 }
                 progress.inc(1);

@@ -65,14 +65,45 @@ pub fn rtt_table(r: &RttReport) -> String {
     s
 }
 
-/// Writes rows (of any report) as CSV with a header line.
+/// Writes rows (of any report) as CSV with a header line; measured
+/// figures with 6 significant digits, without float noise (0.3, not
+/// 0.30000000000000004).
 pub fn write_csv<T: Serialize>(rows: &[T], path: &Path) -> Result<(), csv::Error> {
-    let mut w = csv::Writer::from_path(path)?;
+    let mut raw = csv::Writer::from_writer(Vec::new());
     for row in rows {
-        w.serialize(row)?;
+        raw.serialize(row)?;
     }
-    w.flush()?;
+    let raw = raw.into_inner().map_err(|e| e.into_error())?;
+    let mut out = csv::Writer::from_path(path)?;
+    for record in csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(&raw[..])
+        .records()
+    {
+        out.write_record(record?.iter().map(|f| tidy(f).into_owned()))?;
+    }
+    out.flush()?;
     Ok(())
+}
+
+/// A CSV field: a float with a fraction to 6 significant digits
+/// (trailing zeros dropped); anything else as it is.
+fn tidy(field: &str) -> std::borrow::Cow<'_, str> {
+    let is_float = field.contains(['.', 'e', 'E']);
+    match field.parse::<f64>() {
+        Ok(x) if is_float && x.is_finite() && x != 0.0 => {
+            let magnitude = x.abs().log10().floor() as i32;
+            let decimals = (5 - magnitude).clamp(0, 15) as usize;
+            let text = format!("{x:.decimals$}");
+            let text = if text.contains('.') {
+                text.trim_end_matches('0').trim_end_matches('.').to_owned()
+            } else {
+                text
+            };
+            text.into()
+        }
+        _ => field.into(),
+    }
 }
 
 /// Renders the pmap report like the seed's speedup table.
@@ -116,8 +147,13 @@ pub fn farm_table(r: &FarmReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "farm: {} — {} agents, {} workers, {} tasks of {}, median of {} repeats",
-        r.origin, r.agents, r.workers, r.tasks, r.kernel, r.repeats
+        "farm: {} — {}, {} workers, {} tasks of {}, median of {} repeats",
+        r.origin,
+        skelpi::pool::agents(r.agents),
+        r.workers,
+        r.tasks,
+        r.kernel,
+        r.repeats
     );
     let _ = writeln!(
         s,
@@ -194,5 +230,20 @@ fn secs(s: f64) -> String {
         format!("{:.2} ms", s * 1e3)
     } else {
         format!("{:.1} µs", s * 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tidy_tests {
+    use super::tidy;
+
+    #[test]
+    fn csv_figures_carry_no_float_noise() {
+        assert_eq!(tidy(&(0.1f64 + 0.2).to_string()), "0.3");
+        assert_eq!(tidy("1234.56789012"), "1234.57");
+        assert_eq!(tidy("0.000123456789"), "0.000123457");
+        assert_eq!(tidy("42"), "42");
+        assert_eq!(tidy("name"), "name");
+        assert_eq!(tidy("2.5"), "2.5");
     }
 }
