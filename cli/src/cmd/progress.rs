@@ -9,12 +9,21 @@ use std::sync::LazyLock;
 /// The bars of this process.
 static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
 
-/// Logs at `level` (or as `RUST_LOG` says) to stderr, each line printed
-/// above the progress bars. Later calls, and loggers installed after it
-/// (an embedded agent's), change nothing.
-pub fn init_logging(level: log::LevelFilter) {
+/// Logs to stderr, each line printed above the progress bars: warnings,
+/// but the embedded agents' (`--local`) only when they are errors; with
+/// `verbose` 1 everything at info, 2 at debug; `RUST_LOG` overrides.
+/// Later calls, and loggers installed after it (an embedded agent's),
+/// change nothing.
+pub fn init_logging(verbose: u8) {
+    let (level, agents) = match verbose {
+        0 => (log::LevelFilter::Warn, log::LevelFilter::Error),
+        1 => (log::LevelFilter::Info, log::LevelFilter::Info),
+        _ => (log::LevelFilter::Debug, log::LevelFilter::Debug),
+    };
     let logger = env_logger::Builder::new()
         .filter_level(level)
+        .filter_module("skelpi_agent", agents)
+        .filter_module("skelpi_kernels", agents)
         .parse_default_env()
         .target(env_logger::Target::Stderr)
         .build();

@@ -402,7 +402,8 @@ fn finish(
         println!("result of input {index}: {}", preview(data));
     }
     eprintln!(
-        "{count} results in {elapsed:.2?} ({rate:.1} results/s){}{}",
+        "{count} result{} in {elapsed:.2?} ({rate:.1} results/s){}{}",
+        if count == 1 { "" } else { "s" },
         args.out
             .as_ref()
             .map_or(String::new(), |p| format!(", written to {}", p.display())),

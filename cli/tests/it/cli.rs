@@ -228,3 +228,17 @@ fn health_reports_each_agent_and_shows_what_the_board_lacks_as_absent() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("name ") && out.contains("local-0"), "{out}");
 }
+
+#[test]
+fn the_embedded_agents_log_lines_show_only_with_verbose() {
+    let dir = Scratch::new("verbose");
+    let job = dir.path("job.toml");
+    write_range_job(&job, "farm(seq(square))", 1, 3);
+    let (code, _, quiet) = skelpi(&["run", &job, "--local", "1"]);
+    assert_eq!(code, Some(0), "{quiet}");
+    assert!(!quiet.contains("skelpi_agent"), "{quiet}");
+    assert!(quiet.contains("1 result in"), "{quiet}");
+    let (code, _, said) = skelpi(&["run", &job, "--local", "1", "-v"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("skelpi_agent"), "{said}");
+}
