@@ -19,7 +19,8 @@ pub struct Board {
     pub memory: (Option<u64>, Option<u64>),
     /// The CPU's thermal zone (`/sys/class/thermal`), degrees Celsius.
     pub cpu_temp_c: Option<f64>,
-    /// The Raspberry Pi firmware's `get_throttled` flags.
+    /// The Raspberry Pi's under-voltage alarm, as bit 0 of the firmware's
+    /// `get_throttled` word (its `rpi_volt` hwmon sensor).
     pub throttled: Option<u32>,
 }
 
@@ -45,13 +46,24 @@ pub fn read_board(root: &Path) -> Board {
         load_1m: first_number(root, "proc/loadavg"),
         memory: (meminfo(root, "MemTotal:"), meminfo(root, "MemAvailable:")),
         cpu_temp_c: cpu_temp(root),
-        throttled: read(root, "sys/devices/platform/soc/soc:firmware/get_throttled").and_then(
-            |t| {
-                let t = t.trim();
-                u32::from_str_radix(t.strip_prefix("0x").unwrap_or(t), 16).ok()
-            },
-        ),
+        throttled: under_voltage(root),
     }
+}
+
+/// The Pi's under-voltage alarm (`in0_lcrit_alarm` of the hwmon sensor
+/// named `rpi_volt`) as bit 0 of a `get_throttled` word. Not the
+/// firmware's own `get_throttled` file: reading it asks the firmware
+/// and, on many kernels, logs a deprecation warning that taints them.
+fn under_voltage(root: &Path) -> Option<u32> {
+    let dir = root.join("sys/class/hwmon");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p.join("name")).is_ok_and(|n| n.trim() == "rpi_volt"))
+        .and_then(|p| std::fs::read_to_string(p.join("in0_lcrit_alarm")).ok())
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map(|alarm| u32::from(alarm != 0))
 }
 
 fn model(root: &Path) -> Option<String> {
@@ -115,10 +127,9 @@ fn cpu_temp(root: &Path) -> Option<f64> {
         .or_else(|| zones.iter().find_map(|z| temp(z)))
 }
 
-/// The report for a master: the board's figures under `root` and the
-/// agent's own.
-pub fn report(state: &AgentState, root: &Path) -> HealthReport {
-    let board = read_board(root);
+/// The report for a master: the board's figures (see [`read_board`])
+/// and the agent's own.
+pub fn report(state: &AgentState, board: Board) -> HealthReport {
     let (busy, queued) = state.workers.load();
     HealthReport {
         model: board.model,
@@ -128,7 +139,7 @@ pub fn report(state: &AgentState, root: &Path) -> HealthReport {
         workers: state.workers.len() as u32,
         busy_workers: busy as u32,
         queued_calls: queued as u32,
-        masters: state.masters() as u32,
+        sessions: state.masters() as u32,
         load_1m: board.load_1m,
         memory_total: board.memory.0,
         memory_available: board.memory.1,
@@ -167,10 +178,9 @@ mod tests {
             ),
             ("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n"),
             ("sys/class/thermal/thermal_zone0/temp", "61834\n"),
-            (
-                "sys/devices/platform/soc/soc:firmware/get_throttled",
-                "50005\n",
-            ),
+            ("sys/class/hwmon/hwmon0/name", "cpu_thermal\n"),
+            ("sys/class/hwmon/hwmon1/name", "rpi_volt\n"),
+            ("sys/class/hwmon/hwmon1/in0_lcrit_alarm", "1\n"),
         ]);
         let b = read_board(&root);
         assert_eq!(b.model.as_deref(), Some("Raspberry Pi 4 Model B Rev 1.4"));
@@ -178,7 +188,7 @@ mod tests {
         assert_eq!(b.load_1m, Some(1.25));
         assert_eq!(b.memory, (Some(3_884_096 * 1024), Some(3_012_000 * 1024)));
         assert_eq!(b.cpu_temp_c, Some(61.834));
-        assert_eq!(b.throttled, Some(0x50005));
+        assert_eq!(b.throttled, Some(1), "under-voltage now");
         let _ = std::fs::remove_dir_all(root);
     }
 

@@ -302,12 +302,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health { pool, json } => smol::block_on(async {
             let mut pool = pool::connect(&pool.options(false)).await?;
             eprintln!("{}", pool.origin);
-            let mut rows = Vec::new();
-            for agent in pool.cluster.agents_mut() {
-                rows.push(cmd::health::Row::ask(agent).await?);
-            }
+            let mut tried = std::collections::HashMap::new();
+            let rows = cmd::health::ask_all(pool.cluster.agents_mut(), &mut tried).await;
             pool.cluster.close().await;
-            cmd::health::print(&rows, json)
+            cmd::health::print(&rows, json)?;
+            let down = rows.iter().filter(|r| r.state.is_err()).count();
+            if down > 0 {
+                anyhow::bail!("{down} of {} boards did not answer", rows.len());
+            }
+            Ok(())
         }),
         Command::Top(args) => cmd::top::run(&args),
         Command::Bench { which, pool, args } => cmd::bench::run(which, &pool, &args),

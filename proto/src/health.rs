@@ -26,8 +26,9 @@ pub struct HealthReport {
     pub busy_workers: u32,
     /// Kernel calls waiting for a worker.
     pub queued_calls: u32,
-    /// Masters connected now.
-    pub masters: u32,
+    /// Sessions open now: masters (the one asking included) and the
+    /// pipeline stages of other agents sending to this one.
+    pub sessions: u32,
     /// The 1-minute load average.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_1m: Option<f64>,
@@ -40,8 +41,10 @@ pub struct HealthReport {
     /// The CPU's temperature, degrees Celsius.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_temp_c: Option<f64>,
-    /// The Raspberry Pi firmware's throttling flags (`get_throttled`),
-    /// where the board exposes them: see [`Throttled`].
+    /// The Raspberry Pi firmware's flags in the bits of its
+    /// `get_throttled` word (see [`Throttled`]), where the board exposes
+    /// them: today the under-voltage alarm of its `rpi_volt` hwmon sensor
+    /// (bit 0), which the kernel keeps without asking the firmware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttled: Option<u32>,
 }

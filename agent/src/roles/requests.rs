@@ -121,10 +121,11 @@ impl Driver<'_> {
                 return Flow::Continue(());
             }
             Message::ModulePush(push) => store_module(config, push, self.peer).await,
-            // A few files of /proc and /sys: kernel memory, never a disk
-            // to wait for.
+            // The board's files are read off the executor (a sensor read
+            // may take milliseconds); the agent's own figures here.
             Message::HealthQuery => {
-                Message::Health(Box::new(crate::health::report(config, Path::new("/"))))
+                let board = smol::unblock(|| crate::health::read_board(Path::new("/"))).await;
+                Message::Health(Box::new(crate::health::report(config, board)))
             }
             deploy @ (Message::DeployOffer(_)
             | Message::DeployChunk(_)

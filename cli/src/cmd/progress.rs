@@ -20,10 +20,15 @@ pub fn init_logging(verbose: u8) {
         1 => (log::LevelFilter::Info, log::LevelFilter::Info),
         _ => (log::LevelFilter::Debug, log::LevelFilter::Debug),
     };
-    let logger = env_logger::Builder::new()
-        .filter_level(level)
-        .filter_module("skelpi_agent", agents)
-        .filter_module("skelpi_kernels", agents)
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level);
+    // RUST_LOG, when set, says it all.
+    if std::env::var_os("RUST_LOG").is_none() {
+        builder
+            .filter_module("skelpi_agent", agents)
+            .filter_module("skelpi_kernels", agents);
+    }
+    let logger = builder
         .parse_default_env()
         .target(env_logger::Target::Stderr)
         .build();

@@ -3,7 +3,7 @@
 //! stops answering shown down within the poll bound, and back up once it
 //! answers again. `--once` prints one snapshot (`--json` for scripts).
 
-use super::health::{self, Row};
+use super::health::{self, Cells, Row};
 use super::pool_args::PoolArgs;
 use anyhow::Context;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -11,15 +11,15 @@ use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row as TableRow, Table, TableState};
-use skelpi::cluster::Cluster;
 use skelpi::pool;
 use skelpi_proto::health::Throttled;
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long a board may take to answer one poll before it is shown down.
-pub const POLL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const POLL_TIMEOUT: Duration = health::ASK_TIMEOUT;
 
 /// `skelpi top`'s flags.
 #[derive(Debug, clap::Args)]
@@ -45,15 +45,7 @@ pub struct TopArgs {
 pub struct NoTerminal;
 
 /// One board in a snapshot.
-#[derive(Debug, Clone)]
-pub struct Board {
-    /// Its name and address.
-    pub name: String,
-    /// Its address.
-    pub address: String,
-    /// Its report, or why it is down.
-    pub state: Result<skelpi_proto::health::HealthReport, String>,
-}
+pub type Board = Row;
 
 /// Runs `skelpi top`.
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
@@ -67,12 +59,12 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let poller = std::thread::spawn(move || -> anyhow::Result<()> {
         smol::block_on(async {
             let mut pool = pool::connect(&opts).await?;
-            for conn in pool.cluster.agents_mut() {
-                conn.set_request_timeout(POLL_TIMEOUT);
-            }
+            let mut tried = HashMap::new();
             loop {
                 let started = Instant::now();
-                let snapshot = poll(&mut pool.cluster).await;
+                // Every board at once: one that is down costs the others
+                // nothing.
+                let snapshot = health::ask_all(pool.cluster.agents_mut(), &mut tried).await;
                 if tx.send(snapshot).is_err() || once {
                     pool.cluster.close().await;
                     return Ok(());
@@ -99,42 +91,13 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     drawn
 }
 
-/// Asks every board for its health (connecting again, every few
-/// seconds, to those that were down).
-async fn poll(cluster: &mut Cluster) -> Vec<Board> {
-    cluster.rejoin().await;
-    let mut boards = Vec::new();
-    for conn in cluster.agents_mut() {
-        conn.set_request_timeout(POLL_TIMEOUT);
-        let state = match conn.broken() {
-            Some((why, _)) => Err(why.to_owned()),
-            None => conn.health().await.map_err(|e| e.to_string()),
-        };
-        boards.push(Board {
-            name: conn.info().name.clone(),
-            address: conn.addr().to_string(),
-            state,
-        });
-    }
-    boards
-}
-
+/// One snapshot, printed; an error when no board is up.
 fn print_once(boards: &[Board], json: bool) -> anyhow::Result<()> {
-    let up: Vec<Row> = boards
-        .iter()
-        .filter_map(|b| {
-            b.state
-                .clone()
-                .ok()
-                .map(|r| Row::new(&b.name, &b.address, r))
-        })
-        .collect();
-    for b in boards {
-        if let Err(why) = &b.state {
-            eprintln!("{} ({}) is down: {why}", b.name, b.address);
-        }
+    health::print(boards, json)?;
+    if !boards.is_empty() && boards.iter().all(|b| b.state.is_err()) {
+        anyhow::bail!("none of the {} boards answered", boards.len());
     }
-    health::print(&up, json)
+    Ok(())
 }
 
 /// Which column the rows are sorted by.
@@ -146,15 +109,26 @@ enum SortBy {
     Temp,
 }
 
-/// The live view until q, Esc or Ctrl-C.
+/// The live view until q, Esc or Ctrl-C (log lines held back meanwhile:
+/// they would write across it).
 fn draw_live(first: Vec<Board>, rx: &mpsc::Receiver<Vec<Board>>) -> anyhow::Result<()> {
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init().context("cannot draw on this terminal")?;
+    let logging = log::max_level();
+    log::set_max_level(log::LevelFilter::Off);
     let mut boards = first;
     let mut state = TableState::default().with_selected(Some(0));
     let mut sort = SortBy::Name;
     let mut updated = Instant::now();
     let result = loop {
+        // The selection follows its board, not its row.
+        let selected = state
+            .selected()
+            .and_then(|i| boards.get(i))
+            .map(|b| b.address.clone());
         sort_boards(&mut boards, sort);
+        if let Some(address) = selected {
+            state.select(boards.iter().position(|b| b.address == address).or(Some(0)));
+        }
         if let Err(e) = terminal.draw(|f| render(f, &boards, &mut state, sort, updated)) {
             break Err(e.into());
         }
@@ -191,6 +165,7 @@ fn draw_live(first: Vec<Board>, rx: &mpsc::Receiver<Vec<Board>>) -> anyhow::Resu
         }
     };
     ratatui::restore();
+    log::set_max_level(logging);
     result
 }
 
@@ -237,30 +212,22 @@ fn render(
     let rows: Vec<TableRow<'_>> = boards
         .iter()
         .map(|b| match &b.state {
-            Ok(h) => TableRow::new(vec![
-                b.name.clone(),
-                b.address.clone(),
-                "up".to_owned(),
-                h.model.clone().unwrap_or_else(dash),
-                h.version.clone(),
-                format!("{}/{}", h.busy_workers, h.workers),
-                h.queued_calls.to_string(),
-                h.load_1m.map_or_else(dash, |l| format!("{l:.2}")),
-                match (h.memory_available, h.memory_total) {
-                    (Some(a), Some(t)) => format!(
-                        "{:.1}/{:.1} G",
-                        a as f64 / f64::from(1 << 30),
-                        t as f64 / f64::from(1 << 30)
-                    ),
-                    _ => dash(),
-                },
-                h.cpu_temp_c.map_or_else(dash, |t| format!("{t:.0}°C")),
-                match h.throttled.map(Throttled) {
-                    None => dash(),
-                    Some(t) if t.describe().is_empty() => "ok".to_owned(),
-                    Some(t) => t.describe().join(", "),
-                },
-            ]),
+            Ok(h) => {
+                let c = Cells::of(h);
+                TableRow::new(vec![
+                    b.name.clone(),
+                    b.address.clone(),
+                    "up".to_owned(),
+                    c.model,
+                    h.version.clone(),
+                    c.busy,
+                    h.queued_calls.to_string(),
+                    c.load,
+                    c.memory,
+                    c.temp,
+                    c.firmware,
+                ])
+            }
             Err(_) => TableRow::new(vec![b.name.clone(), b.address.clone(), "down".to_owned()])
                 .style(Style::default().fg(Color::Red)),
         })
@@ -269,7 +236,7 @@ fn render(
         Constraint::Length(16),
         Constraint::Length(21),
         Constraint::Length(5),
-        Constraint::Length(24),
+        Constraint::Length(30),
         Constraint::Length(8),
         Constraint::Length(6),
         Constraint::Length(6),
@@ -305,11 +272,11 @@ fn render(
         .and_then(|i| boards.get(i))
         .map(|b| match &b.state {
             Ok(h) => format!(
-                "{}: agent up {}s, board up {}, {} masters, {}",
+                "{}: agent up {}s, board up {}, {} sessions, {}",
                 b.name,
                 h.agent_uptime_s,
                 h.uptime_s.map_or_else(dash, |u| format!("{u}s")),
-                h.masters,
+                h.sessions,
                 h.throttled
                     .map(|t| Throttled(t).describe().join(", "))
                     .filter(|t| !t.is_empty())

@@ -149,3 +149,49 @@ fn top_once_prints_a_snapshot_and_refuses_a_missing_terminal() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--once"), "{err}");
 }
+
+#[test]
+fn health_skips_a_stopped_board_and_reports_the_others() {
+    let dir = Scratch::new("health-down");
+    let key = dir.0.join("cluster.key");
+    ClusterKey::generate().unwrap().write(&key, true).unwrap();
+    let up = start_agent(&key, "answers", &["--no-mdns", "--workers", "1"]);
+    let stopped = start_agent(&key, "stopped", &["--no-mdns", "--workers", "1"]);
+    let agents = format!("{},{}", up.addr, stopped.addr);
+    let pid = stopped.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let (code, out, err) = skelpi(&[
+        "health",
+        "--agents",
+        &agents,
+        "--key-file",
+        key.to_str().unwrap(),
+        "--skip-unreachable",
+        "--json",
+    ]);
+    let took = started.elapsed();
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eprintln!("health with a stopped board took {took:.1?}");
+    // Stopped before the command connects, it cannot finish the handshake:
+    // skipped, and said so; the other one reports.
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("1 skipped"), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0]["name"], "answers");
+    assert_eq!(rows[0]["up"], true);
+}

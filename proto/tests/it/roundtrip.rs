@@ -310,7 +310,7 @@ fn stage_message() -> impl Strategy<Value = Message> {
             .prop_map(
                 |(
                     (model, version, uptime_s, agent_uptime_s),
-                    (workers, busy_workers, queued_calls, masters),
+                    (workers, busy_workers, queued_calls, sessions),
                     (memory_total, memory_available, throttled),
                     (load, temp),
                 )| {
@@ -322,7 +322,7 @@ fn stage_message() -> impl Strategy<Value = Message> {
                         workers,
                         busy_workers,
                         queued_calls,
-                        masters,
+                        sessions,
                         load_1m: Some(load),
                         memory_total,
                         memory_available,
