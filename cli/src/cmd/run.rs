@@ -162,7 +162,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let replay = usize::try_from(args.max_replay_memory.as_u64()).unwrap_or(usize::MAX);
         pool.cluster.set_max_replay_bytes(replay);
         let progress = super::progress::bar(inputs as u64, "results");
-        let before = Losses::of(&pool.cluster);
+        let began = Instant::now();
         let mut start = Instant::now();
         let job = builder
             .on_result(|index, a| {
@@ -186,40 +186,25 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
             eprint!("{}", report.summary());
         }
         let elapsed = start.elapsed();
-        let lost = before.since(&pool.cluster);
+        let lost = lost_since(&pool.cluster, began);
         pool.cluster.close().await;
         finish(args, outcome, sink, (elapsed, lost))
     })
 }
 
-/// The agents lost during a job, by what their connections recorded.
-struct Losses(Vec<(usize, bool)>);
-
-impl Losses {
-    /// Each agent's losses so far, and whether it is broken.
-    fn of(cluster: &skelpi::cluster::Cluster) -> Losses {
-        Losses(
-            cluster
-                .agents()
-                .iter()
-                .map(|a| (a.losses().len(), a.is_broken()))
-                .collect(),
-        )
-    }
-
-    /// The agents lost since: their names, each with whether it serves
-    /// again (it came back within the job).
-    fn since(&self, cluster: &skelpi::cluster::Cluster) -> Vec<(String, bool)> {
-        cluster
-            .agents()
-            .iter()
-            .zip(&self.0)
-            .filter(|(a, (losses, broken))| {
-                a.losses().len() > *losses || (a.is_broken() && !broken)
-            })
-            .map(|(a, _)| (a.info().name.clone(), !a.is_broken()))
-            .collect()
-    }
+/// The agents lost since `began` (a loss recorded then, or a connection
+/// broken since): their names, each with whether it serves again (it
+/// came back within the job).
+fn lost_since(cluster: &skelpi::cluster::Cluster, began: Instant) -> Vec<(String, bool)> {
+    cluster
+        .agents()
+        .iter()
+        .filter(|a| {
+            a.losses().iter().any(|(_, at)| *at >= began)
+                || a.broken().is_some_and(|(_, at)| at >= began)
+        })
+        .map(|a| (a.info().name.clone(), !a.is_broken()))
+        .collect()
 }
 
 /// "; 2 agents lost during the job (pi-2, back in it; pi-3)", or nothing.
@@ -239,7 +224,7 @@ fn lost_line(lost: &[(String, bool)]) -> String {
         .collect();
     let n = lost.len();
     format!(
-        "; {n} agent{} lost during the job ({}): its tasks went to the others",
+        "; {n} agent{} lost during the job ({})",
         if n == 1 { "" } else { "s" },
         names.join("; ")
     )
