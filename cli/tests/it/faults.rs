@@ -6,7 +6,8 @@
 
 use crate::agents::start_agent;
 use crate::support::{
-    assert_no_agent_lost, assert_squares, free_port, kernel_calls, paced_farm, write_range_job,
+    assert_no_agent_lost, assert_squares, free_port, kernel_calls, paced_farm, signal,
+    write_range_job,
 };
 use skelpi::cluster::Cluster;
 use skelpi::runtime::JobError;
@@ -17,15 +18,6 @@ use skelpi_proto::skeleton::Skeleton;
 use skelpi_testkit::AgentProcess;
 use skelpi_wire::key::ClusterKey;
 use std::time::{Duration, Instant};
-
-/// Sends signal `sig` (`-KILL`, `-STOP`, `-CONT`) to process `pid`.
-fn signal(sig: &str, pid: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill {sig} {pid}");
-}
 
 /// Runs a job to its end, failing the test if it takes over a minute (a
 /// job that stalls would otherwise hold the run until nextest kills it).

@@ -150,3 +150,12 @@ pub fn assert_squares(results: &[(u64, Vec<f64>)], items: usize) {
         assert_eq!(data, &[(n * n) as f64]);
     }
 }
+
+/// Sends signal `sig` (`-KILL`, `-STOP`, `-CONT`) to process `pid`.
+pub fn signal(sig: &str, pid: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}

@@ -4,7 +4,7 @@
 //! for scripts.
 
 use super::agents::start_agent;
-use super::support::{Scratch, skelpi};
+use super::support::{Scratch, signal, skelpi};
 use skelpi_wire::key::ClusterKey;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -99,13 +99,7 @@ fn top_shows_the_boards_and_a_stopped_one_down_then_back() {
     });
     // Stopped: no answer to the poll, so down within the poll bound.
     let pid = agents[1].child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal("-STOP", &pid);
     let down = top.until(Duration::from_secs(10), "top-b down", |s| {
         line_of(s, "top-b").is_some_and(|l| l.contains("down"))
     });
@@ -113,13 +107,7 @@ fn top_shows_the_boards_and_a_stopped_one_down_then_back() {
     assert!(down <= Duration::from_secs(4), "{down:?}");
     assert!(line_of(&top.screen(), "top-a").is_some_and(|l| l.contains(" up ")));
     // Resumed: connected again (every 5 s) and shown up.
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal("-CONT", &pid);
     top.until(Duration::from_secs(20), "top-b up again", |s| {
         line_of(s, "top-b").is_some_and(|l| l.contains(" up "))
     });
@@ -159,13 +147,7 @@ fn health_skips_a_stopped_board_and_reports_the_others() {
     let stopped = start_agent(&key, "stopped", &["--no-mdns", "--workers", "1"]);
     let agents = format!("{},{}", up.addr, stopped.addr);
     let pid = stopped.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal("-STOP", &pid);
     let started = Instant::now();
     let (code, out, err) = skelpi(&[
         "health",
@@ -177,13 +159,7 @@ fn health_skips_a_stopped_board_and_reports_the_others() {
         "--json",
     ]);
     let took = started.elapsed();
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal("-CONT", &pid);
     eprintln!("health with a stopped board took {took:.1?}");
     // Stopped before the command connects, it cannot finish the handshake:
     // skipped, and said so; the other one reports.
