@@ -508,14 +508,24 @@ fn a_deploy_restart_keeps_the_systemd_unit_running() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let port = free_port();
-    let mut agent = std::process::Command::new(&setup.installed)
-        .args(setup.args("notify", port, true))
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env_remove("JOURNAL_STREAM")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed on drop, so that a failing assertion leaves no agent behind.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Killed(
+        std::process::Command::new(&setup.installed)
+            .args(setup.args("notify", port, true))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env_remove("JOURNAL_STREAM")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let next = || {
         let mut buf = [0u8; 4096];
         let n = socket.recv(&mut buf).expect("a notification within 30 s");
@@ -543,8 +553,6 @@ fn a_deploy_restart_keeps_the_systemd_unit_running() {
         }
     }
     assert!(!said.iter().any(|s| s.contains("STOPPING=1")), "{said:?}");
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 #[test]
