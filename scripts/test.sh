@@ -130,6 +130,17 @@ fi
 
 # --- build and test ---------------------------------------------------------
 
+# A clean build with its board targets and the MSRV check needs about
+# 8 GiB; a full disk shows up as a linker killed by SIGBUS, so say it first.
+step "disk space for target/"
+mkdir -p target
+free_kib=$(df -Pk target | awk 'NR == 2 { print $4 }')
+echo "$((free_kib / 1024 / 1024)) GiB free"
+if ((free_kib < 8 * 1024 * 1024)); then
+    echo "test.sh: warning: less than 8 GiB free under target/: a clean build may" \
+        "run out of disk (free space, or set CARGO_TARGET_DIR elsewhere)" >&2
+fi
+
 step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
