@@ -10,7 +10,7 @@ use skelpi_proto::{JobId, StageProgress, StreamItem};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Items an inbox holds before its producer waits.
 pub const INBOX: usize = 8;
@@ -49,6 +49,7 @@ pub struct Counts {
     arrived: AtomicU64,
     done: AtomicU64,
     sent: AtomicU64,
+    busy_ns: AtomicU64,
     input_ended: AtomicBool,
 }
 
@@ -58,8 +59,10 @@ impl Counts {
         self.arrived.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One more item run by the stage's kernel.
-    pub fn ran(&self) {
+    /// One more item run by the stage's kernel, for `busy`.
+    pub fn ran(&self, busy: Duration) {
+        let ns = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
         self.done.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -162,6 +165,7 @@ impl Streams {
             arrived: counts.arrived.load(Ordering::Relaxed),
             done: counts.done.load(Ordering::Relaxed),
             sent: counts.sent.load(Ordering::Relaxed),
+            busy_ns: counts.busy_ns.load(Ordering::Relaxed),
             input_ended: counts.input_ended.load(Ordering::Relaxed),
         })
     }

@@ -7,6 +7,7 @@ use crate::runtime::handoff::{self, Inputs, Results};
 use crate::runtime::stream::{self, Placement, StageReport, StreamSpec};
 use crate::runtime::{JobError, autonomic, job, offered, stall};
 use crate::trace::{Trace, TraceError};
+use crate::watch::Watch;
 #[cfg(feature = "local")]
 use skelpi_agent::local::{LocalAgent, LocalOptions};
 use skelpi_proto::AgentInfo;
@@ -39,6 +40,8 @@ pub struct Cluster {
     task_deadline: Option<Duration>,
     /// The last traced job's trace, until taken.
     last_trace: Option<Result<Trace, TraceError>>,
+    /// Jobs keep this watch up to date while they run.
+    watch: Option<Watch>,
     /// When each failed agent was last tried again.
     tried: HashMap<SocketAddr, Instant>,
     /// WebAssembly modules pushed through this cluster, by hash: pushed
@@ -93,6 +96,7 @@ impl Cluster {
             task_deadline: None,
             last_trace: None,
             tried: HashMap::new(),
+            watch: None,
             modules: Vec::new(),
         })
     }
@@ -132,6 +136,7 @@ impl Cluster {
             task_deadline: None,
             last_trace: None,
             tried: HashMap::new(),
+            watch: None,
             modules: Vec::new(),
         };
         (cluster, failed)
@@ -194,6 +199,12 @@ impl Cluster {
     /// streamed pipelines, whose items have no deadline.
     pub fn set_task_deadline(&mut self, deadline: Option<Duration>) {
         self.task_deadline = deadline.filter(|d| !d.is_zero());
+    }
+
+    /// Keeps `watch` up to date while each job runs from now on (`None`:
+    /// stops); see [`crate::watch`].
+    pub fn set_watch(&mut self, watch: Option<Watch>) {
+        self.watch = watch;
     }
 
     /// Traces the jobs it runs from now on (`false`: stops). Each traced
@@ -286,6 +297,7 @@ impl Cluster {
         let limits = job::Limits {
             stall: self.stall_timeout,
             task_deadline: self.task_deadline,
+            watch: self.watch.clone(),
         };
         let tree = skeleton.clone();
         let io = move |inputs, results| Self::job(tracing, limits, conns, tree, inputs, results);
@@ -324,6 +336,7 @@ impl Cluster {
         let tracing = self.tracing;
         let opts = autonomic::Options {
             stall: self.stall_timeout,
+            watch: self.watch.clone(),
             ..opts.clone()
         };
         let tree = skeleton.clone();
@@ -526,6 +539,7 @@ impl Cluster {
         let stages = stages.to_vec();
         let (key, opts) = (self.key.clone(), self.opts.clone());
         let swaps = swaps.cloned();
+        let watch = self.watch.clone();
         let (trace, stall, max_replay_bytes) =
             (self.tracing, self.stall_timeout, self.max_replay_bytes);
         let io = move |inputs, results| async move {
@@ -540,6 +554,7 @@ impl Cluster {
                 swaps: swaps.as_ref(),
                 stall,
                 max_replay_bytes,
+                watch,
             };
             stream::run_pipeline(&spec, inputs, results).await
         };

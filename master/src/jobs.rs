@@ -39,6 +39,7 @@ use crate::runtime::JobError;
 use crate::runtime::autonomic::{self, Contract};
 use crate::runtime::stream::{self, StageReport, Swapped};
 use crate::trace::{Trace, TraceError};
+use crate::watch::Watch;
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
 use std::fmt;
@@ -54,6 +55,7 @@ pub struct JobBuilder<'a> {
     managed: Option<autonomic::Options>,
     swaps: Vec<Swap>,
     modules_base: Option<PathBuf>,
+    watch: Option<Watch>,
     on_result: Box<dyn FnMut(u64, Array) + 'a>,
     on_event: Box<dyn FnMut(Event<'_>) + 'a>,
 }
@@ -184,6 +186,7 @@ impl<'a> JobBuilder<'a> {
             managed: None,
             swaps: Vec::new(),
             modules_base: None,
+            watch: None,
             on_result: Box::new(|_, _| {}),
             on_event: Box::new(|_| {}),
         }
@@ -223,6 +226,14 @@ impl<'a> JobBuilder<'a> {
     /// before the job starts, and runs their kernels by hash.
     pub fn modules_relative_to(mut self, base: impl Into<PathBuf>) -> Self {
         self.modules_base = Some(base.into());
+        self
+    }
+
+    /// Keeps `watch` up to date while the job runs: how it runs, its
+    /// results, its stages' totals, agents lost and tasks sent again (a
+    /// [`crate::watch::Publisher`] shows it to `skelpi top`).
+    pub fn watch(mut self, watch: Watch) -> Self {
+        self.watch = Some(watch);
         self
     }
 
@@ -297,10 +308,29 @@ impl<'a> JobBuilder<'a> {
             execution: out.execution,
         });
         let inputs = std::mem::replace(&mut self.inputs, Box::new(std::iter::empty()));
+        let watch = self.watch.clone();
+        if let Some(w) = &watch {
+            let execution = match out.execution {
+                Execution::Routed => "routed".to_owned(),
+                Execution::Streamed { .. } => "streamed".to_owned(),
+                Execution::Managed(c) => format!("managed ({c})"),
+            };
+            let skeleton = self.skeleton.to_string();
+            let size = inputs.size_hint();
+            w.update(|s| {
+                s.execution = execution;
+                s.skeleton = skeleton;
+                s.inputs = size.1.filter(|&n| n == size.0).map(|n| n as u64);
+            });
+        }
+        cluster.set_watch(watch.clone());
         let results = &mut out.results;
         let sink = &mut self.on_result;
         let on_result = |index, a| {
             *results += 1;
+            if let Some(w) = &watch {
+                w.result();
+            }
             sink(index, a);
         };
         let result = match (&self.managed, out.execution) {
@@ -330,6 +360,7 @@ impl<'a> JobBuilder<'a> {
             }
             _ => cluster.run_each(&self.skeleton, inputs, on_result).await,
         };
+        cluster.set_watch(None);
         if self.trace == Some(true) {
             out.trace = cluster.take_trace();
         }

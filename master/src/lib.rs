@@ -35,5 +35,6 @@ pub mod pool;
 pub mod runtime;
 pub mod stats;
 pub mod trace;
+pub mod watch;
 
 pub use jobs::JobBuilder;

@@ -224,6 +224,10 @@ pub struct StageProgress {
     pub sent: u64,
     /// The end of its input has come.
     pub input_ended: bool,
+    /// Its kernel's run time so far, summed, nanoseconds (absent from
+    /// agents older than this field: then 0 with `done` > 0).
+    #[serde(default)]
+    pub busy_ns: u64,
 }
 
 /// A task: which kernel to run, with what arguments.

@@ -151,9 +151,10 @@ impl Stage<'_> {
             .workers
             .call(tag, program.kernel.clone(), program.args.clone(), item.data)
             .await;
-        measures.busy += started.elapsed();
+        let busy = started.elapsed();
+        measures.busy += busy;
         measures.items += 1;
-        counts.ran();
+        counts.ran(busy);
         outcome
     }
 

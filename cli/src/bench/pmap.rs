@@ -182,6 +182,7 @@ pub async fn run(
                 let limits = job::Limits {
                     stall: Some(skelpi::runtime::stall::DEFAULT_STALL_TIMEOUT),
                     task_deadline: None,
+                    watch: None,
                 };
                 // One input, one result: handled on the job's thread.
                 let (input, result) = (Inputs::here([data]), Results::here(|_, a| out = Some(a)));

@@ -172,6 +172,14 @@ pub fn farm_table(r: &FarmReport) -> String {
             100.0 * cost
         );
     }
+    if let (Some(watched), Some(cost)) = (r.watched_tasks_per_s, r.watch_cost) {
+        let _ = writeln!(
+            s,
+            "watched farm (as skelpi top watches, 10x its rate): {watched:.0} tasks/s, \
+             watching costs {:+.1}% of the time per task",
+            100.0 * cost
+        );
+    }
     s
 }
 

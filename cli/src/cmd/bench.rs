@@ -129,6 +129,11 @@ struct FarmArgs {
     /// which measure dispatch alone.
     #[arg(long, default_value_t = 0.0, value_name = "MS", global = true)]
     task_ms: f64,
+    /// farm: also run the farm watched as `skelpi top` watches a job, at
+    /// ten times its rate (status published; every agent's health and the
+    /// jobs' files read every 100 ms), and report what watching costs.
+    #[arg(long, global = true)]
+    watch_cost: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -337,6 +342,7 @@ async fn run_farm(pool: &mut Pool, args: &BenchArgs) -> anyhow::Result<farm::Far
         seed: args.common.seed,
         task_ms: args.farm.task_ms,
         trace: args.common.trace.is_some(),
+        watch: args.farm.watch_cost,
     };
     let progress = bar(farm::steps(&opts));
     let r = farm::run(&mut pool.cluster, &pool.origin, &opts, &progress).await;

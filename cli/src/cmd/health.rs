@@ -155,7 +155,8 @@ pub fn print(rows: &[Row], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn json_row(r: &Row) -> serde_json::Value {
+/// One row as JSON (see [`print`]).
+pub fn json_row(r: &Row) -> serde_json::Value {
     let Ok(h) = &r.state else {
         let why = r.state.as_ref().err();
         return serde_json::json!({

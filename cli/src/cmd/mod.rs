@@ -5,6 +5,7 @@ pub mod bench;
 pub mod deploy;
 pub mod health;
 pub mod image;
+pub mod jobs_view;
 pub mod lab;
 pub mod module;
 pub mod ping;

@@ -10,6 +10,7 @@ use skelpi::pool;
 use skelpi::runtime::JobError;
 use skelpi::runtime::autonomic::{self, Contract};
 use skelpi::runtime::stream::SwapOutcome;
+use skelpi::watch::{self, Publisher, Watch};
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
 use std::fs::File;
@@ -149,7 +150,9 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     let job = jobfile::load(&args.job)?;
     let inputs = job.input.len();
-    let builder = builder(args, job);
+    // `skelpi top` shows the job while it runs (see skelpi::watch).
+    let watch = Watch::new(&args.job.display().to_string(), &job.skeleton.to_string());
+    let builder = builder(args, job).watch(watch.clone());
     // Refused before the pool is reached: swaps of a job that streams
     // nothing, or of stages it does not have.
     builder.plan()?;
@@ -161,6 +164,9 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         pool.cluster.set_task_deadline(args.task_deadline.0);
         let replay = usize::try_from(args.max_replay_memory.as_u64()).unwrap_or(usize::MAX);
         pool.cluster.set_max_replay_bytes(replay);
+        let _published = Publisher::start(watch.clone(), &watch::jobs_dir())
+            .map_err(|e| log::info!("the job is not shown to skelpi top: {e}"))
+            .ok();
         let progress = super::progress::bar(inputs as u64, "results");
         let began = Instant::now();
         let mut start = Instant::now();
@@ -188,7 +194,8 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let elapsed = start.elapsed();
         let lost = lost_since(&pool.cluster, began);
         pool.cluster.close().await;
-        finish(args, outcome, sink, (elapsed, lost))
+        let resent = watch.snapshot().resent;
+        finish(args, outcome, sink, (elapsed, lost, resent))
     })
 }
 
@@ -207,10 +214,16 @@ fn lost_since(cluster: &skelpi::cluster::Cluster, began: Instant) -> Vec<(String
         .collect()
 }
 
-/// "; 2 agents lost during the job (pi-2, back in it; pi-3)", or nothing.
-fn lost_line(lost: &[(String, bool)]) -> String {
+/// "; 2 agents lost during the job (pi-2, back in it; pi-3), 14 tasks
+/// sent again", or nothing.
+fn lost_line(lost: &[(String, bool)], resent: u64) -> String {
+    let resent = match resent {
+        0 => String::new(),
+        1 => ", 1 task sent again".to_owned(),
+        n => format!(", {n} tasks sent again"),
+    };
     if lost.is_empty() {
-        return String::new();
+        return resent.replacen(',', ";", 1);
     }
     let names: Vec<String> = lost
         .iter()
@@ -224,7 +237,7 @@ fn lost_line(lost: &[(String, bool)]) -> String {
         .collect();
     let n = lost.len();
     format!(
-        "; {n} agent{} lost during the job ({})",
+        "; {n} agent{} lost during the job ({}){resent}",
         if n == 1 { "" } else { "s" },
         names.join("; ")
     )
@@ -334,7 +347,7 @@ fn finish(
     args: &RunArgs,
     outcome: skelpi::jobs::Outcome,
     sink: Sink,
-    (elapsed, lost): (Duration, Vec<(String, bool)>),
+    (elapsed, lost, resent): (Duration, Vec<(String, bool)>, u64),
 ) -> anyhow::Result<()> {
     let result = match outcome.result {
         Ok(()) => Ok(()),
@@ -377,6 +390,7 @@ fn finish(
             "agents_lost": lost.iter().map(|(name, back)| serde_json::json!({
                 "name": name, "back": back,
             })).collect::<Vec<_>>(),
+            "tasks_resent": resent,
             "out": args.out,
             "shown": shown,
         });
@@ -392,7 +406,7 @@ fn finish(
         args.out
             .as_ref()
             .map_or(String::new(), |p| format!(", written to {}", p.display())),
-        lost_line(&lost)
+        lost_line(&lost, resent)
     );
     Ok(())
 }

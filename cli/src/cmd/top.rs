@@ -1,17 +1,21 @@
 //! `skelpi top`: the pool's boards, live in the terminal (ratatui): one
 //! row per board with its health (see `skelpi health`), a board that
 //! stops answering shown down within the poll bound, and back up once it
-//! answers again. `--once` prints one snapshot (`--json` for scripts).
+//! answers again; below them the jobs running on this machine (see
+//! [`super::jobs_view`]). `--once` prints one snapshot (`--json` for
+//! scripts).
 
 use super::health::{self, Cells, Row};
+use super::jobs_view::{self, JobView};
 use super::pool_args::PoolArgs;
 use anyhow::Context;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Paragraph, Row as TableRow, Table, TableState};
+use ratatui::widgets::{Block, Paragraph, Row as TableRow, Sparkline, Table, TableState};
 use skelpi::pool;
+use skelpi::watch::{self, JobStatus};
 use skelpi_proto::health::Throttled;
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -47,13 +51,17 @@ pub struct NoTerminal;
 /// One board in a snapshot.
 pub type Board = Row;
 
+/// What one poll saw: the boards, and the jobs running on this machine.
+type Snapshot = (Vec<Board>, Vec<JobStatus>);
+
 /// Runs `skelpi top`.
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     if !args.once && !std::io::stdout().is_terminal() {
         return Err(NoTerminal.into());
     }
     let interval = args.interval.max(Duration::from_millis(100));
-    let (tx, rx) = mpsc::sync_channel::<Vec<Board>>(1);
+    let (tx, rx) = mpsc::sync_channel::<Snapshot>(1);
+    let jobs_dir = watch::jobs_dir();
     let opts = args.pool.options(false);
     let once = args.once;
     let poller = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -64,8 +72,9 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
                 let started = Instant::now();
                 // Every board at once: one that is down costs the others
                 // nothing.
-                let snapshot = health::ask_all(pool.cluster.agents_mut(), &mut tried).await;
-                if tx.send(snapshot).is_err() || once {
+                let boards = health::ask_all(pool.cluster.agents_mut(), &mut tried).await;
+                let jobs = watch::running(&jobs_dir);
+                if tx.send((boards, jobs)).is_err() || once {
                     pool.cluster.close().await;
                     return Ok(());
                 }
@@ -84,16 +93,41 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     };
     if once {
         let _ = poller.join();
-        return print_once(&first, args.json);
+        return print_once(first, args.json);
     }
     let drawn = draw_live(first, &rx);
     drop(rx);
     drawn
 }
 
-/// One snapshot, printed; an error when no board is up.
-fn print_once(boards: &[Board], json: bool) -> anyhow::Result<()> {
-    health::print(boards, json)?;
+/// One snapshot, printed (JSON: `{"boards": [...], "jobs": [...]}`,
+/// each job's figures since it started); an error when no board is up.
+fn print_once((boards, jobs): Snapshot, json: bool) -> anyhow::Result<()> {
+    let mut views = Vec::new();
+    jobs_view::update(&mut views, jobs);
+    if json {
+        let v = serde_json::json!({
+            "boards": boards.iter().map(health::json_row).collect::<Vec<_>>(),
+            "jobs": views.iter().map(JobView::json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        health::print(&boards, false)?;
+        for v in &views {
+            println!("\njob {}", v.summary());
+            for s in v.stages() {
+                println!(
+                    "  {:<40} {:>9} served  Ts {:>10}  Ta {:>10}  rho {:>5}  queue {}",
+                    s.name,
+                    s.served,
+                    jobs_view::ms(s.ts),
+                    jobs_view::ms(s.ta),
+                    s.rho.map_or("-".into(), |r| format!("{r:.2}")),
+                    s.queue
+                );
+            }
+        }
+    }
     if !boards.is_empty() && boards.iter().all(|b| b.state.is_err()) {
         anyhow::bail!("none of the {} boards answered", boards.len());
     }
@@ -111,11 +145,13 @@ enum SortBy {
 
 /// The live view until q, Esc or Ctrl-C (log lines held back meanwhile:
 /// they would write across it).
-fn draw_live(first: Vec<Board>, rx: &mpsc::Receiver<Vec<Board>>) -> anyhow::Result<()> {
+fn draw_live((first, jobs): Snapshot, rx: &mpsc::Receiver<Snapshot>) -> anyhow::Result<()> {
     let mut terminal = ratatui::try_init().context("cannot draw on this terminal")?;
     let logging = log::max_level();
     log::set_max_level(log::LevelFilter::Off);
     let mut boards = first;
+    let mut views = Vec::new();
+    jobs_view::update(&mut views, jobs);
     let mut state = TableState::default().with_selected(Some(0));
     let mut sort = SortBy::Name;
     let mut updated = Instant::now();
@@ -129,7 +165,8 @@ fn draw_live(first: Vec<Board>, rx: &mpsc::Receiver<Vec<Board>>) -> anyhow::Resu
         if let Some(address) = selected {
             state.select(boards.iter().position(|b| b.address == address).or(Some(0)));
         }
-        if let Err(e) = terminal.draw(|f| render(f, &boards, &mut state, sort, updated)) {
+        let drawn = terminal.draw(|f| render(f, (&boards, &views), &mut state, sort, updated));
+        if let Err(e) = drawn {
             break Err(e.into());
         }
         match event::poll(Duration::from_millis(100)) {
@@ -154,8 +191,9 @@ fn draw_live(first: Vec<Board>, rx: &mpsc::Receiver<Vec<Board>>) -> anyhow::Resu
             Err(e) => break Err(e.into()),
         }
         match rx.try_recv() {
-            Ok(snapshot) => {
-                boards = snapshot;
+            Ok((now, jobs)) => {
+                boards = now;
+                jobs_view::update(&mut views, jobs);
                 updated = Instant::now();
             }
             Err(mpsc::TryRecvError::Empty) => {}
@@ -186,18 +224,25 @@ fn sort_boards(boards: &mut [Board], sort: SortBy) {
 
 fn render(
     f: &mut ratatui::Frame<'_>,
-    boards: &[Board],
+    (boards, jobs): (&[Board], &[JobView]),
     state: &mut TableState,
     sort: SortBy,
     updated: Instant,
 ) {
     let up = boards.iter().filter(|b| b.state.is_ok()).count();
-    let [head, table, foot] = Layout::vertical([
+    // Each job: a title line, a sparkline, a header and one row per stage.
+    let jobs_height: u16 = jobs
+        .iter()
+        .map(|j| 3 + j.now.stages.len() as u16)
+        .sum::<u16>();
+    let [head, table, jobs_area, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(3),
+        Constraint::Length(if jobs.is_empty() { 3 } else { jobs_height + 2 }),
         Constraint::Length(3),
     ])
     .areas(f.area());
+    render_jobs(f, jobs, jobs_area);
     f.render_widget(
         Paragraph::new(format!(
             "skelpi top: {} boards, {up} up, {} down   updated {:.1} s ago   sorted by {sort:?}   \
@@ -289,4 +334,67 @@ fn render(
         Paragraph::new(Line::from(detail)).block(Block::bordered().title("selected")),
         foot,
     );
+}
+
+/// The jobs panel: per job its summary, its throughput poll after poll,
+/// and each stage's figures over the last poll.
+fn render_jobs(f: &mut ratatui::Frame<'_>, jobs: &[JobView], area: ratatui::layout::Rect) {
+    let block =
+        Block::bordered().title("jobs on this machine (results/s; per stage over the last poll)");
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    if jobs.is_empty() {
+        f.render_widget(
+            Paragraph::new("no job running (skelpi run shows its jobs here)"),
+            inner,
+        );
+        return;
+    }
+    let heights: Vec<Constraint> = jobs
+        .iter()
+        .map(|j| Constraint::Length(3 + j.now.stages.len() as u16))
+        .collect();
+    let areas = Layout::vertical(heights).split(inner);
+    for (job, area) in jobs.iter().zip(areas.iter()) {
+        let [title, spark, table] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Length(1),
+            Constraint::Min(1),
+        ])
+        .areas(*area);
+        f.render_widget(Paragraph::new(job.summary()), title);
+        let rates: Vec<u64> = job.rates.iter().copied().collect();
+        let shown = &rates[rates.len().saturating_sub(usize::from(spark.width))..];
+        f.render_widget(
+            Sparkline::default()
+                .data(shown)
+                .style(Style::default().fg(Color::Green)),
+            spark,
+        );
+        let rows: Vec<TableRow<'_>> = job
+            .stages()
+            .into_iter()
+            .map(|s| {
+                TableRow::new(vec![
+                    s.name,
+                    s.served.to_string(),
+                    jobs_view::ms(s.ts),
+                    jobs_view::ms(s.ta),
+                    s.rho.map_or("-".into(), |r| format!("{r:.2}")),
+                    s.queue.to_string(),
+                ])
+            })
+            .collect();
+        let widths = [
+            Constraint::Min(30),
+            Constraint::Length(10),
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Length(6),
+            Constraint::Length(8),
+        ];
+        let header = TableRow::new(vec!["stage", "served", "Ts", "Ta", "rho", "queue"])
+            .style(Style::default().add_modifier(Modifier::BOLD));
+        f.render_widget(Table::new(rows, widths).header(header), table);
+    }
 }

@@ -1022,5 +1022,10 @@ fn skelpi_run_says_which_agents_it_lost_in_its_last_line() {
         last.contains("300 results") && last.contains("1 agent lost during the job (lost-one)"),
         "{err}"
     );
+    // Its tasks in flight (it had credits for 4) were sent again.
+    assert!(
+        last.contains(" sent again") && !last.contains(" 0 tasks"),
+        "{err}"
+    );
     drop(stays);
 }

@@ -87,9 +87,14 @@ fn bench_farm_counts_its_tasks() {
         &dir.path("out"),
         "--trace",
         &dir.path("trace"),
+        "--watch-cost",
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("200 tasks of sleep_ms(1)"), "{out}");
+    assert!(
+        out.contains("watched farm") && out.contains("watching costs"),
+        "{out}"
+    );
     assert!(
         out.contains("traced farm:") && out.contains("tracing costs"),
         "{out}"

@@ -126,12 +126,84 @@ fn top_shows_the_boards_and_a_stopped_one_down_then_back() {
     assert!(!top.alive(), "top did not quit on q");
 }
 
+/// A child process killed on drop (a test that fails leaves none).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn top_shows_a_running_jobs_stages_and_drops_the_job_when_it_ends() {
+    let dir = Scratch::new("top-jobs");
+    let key = dir.0.join("cluster.key");
+    ClusterKey::generate().unwrap().write(&key, true).unwrap();
+    let agents: Vec<_> = ["tj-a", "tj-b"]
+        .iter()
+        .map(|n| start_agent(&key, n, &["--no-mdns", "--workers", "1"]))
+        .collect();
+    let addrs: Vec<String> = agents.iter().map(|a| a.addr.to_string()).collect();
+    let jobs = dir.path("jobs");
+    let command = format!(
+        "SKELPI_JOBS_DIR={jobs} {} top --agents {} --key-file {} --interval 300ms",
+        env!("CARGO_BIN_EXE_skelpi"),
+        addrs.join(","),
+        key.display()
+    );
+    let session = format!("skelpi-top-jobs-{}", std::process::id());
+    let top = Tmux::start(&session, &command);
+    top.until(Duration::from_secs(20), "the empty jobs panel", |s| {
+        s.contains("no job running")
+    });
+    // A streamed pipeline of two stages, long enough to be seen (about
+    // 2 ms per item on stage 0).
+    let job = dir.0.join("slow.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"pipe(seq(erf_burn(2000)), seq(erf_burn(500)))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 20000\nlength = 64\n",
+    )
+    .unwrap();
+    let run = Killed(
+        Command::new(env!("CARGO_BIN_EXE_skelpi"))
+            .args(["run", job.to_str().unwrap(), "--agents", &addrs.join(",")])
+            .args(["--key-file", key.to_str().unwrap()])
+            .env("SKELPI_JOBS_DIR", &jobs)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Its stages appear, with their agents, kernel times and rho.
+    let seen = top.until(Duration::from_secs(30), "the job's stages", |s| {
+        s.contains("slow.toml")
+            && s.contains("/20000 results")
+            && line_of(s, "stage 0 erf_burn(2000) on tj-a").is_some_and(|l| l.contains(" ms"))
+            && line_of(s, "stage 1 erf_burn(500) on tj-b").is_some_and(|l| l.contains(" ms"))
+    });
+    eprintln!("top: the job's stages shown after {seen:.1?}");
+    // Stopped (Ctrl-C), the job leaves the panel.
+    signal("-INT", &run.0.id().to_string());
+    top.until(
+        Duration::from_secs(20),
+        "the job gone from the panel",
+        |s| s.contains("no job running"),
+    );
+    drop(run);
+    let left: Vec<_> = std::fs::read_dir(&jobs).unwrap().collect();
+    assert!(left.is_empty(), "status files left: {left:?}");
+}
+
 #[test]
 fn top_once_prints_a_snapshot_and_refuses_a_missing_terminal() {
     let (code, out, err) = skelpi(&["top", "--local", "2", "--once", "--json"]);
     assert_eq!(code, Some(0), "{err}");
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 2, "{out}");
+    let snapshot: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(snapshot["boards"].as_array().unwrap().len(), 2, "{out}");
+    assert!(snapshot["jobs"].is_array(), "{out}");
     // Not a terminal (the test's pipe): it says what to do instead.
     let (code, _, err) = skelpi(&["top", "--local", "1"]);
     assert_eq!(code, Some(2), "{err}");

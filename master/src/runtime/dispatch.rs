@@ -2,6 +2,7 @@
 //! [`Scheduler`], which makes every decision
 //! (which agent, what to send again, which result counts).
 
+use super::autonomic::metrics::Totals;
 use super::schedule::Scheduler;
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
@@ -104,6 +105,19 @@ struct Call {
     /// The agents its module was pushed to again, having lacked it (once
     /// per agent).
     repushed: Vec<usize>,
+    /// Whether it was sent (a later send is a task sent again).
+    sent: bool,
+}
+
+/// The calls of one kernel: begun, sent, finished (a stage's
+/// [`Totals`]), and ended in any way.
+struct KernelCounts {
+    kernel: Kernel,
+    totals: Totals,
+    ended: u64,
+    /// Its calls go to one agent, one at a time (a pipeline's `seq`
+    /// stage).
+    pinned: bool,
 }
 
 struct Link<'c> {
@@ -153,8 +167,11 @@ pub struct Dispatcher<'c> {
     next_call: Cell<u64>,
     progress_tx: async_channel::Sender<()>,
     progress_rx: async_channel::Receiver<()>,
-    /// Calls begun and ended, per kernel (what the stall watchdog shows).
-    counts: RefCell<Vec<(Kernel, u64, u64)>>,
+    /// Calls of each kernel: what the stall watchdog shows, and a
+    /// watched job's stages.
+    counts: RefCell<Vec<KernelCounts>>,
+    /// Tasks sent again (their agent was lost, or had lost their module).
+    resent: Cell<u64>,
     /// Each task's deadline on its agent, milliseconds.
     deadline_ms: Cell<Option<u32>>,
 }
@@ -241,6 +258,7 @@ impl<'c> Dispatcher<'c> {
             progress_tx,
             progress_rx,
             counts: RefCell::new(Vec::new()),
+            resent: Cell::new(0),
             deadline_ms: Cell::new(None),
         }
     }
@@ -253,8 +271,8 @@ impl<'c> Dispatcher<'c> {
         self.deadline_ms.set(ms);
     }
 
-    /// Counts a call of `kernel` begun (`ended`: false) or ended.
-    fn count(&self, kernel: &Kernel, ended: bool) {
+    /// Changes the counts of `kernel`'s calls.
+    fn count(&self, kernel: &Kernel, f: impl FnOnce(&mut KernelCounts)) {
         let mut counts = self.counts.borrow_mut();
         // By name and arguments' bits: a NaN argument is still the same.
         let same = |k: &Kernel| {
@@ -265,15 +283,19 @@ impl<'c> Dispatcher<'c> {
                     .zip(&kernel.args)
                     .all(|(a, b)| a.to_bits() == b.to_bits())
         };
-        let at = match counts.iter().position(|(k, _, _)| same(k)) {
+        let at = match counts.iter().position(|c| same(&c.kernel)) {
             Some(at) => at,
             None => {
-                counts.push((kernel.clone(), 0, 0));
+                counts.push(KernelCounts {
+                    kernel: kernel.clone(),
+                    totals: Totals::default(),
+                    ended: 0,
+                    pinned: false,
+                });
                 counts.len() - 1
             }
         };
-        let (_, begun, done) = &mut counts[at];
-        *(if ended { done } else { begun }) += 1;
+        f(&mut counts[at]);
     }
 
     /// The tasks of each kernel so far: calls begun (`arrived`) and ended
@@ -282,14 +304,55 @@ impl<'c> Dispatcher<'c> {
         let counts = self.counts.borrow();
         counts
             .iter()
-            .map(|(kernel, begun, done)| PartCounts {
-                name: format!("tasks of {kernel}"),
-                arrived: Some(*begun),
-                done: Some(*done),
+            .map(|c| PartCounts {
+                name: format!("tasks of {}", c.kernel),
+                arrived: Some(c.totals.arrived),
+                done: Some(c.ended),
                 sent: None,
                 note: String::new(),
             })
             .collect()
+    }
+
+    /// Each kernel's calls so far as a stage's totals, in the order the
+    /// kernels were first called, and whether they run one at a time on
+    /// one agent (a pipeline's `seq` stage) rather than on any.
+    pub fn stage_totals(&self) -> Vec<(Kernel, Totals, bool)> {
+        let counts = self.counts.borrow();
+        counts
+            .iter()
+            .map(|c| (c.kernel.clone(), c.totals.clone(), c.pinned))
+            .collect()
+    }
+
+    /// Tasks sent again so far (their agent was lost, or had lost their
+    /// module).
+    pub fn resent(&self) -> u64 {
+        self.resent.get()
+    }
+
+    /// The agents lost so far, by label, in the order they were lost.
+    pub fn lost(&self) -> Vec<String> {
+        let mut lost: Vec<(Instant, &str)> = self
+            .links
+            .iter()
+            .flat_map(|l| {
+                l.deaths
+                    .borrow()
+                    .iter()
+                    .map(|(_, at)| (*at, l.label.as_str()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lost.sort();
+        lost.into_iter()
+            .map(|(_, label)| label.to_owned())
+            .collect()
+    }
+
+    /// Each agent's label: `name (address)`.
+    pub fn labels(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.label.clone()).collect()
     }
 
     /// Runs `kernel` on `input` on whichever agent has a free credit first.
@@ -340,13 +403,23 @@ impl<'c> Dispatcher<'c> {
             label: self.trace.map_or(NO_LABEL, |t| t.label(kernel)),
             reply,
             repushed: Vec::new(),
+            sent: false,
         };
         self.calls.borrow_mut().insert(key, call);
         let _waiting = Waiting { d: self, key };
-        self.count(kernel, false);
+        self.count(kernel, |c| {
+            c.totals.arrive();
+            c.pinned |= home.is_some();
+        });
+        let began = Instant::now();
         self.pump();
         let outcome = outcome.recv().await.unwrap_or(Err(JobError::Cancelled));
-        self.count(kernel, true);
+        self.count(kernel, |c| {
+            c.ended += 1;
+            if let Ok(done) = &outcome {
+                c.totals.finish(done.agent, began.elapsed(), done.busy);
+            }
+        });
         outcome
     }
 
@@ -358,20 +431,29 @@ impl<'c> Dispatcher<'c> {
                 .borrow_mut()
                 .next_send(|| NEXT_TASK.fetch_add(1, Ordering::Relaxed));
             let Some(send) = send else { return };
-            let out = match self.calls.borrow().get(&send.task) {
-                Some(call) => Out::Task(Outgoing {
-                    id: send.attempt,
-                    head: Message::Task(TaskHead {
+            let mut calls = self.calls.borrow_mut();
+            let out = match calls.get_mut(&send.task) {
+                Some(call) => {
+                    if call.sent {
+                        self.resent.set(self.resent.get() + 1);
+                    } else {
+                        call.sent = true;
+                        self.count(&call.kernel, |c| c.totals.start());
+                    }
+                    Out::Task(Outgoing {
                         id: send.attempt,
-                        job: self.job,
-                        kernel: call.kernel.name.clone(),
-                        args: call.kernel.args.clone(),
-                        trace: self.trace.is_some(),
-                        deadline_ms: self.deadline_ms.get(),
-                    }),
-                    input: call.input.clone(),
-                    label: call.label,
-                }),
+                        head: Message::Task(TaskHead {
+                            id: send.attempt,
+                            job: self.job,
+                            kernel: call.kernel.name.clone(),
+                            args: call.kernel.args.clone(),
+                            trace: self.trace.is_some(),
+                            deadline_ms: self.deadline_ms.get(),
+                        }),
+                        input: call.input.clone(),
+                        label: call.label,
+                    })
+                }
                 // The scheduler forgets cancelled calls, so this is not
                 // reached; if it were, the attempt is given back.
                 None => {
@@ -380,6 +462,7 @@ impl<'c> Dispatcher<'c> {
                     continue;
                 }
             };
+            drop(calls);
             // The scheduler sends only to live agents, whose outboxes are
             // open (a link is closed after the scheduler hears of it).
             let _ = self.links[send.agent].outbox_tx.try_send(out);

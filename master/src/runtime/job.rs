@@ -9,6 +9,7 @@ use super::stall::{self, Look};
 use super::{Item, JobError};
 use crate::client::AgentConn;
 use crate::trace::{self, Recorder, Trace, TraceError};
+use crate::watch::{self as watching, StageStatus, Watch};
 use futures_lite::future;
 use skelpi_proto::JobId;
 use skelpi_proto::skeleton::Skeleton;
@@ -20,7 +21,7 @@ use std::time::Duration;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bounds of one job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
     /// Stop the job as stalled when nothing moved for this long (see
     /// [`super::stall`]); `None`: never.
@@ -28,6 +29,9 @@ pub struct Limits {
     /// How long each task may take on its agent, from its arrival there
     /// (queueing included); past it the task fails. `None`: no bound.
     pub task_deadline: Option<Duration>,
+    /// Keep this watch up to date while the job runs (see
+    /// [`crate::watch`]).
+    pub watch: Option<Watch>,
 }
 
 /// What a job runs: a graph of nodes over the dispatcher, from the stream
@@ -182,9 +186,15 @@ pub async fn run_graph(
             Err(JobError::NoAgents)
         };
         let stalled = async { Err(stalled.await) };
+        let watched = async {
+            match &limits.watch {
+                Some(w) => keep_watch(w, &dispatcher, cores).await,
+                None => future::pending().await,
+            }
+        };
         future::or(
             ex.run(future::or(work, driver)),
-            future::or(io_ended, stalled),
+            future::or(io_ended, future::or(stalled, watched)),
         )
         .await
         // `ex` drops here: every node of the graph is cancelled; frames
@@ -225,6 +235,30 @@ pub async fn run_graph(
         *out = Ok(trace::merge::merge(&collected));
     }
     result
+}
+
+/// Copies the dispatcher's counts into `watch` every
+/// [`watching::UPDATE_EVERY`]; never ends.
+async fn keep_watch<T>(watch: &Watch, d: &Dispatcher<'_>, cores: usize) -> T {
+    let agents = d.labels();
+    watch.update(|s| s.agents = agents);
+    loop {
+        let stages: Vec<StageStatus> = d
+            .stage_totals()
+            .iter()
+            .map(|(kernel, t, pinned)| {
+                let degree = if *pinned { 1 } else { cores };
+                StageStatus::new(kernel.to_string(), degree, t)
+            })
+            .collect();
+        let (lost, resent) = (d.lost(), d.resent());
+        watch.update(|s| {
+            s.stages = stages;
+            s.lost = lost;
+            s.resent = resent;
+        });
+        async_io::Timer::after(watching::UPDATE_EVERY).await;
+    }
 }
 
 /// The stream of `inputs`, drawn by a node of its own (counted in `drawn`)

@@ -413,7 +413,7 @@ pub fn golden_cases() -> Vec<Case> {
         },
         Case {
             name: "stage_progress",
-            about: "stage-progress: stage 1 of stream 9 took 416 items, ran 409, passed on 408; its input goes on",
+            about: "stage-progress: stage 1 of stream 9 took 416 items, ran 409 in 2.5 s, passed on 408; its input goes on",
             value: frame(Framed::plain(Message::StageProgress(
                 skelpi_proto::StageProgress {
                     stream: 9,
@@ -422,6 +422,7 @@ pub fn golden_cases() -> Vec<Case> {
                     done: 409,
                     sent: 408,
                     input_ended: false,
+                    busy_ns: 2_500_000_000,
                 },
             ))),
         },

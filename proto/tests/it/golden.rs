@@ -129,6 +129,26 @@ fn bye_is_the_minimum_frame() {
     assert_eq!(bye.len() - 4, skelpi_proto::frame::MIN_FRAME as usize);
 }
 
+/// A stage's progress from an agent older than the `busy_ns` field (the
+/// bytes `stage_progress.hex` pinned before it) still decodes, busy 0.
+#[test]
+fn stage_progress_without_busy_decodes_as_zero() {
+    let before_busy = from_hex(
+        "0000003c83181ea66673747265616d0965737461676501676172726976656419\
+         01a064646f6e651901996473656e741901986b696e7075745f656e646564f4f6",
+    );
+    let expected = Framed::plain(Message::StageProgress(skelpi_proto::StageProgress {
+        stream: 9,
+        stage: 1,
+        arrived: 416,
+        done: 409,
+        sent: 408,
+        input_ended: false,
+        busy_ns: 0,
+    }));
+    expected.assert_decodes_from(&before_busy);
+}
+
 /// A task from a master older than the `job` field (the bytes `task.hex`
 /// pinned before it) still decodes, as job 0: the field is optional, so
 /// the protocol version did not change.

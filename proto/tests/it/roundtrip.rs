@@ -264,8 +264,8 @@ fn stage_message() -> impl Strategy<Value = Message> {
             })
         }),
         at.prop_map(|(stream, stage)| Message::StageQuery(StreamRef { stream, stage })),
-        (at, any::<[u64; 3]>(), any::<bool>()).prop_map(
-            |((stream, stage), [arrived, done, sent], input_ended)| {
+        (at, any::<[u64; 4]>(), any::<bool>()).prop_map(
+            |((stream, stage), [arrived, done, sent, busy_ns], input_ended)| {
                 Message::StageProgress(skelpi_proto::StageProgress {
                     stream,
                     stage,
@@ -273,6 +273,7 @@ fn stage_message() -> impl Strategy<Value = Message> {
                     done,
                     sent,
                     input_ended,
+                    busy_ns,
                 })
             }
         ),

@@ -48,6 +48,10 @@ pub struct Options {
     /// [`crate::cluster::Cluster::run_managed`] sets it from the
     /// cluster's stall timeout.
     pub stall: Option<Duration>,
+    /// Keep this watch up to date while the job runs (see
+    /// [`crate::watch`]); [`crate::cluster::Cluster::run_managed`] sets
+    /// it from the cluster's.
+    pub watch: Option<crate::watch::Watch>,
 }
 
 impl Default for Options {
@@ -58,6 +62,7 @@ impl Default for Options {
             max_changes: manager::MAX_CHANGES,
             fixed: None,
             stall: Some(crate::runtime::stall::DEFAULT_STALL_TIMEOUT),
+            watch: None,
         }
     }
 }
@@ -307,6 +312,7 @@ pub async fn run(
     let limits = job::Limits {
         stall,
         task_deadline: None,
+        watch: opts.watch.clone(),
     };
     let result = job::run_graph(conns, skeleton, &ctl, inputs, results, trace_out, limits).await;
     (result, Some(report(&ctl, opts.contract, start)))

@@ -195,7 +195,12 @@ async fn run_parts(
     // arrives in a short grace is weighed together.
     let mut reports = Vec::with_capacity(n);
     let stalled = async { Err(attempt.stalled().await) };
-    let outcome = future::or(poll_all(&mut parts, &mut reports), stalled).await;
+    let watched = attempt.watched();
+    let outcome = future::or(
+        poll_all(&mut parts, &mut reports),
+        future::or(stalled, watched),
+    )
+    .await;
     if let Err(first) = outcome {
         return Err(settle(first, &mut parts, reports).await);
     }

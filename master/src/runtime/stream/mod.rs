@@ -119,6 +119,9 @@ pub struct StreamSpec<'a> {
     /// Bytes of fed items the master may hold for replay (see
     /// [`WINDOW_BYTES`], the default); a larger item is refused.
     pub max_replay_bytes: usize,
+    /// Keep this watch up to date with each stage's counts (see
+    /// [`crate::watch`]).
+    pub watch: Option<crate::watch::Watch>,
 }
 
 /// An agent a pipeline lost.
@@ -285,6 +288,9 @@ async fn run_attempts(
                 .find(|p| p.addr == addr)
                 .map_or_else(|| addr.to_string(), |p| p.name.clone());
             log::warn!("job {job}: agent {name} ({addr}) lost: {why}");
+            if let Some(w) = &spec.watch {
+                w.update(|s| s.lost.push(format!("{name} ({addr})")));
+            }
             run.lost.push(LostAgent {
                 addr,
                 name,

@@ -27,22 +27,51 @@ impl std::fmt::Debug for Probes {
     }
 }
 
+/// What asking a stage's agent came to: `None` for a stage `finished`
+/// (not asked), else its agent's answer.
+pub(super) type Asked = Option<Result<Option<StageProgress>, String>>;
+
 impl Probes {
-    /// Each stage's counts, asked of its agent; a stage `finished` (with
-    /// that many items) is not asked.
-    pub async fn ask(
+    /// Each stage's name (`stage 1 square on pi-2`) and counts, asked of
+    /// its agent; a stage `finished` is not asked.
+    pub async fn progress(
         &self,
         spec: &StreamSpec<'_>,
         (placement, kernels): (&[Placement], &[Kernel]),
         stream: u64,
         finished: &[Cell<Option<u64>>],
-    ) -> Vec<PartCounts> {
+    ) -> Vec<(String, Asked)> {
         let mut conns = self.0.take();
-        let mut parts = Vec::with_capacity(placement.len());
+        let mut asked = Vec::with_capacity(placement.len());
         for (i, p) in placement.iter().enumerate() {
             let name = format!("stage {i} {} on {}", kernels[i], p.name);
-            if let Some(items) = finished[i].get() {
-                let all = Some(items);
+            if finished[i].get().is_some() {
+                asked.push((name, None));
+                continue;
+            }
+            // Boxed: the watchdog polls this deep inside a job's future,
+            // whose frames are large in debug builds.
+            let counts = Box::pin(ask_one(&mut conns, spec, p.addr, stream, i as u32)).await;
+            asked.push((name, Some(counts)));
+        }
+        self.0.set(conns);
+        asked
+    }
+
+    /// Each stage's counts, asked of its agent; a stage `finished` (with
+    /// that many items) is not asked.
+    pub async fn ask(
+        &self,
+        spec: &StreamSpec<'_>,
+        on: (&[Placement], &[Kernel]),
+        stream: u64,
+        finished: &[Cell<Option<u64>>],
+    ) -> Vec<PartCounts> {
+        let asked = self.progress(spec, on, stream, finished).await;
+        let mut parts = Vec::with_capacity(asked.len());
+        for (i, (name, counts)) in asked.into_iter().enumerate() {
+            let Some(counts) = counts else {
+                let all = finished[i].get();
                 let note = "finished".to_owned();
                 parts.push(PartCounts {
                     name,
@@ -52,10 +81,7 @@ impl Probes {
                     note,
                 });
                 continue;
-            }
-            // Boxed: the watchdog polls this deep inside a job's future,
-            // whose frames are large in debug builds.
-            let counts = Box::pin(ask_one(&mut conns, spec, p.addr, stream, i as u32)).await;
+            };
             parts.push(match counts {
                 Ok(Some(c)) => PartCounts {
                     name,
@@ -68,7 +94,6 @@ impl Probes {
                 Err(why) => PartCounts::unknown(name, &format!("no answer ({why})")),
             });
         }
-        self.0.set(conns);
         parts
     }
 }

@@ -14,6 +14,7 @@ use crate::runtime::stream::swap::SwapState;
 use crate::runtime::stream::{Placement, StageReport, StreamSpec};
 use crate::runtime::{JobError, TaskError};
 use crate::trace::{self, Recorder};
+use crate::watch::StageStatus;
 use futures_lite::future;
 use skelpi_proto::beat::Beats;
 use skelpi_proto::code::StageSwap;
@@ -465,6 +466,50 @@ impl<'a> Attempt<'a> {
         PartStop::Fail(stalled.await)
     }
 }
+
+impl Attempt<'_> {
+    /// Keeps the spec's watch up to date with each stage's counts, asked
+    /// of its agent every [`WATCH_EVERY`]; never ends.
+    pub(super) async fn watched<T>(&self) -> T {
+        let Some(watch) = &self.spec.watch else {
+            return future::pending().await;
+        };
+        let questions = Probes::default();
+        let mut stages: Vec<StageStatus> = Vec::new();
+        loop {
+            let on = (self.placement, self.kernels);
+            let asked = questions
+                .progress(self.spec, on, self.stream, &self.finished)
+                .await;
+            stages.resize(asked.len(), StageStatus::default());
+            for ((name, asked), stage) in asked.into_iter().zip(&mut stages) {
+                stage.name = name;
+                stage.degree = 1;
+                if let Some(Ok(Some(p))) = asked {
+                    // Waiting and running: in its inbox, not yet done.
+                    *stage = StageStatus {
+                        arrived: p.arrived,
+                        started: p.done,
+                        served: p.done,
+                        busy_s: Duration::from_nanos(p.busy_ns).as_secs_f64(),
+                        busy_n: if p.busy_ns > 0 { p.done } else { 0 },
+                        ..std::mem::take(stage)
+                    };
+                }
+            }
+            let agents = self.placement.iter().map(|p| p.name.clone()).collect();
+            watch.update(|s| {
+                s.stages = stages.clone();
+                s.agents = agents;
+            });
+            async_io::Timer::after(WATCH_EVERY).await;
+        }
+    }
+}
+
+/// How often a watched pipeline's stages are asked how far they got: each
+/// question is a frame to every stage's agent.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Returns once the agent at `addr`, asked to beat every `beat`, has
 /// fallen silent (see [`Liveness::silent_past`]): it is lost.
