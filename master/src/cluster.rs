@@ -202,9 +202,29 @@ impl Cluster {
     }
 
     /// Keeps `watch` up to date while each job runs from now on (`None`:
-    /// stops); see [`crate::watch`].
+    /// stops; a [`crate::JobBuilder`] given a watch of its own uses that
+    /// one for its job); see [`crate::watch`].
     pub fn set_watch(&mut self, watch: Option<Watch>) {
         self.watch = watch;
+    }
+
+    /// The watch its jobs keep up to date, if any.
+    pub fn watch(&self) -> Option<&Watch> {
+        self.watch.as_ref()
+    }
+
+    /// `on_result`, counting each result in the watch, if any.
+    fn counted<'f>(
+        &self,
+        mut on_result: impl FnMut(u64, Array) + 'f,
+    ) -> impl FnMut(u64, Array) + 'f {
+        let watch = self.watch.clone();
+        move |index, a| {
+            if let Some(w) = &watch {
+                w.result();
+            }
+            on_result(index, a);
+        }
     }
 
     /// Traces the jobs it runs from now on (`false`: stops). Each traced
@@ -301,6 +321,7 @@ impl Cluster {
         };
         let tree = skeleton.clone();
         let io = move |inputs, results| Self::job(tracing, limits, conns, tree, inputs, results);
+        let on_result = self.counted(on_result);
         let (result, conns, trace) = handoff::on_own_thread(inputs, on_result, |_| {}, io).await;
         if let Some(trace) = trace {
             self.last_trace = Some(trace);
@@ -342,7 +363,7 @@ impl Cluster {
         let tree = skeleton.clone();
         let io = move |inputs, results| Self::managed(tracing, opts, conns, tree, inputs, results);
         let (mut out, conns, trace) =
-            handoff::on_own_thread(inputs, on_result, on_decision, io).await;
+            handoff::on_own_thread(inputs, self.counted(on_result), on_decision, io).await;
         if let Some(report) = &mut out.1 {
             report.renumber_agents(&places);
         }
@@ -558,6 +579,7 @@ impl Cluster {
             };
             stream::run_pipeline(&spec, inputs, results).await
         };
+        let on_result = self.counted(on_result);
         let run = handoff::on_own_thread(inputs, on_result, |_| {}, io).await;
         // A lost agent is tried again before the next job.
         for lost in &run.lost {

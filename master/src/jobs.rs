@@ -87,6 +87,17 @@ pub enum Execution {
     Managed(Contract),
 }
 
+/// `routed`, `streamed`, `managed (CONTRACT)`.
+impl fmt::Display for Execution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Execution::Routed => f.write_str("routed"),
+            Execution::Streamed { .. } => f.write_str("streamed"),
+            Execution::Managed(c) => write!(f, "managed ({c})"),
+        }
+    }
+}
+
 /// What a job reports while it runs, to [`JobBuilder::on_event`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -310,11 +321,7 @@ impl<'a> JobBuilder<'a> {
         let inputs = std::mem::replace(&mut self.inputs, Box::new(std::iter::empty()));
         let watch = self.watch.clone();
         if let Some(w) = &watch {
-            let execution = match out.execution {
-                Execution::Routed => "routed".to_owned(),
-                Execution::Streamed { .. } => "streamed".to_owned(),
-                Execution::Managed(c) => format!("managed ({c})"),
-            };
+            let execution = out.execution.to_string();
             let skeleton = self.skeleton.to_string();
             let size = inputs.size_hint();
             w.update(|s| {
@@ -323,14 +330,13 @@ impl<'a> JobBuilder<'a> {
                 s.inputs = size.1.filter(|&n| n == size.0).map(|n| n as u64);
             });
         }
-        cluster.set_watch(watch.clone());
+        // This job's watch, if it has one, until it ends or is dropped.
+        let watching = Watching::set(cluster, watch);
+        let cluster = &mut *watching.cluster;
         let results = &mut out.results;
         let sink = &mut self.on_result;
         let on_result = |index, a| {
             *results += 1;
-            if let Some(w) = &watch {
-                w.result();
-            }
             sink(index, a);
         };
         let result = match (&self.managed, out.execution) {
@@ -360,7 +366,6 @@ impl<'a> JobBuilder<'a> {
             }
             _ => cluster.run_each(&self.skeleton, inputs, on_result).await,
         };
-        cluster.set_watch(None);
         if self.trace == Some(true) {
             out.trace = cluster.take_trace();
         }
@@ -397,6 +402,33 @@ impl<'a> JobBuilder<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// A job's watch set on its cluster, the cluster's own put back when
+/// dropped (the job ended, or its future was dropped).
+struct Watching<'c> {
+    cluster: &'c mut Cluster,
+    before: Option<Option<Watch>>,
+}
+
+impl<'c> Watching<'c> {
+    /// Sets `watch` on `cluster`, if there is one.
+    fn set(cluster: &'c mut Cluster, watch: Option<Watch>) -> Watching<'c> {
+        let before = watch.map(|w| {
+            let before = cluster.watch().cloned();
+            cluster.set_watch(Some(w));
+            before
+        });
+        Watching { cluster, before }
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        if let Some(before) = self.before.take() {
+            self.cluster.set_watch(before);
+        }
     }
 }
 

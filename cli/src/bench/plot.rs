@@ -97,6 +97,17 @@ pub fn pmap_speedup(r: &PmapReport, path: &Path) -> Result<(), PlotError> {
     root.present().map_err(|e| err(e.to_string()))
 }
 
+/// The x axis's label at `x`: the stage there, its kernel and agent.
+fn stage_label(r: &PipelineReport, x: &f64) -> String {
+    let at = x.round();
+    r.stages
+        .iter()
+        .find(|s| s.stage as f64 == at)
+        .map_or_else(String::new, |s| {
+            format!("{}: {} on {}", s.stage, s.kernel, s.agent)
+        })
+}
+
 /// Ts and Ta per stage, in milliseconds.
 pub fn pipeline_stages(r: &PipelineReport, path: &Path) -> Result<(), PlotError> {
     let err = fail(path);
@@ -124,10 +135,10 @@ pub fn pipeline_stages(r: &PipelineReport, path: &Path) -> Result<(), PlotError>
         .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
-        .x_desc("stage")
-        .y_desc("ms")
+        .x_desc("stage: its kernel on its agent")
+        .y_desc("ms per item")
         .x_labels(n)
-        .x_label_formatter(&|x| format!("{}", x.round() as i64))
+        .x_label_formatter(&|x| stage_label(r, x))
         .draw()
         .map_err(|e| err(e.to_string()))?;
     for (j, (label, colour)) in [

@@ -14,12 +14,12 @@ pub fn rtt_table(r: &RttReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "RTT: {} — transport {}, median of {} repeats (ping: p50 / p99 of all pings)",
+        "RTT: {} — transport {}, median, fastest and p99 of {} repeats (ping: of all pings)",
         r.origin, r.transport, r.repeats
     );
     let _ = writeln!(
         s,
-        "{:<12} {:<6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6} {:>10} {:>6}",
+        "{:<12} {:<6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6} {:>10} {:>6}",
         "agent",
         "data",
         "size",
@@ -27,7 +27,8 @@ pub fn rtt_table(r: &RttReport) -> String {
         "wire out",
         "wire in",
         "RTT",
-        "min/p99",
+        "min",
+        "p99",
         "MB/s",
         "util",
         "raw RTT",
@@ -41,7 +42,7 @@ pub fn rtt_table(r: &RttReport) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<12} {:<6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9.1} {:>6} {:>10} {:>6}",
+            "{:<12} {:<6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9.1} {:>6} {:>10} {:>6}",
             row.agent,
             row.data,
             size,
@@ -49,7 +50,8 @@ pub fn rtt_table(r: &RttReport) -> String {
             bytes(row.wire_sent),
             bytes(row.wire_received),
             secs(row.rtt_s),
-            secs(row.rtt_spread_s),
+            secs(row.rtt_min_s),
+            secs(row.rtt_p99_s),
             row.mb_per_s,
             row.link_util
                 .map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
@@ -62,6 +64,18 @@ pub fn rtt_table(r: &RttReport) -> String {
          against --link-mbps; vs raw is raw-TCP RTT / skelpi RTT for the same bytes, sent in the\n\
          same run to the same agent's raw echo socket (1.00 = as fast as raw TCP).\n",
     );
+    if r.rows
+        .iter()
+        .any(|row| row.link_util.is_some_and(|u| u > 1.0))
+    {
+        // An RTT carries both directions one after the other: on a link of
+        // --link-mbps, util cannot pass 100%.
+        s.push_str(
+            "util above 100%: those bytes crossed faster than --link-mbps allows, so the link is \
+             faster than stated, or a shaper let a burst through (tc tbf passes a bucket's worth \
+             at once: small messages ride it).\n",
+        );
+    }
     s
 }
 
@@ -139,6 +153,15 @@ pub fn pmap_table(r: &PmapReport) -> String {
         );
     }
     s.push_str("speedup: median over repeats of sequential time / pmap time, the sequential run timed just before\neach pmap; efficiency: speedup per worker thread; threads: the same chunks on as many threads in\nthis process (the machine's own parallel speedup); vs threads: speedup / threads.\n");
+    if let Some(row) = r.rows.iter().find(|row| row.efficiency > 1.0) {
+        let _ = writeln!(
+            s,
+            "efficiency above 100% ({} workers): the workers ran their chunks faster than this \
+             process ran one call over all D. Chunks stay in cache, and the two runs are timed \
+             apart, so a few percent either way is noise.",
+            row.workers
+        );
+    }
     s
 }
 
@@ -219,6 +242,15 @@ pub fn pipeline_table(r: &PipelineReport) -> String {
         r.vs_model,
         secs(r.wall_s)
     );
+    if let Some(st) = r.stages.iter().find(|st| st.rho > 1.0) {
+        let _ = writeln!(
+            s,
+            "rho above 1 (stage {}): items reached it faster than it served them. Its inbox \
+             filled up at the start, before it set the pace, so their mean spacing Ta is a \
+             little under Ts: it is the bottleneck, busy throughout.",
+            st.stage
+        );
+    }
     s
 }
 

@@ -69,8 +69,11 @@ pub struct RttRow {
     pub wire_received: u64,
     /// Median round-trip time, seconds (ping: p50 over all pings).
     pub rtt_s: f64,
-    /// Fastest round trip, seconds (ping: p99 instead).
-    pub rtt_spread_s: f64,
+    /// Fastest round trip, seconds.
+    pub rtt_min_s: f64,
+    /// 99th percentile of the round trips, seconds (of a few repeats:
+    /// the slowest).
+    pub rtt_p99_s: f64,
     /// Payload both ways over the median RTT, MB/s (10^6 bytes).
     pub mb_per_s: f64,
     /// Busier direction's wire bits over the RTT against `--link-mbps`.
@@ -171,7 +174,7 @@ pub async fn run(
                 0,
                 0,
                 wire,
-                (median(&rtts), quantile(&rtts, 0.99)),
+                spread(&rtts),
                 raw.as_ref().map(|_| median(&raw_rtts)),
                 opts.link_mbps,
             ));
@@ -233,7 +236,7 @@ pub async fn run(
                 size,
                 8 * n as u64,
                 ((s1 - s0) / reps, (r1 - r0) / reps),
-                (median(&rtts), *rtts.iter().min().unwrap_or(&Duration::ZERO)),
+                spread(&rtts),
                 raw.as_ref().map(|_| median(&raw_rtts)),
                 opts.link_mbps,
             );
@@ -249,6 +252,12 @@ pub async fn run(
     })
 }
 
+/// The median, fastest and 99th percentile of `rtts`.
+fn spread(rtts: &[Duration]) -> (Duration, Duration, Duration) {
+    let min = rtts.iter().min().copied().unwrap_or_default();
+    (median(rtts), min, quantile(rtts, 0.99))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn row(
     agent: &str,
@@ -256,7 +265,7 @@ fn row(
     size: u64,
     payload: u64,
     (wire_sent, wire_received): (u64, u64),
-    (rtt, spread): (Duration, Duration),
+    (rtt, min, p99): (Duration, Duration, Duration),
     raw: Option<Duration>,
     link_mbps: Option<f64>,
 ) -> RttRow {
@@ -269,7 +278,8 @@ fn row(
         wire_sent,
         wire_received,
         rtt_s: rtt.as_secs_f64(),
-        rtt_spread_s: spread.as_secs_f64(),
+        rtt_min_s: min.as_secs_f64(),
+        rtt_p99_s: p99.as_secs_f64(),
         mb_per_s: 2.0 * payload as f64 / secs / 1e6,
         link_util: link_mbps
             .map(|mbps| wire_sent.max(wire_received) as f64 * 8.0 / secs / (mbps * 1e6)),

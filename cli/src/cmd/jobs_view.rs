@@ -3,19 +3,22 @@
 //! and each stage's Ts, Ta, rho and queue over the last poll.
 
 use skelpi::runtime::autonomic::metrics::{Totals, window};
-use skelpi::watch::JobStatus;
+use skelpi::watch::{JobStatus, StageStatus};
 use std::collections::VecDeque;
 
 /// How many polls of throughput a job keeps (its sparkline).
 pub const HISTORY: usize = 120;
 
-/// One job as top sees it: its last two statuses and its throughput.
+/// One job as top sees it: its last status, its results and stages at
+/// the reading before, and its throughput.
 #[derive(Debug, Clone)]
 pub struct JobView {
     /// Its last status.
     pub now: JobStatus,
-    /// The one before, if any.
-    before: Option<JobStatus>,
+    /// Results at the status before, and when (ms since the epoch).
+    results_before: Option<(u64, u64)>,
+    /// The stages' totals at their reading before, and when.
+    stages_before: Option<(Vec<StageStatus>, u64)>,
     /// Results per second over each poll, oldest first.
     pub rates: VecDeque<u64>,
 }
@@ -34,15 +37,30 @@ pub struct StageRow {
     /// Ts / (degree × Ta): above 1, items arrive faster than it serves
     /// them and its queue grows.
     pub rho: Option<f64>,
-    /// Items handed to it and not finished.
+    /// Items waiting for a free worker (for a streamed stage: in its
+    /// inbox, the one running included).
     pub queue: u64,
+}
+
+impl StageRow {
+    /// Its figures as cells: served, Ts, Ta, rho, queue ("-": unknown).
+    pub fn cells(&self) -> [String; 5] {
+        [
+            self.served.to_string(),
+            ms(self.ts),
+            ms(self.ta),
+            self.rho.map_or("-".into(), |r| format!("{r:.2}")),
+            self.queue.to_string(),
+        ]
+    }
 }
 
 impl JobView {
     fn new(now: JobStatus) -> JobView {
         let mut view = JobView {
             now,
-            before: None,
+            results_before: None,
+            stages_before: None,
             rates: VecDeque::new(),
         };
         view.rates.push_back(view.rate().round() as u64);
@@ -53,39 +71,40 @@ impl JobView {
         (self.now.pid, self.now.started_unix_ms) == (other.pid, other.started_unix_ms)
     }
 
-    /// Takes a newer status (an unchanged file changes nothing).
+    /// Takes a newer status (an unchanged file changes nothing; stages
+    /// not read again since keep their window).
     fn advance(&mut self, now: JobStatus) {
         if now.updated_unix_ms <= self.now.updated_unix_ms {
             return;
         }
-        self.before = Some(std::mem::replace(&mut self.now, now));
+        let before = std::mem::replace(&mut self.now, now);
+        self.results_before = Some((before.results, before.updated_unix_ms));
+        if self.now.stages_unix_ms > before.stages_unix_ms {
+            self.stages_before = Some((before.stages, before.stages_unix_ms));
+        }
         if self.rates.len() == HISTORY {
             self.rates.pop_front();
         }
         self.rates.push_back(self.rate().round() as u64);
     }
 
-    /// The window the figures are over: since the status before, or
-    /// since the job started; its length in seconds.
-    fn window(&self) -> (Option<&JobStatus>, f64) {
-        let since = self
-            .before
-            .as_ref()
-            .map_or(self.now.started_unix_ms, |b| b.updated_unix_ms);
-        let ms = self.now.updated_unix_ms.saturating_sub(since);
-        (self.before.as_ref(), ms as f64 / 1e3)
-    }
-
-    /// Results per second over the last poll.
+    /// Results per second over the last poll (since the start at first).
     pub fn rate(&self) -> f64 {
-        let (before, secs) = self.window();
-        let done = self.now.results - before.map_or(0, |b| b.results.min(self.now.results));
+        let (then, since) = self.results_before.unwrap_or((0, self.now.started_unix_ms));
+        let secs = self.now.updated_unix_ms.saturating_sub(since) as f64 / 1e3;
+        let done = self.now.results.saturating_sub(then);
         if secs > 0.0 { done as f64 / secs } else { 0.0 }
     }
 
-    /// Each stage over the last poll.
+    /// Each stage between its last two readings (since the start at
+    /// first; a stage whose counts went back, as a restarted pipeline's,
+    /// since its new start).
     pub fn stages(&self) -> Vec<StageRow> {
-        let (before, secs) = self.window();
+        let (before, since) = match &self.stages_before {
+            Some((stages, at)) => (&stages[..], *at),
+            None => (&[][..], self.now.started_unix_ms),
+        };
+        let secs = self.now.stages_unix_ms.saturating_sub(since) as f64 / 1e3;
         self.now
             .stages
             .iter()
@@ -93,9 +112,9 @@ impl JobView {
             .map(|(i, stage)| {
                 let now = stage.totals();
                 let then = before
-                    .and_then(|b| b.stages.get(i))
-                    .filter(|b| b.name == stage.name && b.served <= stage.served)
-                    .map_or_else(Totals::default, |b| b.totals());
+                    .get(i)
+                    .filter(|b| b.name == stage.name && !went_back(b, stage))
+                    .map_or_else(Totals::default, StageStatus::totals);
                 let w = window(&then, &now, secs, stage.degree);
                 StageRow {
                     name: stage.name.clone(),
@@ -103,7 +122,7 @@ impl JobView {
                     ts: w.service,
                     ta: w.interarrival,
                     rho: w.rho,
-                    queue: stage.arrived.saturating_sub(stage.served),
+                    queue: now.queue(),
                 }
             })
             .collect()
@@ -154,6 +173,15 @@ impl JobView {
     }
 }
 
+/// Whether any count of `now` is below `before`'s (the stage started
+/// again).
+fn went_back(before: &StageStatus, now: &StageStatus) -> bool {
+    now.arrived < before.arrived
+        || now.started < before.started
+        || now.served < before.served
+        || now.busy_n < before.busy_n
+}
+
 /// Brings `views` up to `jobs` (the jobs running now): a job seen before
 /// advances, a new one is added, one that ended goes.
 pub fn update(views: &mut Vec<JobView>, jobs: Vec<JobStatus>) {
@@ -179,7 +207,6 @@ pub fn ms(v: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skelpi::watch::StageStatus;
 
     fn status(updated: u64, results: u64, arrived: u64, busy_s: f64) -> JobStatus {
         JobStatus {
@@ -187,12 +214,13 @@ mod tests {
             name: "job.toml".into(),
             started_unix_ms: 1_000,
             updated_unix_ms: updated,
+            stages_unix_ms: updated,
             results,
             stages: vec![StageStatus {
                 name: "square".into(),
                 degree: 2,
                 arrived,
-                started: results,
+                started: results + 2,
                 served: results,
                 busy_s,
                 busy_n: results,
@@ -216,12 +244,32 @@ mod tests {
         let s = &v.stages()[0];
         assert!((s.ts.unwrap() - 0.010).abs() < 1e-9, "{s:?}");
         assert!((s.rho.unwrap() - 3.0).abs() < 1e-6, "{s:?}");
-        assert_eq!(s.queue, 10);
+        assert_eq!(s.queue, 8, "arrived, not yet sent");
         assert_eq!(v.rates, [100, 600]);
         // An unchanged file changes nothing.
         update(&mut views, vec![status(2_500, 400, 410, 4.0)]);
         assert_eq!(views[0].rates.len(), 2);
+        // Stages not read again: their window stands.
+        let mut later = status(3_000, 500, 510, 5.0);
+        later.stages = views[0].now.stages.clone();
+        later.stages_unix_ms = 2_500;
+        update(&mut views, vec![later]);
+        assert_eq!(views[0].rate().round(), 200.0);
+        assert!((views[0].stages()[0].rho.unwrap() - 3.0).abs() < 1e-6);
         update(&mut views, Vec::new());
         assert!(views.is_empty());
+    }
+
+    #[test]
+    fn a_stage_that_starts_again_is_counted_from_its_new_start() {
+        let mut views = Vec::new();
+        update(&mut views, vec![status(2_000, 800, 900, 8.0)]);
+        // A restarted pipeline: the stage counts again from its new start,
+        // here past the same number served but fewer arrived.
+        update(&mut views, vec![status(3_000, 800, 805, 8.0)]);
+        let s = &views[0].stages()[0];
+        assert!((s.ts.unwrap() - 0.010).abs() < 1e-9, "{s:?}");
+        // 805 arrivals since the new start, within the 1 s window.
+        assert!((s.ta.unwrap() - 1.0 / 805.0).abs() < 1e-9, "{s:?}");
     }
 }

@@ -371,12 +371,7 @@ fn finish(
     let count = outcome.results;
     let rate = count as f64 / elapsed.as_secs_f64().max(1e-9);
     if args.json {
-        let execution = match outcome.execution {
-            Execution::Routed => "routed".to_owned(),
-            Execution::Streamed { .. } => "streamed".to_owned(),
-            Execution::Managed(c) => format!("managed ({c})"),
-            other => format!("{other:?}"),
-        };
+        let execution = outcome.execution.to_string();
         let shown: Vec<_> = shown
             .iter()
             .map(|(index, data)| serde_json::json!({ "index": index, "data": data }))

@@ -116,14 +116,10 @@ fn print_once((boards, jobs): Snapshot, json: bool) -> anyhow::Result<()> {
         for v in &views {
             println!("\njob {}", v.summary());
             for s in v.stages() {
+                let [served, ts, ta, rho, queue] = s.cells();
                 println!(
-                    "  {:<40} {:>9} served  Ts {:>10}  Ta {:>10}  rho {:>5}  queue {}",
+                    "  {:<40} {served:>9} served  Ts {ts:>10}  Ta {ta:>10}  rho {rho:>5}  queue {queue}",
                     s.name,
-                    s.served,
-                    jobs_view::ms(s.ts),
-                    jobs_view::ms(s.ta),
-                    s.rho.map_or("-".into(), |r| format!("{r:.2}")),
-                    s.queue
                 );
             }
         }
@@ -230,15 +226,18 @@ fn render(
     updated: Instant,
 ) {
     let up = boards.iter().filter(|b| b.state.is_ok()).count();
-    // Each job: a title line, a sparkline, a header and one row per stage.
-    let jobs_height: u16 = jobs
+    // Each job: a title line, a sparkline, a header and one row per stage;
+    // at most half the screen (the rest is cut off).
+    let jobs_height = jobs
         .iter()
-        .map(|j| 3 + j.now.stages.len() as u16)
-        .sum::<u16>();
+        .map(job_height)
+        .fold(2u16, u16::saturating_add)
+        .min(f.area().height / 2)
+        .max(3);
     let [head, table, jobs_area, foot] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(3),
-        Constraint::Length(if jobs.is_empty() { 3 } else { jobs_height + 2 }),
+        Constraint::Length(jobs_height),
         Constraint::Length(3),
     ])
     .areas(f.area());
@@ -336,6 +335,14 @@ fn render(
     );
 }
 
+/// Lines a job takes in the panel: its title, its sparkline, the stages'
+/// header and one line per stage.
+fn job_height(job: &JobView) -> u16 {
+    u16::try_from(job.now.stages.len())
+        .unwrap_or(u16::MAX)
+        .saturating_add(3)
+}
+
 /// The jobs panel: per job its summary, its throughput poll after poll,
 /// and each stage's figures over the last poll.
 fn render_jobs(f: &mut ratatui::Frame<'_>, jobs: &[JobView], area: ratatui::layout::Rect) {
@@ -352,7 +359,7 @@ fn render_jobs(f: &mut ratatui::Frame<'_>, jobs: &[JobView], area: ratatui::layo
     }
     let heights: Vec<Constraint> = jobs
         .iter()
-        .map(|j| Constraint::Length(3 + j.now.stages.len() as u16))
+        .map(|j| Constraint::Length(job_height(j)))
         .collect();
     let areas = Layout::vertical(heights).split(inner);
     for (job, area) in jobs.iter().zip(areas.iter()) {
@@ -375,14 +382,9 @@ fn render_jobs(f: &mut ratatui::Frame<'_>, jobs: &[JobView], area: ratatui::layo
             .stages()
             .into_iter()
             .map(|s| {
-                TableRow::new(vec![
-                    s.name,
-                    s.served.to_string(),
-                    jobs_view::ms(s.ts),
-                    jobs_view::ms(s.ta),
-                    s.rho.map_or("-".into(), |r| format!("{r:.2}")),
-                    s.queue.to_string(),
-                ])
+                let mut cells = vec![s.name.clone()];
+                cells.extend(s.cells());
+                TableRow::new(cells)
             })
             .collect();
         let widths = [

@@ -10,7 +10,7 @@
 //! (said where it does); the booted boards run the real one.
 
 use super::agents::agent_binary;
-use super::support::{Scratch, assert_squares, free_port, paced_farm, skelpi};
+use super::support::{Killed, Scratch, assert_squares, free_port, paced_farm, skelpi};
 use skelpi::client::AgentConn;
 use skelpi::cluster::Cluster;
 use skelpi::deploy::{self, Binary, Board, Outcome, RollOptions};
@@ -509,13 +509,6 @@ fn a_deploy_restart_keeps_the_systemd_unit_running() {
         .unwrap();
     let port = free_port();
     // Killed on drop, so that a failing assertion leaves no agent behind.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _agent = Killed(
         std::process::Command::new(&setup.installed)
             .args(setup.args("notify", port, true))

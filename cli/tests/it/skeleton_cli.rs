@@ -154,10 +154,12 @@ fn bench_pipeline_places_one_stage_per_agent_and_reports_rho() {
         assert!(ts > 0.0 && ta > 0.0 && (rho - ts / ta).abs() < 1e-9, "{s}");
     }
     assert!(r["throughput"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(dir.0.join("out/pipeline-stages.svg")).unwrap();
+    assert!(svg.contains("Ts (service)"), "{svg}");
+    // Its axis names each stage's kernel and agent.
     assert!(
-        std::fs::read_to_string(dir.0.join("out/pipeline-stages.svg"))
-            .unwrap()
-            .contains("Ts (service)")
+        svg.contains("1: seq(matmul_power(2, 16)) on local-1"),
+        "{svg}"
     );
 }
 

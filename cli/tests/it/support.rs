@@ -19,6 +19,17 @@ pub fn skelpi(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// A child process killed (and reaped) on drop: a test that fails leaves
+/// none behind.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A fresh scratch folder for one test, removed on drop.
 pub struct Scratch(pub std::path::PathBuf);
 

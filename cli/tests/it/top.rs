@@ -4,7 +4,7 @@
 //! for scripts.
 
 use super::agents::start_agent;
-use super::support::{Scratch, signal, skelpi};
+use super::support::{Killed, Scratch, signal, skelpi};
 use skelpi_wire::key::ClusterKey;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -124,16 +124,6 @@ fn top_shows_the_boards_and_a_stopped_one_down_then_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!top.alive(), "top did not quit on q");
-}
-
-/// A child process killed on drop (a test that fails leaves none).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -105,8 +105,11 @@ struct Call {
     /// The agents its module was pushed to again, having lacked it (once
     /// per agent).
     repushed: Vec<usize>,
-    /// Whether it was sent (a later send is a task sent again).
+    /// Whether it was handed to an agent (a later hand-over is a task
+    /// sent again).
     sent: bool,
+    /// Placed on one agent (a `seq` stage's call).
+    pinned: bool,
 }
 
 /// The calls of one kernel: begun, sent, finished (a stage's
@@ -170,7 +173,8 @@ pub struct Dispatcher<'c> {
     /// Calls of each kernel: what the stall watchdog shows, and a
     /// watched job's stages.
     counts: RefCell<Vec<KernelCounts>>,
-    /// Tasks sent again (their agent was lost, or had lost their module).
+    /// Tasks handed to an agent again (theirs was lost, or had lost their
+    /// module).
     resent: Cell<u64>,
     /// Each task's deadline on its agent, milliseconds.
     deadline_ms: Cell<Option<u32>>,
@@ -271,8 +275,9 @@ impl<'c> Dispatcher<'c> {
         self.deadline_ms.set(ms);
     }
 
-    /// Changes the counts of `kernel`'s calls.
-    fn count(&self, kernel: &Kernel, f: impl FnOnce(&mut KernelCounts)) {
+    /// Changes the counts of `kernel`'s calls, placed on one agent
+    /// (`pinned`: a `seq` stage's) or not.
+    fn count(&self, kernel: &Kernel, pinned: bool, f: impl FnOnce(&mut KernelCounts)) {
         let mut counts = self.counts.borrow_mut();
         // By name and arguments' bits: a NaN argument is still the same.
         let same = |k: &Kernel| {
@@ -283,14 +288,17 @@ impl<'c> Dispatcher<'c> {
                     .zip(&kernel.args)
                     .all(|(a, b)| a.to_bits() == b.to_bits())
         };
-        let at = match counts.iter().position(|c| same(&c.kernel)) {
+        let at = match counts
+            .iter()
+            .position(|c| c.pinned == pinned && same(&c.kernel))
+        {
             Some(at) => at,
             None => {
                 counts.push(KernelCounts {
                     kernel: kernel.clone(),
                     totals: Totals::default(),
                     ended: 0,
-                    pinned: false,
+                    pinned,
                 });
                 counts.len() - 1
             }
@@ -315,8 +323,9 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Each kernel's calls so far as a stage's totals, in the order the
-    /// kernels were first called, and whether they run one at a time on
-    /// one agent (a pipeline's `seq` stage) rather than on any.
+    /// kernels were first called, and whether they were placed on an
+    /// agent (a pipeline's `seq` stages: one at a time each; two such
+    /// stages of one kernel are counted together) rather than sent to any.
     pub fn stage_totals(&self) -> Vec<(Kernel, Totals, bool)> {
         let counts = self.counts.borrow();
         counts
@@ -325,8 +334,8 @@ impl<'c> Dispatcher<'c> {
             .collect()
     }
 
-    /// Tasks sent again so far (their agent was lost, or had lost their
-    /// module).
+    /// Tasks handed to an agent again so far (theirs was lost, or had lost
+    /// their module).
     pub fn resent(&self) -> u64 {
         self.resent.get()
     }
@@ -404,17 +413,16 @@ impl<'c> Dispatcher<'c> {
             reply,
             repushed: Vec::new(),
             sent: false,
+            pinned: home.is_some(),
         };
         self.calls.borrow_mut().insert(key, call);
         let _waiting = Waiting { d: self, key };
-        self.count(kernel, |c| {
-            c.totals.arrive();
-            c.pinned |= home.is_some();
-        });
+        let pinned = home.is_some();
+        self.count(kernel, pinned, |c| c.totals.arrive());
         let began = Instant::now();
         self.pump();
         let outcome = outcome.recv().await.unwrap_or(Err(JobError::Cancelled));
-        self.count(kernel, |c| {
+        self.count(kernel, pinned, |c| {
             c.ended += 1;
             if let Ok(done) = &outcome {
                 c.totals.finish(done.agent, began.elapsed(), done.busy);
@@ -438,7 +446,7 @@ impl<'c> Dispatcher<'c> {
                         self.resent.set(self.resent.get() + 1);
                     } else {
                         call.sent = true;
-                        self.count(&call.kernel, |c| c.totals.start());
+                        self.count(&call.kernel, call.pinned, |c| c.totals.start());
                     }
                     Out::Task(Outgoing {
                         id: send.attempt,

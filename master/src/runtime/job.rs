@@ -212,6 +212,10 @@ pub async fn run_graph(
     };
     future::or(future::or(dispatcher.drain(), deadline), io.as_mut()).await;
     drop(io);
+    if let Some(w) = &limits.watch {
+        // The last counts, tasks sent again while draining included.
+        copy_counts(w, &dispatcher, cores);
+    }
     let casualties = dispatcher.casualties();
     let deaths = dispatcher.deaths();
     let rejoined = dispatcher.take_rejoined();
@@ -243,22 +247,29 @@ async fn keep_watch<T>(watch: &Watch, d: &Dispatcher<'_>, cores: usize) -> T {
     let agents = d.labels();
     watch.update(|s| s.agents = agents);
     loop {
-        let stages: Vec<StageStatus> = d
-            .stage_totals()
-            .iter()
-            .map(|(kernel, t, pinned)| {
-                let degree = if *pinned { 1 } else { cores };
-                StageStatus::new(kernel.to_string(), degree, t)
-            })
-            .collect();
-        let (lost, resent) = (d.lost(), d.resent());
-        watch.update(|s| {
-            s.stages = stages;
-            s.lost = lost;
-            s.resent = resent;
-        });
+        copy_counts(watch, d, cores);
         async_io::Timer::after(watching::UPDATE_EVERY).await;
     }
+}
+
+/// Copies the dispatcher's counts into `watch`: each kernel's stage (a
+/// placed `seq` stage has one slot, a farm's or map's the pool's
+/// `cores`), agents lost, tasks sent again.
+fn copy_counts(watch: &Watch, d: &Dispatcher<'_>, cores: usize) {
+    let stages: Vec<StageStatus> = d
+        .stage_totals()
+        .iter()
+        .map(|(kernel, t, pinned)| {
+            let degree = if *pinned { 1 } else { cores };
+            StageStatus::new(kernel.to_string(), degree, t)
+        })
+        .collect();
+    let (lost, resent) = (d.lost(), d.resent());
+    watch.update(|s| {
+        s.set_stages(stages);
+        s.lost = lost;
+        s.resent = resent;
+    });
 }
 
 /// The stream of `inputs`, drawn by a node of its own (counted in `drawn`)

@@ -104,11 +104,12 @@ pub fn ms(v: Option<f64>, places: usize) -> String {
 }
 
 /// The window between two readings of a stage's totals, `secs` apart,
-/// at `degree`.
+/// at `degree` (a count that went down, as when a stage starts again,
+/// counts as none).
 pub fn window(before: &Totals, now: &Totals, secs: f64, degree: usize) -> StageWindow {
-    let arrived = now.arrived - before.arrived;
-    let served = now.served - before.served;
-    let busy_n = now.busy_n - before.busy_n;
+    let arrived = now.arrived.saturating_sub(before.arrived);
+    let served = now.served.saturating_sub(before.served);
+    let busy_n = now.busy_n.saturating_sub(before.busy_n);
     let mean = |total: Duration, n: u64| (n > 0).then(|| total.as_secs_f64() / n as f64);
     let response = mean(now.response.saturating_sub(before.response), served);
     let service = mean(now.busy.saturating_sub(before.busy), busy_n);

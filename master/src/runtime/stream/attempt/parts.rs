@@ -482,10 +482,12 @@ impl Attempt<'_> {
                 .progress(self.spec, on, self.stream, &self.finished)
                 .await;
             stages.resize(asked.len(), StageStatus::default());
-            for ((name, asked), stage) in asked.into_iter().zip(&mut stages) {
+            for (i, ((name, asked), stage)) in asked.into_iter().zip(&mut stages).enumerate() {
                 stage.name = name;
                 stage.degree = 1;
-                if let Some(Ok(Some(p))) = asked {
+                if let Some(items) = self.finished[i].get() {
+                    (stage.arrived, stage.started, stage.served) = (items, items, items);
+                } else if let Some(Ok(Some(p))) = asked {
                     // Waiting and running: in its inbox, not yet done.
                     *stage = StageStatus {
                         arrived: p.arrived,
@@ -499,7 +501,7 @@ impl Attempt<'_> {
             }
             let agents = self.placement.iter().map(|p| p.name.clone()).collect();
             watch.update(|s| {
-                s.stages = stages.clone();
+                s.set_stages(stages.clone());
                 s.agents = agents;
             });
             async_io::Timer::after(WATCH_EVERY).await;
