@@ -34,7 +34,10 @@
 //! wrong, lost or duplicated, a good job failed, or an attack got an answer
 //! it should not have.
 
+mod common;
+
 use clap::Parser;
+use common::{Scratch, agent_binary};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,7 +55,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -199,7 +202,7 @@ struct Window {
 
 fn main() {
     let args = Args::parse();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("soak");
     let dir = &scratch.0;
     let key = ClusterKey::generate().expect("a cluster key");
     let key_path = dir.join("cluster.key");
@@ -287,51 +290,6 @@ fn main() {
     if !report.clean() {
         std::process::exit(1);
     }
-}
-
-/// A private scratch directory under the temporary directory (a fresh
-/// name, mode 0700: it holds the cluster key), removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let tag: u64 = rand::rng().random();
-        let dir = std::env::temp_dir().join(format!("skelpi-soak-{tag:016x}"));
-        std::fs::create_dir(&dir).expect("a fresh scratch directory");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The release agent binary beside this bench's target directory, built
-/// (or brought up to date) first: a stale one would soak old code.
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("this bench's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/release")
-        .join("skelpi-agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "skelpi-agent",
-            "--bin",
-            "skelpi-agent",
-        ])
-        .status()
-        .expect("cargo");
-    assert!(status.success(), "building skelpi-agent failed");
-    bin
 }
 
 /// Runs `phase` for `length`, sampling the agents' memory and counting

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 /// Heartbeat intervals of silence after which a peer is taken for down
-/// (4 s with the default 1 s heartbeat).
+/// (2 s with a master's default 500 ms heartbeat).
 pub const DOWN_AFTER_BEATS: u32 = 4;
 
 /// Shortest heartbeat interval an agent grants, milliseconds.

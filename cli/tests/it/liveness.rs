@@ -451,3 +451,61 @@ fn skelpi_run_reports_a_stall_with_per_stage_counts_and_fails() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--stall-timeout"), "{err}");
 }
+
+/// The default heartbeat (500 ms; a peer silent for 4 beats is down) on a
+/// machine saturated by more spinning threads than cores here and
+/// CPU-bound kernels on every agent worker: no live agent is declared
+/// down (runs alone: see .config/nextest.toml).
+#[test]
+fn a_saturated_machine_loses_no_live_agent_at_the_default_heartbeat() {
+    let dir = Scratch::new("saturated");
+    let key_path = dir.0.join("cluster.key");
+    let key = ClusterKey::generate().unwrap();
+    key.write(&key_path, true).unwrap();
+    let agents: Vec<_> = ["hot-a", "hot-b"]
+        .iter()
+        .map(|n| start_agent(&key_path, n, &["--no-mdns", "--workers", "2"]))
+        .collect();
+    let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners: Vec<_> = (0..2 * cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(6);
+    let (done, losses) = smol::block_on(async {
+        let mut cluster = Cluster::connect(&addrs, &key, &ConnectOptions::default())
+            .await
+            .unwrap();
+        let tree: Skeleton = "farm(seq(erf_burn(400)), unordered)".parse().unwrap();
+        let inputs =
+            std::iter::from_fn(|| (Instant::now() < until).then(|| Array::list(vec![0.25; 256])));
+        let mut done = 0u64;
+        cluster
+            .run_each(&tree, inputs, |_, _| done += 1)
+            .await
+            .unwrap();
+        let losses: Vec<_> = cluster
+            .agents()
+            .iter()
+            .flat_map(|a| a.losses().to_vec())
+            .collect();
+        assert_no_agent_lost(&cluster);
+        cluster.close().await;
+        (done, losses)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert!(done > 0);
+    assert!(losses.is_empty(), "live agents declared down: {losses:?}");
+}
