@@ -16,8 +16,18 @@ pub struct DeployArgs {
     /// An agent binary for one architecture (repeat it for each
     /// architecture of the pool), e.g.
     /// target/aarch64-unknown-linux-musl/board/skelpi-agent.
-    #[arg(long = "binary", value_name = "PATH", required = true)]
+    #[arg(
+        long = "binary",
+        value_name = "PATH",
+        required_unless_present = "build"
+    )]
     pub binaries: Vec<PathBuf>,
+    /// Build the binaries instead: the project's board build (`cargo build
+    /// --profile board --target T -p skelpi-agent`) for each architecture
+    /// of the pool, in the skelpi source tree this runs in (aarch64: the
+    /// static musl build; arm: armv7; this machine's own: no --target).
+    #[arg(long, conflicts_with = "binaries")]
+    pub build: bool,
     /// The deploy signing key [default: $SKELPI_DEPLOY_KEY_FILE or
     /// ~/.config/skelpi/deploy.key, written by `skelpi keygen --deploy`].
     #[arg(long, value_name = "PATH")]
@@ -45,8 +55,16 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     if args.pool.local.is_some() {
         return Err(deploy::DeployError::Local.into());
     }
-    let binaries = args
-        .binaries
+    let paths = if args.build {
+        let Some(paths) = build(args)? else {
+            eprintln!("dry run: nothing was built or changed");
+            return Ok(());
+        };
+        paths
+    } else {
+        args.binaries.clone()
+    };
+    let binaries = paths
         .iter()
         .map(|p| Binary::read(p))
         .collect::<Result<Vec<_>, _>>()?;
@@ -83,6 +101,76 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         pool.cluster.close().await;
         report(&outcomes)
     })
+}
+
+/// `--build`: the board build for each architecture of the pool; the
+/// binaries built (`None` for a dry run, which prints the commands).
+fn build(args: &DeployArgs) -> anyhow::Result<Option<Vec<PathBuf>>> {
+    let archs: Vec<String> = smol::block_on(async {
+        let pool = pool::connect(&args.pool.options(false)).await?;
+        eprintln!("{}", pool.origin);
+        let mut archs: Vec<String> = pool
+            .cluster
+            .agents()
+            .iter()
+            .map(|a| a.info().arch.clone())
+            .collect();
+        archs.sort();
+        archs.dedup();
+        pool.cluster.close().await;
+        anyhow::Ok(archs)
+    })?;
+    let mut built = Vec::new();
+    for arch in &archs {
+        let target = deploy::board_target(arch)?;
+        let mut cargo =
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+        cargo.args([
+            "build",
+            "--profile",
+            "board",
+            "-p",
+            "skelpi-agent",
+            "--bin",
+            "skelpi-agent",
+        ]);
+        if let Some(t) = target {
+            cargo.args(["--target", t]);
+        }
+        let shown = format!(
+            "cargo build --profile board -p skelpi-agent --bin skelpi-agent{}",
+            target.map_or(String::new(), |t| format!(" --target {t}"))
+        );
+        if args.dry_run {
+            println!("{arch} boards: would build with `{shown}`");
+            continue;
+        }
+        eprintln!("{arch} boards: {shown}");
+        cargo.args(["--message-format", "json-render-diagnostics"]);
+        built.push(run_build(cargo, &shown)?);
+    }
+    Ok((!args.dry_run).then_some(built))
+}
+
+/// Runs a board build; the agent binary it made (from cargo's messages).
+fn run_build(mut cargo: std::process::Command, shown: &str) -> anyhow::Result<PathBuf> {
+    let out = cargo
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run `{shown}` (is cargo installed?)"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{shown}` failed ({}): --build runs inside the skelpi source tree, with the target \
+             installed (README: \"Building the agent for the boards\")",
+            out.status
+        );
+    }
+    let executable = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "skelpi-agent")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from));
+    executable.with_context(|| format!("`{shown}` built no skelpi-agent executable"))
 }
 
 fn short(sha: &str) -> &str {

@@ -570,3 +570,35 @@ fn deploy_refuses_in_process_agents_and_a_missing_key_as_usage_errors() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("skelpi keygen --deploy"), "{err}");
 }
+
+#[test]
+fn deploy_build_plans_the_board_build_of_each_architecture_of_the_pool() {
+    let dir = Scratch::new("deploy-build");
+    let key = dir.0.join("cluster.key");
+    ClusterKey::generate().unwrap().write(&key, true).unwrap();
+    let agent = super::agents::start_agent(&key, "to-build", &["--no-mdns", "--workers", "1"]);
+    let addr = agent.addr.to_string();
+    let (code, out, err) = skelpi(&[
+        "deploy",
+        "--build",
+        "--dry-run",
+        "--agents",
+        &addr,
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let arch = std::env::consts::ARCH;
+    assert!(
+        out.contains(&format!(
+            "{arch} boards: would build with `cargo build --profile board -p skelpi-agent --bin \
+             skelpi-agent`"
+        )),
+        "{out}"
+    );
+    assert!(err.contains("nothing was built or changed"), "{err}");
+    // Binaries or a build, not both.
+    let (code, _, err) = skelpi(&["deploy", "--build", "--binary", "x", "--agents", &addr]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+}
