@@ -23,18 +23,16 @@
 mod common;
 
 use clap::Parser;
-use common::{Scratch, agent_binary};
+use common::{Scratch, start_agents};
 use rand::{Rng, SeedableRng};
 use skelpi::cluster::Cluster;
 use skelpi::stats::quantile;
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
-use skelpi_testkit::AgentProcess;
+use skelpi_testkit::{AgentProcess, Spinners};
 use skelpi_wire::handshake::ConnectOptions;
 use skelpi_wire::key::ClusterKey;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Flags.
@@ -73,24 +71,7 @@ fn main() {
     let key = ClusterKey::generate().expect("a cluster key");
     let key_path = scratch.0.join("cluster.key");
     key.write(&key_path, true).expect("the key file");
-    let binary = agent_binary();
-    let agents: Vec<AgentProcess> = (0..3)
-        .map(|i| {
-            let name = format!("detect-{i}");
-            let flags = [
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                &name,
-                "--key-file",
-                key_path.to_str().unwrap(),
-                "--no-mdns",
-                "--workers",
-                "1",
-            ];
-            AgentProcess::start(&binary, &flags, Duration::from_secs(20)).expect("an agent")
-        })
-        .collect();
+    let agents = start_agents("detect", 3, &key_path, &["--workers", "1"]);
     let addrs: Vec<SocketAddr> = agents.iter().map(|a| a.addr).collect();
     let rules = [
         Rule {
@@ -219,19 +200,7 @@ fn under_load(
     opts: &ConnectOptions,
     secs: u64,
 ) -> (usize, u64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let spinners: Vec<_> = (0..2 * cores)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
+    let spinners = Spinners::per_core(2);
     let until = Instant::now() + Duration::from_secs(secs);
     let (lost, done) = smol::block_on(async {
         let mut cluster = Cluster::connect(addrs, key, opts).await.expect("the pool");
@@ -249,9 +218,6 @@ fn under_load(
         }
         (lost, done)
     });
-    stop.store(true, Ordering::Relaxed);
-    for s in spinners {
-        let _ = s.join();
-    }
+    drop(spinners);
     (lost, done)
 }

@@ -37,7 +37,7 @@
 mod common;
 
 use clap::Parser;
-use common::{Scratch, agent_binary};
+use common::{Scratch, start_agents};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -214,24 +214,12 @@ fn main() {
     std::fs::write(&grow, GROW).expect("the port program");
     std::fs::set_permissions(&grow, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
-    let binary = agent_binary();
-    let agents: Vec<AgentProcess> = (0..args.agents)
-        .map(|i| {
-            let name = format!("soak-{i}");
-            let flags = [
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                &name,
-                "--key-file",
-                key_path.to_str().unwrap(),
-                "--no-mdns",
-                "--ports",
-                ports.to_str().unwrap(),
-            ];
-            AgentProcess::start(&binary, &flags, Duration::from_secs(20)).expect("an agent")
-        })
-        .collect();
+    let agents = start_agents(
+        "soak",
+        args.agents,
+        &key_path,
+        &["--ports", ports.to_str().unwrap()],
+    );
     let addrs: Vec<SocketAddr> = agents.iter().map(|a| a.addr).collect();
 
     let clock = Arc::new(Clock::default());

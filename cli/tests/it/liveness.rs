@@ -467,19 +467,7 @@ fn a_saturated_machine_loses_no_live_agent_at_the_default_heartbeat() {
         .map(|n| start_agent(&key_path, n, &["--no-mdns", "--workers", "2"]))
         .collect();
     let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let spinners: Vec<_> = (0..2 * cores)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
+    let spinners = skelpi_testkit::Spinners::per_core(2);
     let until = Instant::now() + Duration::from_secs(6);
     let (done, losses) = smol::block_on(async {
         let mut cluster = Cluster::connect(&addrs, &key, &ConnectOptions::default())
@@ -502,10 +490,7 @@ fn a_saturated_machine_loses_no_live_agent_at_the_default_heartbeat() {
         cluster.close().await;
         (done, losses)
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for s in spinners {
-        s.join().unwrap();
-    }
+    drop(spinners);
     assert!(done > 0);
     assert!(losses.is_empty(), "live agents declared down: {losses:?}");
 }

@@ -2,8 +2,10 @@
 //! folder and the release agent binary.
 
 use rand::Rng;
+use skelpi_testkit::AgentProcess;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A private scratch folder (a fresh name, mode 0700: it holds the
 /// cluster key), removed on drop.
@@ -24,6 +26,28 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starts `n` release agents named `NAME-i` on loopback with the key at
+/// `key_path`, without mDNS, with `extra` flags.
+pub fn start_agents(name: &str, n: usize, key_path: &Path, extra: &[&str]) -> Vec<AgentProcess> {
+    let binary = agent_binary();
+    (0..n)
+        .map(|i| {
+            let name = format!("{name}-{i}");
+            let mut flags = vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                &name,
+                "--key-file",
+                key_path.to_str().expect("a UTF-8 path"),
+                "--no-mdns",
+            ];
+            flags.extend_from_slice(extra);
+            AgentProcess::start(&binary, &flags, Duration::from_secs(20)).expect("an agent")
+        })
+        .collect()
 }
 
 /// The release agent binary beside this bench's target directory, built
