@@ -60,15 +60,6 @@ pub enum DeployError {
         /// Why.
         why: String,
     },
-    /// `--build` has no board build for an architecture of the pool.
-    #[error(
-        "no board build for {arch} boards (the project builds aarch64 and armv7, and this \
-         machine's own): build one yourself and pass it with --binary"
-    )]
-    NoBuild {
-        /// The architecture.
-        arch: String,
-    },
     /// Two binaries for one architecture.
     #[error("{} and {} are both {arch} binaries: pass one per architecture", first.display(), second.display())]
     SameArch {
@@ -207,22 +198,6 @@ fn elf_arch(bytes: &[u8]) -> Result<&'static str, String> {
             ));
         }
     })
-}
-
-/// The project's board build for boards of architecture `arch` (as agents
-/// name theirs): the Rust target it builds for, `None` for this machine's
-/// own; `Err` for an architecture it has no build for. An `arm` board may
-/// be a Pi Zero (armv6), which the armv7 build does not run on: its
-/// self-check refuses that binary before anything changes.
-pub fn board_target(arch: &str) -> Result<Option<&'static str>, DeployError> {
-    match arch {
-        a if a == std::env::consts::ARCH => Ok(None),
-        "aarch64" => Ok(Some("aarch64-unknown-linux-musl")),
-        "arm" => Ok(Some("armv7-unknown-linux-gnueabihf")),
-        other => Err(DeployError::NoBuild {
-            arch: other.to_owned(),
-        }),
-    }
 }
 
 /// A board of the pool, as a deploy sees it.
@@ -663,32 +638,5 @@ async fn check_job(
         Ok(())
     } else {
         Err("the check job's results were wrong".to_owned())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_board_architecture_has_its_build_or_a_clear_refusal() {
-        assert_eq!(board_target(std::env::consts::ARCH).unwrap(), None);
-        if std::env::consts::ARCH != "aarch64" {
-            assert_eq!(
-                board_target("aarch64").unwrap(),
-                Some("aarch64-unknown-linux-musl")
-            );
-        }
-        if std::env::consts::ARCH != "arm" {
-            assert_eq!(
-                board_target("arm").unwrap(),
-                Some("armv7-unknown-linux-gnueabihf")
-            );
-        }
-        let refused = board_target("riscv64").unwrap_err().to_string();
-        assert!(
-            refused.contains("riscv64") && refused.contains("--binary"),
-            "{refused}"
-        );
     }
 }

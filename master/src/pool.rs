@@ -36,6 +36,9 @@ pub struct PoolOptions {
     /// Explicit agents that cannot be reached are left out (and said so in
     /// the pool's origin) instead of failing the pool.
     pub skip_unreachable: bool,
+    /// The heartbeat to ask of every agent (see
+    /// [`ConnectOptions::heartbeat`]); `None`: the default.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Why no pool could be formed.
@@ -120,9 +123,11 @@ fn has_port(s: &str) -> bool {
 /// Forms the pool: explicit agents, a local cluster, or discovered agents
 /// (with a local fallback if `opts.fallback_local`).
 pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
+    let defaults = ConnectOptions::default();
     let connect_opts = ConnectOptions {
         plaintext: opts.plaintext,
-        ..ConnectOptions::default()
+        heartbeat: opts.heartbeat.unwrap_or(defaults.heartbeat),
+        ..defaults
     };
     if let Some(n) = opts.local {
         return local(

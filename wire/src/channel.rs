@@ -114,8 +114,10 @@ pub struct Received {
 }
 
 /// Bytes of a frame's bulk read between two marks of its sender's
-/// liveness (20 ms at 100 Mb/s).
-const ALIVE_EVERY: usize = 256 << 10;
+/// liveness: 5 ms at 100 Mb/s, and under the 2 s a peer may be silent
+/// (4 beats of the default 500 ms) down to 0.3 Mb/s, so a long frame on a
+/// slow link never passes for silence.
+const ALIVE_EVERY: usize = 64 << 10;
 
 /// When a connection last heard from its peer: shared, so that a
 /// watchdog can see it while the receiver waits for the next frame.

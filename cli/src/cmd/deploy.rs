@@ -55,19 +55,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     if args.pool.local.is_some() {
         return Err(deploy::DeployError::Local.into());
     }
-    let paths = if args.build {
-        let Some(paths) = build(args)? else {
-            eprintln!("dry run: nothing was built or changed");
-            return Ok(());
-        };
-        paths
-    } else {
-        args.binaries.clone()
-    };
-    let binaries = paths
-        .iter()
-        .map(|p| Binary::read(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Everything that can fail at once is checked before a build.
     let key = if args.dry_run {
         None
     } else {
@@ -77,10 +65,31 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
             .unwrap_or_else(deploy_key::default_key_path);
         Some(DeployKey::load(&path)?)
     };
+    let given = args
+        .binaries
+        .iter()
+        .map(|p| Binary::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
     smol::block_on(async {
         let mut pool = pool::connect(&args.pool.options(false)).await?;
         eprintln!("{}", pool.origin);
         let boards: Vec<Board> = pool.cluster.agents().iter().map(Board::of).collect();
+        let binaries = if args.build {
+            match build(&boards, args.dry_run) {
+                Ok(Some(built)) => built,
+                Ok(None) => {
+                    pool.cluster.close().await;
+                    eprintln!("dry run: nothing was built or changed");
+                    return Ok(());
+                }
+                Err(e) => {
+                    pool.cluster.close().await;
+                    return Err(e);
+                }
+            }
+        } else {
+            given
+        };
         let steps = deploy::plan(&boards, &binaries)?;
         print_plan(&steps, &binaries);
         let Some(key) = key else {
@@ -103,29 +112,43 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     })
 }
 
-/// `--build`: the board build for each architecture of the pool; the
-/// binaries built (`None` for a dry run, which prints the commands).
-fn build(args: &DeployArgs) -> anyhow::Result<Option<Vec<PathBuf>>> {
-    let archs: Vec<String> = smol::block_on(async {
-        let pool = pool::connect(&args.pool.options(false)).await?;
-        eprintln!("{}", pool.origin);
-        let mut archs: Vec<String> = pool
-            .cluster
-            .agents()
-            .iter()
-            .map(|a| a.info().arch.clone())
-            .collect();
-        archs.sort();
-        archs.dedup();
-        pool.cluster.close().await;
-        anyhow::Ok(archs)
-    })?;
+/// The Rust target of the project's board build for boards of
+/// architecture `arch` (as agents name theirs): the static musl build for
+/// aarch64, armv7 for arm, else this machine's own build (`None`) for its
+/// own architecture. An `arm` board may be a Pi Zero (armv6), which the
+/// armv7 build does not run on: its self-check refuses that binary before
+/// anything changes.
+fn board_target(arch: &str) -> anyhow::Result<Option<&'static str>> {
+    match arch {
+        "aarch64" => Ok(Some("aarch64-unknown-linux-musl")),
+        "arm" => Ok(Some("armv7-unknown-linux-gnueabihf")),
+        a if a == std::env::consts::ARCH => Ok(None),
+        other => anyhow::bail!(
+            "no board build for {other} boards (the project builds aarch64, armv7 and this \
+             machine's {}): build the agent yourself and give a --binary for every \
+             architecture instead of --build",
+            std::env::consts::ARCH
+        ),
+    }
+}
+
+/// `--build`: the board build for each architecture of `boards`, every
+/// one checked before the first build starts; the binaries built (`None`
+/// for a dry run, which prints the commands).
+fn build(boards: &[Board], dry_run: bool) -> anyhow::Result<Option<Vec<Binary>>> {
+    let mut archs: Vec<&str> = boards.iter().map(|b| b.arch.as_str()).collect();
+    archs.sort_unstable();
+    archs.dedup();
+    let builds = archs
+        .iter()
+        .map(|&arch| Ok((arch, board_target(arch)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    in_source_tree(&cargo)?;
     let mut built = Vec::new();
-    for arch in &archs {
-        let target = deploy::board_target(arch)?;
-        let mut cargo =
-            std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
-        cargo.args([
+    for (arch, target) in builds {
+        let mut cmd = std::process::Command::new(&cargo);
+        cmd.args([
             "build",
             "--profile",
             "board",
@@ -135,42 +158,75 @@ fn build(args: &DeployArgs) -> anyhow::Result<Option<Vec<PathBuf>>> {
             "skelpi-agent",
         ]);
         if let Some(t) = target {
-            cargo.args(["--target", t]);
+            cmd.args(["--target", t]);
         }
         let shown = format!(
             "cargo build --profile board -p skelpi-agent --bin skelpi-agent{}",
             target.map_or(String::new(), |t| format!(" --target {t}"))
         );
-        if args.dry_run {
+        if dry_run {
             println!("{arch} boards: would build with `{shown}`");
             continue;
         }
         eprintln!("{arch} boards: {shown}");
-        cargo.args(["--message-format", "json-render-diagnostics"]);
-        built.push(run_build(cargo, &shown)?);
+        cmd.args(["--message-format", "json-render-diagnostics"]);
+        let path = run_build(cmd, &shown, target)?;
+        built.push(Binary::read(&path)?);
     }
-    Ok((!args.dry_run).then_some(built))
+    Ok((!dry_run).then_some(built))
 }
 
-/// Runs a board build; the agent binary it made (from cargo's messages).
-fn run_build(mut cargo: std::process::Command, shown: &str) -> anyhow::Result<PathBuf> {
+/// Checks that this runs inside the skelpi source tree: the workspace
+/// here has the `skelpi-agent` package as a member.
+fn in_source_tree(cargo: &std::ffi::OsStr) -> anyhow::Result<()> {
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("cannot run `cargo metadata` (is cargo installed?)")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let member = meta["packages"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["name"] == "skelpi-agent"));
+    if !out.status.success() || !member {
+        anyhow::bail!(
+            "--build runs the project's board build, inside the skelpi source tree; this folder \
+             is not in it (a program with kernels of its own builds its agent itself: pass it \
+             with --binary)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a board build; the agent binary it made.
+fn run_build(
+    mut cargo: std::process::Command,
+    shown: &str,
+    target: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     let out = cargo
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run `{shown}` (is cargo installed?)"))?;
     if !out.status.success() {
+        let add = target.map_or(String::new(), |t| format!(" (`rustup target add {t}`)"));
         anyhow::bail!(
-            "`{shown}` failed ({}): --build runs inside the skelpi source tree, with the target \
-             installed (README: \"Building the agent for the boards\")",
+            "`{shown}` failed ({}): is the target installed{add}, and its linker? See the \
+             README's \"Building the agent for the boards\"",
             out.status
         );
     }
-    let executable = String::from_utf8_lossy(&out.stdout)
+    executable_from(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("`{shown}` built no skelpi-agent executable"))
+}
+
+/// The `skelpi-agent` executable among cargo's JSON messages.
+fn executable_from(messages: &str) -> Option<PathBuf> {
+    messages
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "skelpi-agent")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from));
-    executable.with_context(|| format!("`{shown}` built no skelpi-agent executable"))
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 fn short(sha: &str) -> &str {
@@ -262,4 +318,49 @@ fn report(outcomes: &[(Board, Outcome)]) -> anyhow::Result<()> {
     }
     eprintln!("{upgraded} upgraded, {current} already current");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_board_architecture_has_its_build_or_a_clear_refusal() {
+        assert_eq!(
+            board_target("aarch64").unwrap(),
+            Some("aarch64-unknown-linux-musl")
+        );
+        assert_eq!(
+            board_target("arm").unwrap(),
+            Some("armv7-unknown-linux-gnueabihf")
+        );
+        if !["aarch64", "arm"].contains(&std::env::consts::ARCH) {
+            assert_eq!(board_target(std::env::consts::ARCH).unwrap(), None);
+        }
+        let refused = board_target("riscv64").unwrap_err().to_string();
+        assert!(
+            refused.contains("riscv64") && refused.contains("--binary"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_agent_executable_is_found_among_cargos_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"skelpi_agent"},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"build-script-build"},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"skelpi-agent"},"executable":"/t/board/skelpi-agent"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+            "not json",
+        ]
+        .join("\n");
+        assert_eq!(
+            executable_from(&messages),
+            Some(PathBuf::from("/t/board/skelpi-agent"))
+        );
+        assert_eq!(
+            executable_from(&messages[..messages.find("/t/").unwrap()]),
+            None
+        );
+    }
 }

@@ -39,6 +39,11 @@ pub struct PoolArgs {
     /// agents are always skipped so).
     #[arg(long, global = true)]
     pub skip_unreachable: bool,
+    /// How often each agent must beat; one silent for 4 beats is declared
+    /// down [default: 500ms, so 2 s]. Longer for links so slow or lossy
+    /// that 2 s without a byte is not a sign of a dead board.
+    #[arg(long, value_name = "DURATION", global = true, value_parser = heartbeat)]
+    pub heartbeat: Option<Duration>,
 }
 
 impl PoolArgs {
@@ -54,7 +59,26 @@ impl PoolArgs {
             key_file: self.key_file.clone(),
             plaintext: self.plaintext,
             skip_unreachable: self.skip_unreachable,
+            heartbeat: self.heartbeat,
         }
+    }
+}
+
+/// `--heartbeat`: what agents grant (100 ms to 60 s).
+fn heartbeat(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    let (min, max) = (
+        u64::from(skelpi_proto::beat::MIN_HEARTBEAT_MS),
+        u64::from(skelpi_proto::beat::MAX_HEARTBEAT_MS),
+    );
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if (min..=max).contains(&ms) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "a heartbeat of {d:?}: give {min}ms to {}s",
+            max / 1000
+        ))
     }
 }
 

@@ -242,3 +242,13 @@ fn the_embedded_agents_log_lines_show_only_with_verbose() {
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("skelpi_agent"), "{said}");
 }
+
+#[test]
+fn heartbeat_is_asked_of_the_pool_within_what_agents_grant() {
+    let (code, out, err) = skelpi(&["ping", "--local", "1", "--heartbeat", "2s"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("local-0"), "{out}");
+    let (code, _, err) = skelpi(&["ping", "--local", "1", "--heartbeat", "10ms"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("give 100ms to 60s"), "{err}");
+}

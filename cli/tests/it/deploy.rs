@@ -578,7 +578,7 @@ fn deploy_build_plans_the_board_build_of_each_architecture_of_the_pool() {
     ClusterKey::generate().unwrap().write(&key, true).unwrap();
     let agent = super::agents::start_agent(&key, "to-build", &["--no-mdns", "--workers", "1"]);
     let addr = agent.addr.to_string();
-    let (code, out, err) = skelpi(&[
+    let args = [
         "deploy",
         "--build",
         "--dry-run",
@@ -586,7 +586,23 @@ fn deploy_build_plans_the_board_build_of_each_architecture_of_the_pool() {
         &addr,
         "--key-file",
         key.to_str().unwrap(),
-    ]);
+    ];
+    // Outside the source tree (the helper runs in the temporary folder):
+    // refused before anything is built.
+    let (code, _, err) = skelpi(&args);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("inside the skelpi source tree"), "{err}");
+    // Inside it: the plan.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_skelpi"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .unwrap();
+    let (code, out, err) = (
+        run.status.code(),
+        String::from_utf8_lossy(&run.stdout).into_owned(),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    );
     assert_eq!(code, Some(0), "{err}");
     let arch = std::env::consts::ARCH;
     assert!(

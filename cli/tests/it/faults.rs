@@ -442,7 +442,7 @@ fn agent_frees_the_work_of_a_lost_master(signal: &str) {
     );
     // At most the running task's 6 s after noticing: the queued one (the
     // master keeps 2 in flight per worker) was dropped, not run. (Tasks
-    // longer than the 4 s it takes to notice: the master may have been
+    // longer than the 2 s it takes to notice: the master may have been
     // stopped before it sent its second task, and a first task done by
     // then would leave no work unfinished to drop.)
     let bound = noticed + Duration::from_millis(7500);
@@ -739,7 +739,7 @@ enum Blocks {
 }
 
 /// Runs `tree` over `n` inputs on two agent processes (heartbeats every
-/// second: a master silent for 4 s while work of its is unfinished is
+/// 500 ms: a master silent for 2 s while work of its is unfinished is
 /// taken for gone), the caller's code blocking for 10 s once the job has
 /// run 2 s (beats have gone both ways by then). The job completes with
 /// every result, in order; no agent took the master for gone, and none was
