@@ -15,7 +15,7 @@
 //! With 20 stops, p99 is the slowest.
 //!
 //! Load: every agent's workers run CPU-bound kernel calls (`erf_burn`,
-//! several beats long each) without a pause while this process spins two
+//! about half a second each on the saturated machine) without a pause while this process spins two
 //! busy threads per core, for `--load-secs`; every agent the master
 //! declares down then is a false declaration (the goal: none).
 //!
@@ -219,7 +219,9 @@ fn under_load(
     let until = Instant::now() + Duration::from_secs(secs);
     let (lost, done) = smol::block_on(async {
         let mut cluster = Cluster::connect(addrs, key, opts).await.expect("the pool");
-        let tree: Skeleton = "farm(seq(erf_burn(20000)), unordered)"
+        // About half a second a call on the saturated machine: every worker
+        // is busy for a beat or more at a time.
+        let tree: Skeleton = "farm(seq(erf_burn(200000)), unordered)"
             .parse()
             .expect("a tree");
         let inputs =

@@ -117,6 +117,19 @@ impl Board {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The agent's resident set on the board, KiB (`VmRSS`, read as root:
+    /// the unit hides its process from other users).
+    fn agent_rss_kib(&self, identity: &Path) -> u64 {
+        let line = self.ssh(
+            identity,
+            "sudo grep VmRSS /proc/$(systemctl show -p MainPID --value skelpi-agent)/status",
+        );
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {line:?}"))
+    }
+
     /// Runs a command on the board as the image's login user (`pi`, with
     /// the test's SSH key); its stdout.
     fn ssh(&self, identity: &Path, command: &str) -> String {
@@ -385,6 +398,31 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(sorted_lines(&on_board).len(), 64);
     assert_eq!(sorted_lines(&on_board), sorted_lines(&on_local));
+
+    // Memory: the agent's resident set idle, and after 10,000 tasks.
+    let idle = board.agent_rss_kib(&identity);
+    let many = dir.path("many.toml");
+    std::fs::write(
+        &many,
+        "skeleton = \"farm(seq(identity))\"\n[input]\ngenerate = \"range\"\n\
+         items = 10000\nlength = 4\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = skelpi(&[
+        "run",
+        "--agents",
+        &board.agents(),
+        "--key-file",
+        &key,
+        &many,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let after = board.agent_rss_kib(&identity);
+    eprintln!("board: agent RSS {idle} KiB idle, {after} KiB after 10,000 tasks (debug build)");
+    assert!(
+        after <= idle + 16 * 1024,
+        "the agent grew from {idle} to {after} KiB over 10,000 tasks"
+    );
 
     // kill -9: systemd starts the agent again (Restart=always, 2 s later).
     let mut restarts: Vec<Duration> = (0..3)
