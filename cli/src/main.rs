@@ -101,12 +101,14 @@ enum Command {
     },
     /// The pool's boards, live: health, load and temperature per board,
     /// refreshed every --interval; a board that stops answering turns
-    /// down within 2 s of a poll. Keys: q quit, ↑↓ select, n b l t sort
-    /// by name, busy workers, load, temperature.
+    /// down within 2 s of a poll. Below them, the jobs running on this
+    /// machine: results/s over time, agents lost, tasks sent again, and
+    /// per stage Ts, Ta, rho and queue. Keys: q quit, ↑↓ select, n b l t
+    /// sort by name, busy workers, load, temperature.
     #[command(after_help = "Examples:
   skelpi top                                   # the agents found on mDNS
   skelpi top --agents pi1,pi2,pi3 --interval 500ms
-  skelpi top --once --json                     # one snapshot, for scripts")]
+  skelpi top --once --json                     # one snapshot: {"boards": [...], "jobs": [...]}")]
     Top(cmd::top::TopArgs),
     /// Run the benchmark suite (rtt, pmap, farm, pipeline), or one of its
     /// benchmarks; with no agents found, on an embedded local cluster of
@@ -159,7 +161,8 @@ enum Command {
     #[command(after_help = "Examples:
   skelpi deploy --binary target/aarch64-unknown-linux-musl/board/skelpi-agent --dry-run
   skelpi deploy --binary target/aarch64-unknown-linux-musl/board/skelpi-agent --binary target/armv7-unknown-linux-gnueabihf/board/skelpi-agent
-  skelpi deploy --agents pi1,pi2,pi3 --binary skelpi-agent --batch 2")]
+  skelpi deploy --agents pi1,pi2,pi3 --binary skelpi-agent --batch 2
+  skelpi deploy --build --dry-run      # in the source tree: the builds the pool needs")]
     Deploy(cmd::deploy::DeployArgs),
     /// Run a job file: a skeleton tree and its inputs (see the README).
     #[command(after_help = "Examples:
