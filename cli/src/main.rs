@@ -108,7 +108,7 @@ enum Command {
     #[command(after_help = "Examples:
   skelpi top                                   # the agents found on mDNS
   skelpi top --agents pi1,pi2,pi3 --interval 500ms
-  skelpi top --once --json                     # one snapshot: {"boards": [...], "jobs": [...]}")]
+  skelpi top --once --json                     # one snapshot of boards and jobs, for scripts")]
     Top(cmd::top::TopArgs),
     /// Run the benchmark suite (rtt, pmap, farm, pipeline), or one of its
     /// benchmarks; with no agents found, on an embedded local cluster of

@@ -117,6 +117,16 @@ impl Board {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Runs `skelpi run ARGS` on the board's agent; fails the test if the
+    /// job fails.
+    fn run(&self, key: &str, args: &[&str]) {
+        let agents = self.agents();
+        let mut all = vec!["run", "--agents", &agents, "--key-file", key];
+        all.extend_from_slice(args);
+        let (code, _, stderr) = skelpi(&all);
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+
     /// The agent's resident set on the board, KiB (`VmRSS`, read as root:
     /// the unit hides its process from other users).
     fn agent_rss_kib(&self, identity: &Path) -> u64 {
@@ -383,17 +393,7 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     // A job on the board gives what in-process agents give.
     let job = farm_job(&dir.0);
     let (on_board, on_local) = (dir.path("board.jsonl"), dir.path("local.jsonl"));
-    let (code, _, stderr) = skelpi(&[
-        "run",
-        "--agents",
-        &board.agents(),
-        "--key-file",
-        &key,
-        &job,
-        "--out",
-        &on_board,
-    ]);
-    assert_eq!(code, Some(0), "{stderr}");
+    board.run(&key, &[&job, "--out", &on_board]);
     let (code, _, stderr) = skelpi(&["run", "--local", "2", &job, "--out", &on_local]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(sorted_lines(&on_board).len(), 64);
@@ -408,15 +408,7 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
          items = 10000\nlength = 4\n",
     )
     .unwrap();
-    let (code, _, stderr) = skelpi(&[
-        "run",
-        "--agents",
-        &board.agents(),
-        "--key-file",
-        &key,
-        &many,
-    ]);
-    assert_eq!(code, Some(0), "{stderr}");
+    board.run(&key, &[&many]);
     let after = board.agent_rss_kib(&identity);
     eprintln!("board: agent RSS {idle} KiB idle, {after} KiB after 10,000 tasks (debug build)");
     assert!(
