@@ -303,10 +303,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::ping::print(&rows, json)
         }),
         Command::Health { pool, json } => smol::block_on(async {
-            let mut pool = pool::connect(&pool.options(false)).await?;
+            let mut pool = pool::connect(&cmd::health::pool_options(&pool)).await?;
             eprintln!("{}", pool.origin);
             let mut tried = std::collections::HashMap::new();
-            let rows = cmd::health::ask_all(pool.cluster.agents_mut(), &mut tried).await;
+            let mut rows = cmd::health::ask_all(pool.cluster.agents_mut(), &mut tried).await;
+            rows.extend(cmd::health::unreachable_rows(&pool.unreachable));
             pool.cluster.close().await;
             cmd::health::print(&rows, json)?;
             let down = rows.iter().filter(|r| r.state.is_err()).count();

@@ -83,6 +83,9 @@ pub struct Pool {
     pub cluster: Cluster,
     /// One line saying where the agents came from.
     pub origin: String,
+    /// Explicit agents left out as unreachable (`skip_unreachable`), with
+    /// why.
+    pub unreachable: Vec<(SocketAddr, String)>,
 }
 
 /// Parses `host[:port]` into socket addresses (first resolution of each).
@@ -143,10 +146,15 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         let key = load_key(opts)?;
         if opts.skip_unreachable {
             let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
-            return reachable(cluster, &failed, origin, "skipping an unreachable agent");
+            return reachable(cluster, &failed, origin, "skipping an unreachable agent")
+                .map(|pool| with_unreachable(pool, &addrs, &failed));
         }
         let cluster = Cluster::connect(&addrs, &key, &connect_opts).await?;
-        return Ok(Pool { cluster, origin });
+        return Ok(Pool {
+            cluster,
+            origin,
+            unreachable: Vec::new(),
+        });
     }
     let (addrs, origin) = {
         let timeout = opts.discover_timeout;
@@ -208,13 +216,40 @@ fn reachable(
         [one] => format!("{origin} (1 skipped: {one})"),
         [first, ..] => format!("{origin} ({} skipped: {first}; ...)", failed.len()),
     };
-    Ok(Pool { cluster, origin })
+    Ok(Pool {
+        cluster,
+        origin,
+        unreachable: Vec::new(),
+    })
+}
+
+/// `pool`, with the agents of `addrs` it did not reach, each with the
+/// error of `failed` that names it.
+fn with_unreachable(mut pool: Pool, addrs: &[SocketAddr], failed: &[ClientError]) -> Pool {
+    let reached: Vec<SocketAddr> = pool.cluster.agents().iter().map(|a| a.addr()).collect();
+    pool.unreachable = addrs
+        .iter()
+        .filter(|a| !reached.contains(a))
+        .map(|a| {
+            let why = failed
+                .iter()
+                .map(ToString::to_string)
+                .find(|e| e.contains(&a.to_string()))
+                .unwrap_or_else(|| "unreachable".to_owned());
+            (*a, why)
+        })
+        .collect();
+    pool
 }
 
 #[cfg(feature = "local")]
 async fn local(n: usize, opts: &ConnectOptions, origin: String) -> Result<Pool, PoolError> {
     let cluster = Cluster::local(n.max(1), opts).await?;
-    Ok(Pool { cluster, origin })
+    Ok(Pool {
+        cluster,
+        origin,
+        unreachable: Vec::new(),
+    })
 }
 
 #[cfg(not(feature = "local"))]

@@ -71,6 +71,26 @@ pub async fn ask_all(
     rows
 }
 
+/// The pool options of `health` and `top`: an explicit agent that cannot
+/// be reached is shown down, not a reason to show nothing.
+pub fn pool_options(pool: &super::pool_args::PoolArgs) -> skelpi::pool::PoolOptions {
+    let mut opts = pool.options(false);
+    opts.skip_unreachable = true;
+    opts
+}
+
+/// The rows of boards not reached: down, with why.
+pub fn unreachable_rows(unreachable: &[(SocketAddr, String)]) -> Vec<Row> {
+    unreachable
+        .iter()
+        .map(|(addr, why)| Row {
+            name: addr.to_string(),
+            address: addr.to_string(),
+            state: Err(why.clone()),
+        })
+        .collect()
+}
+
 /// One agent's row (and its new connection, when it was made again).
 async fn ask(conn: &mut AgentConn, retry: bool) -> (Row, Option<AgentConn>) {
     let (name, address) = (conn.info().name.clone(), conn.addr().to_string());
@@ -97,8 +117,11 @@ async fn ask(conn: &mut AgentConn, retry: bool) -> (Row, Option<AgentConn>) {
     (row(conn.health().await.map_err(|e| e.to_string())), None)
 }
 
+/// A future to run with others in [`join_all`].
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
 /// Runs every future at once; their outputs, in order.
-async fn join_all<'a, T>(mut all: Vec<Pin<Box<dyn Future<Output = T> + 'a>>>) -> Vec<T> {
+pub async fn join_all<'a, T>(mut all: Vec<Pending<'a, T>>) -> Vec<T> {
     let mut out: Vec<Option<T>> = all.iter().map(|_| None).collect();
     futures_lite::future::poll_fn(|cx| {
         let mut pending = false;

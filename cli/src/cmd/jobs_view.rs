@@ -6,6 +6,10 @@ use skelpi::runtime::autonomic::metrics::{Totals, window};
 use skelpi::watch::{JobStatus, StageStatus};
 use std::collections::VecDeque;
 
+/// Seconds without a new status after which a job is said to be silent
+/// (it publishes every half second).
+const STALE_AFTER_S: f64 = 3.0;
+
 /// How many polls of throughput a job keeps (its sparkline).
 pub const HISTORY: usize = 120;
 
@@ -148,7 +152,19 @@ impl JobView {
         if j.resent > 0 {
             line += &format!(", {} tasks sent again", j.resent);
         }
+        let silent = self.silent_s();
+        if silent > STALE_AFTER_S {
+            line += &format!(", no news for {silent:.0} s (its master is stopped or stuck?)");
+        }
         line
+    }
+
+    /// Seconds since its file was last written.
+    pub fn silent_s(&self) -> f64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        now.saturating_sub(self.now.updated_unix_ms) as f64 / 1e3
     }
 
     /// The job as JSON, figures over the last poll.
@@ -168,6 +184,7 @@ impl JobView {
             "name": j.name, "pid": j.pid, "skeleton": j.skeleton, "execution": j.execution,
             "inputs": j.inputs, "results": j.results, "results_per_s": self.rate(),
             "agents": j.agents, "agents_lost": j.lost, "tasks_resent": j.resent,
+            "updated_s_ago": self.silent_s(),
             "stages": stages,
         })
     }

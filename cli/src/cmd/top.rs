@@ -62,17 +62,27 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let interval = args.interval.max(Duration::from_millis(100));
     let (tx, rx) = mpsc::sync_channel::<Snapshot>(1);
     let jobs_dir = watch::jobs_dir();
-    let opts = args.pool.options(false);
+    let opts = health::pool_options(&args.pool);
     let once = args.once;
     let poller = std::thread::spawn(move || -> anyhow::Result<()> {
         smol::block_on(async {
             let mut pool = pool::connect(&opts).await?;
             let mut tried = HashMap::new();
+            // Boards not reached at the start: tried again now and then,
+            // shown down meanwhile.
+            let mut late = Late::new(std::mem::take(&mut pool.unreachable));
             loop {
                 let started = Instant::now();
+                late.try_again(&pool.cluster).await;
                 // Every board at once: one that is down costs the others
                 // nothing.
-                let boards = health::ask_all(pool.cluster.agents_mut(), &mut tried).await;
+                let (mut boards, more) = futures_lite::future::zip(
+                    health::ask_all(pool.cluster.agents_mut(), &mut tried),
+                    health::ask_all(&mut late.conns, &mut late.tried_conns),
+                )
+                .await;
+                boards.extend(more);
+                boards.extend(health::unreachable_rows(&late.waiting));
                 let jobs = watch::running(&jobs_dir);
                 if tx.send((boards, jobs)).is_err() || once {
                     pool.cluster.close().await;
@@ -98,6 +108,65 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let drawn = draw_live(first, &rx);
     drop(rx);
     drawn
+}
+
+/// Boards not reached when top started: connected again at most every
+/// [`health::RECONNECT_EVERY`].
+struct Late {
+    conns: Vec<skelpi::client::AgentConn>,
+    /// When each of `conns` that failed since was last tried again.
+    tried_conns: HashMap<std::net::SocketAddr, Instant>,
+    waiting: Vec<(std::net::SocketAddr, String)>,
+    tried: Option<Instant>,
+}
+
+impl Late {
+    fn new(waiting: Vec<(std::net::SocketAddr, String)>) -> Late {
+        Late {
+            conns: Vec::new(),
+            tried_conns: HashMap::new(),
+            waiting,
+            tried: Some(Instant::now()),
+        }
+    }
+
+    /// Tries the boards still waiting, all at once, if it is time.
+    async fn try_again(&mut self, cluster: &skelpi::cluster::Cluster) {
+        if self.waiting.is_empty()
+            || self
+                .tried
+                .is_some_and(|t| t.elapsed() < health::RECONNECT_EVERY)
+        {
+            return;
+        }
+        self.tried = Some(Instant::now());
+        let opts = skelpi_wire::handshake::ConnectOptions {
+            timeout: health::ASK_TIMEOUT,
+            ..cluster.connect_options().clone()
+        };
+        let key = cluster.key();
+        let tries: Vec<
+            health::Pending<'_, Result<skelpi::client::AgentConn, skelpi::client::ClientError>>,
+        > = self
+            .waiting
+            .iter()
+            .map(|(addr, _)| {
+                Box::pin(skelpi::client::AgentConn::connect(*addr, key, &opts))
+                    as health::Pending<
+                        '_,
+                        Result<skelpi::client::AgentConn, skelpi::client::ClientError>,
+                    >
+            })
+            .collect();
+        let answers = health::join_all(tries).await;
+        let waiting = std::mem::take(&mut self.waiting);
+        for ((addr, _), answer) in waiting.into_iter().zip(answers) {
+            match answer {
+                Ok(conn) => self.conns.push(conn),
+                Err(e) => self.waiting.push((addr, e.to_string())),
+            }
+        }
+    }
 }
 
 /// One snapshot, printed (JSON: `{"boards": [...], "jobs": [...]}`,
@@ -388,7 +457,7 @@ fn render_jobs(f: &mut ratatui::Frame<'_>, jobs: &[JobView], area: ratatui::layo
             })
             .collect();
         let widths = [
-            Constraint::Min(30),
+            Constraint::Length(44),
             Constraint::Length(10),
             Constraint::Length(12),
             Constraint::Length(12),

@@ -224,12 +224,15 @@ fn health_skips_a_stopped_board_and_reports_the_others() {
     signal("-CONT", &pid);
     eprintln!("health with a stopped board took {took:.1?}");
     // Stopped before the command connects, it cannot finish the handshake:
-    // skipped, and said so; the other one reports.
-    assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("1 skipped"), "{err}");
+    // shown down with why (and the command exits 1); the other one
+    // reports.
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("1 of 2 boards did not answer"), "{err}");
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows.len(), 2, "{out}");
     assert_eq!(rows[0]["name"], "answers");
     assert_eq!(rows[0]["up"], true);
+    assert_eq!(rows[1]["address"], stopped.addr.to_string());
+    assert_eq!(rows[1]["up"], false);
 }
