@@ -32,7 +32,7 @@ use skelpi::cluster::Cluster;
 use skelpi::stats::quantile;
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::Skeleton;
-use skelpi_testkit::{AgentProcess, Spinners};
+use skelpi_testkit::{AgentProcess, Spinners, signal};
 use skelpi_wire::handshake::ConnectOptions;
 use skelpi_wire::key::ClusterKey;
 use std::net::SocketAddr;
@@ -146,15 +146,6 @@ fn main() {
     }
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`) to `agent`.
-fn signal(agent: &AgentProcess, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &agent.child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {signal}");
-}
-
 /// One stop: runs a farm, stops `victim` after `delay`, returns the time
 /// from the stop to the master's declaration.
 fn detect(
@@ -195,10 +186,10 @@ fn detect(
         })
     };
     std::thread::sleep(delay);
-    signal(victim, "-STOP");
+    signal("-STOP", &victim.child.id().to_string());
     let stopped = Instant::now();
     let losses = job.join().ok().flatten();
-    signal(victim, "-CONT");
+    signal("-CONT", &victim.child.id().to_string());
     losses?
         .into_iter()
         .filter(|&(addr, at)| addr == victim.addr && at >= stopped)

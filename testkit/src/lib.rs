@@ -115,6 +115,16 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`, `-KILL`, ...) to process `pid` with
+/// kill(1); panics if it cannot.
+pub fn signal(sig: &str, pid: &str) {
+    let ok = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
 /// Threads that spin on the CPU until dropped: a saturated machine for
 /// tests and benchmarks that must show nothing breaks under load.
 #[derive(Debug)]

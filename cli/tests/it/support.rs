@@ -162,11 +162,4 @@ pub fn assert_squares(results: &[(u64, Vec<f64>)], items: usize) {
     }
 }
 
-/// Sends signal `sig` (`-KILL`, `-STOP`, `-CONT`) to process `pid`.
-pub fn signal(sig: &str, pid: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill {sig} {pid}");
-}
+pub use skelpi_testkit::signal;
