@@ -29,10 +29,12 @@ use skelpi_proto::code::StageSwap;
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
 use skelpi_proto::{ErrorCode, Message, StageOpen};
+use skelpi_wire::alarm::Alarm;
 use skelpi_wire::handshake::{DOWN_AFTER_BEATS, Established};
 use skelpi_wire::{Liveness, Receiver, Sender, WireError};
 use smol::lock::Mutex;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -44,10 +46,11 @@ mod requests;
 
 use quota::LogQuota;
 
-/// Tasks a session may have queued, running or waiting to be sent, per
-/// worker thread: what a master's credits use (2 per core), so a master
-/// that keeps to them never waits for a slot.
-pub const TASKS_PER_WORKER: usize = 2;
+/// Tasks a session may have on the workers (queued there, running, or
+/// their outcome waiting to be sent) per worker thread, and small ones it
+/// may queue beyond those: what a master's credits use, so a master that
+/// keeps to them never waits for a slot.
+pub use skelpi_proto::{MAX_TASKS_PER_WORKER, TASKS_PER_WORKER};
 
 /// Kernel swaps a stage's session holds for it while it runs an item.
 const SWAPS_WAITING: usize = 64;
@@ -77,6 +80,7 @@ pub async fn serve_session(
     // `done`'s room, and a worker never waits for a master that does not
     // read (nor holds up other masters' tasks).
     let slots = TASKS_PER_WORKER * config.workers.len();
+    let queue_room = (MAX_TASKS_PER_WORKER - TASKS_PER_WORKER) * config.workers.len();
     let (done_tx, done_rx) = async_channel::bounded::<Outcome>(slots);
     let (raw_tx, raw_rx) = async_channel::bounded(1);
     let (stage_tx, stage_rx) = async_channel::bounded(1);
@@ -89,10 +93,10 @@ pub async fn serve_session(
         peer,
         local_addr: local_addr.ip(),
         sender: Mutex::new(sender),
-        session: RefCell::new(Session::new(slots)),
+        session: RefCell::new(Session::new(slots, queue_room)),
         changed: Event::new(),
         freed: Event::new(),
-        traced: Cell::new(None),
+        arrived: RefCell::new(VecDeque::new()),
         conn: recorder.new_conn(),
         recorder,
         job_news: LogQuota::new(log::Level::Info),
@@ -118,7 +122,10 @@ pub async fn serve_session(
                     raw_echo::serve_opened(raw_rx, peer.ip()),
                     future::or(
                         driver.run_stage(stage_rx, swap_rx, plaintext),
-                        future::or(driver.tick(liveness), driver.beat(beat_rx)),
+                        future::or(
+                            driver.tick(liveness),
+                            future::or(driver.beat(beat_rx), driver.feed()),
+                        ),
                     ),
                 ),
             ),
@@ -126,6 +133,15 @@ pub async fn serve_session(
     )
     .await;
     driver.finish();
+}
+
+/// A task read, until it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    id: u64,
+    /// When its frame began to arrive: its deadline counts from then.
+    at: Instant,
+    traced: Option<Traced>,
 }
 
 /// A frame as it arrived (for traces).
@@ -147,8 +163,9 @@ struct Driver<'a> {
     changed: Event,
     /// A task slot was given back.
     freed: Event,
-    /// How the last task read is traced, until it runs.
-    traced: Cell<Option<Traced>>,
+    /// The tasks read and not yet run, in arrival order (the order they
+    /// run in): when each arrived and how it is traced.
+    arrived: RefCell<VecDeque<Arrival>>,
     /// This connection's number in traces.
     conn: u32,
     recorder: &'a Arc<Recorder>,
@@ -219,23 +236,38 @@ impl Driver<'_> {
         out
     }
 
-    /// While a task read waits for a slot, waits for one and runs it.
+    /// While a task read waits for a slot (and no room in the session's
+    /// queue), waits until [`Driver::feed`] has found it one.
     async fn wait_for_slot(&self) -> Flow {
         loop {
             let freed = self.freed.listen();
             if self.session.borrow().can_read() {
                 return Flow::Continue(());
             }
-            let released = self.session.borrow_mut().release_held();
-            match released {
-                Some(run) => {
-                    let frame = Frame {
-                        started: Instant::now(),
-                        len: 0,
-                    };
-                    return self.execute(run, frame, &mut Vec::new()).await;
-                }
-                None => freed.await,
+            if self.session.borrow().ended() {
+                return Flow::Break(());
+            }
+            freed.await;
+        }
+    }
+
+    /// Runs the tasks waiting for a slot as slots free, oldest first.
+    async fn feed(&self) {
+        loop {
+            let freed = self.freed.listen();
+            let next = self.session.borrow_mut().release_next();
+            let Some(run) = next else {
+                freed.await;
+                continue;
+            };
+            // The reader may go on, the held task having moved.
+            self.freed.notify(usize::MAX);
+            let now = Frame {
+                started: Instant::now(),
+                len: 0,
+            };
+            if self.execute(run, now, &mut Vec::new()).await.is_break() {
+                return;
             }
         }
     }
@@ -294,7 +326,11 @@ impl Driver<'_> {
                         since: Instant::now(),
                     }
                 });
-                self.traced.set(traced);
+                self.arrived.borrow_mut().push_back(Arrival {
+                    id: task.id,
+                    at: frame.started,
+                    traced,
+                });
             }
             Message::Error(e) => {
                 let (level, held) = self.warnings.level(None);
@@ -400,18 +436,13 @@ impl Driver<'_> {
     /// carries out what it says: a heartbeat, or the end of a master taken
     /// for gone.
     async fn tick(&self, liveness: Arc<Liveness>) {
+        // Moved by every result written, the timeout is not set anew each
+        // time (see `Alarm`).
+        let mut alarm = Alarm::new();
         loop {
             let changed = self.changed.listen();
             let due = self.session.borrow().poll_timeout();
-            match due {
-                Some(at) => {
-                    let timer = async {
-                        async_io::Timer::at(at).await;
-                    };
-                    future::or(timer, changed).await;
-                }
-                None => changed.await,
-            }
+            future::or(alarm.ring_by(due), changed).await;
             let heard = Heard {
                 beats: liveness.beats(),
                 silent_for: liveness.silent_for(),

@@ -12,7 +12,7 @@
 use skelpi_proto::beat::{self, Beats};
 use skelpi_proto::code::StageSwap;
 use skelpi_proto::{Array, ErrorCode, ErrorReply, JobId, Message, StageOpen, StreamItem, TaskHead};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,9 @@ pub enum Action {
     SendBulk(Message, Array),
     /// Queue this task on the workers: a slot is taken for it, given back
     /// by [`Session::task_finished`] once its outcome is taken, or at once
-    /// if its kernel is unknown here (then answer `TaskFailed`).
+    /// if its kernel is unknown here (then answer `TaskFailed`). A small
+    /// task that came with every slot taken waits in the session's queue
+    /// instead, and comes back from [`Session::release_next`].
     RunTask(TaskHead, Array),
     /// This job has ended here: the kernels may free what they kept for it.
     EndJob(JobId),
@@ -99,10 +101,17 @@ pub struct Heard {
 /// A session's state.
 #[derive(Debug)]
 pub struct Session {
-    /// Tasks it may have queued, running or waiting to be sent.
+    /// Tasks it may have on the workers (queued, running, or their
+    /// outcome waiting to be sent): what bounds the outcomes it holds.
     slots: usize,
     in_flight: usize,
-    /// A task that came with every slot taken: reading waits for a slot.
+    /// Small tasks that came with every slot taken, in arrival order: each
+    /// runs when a slot frees, and reading goes on meanwhile.
+    queued: VecDeque<(TaskHead, Array)>,
+    /// Small tasks `queued` may hold.
+    queue_room: usize,
+    /// A task that came with every slot taken and no room in `queued`
+    /// (or too large for it): reading waits until it can go on.
     held: Option<(TaskHead, Array)>,
     /// The heartbeat the master asked for, once.
     heartbeat: Option<Duration>,
@@ -131,11 +140,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session that may have `slots` tasks in flight.
-    pub fn new(slots: usize) -> Session {
+    /// A session that may have `slots` tasks on the workers and
+    /// `queue_room` more small ones (inputs of at most
+    /// [`SMALL_TASK_BYTES`](skelpi_proto::SMALL_TASK_BYTES)) waiting for
+    /// a slot.
+    pub fn new(slots: usize, queue_room: usize) -> Session {
         Session {
             slots: slots.max(1),
             in_flight: 0,
+            queued: VecDeque::new(),
+            queue_room,
             held: None,
             heartbeat: None,
             beats: Beats::none(),
@@ -158,13 +172,20 @@ impl Session {
         self.heartbeat.unwrap_or_default()
     }
 
-    /// Tasks of this master queued, running or waiting to be sent.
+    /// Tasks of this master on the workers (queued there, running, or
+    /// their outcome waiting to be sent).
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
+    /// Small tasks of this master waiting in the session for a slot.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
     /// Whether the master's next message may be read: not while a task
-    /// waits for a slot (so a master past its slots waits, and its TCP).
+    /// waits for a slot with no room in the queue (so a master past its
+    /// slots waits, and its TCP).
     pub fn can_read(&self) -> bool {
         self.held.is_none() && !self.ended
     }
@@ -252,13 +273,21 @@ impl Session {
             actions.push(Action::EndJob(ended));
         }
         let input = bulk.unwrap_or_else(|| Array::list(Vec::new()));
-        if self.in_flight < self.slots {
+        if self.in_flight < self.slots && self.queued.is_empty() {
             self.in_flight += 1;
             actions.push(Action::RunTask(task, input));
+        } else if self.fits_queue(&input) {
+            self.queued.push_back((task, input));
         } else {
             self.held = Some((task, input));
         }
         actions
+    }
+
+    /// Whether a task with this input may wait in the queue now.
+    fn fits_queue(&self, input: &Array) -> bool {
+        let bytes = input.data.len().saturating_mul(std::mem::size_of::<f64>());
+        self.queued.len() < self.queue_room && bytes <= skelpi_proto::SMALL_TASK_BYTES
     }
 
     fn on_raw_echo(&mut self) -> Vec<Action> {
@@ -300,13 +329,22 @@ impl Session {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    /// The task held for want of a slot, once one is free: run it (and
-    /// read again).
-    pub fn release_held(&mut self) -> Option<Action> {
+    /// The next task waiting for a slot, once one is free: the oldest
+    /// queued (the held one then takes its place in the queue if it fits,
+    /// so reading goes on), else the held one (and reading goes on).
+    pub fn release_next(&mut self) -> Option<Action> {
         if self.in_flight >= self.slots {
             return None;
         }
-        let (task, input) = self.held.take()?;
+        let (task, input) = match self.queued.pop_front() {
+            Some(next) => {
+                if self.held.as_ref().is_some_and(|(_, a)| self.fits_queue(a)) {
+                    self.queued.extend(self.held.take());
+                }
+                next
+            }
+            None => self.held.take()?,
+        };
         self.in_flight += 1;
         Some(Action::RunTask(task, input))
     }
@@ -371,7 +409,7 @@ impl Session {
         {
             self.next_watch = Some(now + every / 4);
             self.master_beats |= heard.beats > 0;
-            let busy = self.in_flight > 0 || self.stage_running;
+            let busy = self.in_flight > 0 || !self.queued.is_empty() || self.stage_running;
             let silent_for = match self.reading_since {
                 Some(t) => heard.silent_for.min(now.saturating_duration_since(t)),
                 None => heard.silent_for,
@@ -405,7 +443,7 @@ impl Session {
         Leftovers {
             last_job: self.last_job,
             cut,
-            unfinished: self.in_flight + usize::from(self.held.is_some()),
+            unfinished: self.in_flight + self.queued.len() + usize::from(self.held.is_some()),
         }
     }
 }

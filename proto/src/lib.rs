@@ -63,3 +63,21 @@ pub use message::{
 /// The wire protocol version this crate speaks (2: pipeline stages that
 /// stream agent to agent).
 pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Tasks a master keeps out per agent worker thread at first and for
+/// long tasks: one running, one queued behind it, so no core idles during
+/// a round trip.
+pub const TASKS_PER_WORKER: usize = 2;
+
+/// Tasks a master may keep out per agent worker thread when they are
+/// small and short (see [`SMALL_TASK_BYTES`]): enough to cover a round
+/// trip of tasks of a few microseconds, so that they travel many to a
+/// socket write. An agent queues those beyond [`TASKS_PER_WORKER`] in
+/// its session (an older agent stops reading instead: nothing is lost).
+pub const MAX_TASKS_PER_WORKER: usize = 16;
+
+/// Largest input (bytes of its array) of a *small* task, which an agent
+/// may queue in its session beyond [`TASKS_PER_WORKER`]: the queue holds
+/// at most `MAX_TASKS_PER_WORKER - TASKS_PER_WORKER` of them per worker,
+/// under 1 MiB per worker.
+pub const SMALL_TASK_BYTES: usize = 64 << 10;

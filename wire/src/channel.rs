@@ -45,10 +45,22 @@ impl Sender {
 
     /// Sends a message that carries no array.
     pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
+        self.queue(msg).await?;
+        self.w.flush().await
+    }
+
+    /// Queues a message that carries no array: it goes with the next
+    /// [`Sender::flush`] (or earlier, once the buffer fills), so frames
+    /// queued together share one socket write.
+    pub async fn queue(&mut self, msg: &Message) -> Result<(), WireError> {
         self.head.clear();
         codec::encode_head(msg, None, self.max_frame, &mut self.head)?;
         self.last_frame = self.head.len();
-        self.w.write(&self.head).await?;
+        self.w.write(&self.head).await
+    }
+
+    /// Writes every frame queued to the socket.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
         self.w.flush().await
     }
 
@@ -56,6 +68,19 @@ impl Sender {
     /// elements of `shape`, and the frame must fit the frame limit: larger
     /// arrays are sent as chunks by the caller.
     pub async fn send_bulk(
+        &mut self,
+        msg: &Message,
+        shape: Shape,
+        data: &[f64],
+    ) -> Result<(), WireError> {
+        self.queue_bulk(msg, shape, data).await?;
+        self.w.flush().await
+    }
+
+    /// Queues a message with its array, as [`Sender::send_bulk`] sends it:
+    /// it goes with the next [`Sender::flush`] (or earlier, once the
+    /// buffer fills). Nothing is queued if it cannot be encoded.
+    pub async fn queue_bulk(
         &mut self,
         msg: &Message,
         shape: Shape,
@@ -79,7 +104,7 @@ impl Sender {
             self.w.write(&self.head).await?;
             self.w.write(bytes).await?;
         }
-        self.w.flush().await
+        Ok(())
     }
 
     /// The bytes of the last frame sent (or being sent), length prefix

@@ -9,6 +9,7 @@
 //! socket within a time limit and [`within`] bounds any other wait.
 #![forbid(unsafe_code)]
 
+pub mod alarm;
 mod channel;
 pub mod deploy_key;
 mod error;

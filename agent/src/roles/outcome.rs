@@ -9,25 +9,32 @@ use skelpi_wire::{Sender, WireError};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// Outcomes the writer queues before writing them at once: small results
+/// share a socket write, and the master reads them together.
+const BATCH_OUTCOMES: usize = 64;
+
 impl Driver<'_> {
     /// Sends task outcomes as the workers finish them, until the
-    /// connection fails.
+    /// connection fails: each with those finished meanwhile (up to
+    /// [`BATCH_OUTCOMES`]) in one write.
     pub(super) async fn write(&self, done: async_channel::Receiver<Outcome>) {
-        while let Ok(outcome) = done.recv().await {
-            self.session.borrow_mut().task_finished();
-            self.freed.notify(usize::MAX);
-            let (tag, id) = (outcome.tag, outcome.tag.id);
-            // The master has a while to take it (see `WRITE_DEADLINE`).
+        while let Ok(first) = done.recv().await {
+            // The master has a while to take them (see `WRITE_DEADLINE`).
             self.session.borrow_mut().writing(Instant::now());
             self.changed.notify(usize::MAX);
             let mut s = self.sender.lock().await;
-            let started = Instant::now();
-            let sent = send_outcome(&mut s, outcome, &self.warnings, self.peer).await;
-            if tag.trace.is_some() {
-                let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
-                let conn = self.conn;
-                self.recorder
-                    .frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
+            let mut next = Some(first);
+            let mut queued = 0;
+            let mut sent = Ok(());
+            while let Some(outcome) = next.take() {
+                sent = self.queue(&mut s, outcome).await;
+                queued += 1;
+                if sent.is_ok() && queued < BATCH_OUTCOMES {
+                    next = done.try_recv().ok();
+                }
+            }
+            if sent.is_ok() {
+                sent = s.flush().await;
             }
             drop(s);
             self.session.borrow_mut().written();
@@ -36,6 +43,23 @@ impl Driver<'_> {
                 return;
             }
         }
+    }
+
+    /// Takes a worker's outcome (its task's slot is free again) and queues
+    /// it on `s`.
+    async fn queue(&self, s: &mut Sender, outcome: Outcome) -> Result<(), WireError> {
+        self.session.borrow_mut().task_finished();
+        self.freed.notify(usize::MAX);
+        let (tag, id) = (outcome.tag, outcome.tag.id);
+        let started = Instant::now();
+        let sent = queue_outcome(s, outcome, &self.warnings, self.peer).await;
+        if tag.trace.is_some() {
+            let (kind, bytes) = (TraceKind::ResultSend, s.last_frame_len());
+            let conn = self.conn;
+            self.recorder
+                .frame(tag.job, kind, conn, id, NO_STAGE, started, bytes);
+        }
+        sent
     }
 }
 
@@ -50,9 +74,9 @@ fn unsendable(e: &skelpi_proto::EncodeError, floats: usize) -> String {
     }
 }
 
-/// Sends a task's outcome: its result, or its failure (also when the
+/// Queues a task's outcome: its result, or its failure (also when the
 /// result cannot be sent: too large for a frame).
-async fn send_outcome(
+async fn queue_outcome(
     s: &mut Sender,
     Outcome { tag, busy, result }: Outcome,
     warnings: &LogQuota,
@@ -63,7 +87,7 @@ async fn send_outcome(
         Ok(out) => {
             let busy_ns = Some(busy.as_nanos().min(u64::MAX as u128) as u64);
             let done = Message::TaskDone(TaskDone { id, busy_ns });
-            match s.send_bulk(&done, out.shape, &out.data).await {
+            match s.queue_bulk(&done, out.shape, &out.data).await {
                 // The output is at fault, not the connection (nothing was
                 // written): the task fails, as deterministically as a
                 // kernel error.
@@ -85,5 +109,5 @@ async fn send_outcome(
         panicked: failure.panicked,
         missing_module: None,
     };
-    s.send(&Message::TaskFailed(failed)).await
+    s.queue(&Message::TaskFailed(failed)).await
 }

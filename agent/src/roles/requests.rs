@@ -3,13 +3,13 @@
 //! stage queries, clock probes, trace collection, module pushes and
 //! deploys.
 
-use super::{Driver, Flow, Frame, LogQuota, SWAPS_WAITING};
+use super::{Arrival, Driver, Flow, Frame, LogQuota, SWAPS_WAITING};
 use crate::kernels::Array;
 use crate::raw_echo;
 use crate::session::error_message;
 use crate::state::AgentState;
 use crate::streams;
-use crate::workers::{Outcome, Tag, Traced};
+use crate::workers::{Outcome, Tag};
 use skelpi_proto::code::StageSwap;
 use skelpi_proto::text::{MESSAGE_MAX, clip};
 use skelpi_proto::trace::ClockReading;
@@ -21,14 +21,23 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 impl Driver<'_> {
+    /// When task `id` arrived and how it is traced (forgotten now: it
+    /// runs). Tasks run in arrival order, so it is first in line.
+    fn arrival(&self, id: u64) -> Option<Arrival> {
+        let mut arrived = self.arrived.borrow_mut();
+        let at = arrived.iter().position(|a| a.id == id)?;
+        arrived.remove(at)
+    }
+
     /// Queues a task on the workers (its slot was taken), or answers at
     /// once if its kernel is unknown (its slot given back).
     pub(super) async fn run_task(&self, task: TaskHead, input: Array) -> Flow {
-        let traced = self.traced.take();
+        let arrival = self.arrival(task.id);
         let parts = (&self.sender, &self.warnings);
-        let (queued, sent) = start_task(self.config, task, input, traced, &self.done, parts).await;
+        let (queued, sent) = start_task(self.config, task, input, arrival, &self.done, parts).await;
         if !queued {
             self.session.borrow_mut().task_finished();
+            self.freed.notify(usize::MAX);
         }
         self.sent(sent)
     }
@@ -161,19 +170,21 @@ pub(super) async fn start_task(
     config: &AgentState,
     task: TaskHead,
     input: Array,
-    trace: Option<Traced>,
+    arrival: Option<Arrival>,
     done: &async_channel::Sender<Outcome>,
     (sender, warnings): (&Mutex<Sender>, &LogQuota),
 ) -> (bool, Result<(), WireError>) {
     match config.kernels.find_unblocked(&task.kernel).await {
         Ok(kernel) => {
+            // From its arrival: its wait in the session's queue counts.
+            let arrived = arrival.map_or_else(Instant::now, |a| a.at);
             let deadline = task
                 .deadline_ms
-                .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms.into())));
+                .and_then(|ms| arrived.checked_add(Duration::from_millis(ms.into())));
             let tag = Tag {
                 id: task.id,
                 job: task.job,
-                trace,
+                trace: arrival.and_then(|a| a.traced),
                 deadline,
             };
             config

@@ -554,3 +554,56 @@ fn a_master_keeps_its_handshake_amid_bursts_of_idle_sockets_from_its_address() {
         refused.first()
     );
 }
+
+/// A master far past the agent's slots (1 worker: 2 slots and 14 queued
+/// small tasks), small tasks mixed with some too large to queue: every
+/// result comes back once and right.
+#[test]
+fn a_burst_of_small_and_large_tasks_past_the_slots_all_come_back_once() {
+    use skelpi_proto::{JobId, SMALL_TASK_BYTES, Shape, TaskDone, TaskHead};
+    use std::collections::HashMap;
+    let (agent, key) = agent(false);
+    let tasks = 400u64;
+    let floats = |id: u64| {
+        if id.is_multiple_of(16) {
+            SMALL_TASK_BYTES / 8 + 1
+        } else {
+            1 + (id % 5) as usize
+        }
+    };
+    smol::block_on(async {
+        let (est, _) = connect(&agent, &key, false).await;
+        let (mut sender, mut receiver) = (est.sender, est.receiver);
+        let send = async {
+            for id in 1..=tasks {
+                let task = Message::Task(TaskHead {
+                    id,
+                    job: JobId(1),
+                    kernel: "square".into(),
+                    args: vec![],
+                    trace: false,
+                    deadline_ms: Some(60_000),
+                });
+                let input = vec![id as f64; floats(id)];
+                let shape = Shape::List(input.len() as u64);
+                sender.queue_bulk(&task, shape, &input).await.unwrap();
+            }
+            sender.flush().await.unwrap();
+        };
+        let receive = async {
+            let mut seen = HashMap::new();
+            let mut bulk = Vec::new();
+            while (seen.len() as u64) < tasks {
+                match receiver.recv(&mut bulk).await.unwrap().msg {
+                    Message::TaskDone(TaskDone { id, .. }) => {
+                        let want = vec![(id * id) as f64; floats(id)];
+                        assert!(bulk == want, "task {id}: wrong result");
+                        assert!(seen.insert(id, ()).is_none(), "task {id} came back twice");
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        };
+        futures_lite::future::zip(send, receive).await;
+    });
+}

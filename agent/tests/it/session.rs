@@ -9,7 +9,10 @@ use rand::{Rng, SeedableRng};
 use skelpi_agent::session::{Heard, Leftovers, Session, WRITE_DEADLINE};
 use skelpi_proto::beat::DOWN_AFTER_BEATS;
 use skelpi_proto::code::StageSwap;
-use skelpi_proto::{Hello, JobId, Message, Ping, StageOpen, StreamItem, StreamRef, TaskHead};
+use skelpi_proto::{
+    Array, Hello, JobId, Message, Ping, SMALL_TASK_BYTES, StageOpen, StreamItem, StreamRef,
+    TaskHead,
+};
 use std::time::{Duration, Instant};
 
 /// Calls of `on_timeout` one run may make (every loop is bounded).
@@ -29,9 +32,14 @@ struct Sim {
 
 impl Sim {
     fn new(slots: usize) -> Sim {
+        Sim::queueing(slots, 0)
+    }
+
+    /// A session with `slots` and room for `room` small tasks queued.
+    fn queueing(slots: usize, room: usize) -> Sim {
         let t0 = Instant::now();
         Sim {
-            session: Session::new(slots),
+            session: Session::new(slots, room),
             t0,
             now: t0,
             beats_heard: 0,
@@ -53,10 +61,15 @@ impl Sim {
 
     /// The master's message arrives now.
     fn recv(&mut self, msg: Message) -> &mut Sim {
+        self.recv_bulk(msg, None)
+    }
+
+    /// The master's message arrives now, with an array.
+    fn recv_bulk(&mut self, msg: Message, bulk: Option<Array>) -> &mut Sim {
         self.last_heard = self.now;
         self.lines
             .push(format!("{} <- {}", self.ms(), msg.kind_name()));
-        let actions = self.session.handle(self.now, msg, None);
+        let actions = self.session.handle(self.now, msg, bulk);
         self.log(actions);
         self
     }
@@ -336,14 +349,107 @@ fn a_master_past_its_slots_is_not_read_until_one_is_given_back() {
         ]
     );
     assert!(!sim.session.can_read(), "task 3 waits for a slot");
-    assert_eq!(sim.session.release_held(), None, "no slot yet");
+    assert_eq!(sim.session.release_next(), None, "no slot yet");
     sim.session.task_finished();
-    let run = sim.session.release_held().expect("task 3 runs");
+    let run = sim.session.release_next().expect("task 3 runs");
     assert_eq!(run.to_string(), "run task 3");
     assert!(sim.session.can_read());
     assert_eq!(sim.session.in_flight(), 2);
     let left = sim.session.finish();
     assert_eq!(left.unfinished, 2);
+}
+
+/// An input of `floats` elements.
+fn input(floats: usize) -> Option<Array> {
+    Some(Array::list(vec![0.5; floats]))
+}
+
+/// Floats of the largest small task's input.
+const SMALL: usize = SMALL_TASK_BYTES / 8;
+
+#[test]
+fn small_tasks_past_the_slots_queue_and_reading_goes_on_until_the_queue_is_full() {
+    let mut sim = Sim::queueing(1, 2);
+    sim.recv_bulk(task(1, 1), input(SMALL));
+    sim.recv_bulk(task(2, 1), input(SMALL));
+    sim.recv_bulk(task(3, 1), input(1));
+    assert!(sim.session.can_read(), "two small tasks fit the queue");
+    assert_eq!(sim.session.queued(), 2);
+    sim.recv_bulk(task(4, 1), input(1));
+    assert!(!sim.session.can_read(), "task 4 finds the queue full");
+    assert_eq!(sim.session.release_next(), None, "no slot yet");
+    sim.session.task_finished();
+    let run = sim.session.release_next().expect("the oldest queued runs");
+    assert_eq!(run.to_string(), "run task 2");
+    assert!(sim.session.can_read(), "task 4 took task 2's place");
+    assert_eq!(sim.session.queued(), 2);
+    assert_eq!(sim.session.finish().unfinished, 3);
+}
+
+#[test]
+fn a_large_task_past_the_slots_is_held_behind_the_queued_ones() {
+    let mut sim = Sim::queueing(1, 4);
+    sim.recv_bulk(task(1, 1), input(1));
+    sim.recv_bulk(task(2, 1), input(1));
+    sim.recv_bulk(task(3, 1), input(SMALL + 1));
+    assert!(!sim.session.can_read(), "a large task never queues");
+    sim.session.task_finished();
+    assert_eq!(
+        sim.session.release_next().unwrap().to_string(),
+        "run task 2"
+    );
+    assert!(!sim.session.can_read(), "still held");
+    sim.session.task_finished();
+    assert_eq!(
+        sim.session.release_next().unwrap().to_string(),
+        "run task 3"
+    );
+    assert!(sim.session.can_read());
+    assert_eq!(sim.session.release_next(), None);
+}
+
+/// Seeded runs of a master sending small and large tasks while slots free
+/// at random: tasks run in arrival order, each once; the workers never
+/// have more than the slots, the queue never more than its room; reading
+/// stops only while a task is held; nothing is left over at the end.
+#[test]
+fn seeded_arrivals_and_finishes_run_every_task_once_in_order_within_bounds() {
+    for seed in 0..500u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (slots, room) = (rng.random_range(1..4), rng.random_range(0..6));
+        let mut session = Session::new(slots, room);
+        let now = Instant::now();
+        let (mut sent, mut ran, mut running) = (0u64, Vec::new(), 0usize);
+        let total = 60;
+        for _ in 0..10_000 {
+            if ran.len() == total {
+                break;
+            }
+            let arrive = sent < total as u64 && session.can_read() && rng.random_bool(0.6);
+            let mut actions = Vec::new();
+            if arrive {
+                sent += 1;
+                let floats = if rng.random_bool(0.8) { 1 } else { SMALL + 1 };
+                actions = session.handle(now, task(sent, 1), input(floats));
+            } else if running > 0 {
+                running -= 1;
+                session.task_finished();
+                actions.extend(session.release_next());
+            }
+            for a in actions {
+                if let skelpi_agent::session::Action::RunTask(t, _) = a {
+                    ran.push(t.id);
+                    running += 1;
+                }
+            }
+            assert!(session.in_flight() <= slots, "seed {seed}: slots exceeded");
+            assert!(session.queued() <= room, "seed {seed}: queue exceeded");
+            assert_eq!(running, session.in_flight(), "seed {seed}");
+        }
+        let want: Vec<u64> = (1..=total as u64).collect();
+        assert_eq!(ran, want, "seed {seed}: every task once, in order");
+        assert_eq!(session.finish().unfinished, running, "seed {seed}");
+    }
 }
 
 #[test]

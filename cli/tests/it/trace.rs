@@ -362,3 +362,55 @@ fn a_streamed_pipeline_that_fails_leaves_its_trace_marked_with_the_failure() {
         "{marks:?}"
     );
 }
+
+/// The most tasks the master had out at once on its agents, from a
+/// trace's sends and results.
+fn most_out(trace: &Trace) -> usize {
+    let mut steps: Vec<(f64, i64)> = trace
+        .events
+        .iter()
+        .filter(|e| e.pid == 0)
+        .filter_map(|e| match e.kind {
+            TraceKind::TaskSend => Some((e.ts_us, 1)),
+            TraceKind::ResultRecv => Some((e.ts_us, -1)),
+            _ => None,
+        })
+        .collect();
+    // A result before a send at the same instant: never counted high.
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut out, mut most) = (0i64, 0i64);
+    for (_, d) in steps {
+        out += d;
+        most = most.max(out);
+    }
+    most as usize
+}
+
+/// Tasks of microseconds get a deep window of credits (they travel many to
+/// a write), up to the most an agent queues; tasks with inputs too large
+/// for an agent's queue keep two per worker.
+#[test]
+fn short_small_tasks_get_deep_windows_and_large_inputs_keep_two_per_worker() {
+    use skelpi_proto::{MAX_TASKS_PER_WORKER, SMALL_TASK_BYTES, TASKS_PER_WORKER};
+    let mut cluster = smol::block_on(Cluster::local(1, &Default::default())).unwrap();
+    let tree: Skeleton = "farm(seq(identity))".parse().unwrap();
+    let run = |cluster: &mut Cluster, items: usize, floats: usize| {
+        let inputs: Vec<Array> = (0..items)
+            .map(|i| Array::list(vec![i as f64; floats]))
+            .collect();
+        cluster.set_tracing(true);
+        let got = smol::block_on(cluster.run(&tree, inputs.clone())).unwrap();
+        assert_eq!(got, inputs, "every result once, in order");
+        most_out(&cluster.take_trace().expect("a traced job").unwrap())
+    };
+    let small = run(&mut cluster, 3000, 1);
+    assert!(
+        small > TASKS_PER_WORKER && small <= MAX_TASKS_PER_WORKER,
+        "{small} tasks out at most on 1 worker"
+    );
+    let large = run(&mut cluster, 60, SMALL_TASK_BYTES / 8 + 1);
+    assert!(
+        large <= TASKS_PER_WORKER,
+        "{large} large tasks out at most on 1 worker"
+    );
+}

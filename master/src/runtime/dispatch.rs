@@ -3,7 +3,7 @@
 //! (which agent, what to send again, which result counts).
 
 use super::autonomic::metrics::Totals;
-use super::schedule::Scheduler;
+use super::schedule::{Scheduler, credits_per_worker};
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError, Redial};
@@ -13,6 +13,7 @@ use skelpi_proto::beat::Beats;
 use skelpi_proto::skeleton::Kernel;
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
 use skelpi_proto::{EncodeError, JobId, Message, TaskHead};
+use skelpi_wire::alarm::Alarm;
 use skelpi_wire::{Liveness, Receiver, Sender, WireError};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,8 +26,16 @@ use std::time::Instant;
 
 pub use super::schedule::MAX_REDISPATCH;
 
-/// Credits per agent worker: one task running, one queued behind it.
-pub const CREDITS_PER_WORKER: usize = 2;
+/// Credits per agent worker at first and for long or large tasks: one
+/// task running, one queued behind it. Small short tasks get more, up to
+/// [`MAX_TASKS_PER_WORKER`] (see [`credits_per_worker`]).
+pub const CREDITS_PER_WORKER: usize = skelpi_proto::TASKS_PER_WORKER;
+pub use skelpi_proto::{MAX_TASKS_PER_WORKER, SMALL_TASK_BYTES};
+
+/// Frames a link's writer queues before writing them at once: enough to
+/// amortise a write over many small tasks, few enough that the first
+/// does not wait long for the last.
+const BATCH_FRAMES: usize = 64;
 
 /// After an agent's connection fails, the job tries to connect to it
 /// again this long after (doubling up to [`REDIAL_MAX`]): a restarted or
@@ -155,6 +164,9 @@ struct Link<'c> {
     /// WebAssembly modules pushed on its connection (hash, bytes): pushed
     /// again when a task finds its module gone from the agent.
     modules: Vec<(String, Arc<[u8]>)>,
+    /// The moving mean of its small tasks' kernel times, seconds (`None`
+    /// until one came, and after a large one): what sizes its credits.
+    mean_busy: Cell<Option<f64>>,
 }
 
 /// Hands kernel calls to the agents of a cluster for the duration of one
@@ -248,6 +260,7 @@ impl<'c> Dispatcher<'c> {
                     why_dead: RefCell::new(None),
                     deaths: RefCell::new(Vec::new()),
                     modules,
+                    mean_busy: Cell::new(None),
                 }
             })
             .collect();
@@ -628,6 +641,8 @@ impl<'c> Dispatcher<'c> {
         // agent drops this job's work if the master falls silent. Only to
         // an agent that beats itself: an older one would refuse the frame.
         let mut beats = Beats::new(link.heartbeat, Instant::now());
+        // Postponed with every task, the next beat is not set anew each time.
+        let mut alarm = Alarm::new();
         loop {
             // A beat due goes before the next task: the first tells the
             // agent this master beats, which a task does not.
@@ -637,27 +652,47 @@ impl<'c> Dispatcher<'c> {
             }
             let task = async { Some(link.outbox_rx.recv().await) };
             let timer = async {
-                match beats.next() {
-                    Some(at) => async_io::Timer::at(at).await,
-                    None => std::future::pending().await,
-                };
+                alarm.ring_by(beats.next()).await;
                 None
             };
             match futures_lite::future::or(task, timer).await {
-                Some(Ok(Out::Task(out))) if !link.dead.get() => {
-                    self.send_task(link, sender, out).await;
-                    beats.postpone(Instant::now());
-                }
-                Some(Ok(Out::Module(push))) if !link.dead.get() => {
-                    if let Err(source) = sender.send(&push).await {
-                        let addr = link.addr;
-                        self.kill(link, ClientError::Wire { addr, source });
-                    }
+                Some(Ok(first)) if !link.dead.get() => {
+                    self.send_batch(link, sender, first).await;
                     beats.postpone(Instant::now());
                 }
                 Some(Ok(_)) | None => {}
                 Some(Err(_)) => break,
             }
+        }
+    }
+
+    /// Queues `first` and the frames queued behind it (up to
+    /// [`BATCH_FRAMES`]) on `sender`, then writes them at once: small
+    /// tasks share a socket write, and the agent reads them together.
+    async fn send_batch(&self, link: &Link<'c>, sender: &mut Sender, first: Out) {
+        let mut next = Some(first);
+        let mut queued = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Task(out) => self.send_task(link, sender, out).await,
+                Out::Module(push) => {
+                    if let Err(source) = sender.queue(&push).await {
+                        let addr = link.addr;
+                        self.kill(link, ClientError::Wire { addr, source });
+                    }
+                }
+            }
+            queued += 1;
+            if link.dead.get() {
+                return;
+            }
+            if queued < BATCH_FRAMES {
+                next = link.outbox_rx.try_recv().ok();
+            }
+        }
+        if let Err(source) = sender.flush().await {
+            let addr = link.addr;
+            self.kill(link, ClientError::Wire { addr, source });
         }
     }
 
@@ -674,12 +709,12 @@ impl<'c> Dispatcher<'c> {
         }
     }
 
-    /// Sends a task on `link`: one that cannot be encoded fails; a link
-    /// that fails dies.
+    /// Queues a task on `link` (see [`Dispatcher::send_batch`]): one that
+    /// cannot be encoded fails; a link that fails dies.
     async fn send_task(&self, link: &Link<'c>, sender: &mut Sender, out: Outgoing) {
         let started = Instant::now();
         let sent = sender
-            .send_bulk(&out.head, out.input.shape, &out.input.data)
+            .queue_bulk(&out.head, out.input.shape, &out.input.data)
             .await;
         if let Some(t) = self.trace {
             let (kind, bytes) = (TraceKind::TaskSend, sender.last_frame_len());
@@ -787,6 +822,9 @@ impl<'c> Dispatcher<'c> {
         // one (its agent was declared down, the task sent again) or a
         // repeated one is dropped.
         let taken = self.sched.borrow_mut().on_result(link.index, id);
+        if let (Some(key), Ok(done)) = (taken, &outcome) {
+            self.observe(link, key, done.busy);
+        }
         match taken {
             Some(key) if self.retry(link, key, &outcome) => {}
             Some(key) => self.settle(key, |call| {
@@ -806,6 +844,47 @@ impl<'c> Dispatcher<'c> {
         // Its credit is free: a waiting task may go.
         self.pump();
         let _ = self.progress_tx.try_send(());
+    }
+
+    /// Fits `link`'s credits to how long its kernels run, from call
+    /// `key`'s result (which ran `busy`): deep for small tasks of
+    /// microseconds ([`credits_per_worker`]), back to
+    /// [`CREDITS_PER_WORKER`] as soon as a large input (over
+    /// [`SMALL_TASK_BYTES`], which an agent does not queue) or a result
+    /// without a time comes. Placed calls take no credit and do not count.
+    fn observe(&self, link: &Link<'c>, key: u64, busy: Option<Duration>) {
+        let small = match self.calls.borrow().get(&key) {
+            Some(call) if !call.pinned => {
+                std::mem::size_of_val(call.input.data.as_slice()) <= SMALL_TASK_BYTES
+            }
+            _ => return,
+        };
+        let mean = match busy.filter(|_| small) {
+            // A moving mean over about the last 8 results.
+            Some(b) => {
+                let b = b.as_secs_f64();
+                let m = link.mean_busy.get().map_or(b, |m| m + (b - m) / 8.0);
+                Some(m)
+            }
+            None => None,
+        };
+        link.mean_busy.set(mean);
+        let per_worker = mean.map_or(CREDITS_PER_WORKER, |m| {
+            credits_per_worker(Duration::from_secs_f64(m))
+        });
+        let window = per_worker * link.cores;
+        let mut sched = self.sched.borrow_mut();
+        if sched.credits(link.index) != window {
+            sched.set_credits(link.index, window);
+        }
+    }
+
+    /// Task credits of the agents still live, as their windows are now
+    /// (see [`Dispatcher::observe`]): what a farm keeps in flight.
+    pub fn credit_window(&self) -> usize {
+        let sched = self.sched.borrow();
+        let live = self.links.iter().filter(|l| !l.dead.get());
+        live.map(|l| sched.credits(l.index)).sum()
     }
 
     /// Whether the task of call `key`, which failed on `link` for want of

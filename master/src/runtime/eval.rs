@@ -4,7 +4,7 @@
 //! [`STREAM_BUFFER`] items, so a slow stage holds back its producers. An
 //! error travels down the stream as an `Err` item and ends the job.
 
-use super::dispatch::{CREDITS_PER_WORKER, Dispatcher};
+use super::dispatch::{CREDITS_PER_WORKER, Dispatcher, MAX_TASKS_PER_WORKER};
 use super::sequential::concat;
 use super::{Item, JobError, split};
 use skelpi_proto::Array;
@@ -65,8 +65,8 @@ pub struct Ctx<'a, 'c> {
     /// Task dispatch.
     pub d: &'a Dispatcher<'c>,
     /// Worker threads of the pool (a farm that does not say how many
-    /// replicas it has gets one per credit: [`CREDITS_PER_WORKER`] per
-    /// core).
+    /// replicas it has gets one per credit it may have:
+    /// [`MAX_TASKS_PER_WORKER`] per core).
     pub cores: usize,
     /// The agent a `seq` runs on when it is a pipeline stage (`None`: on
     /// demand, wherever a credit is free).
@@ -84,9 +84,9 @@ pub struct Ctx<'a, 'c> {
 }
 
 /// Replicas a job may start in all, for a pool of `cores` worker threads:
-/// four per task credit, and at least 64.
+/// four per task credit it may have, and at least 64.
 pub fn replica_budget(cores: usize) -> usize {
-    (4 * CREDITS_PER_WORKER * cores).max(64)
+    (4 * MAX_TASKS_PER_WORKER * cores).max(64)
 }
 
 impl<'a, 'c> Ctx<'a, 'c> {
@@ -147,11 +147,12 @@ pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> S
             replicas,
             ordered,
         } => {
-            // One replica per credit by default: every core of the pool
-            // has a task running and one queued behind it, so no core
-            // idles during a round trip.
+            // One replica per credit the pool may give by default: every
+            // core has a task running and one or more queued behind it
+            // (more for short tasks), so no core idles during a round
+            // trip. The farm keeps to the credits given now (see `farm`).
             let n =
-                cx.within_budget(replicas.map_or(cx.cores * CREDITS_PER_WORKER, |r| r as usize));
+                cx.within_budget(replicas.map_or(cx.cores * MAX_TASKS_PER_WORKER, |r| r as usize));
             farm(cx.replicas(n), worker, n, *ordered, input)
         }
         Skeleton::Map { parts, worker } => map(cx, *parts as usize, worker, input),
@@ -231,6 +232,9 @@ fn farm<'a, 'c: 'a>(
     for _ in 0..window {
         let _ = credit_tx.try_send(());
     }
+    // Told when an item leaves the farm.
+    let returned = Arc::new(event_listener::Event::new());
+    let returning = returned.clone();
     let (work_tx, work_rx) = async_channel::bounded(n);
     let (merge_tx, merge_rx) = channel();
     let (out_tx, out_rx) = channel();
@@ -243,6 +247,17 @@ fn farm<'a, 'c: 'a>(
                 Ok(mut item) => {
                     if credit_rx.recv().await.is_err() {
                         return;
+                    }
+                    // At most four items per credit the pool gives now:
+                    // two per worker for long or large tasks, so their
+                    // items do not pile up in this process.
+                    loop {
+                        let listener = returned.listen();
+                        let in_farm = window - credit_rx.len();
+                        if in_farm <= 4 * cx.d.credit_window().max(1) {
+                            break;
+                        }
+                        listener.await;
                     }
                     let _ = index_tx.try_send((seq, item.index));
                     item.index = seq;
@@ -308,6 +323,7 @@ fn farm<'a, 'c: 'a>(
                 };
                 item.index = index;
                 let _ = credit_tx.try_send(());
+                returning.notify(1);
                 if out_tx.send(Ok(item)).await.is_err() {
                     return;
                 }

@@ -12,11 +12,30 @@
 //! agent is sent again, before newer tasks, at most [`MAX_REDISPATCH`]
 //! times.
 
+use skelpi_proto::{MAX_TASKS_PER_WORKER, TASKS_PER_WORKER};
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 /// Times a task lost with its agent is sent again, to another live agent,
 /// before the job fails naming it (a task that keeps killing agents).
 pub const MAX_REDISPATCH: usize = 3;
+
+/// The work a window of credits aims to keep queued behind each agent
+/// worker's running task: a round trip's worth and more on a LAN, yet
+/// short enough that a queue on a stalled agent holds little.
+pub const WINDOW_WORK: Duration = Duration::from_millis(1);
+
+/// Credits per worker for tasks whose kernels run `busy` on average: one
+/// running and enough queued behind it to make [`WINDOW_WORK`], from
+/// [`TASKS_PER_WORKER`] (long tasks) to [`MAX_TASKS_PER_WORKER`]
+/// (tasks of microseconds, which then travel many to a write).
+pub fn credits_per_worker(busy: Duration) -> usize {
+    let behind = WINDOW_WORK.as_nanos().div_ceil(busy.as_nanos().max(1));
+    let behind = usize::try_from(behind).unwrap_or(usize::MAX);
+    behind
+        .saturating_add(1)
+        .clamp(TASKS_PER_WORKER, MAX_TASKS_PER_WORKER)
+}
 
 /// A task to send now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +188,11 @@ impl Scheduler {
         }
         self.attempts.remove(&attempt);
         if a.credit && self.live[a.agent] {
-            self.free.push_back(a.agent);
             self.held[a.agent] -= 1;
+            // Not freed again if the agent's credits shrank below it.
+            if self.held[a.agent] < self.credits[a.agent] {
+                self.free.push_back(a.agent);
+            }
         }
         // A cancelled task's result frees its credit and goes nowhere.
         self.tasks.remove(&a.task).map(|_| a.task)
@@ -272,6 +294,38 @@ impl Scheduler {
         self.homed.extend(home);
     }
 
+    /// Sets the credits of `agent` (at least one): more are free at once;
+    /// fewer take effect as its results come back (a credit given back
+    /// while it holds more than its credits is not freed again).
+    pub fn set_credits(&mut self, agent: usize, credits: usize) {
+        let Some(old) = self.credits.get(agent).copied() else {
+            return;
+        };
+        let credits = credits.max(1);
+        self.credits[agent] = credits;
+        if !self.live[agent] {
+            return;
+        }
+        let held = self.held[agent];
+        let (free_now, free_then) = (old.saturating_sub(held), credits.saturating_sub(held));
+        if free_then > free_now {
+            self.free
+                .extend(std::iter::repeat_n(agent, free_then - free_now));
+        } else {
+            // The newest free credits go first.
+            for _ in free_then..free_now {
+                if let Some(at) = self.free.iter().rposition(|&a| a == agent) {
+                    self.free.remove(at);
+                }
+            }
+        }
+    }
+
+    /// Credits of `agent`.
+    pub fn credits(&self, agent: usize) -> usize {
+        self.credits.get(agent).copied().unwrap_or(0)
+    }
+
     /// Where in `free` the credit to take next is: the agent with the
     /// smallest share of its credits taken, the oldest credit on a tie.
     fn least_loaded_credit(&self) -> Option<usize> {
@@ -291,7 +345,8 @@ impl Scheduler {
     }
 
     /// Test check: for each live agent, credits taken are its attempts
-    /// holding one, and taken plus free are its credits.
+    /// holding one, and free are its credits not taken (none if it holds
+    /// more, its credits having shrunk).
     #[cfg(test)]
     fn check_credits(&self, seed: u64) {
         for a in 0..self.live.len() {
@@ -306,9 +361,9 @@ impl Scheduler {
             let free = self.free.iter().filter(|&&f| f == a).count();
             assert_eq!(self.held[a], out, "seed {seed}: agent {a}'s credits taken");
             assert_eq!(
-                out + free,
-                self.credits[a],
-                "seed {seed}: agent {a}'s credits"
+                free,
+                self.credits[a].saturating_sub(out),
+                "seed {seed}: agent {a}'s free credits"
             );
         }
     }
@@ -385,6 +440,39 @@ mod tests {
         // Agent 0's second credit is older than agent 1's returned one,
         // but agent 0 is busy and agent 1 idle.
         assert_eq!(s.next_send(&mut id).map(|x| x.agent), Some(1));
+    }
+
+    #[test]
+    fn more_credits_free_at_once_and_fewer_take_effect_as_results_come_back() {
+        let mut s = Scheduler::new(&[1]);
+        let mut id = ids();
+        for t in 0..6 {
+            s.submit(t, None).unwrap();
+        }
+        assert!(s.next_send(&mut id).is_some());
+        assert!(s.next_send(&mut id).is_none(), "one credit");
+        s.set_credits(0, 4);
+        let sent: Vec<_> = std::iter::from_fn(|| s.next_send(&mut id)).collect();
+        assert_eq!(sent.len(), 3, "three more at once");
+        s.set_credits(0, 2);
+        assert_eq!(s.on_result(0, 101), Some(0));
+        assert!(s.next_send(&mut id).is_none(), "3 out for 2 credits");
+        assert_eq!(s.on_result(0, 102), Some(1));
+        assert!(s.next_send(&mut id).is_none(), "2 out for 2 credits");
+        assert_eq!(s.on_result(0, 103), Some(2));
+        assert!(s.next_send(&mut id).is_some(), "1 out: one free again");
+        s.check_credits(0);
+    }
+
+    #[test]
+    fn short_tasks_get_deep_windows_and_long_ones_two_per_worker() {
+        use std::time::Duration;
+        let per = |us| credits_per_worker(Duration::from_micros(us));
+        assert_eq!(per(0), MAX_TASKS_PER_WORKER);
+        assert_eq!(per(5), MAX_TASKS_PER_WORKER);
+        assert_eq!(per(100), 11);
+        assert_eq!(per(1_000), TASKS_PER_WORKER);
+        assert_eq!(per(50_000), TASKS_PER_WORKER);
     }
 
     #[test]
@@ -493,7 +581,10 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let agents = rng.random_range(1..=8);
-        let credits: Vec<usize> = (0..agents).map(|_| rng.random_range(1..=4)).collect();
+        let mut credits: Vec<usize> = (0..agents).map(|_| rng.random_range(1..=4)).collect();
+        // What may be out on an agent: its credits, or more for a while
+        // after they shrank.
+        let mut ceiling = credits.clone();
         let tasks = rng.random_range(1..=80u64);
         let faults = rng.random_range(0..=agents);
         let mut s = Scheduler::new(&credits);
@@ -539,19 +630,22 @@ mod tests {
                 held[send.agent].push((send.attempt, send.task));
             }
             // Credits bound what is out on each live agent (home tasks
-            // aside).
+            // aside), once what was out when they shrank has come back.
             for a in 0..agents {
                 if !declared[a] {
                     let homed = held[a]
                         .iter()
                         .filter(|(_, t)| home.get(t) == Some(&Some(a)))
                         .count();
+                    let out = s.out_on(a) - homed;
                     assert!(
-                        s.out_on(a) <= credits[a] + homed,
-                        "seed {seed}: agent {a} has {} out for {} credits",
-                        s.out_on(a),
+                        out <= ceiling[a],
+                        "seed {seed}: agent {a} has {out} out for {} credits",
                         credits[a]
                     );
+                    if out <= credits[a] {
+                        ceiling[a] = credits[a];
+                    }
                 }
             }
             // Credits taken are counted right, and each send took one of
@@ -626,6 +720,15 @@ mod tests {
                         s.on_up(a);
                         *tally.entry("rejoined").or_default() += 1;
                     }
+                }
+                // An agent's credits change (its tasks got shorter or
+                // longer).
+                36..39 => {
+                    let a = rng.random_range(0..agents);
+                    credits[a] = rng.random_range(1..=6);
+                    ceiling[a] = ceiling[a].max(credits[a]);
+                    s.set_credits(a, credits[a]);
+                    *tally.entry("credits changed").or_default() += 1;
                 }
                 // A caller gives up on a task not yet finished.
                 32..34 if submitted > 0 => {
