@@ -392,6 +392,66 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A stalled agent (SIGSTOP) in an ordered farm: its overdue tasks are
+/// copied to the other agents, so the job ends with every result once and
+/// in order before its silence (8 s here) could have it declared down;
+/// it is given up after the job for the copies it never answered.
+#[test]
+fn a_stalled_agents_tasks_are_copied_and_the_farm_ends_before_it_is_declared_down() {
+    let dir = std::env::temp_dir().join(format!("skelpi-faults-copies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_path = dir.join("cluster.key");
+    let key = ClusterKey::generate().unwrap();
+    key.write(&key_path, true).unwrap();
+    let agents: Vec<AgentProcess> = (0..3)
+        .map(|i| {
+            start_agent(
+                &key_path,
+                &format!("copies-{i}"),
+                &["--no-mdns", "--workers", "2"],
+            )
+        })
+        .collect();
+    let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
+    let slow_beats = skelpi_wire::handshake::ConnectOptions {
+        heartbeat: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut cluster = smol::block_on(Cluster::connect(&addrs, &key, &slow_beats)).unwrap();
+    let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
+    let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
+    let pid = agents[1].child.id().to_string();
+    let mut got = Vec::new();
+    let result = bounded(cluster.run_each(&tree, inputs.clone(), |index, a| {
+        got.push((index, a));
+        if got.len() == 150 {
+            signal("-STOP", &pid);
+        }
+    }));
+    signal("-CONT", &pid);
+    result.unwrap();
+    let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
+    assert_eq!(
+        indices,
+        (0..300).collect::<Vec<u64>>(),
+        "each result once, in order"
+    );
+    assert_eq!(values, inputs);
+    let losses = cluster.agents()[1].losses();
+    let (why, _) = losses.first().expect("the stalled agent was given up");
+    assert!(
+        why.contains("copies of tasks another agent finished first"),
+        "{why}"
+    );
+    assert!(cluster.agents()[0].losses().is_empty() && cluster.agents()[2].losses().is_empty());
+    // Resumed, it serves the next job.
+    smol::block_on(cluster.run(&tree, inputs[..20].to_vec())).unwrap();
+    assert!(cluster.agents().iter().all(|a| !a.is_broken()));
+    smol::block_on(cluster.close());
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A real `skelpi run` master feeding one agent (one worker) 6 s tasks is
 /// killed (`-KILL`) or stopped (`-STOP`, silent with its connection open)
 /// once the job runs: the agent notices, drops that master's queued task

@@ -3,7 +3,7 @@
 //! (which agent, what to send again, which result counts).
 
 use super::autonomic::metrics::Totals;
-use super::schedule::{Scheduler, credits_per_worker};
+use super::schedule::{OVERDUE_FACTOR, OVERDUE_FLOOR, Scheduler, credits_per_worker};
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError, Redial};
@@ -31,6 +31,9 @@ pub use super::schedule::MAX_REDISPATCH;
 /// [`MAX_TASKS_PER_WORKER`] (see [`credits_per_worker`]).
 pub const CREDITS_PER_WORKER: usize = skelpi_proto::TASKS_PER_WORKER;
 pub use skelpi_proto::{MAX_TASKS_PER_WORKER, SMALL_TASK_BYTES};
+
+/// How often a job looks for overdue tasks to copy.
+const SPECULATE_EVERY: Duration = Duration::from_millis(10);
 
 /// Frames a link's writer queues before writing them at once: enough to
 /// amortise a write over many small tasks, few enough that the first
@@ -450,7 +453,7 @@ impl<'c> Dispatcher<'c> {
             let send = self
                 .sched
                 .borrow_mut()
-                .next_send(|| NEXT_TASK.fetch_add(1, Ordering::Relaxed));
+                .next_send(Instant::now(), || NEXT_TASK.fetch_add(1, Ordering::Relaxed));
             let Some(send) = send else { return };
             let mut calls = self.calls.borrow_mut();
             let out = match calls.get_mut(&send.task) {
@@ -479,7 +482,10 @@ impl<'c> Dispatcher<'c> {
                 // reached; if it were, the attempt is given back.
                 None => {
                     debug_assert!(false, "task {} sent after its call ended", send.task);
-                    self.sched.borrow_mut().on_result(send.agent, send.attempt);
+                    let now = Instant::now();
+                    self.sched
+                        .borrow_mut()
+                        .on_result(now, send.agent, send.attempt);
                     continue;
                 }
             };
@@ -527,16 +533,41 @@ impl<'c> Dispatcher<'c> {
             .iter()
             .map(|link| Box::pin(self.serve_link(link)));
         let mut all: Vec<_> = links.collect();
-        futures_lite::future::poll_fn(|cx| {
+        let served = futures_lite::future::poll_fn(|cx| {
             all.retain_mut(|f| f.as_mut().poll(cx).is_pending());
             if all.is_empty() {
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending
             }
-        })
-        .await;
+        });
+        futures_lite::future::or(served, self.speculate()).await;
         std::future::pending::<()>().await;
+    }
+
+    /// Every [`SPECULATE_EVERY`], sends copies of the tasks overdue (see
+    /// [`Scheduler::speculate`]) to other agents. Never returns.
+    async fn speculate(&self) {
+        let mut told = false;
+        let mut every = async_io::Timer::interval(SPECULATE_EVERY);
+        loop {
+            futures_lite::StreamExt::next(&mut every).await;
+            let copies = self.sched.borrow_mut().speculate(Instant::now());
+            if copies == 0 {
+                continue;
+            }
+            let mean = self.sched.borrow().mean_out().unwrap_or_default();
+            let job = self.job;
+            if std::mem::replace(&mut told, true) {
+                log::debug!("job {job}: {copies} more overdue tasks copied to other agents");
+            } else {
+                log::info!(
+                    "job {job}: {copies} task(s) out far longer than the {mean:.1?} tasks take on \
+                     average: copies go to other agents, the first result counts"
+                );
+            }
+            self.pump();
+        }
     }
 
     /// One link's I/O on its connection until it dies; then tries to
@@ -821,7 +852,10 @@ impl<'c> Dispatcher<'c> {
         // A result counts only if its attempt is still out there: a late
         // one (its agent was declared down, the task sent again) or a
         // repeated one is dropped.
-        let taken = self.sched.borrow_mut().on_result(link.index, id);
+        let taken = self
+            .sched
+            .borrow_mut()
+            .on_result(Instant::now(), link.index, id);
         if let (Some(key), Ok(done)) = (taken, &outcome) {
             self.observe(link, key, done.busy);
         }
@@ -967,10 +1001,32 @@ impl<'c> Dispatcher<'c> {
 
     /// Waits until no task is in flight on a live agent, so that a job that
     /// ends early (an error) leaves every connection between frames. Run it
-    /// with the job's [`Dispatcher::run_io`] future still alive.
+    /// with the job's [`Dispatcher::run_io`] future still alive. When only
+    /// copies whose tasks another copy finished are left (on a stalled
+    /// board, they may never answer), it waits for them
+    /// [`OVERDUE_FACTOR`] mean task times at most (and
+    /// [`OVERDUE_FLOOR`]): then their connections are given up, and made
+    /// anew for the next job.
     pub async fn drain(&self) {
         while self.sched.borrow().out() > 0 {
-            let _ = self.progress_rx.recv().await;
+            if !self.sched.borrow().only_stale_out() {
+                let _ = self.progress_rx.recv().await;
+                continue;
+            }
+            let mean = self.sched.borrow().mean_out().unwrap_or_default();
+            let grace = mean.mul_f64(OVERDUE_FACTOR).max(OVERDUE_FLOOR);
+            let moved =
+                futures_lite::future::or(async { self.progress_rx.recv().await.is_ok() }, async {
+                    async_io::Timer::after(grace).await;
+                    false
+                })
+                .await;
+            if !moved {
+                self.abandon_busy(&format!(
+                    "its copies of tasks another agent finished first got no result within \
+                     {grace:.1?} after the job"
+                ));
+            }
         }
     }
 }

@@ -11,10 +11,17 @@
 //! late results of an agent declared down are dropped. A task lost with its
 //! agent is sent again, before newer tasks, at most [`MAX_REDISPATCH`]
 //! times.
+//!
+//! A task out far longer than tasks usually are ([`Scheduler::speculate`])
+//! gets a copy on another agent, as MapReduce's backup tasks: a stalled
+//! board (an SD card, heat, a SIGSTOP) then costs the job a few task
+//! times, not the seconds until it is declared down. The first result
+//! counts; the other copy's is dropped like a late one. Copies are bounded
+//! by [`SPECULATION_SHARE`] of the pool's credits.
 
 use skelpi_proto::{MAX_TASKS_PER_WORKER, TASKS_PER_WORKER};
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Times a task lost with its agent is sent again, to another live agent,
 /// before the job fails naming it (a task that keeps killing agents).
@@ -36,6 +43,20 @@ pub fn credits_per_worker(busy: Duration) -> usize {
         .saturating_add(1)
         .clamp(TASKS_PER_WORKER, MAX_TASKS_PER_WORKER)
 }
+
+/// Copies out or waiting, as a share of the live pool's credits; in a pool
+/// so small that this is less than one agent's credits, as many copies as
+/// the live agent with most credits has (one stalled board's tasks are
+/// copied at once).
+pub const SPECULATION_SHARE: f64 = 0.1;
+
+/// A task is overdue once out this many times as long as tasks are out
+/// on average...
+pub const OVERDUE_FACTOR: f64 = 4.0;
+
+/// ...and at least this long: tasks of microseconds are not copied for a
+/// scheduling hiccup.
+pub const OVERDUE_FLOOR: Duration = Duration::from_millis(20);
 
 /// A task to send now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +87,10 @@ struct Task {
     home: Option<usize>,
     /// Agents lost while running it.
     lost: Vec<usize>,
+    /// Its attempts out now (two while a copy runs).
+    out: usize,
+    /// It waits in `backups` for a copy to be sent.
+    copy_waiting: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +99,13 @@ struct Attempt {
     agent: usize,
     /// It holds one of its agent's credits.
     credit: bool,
+    /// When it was sent.
+    sent: Instant,
+    /// It is a copy of an overdue task's attempt.
+    copy: bool,
+    /// Another attempt of its task answered first: its result will be
+    /// dropped.
+    stale: bool,
 }
 
 /// The dispatcher's state: agents, credits, tasks waiting and tasks out.
@@ -91,6 +123,13 @@ pub struct Scheduler {
     homed: VecDeque<u64>,
     tasks: HashMap<u64, Task>,
     attempts: HashMap<u64, Attempt>,
+    /// Overdue tasks waiting for a copy to be sent, oldest first.
+    backups: VecDeque<u64>,
+    /// Copies out now.
+    copies_out: usize,
+    /// The moving mean of how long a task is out, seconds (`None` before
+    /// the first result).
+    mean_out: Option<f64>,
 }
 
 impl Scheduler {
@@ -116,6 +155,9 @@ impl Scheduler {
             homed: VecDeque::new(),
             tasks: HashMap::new(),
             attempts: HashMap::new(),
+            backups: VecDeque::new(),
+            copies_out: 0,
+            mean_out: None,
         }
     }
 
@@ -131,6 +173,8 @@ impl Scheduler {
             Task {
                 home,
                 lost: Vec::new(),
+                out: 0,
+                copy_waiting: false,
             },
         );
         debug_assert!(old.is_none(), "task {task} submitted twice");
@@ -142,24 +186,32 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The next task to send, if one waits and an agent can take it;
-    /// `attempt` names its send (unique: results are matched by it).
-    pub fn next_send(&mut self, attempt: impl FnOnce() -> u64) -> Option<Dispatch> {
-        // A task at home goes first and needs no credit; else the oldest
-        // task takes a credit of the least loaded agent (the scan is over
-        // the free credits: fine for pools of hundreds of cores).
-        let (task, agent, credit) = match self.homed.pop_front() {
-            Some(task) => (task, self.tasks.get(&task)?.home?, false),
-            None => {
-                if self.queue.is_empty() {
-                    return None;
+    /// The next task to send at `now`, if one waits and an agent can take
+    /// it; `attempt` names its send (unique: results are matched by it).
+    pub fn next_send(&mut self, now: Instant, attempt: impl FnOnce() -> u64) -> Option<Dispatch> {
+        // A task at home goes first and needs no credit; then an overdue
+        // task's copy, on another agent; else the oldest task takes a
+        // credit of the least loaded agent (the scan is over the free
+        // credits: fine for pools of hundreds of cores).
+        let (task, agent, credit, copy) = match self.homed.pop_front() {
+            Some(task) => (task, self.tasks.get(&task)?.home?, false, false),
+            None => match self.place_copy() {
+                Some((task, agent)) => (task, agent, true, true),
+                None => {
+                    if self.queue.is_empty() {
+                        return None;
+                    }
+                    let at = self.least_loaded_credit(None)?;
+                    let agent = self.free.remove(at)?;
+                    self.held[agent] += 1;
+                    (self.queue.pop_front()?, agent, true, false)
                 }
-                let at = self.least_loaded_credit()?;
-                let agent = self.free.remove(at)?;
-                self.held[agent] += 1;
-                (self.queue.pop_front()?, agent, true)
-            }
+            },
         };
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.out += 1;
+        }
+        self.copies_out += usize::from(copy);
         let id = attempt();
         let old = self.attempts.insert(
             id,
@@ -167,6 +219,9 @@ impl Scheduler {
                 task,
                 agent,
                 credit,
+                sent: now,
+                copy,
+                stale: false,
             },
         );
         debug_assert!(old.is_none(), "attempt id {id} reused");
@@ -177,16 +232,103 @@ impl Scheduler {
         })
     }
 
-    /// A result of attempt `attempt` came from `agent`: returns its task if
-    /// the result counts (the task is then finished), `None` if it is late
-    /// (its agent was declared down), repeated, unknown, or its task was
-    /// cancelled.
-    pub fn on_result(&mut self, agent: usize, attempt: u64) -> Option<u64> {
+    /// The oldest task waiting for a copy that a free credit of another
+    /// agent than its first attempt's can take now, and that agent (its
+    /// credit taken).
+    fn place_copy(&mut self) -> Option<(u64, usize)> {
+        for i in 0..self.backups.len() {
+            let task = self.backups[i];
+            let running = self
+                .attempts
+                .values()
+                .find(|a| a.task == task)
+                .map(|a| a.agent);
+            let Some(at) = self.least_loaded_credit(running) else {
+                continue;
+            };
+            let agent = self.free.remove(at)?;
+            self.held[agent] += 1;
+            self.backups.remove(i);
+            if let Some(t) = self.tasks.get_mut(&task) {
+                t.copy_waiting = false;
+            }
+            return Some((task, agent));
+        }
+        None
+    }
+
+    /// Marks the tasks overdue at `now` for a copy on another agent: out
+    /// alone longer than [`OVERDUE_FACTOR`] times the mean time tasks are
+    /// out (and [`OVERDUE_FLOOR`]), oldest first, while copies out or
+    /// waiting stay within [`SPECULATION_SHARE`] of the live credits (or
+    /// one agent's credits).
+    /// Tasks placed at home are not copied. Returns how many were marked
+    /// (send them with [`Scheduler::next_send`]).
+    pub fn speculate(&mut self, now: Instant) -> usize {
+        let Some(mean) = self.mean_out else {
+            return 0;
+        };
+        if self.live.iter().filter(|&&l| l).count() < 2 {
+            return 0;
+        }
+        let overdue = Duration::from_secs_f64(mean * OVERDUE_FACTOR).max(OVERDUE_FLOOR);
+        let live = || (0..self.live.len()).filter(|&a| self.live[a]);
+        let credits: usize = live().map(|a| self.credits[a]).sum();
+        let one_board = live().map(|a| self.credits[a]).max().unwrap_or(1);
+        let cap = ((credits as f64 * SPECULATION_SHARE) as usize).max(one_board);
+        let room = cap.saturating_sub(self.copies_out + self.backups.len());
+        if room == 0 {
+            return 0;
+        }
+        let tasks = &self.tasks;
+        let mut late: Vec<(Instant, u64)> = self
+            .attempts
+            .values()
+            .filter(|a| a.credit && now.saturating_duration_since(a.sent) > overdue)
+            .filter(|a| {
+                tasks
+                    .get(&a.task)
+                    .is_some_and(|t| t.out == 1 && !t.copy_waiting && t.home.is_none())
+            })
+            .map(|a| (a.sent, a.task))
+            .collect();
+        late.sort_unstable();
+        late.truncate(room);
+        for &(_, task) in &late {
+            if let Some(t) = self.tasks.get_mut(&task) {
+                t.copy_waiting = true;
+            }
+            self.backups.push_back(task);
+        }
+        late.len()
+    }
+
+    /// How long tasks are out on average (`None` before the first result).
+    pub fn mean_out(&self) -> Option<Duration> {
+        self.mean_out.map(Duration::from_secs_f64)
+    }
+
+    /// Forgets that `task` waits for a copy.
+    fn drop_backup(&mut self, task: u64) {
+        if let Some(t) = self.tasks.get_mut(&task)
+            && std::mem::take(&mut t.copy_waiting)
+        {
+            self.backups.retain(|&b| b != task);
+        }
+    }
+
+    /// A result of attempt `attempt` came from `agent` at `now`: returns
+    /// its task if the result counts (the task is then finished: the first
+    /// of its copies to answer), `None` if it is late (its agent was
+    /// declared down, or another copy answered first), repeated, unknown,
+    /// or its task was cancelled.
+    pub fn on_result(&mut self, now: Instant, agent: usize, attempt: u64) -> Option<u64> {
         let a = *self.attempts.get(&attempt)?;
         if a.agent != agent {
             return None;
         }
         self.attempts.remove(&attempt);
+        self.copies_out -= usize::from(a.copy);
         if a.credit && self.live[a.agent] {
             self.held[a.agent] -= 1;
             // Not freed again if the agent's credits shrank below it.
@@ -195,13 +337,27 @@ impl Scheduler {
             }
         }
         // A cancelled task's result frees its credit and goes nowhere.
-        self.tasks.remove(&a.task).map(|_| a.task)
+        if !self.tasks.contains_key(&a.task) {
+            return None;
+        }
+        self.drop_backup(a.task);
+        if self.tasks.remove(&a.task).is_some_and(|t| t.out > 1) {
+            for other in self.attempts.values_mut().filter(|o| o.task == a.task) {
+                other.stale = true;
+            }
+        }
+        // A moving mean over about the last 16 results that counted.
+        let took = now.saturating_duration_since(a.sent).as_secs_f64();
+        let mean = self.mean_out.map_or(took, |m| m + (took - m) / 16.0);
+        self.mean_out = Some(mean);
+        Some(a.task)
     }
 
     /// The caller of `task` no longer waits: a waiting task is dropped; one
     /// out stays out until its result (which frees its credit) or its
     /// agent's loss, and is then forgotten.
     pub fn cancel(&mut self, task: u64) {
+        self.drop_backup(task);
         self.queue.retain(|&t| t != task);
         self.homed.retain(|&t| t != task);
         self.tasks.remove(&task);
@@ -229,11 +385,20 @@ impl Scheduler {
         let mut again = Vec::new();
         for (id, a) in out {
             self.attempts.remove(&id);
+            self.copies_out -= usize::from(a.copy);
             // A cancelled task is forgotten with its attempt.
             let Some(t) = self.tasks.get_mut(&a.task) else {
                 continue;
             };
+            t.out -= 1;
+            if t.out > 0 {
+                // Its copy runs on elsewhere: not lost.
+                continue;
+            }
             t.lost.push(agent);
+            if std::mem::take(&mut t.copy_waiting) {
+                self.backups.retain(|&b| b != a.task);
+            }
             if t.lost.len() > MAX_REDISPATCH {
                 let lost = std::mem::take(&mut t.lost);
                 self.tasks.remove(&a.task);
@@ -327,12 +492,16 @@ impl Scheduler {
     }
 
     /// Where in `free` the credit to take next is: the agent with the
-    /// smallest share of its credits taken, the oldest credit on a tie.
-    fn least_loaded_credit(&self) -> Option<usize> {
+    /// smallest share of its credits taken, the oldest credit on a tie
+    /// (not `except`'s).
+    fn least_loaded_credit(&self, except: Option<usize>) -> Option<usize> {
         // held/credits compared as fractions: a*d < c*b.
         let share = |a: usize| (self.held[a], self.credits[a].max(1));
         let mut best: Option<(usize, (usize, usize))> = None;
         for (at, &agent) in self.free.iter().enumerate() {
+            if Some(agent) == except {
+                continue;
+            }
             let (h, c) = share(agent);
             if best.is_none_or(|(_, (bh, bc))| h * bc < bh * c) {
                 best = Some((at, (h, c)));
@@ -368,6 +537,40 @@ impl Scheduler {
         }
     }
 
+    /// Test check: a task has at most two attempts out, the copies out are
+    /// counted right, and a task waits for a copy once at most.
+    #[cfg(test)]
+    fn check_copies(&self, seed: u64) {
+        let mut out: HashMap<u64, usize> = HashMap::new();
+        for a in self.attempts.values() {
+            *out.entry(a.task).or_default() += 1;
+        }
+        for (task, &n) in &out {
+            assert!(n <= 2, "seed {seed}: task {task} has {n} attempts out");
+            if let Some(t) = self.tasks.get(task) {
+                assert_eq!(t.out, n, "seed {seed}: task {task}'s attempts out");
+            }
+        }
+        let copies = self.attempts.values().filter(|a| a.copy).count();
+        assert_eq!(self.copies_out, copies, "seed {seed}: copies out");
+        let mut waiting: Vec<u64> = self.backups.iter().copied().collect();
+        waiting.sort_unstable();
+        waiting.dedup();
+        assert_eq!(
+            waiting.len(),
+            self.backups.len(),
+            "seed {seed}: a copy asked twice"
+        );
+        for t in &self.backups {
+            assert!(
+                self.tasks
+                    .get(t)
+                    .is_some_and(|t| t.copy_waiting && t.out == 1),
+                "seed {seed}: task {t} waits for a copy wrongly"
+            );
+        }
+    }
+
     /// Whether the agent is alive.
     pub fn is_live(&self, agent: usize) -> bool {
         self.live.get(agent).copied().unwrap_or(false)
@@ -389,6 +592,13 @@ impl Scheduler {
         self.attempts.len()
     }
 
+    /// Whether attempts are out and all of them are stale: copies of tasks
+    /// that another copy finished first (on a stalled agent, they may
+    /// never answer).
+    pub fn only_stale_out(&self) -> bool {
+        !self.attempts.is_empty() && self.attempts.values().all(|a| a.stale)
+    }
+
     /// Tasks waiting to be sent.
     pub fn waiting(&self) -> usize {
         self.queue.len() + self.homed.len()
@@ -398,6 +608,12 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One instant for tests that do not move the clock.
+    fn t0() -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
 
     fn ids() -> impl FnMut() -> u64 {
         let mut next = 100;
@@ -414,14 +630,14 @@ mod tests {
         for t in 0..5 {
             s.submit(t, None).unwrap();
         }
-        let sent: Vec<usize> = std::iter::from_fn(|| s.next_send(&mut id))
+        let sent: Vec<usize> = std::iter::from_fn(|| s.next_send(t0(), &mut id))
             .map(|x| x.agent)
             .collect();
         assert_eq!(sent, [0, 1, 0], "round by round; then no credit is left");
         assert_eq!((s.out(), s.waiting()), (3, 2));
-        assert_eq!(s.on_result(1, 102), Some(1));
+        assert_eq!(s.on_result(t0(), 1, 102), Some(1));
         assert_eq!(
-            s.next_send(&mut id).map(|x| (x.task, x.agent)),
+            s.next_send(t0(), &mut id).map(|x| (x.task, x.agent)),
             Some((3, 1))
         );
     }
@@ -433,13 +649,13 @@ mod tests {
         for t in 0..3 {
             s.submit(t, None).unwrap();
         }
-        let first = s.next_send(&mut id).unwrap();
-        let second = s.next_send(&mut id).unwrap();
+        let first = s.next_send(t0(), &mut id).unwrap();
+        let second = s.next_send(t0(), &mut id).unwrap();
         assert_eq!((first.agent, second.agent), (0, 1));
-        assert_eq!(s.on_result(1, second.attempt), Some(1));
+        assert_eq!(s.on_result(t0(), 1, second.attempt), Some(1));
         // Agent 0's second credit is older than agent 1's returned one,
         // but agent 0 is busy and agent 1 idle.
-        assert_eq!(s.next_send(&mut id).map(|x| x.agent), Some(1));
+        assert_eq!(s.next_send(t0(), &mut id).map(|x| x.agent), Some(1));
     }
 
     #[test]
@@ -449,19 +665,75 @@ mod tests {
         for t in 0..6 {
             s.submit(t, None).unwrap();
         }
-        assert!(s.next_send(&mut id).is_some());
-        assert!(s.next_send(&mut id).is_none(), "one credit");
+        assert!(s.next_send(t0(), &mut id).is_some());
+        assert!(s.next_send(t0(), &mut id).is_none(), "one credit");
         s.set_credits(0, 4);
-        let sent: Vec<_> = std::iter::from_fn(|| s.next_send(&mut id)).collect();
+        let sent: Vec<_> = std::iter::from_fn(|| s.next_send(t0(), &mut id)).collect();
         assert_eq!(sent.len(), 3, "three more at once");
         s.set_credits(0, 2);
-        assert_eq!(s.on_result(0, 101), Some(0));
-        assert!(s.next_send(&mut id).is_none(), "3 out for 2 credits");
-        assert_eq!(s.on_result(0, 102), Some(1));
-        assert!(s.next_send(&mut id).is_none(), "2 out for 2 credits");
-        assert_eq!(s.on_result(0, 103), Some(2));
-        assert!(s.next_send(&mut id).is_some(), "1 out: one free again");
+        assert_eq!(s.on_result(t0(), 0, 101), Some(0));
+        assert!(s.next_send(t0(), &mut id).is_none(), "3 out for 2 credits");
+        assert_eq!(s.on_result(t0(), 0, 102), Some(1));
+        assert!(s.next_send(t0(), &mut id).is_none(), "2 out for 2 credits");
+        assert_eq!(s.on_result(t0(), 0, 103), Some(2));
+        assert!(
+            s.next_send(t0(), &mut id).is_some(),
+            "1 out: one free again"
+        );
         s.check_credits(0);
+    }
+
+    #[test]
+    fn an_overdue_task_is_copied_to_another_agent_and_the_first_result_counts() {
+        let t = t0();
+        let ms = Duration::from_millis;
+        let mut s = Scheduler::new(&[1, 1, 1]);
+        let mut id = ids();
+        for task in 0..4 {
+            s.submit(task, None).unwrap();
+        }
+        let sent: Vec<_> = std::iter::from_fn(|| s.next_send(t, &mut id)).collect();
+        assert_eq!(sent.len(), 3);
+        // Tasks take 10 ms: agents 1 and 2 answer, agent 0 stalls.
+        assert_eq!(s.on_result(t + ms(10), 1, sent[1].attempt), Some(1));
+        let fourth = s.next_send(t + ms(10), &mut id).unwrap();
+        assert_eq!(s.on_result(t + ms(20), 2, sent[2].attempt), Some(2));
+        assert_eq!(s.on_result(t + ms(20), 1, fourth.attempt), Some(3));
+        let mean = s.mean_out().unwrap();
+        assert!(mean >= ms(10) && mean < ms(11), "{mean:?}");
+        assert_eq!(s.speculate(t + ms(30)), 0, "not overdue yet");
+        assert_eq!(s.speculate(t + ms(45)), 1, "overdue past 4 × 10 ms");
+        assert_eq!(s.speculate(t + ms(60)), 0, "asked once");
+        let copy = s.next_send(t + ms(60), &mut id).unwrap();
+        assert_eq!(copy.task, 0);
+        assert_ne!(copy.agent, 0, "never on the stalled agent");
+        assert_eq!(s.on_result(t + ms(70), copy.agent, copy.attempt), Some(0));
+        assert!(s.only_stale_out(), "the stalled attempt is left, stale");
+        assert_eq!(
+            s.on_result(t + ms(900), 0, sent[0].attempt),
+            None,
+            "late copy"
+        );
+        assert_eq!(s.out(), 0);
+    }
+
+    #[test]
+    fn copies_stay_within_one_agents_credits_in_a_small_pool() {
+        let t = t0();
+        let mut s = Scheduler::new(&[2, 2, 2]);
+        let mut id = ids();
+        for task in 0..7 {
+            s.submit(task, None).unwrap();
+        }
+        let sent: Vec<_> = std::iter::from_fn(|| s.next_send(t, &mut id)).collect();
+        assert_eq!(sent.len(), 6);
+        let first = sent[0];
+        assert!(s.on_result(t, first.agent, first.attempt).is_some());
+        let _ = s.next_send(t, &mut id);
+        // Every task out is long overdue: two copies (one agent's
+        // credits; 10% of 6 is less), the oldest first.
+        assert_eq!(s.speculate(t + Duration::from_secs(10)), 2);
+        assert_eq!(s.speculate(t + Duration::from_secs(10)), 0);
     }
 
     #[test]
@@ -480,11 +752,15 @@ mod tests {
         let mut s = Scheduler::new(&[1, 1]);
         let mut id = ids();
         s.submit(7, None).unwrap();
-        let send = s.next_send(&mut id).unwrap();
-        assert_eq!(s.on_result(1 - send.agent, send.attempt), None);
-        assert_eq!(s.on_result(send.agent, send.attempt), Some(7));
-        assert_eq!(s.on_result(send.agent, send.attempt), None, "repeated");
-        assert_eq!(s.on_result(0, 999), None, "unknown");
+        let send = s.next_send(t0(), &mut id).unwrap();
+        assert_eq!(s.on_result(t0(), 1 - send.agent, send.attempt), None);
+        assert_eq!(s.on_result(t0(), send.agent, send.attempt), Some(7));
+        assert_eq!(
+            s.on_result(t0(), send.agent, send.attempt),
+            None,
+            "repeated"
+        );
+        assert_eq!(s.on_result(t0(), 0, 999), None, "unknown");
     }
 
     #[test]
@@ -494,17 +770,17 @@ mod tests {
         for t in 0..3 {
             s.submit(t, None).unwrap();
         }
-        let a = s.next_send(&mut id).unwrap();
-        let _b = s.next_send(&mut id).unwrap();
+        let a = s.next_send(t0(), &mut id).unwrap();
+        let _b = s.next_send(t0(), &mut id).unwrap();
         let down = s.on_down(a.agent);
         assert_eq!(down.again, [a.task]);
-        assert_eq!(s.on_result(a.agent, a.attempt), None, "late");
+        assert_eq!(s.on_result(t0(), a.agent, a.attempt), None, "late");
         assert_eq!(s.out_on(a.agent), 0);
         assert_eq!(s.on_down(a.agent), Down::default(), "once is enough");
         // Agent 1 is busy: the lost task waits first in line.
         assert_eq!(s.waiting(), 2);
-        assert_eq!(s.on_result(1, 102), Some(1));
-        let again = s.next_send(&mut id).unwrap();
+        assert_eq!(s.on_result(t0(), 1, 102), Some(1));
+        let again = s.next_send(t0(), &mut id).unwrap();
         assert_eq!((again.task, again.agent), (a.task, 1));
     }
 
@@ -514,7 +790,7 @@ mod tests {
         let mut id = ids();
         s.submit(9, None).unwrap();
         for round in 0..4 {
-            let send = s.next_send(&mut id).unwrap();
+            let send = s.next_send(t0(), &mut id).unwrap();
             let down = s.on_down(send.agent);
             if round < 3 {
                 assert_eq!(down.again, [9]);
@@ -531,15 +807,15 @@ mod tests {
         let mut id = ids();
         s.submit(1, None).unwrap();
         s.submit(2, None).unwrap();
-        s.next_send(&mut id).unwrap();
-        s.next_send(&mut id).unwrap();
+        s.next_send(t0(), &mut id).unwrap();
+        s.next_send(t0(), &mut id).unwrap();
         s.submit(3, Some(1)).unwrap();
-        let home = s.next_send(&mut id).unwrap();
+        let home = s.next_send(t0(), &mut id).unwrap();
         assert_eq!((home.task, home.agent), (3, 1), "no credit needed");
         s.on_down(1);
-        assert_eq!(s.next_send(&mut id), None, "agent 0's credit is out");
-        assert_eq!(s.on_result(0, 101), Some(1));
-        let moved: Vec<u64> = std::iter::from_fn(|| s.next_send(&mut id))
+        assert_eq!(s.next_send(t0(), &mut id), None, "agent 0's credit is out");
+        assert_eq!(s.on_result(t0(), 0, 101), Some(1));
+        let moved: Vec<u64> = std::iter::from_fn(|| s.next_send(t0(), &mut id))
             .map(|x| x.task)
             .collect();
         assert_eq!(moved, [2], "task 2 was lost first");
@@ -551,7 +827,7 @@ mod tests {
         let mut id = ids();
         s.submit(1, None).unwrap();
         s.submit(2, None).unwrap();
-        s.next_send(&mut id).unwrap();
+        s.next_send(t0(), &mut id).unwrap();
         let down = s.on_down(0);
         assert_eq!(down.stranded, [1, 2]);
         assert!(down.again.is_empty() && down.lost.is_empty());
@@ -564,13 +840,17 @@ mod tests {
         let mut id = ids();
         s.submit(1, None).unwrap();
         s.submit(2, None).unwrap();
-        let a = s.next_send(&mut id).unwrap();
+        let a = s.next_send(t0(), &mut id).unwrap();
         s.cancel(2);
         s.cancel(1);
-        assert_eq!(s.on_result(0, a.attempt), None, "its result goes nowhere");
-        assert_eq!(s.next_send(&mut id), None, "task 2 is not sent");
+        assert_eq!(
+            s.on_result(t0(), 0, a.attempt),
+            None,
+            "its result goes nowhere"
+        );
+        assert_eq!(s.next_send(t0(), &mut id), None, "task 2 is not sent");
         s.submit(3, None).unwrap();
-        assert!(s.next_send(&mut id).is_some(), "the credit came back");
+        assert!(s.next_send(t0(), &mut id).is_some(), "the credit came back");
     }
 
     /// One simulated job: agents that run what they are sent in any order,
@@ -611,12 +891,22 @@ mod tests {
                 "seed {seed}: task {t} ended twice ({old:?}, then {f})"
             );
         };
+        // A clock that moves a few milliseconds a step; overdue tasks get
+        // copies now and then.
+        let mut now = t0();
+        let mut sends: HashMap<u64, usize> = HashMap::new();
         for step in 0..20_000 {
+            now += Duration::from_millis(rng.random_range(0..=3));
+            if rng.random_bool(0.1) {
+                *tally.entry("copies").or_default() += s.speculate(now);
+            }
+            s.check_copies(seed);
             // Send whatever can go.
-            while let Some(send) = s.next_send(|| {
+            while let Some(send) = s.next_send(now, || {
                 next_id += 1;
                 next_id
             }) {
+                *sends.entry(send.task).or_default() += 1;
                 assert!(!declared[send.agent], "seed {seed}: sent to a down agent");
                 assert!(
                     !fate.contains_key(&send.task),
@@ -750,7 +1040,7 @@ mod tests {
                         continue;
                     }
                     let (attempt, t) = held[a].swap_remove(k);
-                    match s.on_result(a, attempt) {
+                    match s.on_result(now, a, attempt) {
                         Some(task) => {
                             assert!(!declared[a], "seed {seed}: a late result was taken");
                             assert_eq!(task, t, "seed {seed}: result routed to another task");
@@ -758,15 +1048,18 @@ mod tests {
                             settle(&mut fate, task, f);
                         }
                         None => {
+                            // A copy's result, after the other copy's.
+                            let copied = sends.get(&t).is_some_and(|&n| n > 1)
+                                && matches!(fate.get(&t), Some('d' | 'f'));
                             assert!(
-                                declared[a] || fate.get(&t) == Some(&'c'),
+                                declared[a] || fate.get(&t) == Some(&'c') || copied,
                                 "seed {seed}: step {step}: a live agent's result was dropped"
                             );
                             *tally.entry("late results dropped").or_default() += 1;
                         }
                     }
                     // The same result again (a duplicate) never counts.
-                    assert_eq!(s.on_result(a, attempt), None, "seed {seed}");
+                    assert_eq!(s.on_result(now, a, attempt), None, "seed {seed}");
                 }
             }
         }
@@ -811,6 +1104,8 @@ mod tests {
                 "stranded",
                 "cancelled",
                 "rejoined",
+                "credits changed",
+                "copies",
             ] {
                 assert!(
                     tally.get(what).copied().unwrap_or(0) >= 10,
