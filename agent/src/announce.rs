@@ -265,6 +265,7 @@ mod tests {
             port: 7878,
             kernels: Vec::new(),
             build: None,
+            queued_per_worker: 0,
         }
     }
 

@@ -63,6 +63,8 @@ pub fn local_info(name: &str, id: Option<&str>, workers: usize, port: u16) -> Ag
         port,
         kernels: Vec::new(),
         build: None,
+        queued_per_worker: (skelpi_proto::MAX_TASKS_PER_WORKER - skelpi_proto::TASKS_PER_WORKER)
+            as u32,
     }
 }
 

@@ -8,9 +8,11 @@
 //! The rules live in a [`Session`] without sockets or a clock; this module
 //! drives it. Loops share the connection's [`Sender`]: the reader hands
 //! each message to the session and carries out what it answers (queueing a
-//! task on the workers; while a task waits for a slot, it reads nothing, so
-//! a master past its slots waits, and its TCP); the writer sends task
-//! outcomes as workers finish; the clock calls the session when it is due
+//! task on the workers; a small task past the slots waits in the session's
+//! queue, which the feeder empties as slots free; while a task finds no
+//! room there, the reader reads nothing, so a master past its slots waits,
+//! and its TCP); the writer sends task outcomes as workers finish, those
+//! finished together in one write; the clock calls the session when it is due
 //! (heartbeats, a silent master, a master that reads nothing) and never
 //! waits for the sender, so a master that stops reading cannot stop it
 //! from ending the session (heartbeats go through a loop of their own);

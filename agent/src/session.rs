@@ -276,7 +276,7 @@ impl Session {
         if self.in_flight < self.slots && self.queued.is_empty() {
             self.in_flight += 1;
             actions.push(Action::RunTask(task, input));
-        } else if self.fits_queue(&input) {
+        } else if self.fits_queue(&task, &input) {
             self.queued.push_back((task, input));
         } else {
             self.held = Some((task, input));
@@ -284,9 +284,10 @@ impl Session {
         actions
     }
 
-    /// Whether a task with this input may wait in the queue now.
-    fn fits_queue(&self, input: &Array) -> bool {
-        let bytes = input.data.len().saturating_mul(std::mem::size_of::<f64>());
+    /// Whether a task may wait in the queue now: small (its head counted
+    /// too, see [`skelpi_proto::task_bytes`]) and with room left.
+    fn fits_queue(&self, task: &TaskHead, input: &Array) -> bool {
+        let bytes = skelpi_proto::task_bytes(&task.kernel, task.args.len(), input.data.len());
         self.queued.len() < self.queue_room && bytes <= skelpi_proto::SMALL_TASK_BYTES
     }
 
@@ -338,7 +339,11 @@ impl Session {
         }
         let (task, input) = match self.queued.pop_front() {
             Some(next) => {
-                if self.held.as_ref().is_some_and(|(_, a)| self.fits_queue(a)) {
+                if self
+                    .held
+                    .as_ref()
+                    .is_some_and(|(t, a)| self.fits_queue(t, a))
+                {
                     self.queued.extend(self.held.take());
                 }
                 next

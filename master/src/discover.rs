@@ -264,6 +264,7 @@ mod tests {
                 port: 9000,
                 kernels: Vec::new(),
                 build: None,
+                queued_per_worker: 0,
             },
             addrs: vec!["10.0.0.2".parse().unwrap(), "fe80::1".parse().unwrap()],
             instance: "pi".into(),

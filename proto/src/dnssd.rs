@@ -99,6 +99,7 @@ pub fn parse_txt(instance_name: &str, props: &[(String, String)]) -> Result<Agen
                 ..Default::default()
             })
         }),
+        queued_per_worker: 0,
     })
 }
 
@@ -124,6 +125,7 @@ mod tests {
             port: 7878,
             kernels: Vec::new(),
             build: None,
+            queued_per_worker: 0,
         }
     }
 

@@ -31,4 +31,14 @@ pub struct AgentInfo {
     /// reply; in its TXT record only the version). Absent: not said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Box<crate::deploy::Build>>,
+    /// Small tasks (see [`crate::SMALL_TASK_BYTES`]) it queues per worker
+    /// beyond [`crate::TASKS_PER_WORKER`]: a master keeps at most
+    /// `TASKS_PER_WORKER + queued_per_worker` out per worker. Absent (an
+    /// older agent, or mDNS): none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued_per_worker: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

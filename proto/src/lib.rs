@@ -76,8 +76,18 @@ pub const TASKS_PER_WORKER: usize = 2;
 /// its session (an older agent stops reading instead: nothing is lost).
 pub const MAX_TASKS_PER_WORKER: usize = 16;
 
-/// Largest input (bytes of its array) of a *small* task, which an agent
-/// may queue in its session beyond [`TASKS_PER_WORKER`]: the queue holds
-/// at most `MAX_TASKS_PER_WORKER - TASKS_PER_WORKER` of them per worker,
-/// under 1 MiB per worker.
+/// Largest *small* task ([`task_bytes`]), which an agent may queue in its
+/// session beyond [`TASKS_PER_WORKER`]: the queue holds at most
+/// `MAX_TASKS_PER_WORKER - TASKS_PER_WORKER` of them per worker, under
+/// 1 MiB per worker. A master sends a larger task to an agent only while
+/// it has fewer than [`TASKS_PER_WORKER`] per worker out there, so the
+/// agent never stops reading for want of room.
 pub const SMALL_TASK_BYTES: usize = 64 << 10;
+
+/// The bytes a task holds while it waits on an agent, as
+/// [`SMALL_TASK_BYTES`] counts them: its kernel's name, `args` arguments
+/// and `input` floats of input.
+pub fn task_bytes(kernel: &str, args: usize, input: usize) -> usize {
+    let floats = args.saturating_add(input);
+    kernel.len().saturating_add(floats.saturating_mul(8))
+}

@@ -10,8 +10,12 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Outcomes the writer queues before writing them at once: small results
-/// share a socket write, and the master reads them together.
+/// share a socket write, and the master reads them together...
 const BATCH_OUTCOMES: usize = 64;
+
+/// ...up to about this many bytes, so that a batch of large results does
+/// not hold the sender (heartbeats, replies) longer than one would.
+const BATCH_BYTES: usize = 256 << 10;
 
 impl Driver<'_> {
     /// Sends task outcomes as the workers finish them, until the
@@ -24,12 +28,13 @@ impl Driver<'_> {
             self.changed.notify(usize::MAX);
             let mut s = self.sender.lock().await;
             let mut next = Some(first);
-            let mut queued = 0;
+            let (mut queued, mut bytes) = (0, 0);
             let mut sent = Ok(());
             while let Some(outcome) = next.take() {
                 sent = self.queue(&mut s, outcome).await;
                 queued += 1;
-                if sent.is_ok() && queued < BATCH_OUTCOMES {
+                bytes += s.last_frame_len();
+                if sent.is_ok() && queued < BATCH_OUTCOMES && bytes < BATCH_BYTES {
                     next = done.try_recv().ok();
                 }
             }
@@ -46,9 +51,13 @@ impl Driver<'_> {
     }
 
     /// Takes a worker's outcome (its task's slot is free again) and queues
-    /// it on `s`.
+    /// it on `s` (its write deadline counting from now).
     async fn queue(&self, s: &mut Sender, outcome: Outcome) -> Result<(), WireError> {
-        self.session.borrow_mut().task_finished();
+        {
+            let mut session = self.session.borrow_mut();
+            session.task_finished();
+            session.writing(Instant::now());
+        }
         self.freed.notify(usize::MAX);
         let (tag, id) = (outcome.tag, outcome.tag.id);
         let started = Instant::now();

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 impl Driver<'_> {
     /// When task `id` arrived and how it is traced (forgotten now: it
-    /// runs). Tasks run in arrival order, so it is first in line.
+    /// runs). Tasks are handed to the workers in about their arrival
+    /// order, so it is near the front.
     fn arrival(&self, id: u64) -> Option<Arrival> {
         let mut arrived = self.arrived.borrow_mut();
         let at = arrived.iter().position(|a| a.id == id)?;

@@ -555,6 +555,54 @@ fn a_master_keeps_its_handshake_amid_bursts_of_idle_sockets_from_its_address() {
     );
 }
 
+/// A master sends more small tasks than the agent's slots (1 worker: 2),
+/// then a ping: the tasks past the slots wait in the session's queue, so
+/// the agent goes on reading and answers the ping before the tasks end.
+#[test]
+fn small_tasks_past_the_slots_queue_and_the_agent_goes_on_reading() {
+    use skelpi_proto::{JobId, Ping, Shape, TaskDone, TaskHead};
+    let (agent, key) = agent(false);
+    smol::block_on(async {
+        let (mut est, _) = connect(&agent, &key, false).await;
+        for id in 1..=16u64 {
+            let task = Message::Task(TaskHead {
+                id,
+                job: JobId(1),
+                kernel: "sleep_ms".into(),
+                args: vec![50.0],
+                trace: false,
+                deadline_ms: None,
+            });
+            est.sender
+                .queue_bulk(&task, Shape::List(1), &[1.0])
+                .await
+                .unwrap();
+        }
+        est.sender
+            .send(&Message::Ping(Ping { nonce: 7 }))
+            .await
+            .unwrap();
+        let mut bulk = Vec::new();
+        let mut done = 0;
+        loop {
+            match est.receiver.recv(&mut bulk).await.unwrap().msg {
+                Message::Pong(p) => {
+                    assert_eq!(p.nonce, 7);
+                    break;
+                }
+                Message::TaskDone(TaskDone { .. }) => done += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(done < 2, "the ping waited for {done} tasks");
+        while done < 16 {
+            if let Message::TaskDone(_) = est.receiver.recv(&mut bulk).await.unwrap().msg {
+                done += 1;
+            }
+        }
+    });
+}
+
 /// A master far past the agent's slots (1 worker: 2 slots and 14 queued
 /// small tasks), small tasks mixed with some too large to queue: every
 /// result comes back once and right.

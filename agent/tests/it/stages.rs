@@ -127,6 +127,7 @@ fn a_stage_whose_successor_falls_silent_reports_its_link_lost_within_four_beats(
         port: 0,
         kernels: Vec::new(),
         build: None,
+        queued_per_worker: 0,
     };
     let (asked_tx, asked_rx) = std::sync::mpsc::channel();
     let hung = std::thread::spawn({

@@ -32,6 +32,7 @@ fn agents() -> Vec<AgentInfo> {
             port: 40_000 + rand::random::<u16>() % 20_000 + i as u16,
             kernels: Vec::new(),
             build: None,
+            queued_per_worker: 0,
         })
         .collect()
 }

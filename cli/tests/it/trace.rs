@@ -364,12 +364,19 @@ fn a_streamed_pipeline_that_fails_leaves_its_trace_marked_with_the_failure() {
 }
 
 /// The most tasks the master had out at once on its agents, from a
-/// trace's sends and results.
-fn most_out(trace: &Trace) -> usize {
+/// trace's sends and results (only sends of more than `over` bytes, and
+/// their results).
+fn most_out(trace: &Trace, over: u64) -> usize {
+    let large: std::collections::HashSet<u64> = trace
+        .events
+        .iter()
+        .filter(|e| e.pid == 0 && e.kind == TraceKind::TaskSend && e.bytes > over)
+        .map(|e| e.id)
+        .collect();
     let mut steps: Vec<(f64, i64)> = trace
         .events
         .iter()
-        .filter(|e| e.pid == 0)
+        .filter(|e| e.pid == 0 && large.contains(&e.id))
         .filter_map(|e| match e.kind {
             TraceKind::TaskSend => Some((e.ts_us, 1)),
             TraceKind::ResultRecv => Some((e.ts_us, -1)),
@@ -387,28 +394,29 @@ fn most_out(trace: &Trace) -> usize {
 }
 
 /// Tasks of microseconds get a deep window of credits (they travel many to
-/// a write), up to the most an agent queues; tasks with inputs too large
-/// for an agent's queue keep two per worker.
+/// a write), up to the most an agent queues; tasks too large for an
+/// agent's queue never have more than two per worker out, even in a job
+/// whose small tasks deepened the window.
 #[test]
 fn short_small_tasks_get_deep_windows_and_large_inputs_keep_two_per_worker() {
     use skelpi_proto::{MAX_TASKS_PER_WORKER, SMALL_TASK_BYTES, TASKS_PER_WORKER};
     let mut cluster = smol::block_on(Cluster::local(1, &Default::default())).unwrap();
     let tree: Skeleton = "farm(seq(identity))".parse().unwrap();
-    let run = |cluster: &mut Cluster, items: usize, floats: usize| {
-        let inputs: Vec<Array> = (0..items)
-            .map(|i| Array::list(vec![i as f64; floats]))
-            .collect();
-        cluster.set_tracing(true);
-        let got = smol::block_on(cluster.run(&tree, inputs.clone())).unwrap();
-        assert_eq!(got, inputs, "every result once, in order");
-        most_out(&cluster.take_trace().expect("a traced job").unwrap())
-    };
-    let small = run(&mut cluster, 3000, 1);
+    let large = SMALL_TASK_BYTES / 8 + 1;
+    // 3,000 small items, then (in the same job) 60 large ones.
+    let inputs: Vec<Array> = (0..3060)
+        .map(|i| Array::list(vec![i as f64; if i < 3000 { 1 } else { large }]))
+        .collect();
+    cluster.set_tracing(true);
+    let got = smol::block_on(cluster.run(&tree, inputs.clone())).unwrap();
+    assert!(got == inputs, "every result once, in order");
+    let trace = cluster.take_trace().expect("a traced job").unwrap();
+    let small = most_out(&trace, 0);
     assert!(
         small > TASKS_PER_WORKER && small <= MAX_TASKS_PER_WORKER,
         "{small} tasks out at most on 1 worker"
     );
-    let large = run(&mut cluster, 60, SMALL_TASK_BYTES / 8 + 1);
+    let large = most_out(&trace, SMALL_TASK_BYTES as u64);
     assert!(
         large <= TASKS_PER_WORKER,
         "{large} large tasks out at most on 1 worker"

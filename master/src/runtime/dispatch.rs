@@ -3,7 +3,7 @@
 //! (which agent, what to send again, which result counts).
 
 use super::autonomic::metrics::Totals;
-use super::schedule::{OVERDUE_FACTOR, OVERDUE_FLOOR, Scheduler, credits_per_worker};
+use super::schedule::{OVERDUE_FACTOR, OVERDUE_FLOOR, Scheduler, window_per_worker};
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError, Redial};
@@ -32,13 +32,22 @@ pub use super::schedule::MAX_REDISPATCH;
 pub const CREDITS_PER_WORKER: usize = skelpi_proto::TASKS_PER_WORKER;
 pub use skelpi_proto::{MAX_TASKS_PER_WORKER, SMALL_TASK_BYTES};
 
+/// A task this long, and much longer than its agent's mean, sets the mean
+/// at once (see [`Dispatcher::observe`]): tasks that turn long do not sit
+/// behind a deep window. Shorter spikes (a worker preempted for a time
+/// slice) only move it.
+const LONG_TASK: Duration = Duration::from_millis(10);
+
 /// How often a job looks for overdue tasks to copy.
 const SPECULATE_EVERY: Duration = Duration::from_millis(10);
 
 /// Frames a link's writer queues before writing them at once: enough to
 /// amortise a write over many small tasks, few enough that the first
-/// does not wait long for the last.
+/// does not wait long for the last...
 const BATCH_FRAMES: usize = 64;
+
+/// ...and about this many bytes at most.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// After an agent's connection fails, the job tries to connect to it
 /// again this long after (doubling up to [`REDIAL_MAX`]): a restarted or
@@ -167,9 +176,12 @@ struct Link<'c> {
     /// WebAssembly modules pushed on its connection (hash, bytes): pushed
     /// again when a task finds its module gone from the agent.
     modules: Vec<(String, Arc<[u8]>)>,
-    /// The moving mean of its small tasks' kernel times, seconds (`None`
-    /// until one came, and after a large one): what sizes its credits.
+    /// The moving mean of its tasks' kernel times, seconds (`None` until
+    /// one came): what sizes its credits.
     mean_busy: Cell<Option<f64>>,
+    /// Small tasks its agent queues per worker beyond
+    /// [`CREDITS_PER_WORKER`] (none: an older agent).
+    queued_per_worker: usize,
 }
 
 /// Hands kernel calls to the agents of a cluster for the duration of one
@@ -241,6 +253,7 @@ impl<'c> Dispatcher<'c> {
                 let addr = conn.addr();
                 let (heartbeat, liveness) = conn.heartbeat();
                 let cores = (conn.info().cores as usize).max(1);
+                let queued_per_worker = conn.info().queued_per_worker as usize;
                 let modules = conn.pushed_modules().to_vec();
                 let redial = conn.redial();
                 let (sender, receiver) = conn.halves();
@@ -264,6 +277,7 @@ impl<'c> Dispatcher<'c> {
                     deaths: RefCell::new(Vec::new()),
                     modules,
                     mean_busy: Cell::new(None),
+                    queued_per_worker,
                 }
             })
             .collect();
@@ -417,7 +431,14 @@ impl<'c> Dispatcher<'c> {
     ) -> Result<Done, JobError> {
         let key = self.next_call.get();
         self.next_call.set(key + 1);
-        if self.sched.borrow_mut().submit(key, home).is_err() {
+        let bytes = skelpi_proto::task_bytes(&kernel.name, kernel.args.len(), input.data.len());
+        let large = bytes > SMALL_TASK_BYTES;
+        if self
+            .sched
+            .borrow_mut()
+            .submit_sized(key, home, large)
+            .is_err()
+        {
             return Err(JobError::NoAgents);
         }
         let (reply, outcome) = async_channel::bounded(1);
@@ -514,7 +535,8 @@ impl<'c> Dispatcher<'c> {
         self.trace
     }
 
-    /// Worker threads and task credits of the agents still live.
+    /// Worker threads and base task credits ([`CREDITS_PER_WORKER`] per
+    /// thread, what long tasks get) of the agents still live.
     pub fn live_size(&self) -> (usize, usize) {
         let live = self.links.iter().filter(|l| !l.dead.get());
         live.fold((0, 0), |(threads, credits), l| {
@@ -702,7 +724,7 @@ impl<'c> Dispatcher<'c> {
     /// tasks share a socket write, and the agent reads them together.
     async fn send_batch(&self, link: &Link<'c>, sender: &mut Sender, first: Out) {
         let mut next = Some(first);
-        let mut queued = 0;
+        let (mut queued, mut bytes) = (0, 0);
         while let Some(out) = next.take() {
             match out {
                 Out::Task(out) => self.send_task(link, sender, out).await,
@@ -714,10 +736,11 @@ impl<'c> Dispatcher<'c> {
                 }
             }
             queued += 1;
+            bytes += sender.last_frame_len();
             if link.dead.get() {
                 return;
             }
-            if queued < BATCH_FRAMES {
+            if queued < BATCH_FRAMES && bytes < BATCH_BYTES {
                 next = link.outbox_rx.try_recv().ok();
             }
         }
@@ -741,7 +764,8 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Queues a task on `link` (see [`Dispatcher::send_batch`]): one that
-    /// cannot be encoded fails; a link that fails dies.
+    /// cannot be encoded fails; a link that fails dies. Traced, its frame
+    /// is timed as queued: the batch's write follows within microseconds.
     async fn send_task(&self, link: &Link<'c>, sender: &mut Sender, out: Outgoing) {
         let started = Instant::now();
         let sent = sender
@@ -881,32 +905,31 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Fits `link`'s credits to how long its kernels run, from call
-    /// `key`'s result (which ran `busy`): deep for small tasks of
-    /// microseconds ([`credits_per_worker`]), back to
-    /// [`CREDITS_PER_WORKER`] as soon as a large input (over
-    /// [`SMALL_TASK_BYTES`], which an agent does not queue) or a result
-    /// without a time comes. Placed calls take no credit and do not count.
+    /// `key`'s result (which ran `busy`): deep for tasks of microseconds
+    /// ([`credits_per_worker`]), within what the agent queues
+    /// ([`AgentInfo::queued_per_worker`](skelpi_proto::AgentInfo)), back
+    /// to [`CREDITS_PER_WORKER`] without a time (an older agent). A result
+    /// that ran much longer than the mean sets it at once, so a job whose
+    /// tasks turn long does not leave deep queues behind. Only results
+    /// that took a credit count. (Large tasks never take more than
+    /// [`CREDITS_PER_WORKER`] per worker: see [`Scheduler::submit_sized`].)
     fn observe(&self, link: &Link<'c>, key: u64, busy: Option<Duration>) {
-        let small = match self.calls.borrow().get(&key) {
-            Some(call) if !call.pinned => {
-                std::mem::size_of_val(call.input.data.as_slice()) <= SMALL_TASK_BYTES
+        if self.calls.borrow().get(&key).is_none_or(|c| c.pinned) {
+            return;
+        }
+        let long = LONG_TASK.as_secs_f64();
+        let mean = busy.map(|b| {
+            let b = b.as_secs_f64();
+            match link.mean_busy.get() {
+                Some(m) if b <= 4.0 * m || b < long => m + (b - m) / 8.0,
+                // The first, or a long one much longer than the mean (a
+                // short one's spikes are a preempted worker's time slice).
+                _ => b,
             }
-            _ => return,
-        };
-        let mean = match busy.filter(|_| small) {
-            // A moving mean over about the last 8 results.
-            Some(b) => {
-                let b = b.as_secs_f64();
-                let m = link.mean_busy.get().map_or(b, |m| m + (b - m) / 8.0);
-                Some(m)
-            }
-            None => None,
-        };
-        link.mean_busy.set(mean);
-        let per_worker = mean.map_or(CREDITS_PER_WORKER, |m| {
-            credits_per_worker(Duration::from_secs_f64(m))
         });
-        let window = per_worker * link.cores;
+        link.mean_busy.set(mean);
+        let mean = mean.map(Duration::from_secs_f64);
+        let window = window_per_worker(mean, link.queued_per_worker) * link.cores;
         let mut sched = self.sched.borrow_mut();
         if sched.credits(link.index) != window {
             sched.set_credits(link.index, window);

@@ -111,6 +111,7 @@ mod tests {
             port: 0,
             kernels: kernels.iter().map(|k| (*k).to_owned()).collect(),
             build: None,
+            queued_per_worker: 0,
         }
     }
 

@@ -58,6 +58,14 @@ pub const OVERDUE_FACTOR: f64 = 4.0;
 /// scheduling hiccup.
 pub const OVERDUE_FLOOR: Duration = Duration::from_millis(20);
 
+/// Credits per worker of an agent that queues `queued` small tasks per
+/// worker beyond [`TASKS_PER_WORKER`], for kernels that run `mean` on
+/// average there (`None`: not known, or an older agent that does not say).
+pub fn window_per_worker(mean: Option<Duration>, queued: usize) -> usize {
+    let deepest = TASKS_PER_WORKER + queued.min(MAX_TASKS_PER_WORKER - TASKS_PER_WORKER);
+    mean.map_or(TASKS_PER_WORKER, |m| credits_per_worker(m).min(deepest))
+}
+
 /// A task to send now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dispatch {
@@ -91,6 +99,9 @@ struct Task {
     out: usize,
     /// It waits in `backups` for a copy to be sent.
     copy_waiting: bool,
+    /// Too large for an agent's queue: sent only to an agent holding fewer
+    /// credits than its first ones.
+    large: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +128,9 @@ pub struct Scheduler {
     /// Credits each agent has, and how many of them are taken.
     credits: Vec<usize>,
     held: Vec<usize>,
+    /// The credits each agent had at first: a large task goes only to an
+    /// agent holding fewer.
+    base: Vec<usize>,
     /// Tasks waiting for a credit, oldest first.
     queue: VecDeque<u64>,
     /// Tasks waiting to go to their home, which lives.
@@ -151,6 +165,7 @@ impl Scheduler {
             free,
             credits: credits.to_vec(),
             held: vec![0; credits.len()],
+            base: credits.to_vec(),
             queue: VecDeque::new(),
             homed: VecDeque::new(),
             tasks: HashMap::new(),
@@ -165,6 +180,15 @@ impl Scheduler {
     /// if given and alive, else on the first free credit. `Err`: no agent
     /// is alive to run it.
     pub fn submit(&mut self, task: u64, home: Option<usize>) -> Result<(), u64> {
+        self.submit_sized(task, home, false)
+    }
+
+    /// [`Scheduler::submit`] for a task that is `large` (too large for an
+    /// agent's queue, see [`skelpi_proto::SMALL_TASK_BYTES`]): it takes a
+    /// credit only of an agent holding fewer than it had at first, so an
+    /// agent whose credits grew for small tasks never gets it behind a
+    /// full queue.
+    pub fn submit_sized(&mut self, task: u64, home: Option<usize>, large: bool) -> Result<(), u64> {
         if !self.any_live() {
             return Err(task);
         }
@@ -175,6 +199,7 @@ impl Scheduler {
                 lost: Vec::new(),
                 out: 0,
                 copy_waiting: false,
+                large,
             },
         );
         debug_assert!(old.is_none(), "task {task} submitted twice");
@@ -198,10 +223,9 @@ impl Scheduler {
             None => match self.place_copy() {
                 Some((task, agent)) => (task, agent, true, true),
                 None => {
-                    if self.queue.is_empty() {
-                        return None;
-                    }
-                    let at = self.least_loaded_credit(None)?;
+                    let head = *self.queue.front()?;
+                    let large = self.tasks.get(&head).is_some_and(|t| t.large);
+                    let at = self.least_loaded_credit(|a| !large || self.held[a] < self.base[a])?;
                     let agent = self.free.remove(at)?;
                     self.held[agent] += 1;
                     (self.queue.pop_front()?, agent, true, false)
@@ -243,7 +267,9 @@ impl Scheduler {
                 .values()
                 .find(|a| a.task == task)
                 .map(|a| a.agent);
-            let Some(at) = self.least_loaded_credit(running) else {
+            let large = self.tasks.get(&task).is_some_and(|t| t.large);
+            let ok = |a: usize| Some(a) != running && (!large || self.held[a] < self.base[a]);
+            let Some(at) = self.least_loaded_credit(ok) else {
                 continue;
             };
             let agent = self.free.remove(at)?;
@@ -492,14 +518,14 @@ impl Scheduler {
     }
 
     /// Where in `free` the credit to take next is: the agent with the
-    /// smallest share of its credits taken, the oldest credit on a tie
-    /// (not `except`'s).
-    fn least_loaded_credit(&self, except: Option<usize>) -> Option<usize> {
+    /// smallest share of its credits taken, the oldest credit on a tie,
+    /// among the agents `ok` allows.
+    fn least_loaded_credit(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
         // held/credits compared as fractions: a*d < c*b.
         let share = |a: usize| (self.held[a], self.credits[a].max(1));
         let mut best: Option<(usize, (usize, usize))> = None;
         for (at, &agent) in self.free.iter().enumerate() {
-            if Some(agent) == except {
+            if !ok(agent) {
                 continue;
             }
             let (h, c) = share(agent);
@@ -569,6 +595,19 @@ impl Scheduler {
                 "seed {seed}: task {t} waits for a copy wrongly"
             );
         }
+    }
+
+    /// Test view: whether the task first in line is large.
+    #[cfg(test)]
+    fn head_is_large(&self) -> bool {
+        let head = self.queue.front().and_then(|t| self.tasks.get(t));
+        head.is_some_and(|t| t.large)
+    }
+
+    /// Test view: credits `agent` holds.
+    #[cfg(test)]
+    fn held_on(&self, agent: usize) -> usize {
+        self.held[agent]
     }
 
     /// Whether the agent is alive.
@@ -737,6 +776,49 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_that_queues_nothing_keeps_two_per_worker_and_others_their_room() {
+        let us = Duration::from_micros;
+        assert_eq!(window_per_worker(Some(us(1)), 0), TASKS_PER_WORKER);
+        assert_eq!(window_per_worker(Some(us(1)), 4), TASKS_PER_WORKER + 4);
+        assert_eq!(window_per_worker(Some(us(1)), 99), MAX_TASKS_PER_WORKER);
+        assert_eq!(window_per_worker(None, 14), TASKS_PER_WORKER);
+    }
+
+    #[test]
+    fn a_large_task_waits_for_an_agent_below_its_first_credits() {
+        let t = t0();
+        let mut s = Scheduler::new(&[1, 1]);
+        s.set_credits(0, 4);
+        let mut id = ids();
+        for task in 0..5 {
+            s.submit(task, None).unwrap();
+        }
+        let small: Vec<_> = std::iter::from_fn(|| s.next_send(t, &mut id)).collect();
+        assert_eq!(
+            small.len(),
+            5,
+            "agent 0 takes four small tasks, agent 1 one"
+        );
+        s.submit_sized(9, None, true).unwrap();
+        assert!(
+            s.next_send(t, &mut id).is_none(),
+            "none below its first credits"
+        );
+        // Agent 0 answers three: it still holds one, its first credits.
+        for d in small.iter().filter(|d| d.agent == 0).take(3) {
+            assert!(s.on_result(t, 0, d.attempt).is_some());
+        }
+        assert!(
+            s.next_send(t, &mut id).is_none(),
+            "agent 0 holds 1, its first credits"
+        );
+        let on_1 = small.iter().find(|d| d.agent == 1).unwrap();
+        assert!(s.on_result(t, 1, on_1.attempt).is_some());
+        let sent = s.next_send(t, &mut id).unwrap();
+        assert_eq!((sent.task, sent.agent), (9, 1));
+    }
+
+    #[test]
     fn short_tasks_get_deep_windows_and_long_ones_two_per_worker() {
         use std::time::Duration;
         let per = |us| credits_per_worker(Duration::from_micros(us));
@@ -865,6 +947,8 @@ mod tests {
         // What may be out on an agent: its credits, or more for a while
         // after they shrank.
         let mut ceiling = credits.clone();
+        let base = credits.clone();
+        let mut large = std::collections::HashSet::new();
         let tasks = rng.random_range(1..=80u64);
         let faults = rng.random_range(0..=agents);
         let mut s = Scheduler::new(&credits);
@@ -907,6 +991,14 @@ mod tests {
                 next_id
             }) {
                 *sends.entry(send.task).or_default() += 1;
+                // A large task took a credit only below the first ones.
+                if large.contains(&send.task) && home.get(&send.task) == Some(&None) {
+                    assert!(
+                        s.held_on(send.agent) <= base[send.agent],
+                        "seed {seed}: a large task sent past agent {}'s first credits",
+                        send.agent
+                    );
+                }
                 assert!(!declared[send.agent], "seed {seed}: sent to a down agent");
                 assert!(
                     !fate.contains_key(&send.task),
@@ -941,9 +1033,15 @@ mod tests {
             // Credits taken are counted right, and each send took one of
             // the least loaded agent.
             s.check_credits(seed);
-            // No task waits while a live agent has a free credit.
+            // No task waits while a live agent has a free credit it may
+            // take (a large one: of an agent below its first credits).
             if s.waiting() > 0 {
-                let idle = (0..agents).any(|a| !declared[a] && s.out_on(a) < credits[a]);
+                let head_large = s.head_is_large();
+                let idle = (0..agents).any(|a| {
+                    !declared[a]
+                        && s.out_on(a) < credits[a]
+                        && (!head_large || s.held_on(a) < base[a])
+                });
                 assert!(!idle, "seed {seed}: tasks wait beside a free credit");
             }
             let all_in = submitted == tasks;
@@ -959,7 +1057,11 @@ mod tests {
                     submitted += 1;
                     let h = rng.random_bool(0.2).then(|| rng.random_range(0..agents));
                     home.insert(t, h);
-                    if s.submit(t, h).is_err() {
+                    let is_large = rng.random_bool(0.2);
+                    if is_large {
+                        large.insert(t);
+                    }
+                    if s.submit_sized(t, h, is_large).is_err() {
                         assert!(
                             declared.iter().all(|&d| d),
                             "seed {seed}: refused with agents up"

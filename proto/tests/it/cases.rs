@@ -126,6 +126,7 @@ pub fn sample_agent() -> AgentInfo {
         port: 7878,
         kernels: Vec::new(),
         build: None,
+        queued_per_worker: 0,
     }
 }
 

@@ -51,28 +51,32 @@ fn agent_info() -> impl Strategy<Value = AgentInfo> {
         any::<u16>(),
         proptest::collection::vec(any::<String>(), 0..4),
         proptest::option::of(any::<(String, Option<String>, (bool, bool), Option<String>)>()),
+        any::<u32>(),
     )
         .prop_map(
-            |(id, name, version, arch, cores, memory_bytes, port, kernels, build)| AgentInfo {
-                id,
-                name,
-                version,
-                arch,
-                cores,
-                memory_bytes,
-                port,
-                kernels,
-                build: build.map(
-                    |(version, deployed, (deployable, on_trial), last_failure)| {
-                        Box::new(skelpi_proto::deploy::Build {
-                            version,
-                            deployed,
-                            deployable,
-                            on_trial,
-                            last_failure,
-                        })
-                    },
-                ),
+            |(id, name, version, arch, cores, memory_bytes, port, kernels, build, queued)| {
+                AgentInfo {
+                    id,
+                    name,
+                    version,
+                    arch,
+                    cores,
+                    memory_bytes,
+                    port,
+                    kernels,
+                    build: build.map(
+                        |(version, deployed, (deployable, on_trial), last_failure)| {
+                            Box::new(skelpi_proto::deploy::Build {
+                                version,
+                                deployed,
+                                deployable,
+                                on_trial,
+                                last_failure,
+                            })
+                        },
+                    ),
+                    queued_per_worker: queued,
+                }
             },
         )
 }
