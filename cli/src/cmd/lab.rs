@@ -50,6 +50,11 @@ pub enum LabCommand {
         /// The agent put on the boards [default: --agent-binary].
         #[arg(long, value_name = "PATH")]
         board_agent: Option<PathBuf>,
+        /// Hold host HOST's agent to PERCENT of one core (a cgroup CPU
+        /// quota), as a slower board next to faster ones: e.g. `--cpu-quota
+        /// 3=25`. Repeatable.
+        #[arg(long, value_name = "HOST=PERCENT")]
+        cpu_quota: Vec<crate::lab::cpu::Quota>,
     },
     /// Stop the lab's agents and remove its namespaces (safe to repeat, and
     /// after a crash).
@@ -85,6 +90,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             boards,
             board_base,
             board_agent,
+            cpu_quota,
         } => {
             let agent_binary = agent_binary.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -104,6 +110,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 boards,
                 board_base,
                 board_agent,
+                cpu_quotas: cpu_quota,
             })?;
             println!(
                 "lab {} is up: {} hosts ({}), master namespace {}",

@@ -15,6 +15,7 @@
 //! like the rest of the tool.
 
 pub mod boards;
+pub mod cpu;
 mod sh;
 
 use skelpi_wire::key::ClusterKey;
@@ -102,6 +103,8 @@ pub struct LabOptions {
     pub board_base: Option<PathBuf>,
     /// The agent put on the boards (`None`: `agent_binary`).
     pub board_agent: Option<PathBuf>,
+    /// Hosts held to a share of a core (a slower board).
+    pub cpu_quotas: Vec<cpu::Quota>,
 }
 
 /// A lab that is up: where to find its parts.
@@ -182,6 +185,12 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
             "--boards needs --board-base: the directory scripts/board-base.sh prints".into(),
         ));
     }
+    if let Some(q) = opts.cpu_quotas.iter().find(|q| q.host > opts.hosts) {
+        return Err(LabError::Invalid(format!(
+            "--cpu-quota {}={}: there are only {} hosts",
+            q.host, q.percent, opts.hosts
+        )));
+    }
     if !namespaces(opts.id)?.is_empty() {
         return Err(LabError::Exists(opts.id));
     }
@@ -250,14 +259,11 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
 
     let mut pids = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
-        pids.push(start_agent(
-            opts,
-            h,
-            i + 1,
-            addr(i as u8 + 1),
-            &key_file,
-            &dir,
-        )?);
+        let pid = start_agent(opts, h, i + 1, addr(i as u8 + 1), &key_file, &dir)?;
+        if let Some(q) = opts.cpu_quotas.iter().rev().find(|q| q.host == i + 1) {
+            cpu::limit(id, i + 1, q.percent, pid)?;
+        }
+        pids.push(pid);
     }
     let mut booted = Vec::new();
     if opts.boards > 0 {
@@ -415,6 +421,7 @@ pub fn down(id: u8) -> Result<usize, LabError> {
     for ns in &spaces {
         sh::ip(&["netns", "del", ns])?;
     }
+    cpu::remove(id);
     let _ = std::fs::remove_dir_all(dir(id));
     Ok(spaces.len())
 }

@@ -42,10 +42,21 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
         "1",
         "--agent-binary",
         agent.to_str().unwrap(),
+        "--cpu-quota",
+        "4=25",
     ]);
     let guard = LabGuard(id.clone());
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(netns_list().matches(&prefix).count(), 6, "{}", netns_list());
+    // Host 4 is a slow board: its agent in a cgroup of 25% of a core.
+    let group = cpu_group(&id, 4).expect("host 4's cgroup");
+    let quota = std::fs::read_to_string(group.join("cpu.max"))
+        .or_else(|_| std::fs::read_to_string(group.join("cpu.cfs_quota_us")))
+        .unwrap();
+    assert!(quota.starts_with("2500"), "{quota}");
+    let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.lines().count(), 1, "the agent alone: {procs}");
+    assert!(cpu_group(&id, 3).is_none(), "host 3 runs at full speed");
 
     // mDNS across the bridge, from the master's namespace, within 3 s.
     let me = env!("CARGO_BIN_EXE_skelpi");
@@ -145,7 +156,17 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
         .unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout);
     assert!(!ps.contains(&format!("--name lab{id}-h")), "{ps}");
+    assert!(cpu_group(&id, 4).is_none(), "the cgroup is removed");
     let (code, out, _) = skelpi(&["lab", "down", "--id", &id]);
     assert_eq!(code, Some(0));
     assert!(out.contains("was not up"), "{out}");
+}
+
+/// Host `n`'s cgroup of lab `id`, if there is one (v2 or v1's cpu).
+fn cpu_group(id: &str, n: usize) -> Option<std::path::PathBuf> {
+    let name = format!("skelpi-lab{id}-h{n}");
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu"]
+        .iter()
+        .map(|root| std::path::Path::new(root).join(&name))
+        .find(|p| p.is_dir())
 }
