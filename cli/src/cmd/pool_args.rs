@@ -76,7 +76,7 @@ fn heartbeat(s: &str) -> Result<Duration, String> {
         Ok(d)
     } else {
         Err(format!(
-            "a heartbeat of {d:?}: give {min}ms to {}s",
+            "{s:?}: give a heartbeat from {min}ms to {}s (agents grant no other)",
             max / 1000
         ))
     }

@@ -385,11 +385,12 @@ fn render(
         .and_then(|i| boards.get(i))
         .map(|b| match &b.state {
             Ok(h) => format!(
-                "{}: agent up {}s, board up {}, {} sessions, {}",
+                "{}: agent up {}s, board up {}, {} session{}, {}",
                 b.name,
                 h.agent_uptime_s,
                 h.uptime_s.map_or_else(dash, |u| format!("{u}s")),
                 h.sessions,
+                if h.sessions == 1 { "" } else { "s" },
                 h.throttled
                     .map(|t| Throttled(t).describe().join(", "))
                     .filter(|t| !t.is_empty())
