@@ -250,9 +250,15 @@ fn heartbeat_is_asked_of_the_pool_within_what_agents_grant() {
     assert!(out.contains("local-0"), "{out}");
     let (code, _, err) = skelpi(&["ping", "--local", "1", "--heartbeat", "10ms"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("\"10ms\": give a heartbeat from 100ms to 60s"), "{err}");
+    assert!(
+        err.contains("\"10ms\": give a heartbeat from 100ms to 60s"),
+        "{err}"
+    );
     // Zero is named as given, not as a duration of "0ns".
     let (code, _, err) = skelpi(&["ping", "--local", "1", "--heartbeat", "0"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("\"0\": give a heartbeat") && !err.contains("0ns"), "{err}");
+    assert!(
+        err.contains("\"0\": give a heartbeat") && !err.contains("0ns"),
+        "{err}"
+    );
 }

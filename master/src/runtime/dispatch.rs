@@ -203,6 +203,8 @@ pub struct Dispatcher<'c> {
     /// Tasks handed to an agent again (theirs was lost, or had lost their
     /// module).
     resent: Cell<u64>,
+    /// Copies of overdue tasks sent (see [`Scheduler::speculate`]).
+    copies: Cell<u64>,
     /// Each task's deadline on its agent, milliseconds.
     deadline_ms: Cell<Option<u32>>,
 }
@@ -293,6 +295,7 @@ impl<'c> Dispatcher<'c> {
             progress_rx,
             counts: RefCell::new(Vec::new()),
             resent: Cell::new(0),
+            copies: Cell::new(0),
             deadline_ms: Cell::new(None),
         }
     }
@@ -479,7 +482,9 @@ impl<'c> Dispatcher<'c> {
             let mut calls = self.calls.borrow_mut();
             let out = match calls.get_mut(&send.task) {
                 Some(call) => {
-                    if call.sent {
+                    if send.copy {
+                        self.copies.set(self.copies.get() + 1);
+                    } else if call.sent {
                         self.resent.set(self.resent.get() + 1);
                     } else {
                         call.sent = true;
@@ -523,6 +528,12 @@ impl<'c> Dispatcher<'c> {
         if let Some(call) = call {
             let _ = call.reply.try_send(outcome(&call));
         }
+    }
+
+    /// Copies of overdue tasks sent so far (not counted in
+    /// [`Dispatcher::resent`]).
+    pub fn copies(&self) -> u64 {
+        self.copies.get()
     }
 
     /// Number of agents.
@@ -876,10 +887,11 @@ impl<'c> Dispatcher<'c> {
         // A result counts only if its attempt is still out there: a late
         // one (its agent was declared down, the task sent again) or a
         // repeated one is dropped.
-        let taken = self
-            .sched
-            .borrow_mut()
-            .on_result(Instant::now(), link.index, id);
+        let now = Instant::now();
+        let taken = match &outcome {
+            Ok(_) => self.sched.borrow_mut().on_result(now, link.index, id),
+            Err(_) => self.sched.borrow_mut().on_failed(now, link.index, id),
+        };
         if let (Some(key), Ok(done)) = (taken, &outcome) {
             self.observe(link, key, done.busy);
         }
@@ -976,7 +988,15 @@ impl<'c> Dispatcher<'c> {
         let _ = link.outbox_tx.try_send(Out::Module(push));
         // Not pinned to the agent: a pinned task takes no credit, and would
         // put it past its task slots.
-        self.sched.borrow_mut().submit(key, None).is_ok()
+        let large = self.calls.borrow().get(&key).is_some_and(|c| {
+            let bytes =
+                skelpi_proto::task_bytes(&c.kernel.name, c.kernel.args.len(), c.input.data.len());
+            bytes > SMALL_TASK_BYTES
+        });
+        self.sched
+            .borrow_mut()
+            .submit_sized(key, None, large)
+            .is_ok()
     }
 
     /// Marks a link dead: its tasks out are sent again elsewhere (or fail
@@ -1027,9 +1047,10 @@ impl<'c> Dispatcher<'c> {
     /// with the job's [`Dispatcher::run_io`] future still alive. When only
     /// copies whose tasks another copy finished are left (on a stalled
     /// board, they may never answer), it waits for them
-    /// [`OVERDUE_FACTOR`] mean task times at most (and
-    /// [`OVERDUE_FLOOR`]): then their connections are given up, and made
-    /// anew for the next job.
+    /// [`OVERDUE_FACTOR`] mean task times (and [`OVERDUE_FLOOR`]) at a
+    /// time: then the agents among them that also missed a heartbeat
+    /// (stalled) are given up, their connections made anew for the next
+    /// job; those that beat (slow) are waited for.
     pub async fn drain(&self) {
         while self.sched.borrow().out() > 0 {
             if !self.sched.borrow().only_stale_out() {
@@ -1045,9 +1066,9 @@ impl<'c> Dispatcher<'c> {
                 })
                 .await;
             if !moved {
-                self.abandon_busy(&format!(
-                    "its copies of tasks another agent finished first got no result within \
-                     {grace:.1?} after the job"
+                self.abandon_silent(&format!(
+                    "it answered neither tasks that copies elsewhere finished nor \
+                     heartbeats within {grace:.1?} after the job"
                 ));
             }
         }
@@ -1055,6 +1076,25 @@ impl<'c> Dispatcher<'c> {
 }
 
 impl Dispatcher<'_> {
+    /// Marks dead every live agent that still has tasks in flight and has
+    /// missed a heartbeat (an agent that beats is waited for, within the
+    /// job's drain timeout: it is slow, not stalled).
+    fn abandon_silent(&self, why: &str) {
+        for link in &self.links {
+            let busy = self.sched.borrow().out_on(link.index) > 0;
+            let silent = link.liveness.borrow().silent_for() > link.heartbeat;
+            if !link.dead.get() && busy && silent && !link.heartbeat.is_zero() {
+                self.kill(
+                    link,
+                    ClientError::GivenUp {
+                        addr: link.addr,
+                        what: format!("was given up: {why}"),
+                    },
+                );
+            }
+        }
+    }
+
     /// Marks every live agent that still has tasks in flight dead (the job
     /// gave up waiting for them).
     pub fn abandon_busy(&self, why: &str) {
