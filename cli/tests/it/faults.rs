@@ -77,6 +77,15 @@ fn wait_for_any(agent: &AgentProcess, what: &[&str], limit: Duration) -> String 
 /// `n` agent processes of two workers each, and a cluster connected to
 /// them.
 fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBuf) {
+    agents_with(tag, n, &Default::default())
+}
+
+/// [`agents`], the cluster connected with `opts`.
+fn agents_with(
+    tag: &str,
+    n: usize,
+    opts: &skelpi_wire::handshake::ConnectOptions,
+) -> (Vec<AgentProcess>, Cluster, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("skelpi-faults-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key_path = dir.join("cluster.key");
@@ -92,7 +101,7 @@ fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBu
         })
         .collect();
     let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
-    let cluster = smol::block_on(Cluster::connect(&addrs, &key, &Default::default())).unwrap();
+    let cluster = smol::block_on(Cluster::connect(&addrs, &key, opts)).unwrap();
     (agents, cluster, dir)
 }
 
@@ -399,26 +408,11 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
 /// out; the agents that beat are not.
 #[test]
 fn a_stalled_agents_tasks_are_copied_and_the_farm_ends_before_it_is_declared_down() {
-    let dir = std::env::temp_dir().join(format!("skelpi-faults-copies-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_path = dir.join("cluster.key");
-    let key = ClusterKey::generate().unwrap();
-    key.write(&key_path, true).unwrap();
-    let agents: Vec<AgentProcess> = (0..3)
-        .map(|i| {
-            start_agent(
-                &key_path,
-                &format!("copies-{i}"),
-                &["--no-mdns", "--workers", "2"],
-            )
-        })
-        .collect();
-    let addrs: Vec<_> = agents.iter().map(|a| a.addr).collect();
     let slow_beats = skelpi_wire::handshake::ConnectOptions {
         heartbeat: Duration::from_secs(2),
         ..Default::default()
     };
-    let mut cluster = smol::block_on(Cluster::connect(&addrs, &key, &slow_beats)).unwrap();
+    let (agents, mut cluster, dir) = agents_with("copies", 3, &slow_beats);
     let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
     let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
     let pid = agents[1].child.id().to_string();
