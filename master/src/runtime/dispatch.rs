@@ -309,8 +309,9 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Changes the counts of `kernel`'s calls, placed on one agent
-    /// (`pinned`: a `seq` stage's) or not.
-    fn count(&self, kernel: &Kernel, pinned: bool, f: impl FnOnce(&mut KernelCounts)) {
+    /// (`pinned`: a `seq` stage's) or not; returns their place in the
+    /// counts (the calls' class for the scheduler).
+    fn count(&self, kernel: &Kernel, pinned: bool, f: impl FnOnce(&mut KernelCounts)) -> u32 {
         let mut counts = self.counts.borrow_mut();
         // By name and arguments' bits: a NaN argument is still the same.
         let same = |k: &Kernel| {
@@ -337,6 +338,7 @@ impl<'c> Dispatcher<'c> {
             }
         };
         f(&mut counts[at]);
+        u32::try_from(at).unwrap_or(u32::MAX)
     }
 
     /// The tasks of each kernel so far: calls begun (`arrived`) and ended
@@ -436,10 +438,11 @@ impl<'c> Dispatcher<'c> {
         self.next_call.set(key + 1);
         let bytes = skelpi_proto::task_bytes(&kernel.name, kernel.args.len(), input.data.len());
         let large = bytes > SMALL_TASK_BYTES;
+        let class = self.count(kernel, home.is_some(), |_| {});
         if self
             .sched
             .borrow_mut()
-            .submit_sized(key, home, large)
+            .submit_sized(key, home, large, class)
             .is_err()
         {
             return Err(JobError::NoAgents);
@@ -988,14 +991,20 @@ impl<'c> Dispatcher<'c> {
         let _ = link.outbox_tx.try_send(Out::Module(push));
         // Not pinned to the agent: a pinned task takes no credit, and would
         // put it past its task slots.
-        let large = self.calls.borrow().get(&key).is_some_and(|c| {
-            let bytes =
-                skelpi_proto::task_bytes(&c.kernel.name, c.kernel.args.len(), c.input.data.len());
-            bytes > SMALL_TASK_BYTES
-        });
+        let (large, class) = match self.calls.borrow().get(&key) {
+            Some(c) => {
+                let (name, args) = (&c.kernel.name, c.kernel.args.len());
+                let bytes = skelpi_proto::task_bytes(name, args, c.input.data.len());
+                (
+                    bytes > SMALL_TASK_BYTES,
+                    self.count(&c.kernel, false, |_| {}),
+                )
+            }
+            None => return false,
+        };
         self.sched
             .borrow_mut()
-            .submit_sized(key, None, large)
+            .submit_sized(key, None, large, class)
             .is_ok()
     }
 

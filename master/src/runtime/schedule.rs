@@ -12,7 +12,8 @@
 //! agent is sent again, before newer tasks, at most [`MAX_REDISPATCH`]
 //! times.
 //!
-//! A task out far longer than tasks usually are ([`Scheduler::speculate`])
+//! A task out far longer than tasks of its kind usually are
+//! ([`Scheduler::speculate`])
 //! gets a copy on another agent, as MapReduce's backup tasks: a stalled
 //! board (an SD card, heat, a SIGSTOP) then costs the job a few task
 //! times, not the seconds until it is declared down. The first result
@@ -107,6 +108,9 @@ struct Task {
     /// Too large for an agent's queue: sent only to an agent holding fewer
     /// credits than its first ones.
     large: bool,
+    /// Its kind (the caller's: a kernel), whose tasks' mean time out says
+    /// when it is overdue.
+    class: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,9 +150,9 @@ pub struct Scheduler {
     backups: VecDeque<u64>,
     /// Copies out now.
     copies_out: usize,
-    /// The moving mean of how long a task is out, seconds (`None` before
-    /// the first result).
-    mean_out: Option<f64>,
+    /// The moving mean of how long a task of each class is out, seconds
+    /// (none before the first result of that class).
+    mean_out: HashMap<u32, f64>,
 }
 
 impl Scheduler {
@@ -177,7 +181,7 @@ impl Scheduler {
             attempts: HashMap::new(),
             backups: VecDeque::new(),
             copies_out: 0,
-            mean_out: None,
+            mean_out: HashMap::new(),
         }
     }
 
@@ -185,15 +189,22 @@ impl Scheduler {
     /// if given and alive, else on the first free credit. `Err`: no agent
     /// is alive to run it.
     pub fn submit(&mut self, task: u64, home: Option<usize>) -> Result<(), u64> {
-        self.submit_sized(task, home, false)
+        self.submit_sized(task, home, false, 0)
     }
 
     /// [`Scheduler::submit`] for a task that is `large` (too large for an
     /// agent's queue, see [`skelpi_proto::SMALL_TASK_BYTES`]): it takes a
     /// credit only of an agent holding fewer than it had at first, so an
     /// agent whose credits grew for small tasks never gets it behind a
-    /// full queue.
-    pub fn submit_sized(&mut self, task: u64, home: Option<usize>, large: bool) -> Result<(), u64> {
+    /// full queue. `class` is its kind (a kernel): it is overdue against
+    /// the tasks of its class only.
+    pub fn submit_sized(
+        &mut self,
+        task: u64,
+        home: Option<usize>,
+        large: bool,
+        class: u32,
+    ) -> Result<(), u64> {
         if !self.any_live() {
             return Err(task);
         }
@@ -206,6 +217,7 @@ impl Scheduler {
                 copy_waiting: false,
                 copied: false,
                 large,
+                class,
             },
         );
         debug_assert!(old.is_none(), "task {task} submitted twice");
@@ -291,20 +303,21 @@ impl Scheduler {
     }
 
     /// Marks the tasks overdue at `now` for a copy on another agent: out
-    /// alone longer than [`OVERDUE_FACTOR`] times the mean time tasks are
-    /// out (and [`OVERDUE_FLOOR`]), oldest first, while copies out or
+    /// alone longer than [`OVERDUE_FACTOR`] times the mean time tasks of
+    /// their class are out (and [`OVERDUE_FLOOR`]), oldest first, while copies out or
     /// waiting stay within [`SPECULATION_SHARE`] of the live credits (or
     /// one agent's credits).
     /// Tasks placed at home are not copied. Returns how many were marked
     /// (send them with [`Scheduler::next_send`]).
     pub fn speculate(&mut self, now: Instant) -> usize {
-        let Some(mean) = self.mean_out else {
-            return 0;
-        };
-        if self.live.iter().filter(|&&l| l).count() < 2 {
+        if self.mean_out.is_empty() || self.live.iter().filter(|&&l| l).count() < 2 {
             return 0;
         }
-        let overdue = Duration::from_secs_f64(mean * OVERDUE_FACTOR).max(OVERDUE_FLOOR);
+        let means = &self.mean_out;
+        let overdue = |class: u32| {
+            let mean = means.get(&class)?;
+            Some(Duration::from_secs_f64(mean * OVERDUE_FACTOR).max(OVERDUE_FLOOR))
+        };
         let live = || (0..self.live.len()).filter(|&a| self.live[a]);
         let credits: usize = live().map(|a| self.credits[a]).sum();
         let one_board = live().map(|a| self.credits[a]).max().unwrap_or(1);
@@ -317,11 +330,15 @@ impl Scheduler {
         let mut late: Vec<(Instant, u64)> = self
             .attempts
             .values()
-            .filter(|a| a.credit && now.saturating_duration_since(a.sent) > overdue)
+            .filter(|a| a.credit)
             .filter(|a| {
-                tasks
-                    .get(&a.task)
-                    .is_some_and(|t| t.out == 1 && !t.copied && t.home.is_none())
+                tasks.get(&a.task).is_some_and(|t| {
+                    t.out == 1
+                        && !t.copied
+                        && t.home.is_none()
+                        && overdue(t.class)
+                            .is_some_and(|o| now.saturating_duration_since(a.sent) > o)
+                })
             })
             .map(|a| (a.sent, a.task))
             .collect();
@@ -337,9 +354,11 @@ impl Scheduler {
         late.len()
     }
 
-    /// How long tasks are out on average (`None` before the first result).
+    /// How long tasks of the slowest class are out on average (`None`
+    /// before the first result).
     pub fn mean_out(&self) -> Option<Duration> {
-        self.mean_out.map(Duration::from_secs_f64)
+        let slowest = self.mean_out.values().copied().reduce(f64::max)?;
+        Some(Duration::from_secs_f64(slowest))
     }
 
     /// Forgets that `task` waits for a copy.
@@ -393,15 +412,17 @@ impl Scheduler {
             return None;
         }
         self.drop_backup(a.task);
-        if self.tasks.remove(&a.task).is_some_and(|t| t.out > 1) {
+        let t = self.tasks.remove(&a.task)?;
+        if t.out > 1 {
             for other in self.attempts.values_mut().filter(|o| o.task == a.task) {
                 other.stale = true;
             }
         }
-        // A moving mean over about the last 16 results that counted.
+        // A moving mean over about the last 16 results of its class that
+        // counted.
         let took = now.saturating_duration_since(a.sent).as_secs_f64();
-        let mean = self.mean_out.map_or(took, |m| m + (took - m) / 16.0);
-        self.mean_out = Some(mean);
+        let mean = self.mean_out.entry(t.class).or_insert(took);
+        *mean += (took - *mean) / 16.0;
         Some(a.task)
     }
 
@@ -783,6 +804,33 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_kind_of_task_is_overdue_against_its_own_kind_only() {
+        let t = t0();
+        let ms = Duration::from_millis;
+        let mut s = Scheduler::new(&[2, 2]);
+        let mut id = ids();
+        // Class 1 takes 100 ms; class 0, 1 ms, and is far more frequent.
+        s.submit_sized(0, None, false, 1).unwrap();
+        let slow = s.next_send(t, &mut id).unwrap();
+        assert!(s.on_result(t + ms(100), slow.agent, slow.attempt).is_some());
+        s.submit_sized(1, None, false, 1).unwrap();
+        let slow = s.next_send(t + ms(100), &mut id).unwrap();
+        for k in 0..50 {
+            s.submit_sized(10 + k, None, false, 0).unwrap();
+            let fast = s.next_send(t + ms(100), &mut id).unwrap();
+            assert!(s.on_result(t + ms(101), fast.agent, fast.attempt).is_some());
+        }
+        // Out 150 ms: far past the fast kind's mean, not past 4 × 100 ms.
+        assert_eq!(s.speculate(t + ms(250)), 0);
+        assert_eq!(
+            s.speculate(t + ms(510)),
+            1,
+            "out 410 ms: overdue for its kind"
+        );
+        assert!(s.on_result(t + ms(520), slow.agent, slow.attempt).is_some());
+    }
+
+    #[test]
     fn copies_stay_within_one_agents_credits_in_a_small_pool() {
         let t = t0();
         let mut s = Scheduler::new(&[2, 2, 2]);
@@ -825,7 +873,7 @@ mod tests {
             5,
             "agent 0 takes four small tasks, agent 1 one"
         );
-        s.submit_sized(9, None, true).unwrap();
+        s.submit_sized(9, None, true, 0).unwrap();
         assert!(
             s.next_send(t, &mut id).is_none(),
             "none below its first credits"
@@ -1087,7 +1135,8 @@ mod tests {
                     if is_large {
                         large.insert(t);
                     }
-                    if s.submit_sized(t, h, is_large).is_err() {
+                    let class = rng.random_range(0..3);
+                    if s.submit_sized(t, h, is_large, class).is_err() {
                         assert!(
                             declared.iter().all(|&d| d),
                             "seed {seed}: refused with agents up"
