@@ -74,6 +74,15 @@ fn wait_for_any(agent: &AgentProcess, what: &[&str], limit: Duration) -> String 
     );
 }
 
+/// Checks results as `(index, array)` in arrival order: every index once,
+/// in order, and each array as `want` says.
+fn assert_once_in_order(got: Vec<(u64, Array)>, want: &[Array]) {
+    let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
+    let expected: Vec<u64> = (0..want.len() as u64).collect();
+    assert_eq!(indices, expected, "each result once, in order");
+    assert_eq!(values, want);
+}
+
 /// `n` agent processes of two workers each, and a cluster connected to
 /// them.
 fn agents(tag: &str, n: usize) -> (Vec<AgentProcess>, Cluster, std::path::PathBuf) {
@@ -256,13 +265,7 @@ fn a_streamed_pipeline_whose_last_stage_stops_restarts_within_5_s_and_loses_noth
     }));
     let stopped = controller.join().unwrap();
     result.unwrap();
-    let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
-    assert_eq!(
-        indices,
-        (0..1500).collect::<Vec<u64>>(),
-        "each result once, in order"
-    );
-    assert_eq!(values, want);
+    assert_once_in_order(got, &want);
     let (why, since) = cluster.agents()[2]
         .broken()
         .expect("the stopped agent is down");
@@ -360,13 +363,7 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
     }));
     let stopped = controller.join().unwrap();
     result.unwrap();
-    let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
-    assert_eq!(
-        indices,
-        (0..2000).collect::<Vec<u64>>(),
-        "each result once, in order"
-    );
-    assert_eq!(values, want);
+    assert_once_in_order(got, &want);
     // Declared down (it may have come back within the job since).
     let (why, since) = cluster.agents()[1]
         .losses()
@@ -425,13 +422,7 @@ fn a_stalled_agents_tasks_are_copied_and_the_farm_ends_before_it_is_declared_dow
     }));
     signal("-CONT", &pid);
     result.unwrap();
-    let (indices, values): (Vec<u64>, Vec<Array>) = got.into_iter().unzip();
-    assert_eq!(
-        indices,
-        (0..300).collect::<Vec<u64>>(),
-        "each result once, in order"
-    );
-    assert_eq!(values, inputs);
+    assert_once_in_order(got, &inputs);
     let losses = cluster.agents()[1].losses();
     let (why, _) = losses.first().expect("the stalled agent was given up");
     assert!(
