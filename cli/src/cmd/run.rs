@@ -194,15 +194,29 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
         let elapsed = start.elapsed();
         let lost = lost_since(&pool.cluster, began);
         pool.cluster.close().await;
-        let resent = watch.snapshot().resent;
-        finish(args, outcome, sink, (elapsed, lost, resent))
+        let status = watch.snapshot();
+        let tasks = Tasks {
+            resent: status.resent,
+            copies: status.copies,
+        };
+        finish(args, outcome, sink, (elapsed, lost, tasks))
     })
 }
 
+/// Tasks sent again, and copies of overdue tasks, in a job.
+#[derive(Debug, Clone, Copy)]
+struct Tasks {
+    resent: u64,
+    copies: u64,
+}
+
+/// An agent lost during a job: its name and address, and whether it
+/// serves again (it came back within the job).
+type Lost = (String, std::net::SocketAddr, bool);
+
 /// The agents lost since `began` (a loss recorded then, or a connection
-/// broken since): their names, each with whether it serves again (it
-/// came back within the job).
-fn lost_since(cluster: &skelpi::cluster::Cluster, began: Instant) -> Vec<(String, bool)> {
+/// broken since).
+fn lost_since(cluster: &skelpi::cluster::Cluster, began: Instant) -> Vec<Lost> {
     cluster
         .agents()
         .iter()
@@ -210,28 +224,35 @@ fn lost_since(cluster: &skelpi::cluster::Cluster, began: Instant) -> Vec<(String
             a.losses().iter().any(|(_, at)| *at >= began)
                 || a.broken().is_some_and(|(_, at)| at >= began)
         })
-        .map(|a| (a.info().name.clone(), !a.is_broken()))
+        .map(|a| (a.info().name.clone(), a.addr(), !a.is_broken()))
         .collect()
 }
 
-/// "; 2 agents lost during the job (pi-2, back in it; pi-3), 14 tasks
-/// sent again", or nothing.
-fn lost_line(lost: &[(String, bool)], resent: u64) -> String {
-    let resent = match resent {
+/// "; 2 agents lost during the job (pi-2 at 10.0.0.2:7871, back in it;
+/// pi-3 at ...), 14 tasks sent again, 2 overdue tasks copied", or nothing.
+fn lost_line(lost: &[Lost], tasks: Tasks) -> String {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    let mut resent = match tasks.resent {
         0 => String::new(),
-        1 => ", 1 task sent again".to_owned(),
-        n => format!(", {n} tasks sent again"),
+        n => format!(", {n} task{} sent again", plural(n)),
     };
+    if tasks.copies > 0 {
+        let n = tasks.copies;
+        resent.push_str(&format!(
+            ", {n} overdue task{} copied to other agents (the first result kept)",
+            plural(n)
+        ));
+    }
     if lost.is_empty() {
         return resent.replacen(',', ";", 1);
     }
     let names: Vec<String> = lost
         .iter()
-        .map(|(name, back)| {
+        .map(|(name, addr, back)| {
             if *back {
-                format!("{name}, back in it")
+                format!("{name} at {addr}, back in it")
             } else {
-                name.clone()
+                format!("{name} at {addr}")
             }
         })
         .collect();
@@ -347,7 +368,7 @@ fn finish(
     args: &RunArgs,
     outcome: skelpi::jobs::Outcome,
     sink: Sink,
-    (elapsed, lost, resent): (Duration, Vec<(String, bool)>, u64),
+    (elapsed, lost, tasks): (Duration, Vec<Lost>, Tasks),
 ) -> anyhow::Result<()> {
     let result = match outcome.result {
         Ok(()) => Ok(()),
@@ -382,10 +403,11 @@ fn finish(
             "results": count,
             "elapsed_s": elapsed.as_secs_f64(),
             "results_per_s": rate,
-            "agents_lost": lost.iter().map(|(name, back)| serde_json::json!({
-                "name": name, "back": back,
+            "agents_lost": lost.iter().map(|(name, addr, back)| serde_json::json!({
+                "name": name, "addr": addr.to_string(), "back": back,
             })).collect::<Vec<_>>(),
-            "tasks_resent": resent,
+            "tasks_resent": tasks.resent,
+            "tasks_copied": tasks.copies,
             "out": args.out,
             "shown": shown,
         });
@@ -401,7 +423,7 @@ fn finish(
         args.out
             .as_ref()
             .map_or(String::new(), |p| format!(", written to {}", p.display())),
-        lost_line(&lost, resent)
+        lost_line(&lost, tasks)
     );
     Ok(())
 }
@@ -473,5 +495,37 @@ fn preview(data: &[f64]) -> String {
         format!("[{}, ...] ({} floats)", head.join(", "), data.len())
     } else {
         format!("[{}]", head.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Tasks, lost_line};
+
+    #[test]
+    fn the_last_line_names_lost_agents_with_their_address_and_counts_copies() {
+        let none = Tasks {
+            resent: 0,
+            copies: 0,
+        };
+        assert_eq!(lost_line(&[], none), "");
+        let copied = Tasks {
+            resent: 0,
+            copies: 2,
+        };
+        assert_eq!(
+            lost_line(&[], copied),
+            "; 2 overdue tasks copied to other agents (the first result kept)"
+        );
+        let addr = "10.0.0.2:7871".parse().unwrap();
+        let lost = [("pi-2".to_owned(), addr, true)];
+        let tasks = Tasks {
+            resent: 1,
+            copies: 0,
+        };
+        assert_eq!(
+            lost_line(&lost, tasks),
+            "; 1 agent lost during the job (pi-2 at 10.0.0.2:7871, back in it), 1 task sent again"
+        );
     }
 }

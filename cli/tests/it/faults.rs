@@ -1065,7 +1065,7 @@ fn skelpi_run_says_which_agents_it_lost_in_its_last_line() {
     assert!(out.status.success(), "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.contains("300 results") && last.contains("1 agent lost during the job (lost-one)"),
+        last.contains("300 results") && last.contains("1 agent lost during the job (lost-one at "),
         "{err}"
     );
     // Its tasks in flight (it had credits for 4) were sent again.

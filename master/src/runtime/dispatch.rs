@@ -598,8 +598,9 @@ impl<'c> Dispatcher<'c> {
                 log::debug!("job {job}: {copies} more overdue tasks copied to other agents");
             } else {
                 log::info!(
-                    "job {job}: {copies} task(s) out far longer than the {mean:.1?} tasks take on \
-                     average: copies go to other agents, the first result counts"
+                    "job {job}: {copies} task(s) out far longer than tasks of their kernel are \
+                     (up to {mean:.1?} on average, queueing included): copies go to other agents, \
+                     the first result counts"
                 );
             }
             self.pump();

@@ -254,7 +254,7 @@ async fn keep_watch<T>(watch: &Watch, d: &Dispatcher<'_>, cores: usize) -> T {
 
 /// Copies the dispatcher's counts into `watch`: each kernel's stage (a
 /// placed `seq` stage has one slot, a farm's or map's the pool's
-/// `cores`), agents lost, tasks sent again.
+/// `cores`), agents lost, tasks sent again, copies of overdue tasks.
 fn copy_counts(watch: &Watch, d: &Dispatcher<'_>, cores: usize) {
     let stages: Vec<StageStatus> = d
         .stage_totals()
@@ -264,11 +264,12 @@ fn copy_counts(watch: &Watch, d: &Dispatcher<'_>, cores: usize) {
             StageStatus::new(kernel.to_string(), degree, t)
         })
         .collect();
-    let (lost, resent) = (d.lost(), d.resent());
+    let (lost, resent, copies) = (d.lost(), d.resent(), d.copies());
     watch.update(|s| {
         s.set_stages(stages);
         s.lost = lost;
         s.resent = resent;
+        s.copies = copies;
     });
 }
 
