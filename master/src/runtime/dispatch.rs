@@ -131,6 +131,9 @@ struct Call {
     sent: bool,
     /// Placed on one agent (a `seq` stage's call).
     pinned: bool,
+    /// Its kernel's class: its place in the counts, its kind for the
+    /// scheduler.
+    class: u32,
 }
 
 /// The calls of one kernel: begun, sent, finished (a stage's
@@ -308,10 +311,18 @@ impl<'c> Dispatcher<'c> {
         self.deadline_ms.set(ms);
     }
 
-    /// Changes the counts of `kernel`'s calls, placed on one agent
-    /// (`pinned`: a `seq` stage's) or not; returns their place in the
-    /// counts (the calls' class for the scheduler).
-    fn count(&self, kernel: &Kernel, pinned: bool, f: impl FnOnce(&mut KernelCounts)) -> u32 {
+    /// Changes the counts of the calls of class `class` (see
+    /// [`Dispatcher::class_of`]).
+    fn count(&self, class: u32, f: impl FnOnce(&mut KernelCounts)) {
+        if let Some(c) = self.counts.borrow_mut().get_mut(class as usize) {
+            f(c);
+        }
+    }
+
+    /// The class of `kernel`'s calls, placed on one agent (`pinned`: a
+    /// `seq` stage's) or not: their place in the counts (made on first
+    /// use), and their kind for the scheduler.
+    fn class_of(&self, kernel: &Kernel, pinned: bool) -> u32 {
         let mut counts = self.counts.borrow_mut();
         // By name and arguments' bits: a NaN argument is still the same.
         let same = |k: &Kernel| {
@@ -337,7 +348,6 @@ impl<'c> Dispatcher<'c> {
                 counts.len() - 1
             }
         };
-        f(&mut counts[at]);
         u32::try_from(at).unwrap_or(u32::MAX)
     }
 
@@ -438,7 +448,7 @@ impl<'c> Dispatcher<'c> {
         self.next_call.set(key + 1);
         let bytes = skelpi_proto::task_bytes(&kernel.name, kernel.args.len(), input.data.len());
         let large = bytes > SMALL_TASK_BYTES;
-        let class = self.count(kernel, home.is_some(), |_| {});
+        let class = self.class_of(kernel, home.is_some());
         if self
             .sched
             .borrow_mut()
@@ -457,15 +467,15 @@ impl<'c> Dispatcher<'c> {
             repushed: Vec::new(),
             sent: false,
             pinned: home.is_some(),
+            class,
         };
         self.calls.borrow_mut().insert(key, call);
         let _waiting = Waiting { d: self, key };
-        let pinned = home.is_some();
-        self.count(kernel, pinned, |c| c.totals.arrive());
+        self.count(class, |c| c.totals.arrive());
         let began = Instant::now();
         self.pump();
         let outcome = outcome.recv().await.unwrap_or(Err(JobError::Cancelled));
-        self.count(kernel, pinned, |c| {
+        self.count(class, |c| {
             c.ended += 1;
             if let Ok(done) = &outcome {
                 c.totals.finish(done.agent, began.elapsed(), done.busy);
@@ -491,7 +501,7 @@ impl<'c> Dispatcher<'c> {
                         self.resent.set(self.resent.get() + 1);
                     } else {
                         call.sent = true;
-                        self.count(&call.kernel, call.pinned, |c| c.totals.start());
+                        self.count(call.class, |c| c.totals.start());
                     }
                     Out::Task(Outgoing {
                         id: send.attempt,
@@ -996,10 +1006,7 @@ impl<'c> Dispatcher<'c> {
             Some(c) => {
                 let (name, args) = (&c.kernel.name, c.kernel.args.len());
                 let bytes = skelpi_proto::task_bytes(name, args, c.input.data.len());
-                (
-                    bytes > SMALL_TASK_BYTES,
-                    self.count(&c.kernel, false, |_| {}),
-                )
+                (bytes > SMALL_TASK_BYTES, self.class_of(&c.kernel, false))
             }
             None => return false,
         };
