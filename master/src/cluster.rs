@@ -311,6 +311,65 @@ impl Cluster {
                 .await?;
             return Ok(());
         }
+        self.routed(skeleton, inputs, None, on_result).await?;
+        Ok(())
+    }
+
+    /// Runs `skeleton` on `inputs` routed through the master (even a
+    /// pipeline [`Cluster::run_each`] would stream), its `seq` stages'
+    /// kernels replaced while it runs by the [`stream::Swapper`] made with
+    /// `swaps`. The stages are the tree's `seq` nodes numbered in the
+    /// order written ([`Skeleton::seqs`]). Returns what became of each
+    /// stage's swaps: a new kernel runs on every job input from its switch
+    /// point on, the old one on every input before it (see
+    /// [`crate::runtime::switch`]).
+    ///
+    /// # Examples
+    /// A farm that doubles items, then triples them from some item on:
+    /// ```
+    /// use skelpi::cluster::Cluster;
+    /// use skelpi::runtime::stream::{self, SwapOutcome};
+    /// use skelpi_proto::Array;
+    /// use skelpi_proto::skeleton::Kernel;
+    /// smol::block_on(async {
+    ///     let mut cluster = Cluster::local(2, &Default::default()).await?;
+    ///     let tree = "farm(seq(scale(2)))".parse()?;
+    ///     let (swapper, swaps) = stream::swaps(1);
+    ///     let inputs = (1..=2000).map(|i| Array::list(vec![f64::from(i)]));
+    ///     let mut out = vec![0.0; 2000];
+    ///     let swapped = cluster
+    ///         .run_routed_swapping(&tree, inputs, &swaps, |i, a| {
+    ///             if i == 10 {
+    ///                 swapper.swap(0, Kernel::new("scale", [3.0]));
+    ///             }
+    ///             out[i as usize] = a.data[0] / (i + 1) as f64;
+    ///         })
+    ///         .await?;
+    ///     let SwapOutcome::From(k) = swapped[0][0].outcome else { panic!() };
+    ///     assert!(out.iter().enumerate().all(|(i, &f)| f == if (i as u64) < k { 2.0 } else { 3.0 }));
+    ///     Ok::<_, Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn run_routed_swapping(
+        &mut self,
+        skeleton: &Skeleton,
+        inputs: impl IntoIterator<Item = Array>,
+        swaps: &stream::Swaps,
+        on_result: impl FnMut(u64, Array),
+    ) -> Result<job::Swapped, JobError> {
+        self.rejoin().await;
+        self.routed(skeleton, inputs, Some(swaps), on_result).await
+    }
+
+    /// Runs `skeleton` routed through the master, taking `swaps`.
+    async fn routed(
+        &mut self,
+        skeleton: &Skeleton,
+        inputs: impl IntoIterator<Item = Array>,
+        swaps: Option<&stream::Swaps>,
+        on_result: impl FnMut(u64, Array),
+    ) -> Result<job::Swapped, JobError> {
         let able = self.able(skeleton)?;
         let (places, conns, bad) = self.take_good(&able);
         let tracing = self.tracing;
@@ -318,6 +377,7 @@ impl Cluster {
             stall: self.stall_timeout,
             task_deadline: self.task_deadline,
             watch: self.watch.clone(),
+            swaps: swaps.cloned(),
         };
         let tree = skeleton.clone();
         let io = move |inputs, results| Self::job(tracing, limits, conns, tree, inputs, results);
@@ -459,7 +519,7 @@ impl Cluster {
         skeleton: Skeleton,
         inputs: Inputs<'static>,
         results: Results<'static>,
-    ) -> Returned {
+    ) -> Returned<Result<job::Swapped, JobError>> {
         if !tracing {
             let result = job::run(&mut conns, &skeleton, inputs, results, limits).await;
             return (result, conns, None);

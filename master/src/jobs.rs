@@ -31,7 +31,9 @@
 //! ([`streamable`]) is streamed agent to agent, through
 //! [`Cluster::stream_pipeline_swapping`] when it has swaps; anything else
 //! is routed through the master ([`Cluster::run_each`], which streams the
-//! streamable trees itself). Swaps are for streamed pipelines only.
+//! streamable trees itself; [`Cluster::run_routed_swapping`] when it has
+//! swaps). Swaps name the tree's `seq` stages, in the order written; a
+//! managed job takes none.
 
 use crate::cluster::{Cluster, streamable};
 use crate::modules::{PushError, Pushed};
@@ -60,11 +62,15 @@ pub struct JobBuilder<'a> {
     on_event: Box<dyn FnMut(Event<'_>) + 'a>,
 }
 
-/// A stage's kernel replaced while a streamed pipeline runs (hot code
-/// loading): from the stage's next item on once `after` results are in.
+/// A stage's kernel replaced while a job runs (hot code loading): from
+/// one switch point on, once `after` results are in. In a streamed
+/// pipeline the stage switches at its next item; in a routed job (a farm,
+/// a map, ...) at the job input after the last it sent a task for (see
+/// [`crate::runtime::switch`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Swap {
-    /// The stage, from 0.
+    /// The stage: the tree's `seq` nodes numbered from 0 in the order
+    /// written ([`Skeleton::seqs`]).
     pub stage: usize,
     /// The kernel it runs next.
     pub kernel: Kernel,
@@ -136,29 +142,32 @@ pub enum Event<'e> {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RunError {
-    /// Swaps were asked of a job that is not a streamed pipeline.
+    /// Swaps were asked of a job whose tree has no `seq` stage.
     #[error(
-        "swap {stage}=...: swaps are for pipelines of seq stages (streamed agent to agent); \
-         this job runs {skeleton}"
+        "swap {stage}=...: {skeleton} has no seq stage to swap (a reduction's or a feedback \
+         condition's kernel stays as written)"
     )]
-    NotStreamed {
+    NoStages {
         /// The first swap's stage.
         stage: usize,
         /// The job's tree.
         skeleton: Box<Skeleton>,
     },
-    /// A swap names a stage the pipeline does not have.
-    #[error("swap {stage}={kernel}: the pipeline has stages 0 to {last}")]
+    /// A swap names a stage the job does not have.
+    #[error(
+        "swap {stage}={kernel}: the job has stages 0 to {last} (its seq kernels, numbered in \
+         the order written)"
+    )]
     NoSuchStage {
         /// The stage named.
         stage: usize,
         /// The kernel asked for.
         kernel: Kernel,
-        /// The pipeline's last stage.
+        /// The job's last stage.
         last: usize,
     },
     /// Swaps were asked of a managed job.
-    #[error("swaps are for streamed pipelines, not managed jobs")]
+    #[error("swaps are for routed and streamed jobs, not managed ones")]
     ManagedSwaps,
     /// A module file the job names could not be pushed.
     #[error(transparent)]
@@ -182,6 +191,9 @@ pub struct Outcome {
     pub report: Option<autonomic::Report>,
     /// What each stage of a swapping pipeline measured (empty otherwise).
     pub stages: Vec<StageReport>,
+    /// What became of each stage's swaps, by stage (empty without swaps,
+    /// or when the job failed).
+    pub swapped: Vec<Vec<Swapped>>,
     /// The job's trace, when [`JobBuilder::trace`] turned tracing on.
     pub trace: Option<Result<Trace, TraceError>>,
 }
@@ -269,17 +281,18 @@ impl<'a> JobBuilder<'a> {
     pub fn plan(&self) -> Result<Execution, RunError> {
         let streamed = streamable(&self.skeleton);
         if let Some(first) = self.swaps.first() {
-            let Some(stages) = &streamed else {
-                return Err(RunError::NotStreamed {
+            let stages = self.skeleton.seqs().len();
+            if stages == 0 {
+                return Err(RunError::NoStages {
                     stage: first.stage,
                     skeleton: Box::new(self.skeleton.clone()),
                 });
-            };
-            if let Some(bad) = self.swaps.iter().find(|s| s.stage >= stages.len()) {
+            }
+            if let Some(bad) = self.swaps.iter().find(|s| s.stage >= stages) {
                 return Err(RunError::NoSuchStage {
                     stage: bad.stage,
                     kernel: bad.kernel.clone(),
-                    last: stages.len() - 1,
+                    last: stages - 1,
                 });
             }
         }
@@ -301,6 +314,7 @@ impl<'a> JobBuilder<'a> {
             results: 0,
             report: None,
             stages: Vec::new(),
+            swapped: Vec::new(),
             trace: None,
         };
         outcome.result = self.run_into(cluster, &mut outcome).await;
@@ -349,20 +363,21 @@ impl<'a> JobBuilder<'a> {
                 out.report = report;
                 result
             }
-            (None, Execution::Streamed { .. }) if !self.swaps.is_empty() => {
-                // Pushing modules renamed kernels, not the tree's shape.
-                let stages = streamable(&self.skeleton).expect("planned as streamed");
+            (None, execution) if !self.swaps.is_empty() => {
                 let size = inputs.size_hint().1;
                 let on_event = &mut *self.on_event;
                 let got = swapping(
                     cluster,
-                    &stages,
+                    (&self.skeleton, execution),
                     (inputs, size),
                     &self.swaps,
                     on_result,
                     on_event,
                 );
-                got.await.map(|stages| out.stages = stages)
+                got.await.map(|(stages, swapped)| {
+                    out.stages = stages;
+                    out.swapped = swapped;
+                })
             }
             _ => cluster.run_each(&self.skeleton, inputs, on_result).await,
         };
@@ -372,12 +387,9 @@ impl<'a> JobBuilder<'a> {
         if let Err(e) = result {
             return Err(e.into());
         }
-        for r in &out.stages {
-            for s in &r.swaps {
-                (self.on_event)(Event::Swapped {
-                    stage: r.stage,
-                    swapped: s,
-                });
+        for (stage, swapped) in out.swapped.iter().enumerate() {
+            for s in swapped {
+                (self.on_event)(Event::Swapped { stage, swapped: s });
             }
         }
         Ok(())
@@ -432,17 +444,19 @@ impl Drop for Watching<'_> {
     }
 }
 
-/// Streams `stages` over `inputs` (at most `size` of them, if known),
-/// asking each swap of `swaps` once its count of results is in.
+/// Runs `tree` over `inputs` (at most `size` of them, if known), streamed
+/// or routed as `execution` says, asking each swap of `swaps` once its
+/// count of results is in. Returns what each stage of a streamed pipeline
+/// measured, and what became of each stage's swaps.
 async fn swapping(
     cluster: &mut Cluster,
-    stages: &[Kernel],
+    (tree, execution): (&Skeleton, Execution),
     (inputs, size): (impl IntoIterator<Item = Array>, Option<usize>),
     swaps: &[Swap],
     mut on_result: impl FnMut(u64, Array),
     on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<Vec<StageReport>, JobError> {
-    let (swapper, channels) = stream::swaps(stages.len());
+) -> Result<(Vec<StageReport>, Vec<Vec<Swapped>>), JobError> {
+    let (swapper, channels) = stream::swaps(tree.seqs().len());
     let ask = |s: &Swap, on_event: &mut dyn FnMut(Event<'_>)| {
         swapper.swap(s.stage, s.kernel.clone());
         on_event(Event::SwapAsked(s));
@@ -463,9 +477,22 @@ async fn swapping(
             ask(s, on_event);
         }
     };
-    cluster
-        .stream_pipeline_swapping(stages, inputs, None, &channels, with_swaps)
-        .await
+    match (execution, streamable(tree)) {
+        // Pushing modules renamed kernels, not the tree's shape.
+        (Execution::Streamed { .. }, Some(stages)) => {
+            let reports = cluster
+                .stream_pipeline_swapping(&stages, inputs, None, &channels, with_swaps)
+                .await?;
+            let swapped = reports.iter().map(|r| r.swaps.clone()).collect();
+            Ok((reports, swapped))
+        }
+        _ => {
+            let swapped = cluster
+                .run_routed_swapping(tree, inputs, &channels, with_swaps)
+                .await?;
+            Ok((Vec::new(), swapped))
+        }
+    }
 }
 
 impl fmt::Debug for JobBuilder<'_> {
@@ -526,20 +553,32 @@ mod tests {
     }
 
     #[test]
+    fn plan_routes_swaps_of_farms_maps_and_routed_pipelines() {
+        for tree in [
+            "farm(seq(square))",
+            "map(4, seq(square))",
+            "pipe(seq(square), farm(seq(identity)))",
+        ] {
+            assert_eq!(job(tree).swap(swap(0)).plan().unwrap(), Execution::Routed);
+        }
+        let routed = "pipe(map(2, seq(square)), farm(seq(identity)), reduce(sum))";
+        assert_eq!(job(routed).swap(swap(1)).plan().unwrap(), Execution::Routed);
+        let err = job(routed).swap(swap(2)).plan().unwrap_err().to_string();
+        assert!(err.contains("the job has stages 0 to 1"), "{err}");
+    }
+
+    #[test]
     fn plan_refuses_swaps_that_no_stage_can_take() {
-        let err = job("farm(seq(square))").swap(swap(0)).plan().unwrap_err();
+        let err = job("reduce(sum)").swap(swap(0)).plan().unwrap_err();
+        assert!(matches!(err, RunError::NoStages { stage: 0, .. }), "{err}");
         assert!(
-            matches!(err, RunError::NotStreamed { stage: 0, .. }),
+            err.to_string().contains("has no seq stage to swap"),
             "{err}"
-        );
-        assert!(
-            err.to_string()
-                .contains("swaps are for pipelines of seq stages")
         );
         let pipe = "pipe(seq(square), seq(identity))";
         let err = job(pipe).swap(swap(7)).plan().unwrap_err();
         assert!(
-            err.to_string().contains("the pipeline has stages 0 to 1"),
+            err.to_string().contains("the job has stages 0 to 1"),
             "{err}"
         );
         let managed = job(pipe).managed(Default::default()).swap(swap(1));

@@ -214,6 +214,13 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, PushError> {
     std::fs::read(path).map_err(file)
 }
 
+/// The module hash of a kernel named `wasm:HASH:export` (one pushed
+/// already, named by its hash rather than by its file).
+pub fn module_hash(name: &str) -> Option<&str> {
+    let (module, _) = name.strip_prefix("wasm:")?.rsplit_once(':')?;
+    (!module.ends_with(".wasm")).then_some(module)
+}
+
 /// `(file, export)` of a kernel named `wasm:FILE.wasm:export`.
 pub fn module_file(name: &str) -> Option<(String, String)> {
     let rest = name.strip_prefix("wasm:")?;

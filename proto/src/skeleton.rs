@@ -145,6 +145,26 @@ impl Skeleton {
         out
     }
 
+    /// The kernels of its `seq` nodes, in the order written: the stages a
+    /// kernel swap names (stage 0 is the first `seq`). A reduction's or a
+    /// feedback condition's kernel is not among them.
+    pub fn seqs(&self) -> Vec<&Kernel> {
+        let mut out = Vec::new();
+        self.visit_seqs(&mut out);
+        out
+    }
+
+    fn visit_seqs<'a>(&'a self, out: &mut Vec<&'a Kernel>) {
+        match self {
+            Skeleton::Seq(k) => out.push(k),
+            Skeleton::Reduce(_) => {}
+            Skeleton::Pipe(stages) => stages.iter().for_each(|s| s.visit_seqs(out)),
+            Skeleton::Farm { worker: body, .. }
+            | Skeleton::Map { worker: body, .. }
+            | Skeleton::Feedback { body, .. } => body.visit_seqs(out),
+        }
+    }
+
     /// Every kernel the tree names, in tree order, to rename or re-argue.
     pub fn kernels_mut(&mut self) -> Vec<&mut Kernel> {
         let mut out = Vec::new();

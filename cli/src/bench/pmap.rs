@@ -181,8 +181,7 @@ pub async fn run(
                 let start = Instant::now();
                 let limits = job::Limits {
                     stall: Some(skelpi::runtime::stall::DEFAULT_STALL_TIMEOUT),
-                    task_deadline: None,
-                    watch: None,
+                    ..Default::default()
                 };
                 // One input, one result: handled on the job's thread.
                 let (input, result) = (Inputs::here([data]), Results::here(|_, a| out = Some(a)));

@@ -65,12 +65,15 @@ pub struct RunArgs {
     /// it: as fast as the pool allows. Implies --autonomic.
     #[arg(long, value_name = "ITEMS_PER_S", value_parser = positive_rate)]
     target_throughput: Option<f64>,
-    /// Hot code loading: once RESULTS results are in, stage STAGE (from 0)
-    /// of the streamed pipeline runs KERNEL from its next item on (e.g.
-    /// `--swap '1=scale(3)@5000'`, or a `wasm:` kernel). No item is lost or
-    /// run twice; each stage reports the first item its new kernel ran.
-    /// Repeatable. For pipelines of seq stages (those stream agent to
-    /// agent).
+    /// Hot code loading: once RESULTS results are in, stage STAGE runs
+    /// KERNEL from one switch point on (e.g. `--swap '1=scale(3)@5000'`,
+    /// or a `wasm:` kernel). The stages are the job's seq kernels,
+    /// numbered from 0 in the order written, in any job but a managed
+    /// one: a streamed pipeline's stage switches at its next item; a
+    /// farm's, map's or routed pipeline's at the input after the last it
+    /// sent. Items before the point run the old kernel, from it on the new;
+    /// none is lost or run twice; each stage reports its switch point.
+    /// A kernel some agent lacks is refused. Repeatable.
     #[arg(long, value_name = "STAGE=KERNEL@RESULTS", value_parser = parse_swap,
           conflicts_with_all = ["autonomic", "target_throughput"])]
     swap: Vec<Swap>,
@@ -153,8 +156,8 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     // `skelpi top` shows the job while it runs (see skelpi::watch).
     let watch = Watch::new(&args.job.display().to_string(), &job.skeleton.to_string());
     let builder = builder(args, job).watch(watch.clone());
-    // Refused before the pool is reached: swaps of a job that streams
-    // nothing, or of stages it does not have.
+    // Refused before the pool is reached: swaps of a managed job, or of
+    // stages the job does not have.
     builder.plan()?;
     let mut sink = Sink::create(args)?;
     smol::block_on(async {
@@ -355,7 +358,7 @@ fn say(event: Event<'_>, inputs: usize, start: &mut Instant) {
                     eprintln!("swap: stage {stage} kept its kernel, not {kernel}: {why}")
                 }
                 SwapOutcome::NotApplied => {
-                    eprintln!("swap: stage {stage} never ran {kernel}: the stream ended first")
+                    eprintln!("swap: stage {stage} never ran {kernel}: the job ended first")
                 }
             }
         }

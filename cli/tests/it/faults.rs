@@ -775,6 +775,65 @@ fn swaps_survive_a_restart_with_one_switch_point_per_stage() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Runs `tree` routed over 10,000 inputs (each 4 copies of its number,
+/// from 1) on three agent processes; once 3,000 results are in, asks
+/// stage `stage` (a `scale(2)`) to run `scale(3)` and SIGKILLs agent 1
+/// while tasks of both kernels are in flight. Every result comes once, in
+/// order, from one kernel per input, with the one switch point the job
+/// reported.
+fn a_routed_swap_survives_a_kill(tag: &str, tree: &str, stage: usize) {
+    use skelpi::runtime::stream::{self, SwapOutcome};
+    use skelpi_proto::skeleton::Kernel;
+    const ITEMS: u64 = 10_000;
+    let (agents, mut cluster, dir) = agents(tag, 3);
+    let tree: Skeleton = tree.parse().unwrap();
+    let (swapper, swaps) = stream::swaps(tree.seqs().len());
+    let inputs = (1..=ITEMS).map(|x| Array::list(vec![x as f64; 4]));
+    let mut factors = Vec::new();
+    let swapped = bounded(cluster.run_routed_swapping(&tree, inputs, &swaps, |i, a| {
+        assert_eq!(i, factors.len() as u64, "{tree}: once each, in order");
+        assert!(a.data.iter().all(|&v| v == a.data[0]), "{tree}: {i}: {a:?}");
+        factors.push(a.data[0] / (i + 1) as f64);
+        if i + 1 == 3_000 {
+            assert!(swapper.swap(stage, Kernel::new("scale", [3.0])));
+            signal("-KILL", &agents[1].child.id().to_string());
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{tree}: the job survives a lost agent: {e}"));
+    assert_eq!(factors.len() as u64, ITEMS);
+    assert!(cluster.agents()[1].is_broken(), "{tree}: agent 1 was lost");
+    let k = match &swapped[stage][..] {
+        [s] => match s.outcome {
+            SwapOutcome::From(k) => k,
+            ref other => panic!("{tree}: {other:?}"),
+        },
+        all => panic!("{tree}: {all:?}"),
+    };
+    assert!((3_000..ITEMS).contains(&k), "{tree}: switched at {k}");
+    for (i, &f) in factors.iter().enumerate() {
+        let want = if (i as u64) < k { 2.0 } else { 3.0 };
+        assert_eq!(f, want, "{tree}: item {i}, switch point {k}");
+    }
+    smol::block_on(cluster.close());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_farms_swap_keeps_one_switch_point_when_an_agent_is_lost_mid_swap() {
+    // 1 ms tasks first, so tasks of both kernels are in flight on the
+    // agent killed.
+    a_routed_swap_survives_a_kill(
+        "swap-farm",
+        "farm(pipe(seq(sleep_ms(1)), seq(scale(2))))",
+        1,
+    );
+}
+
+#[test]
+fn a_maps_swap_keeps_one_switch_point_when_an_agent_is_lost_mid_swap() {
+    a_routed_swap_survives_a_kill("swap-map", "map(4, seq(scale(2)))", 0);
+}
+
 /// Where the caller's code blocks.
 #[derive(Clone, Copy, PartialEq)]
 enum Blocks {

@@ -3,10 +3,12 @@
 //! (which agent, what to send again, which result counts).
 
 use super::autonomic::metrics::Totals;
+use super::offered;
 use super::schedule::{OVERDUE_FACTOR, OVERDUE_FLOOR, Scheduler, window_per_worker};
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError, Redial};
+use crate::modules;
 use crate::trace::{NO_LABEL, Recorder};
 use skelpi_proto::Array;
 use skelpi_proto::beat::Beats;
@@ -179,6 +181,8 @@ struct Link<'c> {
     /// WebAssembly modules pushed on its connection (hash, bytes): pushed
     /// again when a task finds its module gone from the agent.
     modules: Vec<(String, Arc<[u8]>)>,
+    /// The kernels its agent offers (see [`offered::offers`]).
+    kernels: Vec<String>,
     /// The moving mean of its tasks' kernel times, seconds (`None` until
     /// one came): what sizes its credits.
     mean_busy: Cell<Option<f64>>,
@@ -260,6 +264,7 @@ impl<'c> Dispatcher<'c> {
                 let cores = (conn.info().cores as usize).max(1);
                 let queued_per_worker = conn.info().queued_per_worker as usize;
                 let modules = conn.pushed_modules().to_vec();
+                let kernels = conn.info().kernels.clone();
                 let redial = conn.redial();
                 let (sender, receiver) = conn.halves();
                 let (outbox_tx, outbox_rx) = async_channel::unbounded();
@@ -281,6 +286,7 @@ impl<'c> Dispatcher<'c> {
                     why_dead: RefCell::new(None),
                     deaths: RefCell::new(Vec::new()),
                     modules,
+                    kernels,
                     mean_busy: Cell::new(None),
                     queued_per_worker,
                 }
@@ -402,6 +408,20 @@ impl<'c> Dispatcher<'c> {
         lost.into_iter()
             .map(|(_, label)| label.to_owned())
             .collect()
+    }
+
+    /// Why `kernel` cannot run on every live agent of the job, if it
+    /// cannot: one does not offer it, or its WebAssembly module was not
+    /// pushed to one.
+    pub fn lacking(&self, kernel: &Kernel) -> Option<String> {
+        let module = modules::module_hash(&kernel.name);
+        self.links.iter().filter(|l| !l.dead.get()).find_map(|l| {
+            if !offered::offers_any(&l.kernels, &kernel.name) {
+                return Some(format!("{} does not offer {}", l.label, kernel.name));
+            }
+            let hash = module.filter(|h| !l.modules.iter().any(|(m, _)| m == h))?;
+            Some(format!("module {hash} was not pushed to {}", l.label))
+        })
     }
 
     /// Each agent's label: `name (address)`.

@@ -6,6 +6,7 @@
 
 use super::dispatch::{CREDITS_PER_WORKER, Dispatcher, MAX_TASKS_PER_WORKER};
 use super::sequential::concat;
+use super::switch::Switches;
 use super::{Item, JobError, split};
 use skelpi_proto::Array;
 use skelpi_proto::skeleton::{Kernel, Skeleton};
@@ -81,6 +82,15 @@ pub struct Ctx<'a, 'c> {
     /// (farms keep order); the pool's credits bound what runs at once
     /// anyway.
     pub budget: usize,
+    /// The job's kernel swaps, if it may have any.
+    pub switches: Option<&'a Switches>,
+    /// The stage number of this part's first `seq` (a tree's `seq` nodes
+    /// are numbered in the order written: [`Skeleton::seqs`]).
+    pub stage: usize,
+    /// Inside a map: the job input whose chunk this part computes (a
+    /// swap's switch point counts job inputs; `None`: an item's own index
+    /// is its job input's).
+    pub input: Option<u64>,
 }
 
 /// Replicas a job may start in all, for a pool of `cores` worker threads:
@@ -137,9 +147,15 @@ pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> S
         Skeleton::Seq(k) => seq(cx, k, input),
         Skeleton::Pipe(stages) => {
             let homes = get_nodes(stages.len(), cx.d.agents());
+            let mut first = cx.stage;
             stages.iter().zip(homes).fold(input, |s, (stage, home)| {
                 let placed = (!cx.replicated).then_some(home);
-                eval(cx.at(placed), stage, s)
+                let at = Ctx {
+                    stage: first,
+                    ..cx.at(placed)
+                };
+                first += stage.seqs().len();
+                eval(at, stage, s)
             })
         }
         Skeleton::Farm {
@@ -192,6 +208,11 @@ fn seq<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
             let out = match next {
                 Ok(item) => {
                     let meta = item_meta(&item.origin, item.index);
+                    let input = cx.input.unwrap_or(item.index);
+                    let swapped = cx
+                        .switches
+                        .and_then(|s| s.kernel(cx.stage, input, |k| cx.d.lacking(k)));
+                    let k = swapped.as_deref().unwrap_or(k);
                     let done = match cx.home {
                         Some(home) => cx.d.call_at(home, &item.origin, k, item.data).await,
                         None => cx.d.call(&item.origin, k, item.data).await,
@@ -369,6 +390,10 @@ async fn map_one<'a, 'c: 'a>(
         .collect();
     let n = cx.within_budget(chunks.len());
     let spawner = cx.spawner.clone();
+    let cx = Ctx {
+        input: Some(cx.input.unwrap_or(item.index)),
+        ..cx
+    };
     let out = farm(cx.replicas(n), worker, n, true, source(&spawner, chunks));
     let mut data = Vec::with_capacity(item.data.data.len());
     while let Ok(r) = out.recv().await {

@@ -6,6 +6,8 @@ use super::dispatch::Dispatcher;
 use super::eval::{Ctx, Spawner, Stream, channel, eval, replica_budget};
 use super::handoff::{Inputs, Results, Room};
 use super::stall::{self, Look};
+use super::stream::{self, Swaps};
+use super::switch::Switches;
 use super::{Item, JobError};
 use crate::client::AgentConn;
 use crate::trace::{self, Recorder, Trace, TraceError};
@@ -20,8 +22,8 @@ use std::time::Duration;
 /// How long a stopped job waits for the results of tasks already sent.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Bounds of one job.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Bounds of one job, and what may change while it runs.
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Stop the job as stalled when nothing moved for this long (see
     /// [`super::stall`]); `None`: never.
@@ -32,7 +34,14 @@ pub struct Limits {
     /// Keep this watch up to date while the job runs (see
     /// [`crate::watch`]).
     pub watch: Option<Watch>,
+    /// Kernel swaps of its `seq` stages asked while it runs (see
+    /// [`super::switch`]).
+    pub swaps: Option<Swaps>,
 }
+
+/// What became of each stage's kernel swaps (by `seq` stage; empty when
+/// the job was given no swaps).
+pub type Swapped = Vec<Vec<stream::Swapped>>;
 
 /// What a job runs: a graph of nodes over the dispatcher, from the stream
 /// of inputs to the stream of results.
@@ -66,7 +75,7 @@ pub async fn run(
     inputs: Inputs<'_>,
     results: Results<'_>,
     limits: Limits,
-) -> Result<(), JobError> {
+) -> Result<Swapped, JobError> {
     run_graph(conns, skeleton, skeleton, inputs, results, None, limits).await
 }
 
@@ -78,7 +87,7 @@ pub async fn run_traced(
     inputs: Inputs<'_>,
     results: Results<'_>,
     limits: Limits,
-) -> (Result<(), JobError>, Result<Trace, TraceError>) {
+) -> (Result<Swapped, JobError>, Result<Trace, TraceError>) {
     let mut trace = Err(TraceError::Stopped);
     let out = Some(&mut trace);
     let result = run_graph(conns, skeleton, skeleton, inputs, results, out, limits).await;
@@ -87,7 +96,8 @@ pub async fn run_traced(
 
 /// [`run`] with the graph `graph` built for `skeleton` (checked, and named
 /// in logs and traces); traced if `trace_out` is given, which then holds
-/// the job's trace.
+/// the job's trace. Swaps in `limits` are taken by the `seq` nodes of
+/// `skeleton` that `graph` evaluates.
 pub async fn run_graph(
     conns: &mut [AgentConn],
     skeleton: &Skeleton,
@@ -96,7 +106,7 @@ pub async fn run_graph(
     mut results: Results<'_>,
     trace_out: Option<&mut Result<Trace, TraceError>>,
     limits: Limits,
-) -> Result<(), JobError> {
+) -> Result<Swapped, JobError> {
     check(skeleton)?;
     if conns.is_empty() {
         return Err(JobError::NoAgents);
@@ -138,6 +148,7 @@ pub async fn run_graph(
     // Inputs drawn and results handed on, for the stall watchdog.
     let (drawn, handed) = (Cell::new(0u64), Cell::new(0u64));
     let (drawn, handed) = (&drawn, &handed);
+    let switches = Switches::new(limits.swaps.as_ref(), skeleton.seqs().len());
     let result = {
         let ex = LocalExecutor::new();
         let (spawn_tx, spawn_rx) = async_channel::unbounded();
@@ -148,6 +159,9 @@ pub async fn run_graph(
             home: None,
             replicated: false,
             budget: replica_budget(cores),
+            switches: limits.swaps.is_some().then_some(&switches),
+            stage: 0,
+            input: None,
         };
         let room = results.room();
         let input = draw(&cx.spawner, inputs, drawn, room);
@@ -238,7 +252,7 @@ pub async fn run_graph(
         let collected = rec.finish(job, skeleton.to_string(), Vec::new(), agents);
         *out = Ok(trace::merge::merge(&collected));
     }
-    result
+    result.map(|()| switches.finish())
 }
 
 /// Copies the dispatcher's counts into `watch` every

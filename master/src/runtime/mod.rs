@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod sequential;
 pub mod stall;
 pub mod stream;
+pub mod switch;
 
 pub use error::{JobError, TaskError};
 

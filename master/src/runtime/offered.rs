@@ -12,9 +12,13 @@ use std::collections::BTreeSet;
 /// ending in `*` (`port:*`), or lists nothing (an older agent, which did
 /// not say: it is given the benefit of the doubt).
 pub fn offers(info: &AgentInfo, kernel: &str) -> bool {
-    info.kernels.is_empty()
-        || info
-            .kernels
+    offers_any(&info.kernels, kernel)
+}
+
+/// [`offers`], for an agent that listed `kernels`.
+pub fn offers_any(kernels: &[String], kernel: &str) -> bool {
+    kernels.is_empty()
+        || kernels
             .iter()
             .any(|k| k == kernel || k.strip_suffix('*').is_some_and(|p| kernel.starts_with(p)))
 }

@@ -313,8 +313,11 @@ pub async fn run(
         stall,
         task_deadline: None,
         watch: opts.watch.clone(),
+        swaps: None,
     };
-    let result = job::run_graph(conns, skeleton, &ctl, inputs, results, trace_out, limits).await;
+    let result = job::run_graph(conns, skeleton, &ctl, inputs, results, trace_out, limits)
+        .await
+        .map(drop);
     (result, Some(report(&ctl, opts.contract, start)))
 }
 

@@ -23,13 +23,14 @@ pub struct Swapper {
     stages: Vec<async_channel::Sender<Kernel>>,
 }
 
-/// The pipeline's end of a [`Swapper`]: pass it to
-/// `Cluster::stream_pipeline_swapping`. It serves one pipeline: when that
-/// ends, swaps not sent are reported as not applied and the swapper's
-/// `swap` returns `false`.
+/// The job's end of a [`Swapper`]: pass it to
+/// `Cluster::stream_pipeline_swapping` or `Cluster::run_routed_swapping`.
+/// It serves one job: when that ends, swaps not taken are reported as not
+/// applied (and, after a streamed pipeline, the swapper's `swap` returns
+/// `false`).
 #[derive(Debug, Clone)]
 pub struct Swaps {
-    pub(super) stages: Vec<async_channel::Receiver<Kernel>>,
+    pub(crate) stages: Vec<async_channel::Receiver<Kernel>>,
 }
 
 impl Swaps {
