@@ -3,7 +3,8 @@
 //! pmap speedup table ([`pmap`], against the sequential kernel in this
 //! process), farm dispatch overhead ([`farm`]) and the pipeline's service
 //! times ([`pipeline`]); tables, CSV and JSON in [`report`], SVG plots in
-//! [`plot`].
+//! [`plot`]. Apart from the suite, asked by name: rolling upgrades
+//! ([`roll`]).
 
 pub mod baseline;
 pub mod farm;
@@ -11,4 +12,5 @@ pub mod pipeline;
 pub mod plot;
 pub mod pmap;
 pub mod report;
+pub mod roll;
 pub mod rtt;

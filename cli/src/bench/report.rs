@@ -4,6 +4,7 @@
 use super::farm::FarmReport;
 use super::pipeline::PipelineReport;
 use super::pmap::PmapReport;
+use super::roll::RollReport;
 use super::rtt::RttReport;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -203,6 +204,52 @@ pub fn farm_table(r: &FarmReport) -> String {
             100.0 * cost
         );
     }
+    s
+}
+
+/// Renders the roll report: per pool size, the roll against raw TCP and
+/// the farm's throughput during it against before it.
+pub fn roll_table(r: &RollReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "roll: {} — {}, a farm of {} ms tasks on all of them during each roll",
+        r.origin,
+        skelpi::pool::agents(r.pool),
+        r.task_ms
+    );
+    let _ = writeln!(
+        s,
+        "{:>6} {:>7} {:>7} {:>9} {:>7} {:>9} {:>14} {:>15} {:>12}",
+        "rolled",
+        "MB each",
+        "roll s",
+        "raw TCP s",
+        "vs raw",
+        "restart s",
+        "farm tasks/s",
+        "during raw TCP",
+        "during roll"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:>6} {:>7.1} {:>7.2} {:>9.2} {:>6.1}x {:>9.2} {:>14.0} {:>14.0}% {:>11.0}%",
+            row.agents,
+            row.binary_bytes as f64 / 1e6,
+            row.roll_s,
+            row.raw_copy_s,
+            row.ratio,
+            row.restart_s,
+            row.before_tasks_per_s,
+            100.0 * row.during_raw_fraction,
+            100.0 * row.during_fraction
+        );
+    }
+    let _ = writeln!(
+        s,
+        "farm tasks/s: before; during: the farm's throughput then, as a share of before"
+    );
     s
 }
 

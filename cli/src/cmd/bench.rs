@@ -1,9 +1,11 @@
-//! `skelpi bench [rtt|pmap|farm|pipeline]`: the seed's benchmark suite.
+//! `skelpi bench [rtt|pmap|farm|pipeline]`: the seed's benchmark suite;
+//! `skelpi bench roll`: rolling upgrades, asked by name only.
 
 use super::pool_args::PoolArgs;
 use crate::bench::farm::{self, FarmOptions};
 use crate::bench::pipeline::{self, PipelineOptions};
 use crate::bench::pmap::{self, PmapOptions};
+use crate::bench::roll::{self, RollBenchOptions};
 use crate::bench::{plot, report, rtt};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -28,6 +30,43 @@ pub enum BenchCommand {
     /// The seed's pipeline: S stages of matmul_power fed M matrices; Ts,
     /// Ta and rho per stage, throughput against 1/max(Ts).
     Pipeline,
+    /// Rolling upgrades: `skelpi deploy` of the first N agents (each of
+    /// --roll-sizes) timed against raw TCP carrying the same bytes to them,
+    /// and a farm's throughput over the whole pool during each roll against
+    /// just before it. It REPLACES THE AGENTS' BINARIES (with tagged copies
+    /// of --binary: the same code, a new SHA-256 each roll), so it is never
+    /// part of the default suite; the agents need a deploy public key (e.g.
+    /// `skelpi lab up --deploy-pubkey FILE`).
+    #[command(after_help = "Example, in a lab of 8 hosts on 100 Mb/s links:
+  skelpi keygen --deploy --out deploy.key
+  sudo skelpi lab up --hosts 8 --link-mbps 100 --deploy-pubkey deploy.key.pub
+  sudo skelpi lab exec -- skelpi bench roll --binary target/release/skelpi-agent \\
+      --deploy-key deploy.key")]
+    Roll(RollArgs),
+}
+
+/// `skelpi bench roll`'s flags.
+#[derive(Debug, Clone, Args)]
+pub struct RollArgs {
+    /// The agent build to roll (tagged anew for each roll).
+    #[arg(long, value_name = "PATH")]
+    binary: PathBuf,
+    /// The deploy signing key [default: $SKELPI_DEPLOY_KEY_FILE or
+    /// ~/.config/skelpi/deploy.key].
+    #[arg(long, value_name = "PATH")]
+    deploy_key: Option<PathBuf>,
+    /// How many agents each roll upgrades (the first N of the pool), one
+    /// roll per size; sizes above the pool's are skipped.
+    #[arg(long, default_value = "1,3,8", value_parser = parse_sizes)]
+    roll_sizes: Sizes,
+    /// Task time of the farm that runs during each roll, milliseconds.
+    #[arg(long, default_value_t = 2.0, value_name = "MS")]
+    farm_task_ms: f64,
+    /// How long the farm runs before each roll: the window of the
+    /// throughput before it.
+    #[arg(long, default_value = "3s", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    before: Duration,
 }
 
 /// Flags of every benchmark (each applies to the benchmarks it names).
@@ -198,6 +237,9 @@ struct Suite {
 
 /// Runs one benchmark, or the whole suite when `which` is `None`.
 pub fn run(which: Option<BenchCommand>, pool: &PoolArgs, args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Roll(roll)) = &which {
+        return run_roll(pool, args, roll);
+    }
     smol::block_on(async {
         let mut pool = pool::connect(&pool.options(true)).await?;
         eprintln!("{}", pool.origin);
@@ -355,6 +397,41 @@ async fn run_farm(pool: &mut Pool, args: &BenchArgs) -> anyhow::Result<farm::Far
     csv(std::slice::from_ref(&r), &out_file(args, "farm.csv")?)?;
     show(args, report::farm_table(&r));
     Ok(r)
+}
+
+/// `skelpi bench roll`: on agents found or named, never an embedded pool.
+fn run_roll(pool: &PoolArgs, args: &BenchArgs, r: &RollArgs) -> anyhow::Result<()> {
+    if pool.local.is_some() {
+        return Err(skelpi::deploy::DeployError::Local.into());
+    }
+    let path = r
+        .deploy_key
+        .clone()
+        .unwrap_or_else(skelpi_wire::deploy_key::default_key_path);
+    let key = skelpi_wire::deploy_key::DeployKey::load(&path)?;
+    let opts = RollBenchOptions {
+        binary: r.binary.clone(),
+        sizes: r.roll_sizes.0.clone(),
+        task_ms: r.farm_task_ms,
+        before: r.before,
+    };
+    smol::block_on(async {
+        let pool = pool::connect(&pool.options(false)).await?;
+        eprintln!("{}", pool.origin);
+        let got = roll::run(&pool.cluster, &pool.origin, &opts, &key, |what| {
+            eprintln!("{what}")
+        })
+        .await;
+        pool.cluster.close().await;
+        let got = got?;
+        csv(&got.rows, &out_file(args, "roll.csv")?)?;
+        if args.common.json {
+            println!("{}", serde_json::to_string_pretty(&got)?);
+        } else {
+            println!("{}", report::roll_table(&got));
+        }
+        Ok(())
+    })
 }
 
 async fn run_pipeline(

@@ -55,6 +55,12 @@ pub enum LabCommand {
         /// 3=25`. Repeatable.
         #[arg(long, value_name = "HOST=PERCENT")]
         cpu_quota: Vec<crate::lab::cpu::Quota>,
+        /// Let the hosts' agents take upgrades signed with this deploy
+        /// key's public half (the `.pub` file of `skelpi keygen --deploy`),
+        /// each with a state directory in the lab's: for `skelpi deploy`
+        /// and `skelpi bench roll` in the lab.
+        #[arg(long, value_name = "FILE")]
+        deploy_pubkey: Option<PathBuf>,
     },
     /// Stop the lab's agents and remove its namespaces (safe to repeat, and
     /// after a crash).
@@ -91,6 +97,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             board_base,
             board_agent,
             cpu_quota,
+            deploy_pubkey,
         } => {
             let agent_binary = agent_binary.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -111,6 +118,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 board_base,
                 board_agent,
                 cpu_quotas: cpu_quota,
+                deploy_pubkey,
             })?;
             println!(
                 "lab {} is up: {} hosts ({}), master namespace {}",

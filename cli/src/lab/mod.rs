@@ -105,6 +105,10 @@ pub struct LabOptions {
     pub board_agent: Option<PathBuf>,
     /// Hosts held to a share of a core (a slower board).
     pub cpu_quotas: Vec<cpu::Quota>,
+    /// The deploy public key the hosts' agents accept upgrades signed
+    /// for (each then has a state directory in the lab's); `None`: they
+    /// refuse every deploy.
+    pub deploy_pubkey: Option<PathBuf>,
 }
 
 /// A lab that is up: where to find its parts.
@@ -189,6 +193,12 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
         return Err(LabError::Invalid(format!(
             "--cpu-quota {}={}: there are only {} hosts",
             q.host, q.percent, opts.hosts
+        )));
+    }
+    if let Some(p) = opts.deploy_pubkey.as_ref().filter(|p| !p.is_file()) {
+        return Err(LabError::Invalid(format!(
+            "--deploy-pubkey {}: no such file (write one with skelpi keygen --deploy)",
+            p.display()
         )));
     }
     if !namespaces(opts.id)?.is_empty() {
@@ -358,6 +368,12 @@ fn start_agent(
     }
     if opts.allow_plaintext {
         cmd.arg("--allow-plaintext");
+    }
+    if let Some(public) = &opts.deploy_pubkey {
+        cmd.arg("--deploy-pubkey")
+            .arg(public)
+            .arg("--state-dir")
+            .arg(dir.join(format!("state-h{n}")));
     }
     let child = cmd.spawn().map_err(|e| LabError::Agent {
         host: n,

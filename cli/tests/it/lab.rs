@@ -162,6 +162,91 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
     assert!(out.contains("was not up"), "{out}");
 }
 
+#[test]
+#[ignore = "needs root (network namespaces): scripts/test.sh runs it as root"]
+fn skelpi_bench_roll_upgrades_lab_agents_while_a_farm_runs_and_compares_raw_tcp() {
+    let id = (100 + std::process::id() % 50).to_string();
+    let _ = skelpi(&["lab", "down", "--id", &id]);
+    let dir = Scratch::new("lab-roll");
+    let deploy = skelpi_wire::deploy_key::DeployKey::generate().unwrap();
+    let key = dir.0.join("deploy.key");
+    deploy.write(&key, true).unwrap();
+    let public = dir.0.join("deploy.pub");
+    deploy.public().write(&public).unwrap();
+    let agent = agent_binary();
+    let up = [
+        "lab",
+        "up",
+        "--id",
+        &id,
+        "--hosts",
+        "2",
+        "--workers",
+        "1",
+        "--agent-binary",
+    ];
+    let (code, out, err) = skelpi(&[&up[..], &[agent.to_str().unwrap()]].concat());
+    let guard = LabGuard(id.clone());
+    assert_eq!(code, Some(0), "{out}{err}");
+    // Agents started without a deploy key refuse the roll before anything
+    // is sent.
+    let me = env!("CARGO_BIN_EXE_skelpi");
+    let bench = dir.path("bench");
+    let roll = [
+        "lab",
+        "exec",
+        "--id",
+        &id,
+        "--",
+        me,
+        "bench",
+        "roll",
+        "--json",
+        "--out",
+        &bench,
+        "--before",
+        "1s",
+        "--roll-sizes",
+        "1,2,3",
+        "--deploy-key",
+        key.to_str().unwrap(),
+        "--binary",
+        agent.to_str().unwrap(),
+    ];
+    let (code, _, err) = skelpi(&roll);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("deploy public key"), "{err}");
+    drop(guard);
+
+    let pubkey = ["--deploy-pubkey", public.to_str().unwrap()];
+    let (code, out, err) = skelpi(&[&up[..], &[agent.to_str().unwrap()], &pubkey[..]].concat());
+    let _guard = LabGuard(id.clone());
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = skelpi(&roll);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("roll of 3 agents skipped: the pool has 2"),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    let size = std::fs::metadata(&agent).unwrap().len();
+    for (row, n) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["agents"], n, "{row}");
+        assert!(
+            row["binary_bytes"].as_u64().unwrap() > size,
+            "tagged: {row}"
+        );
+        for field in ["roll_s", "raw_copy_s", "restart_s", "before_tasks_per_s"] {
+            assert!(row[field].as_f64().unwrap() > 0.0, "{field}: {row}");
+        }
+        // One agent at a time restarts: the other keeps the farm going.
+        assert!(row["during_tasks_per_s"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    assert!(std::path::Path::new(&bench).join("roll.csv").is_file());
+}
+
 /// Host `n`'s cgroup of lab `id`, if there is one (v2 or v1's cpu).
 fn cpu_group(id: &str, n: usize) -> Option<std::path::PathBuf> {
     let name = format!("skelpi-lab{id}-h{n}");
