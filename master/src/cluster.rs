@@ -358,8 +358,27 @@ impl Cluster {
         swaps: &stream::Swaps,
         on_result: impl FnMut(u64, Array),
     ) -> Result<job::Swapped, JobError> {
+        let stages = skeleton.seq_count();
+        if swaps.stages() != stages {
+            return Err(JobError::Invalid(format!(
+                "swaps made for {} stages given to {skeleton}, which has {stages}",
+                swaps.stages()
+            )));
+        }
         self.rejoin().await;
-        self.routed(skeleton, inputs, Some(swaps), on_result).await
+        let ran = self.routed(skeleton, inputs, Some(swaps), on_result).await;
+        // Swaps asked from the last results' callbacks, after the job's
+        // last task: not applied; later ones are refused (`swap` is false).
+        let late = swaps.close();
+        ran.map(|mut swapped| {
+            for (stage, kernel) in late {
+                swapped[stage].push(stream::Swapped {
+                    kernel,
+                    outcome: stream::SwapOutcome::NotApplied,
+                });
+            }
+            swapped
+        })
     }
 
     /// Runs `skeleton` routed through the master, taking `swaps`.

@@ -129,7 +129,7 @@ pub enum Event<'e> {
         /// The job's number of inputs.
         inputs: u64,
     },
-    /// What became of a swap, once the pipeline ended.
+    /// What became of a swap, once the job ended.
     Swapped {
         /// Its stage.
         stage: usize,
@@ -169,6 +169,19 @@ pub enum RunError {
     /// Swaps were asked of a managed job.
     #[error("swaps are for routed and streamed jobs, not managed ones")]
     ManagedSwaps,
+    /// A swap waits for results a job of one result never gives.
+    #[error(
+        "swap {stage}={kernel}@{after}: this job gives one result (its reduction's), so no \
+         swap can wait for results: ask it before the job starts, with @0"
+    )]
+    OneResult {
+        /// The stage named.
+        stage: usize,
+        /// The kernel asked for.
+        kernel: Kernel,
+        /// The results it would wait for.
+        after: u64,
+    },
     /// A module file the job names could not be pushed.
     #[error(transparent)]
     Module(#[from] PushError),
@@ -238,7 +251,8 @@ impl<'a> JobBuilder<'a> {
         self
     }
 
-    /// Adds a swap (for streamed pipelines).
+    /// Adds a swap of one of the tree's `seq` stages (any job but a
+    /// managed one).
     pub fn swap(mut self, swap: Swap) -> Self {
         self.swaps.push(swap);
         self
@@ -293,6 +307,15 @@ impl<'a> JobBuilder<'a> {
                     stage: bad.stage,
                     kernel: bad.kernel.clone(),
                     last: stages - 1,
+                });
+            }
+            if let Some(bad) = self.swaps.iter().find(|s| s.after > 0)
+                && one_result(&self.skeleton)
+            {
+                return Err(RunError::OneResult {
+                    stage: bad.stage,
+                    kernel: bad.kernel.clone(),
+                    after: bad.after,
                 });
             }
         }
@@ -414,6 +437,16 @@ impl<'a> JobBuilder<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `tree` gives one result whatever its inputs (a reduction, or a
+/// pipeline with one).
+fn one_result(tree: &Skeleton) -> bool {
+    match tree {
+        Skeleton::Reduce(_) => true,
+        Skeleton::Pipe(stages) => stages.iter().any(one_result),
+        _ => false,
     }
 }
 
@@ -562,9 +595,16 @@ mod tests {
             assert_eq!(job(tree).swap(swap(0)).plan().unwrap(), Execution::Routed);
         }
         let routed = "pipe(map(2, seq(square)), farm(seq(identity)), reduce(sum))";
-        assert_eq!(job(routed).swap(swap(1)).plan().unwrap(), Execution::Routed);
         let err = job(routed).swap(swap(2)).plan().unwrap_err().to_string();
         assert!(err.contains("the job has stages 0 to 1"), "{err}");
+        // One result: a swap can only be asked before it starts.
+        let err = job(routed).swap(swap(1)).plan().unwrap_err();
+        assert!(matches!(err, RunError::OneResult { after: 1, .. }), "{err}");
+        let first = Swap {
+            after: 0,
+            ..swap(1)
+        };
+        assert_eq!(job(routed).swap(first).plan().unwrap(), Execution::Routed);
     }
 
     #[test]

@@ -154,6 +154,18 @@ impl Skeleton {
         out
     }
 
+    /// How many `seq` nodes it has (`seqs().len()`, without a vector).
+    pub fn seq_count(&self) -> usize {
+        match self {
+            Skeleton::Seq(_) => 1,
+            Skeleton::Reduce(_) => 0,
+            Skeleton::Pipe(stages) => stages.iter().map(Skeleton::seq_count).sum(),
+            Skeleton::Farm { worker: body, .. }
+            | Skeleton::Map { worker: body, .. }
+            | Skeleton::Feedback { body, .. } => body.seq_count(),
+        }
+    }
+
     fn visit_seqs<'a>(&'a self, out: &mut Vec<&'a Kernel>) {
         match self {
             Skeleton::Seq(k) => out.push(k),

@@ -62,19 +62,17 @@ pub enum RollBenchError {
         /// Why.
         source: std::io::Error,
     },
-    /// A tagged build could not be written.
-    #[error("cannot write {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
     /// A board's upgrade did not succeed.
-    #[error("rolling {}: {board}: {why}", skelpi::pool::agents(*n))]
+    #[error(
+        "rolling {}: {board}: {why} ({upgraded} upgraded before it; the others keep their \
+         binary)",
+        skelpi::pool::agents(*n)
+    )]
     Roll {
         /// The pool size rolled.
         n: usize,
+        /// Agents upgraded before the failure.
+        upgraded: usize,
         /// The board.
         board: String,
         /// Its outcome.
@@ -130,8 +128,16 @@ pub struct RollReport {
     pub rows: Vec<RollRow>,
 }
 
+/// How long the farm runs before the window of its throughput "before"
+/// opens (its credits settle).
+const WARM_UP: Duration = Duration::from_secs(1);
+
+/// The shortest window of the throughput before a roll.
+pub const MIN_BEFORE: Duration = Duration::from_millis(200);
+
 /// Runs the benchmark on `cluster`'s pool, signing with `key`; `said`
-/// hears what it is doing.
+/// hears what it is doing. Everything that can be refused is, before
+/// anything is sent.
 pub async fn run(
     cluster: &Cluster,
     origin: &str,
@@ -139,17 +145,10 @@ pub async fn run(
     key: &DeployKey,
     mut said: impl FnMut(&str),
 ) -> Result<RollReport, RollBenchError> {
-    if !(opts.task_ms > 0.0 && opts.task_ms <= 1000.0) {
-        return Err(RollBenchError::Invalid(format!(
-            "a farm task time of {} ms is not above 0 and at most 1000",
-            opts.task_ms
-        )));
-    }
     let addrs: Vec<SocketAddr> = cluster.agents().iter().map(|c| c.addr()).collect();
-    let (cluster_key, connect) = (cluster.key().clone(), cluster.connect_options().clone());
+    check(opts, addrs.len())?;
     let given = Binary::read(&opts.binary)?;
-    // Refused before anything is sent: agents that take no deploy, or of
-    // another architecture.
+    // Agents that take no deploy, or of another architecture.
     let most = opts
         .sizes
         .iter()
@@ -158,89 +157,144 @@ pub async fn run(
         .unwrap_or(0)
         .min(addrs.len());
     let boards: Vec<Board> = cluster.agents()[..most].iter().map(Board::of).collect();
-    if !boards.is_empty() {
-        deploy::plan(&boards, std::slice::from_ref(&given))?;
-    }
+    deploy::plan(&boards, std::slice::from_ref(&given))?;
+    let pool = Pool {
+        addrs,
+        key: cluster.key().clone(),
+        connect: cluster.connect_options().clone(),
+    };
     let mut rows = Vec::new();
     for &n in &opts.sizes {
-        if n == 0 || n > addrs.len() {
+        if n > pool.addrs.len() {
             said(&format!(
                 "roll of {n} agents skipped: the pool has {}",
-                addrs.len()
+                pool.addrs.len()
             ));
             continue;
         }
-        let binary = tagged(&given, n)?;
+        let binary = tagged(&given, n);
         said(&format!(
             "{}: a farm on all, then raw TCP carries {} bytes to each, then the roll",
             skelpi::pool::agents(n),
             binary.bytes.len()
         ));
-        let farm = Farm::start(
-            addrs.clone(),
-            (cluster_key.clone(), connect.clone()),
-            opts.task_ms,
-        );
-        farm.first_result().await;
-        async_io::Timer::after(opts.before).await;
-        let copying = Instant::now();
-        let raw = raw_copy(&addrs[..n], &cluster_key, &connect, &binary.bytes).await;
-        let began = Instant::now();
-        let rolled = match raw {
-            Ok(_) => roll(&addrs[..n], (&cluster_key, &connect), &binary, key).await,
-            Err(_) => Ok(Vec::new()),
-        };
-        let ended = Instant::now();
-        let done = farm.stop()?;
-        let raw = raw?;
-        let took = rolled.map_err(|(board, why)| RollBenchError::Roll { n, board, why })?;
-        let rate = |from: Instant, to: Instant| {
-            let k = done.iter().filter(|&&t| t >= from && t < to).count();
-            k as f64 / to.duration_since(from).as_secs_f64().max(1e-9)
-        };
-        let before = rate(copying - opts.before, copying).max(1e-9);
-        let (during_raw, during) = (rate(copying, began), rate(began, ended));
-        let roll_s = ended.duration_since(began).as_secs_f64();
-        rows.push(RollRow {
-            agents: n,
-            binary_bytes: binary.bytes.len() as u64,
-            roll_s,
-            raw_copy_s: raw.as_secs_f64(),
-            ratio: roll_s / raw.as_secs_f64().max(1e-9),
-            restart_s: median(&took).as_secs_f64(),
-            before_tasks_per_s: before,
-            during_raw_fraction: during_raw / before,
-            during_tasks_per_s: during,
-            during_fraction: during / before,
-        });
+        rows.push(measure(&pool, n, &binary, key, opts).await?);
     }
     Ok(RollReport {
         origin: origin.to_owned(),
-        pool: addrs.len(),
+        pool: pool.addrs.len(),
         task_ms: opts.task_ms,
         rows,
     })
 }
 
-/// `binary` with a tag appended: the same code, a SHA-256 no agent runs.
-fn tagged(binary: &Binary, n: usize) -> Result<Binary, RollBenchError> {
+/// Refuses options the benchmark cannot measure with.
+fn check(opts: &RollBenchOptions, pool: usize) -> Result<(), RollBenchError> {
+    let bad = |what: String| Err(RollBenchError::Invalid(what));
+    if !(opts.task_ms > 0.0 && opts.task_ms <= 1000.0) {
+        return bad(format!(
+            "--farm-task-ms {}: the farm's task time must be above 0 and at most 1000 ms",
+            opts.task_ms
+        ));
+    }
+    if opts.before < MIN_BEFORE {
+        return bad(format!(
+            "--before {:?}: the window before a roll must be at least {MIN_BEFORE:?}",
+            opts.before
+        ));
+    }
+    if opts.sizes.is_empty() || opts.sizes.contains(&0) {
+        return bad("--roll-sizes: give one or more pool sizes of 1 or more, e.g. 1,3,8".into());
+    }
+    if pool < 2 {
+        return bad(format!(
+            "the pool has {}: the farm needs an agent that is not restarting (2 or more)",
+            skelpi::pool::agents(pool)
+        ));
+    }
+    Ok(())
+}
+
+/// The agents of the pool and how to reach them.
+struct Pool {
+    addrs: Vec<SocketAddr>,
+    key: ClusterKey,
+    connect: ConnectOptions,
+}
+
+/// One row: the farm on the whole pool; after [`WARM_UP`] and
+/// `opts.before`, raw TCP carries `binary`'s bytes to the first `n`
+/// agents, then `binary` is rolled onto them.
+async fn measure(
+    pool: &Pool,
+    n: usize,
+    binary: &Binary,
+    key: &DeployKey,
+    opts: &RollBenchOptions,
+) -> Result<RollRow, RollBenchError> {
+    let targets = &pool.addrs[..n];
+    let farm = Farm::start(
+        pool.addrs.clone(),
+        (pool.key.clone(), pool.connect.clone()),
+        opts.task_ms,
+    );
+    farm.first_result().await;
+    async_io::Timer::after(WARM_UP + opts.before).await;
+    if farm.ended() {
+        // It failed: nothing is copied or rolled.
+        farm.stop()?;
+        return Err(RollBenchError::Invalid("the farm ended by itself".into()));
+    }
+    let copying = Instant::now();
+    let raw = raw_copy(targets, &pool.key, &pool.connect, &binary.bytes).await;
+    let began = Instant::now();
+    let rolled = match raw {
+        Ok(_) => roll(targets, (&pool.key, &pool.connect), binary, key).await,
+        Err(_) => Ok(Vec::new()),
+    };
+    let ended = Instant::now();
+    let done = farm.stop()?;
+    let raw = raw?;
+    let took = rolled.map_err(|(upgraded, board, why)| RollBenchError::Roll {
+        n,
+        upgraded,
+        board,
+        why,
+    })?;
+    let rate = |from: Instant, to: Instant| {
+        let k = done.iter().filter(|&&t| t >= from && t < to).count();
+        k as f64 / to.duration_since(from).as_secs_f64().max(1e-9)
+    };
+    let before = rate(copying - opts.before, copying).max(1e-9);
+    let (during_raw, during) = (rate(copying, began), rate(began, ended));
+    let roll_s = ended.duration_since(began).as_secs_f64();
+    Ok(RollRow {
+        agents: n,
+        binary_bytes: binary.bytes.len() as u64,
+        roll_s,
+        raw_copy_s: raw.as_secs_f64(),
+        ratio: roll_s / raw.as_secs_f64().max(1e-9),
+        restart_s: median(&took).as_secs_f64(),
+        before_tasks_per_s: before,
+        during_raw_fraction: during_raw / before,
+        during_tasks_per_s: during,
+        during_fraction: during / before,
+    })
+}
+
+/// `binary` with a tag appended: the same code (its version and
+/// architecture), a SHA-256 no agent runs.
+fn tagged(binary: &Binary, n: usize) -> Binary {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mut bytes = binary.bytes.to_vec();
     bytes.extend_from_slice(format!("\nskelpi bench roll {n} {nanos}\n").as_bytes());
-    let path = std::env::temp_dir().join(format!("skelpi-bench-roll-{}-{n}", std::process::id()));
-    let io = |source| RollBenchError::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::write(&path, &bytes).map_err(io)?;
-    let mut perms = std::fs::metadata(&path).map_err(io)?.permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&path, perms).map_err(io)?;
-    let read = Binary::read(&path);
-    let _ = std::fs::remove_file(&path);
-    Ok(read?)
+    Binary {
+        sha256: deploy::sha256_hex(&bytes),
+        bytes: bytes.into(),
+        ..binary.clone()
+    }
 }
 
 /// Time for raw TCP to carry `bytes` to each agent at `addrs`, one after
@@ -278,37 +332,46 @@ async fn raw_copy(
 }
 
 /// Rolls `binary` onto the agents at `addrs`, one at a time; each one's
-/// time from its restart to answering on the new binary, or the first
-/// board that failed and why.
+/// time from its restart to answering on the new binary, or how many were
+/// upgraded before the first board that failed, and why it failed.
 async fn roll(
     addrs: &[SocketAddr],
     (key, connect): (&ClusterKey, &ConnectOptions),
     binary: &Binary,
     deploy_key: &DeployKey,
-) -> Result<Vec<Duration>, (String, String)> {
+) -> Result<Vec<Duration>, (usize, String, String)> {
     let mut cluster = Cluster::connect(addrs, key, connect)
         .await
-        .map_err(|e| ("the pool".to_owned(), e.to_string()))?;
+        .map_err(|e| (0, "the pool".to_owned(), e.to_string()))?;
     let boards: Vec<Board> = cluster.agents().iter().map(Board::of).collect();
     let binaries = std::slice::from_ref(binary);
     let steps = match deploy::plan(&boards, binaries) {
         Ok(steps) => steps,
         Err(e) => {
             cluster.close().await;
-            return Err(("the plan".to_owned(), e.to_string()));
+            return Err((0, "the plan".to_owned(), e.to_string()));
         }
     };
     let opts = RollOptions::default();
     let quiet = |_: &Board, _: Progress| {};
     let outcomes = deploy::roll(&mut cluster, &steps, binaries, deploy_key, &opts, quiet).await;
     cluster.close().await;
-    outcomes
-        .into_iter()
-        .map(|(board, outcome)| match outcome {
-            Outcome::Upgraded { took, .. } => Ok(took),
-            other => Err((board.name, format!("{other:?}"))),
-        })
-        .collect()
+    let mut took = Vec::new();
+    for (board, outcome) in outcomes {
+        match outcome {
+            Outcome::Upgraded { took: t, .. } => took.push(t),
+            Outcome::Failed(why) => return Err((took.len(), board.name, why)),
+            Outcome::AlreadyCurrent => {
+                let why = "it runs that build already".to_owned();
+                return Err((took.len(), board.name, why));
+            }
+            Outcome::NotReached => {
+                let why = "the roll stopped before it".to_owned();
+                return Err((took.len(), board.name, why));
+            }
+        }
+    }
+    Ok(took)
 }
 
 /// A farm of `sleep_ms` tasks over the whole pool on a thread of its own,
@@ -358,6 +421,11 @@ impl Farm {
     /// Completes once the first result is in (or the farm ended).
     async fn first_result(&self) {
         let _ = self.first.recv().await;
+    }
+
+    /// Whether it ended (it ends only when stopped, or when it failed).
+    fn ended(&self) -> bool {
+        self.thread.is_finished()
     }
 
     /// Stops drawing inputs; when each result came.

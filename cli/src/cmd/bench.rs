@@ -209,10 +209,11 @@ fn parse_sizes(s: &str) -> Result<Sizes, String> {
     }
     s.split(',')
         .map(|p| {
-            p.trim()
-                .replace('_', "")
-                .parse::<usize>()
-                .map_err(|_| format!("{p:?} is not a size (expected e.g. 1000,1000000 or none)"))
+            p.trim().replace('_', "").parse::<usize>().map_err(|_| {
+                format!(
+                    "{p:?} is not a size (expected a comma-separated list such as 1,3,8, or none)"
+                )
+            })
         })
         .collect::<Result<_, _>>()
         .map(Sizes)
@@ -415,6 +416,7 @@ fn run_roll(pool: &PoolArgs, args: &BenchArgs, r: &RollArgs) -> anyhow::Result<(
         task_ms: r.farm_task_ms,
         before: r.before,
     };
+    let csv_path = out_file(args, "roll.csv")?;
     smol::block_on(async {
         let pool = pool::connect(&pool.options(false)).await?;
         eprintln!("{}", pool.origin);
@@ -424,7 +426,7 @@ fn run_roll(pool: &PoolArgs, args: &BenchArgs, r: &RollArgs) -> anyhow::Result<(
         .await;
         pool.cluster.close().await;
         let got = got?;
-        csv(&got.rows, &out_file(args, "roll.csv")?)?;
+        csv(&got.rows, &csv_path)?;
         if args.common.json {
             println!("{}", serde_json::to_string_pretty(&got)?);
         } else {

@@ -1,8 +1,10 @@
 //! Booted boards in the lab: an image per board written by
 //! [`crate::image::build`] over a virtual board base
-//! (`scripts/board-base.sh`), booted under `qemu-system-x86_64` with
-//! software emulation, joined to the lab's bridge through a tap device,
-//! with a DHCP server (dnsmasq) on the bridge as a home router would have.
+//! (`scripts/board-base.sh`), booted under `qemu-system-x86_64` (an amd64
+//! base) or `qemu-system-aarch64 -M virt` (an arm64 base, a 64-bit Pi's
+//! architecture) with software emulation, joined to the lab's bridge
+//! through a tap device, with a DHCP server (dnsmasq) on the bridge as a
+//! home router would have.
 //!
 //! The taps, dnsmasq and the qemu processes live in the lab's switch
 //! namespace, so [`super::down`] stops and removes them with the rest.
@@ -35,11 +37,60 @@ fn console_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(12)..].join("\n")
 }
 
+/// The emulator that boots boards of one architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    /// The program.
+    pub program: &'static str,
+    /// Its arguments before the board's own (machine, CPU, memory).
+    pub args: &'static [&'static str],
+    /// The Debian package that has it.
+    pub package: &'static str,
+}
+
+impl Machine {
+    /// The machine that runs an agent built for `arch` (as
+    /// [`crate::image::ImageReport::arch`] names it), if one does.
+    pub fn for_agent(arch: &str) -> Option<Machine> {
+        match arch {
+            "x86-64" => Some(Machine {
+                program: "qemu-system-x86_64",
+                args: &["-accel", "tcg", "-m", "1024", "-smp", "2"],
+                package: "qemu-system-x86",
+            }),
+            "aarch64" => Some(Machine {
+                program: "qemu-system-aarch64",
+                args: &[
+                    "-M",
+                    "virt",
+                    "-cpu",
+                    "cortex-a72",
+                    "-accel",
+                    "tcg,thread=multi",
+                    "-m",
+                    "1024",
+                    "-smp",
+                    "2",
+                ],
+                package: "qemu-system-arm",
+            }),
+            _ => None,
+        }
+    }
+
+    /// `running qemu-system-… (Debian package …)`, for errors.
+    fn running(&self) -> String {
+        format!("running {} (Debian package {})", self.program, self.package)
+    }
+}
+
 /// A booted board of a lab.
 #[derive(Debug, Clone)]
 pub struct Board {
     /// Its number, from 1.
     pub n: usize,
+    /// What boots it.
+    pub machine: Machine,
     /// Its disk image.
     pub image: PathBuf,
     /// Its serial console, as a file.
@@ -161,6 +212,12 @@ pub fn start(
     )
     .map_err(|e| step("writing its image", &e))?;
     let cmdline = written.cmdline.trim().to_owned();
+    let machine = Machine::for_agent(written.arch).ok_or_else(|| {
+        step(
+            "choosing its emulator",
+            &format!("no virtual board runs an {} agent", written.arch),
+        )
+    })?;
 
     let tap = format!("tb{n}");
     sh::ip_in(sw, &["tuntap", "add", "dev", &tap, "mode", "tap"])?;
@@ -175,11 +232,9 @@ pub fn start(
         source,
     })?;
     let qemu = Command::new("ip")
-        .args(["netns", "exec", sw, "qemu-system-x86_64"])
-        .args([
-            "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none",
-        ])
-        .args(["-no-reboot", "-monitor", "none"])
+        .args(["netns", "exec", sw, machine.program])
+        .args(machine.args)
+        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-kernel")
@@ -198,14 +253,10 @@ pub fn start(
         .stderr(qemu_err)
         .process_group(0)
         .spawn()
-        .map_err(|e| {
-            step(
-                "starting qemu-system-x86_64 (Debian package qemu-system-x86)",
-                &e,
-            )
-        })?;
+        .map_err(|e| step(&machine.running(), &e))?;
     Ok(Board {
         n,
+        machine,
         image,
         console,
         mac,
@@ -235,7 +286,7 @@ pub fn wait_ready(
         if let Some(b) = waiting.iter().find(|b| !running(b.pid)) {
             return Err(LabError::Board {
                 board: b.n,
-                step: "running qemu-system-x86_64 (Debian package qemu-system-x86)".into(),
+                step: b.machine.running(),
                 why: format!(
                     "it exited before the agent was READY: {}; the end of its console:\n{}",
                     console_tail(&b.console.with_extension("qemu.log")).trim(),

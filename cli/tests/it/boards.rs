@@ -28,8 +28,16 @@ const BOOT_PARTITION: &str = "@@4M";
 
 /// The board base, built once per machine (cached by the script).
 fn board_base() -> PathBuf {
+    board_base_for("amd64")
+}
+
+/// The board base of architecture `arch` (Debian's name).
+fn board_base_for(arch: &str) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/board-base.sh");
-    let out = Command::new(&script).output().unwrap();
+    let out = Command::new(&script)
+        .args(["--arch", arch])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{} failed: {}",
@@ -575,6 +583,74 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
 fn in_lab(id: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let exe = env!("CARGO_BIN_EXE_skelpi");
     skelpi(&[&["lab", "exec", "--id", id, "--", exe][..], args].concat())
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, taps, binfmt_misc and the arm64 board base (mmdebstrap)"]
+fn an_arm64_lab_board_boots_the_aarch64_agent_and_runs_a_farm_with_a_process_host() {
+    let base = board_base_for("arm64");
+    let dir = Scratch::new("lab-arm64");
+    // An id of its own (the other lab tests take 100-249).
+    let id = (50 + std::process::id() % 50).to_string();
+    let _ = skelpi(&["lab", "down", "--id", &id]);
+    let guard = LabGuard(id.clone());
+    let (native, arm) = (agent_binary(), crate::cross::arm_agent());
+    let (code, out, err) = skelpi(&[
+        "lab",
+        "up",
+        "--id",
+        &id,
+        "--hosts",
+        "1",
+        "--boards",
+        "1",
+        "--board-base",
+        base.to_str().unwrap(),
+        "--agent-binary",
+        native.to_str().unwrap(),
+        "--board-agent",
+        arm.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // The lab's report: seconds from power-on to READY under qemu's
+    // software emulation of a Cortex-A72.
+    eprintln!("{}", err.trim());
+    assert!(out.contains("board 1: READY"), "{out}");
+
+    // The board's aarch64 agent announces itself over mDNS.
+    let (code, out, err) = in_lab(&id, &["discover", "--interface", "eth0"]);
+    assert_eq!(code, Some(0), "{err}");
+    let board = out
+        .lines()
+        .find(|l| l.contains(&format!("lab{id}b1-")))
+        .unwrap_or_else(|| panic!("the board's agent: {out}"));
+    assert!(board.contains("aarch64"), "{board}");
+
+    // A farm over the board and the process host computes what
+    // in-process agents compute.
+    let job = dir.0.join("farm.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"farm(seq(erf_burn(5)), 4)\"\n[input]\ngenerate = \"random\"\n\
+         items = 200\nlength = 64\nseed = 5\n",
+    )
+    .unwrap();
+    let job = job.to_str().unwrap();
+    let (on_lab, on_local) = (dir.path("farm-lab"), dir.path("farm-local"));
+    let (code, _, err) = in_lab(&id, &["run", "--interface", "eth0", job, "--out", &on_lab]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = skelpi(&["run", "--local", "2", job, "--out", &on_local]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(sorted_lines(&on_lab).len(), 200);
+    assert_eq!(sorted_lines(&on_lab), sorted_lines(&on_local));
+    drop(guard);
+    let qemus = tool("ps", &["-eo", "stat=,args="]);
+    assert!(
+        !qemus.lines().any(|l| !l.starts_with('Z')
+            && l.contains("qemu-system-aarch64")
+            && l.contains(&format!("skelpi-lab-{id}/"))),
+        "the board still runs: {qemus}"
+    );
 }
 
 #[test]

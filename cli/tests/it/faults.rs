@@ -777,11 +777,12 @@ fn swaps_survive_a_restart_with_one_switch_point_per_stage() {
 
 /// Runs `tree` routed over 10,000 inputs (each 4 copies of its number,
 /// from 1) on three agent processes; once 3,000 results are in, asks
-/// stage `stage` (a `scale(2)`) to run `scale(3)` and SIGKILLs agent 1
-/// while tasks of both kernels are in flight. Every result comes once, in
-/// order, from one kernel per input, with the one switch point the job
-/// reported.
-fn a_routed_swap_survives_a_kill(tag: &str, tree: &str, stage: usize) {
+/// stage `stage` (a `scale(2)`) to run `scale(3)`, and SIGKILLs agent 1
+/// `kill_after` results later, while tasks of the new kernel (and in a
+/// farm, of the old one too) are in flight there and are sent again.
+/// Every result comes once, in order, from one kernel per input, with the
+/// one switch point the job reported.
+fn a_routed_swap_survives_a_kill(tag: &str, tree: &str, stage: usize, kill_after: u64) {
     use skelpi::runtime::stream::{self, SwapOutcome};
     use skelpi_proto::skeleton::Kernel;
     const ITEMS: u64 = 10_000;
@@ -796,6 +797,8 @@ fn a_routed_swap_survives_a_kill(tag: &str, tree: &str, stage: usize) {
         factors.push(a.data[0] / (i + 1) as f64);
         if i + 1 == 3_000 {
             assert!(swapper.swap(stage, Kernel::new("scale", [3.0])));
+        }
+        if i + 1 == 3_000 + kill_after {
             signal("-KILL", &agents[1].child.id().to_string());
         }
     }))
@@ -826,12 +829,13 @@ fn a_farms_swap_keeps_one_switch_point_when_an_agent_is_lost_mid_swap() {
         "swap-farm",
         "farm(pipe(seq(sleep_ms(1)), seq(scale(2))))",
         1,
+        30,
     );
 }
 
 #[test]
 fn a_maps_swap_keeps_one_switch_point_when_an_agent_is_lost_mid_swap() {
-    a_routed_swap_survives_a_kill("swap-map", "map(4, seq(scale(2)))", 0);
+    a_routed_swap_survives_a_kill("swap-map", "map(4, seq(scale(2)))", 0, 10);
 }
 
 /// Where the caller's code blocks.

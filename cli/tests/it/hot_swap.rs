@@ -149,6 +149,17 @@ fn farms_maps_and_routed_pipelines_swap_kernels_mid_job_without_losing_or_repeat
                 all => panic!("{tree}: {all:?}"),
             }
         }
+        // A farm of pipelines with farms: the inner farm, one per outer
+        // replica, numbers its items itself; the switch point still
+        // counts job inputs.
+        let tree = "farm(pipe(seq(scale(2)), farm(seq(identity))))";
+        let swaps = [(1, Kernel::new("scale", [5.0]))];
+        let (factors, swapped) = routed(&mut cluster, tree, 1, 3_000, &swaps);
+        let k = switch_point(&swapped[1][0], 3_000);
+        for (i, &f) in factors.iter().enumerate() {
+            let want = if (i as u64) < k { 2.0 } else { 10.0 };
+            assert_eq!(f, want, "{tree}: item {i}, switch point {k}");
+        }
         // A pipeline with a farm is routed: stage 0 to a native kernel,
         // stage 1 (in the farm) to a module's.
         let tree = "pipe(seq(scale(2)), farm(seq(identity)))";

@@ -181,8 +181,9 @@ struct Link<'c> {
     /// WebAssembly modules pushed on its connection (hash, bytes): pushed
     /// again when a task finds its module gone from the agent.
     modules: Vec<(String, Arc<[u8]>)>,
-    /// The kernels its agent offers (see [`offered::offers`]).
-    kernels: Vec<String>,
+    /// The kernels its agent offers (see [`offered::offers`]), as its
+    /// last connection said.
+    kernels: RefCell<Vec<String>>,
     /// The moving mean of its tasks' kernel times, seconds (`None` until
     /// one came): what sizes its credits.
     mean_busy: Cell<Option<f64>>,
@@ -286,7 +287,7 @@ impl<'c> Dispatcher<'c> {
                     why_dead: RefCell::new(None),
                     deaths: RefCell::new(Vec::new()),
                     modules,
-                    kernels,
+                    kernels: RefCell::new(kernels),
                     mean_busy: Cell::new(None),
                     queued_per_worker,
                 }
@@ -410,17 +411,22 @@ impl<'c> Dispatcher<'c> {
             .collect()
     }
 
-    /// Why `kernel` cannot run on every live agent of the job, if it
-    /// cannot: one does not offer it, or its WebAssembly module was not
-    /// pushed to one.
+    /// Why `kernel` cannot run on every agent of the job (those gone too:
+    /// they may come back), if it cannot: one does not offer it, or its
+    /// WebAssembly module was not pushed to one.
     pub fn lacking(&self, kernel: &Kernel) -> Option<String> {
         let module = modules::module_hash(&kernel.name);
-        self.links.iter().filter(|l| !l.dead.get()).find_map(|l| {
-            if !offered::offers_any(&l.kernels, &kernel.name) {
+        self.links.iter().find_map(|l| {
+            if !offered::offers_any(&l.kernels.borrow(), &kernel.name) {
                 return Some(format!("{} does not offer {}", l.label, kernel.name));
             }
             let hash = module.filter(|h| !l.modules.iter().any(|(m, _)| m == h))?;
-            Some(format!("module {hash} was not pushed to {}", l.label))
+            Some(format!(
+                "module {hash} was not pushed to {} over this job's connection, so it may \
+                 lack it: name the module by its file (wasm:FILE.wasm:EXPORT), which pushes \
+                 it first",
+                l.label
+            ))
         })
     }
 
@@ -666,6 +672,8 @@ impl<'c> Dispatcher<'c> {
             };
             while link.outbox_rx.try_recv().is_ok() {}
             *link.liveness.borrow_mut() = conn.heartbeat().1;
+            // An upgraded agent may offer other kernels now.
+            *link.kernels.borrow_mut() = conn.info().kernels.clone();
             *link.again.borrow_mut() = Some(conn);
             *link.why_dead.borrow_mut() = None;
             link.dead.set(false);

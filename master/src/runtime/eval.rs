@@ -87,10 +87,6 @@ pub struct Ctx<'a, 'c> {
     /// The stage number of this part's first `seq` (a tree's `seq` nodes
     /// are numbered in the order written: [`Skeleton::seqs`]).
     pub stage: usize,
-    /// Inside a map: the job input whose chunk this part computes (a
-    /// swap's switch point counts job inputs; `None`: an item's own index
-    /// is its job input's).
-    pub input: Option<u64>,
 }
 
 /// Replicas a job may start in all, for a pool of `cores` worker threads:
@@ -154,7 +150,7 @@ pub fn eval<'a, 'c: 'a>(cx: Ctx<'a, 'c>, skel: &'a Skeleton, input: Stream) -> S
                     stage: first,
                     ..cx.at(placed)
                 };
-                first += stage.seqs().len();
+                first += stage.seq_count();
                 eval(at, stage, s)
             })
         }
@@ -207,11 +203,10 @@ fn seq<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
         while let Ok(next) = input.recv().await {
             let out = match next {
                 Ok(item) => {
-                    let meta = item_meta(&item.origin, item.index);
-                    let input = cx.input.unwrap_or(item.index);
+                    let meta = item_meta(&item);
                     let swapped = cx
                         .switches
-                        .and_then(|s| s.kernel(cx.stage, input, |k| cx.d.lacking(k)));
+                        .and_then(|s| s.kernel(cx.stage, item.input, |k| cx.d.lacking(k)));
                     let k = swapped.as_deref().unwrap_or(k);
                     let done = match cx.home {
                         Some(home) => cx.d.call_at(home, &item.origin, k, item.data).await,
@@ -230,10 +225,12 @@ fn seq<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
     rx
 }
 
-fn item_meta(origin: &str, index: u64) -> Item {
+/// `item` without its data.
+fn item_meta(item: &Item) -> Item {
     Item {
-        index,
-        origin: origin.to_owned(),
+        index: item.index,
+        input: item.input,
+        origin: item.origin.clone(),
         data: Array::list(Vec::new()),
     }
 }
@@ -384,25 +381,21 @@ async fn map_one<'a, 'c: 'a>(
         .enumerate()
         .map(|(j, data)| Item {
             index: j as u64,
+            input: item.input,
             origin: format!("{} part {j}", item.origin),
             data: Array::list(data),
         })
         .collect();
     let n = cx.within_budget(chunks.len());
     let spawner = cx.spawner.clone();
-    let cx = Ctx {
-        input: Some(cx.input.unwrap_or(item.index)),
-        ..cx
-    };
     let out = farm(cx.replicas(n), worker, n, true, source(&spawner, chunks));
     let mut data = Vec::with_capacity(item.data.data.len());
     while let Ok(r) = out.recv().await {
         data.extend_from_slice(&r?.data.data);
     }
     Ok(Item {
-        index: item.index,
-        origin: item.origin,
         data: Array::list(data),
+        ..item
     })
 }
 
@@ -472,6 +465,7 @@ fn reduce<'a, 'c: 'a>(cx: Ctx<'a, 'c>, k: &'a Kernel, input: Stream) -> Stream {
         let _ = tx
             .send(out.map(|data| Item {
                 index: 0,
+                input: 0,
                 origin: "reduce".into(),
                 data,
             }))

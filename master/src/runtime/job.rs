@@ -161,7 +161,6 @@ pub async fn run_graph(
             budget: replica_budget(cores),
             switches: limits.swaps.is_some().then_some(&switches),
             stage: 0,
-            input: None,
         };
         let room = results.room();
         let input = draw(&cx.spawner, inputs, drawn, room);
@@ -306,6 +305,7 @@ fn draw<'a>(
             drawn.set(i + 1);
             let item = Item {
                 index: i,
+                input: i,
                 origin: format!("item {i}"),
                 data,
             };

@@ -33,6 +33,10 @@ pub use error::{JobError, TaskError};
 pub struct Item {
     /// Position in the stream it belongs to.
     pub index: u64,
+    /// The job input it comes from (a map's chunks, a farm's renumbered
+    /// items and a feedback's rounds keep it; a reduction's result says
+    /// 0): what a kernel swap's switch point counts.
+    pub input: u64,
     /// Where it comes from, for error messages: `item 3`, `item 3 part 1`.
     pub origin: String,
     /// The data.

@@ -23,6 +23,7 @@ pub fn run(
         .enumerate()
         .map(|(i, data)| Item {
             index: i as u64,
+            input: i as u64,
             origin: format!("item {i}"),
             data,
         })
@@ -54,6 +55,7 @@ fn eval(reg: &Registry, skel: &Skeleton, items: Vec<Item>) -> Result<Vec<Item>, 
                     .enumerate()
                     .map(|(j, data)| Item {
                         index: j as u64,
+                        input: item.input,
                         origin: format!("{} part {j}", item.origin),
                         data: Array::list(data),
                     })
@@ -97,6 +99,7 @@ fn eval(reg: &Registry, skel: &Skeleton, items: Vec<Item>) -> Result<Vec<Item>, 
                     let data = next.pop().expect("one left");
                     return Ok(vec![Item {
                         index: 0,
+                        input: 0,
                         origin: "reduce".into(),
                         data,
                     }]);

@@ -108,14 +108,20 @@ impl Stage {
         self.taken.push((kernel, Ok(from)));
     }
 
+    /// What became of its swaps: one whose point no input reached, or
+    /// that a later swap replaced at the same point (no input ran it), was
+    /// not applied.
     fn outcomes(self) -> Vec<Swapped> {
         let reached = |from: u64| self.highest.is_some_and(|h| h >= from);
+        let points: Vec<Option<u64>> = self.taken.iter().map(|(_, t)| t.clone().ok()).collect();
+        let replaced = |i: usize, from: u64| points[i + 1..].contains(&Some(from));
         let mut out: Vec<Swapped> = self
             .taken
             .into_iter()
-            .map(|(kernel, took)| Swapped {
+            .enumerate()
+            .map(|(i, (kernel, took))| Swapped {
                 outcome: match took {
-                    Ok(from) if reached(from) => SwapOutcome::From(from),
+                    Ok(from) if reached(from) && !replaced(i, from) => SwapOutcome::From(from),
                     Ok(_) => SwapOutcome::NotApplied,
                     Err(why) => SwapOutcome::Refused(why),
                 },
@@ -202,6 +208,23 @@ mod tests {
             }
             assert_eq!(each, want, "seed {seed}: {outcomes:?}");
         }
+    }
+
+    #[test]
+    fn a_swap_replaced_at_its_own_point_is_not_applied() {
+        let (swapper, swaps) = stream::swaps(1);
+        let s = Switches::new(Some(&swaps), 1);
+        assert_eq!(factor(&s, 0), 1.0);
+        assert!(swapper.swap(0, k(3.0)));
+        assert!(swapper.swap(0, k(5.0)));
+        assert_eq!(factor(&s, 1), 5.0, "the later swap wins");
+        let out = s.finish();
+        assert_eq!(
+            out[0][0].outcome,
+            SwapOutcome::NotApplied,
+            "no input ran it"
+        );
+        assert_eq!(out[0][1].outcome, SwapOutcome::From(1));
     }
 
     #[test]

@@ -198,9 +198,8 @@ fn stage<'a, 'c: 'a>(cx: Ctx<'a, 'c>, ctl: &'a Control<'_>, i: usize, input: Str
                 let out = r.map(|ran| {
                     ctl.totals.borrow_mut()[i].finish(ran.agent, sent.elapsed(), ran.busy);
                     Item {
-                        index: item.index,
-                        origin: item.origin,
                         data: ran.data,
+                        ..item
                     }
                 });
                 let _ = done.try_send((this, out));

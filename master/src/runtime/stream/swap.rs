@@ -17,7 +17,8 @@ use skelpi_proto::code::StageSwapped;
 use skelpi_proto::skeleton::Kernel;
 use std::collections::VecDeque;
 
-/// Asks a running pipeline's stages for new kernels. Cheap to clone.
+/// Asks a running job's stages (a streamed pipeline's, or a routed job's
+/// `seq` nodes) for new kernels. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Swapper {
     stages: Vec<async_channel::Sender<Kernel>>,
@@ -26,8 +27,7 @@ pub struct Swapper {
 /// The job's end of a [`Swapper`]: pass it to
 /// `Cluster::stream_pipeline_swapping` or `Cluster::run_routed_swapping`.
 /// It serves one job: when that ends, swaps not taken are reported as not
-/// applied (and, after a streamed pipeline, the swapper's `swap` returns
-/// `false`).
+/// applied and the swapper's `swap` returns `false`.
 #[derive(Debug, Clone)]
 pub struct Swaps {
     pub(crate) stages: Vec<async_channel::Receiver<Kernel>>,
@@ -38,6 +38,17 @@ impl Swaps {
     pub fn stages(&self) -> usize {
         self.stages.len()
     }
+
+    /// Refuses every later swap (the swapper's `swap` returns `false`);
+    /// returns those asked and not taken, with their stage.
+    pub(crate) fn close(&self) -> Vec<(usize, Kernel)> {
+        let mut left = Vec::new();
+        for (stage, rx) in self.stages.iter().enumerate() {
+            rx.close();
+            left.extend(std::iter::from_fn(|| rx.try_recv().ok()).map(|k| (stage, k)));
+        }
+        left
+    }
 }
 
 /// A swapper and the swaps it sends, for a pipeline of `stages` stages.
@@ -47,10 +58,12 @@ pub fn swaps(stages: usize) -> (Swapper, Swaps) {
 }
 
 impl Swapper {
-    /// Asks stage `stage` (from 0) to run `kernel` from its next item on.
-    /// Returns immediately; the outcome is in the stage's report
-    /// ([`super::StageReport::swaps`]). `false`: no such stage, or the
-    /// pipeline has ended.
+    /// Asks stage `stage` (from 0) to run `kernel`: a streamed stage from
+    /// its next item on, a routed job's from one switch point (see
+    /// [`crate::runtime::switch`]). Returns immediately; the outcome is in
+    /// the stage's report ([`super::StageReport::swaps`]) or what
+    /// `Cluster::run_routed_swapping` returns. `false`: no such stage, or
+    /// the job has ended.
     pub fn swap(&self, stage: usize, kernel: Kernel) -> bool {
         self.stages
             .get(stage)
