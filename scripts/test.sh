@@ -33,6 +33,8 @@ APT_PACKAGES=(
     e2fsprogs   # mkfs.ext4 -d for that base; debugfs reads a board's disk back
     fdisk       # sfdisk lays the base out as Raspberry Pi OS
     qemu-system-x86 # boots the virtual boards (software emulation)
+    qemu-system-arm # boots the arm64 virtual board (qemu-system-aarch64 -M virt)
+    arch-test   # mmdebstrap checks it can run arm64 programs (for the arm64 base)
     dnsmasq-base # the DHCP server on the lab bridge the boards join
     openssh-client # the board test logs in to stop and kill the agent
     tmux        # skelpi top is tested in a real terminal (capture-pane)
@@ -157,6 +159,15 @@ cargo build --release --target "$GUEST_TARGET" --manifest-path examples/wasm-gue
 if [ "$(id -u)" -eq 0 ]; then
     step "virtual board base (scripts/board-base.sh; cached after the first build)"
     ./scripts/board-base.sh
+    # The arm64 base runs arm64 programs while it is built: qemu-user,
+    # registered with the kernel's binfmt_misc (mounted if it is not).
+    step "arm64 virtual board base (qemu-user through binfmt_misc; cached too)"
+    binfmt=/proc/sys/fs/binfmt_misc
+    mountpoint -q "$binfmt" || mount -t binfmt_misc binfmt_misc "$binfmt"
+    if [ ! -e "$binfmt/qemu-aarch64" ]; then
+        grep -v '^#' /usr/lib/binfmt.d/qemu-aarch64.conf >"$binfmt/register"
+    fi
+    ./scripts/board-base.sh --arch arm64
 fi
 
 step "cargo +$MSRV check --workspace --all-targets (the stated minimum Rust)"

@@ -305,13 +305,21 @@ fn journal(image: &Path, dir: &Path, filters: &[&str]) -> Vec<serde_json::Value>
         .collect()
 }
 
+/// The agent the flashed board gets: this workspace's debug build, or the
+/// build `SKELPI_BOARD_AGENT` names (to measure the stripped board build
+/// a user flashes: `cargo build --profile board -p skelpi-agent`, then
+/// `SKELPI_BOARD_AGENT=target/board/skelpi-agent`).
+fn flashed_agent() -> PathBuf {
+    std::env::var_os("SKELPI_BOARD_AGENT").map_or_else(agent_binary, PathBuf::from)
+}
+
 /// Writes a board image over the base with a new key (its path returned)
-/// and this workspace's agent, with `extra` options of `skelpi image`;
-/// what `skelpi image` printed.
+/// and [`flashed_agent`], with `extra` options of `skelpi image`; what
+/// `skelpi image` printed.
 fn write_image(base: &Path, dir: &Scratch, image: &Path, extra: &[&str]) -> (String, String) {
     let key = dir.path("cluster.key");
     assert_eq!(skelpi(&["keygen", "--out", &key]).0, Some(0));
-    let agent = agent_binary();
+    let agent = flashed_agent();
     let disk = base.join("disk.img");
     let mut args = vec![
         "image",
@@ -418,7 +426,10 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     .unwrap();
     board.run(&key, &[&many]);
     let after = board.agent_rss_kib(&identity);
-    eprintln!("board: agent RSS {idle} KiB idle, {after} KiB after 10,000 tasks (debug build)");
+    eprintln!(
+        "board: agent RSS {idle} KiB idle, {after} KiB after 10,000 tasks ({})",
+        flashed_agent().display()
+    );
     assert!(
         after <= idle + 16 * 1024,
         "the agent grew from {idle} to {after} KiB over 10,000 tasks"
