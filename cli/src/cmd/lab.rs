@@ -61,6 +61,12 @@ pub enum LabCommand {
         /// and `skelpi bench roll` in the lab.
         #[arg(long, value_name = "FILE")]
         deploy_pubkey: Option<PathBuf>,
+        /// Run avahi-daemon in the master namespace (on a D-Bus bus of its
+        /// own, publishing nothing), so that an independent DNS-SD browser
+        /// sees what the agents announce: `skelpi lab exec -- avahi-browse
+        /// -rpt _skelpi._tcp`.
+        #[arg(long)]
+        avahi: bool,
     },
     /// Stop the lab's agents and remove its namespaces (safe to repeat, and
     /// after a crash).
@@ -98,6 +104,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             board_agent,
             cpu_quota,
             deploy_pubkey,
+            avahi,
         } => {
             let agent_binary = agent_binary.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -119,6 +126,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 board_agent,
                 cpu_quotas: cpu_quota,
                 deploy_pubkey,
+                avahi,
             })?;
             println!(
                 "lab {} is up: {} hosts ({}), master namespace {}",

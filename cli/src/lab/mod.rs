@@ -14,6 +14,7 @@
 //! and supervises the agent binary, reuses the key handling and is tested
 //! like the rest of the tool.
 
+pub mod avahi;
 pub mod boards;
 pub mod cpu;
 mod sh;
@@ -109,6 +110,9 @@ pub struct LabOptions {
     /// for (each then has a state directory in the lab's); `None`: they
     /// refuse every deploy.
     pub deploy_pubkey: Option<PathBuf>,
+    /// Run avahi-daemon (on a D-Bus bus of its own) in the master
+    /// namespace, for `avahi-browse` through `skelpi lab exec`.
+    pub avahi: bool,
 }
 
 /// A lab that is up: where to find its parts.
@@ -274,6 +278,9 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
             cpu::limit(id, i + 1, q.percent, pid)?;
         }
         pids.push(pid);
+    }
+    if opts.avahi {
+        avahi::start(&master, &dir)?;
     }
     let mut booted = Vec::new();
     if opts.boards > 0 {
@@ -457,13 +464,15 @@ pub fn exec(id: u8, command: &[String]) -> Result<std::process::ExitStatus, LabE
             "no command given (skelpi lab exec -- COMMAND...)".into(),
         ));
     };
-    Command::new("ip")
-        .args(["netns", "exec", &ns, program])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns, program])
         .args(args)
-        .env("SKELPI_KEY_FILE", dir(id).join("cluster.key"))
-        .status()
-        .map_err(|e| LabError::Command {
-            command: format!("ip netns exec {ns} {program}"),
-            message: e.to_string(),
-        })
+        .env("SKELPI_KEY_FILE", dir(id).join("cluster.key"));
+    if let Some(bus) = avahi::bus_address(&dir(id)) {
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
+    }
+    cmd.status().map_err(|e| LabError::Command {
+        command: format!("ip netns exec {ns} {program}"),
+        message: e.to_string(),
+    })
 }

@@ -687,6 +687,7 @@ fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host(
         base.to_str().unwrap(),
         "--agent-binary",
         agent.to_str().unwrap(),
+        "--avahi",
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
     eprintln!("{}", err.trim());
@@ -703,6 +704,17 @@ fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host(
         2,
         "{out}"
     );
+    // An independent DNS-SD browser (avahi, in the master's namespace)
+    // resolves the board's agent too: its address from the DHCP range.
+    // (`discover`'s columns: id, name, address, ...)
+    let name = out
+        .lines()
+        .find(|l| l.contains(&board_name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap();
+    let line = crate::lab::avahi_resolves(&id, name);
+    assert!(line.contains(&format!(";10.77.{id}.1")), "{line}");
+    assert!(line.contains(";7871;"), "{line}");
 
     // A streamed pipeline (stage 0 on one agent, stage 1 on the other,
     // items agent to agent over the bridge) and a farm, as in-process

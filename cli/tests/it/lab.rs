@@ -15,6 +15,35 @@ impl Drop for LabGuard {
     }
 }
 
+/// The line in which `avahi-browse`, in lab `id`'s master namespace (a
+/// lab up with `--avahi`), resolves the agent `name` (waiting up to 30 s
+/// for its daemon to hear the announcement).
+pub fn avahi_resolves(id: &str, name: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, out, err) = skelpi(&[
+            "lab",
+            "exec",
+            "--id",
+            id,
+            "--",
+            "avahi-browse",
+            "-rpt",
+            "_skelpi._tcp",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        let prefix = format!("=;eth0;IPv4;{name};_skelpi._tcp;local;");
+        if let Some(line) = out.lines().find(|l| l.starts_with(&prefix)) {
+            return line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "avahi-browse did not resolve {name}: {out}{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 fn netns_list() -> String {
     let out = std::process::Command::new("ip")
         .args(["netns", "list"])
@@ -44,6 +73,7 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
         agent.to_str().unwrap(),
         "--cpu-quota",
         "4=25",
+        "--avahi",
     ]);
     let guard = LabGuard(id.clone());
     assert_eq!(code, Some(0), "{out}{err}");
@@ -83,6 +113,15 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
     names.sort();
     let want: Vec<String> = (1..=4).map(|n| format!("lab{id}-h{n}")).collect();
     assert_eq!(names, want, "{out}");
+    // An independent DNS-SD browser (avahi) resolves the same agents.
+    for (n, name) in want.iter().enumerate() {
+        let line = avahi_resolves(&id, name);
+        assert!(
+            line.contains(&format!(";10.77.{id}.{};7871;", n + 1)),
+            "{line}"
+        );
+        assert!(line.contains(&format!("\"id={name}\"")), "{line}");
+    }
 
     // A pmap and a pipeline on the discovered agents.
     let dir = Scratch::new("lab");
