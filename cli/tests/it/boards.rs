@@ -596,21 +596,43 @@ fn in_lab(id: &str, args: &[&str]) -> (Option<i32>, String, String) {
     skelpi(&[&["lab", "exec", "--id", id, "--", exe][..], args].concat())
 }
 
-#[test]
-#[ignore = "needs root: network namespaces, taps, binfmt_misc and the arm64 board base (mmdebstrap)"]
-fn an_arm64_lab_board_boots_the_aarch64_agent_and_runs_a_farm_with_a_process_host() {
-    let base = board_base_for("arm64");
-    let dir = Scratch::new("lab-arm64");
-    // An id of its own (the other lab tests take 100-249).
-    let id = (50 + std::process::id() % 50).to_string();
-    let _ = skelpi(&["lab", "down", "--id", &id]);
-    let guard = LabGuard(id.clone());
-    let (native, arm) = (agent_binary(), crate::cross::arm_agent());
-    let (code, out, err) = skelpi(&[
+/// Runs `skeleton` over 200 random items on lab `id`'s agents and on two
+/// in-process agents: the same results.
+fn same_in_lab_as_in_process(id: &str, dir: &Scratch, name: &str, skeleton: &str) {
+    let job = dir.0.join(format!("{name}.toml"));
+    std::fs::write(
+        &job,
+        format!(
+            "skeleton = \"{skeleton}\"\n[input]\ngenerate = \"random\"\nitems = 200\n\
+             length = 64\nseed = 3\n"
+        ),
+    )
+    .unwrap();
+    let job = job.to_str().unwrap();
+    let (on_lab, on_local) = (
+        dir.path(&format!("{name}-lab")),
+        dir.path(&format!("{name}-local")),
+    );
+    let (code, _, err) = in_lab(id, &["run", "--interface", "eth0", job, "--out", &on_lab]);
+    assert_eq!(code, Some(0), "{name}: {err}");
+    let (code, _, err) = skelpi(&["run", "--local", "2", job, "--out", &on_local]);
+    assert_eq!(code, Some(0), "{name}: {err}");
+    assert_eq!(sorted_lines(&on_lab).len(), 200, "{name}");
+    assert_eq!(sorted_lines(&on_lab), sorted_lines(&on_local), "{name}");
+}
+
+/// Lab `id` with one process host (this workspace's agent) and one board
+/// booted over `base`, with `extra` options of `lab up`; down when the
+/// guard drops. Prints the lab's report (power-on to READY).
+fn lab_with_a_board(id: &str, base: &Path, extra: &[&str]) -> LabGuard {
+    let _ = skelpi(&["lab", "down", "--id", id]);
+    let guard = LabGuard(id.to_owned());
+    let agent = agent_binary();
+    let up = [
         "lab",
         "up",
         "--id",
-        &id,
+        id,
         "--hosts",
         "1",
         "--boards",
@@ -618,15 +640,24 @@ fn an_arm64_lab_board_boots_the_aarch64_agent_and_runs_a_farm_with_a_process_hos
         "--board-base",
         base.to_str().unwrap(),
         "--agent-binary",
-        native.to_str().unwrap(),
-        "--board-agent",
-        arm.to_str().unwrap(),
-    ]);
+        agent.to_str().unwrap(),
+    ];
+    let (code, out, err) = skelpi(&[&up[..], extra].concat());
     assert_eq!(code, Some(0), "{out}{err}");
-    // The lab's report: seconds from power-on to READY under qemu's
-    // software emulation of a Cortex-A72.
     eprintln!("{}", err.trim());
     assert!(out.contains("board 1: READY"), "{out}");
+    guard
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, taps, binfmt_misc and the arm64 board base (mmdebstrap)"]
+fn an_arm64_lab_board_boots_the_aarch64_agent_and_runs_a_farm_with_a_process_host() {
+    let base = board_base_for("arm64");
+    let dir = Scratch::new("lab-arm64");
+    // An id of its own (the other lab tests take 100-249).
+    let id = (50 + std::process::id() % 50).to_string();
+    let arm = crate::cross::arm_agent();
+    let guard = lab_with_a_board(&id, &base, &["--board-agent", arm.to_str().unwrap()]);
 
     // The board's aarch64 agent announces itself over mDNS.
     let (code, out, err) = in_lab(&id, &["discover", "--interface", "eth0"]);
@@ -639,21 +670,7 @@ fn an_arm64_lab_board_boots_the_aarch64_agent_and_runs_a_farm_with_a_process_hos
 
     // A farm over the board and the process host computes what
     // in-process agents compute.
-    let job = dir.0.join("farm.toml");
-    std::fs::write(
-        &job,
-        "skeleton = \"farm(seq(erf_burn(5)), 4)\"\n[input]\ngenerate = \"random\"\n\
-         items = 200\nlength = 64\nseed = 5\n",
-    )
-    .unwrap();
-    let job = job.to_str().unwrap();
-    let (on_lab, on_local) = (dir.path("farm-lab"), dir.path("farm-local"));
-    let (code, _, err) = in_lab(&id, &["run", "--interface", "eth0", job, "--out", &on_lab]);
-    assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = skelpi(&["run", "--local", "2", job, "--out", &on_local]);
-    assert_eq!(code, Some(0), "{err}");
-    assert_eq!(sorted_lines(&on_lab).len(), 200);
-    assert_eq!(sorted_lines(&on_lab), sorted_lines(&on_local));
+    same_in_lab_as_in_process(&id, &dir, "farm", "farm(seq(erf_burn(5)), 4)");
     drop(guard);
     let qemus = tool("ps", &["-eo", "stat=,args="]);
     assert!(
@@ -671,27 +688,7 @@ fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host(
     let dir = Scratch::new("lab-board");
     // An id of its own (the lab test takes 200-249).
     let id = (150 + std::process::id() % 50).to_string();
-    let _ = skelpi(&["lab", "down", "--id", &id]);
-    let guard = LabGuard(id.clone());
-    let agent = agent_binary();
-    let (code, out, err) = skelpi(&[
-        "lab",
-        "up",
-        "--id",
-        &id,
-        "--hosts",
-        "1",
-        "--boards",
-        "1",
-        "--board-base",
-        base.to_str().unwrap(),
-        "--agent-binary",
-        agent.to_str().unwrap(),
-        "--avahi",
-    ]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    eprintln!("{}", err.trim());
-    assert!(out.contains("board 1: READY"), "{out}");
+    let guard = lab_with_a_board(&id, &base, &["--avahi"]);
 
     // The board announces itself over mDNS on the lab's bridge.
     let (code, out, err) = in_lab(&id, &["discover", "--interface", "eth0"]);
@@ -723,26 +720,7 @@ fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host(
         ("pipe", "pipe(seq(square), seq(erf_burn(5)))"),
         ("farm", "farm(seq(erf_burn(5)), 4)"),
     ] {
-        let job = dir.0.join(format!("{name}.toml"));
-        std::fs::write(
-            &job,
-            format!(
-                "skeleton = \"{skeleton}\"\n[input]\ngenerate = \"random\"\nitems = 200\n\
-                 length = 64\nseed = 3\n"
-            ),
-        )
-        .unwrap();
-        let job = job.to_str().unwrap();
-        let (on_lab, on_local) = (
-            dir.path(&format!("{name}-lab")),
-            dir.path(&format!("{name}-local")),
-        );
-        let (code, _, err) = in_lab(&id, &["run", "--interface", "eth0", job, "--out", &on_lab]);
-        assert_eq!(code, Some(0), "{name}: {err}");
-        let (code, _, err) = skelpi(&["run", "--local", "2", job, "--out", &on_local]);
-        assert_eq!(code, Some(0), "{name}: {err}");
-        assert_eq!(sorted_lines(&on_lab).len(), 200, "{name}");
-        assert_eq!(sorted_lines(&on_lab), sorted_lines(&on_local), "{name}");
+        same_in_lab_as_in_process(&id, &dir, name, skeleton);
     }
 
     // Down: no board, tap or namespace is left.

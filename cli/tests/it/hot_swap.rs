@@ -179,6 +179,32 @@ fn farms_maps_and_routed_pipelines_swap_kernels_mid_job_without_losing_or_repeat
     });
 }
 
+/// Runs `job` (4,000 items of the range generator: item i is `[i]`) with
+/// `--swap STAGE=scale(FACTOR)@100` on two local agents, writing to
+/// `out`; checks stage `stage` reported a switch point k after those 100
+/// results, and every item i is `old * i` before k and `new * i` from it
+/// on.
+fn run_swapped(job: &str, out: &str, (stage, factor): (usize, f64), (old, new): (f64, f64)) {
+    let swap = format!("{stage}=scale({factor})@100");
+    let (code, _, err) = skelpi(&["run", job, "--local", "2", "--out", out, "--swap", &swap]);
+    assert_eq!(code, Some(0), "{err}");
+    let said = format!("stage {stage} runs scale({factor}) from item");
+    let line = err
+        .lines()
+        .find(|l| l.contains(&said))
+        .unwrap_or_else(|| panic!("{err}"));
+    let k: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((100..4000).contains(&k), "{line}");
+    let text = std::fs::read_to_string(out).unwrap();
+    assert_eq!(text.lines().count(), 4000);
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let i = v["index"].as_u64().unwrap();
+        let want = if i < k { old } else { new } * i as f64;
+        assert_eq!(v["data"][0].as_f64().unwrap(), want, "{l}");
+    }
+}
+
 #[test]
 fn skelpi_run_swaps_a_stage_after_n_results() {
     let dir = Scratch::new("swap-cli");
@@ -193,31 +219,8 @@ fn skelpi_run_swaps_a_stage_after_n_results() {
     )
     .unwrap();
     let out = dir.path("out.jsonl");
-    let (code, _, err) = skelpi(&[
-        "run",
-        &job,
-        "--local",
-        "2",
-        "--out",
-        &out,
-        "--swap",
-        "1=scale(3)@100",
-    ]);
-    assert_eq!(code, Some(0), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("stage 1 runs scale(3) from item"))
-        .unwrap_or_else(|| panic!("{err}"));
-    let k: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!((100..4000).contains(&k), "{line}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(text.lines().count(), 4000);
-    for l in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let i = v["index"].as_u64().unwrap();
-        let want = if i < k { 2.0 } else { 6.0 } * i as f64;
-        assert_eq!(v["data"][0].as_f64().unwrap(), want, "{l}");
-    }
+    // Stage 1 (identity, a factor of 1 on stage 0's 2) triples.
+    run_swapped(&job, &out, (1, 3.0), (2.0, 6.0));
     // A pipeline naming a module file, swapped to another of its kernels
     // (named by file too).
     std::fs::write(dir.0.join("guest.wasm"), crate::locate::example_guest()).unwrap();
@@ -251,31 +254,7 @@ fn skelpi_run_swaps_a_stage_after_n_results() {
          [input]\ngenerate = \"range\"\nitems = 4000\nlength = 1\n",
     )
     .unwrap();
-    let (code, _, err) = skelpi(&[
-        "run",
-        &farm_job,
-        "--local",
-        "2",
-        "--out",
-        &out,
-        "--swap",
-        "0=scale(3)@100",
-    ]);
-    assert_eq!(code, Some(0), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("stage 0 runs scale(3) from item"))
-        .unwrap_or_else(|| panic!("{err}"));
-    let k: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!((100..4000).contains(&k), "{line}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(text.lines().count(), 4000);
-    for l in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let i = v["index"].as_u64().unwrap();
-        let want = if i < k { 2.0 } else { 3.0 } * i as f64;
-        assert_eq!(v["data"][0].as_f64().unwrap(), want, "{l}");
-    }
+    run_swapped(&farm_job, &out, (0, 3.0), (2.0, 3.0));
     // A swap that names no stage of the job is refused before it runs, as
     // a usage error.
     let (code, _, err) = skelpi(&["run", &job, "--local", "1", "--swap", "7=square@1"]);
