@@ -24,6 +24,8 @@ APT_PACKAGES=(
     gcc-arm-linux-gnueabihf # links the armv7 agent and compiles ring's C for it
     libc6-dev-armhf-cross   # its sysroot; qemu-arm-static -L runs the agent with it
     avahi-utils # avahi-browse: reads our mDNS records as standard DNS-SD
+    avahi-daemon # the daemon avahi-browse asks, in the lab (skelpi lab up --avahi)
+    dbus-daemon # its bus, one per lab
     dosfstools  # fsck.fat -n: checks the boot partitions `skelpi image` writes
     mtools      # mdir, mcopy: read those partitions without mounting them
     cloud-init  # cloud-init schema: validates the user-data those images carry
@@ -165,8 +167,11 @@ if [ "$(id -u)" -eq 0 ]; then
     binfmt=/proc/sys/fs/binfmt_misc
     mountpoint -q "$binfmt" || mount -t binfmt_misc binfmt_misc "$binfmt"
     if [ ! -e "$binfmt/qemu-aarch64" ]; then
-        grep -v '^#' /usr/lib/binfmt.d/qemu-aarch64.conf >"$binfmt/register"
+        conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+        [ -f "$conf" ] || die 2 "$conf is missing: apt-get install qemu-user-static"
+        grep -v '^#' "$conf" >"$binfmt/register"
     fi
+    echo 1 >"$binfmt/qemu-aarch64" # enabled, also if it was registered disabled
     ./scripts/board-base.sh --arch arm64
 fi
 

@@ -206,6 +206,12 @@ fn check(opts: &RollBenchOptions, pool: usize) -> Result<(), RollBenchError> {
     if opts.sizes.is_empty() || opts.sizes.contains(&0) {
         return bad("--roll-sizes: give one or more pool sizes of 1 or more, e.g. 1,3,8".into());
     }
+    if opts.sizes.iter().all(|&n| n > pool) {
+        return bad(format!(
+            "--roll-sizes: every size is above the pool's {} agents",
+            pool
+        ));
+    }
     if pool < 2 {
         return bad(format!(
             "the pool has {}: the farm needs an agent that is not restarting (2 or more)",
@@ -253,7 +259,9 @@ async fn measure(
         Err(_) => Ok(Vec::new()),
     };
     let ended = Instant::now();
-    let done = farm.stop()?;
+    // The copy's or the roll's failure first: the farm may have failed
+    // because of it.
+    let done = farm.stop();
     let raw = raw?;
     let took = rolled.map_err(|(upgraded, board, why)| RollBenchError::Roll {
         n,
@@ -261,11 +269,19 @@ async fn measure(
         board,
         why,
     })?;
+    let done = done?;
     let rate = |from: Instant, to: Instant| {
         let k = done.iter().filter(|&&t| t >= from && t < to).count();
         k as f64 / to.duration_since(from).as_secs_f64().max(1e-9)
     };
-    let before = rate(copying - opts.before, copying).max(1e-9);
+    let before = rate(copying - opts.before, copying);
+    if before == 0.0 {
+        return Err(RollBenchError::Invalid(format!(
+            "the farm finished no task in the {:?} before the copy: nothing to compare with \
+             (a longer --before, or shorter --farm-task-ms)",
+            opts.before
+        )));
+    }
     let (during_raw, during) = (rate(copying, began), rate(began, ended));
     let roll_s = ended.duration_since(began).as_secs_f64();
     Ok(RollRow {

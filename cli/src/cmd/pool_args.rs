@@ -39,9 +39,10 @@ pub struct PoolArgs {
     /// agents are always skipped so).
     #[arg(long, global = true)]
     pub skip_unreachable: bool,
-    /// How often each agent must beat; one silent for 4 beats is declared
-    /// down [default: 500ms, so 2 s]. Longer for links so slow or lossy
-    /// that 2 s without a byte is not a sign of a dead board.
+    /// How often each agent must beat, from 100ms to 60s; one silent for 4
+    /// beats is declared down [default: 500ms, so 2 s]. Longer for links
+    /// so slow or lossy that 2 s without a byte is not a sign of a dead
+    /// board.
     #[arg(long, value_name = "DURATION", global = true, value_parser = heartbeat)]
     pub heartbeat: Option<Duration>,
 }

@@ -131,9 +131,22 @@ pub fn elf_arch_for(head: &[u8], board: Option<&str>) -> Result<&'static str, St
                 .into(),
         ),
         (_, m, Some(board)) => Err(format!(
-            "is an ELF program for machine {m}; this virtual board is {board}"
+            "is {}; this virtual board is {board}: give an agent built for it (arm64: cargo \
+             build --target aarch64-unknown-linux-musl -p skelpi-agent; amd64: this machine's \
+             build), or a base of the agent's architecture (scripts/board-base.sh --arch)",
+            machine_name(m)
         )),
         (_, m, None) => Err(format!("is an ELF program for machine {m}, not ARM")),
+    }
+}
+
+/// An ELF machine number as a person names it.
+fn machine_name(machine: u16) -> String {
+    match machine {
+        62 => "an x86-64 program".into(),
+        183 => "an aarch64 program".into(),
+        40 => "a 32-bit ARM program".into(),
+        m => format!("an ELF program for machine {m}"),
     }
 }
 

@@ -35,6 +35,8 @@ pub fn bus_address(dir: &Path) -> Option<String> {
 /// logs in `dir`; returns once the daemon is up.
 pub fn start(ns: &str, dir: &Path) -> Result<(), LabError> {
     let socket = bus_socket(dir);
+    // One left by a lab that crashed would pass for the new bus.
+    let _ = std::fs::remove_file(&socket);
     let bus_conf = dir.join("dbus.conf");
     write(&bus_conf, &bus_config(&socket))?;
     let avahi_conf = dir.join("avahi-daemon.conf");
@@ -43,33 +45,34 @@ pub fn start(ns: &str, dir: &Path) -> Result<(), LabError> {
         "[server]\nuse-ipv4=yes\nuse-ipv6=no\nallow-interfaces=eth0\nenable-dbus=yes\n\
          [publish]\ndisable-publishing=yes\n",
     )?;
+    let what = "dbus-daemon (Debian package dbus-daemon)";
     let bus = spawn(
         Command::new("ip")
             .args(["netns", "exec", ns, "dbus-daemon", "--nofork"])
             .arg(format!("--config-file={}", bus_conf.display())),
         &dir.join("dbus.log"),
-        "dbus-daemon (Debian package dbus-daemon)",
+        what,
     )?;
-    wait(bus, "dbus-daemon", || socket.exists())?;
+    wait(bus, what, || socket.exists())?;
     let log = dir.join("avahi-daemon.log");
-    let daemon = format!(
-        "mkdir -p /run/avahi-daemon && mount -t tmpfs skelpi-lab /run/avahi-daemon && \
-         exec avahi-daemon --no-chroot --no-drop-root --no-rlimits -f '{}'",
-        avahi_conf.display()
-    );
+    // A /run of its own: its pid file and socket, nothing on the host's.
+    let daemon = "mount -t tmpfs skelpi-lab /run && mkdir /run/avahi-daemon && \
+                  exec avahi-daemon --no-chroot --no-drop-root --no-rlimits -f \"$1\"";
+    let what = "avahi-daemon (Debian package avahi-daemon)";
     let avahi = spawn(
         Command::new("ip")
             .args([
-                "netns", "exec", ns, "unshare", "--mount", "sh", "-c", &daemon,
+                "netns", "exec", ns, "unshare", "--mount", "sh", "-c", daemon, "sh",
             ])
+            .arg(&avahi_conf)
             .env(
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 format!("unix:path={}", socket.display()),
             ),
         &log,
-        "avahi-daemon (Debian package avahi-daemon)",
+        what,
     )?;
-    wait(avahi, "avahi-daemon", || {
+    wait(avahi, what, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Server startup complete"))
     })
 }

@@ -306,11 +306,12 @@ fn journal(image: &Path, dir: &Path, filters: &[&str]) -> Vec<serde_json::Value>
 }
 
 /// The agent the flashed board gets: this workspace's debug build, or the
-/// build `SKELPI_BOARD_AGENT` names (to measure the stripped board build
-/// a user flashes: `cargo build --profile board -p skelpi-agent`, then
-/// `SKELPI_BOARD_AGENT=target/board/skelpi-agent`).
+/// build `SKELPI_BOARD_AGENT` names, relative to the workspace (to
+/// measure the stripped board build: `cargo build --profile board -p
+/// skelpi-agent`, then `SKELPI_BOARD_AGENT=target/board/skelpi-agent`).
 fn flashed_agent() -> PathBuf {
-    std::env::var_os("SKELPI_BOARD_AGENT").map_or_else(agent_binary, PathBuf::from)
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os("SKELPI_BOARD_AGENT").map_or_else(agent_binary, |p| workspace.join(p))
 }
 
 /// Writes a board image over the base with a new key (its path returned)
@@ -670,7 +671,9 @@ fn an_arm64_lab_board_boots_the_aarch64_agent_and_runs_a_farm_with_a_process_hos
 
     // A farm over the board and the process host computes what
     // in-process agents compute.
+    // (the pipeline places a stage on each agent: the board runs one.)
     same_in_lab_as_in_process(&id, &dir, "farm", "farm(seq(erf_burn(5)), 4)");
+    same_in_lab_as_in_process(&id, &dir, "pipe", "pipe(seq(square), seq(erf_burn(5)))");
     drop(guard);
     let qemus = tool("ps", &["-eo", "stat=,args="]);
     assert!(
@@ -702,16 +705,18 @@ fn a_lab_board_is_discovered_by_mdns_and_streams_a_pipeline_with_a_process_host(
         "{out}"
     );
     // An independent DNS-SD browser (avahi, in the master's namespace)
-    // resolves the board's agent too: its address from the DHCP range.
-    // (`discover`'s columns: id, name, address, ...)
-    let name = out
+    // resolves the board's agent too, at the address `discover` found
+    // (`discover`'s columns: id, name, address, ...), with its TXT record.
+    let row: Vec<&str> = out
         .lines()
         .find(|l| l.contains(&board_name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap();
-    let line = crate::lab::avahi_resolves(&id, name);
-    assert!(line.contains(&format!(";10.77.{id}.1")), "{line}");
-    assert!(line.contains(";7871;"), "{line}");
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (ip, port) = row[2].rsplit_once(':').unwrap();
+    let line = crate::lab::avahi_resolves(&id, row[1]);
+    assert!(line.contains(&format!(";{ip};{port};")), "{line}");
+    assert!(line.contains("\"arch=x86_64\""), "{line}");
 
     // A streamed pipeline (stage 0 on one agent, stage 1 on the other,
     // items agent to agent over the bridge) and a farm, as in-process

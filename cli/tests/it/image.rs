@@ -608,7 +608,10 @@ fn a_virtual_board_takes_an_agent_of_its_own_architecture_and_a_pi_only_arm() {
     // ... and refuses a 32-bit ARM one.
     let (code, _, stderr) = skelpi_image(&amd64, &out, &arm, &key, &[]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("this virtual board is amd64"), "{stderr}");
+    assert!(
+        stderr.contains("is a 32-bit ARM program; this virtual board is amd64"),
+        "{stderr}"
+    );
     assert!(!out.exists());
 
     // An arm64 board, and a Pi image compressed as they come, refuse it:

@@ -195,6 +195,8 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
         .unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout);
     assert!(!ps.contains(&format!("--name lab{id}-h")), "{ps}");
+    // Nor its bus and avahi-daemon (their files are in the lab's folder).
+    assert!(!ps.contains(&format!("skelpi-lab-{id}/")), "{ps}");
     assert!(cpu_group(&id, 4).is_none(), "the cgroup is removed");
     let (code, out, _) = skelpi(&["lab", "down", "--id", &id]);
     assert_eq!(code, Some(0));
