@@ -26,7 +26,6 @@ use skelpi_wire::deploy_key::DeployKey;
 use skelpi_wire::handshake::ConnectOptions;
 use skelpi_wire::key::ClusterKey;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -36,12 +35,13 @@ use thiserror::Error;
 #[derive(Debug, Clone)]
 pub struct RollBenchOptions {
     /// The agent build to roll (tagged anew for each roll).
-    pub binary: PathBuf,
+    pub binary: Binary,
     /// Pool sizes to roll: the first N agents of the pool, each size once.
     pub sizes: Vec<usize>,
     /// Task time of the farm that runs during the rolls, milliseconds.
     pub task_ms: f64,
-    /// How long the farm runs before each roll: the throughput before it.
+    /// How long the farm runs (after a warm-up) before each raw copy and
+    /// roll: the window of its throughput before them.
     pub before: Duration,
 }
 
@@ -146,8 +146,9 @@ pub async fn run(
     mut said: impl FnMut(&str),
 ) -> Result<RollReport, RollBenchError> {
     let addrs: Vec<SocketAddr> = cluster.agents().iter().map(|c| c.addr()).collect();
-    check(opts, addrs.len())?;
-    let given = Binary::read(&opts.binary)?;
+    check(opts)?;
+    check_pool(opts, addrs.len())?;
+    let given = &opts.binary;
     // Agents that take no deploy, or of another architecture.
     let most = opts
         .sizes
@@ -157,7 +158,7 @@ pub async fn run(
         .unwrap_or(0)
         .min(addrs.len());
     let boards: Vec<Board> = cluster.agents()[..most].iter().map(Board::of).collect();
-    deploy::plan(&boards, std::slice::from_ref(&given))?;
+    deploy::plan(&boards, std::slice::from_ref(given))?;
     let pool = Pool {
         addrs,
         key: cluster.key().clone(),
@@ -172,7 +173,7 @@ pub async fn run(
             ));
             continue;
         }
-        let binary = tagged(&given, n);
+        let binary = tagged(given, n);
         said(&format!(
             "{}: a farm on all, then raw TCP carries {} bytes to each, then the roll",
             skelpi::pool::agents(n),
@@ -189,7 +190,7 @@ pub async fn run(
 }
 
 /// Refuses options the benchmark cannot measure with.
-fn check(opts: &RollBenchOptions, pool: usize) -> Result<(), RollBenchError> {
+pub fn check(opts: &RollBenchOptions) -> Result<(), RollBenchError> {
     let bad = |what: String| Err(RollBenchError::Invalid(what));
     if !(opts.task_ms > 0.0 && opts.task_ms <= 1000.0) {
         return bad(format!(
@@ -206,6 +207,12 @@ fn check(opts: &RollBenchOptions, pool: usize) -> Result<(), RollBenchError> {
     if opts.sizes.is_empty() || opts.sizes.contains(&0) {
         return bad("--roll-sizes: give one or more pool sizes of 1 or more, e.g. 1,3,8".into());
     }
+    Ok(())
+}
+
+/// Refuses a pool of `pool` agents the options cannot be measured on.
+fn check_pool(opts: &RollBenchOptions, pool: usize) -> Result<(), RollBenchError> {
+    let bad = |what: String| Err(RollBenchError::Invalid(what));
     if opts.sizes.iter().all(|&n| n > pool) {
         return bad(format!(
             "--roll-sizes: every size is above the pool's {} agents",

@@ -62,8 +62,8 @@ pub struct RollArgs {
     /// Task time of the farm that runs during each roll, milliseconds.
     #[arg(long, default_value_t = 2.0, value_name = "MS")]
     farm_task_ms: f64,
-    /// How long the farm runs before each roll: the window of the
-    /// throughput before it.
+    /// How long the farm runs (after a 1 s warm-up) before each raw copy
+    /// and roll: the window of its throughput before them.
     #[arg(long, default_value = "3s", value_name = "DURATION",
           value_parser = humantime::parse_duration)]
     before: Duration,
@@ -411,11 +411,13 @@ fn run_roll(pool: &PoolArgs, args: &BenchArgs, r: &RollArgs) -> anyhow::Result<(
         .unwrap_or_else(skelpi_wire::deploy_key::default_key_path);
     let key = skelpi_wire::deploy_key::DeployKey::load(&path)?;
     let opts = RollBenchOptions {
-        binary: r.binary.clone(),
+        binary: skelpi::deploy::Binary::read(&r.binary)?,
         sizes: r.roll_sizes.0.clone(),
         task_ms: r.farm_task_ms,
         before: r.before,
     };
+    // Refused before the pool is reached.
+    roll::check(&opts)?;
     let csv_path = out_file(args, "roll.csv")?;
     smol::block_on(async {
         let pool = pool::connect(&pool.options(false)).await?;
