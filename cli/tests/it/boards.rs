@@ -437,7 +437,9 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     );
 
     // kill -9: systemd starts the agent again (Restart=always, 2 s later).
-    let mut restarts: Vec<Duration> = (0..3)
+    // Five times: the median of 5 (systemd's start limit, 5 starts in
+    // 10 s, is not reached: each round takes over 2 s).
+    let mut restarts: Vec<Duration> = (0..5)
         .map(|_| {
             board.ssh(&identity, "sudo pkill -KILL -x skelpi-agent");
             board.serving_again(&key, Duration::from_secs(60))
@@ -446,9 +448,9 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
     restarts.sort();
     eprintln!("board: kill -9 to serving again: {restarts:.1?}");
     assert!(
-        restarts[1] <= Duration::from_secs(5),
+        restarts[2] <= Duration::from_secs(5),
         "median {:?}",
-        restarts[1]
+        restarts[2]
     );
     // Stopped (SIGSTOP): it sends no watchdog pings, so systemd kills it
     // after WatchdogSec (20 s) and starts it again.
