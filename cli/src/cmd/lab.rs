@@ -124,7 +124,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 boards,
                 board_base,
                 board_agent,
-                cpu_quotas: cpu_quota,
+                cpu_quotas: cpu_quota.clone(),
                 deploy_pubkey,
                 avahi,
             })?;
@@ -139,6 +139,12 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                     .join(", "),
                 lab.master_ns
             );
+            for q in &cpu_quota {
+                println!(
+                    "host {}: its agent held to {}% of one core (a cgroup CPU quota)",
+                    q.host, q.percent
+                );
+            }
             for b in &lab.boards {
                 println!(
                     "board {}: READY (console {}, MAC {})",

@@ -193,6 +193,21 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
             "--boards needs --board-base: the directory scripts/board-base.sh prints".into(),
         ));
     }
+    if let Some((i, q)) = opts
+        .cpu_quotas
+        .iter()
+        .enumerate()
+        .find(|(i, q)| opts.cpu_quotas[..*i].iter().any(|p| p.host == q.host))
+    {
+        let first = opts.cpu_quotas[..i].iter().find(|p| p.host == q.host);
+        return Err(LabError::Invalid(format!(
+            "--cpu-quota {}={}: host {} was given {}% already (one quota per host)",
+            q.host,
+            q.percent,
+            q.host,
+            first.map_or(0.0, |p| p.percent)
+        )));
+    }
     if let Some(q) = opts.cpu_quotas.iter().find(|q| q.host > opts.hosts) {
         return Err(LabError::Invalid(format!(
             "--cpu-quota {}={}: there are only {} hosts",

@@ -60,6 +60,22 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
     let prefix = format!("skl{id}-");
     let _ = skelpi(&["lab", "down", "--id", &id]);
     let agent = agent_binary();
+    // Two quotas for one host: refused before anything is made.
+    let (code, _, err) = skelpi(&[
+        "lab",
+        "up",
+        "--id",
+        &id,
+        "--hosts",
+        "2",
+        "--cpu-quota",
+        "1=25",
+        "--cpu-quota",
+        "1=50",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("host 1 was given 25% already"), "{err}");
+    assert_eq!(netns_list().matches(&prefix).count(), 0);
     let (code, out, err) = skelpi(&[
         "lab",
         "up",
@@ -77,6 +93,10 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
     ]);
     let guard = LabGuard(id.clone());
     assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("host 4: its agent held to 25% of one core"),
+        "{out}"
+    );
     assert_eq!(netns_list().matches(&prefix).count(), 6, "{}", netns_list());
     // Host 4 is a slow board: its agent in a cgroup of 25% of a core.
     let group = cpu_group(&id, 4).expect("host 4's cgroup");
