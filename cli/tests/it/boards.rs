@@ -11,6 +11,7 @@
 use super::agents::agent_binary;
 use super::deploy::{appended_build, exits_at_start, roll_one};
 use super::lab::LabGuard;
+use super::lab::in_lab;
 use super::support::{Scratch, free_port, skelpi, sorted_lines};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -591,12 +592,6 @@ fn a_flashed_board_boots_installs_the_agent_serves_logs_and_comes_back_after_a_r
         .filter_map(|e| field(e, "_BOOT_ID"))
         .collect();
     assert_eq!(boots.len(), 2, "agent {id} in both boots' journals");
-}
-
-/// Runs `skelpi` in lab `id`'s master namespace.
-fn in_lab(id: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let exe = env!("CARGO_BIN_EXE_skelpi");
-    skelpi(&[&["lab", "exec", "--id", id, "--", exe][..], args].concat())
 }
 
 /// Runs `skeleton` over 200 random items on lab `id`'s agents and on two

@@ -44,6 +44,12 @@ pub fn avahi_resolves(id: &str, name: &str) -> String {
     }
 }
 
+/// Runs `skelpi` in lab `id`'s master namespace.
+pub fn in_lab(id: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let exe = env!("CARGO_BIN_EXE_skelpi");
+    skelpi(&[&["lab", "exec", "--id", id, "--", exe][..], args].concat())
+}
+
 fn netns_list() -> String {
     let out = std::process::Command::new("ip")
         .args(["netns", "list"])
@@ -109,19 +115,7 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
     assert!(cpu_group(&id, 3).is_none(), "host 3 runs at full speed");
 
     // mDNS across the bridge, from the master's namespace, within 3 s.
-    let me = env!("CARGO_BIN_EXE_skelpi");
-    let (code, out, err) = skelpi(&[
-        "lab",
-        "exec",
-        "--id",
-        &id,
-        "--",
-        me,
-        "discover",
-        "--json",
-        "--timeout",
-        "3s",
-    ]);
+    let (code, out, err) = in_lab(&id, &["discover", "--json", "--timeout", "3s"]);
     assert_eq!(code, Some(0), "{err}");
     let found: serde_json::Value = serde_json::from_str(&out).unwrap();
     let mut names: Vec<String> = found
@@ -174,20 +168,10 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
         )
         .unwrap();
         let results = dir.path(&format!("{name}.jsonl"));
-        let (code, _, err) = skelpi(&[
-            "lab",
-            "exec",
-            "--id",
+        let (code, _, err) = in_lab(
             &id,
-            "--",
-            me,
-            "run",
-            &job,
-            "--out",
-            &results,
-            "--discover-timeout",
-            "3s",
-        ]);
+            &["run", &job, "--out", &results, "--discover-timeout", "3s"],
+        );
         assert_eq!(code, Some(0), "{name}: {err}");
         assert!(err.contains("4 agents"), "{name} ran on: {err}");
         let text = std::fs::read_to_string(&results).unwrap();
@@ -251,15 +235,8 @@ fn skelpi_bench_roll_upgrades_lab_agents_while_a_farm_runs_and_compares_raw_tcp(
     assert_eq!(code, Some(0), "{out}{err}");
     // Agents started without a deploy key refuse the roll before anything
     // is sent.
-    let me = env!("CARGO_BIN_EXE_skelpi");
     let bench = dir.path("bench");
     let roll = [
-        "lab",
-        "exec",
-        "--id",
-        &id,
-        "--",
-        me,
         "bench",
         "roll",
         "--json",
@@ -274,7 +251,7 @@ fn skelpi_bench_roll_upgrades_lab_agents_while_a_farm_runs_and_compares_raw_tcp(
         "--binary",
         agent.to_str().unwrap(),
     ];
-    let (code, _, err) = skelpi(&roll);
+    let (code, _, err) = in_lab(&id, &roll);
     assert_ne!(code, Some(0));
     assert!(err.contains("deploy public key"), "{err}");
     drop(guard);
@@ -283,7 +260,7 @@ fn skelpi_bench_roll_upgrades_lab_agents_while_a_farm_runs_and_compares_raw_tcp(
     let (code, out, err) = skelpi(&[&up[..], &[agent.to_str().unwrap()], &pubkey[..]].concat());
     let _guard = LabGuard(id.clone());
     assert_eq!(code, Some(0), "{out}{err}");
-    let (code, out, err) = skelpi(&roll);
+    let (code, out, err) = in_lab(&id, &roll);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         err.contains("roll of 3 agents skipped: the pool has 2"),

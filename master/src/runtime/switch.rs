@@ -113,7 +113,11 @@ impl Stage {
     /// not applied.
     fn outcomes(self) -> Vec<Swapped> {
         let reached = |from: u64| self.highest.is_some_and(|h| h >= from);
-        let points: Vec<Option<u64>> = self.taken.iter().map(|(_, t)| t.clone().ok()).collect();
+        let points: Vec<Option<u64>> = self
+            .taken
+            .iter()
+            .map(|(_, t)| t.as_ref().ok().copied())
+            .collect();
         let replaced = |i: usize, from: u64| points[i + 1..].contains(&Some(from));
         let mut out: Vec<Swapped> = self
             .taken
