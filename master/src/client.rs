@@ -491,6 +491,13 @@ impl AgentConn {
         self.broken.is_some()
     }
 
+    /// Results of tasks that a job left on this connection when it ended
+    /// (copies of tasks another copy finished first) and that have not
+    /// come yet: they are skipped when they come.
+    pub fn results_left(&self) -> usize {
+        self.receiver.results_left()
+    }
+
     /// The connection's two halves, for a job's dispatcher.
     pub(crate) fn halves(&mut self) -> (&mut Sender, &mut Receiver) {
         (&mut self.sender, &mut self.receiver)

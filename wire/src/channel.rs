@@ -205,12 +205,32 @@ impl Liveness {
     }
 }
 
+/// Results nobody waits for that a [`Receiver`] remembers, at most: the
+/// oldest are forgotten past it (their tasks' agents were lost, or stalled
+/// for good, and the connection is made anew anyway).
+pub const MAX_UNCLAIMED: usize = 4096;
+
+/// Where [`Receiver::recv_frame`] puts an array: `bulk`, resized to it.
+fn resized<'a>(
+    bulk: &'a mut Vec<f64>,
+) -> impl FnOnce(&Message, Shape) -> Result<&'a mut [f64], WireError> {
+    move |_, shape| {
+        let n = shape.elements().unwrap_or(0) as usize;
+        bulk.clear();
+        bulk.resize(n, 0.0);
+        Ok(&mut bulk[..])
+    }
+}
+
 /// The receiving half of a connection.
 pub struct Receiver {
     r: ByteReader,
     head: Vec<u8>,
     max_frame: u32,
     liveness: Arc<Liveness>,
+    /// Ids of tasks whose results nobody waits for: skipped when they come
+    /// (see [`Receiver::leave_results`]).
+    unclaimed: std::collections::VecDeque<u64>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -228,6 +248,40 @@ impl Receiver {
             head: Vec::with_capacity(HEAD_PROBE),
             max_frame,
             liveness: Arc::new(Liveness::new()),
+            unclaimed: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Leaves the results of tasks `ids` to this receiver: whenever one
+    /// comes (`TaskDone` or `TaskFailed`, once each), it is skipped, array
+    /// and all, as heartbeats are. A job that ends with copies of its tasks
+    /// still running (another copy finished first) leaves them so, and the
+    /// next reader of the connection never sees them.
+    pub fn leave_results(&mut self, ids: impl IntoIterator<Item = u64>) {
+        self.unclaimed.extend(ids);
+        let over = self.unclaimed.len().saturating_sub(MAX_UNCLAIMED);
+        self.unclaimed.drain(..over);
+    }
+
+    /// How many results left to this receiver have not come yet.
+    pub fn results_left(&self) -> usize {
+        self.unclaimed.len()
+    }
+
+    /// Whether `msg` is a result left to this receiver; if so it is
+    /// forgotten (a result comes once).
+    fn is_unclaimed(&mut self, msg: &Message) -> bool {
+        let id = match msg {
+            Message::TaskDone(d) => d.id,
+            Message::TaskFailed(f) => f.id,
+            _ => return false,
+        };
+        match self.unclaimed.iter().position(|&u| u == id) {
+            Some(at) => {
+                self.unclaimed.remove(at);
+                true
+            }
+            None => false,
         }
     }
 
@@ -239,18 +293,36 @@ impl Receiver {
     /// Receives the next message; an array that comes with it is read into
     /// `bulk` (resized, its capacity reused). On error `bulk` is emptied.
     pub async fn recv(&mut self, bulk: &mut Vec<f64>) -> Result<Received, WireError> {
-        let got = self
-            .recv_with(|_, shape| {
-                let n = shape.elements().unwrap_or(0) as usize;
-                bulk.clear();
-                bulk.resize(n, 0.0);
-                Ok(&mut bulk[..])
-            })
-            .await;
+        loop {
+            if let Some(got) = self.recv_frame(bulk).await? {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// Reads one frame, as [`Receiver::recv`]: `None` if it was a
+    /// heartbeat or a result left to this receiver (then skipped). A
+    /// reader that must stop between frames waits with
+    /// [`Receiver::frame_begun`], then reads one frame with this.
+    pub async fn recv_frame(&mut self, bulk: &mut Vec<f64>) -> Result<Option<Received>, WireError> {
+        let got = match self.next_head().await {
+            Ok(Some((len, started, head))) => {
+                self.read_rest(len, started, head, resized(bulk)).await
+            }
+            Ok(None) => return Ok(None),
+            Err(e) => Err(e),
+        };
         if got.is_err() {
             bulk.clear();
         }
-        got
+        got.map(Some)
+    }
+
+    /// Waits until a byte of the next frame is here, taking none of it.
+    /// Unlike the `recv` calls, it may be dropped midway without losing
+    /// anything: a reader can stop between frames.
+    pub async fn frame_begun(&mut self) -> Result<(), WireError> {
+        self.r.readable().await
     }
 
     /// Receives the next message. If it carries an array, `place` is asked
@@ -268,15 +340,44 @@ impl Receiver {
         F: FnOnce(&Message, Shape) -> Result<&'a mut [f64], WireError>,
     {
         let (len, started, head) = loop {
-            let len = self.read_len().await?;
-            let started = Instant::now();
-            self.liveness.heard(started);
-            let head = self.read_head(len).await?;
-            if !matches!(head.msg, Message::Heartbeat) {
-                break (len, started, head);
+            if let Some(next) = self.next_head().await? {
+                break next;
             }
-            self.liveness.beats.fetch_add(1, Ordering::Relaxed);
         };
+        self.read_rest(len, started, head, place).await
+    }
+
+    /// Reads the next frame's length and head: `None` if the frame was a
+    /// heartbeat (a sign of life) or a result left to this receiver
+    /// (skipped whole).
+    async fn next_head(&mut self) -> Result<Option<(usize, Instant, Head)>, WireError> {
+        let len = self.read_len().await?;
+        let started = Instant::now();
+        self.liveness.heard(started);
+        let head = self.read_head(len).await?;
+        if matches!(head.msg, Message::Heartbeat) {
+            self.liveness.beats.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        if !self.unclaimed.is_empty() && self.is_unclaimed(&head.msg) {
+            self.r.skip(len - self.head.len()).await?;
+            return Ok(None);
+        }
+        Ok(Some((len, started, head)))
+    }
+
+    /// Reads the rest of a frame of `len` bytes whose head came (see
+    /// [`Receiver::recv_with`]).
+    async fn read_rest<'a, F>(
+        &mut self,
+        len: usize,
+        started: Instant,
+        head: Head,
+        place: F,
+    ) -> Result<Received, WireError>
+    where
+        F: FnOnce(&Message, Shape) -> Result<&'a mut [f64], WireError>,
+    {
         let frame_len = len + LEN_PREFIX;
         let Some(bulk) = head.bulk else {
             return Ok(Received {
@@ -366,6 +467,81 @@ impl Receiver {
                 source,
                 skipped: true,
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{AcceptOptions, ConnectOptions, Established, accept, connect};
+    use crate::key::ClusterKey;
+    use skelpi_proto::{Ping, TaskDone, TaskFailed};
+
+    /// A master's and an agent's ends of one loopback connection.
+    async fn pair(plaintext: bool) -> (Established, Established) {
+        let key = ClusterKey::generate().unwrap();
+        let listener = async_net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let agent = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            let opts = AcceptOptions {
+                allow_plaintext: true,
+                ..Default::default()
+            };
+            accept(stream, &key, &opts).await.unwrap()
+        };
+        let master = async {
+            let stream = async_net::TcpStream::connect(addr).await.unwrap();
+            let opts = ConnectOptions {
+                plaintext,
+                ..Default::default()
+            };
+            connect(stream, &key, &opts).await.unwrap()
+        };
+        futures_lite::future::zip(master, agent).await
+    }
+
+    fn done(id: u64) -> Message {
+        Message::TaskDone(TaskDone { id, busy_ns: None })
+    }
+
+    #[test]
+    fn results_left_to_a_receiver_are_skipped_whole_and_the_rest_comes_in_frame() {
+        for plaintext in [false, true] {
+            smol::block_on(async {
+                let (mut master, mut agent) = pair(plaintext).await;
+                master.receiver.leave_results([7, 8, 42]);
+                // A large result left (many reads), a failure left, a
+                // result not left, then a pong.
+                let big: Vec<f64> = (0..300_000).map(f64::from).collect();
+                let small = [1.0, 2.0, 3.0];
+                let a = &mut agent.sender;
+                a.send_bulk(&done(7), Shape::List(big.len() as u64), &big)
+                    .await
+                    .unwrap();
+                let failed = TaskFailed {
+                    id: 8,
+                    error: "no".into(),
+                    panicked: false,
+                    missing_module: None,
+                };
+                a.send(&Message::TaskFailed(failed)).await.unwrap();
+                a.send_bulk(&done(9), Shape::List(3), &small).await.unwrap();
+                a.send(&Message::Pong(Ping { nonce: 5 })).await.unwrap();
+                let mut bulk = Vec::new();
+                let got = master.receiver.recv(&mut bulk).await.unwrap();
+                assert_eq!(got.msg, done(9), "plaintext {plaintext}");
+                assert_eq!(bulk, small);
+                let got = master.receiver.recv(&mut bulk).await.unwrap();
+                assert_eq!(got.msg, Message::Pong(Ping { nonce: 5 }));
+                assert_eq!(master.receiver.results_left(), 1, "42 never came");
+                // Once each: a second result 7 is the reader's.
+                let a = &mut agent.sender;
+                a.send_bulk(&done(7), Shape::List(3), &small).await.unwrap();
+                let got = master.receiver.recv(&mut bulk).await.unwrap();
+                assert_eq!(got.msg, done(7));
+            });
         }
     }
 }

@@ -109,6 +109,15 @@ impl ByteReader {
         n
     }
 
+    /// Waits until bytes are here to read, taking none: what arrives is
+    /// kept, so it may be dropped midway.
+    pub(crate) async fn readable(&mut self) -> Result<(), WireError> {
+        if self.plain_pos < self.plain_end || self.raw_pos < self.raw_end {
+            return Ok(());
+        }
+        self.fill_raw().await
+    }
+
     /// Reads at least one byte into `dst`; returns how many.
     pub(crate) async fn read_some(&mut self, dst: &mut [u8]) -> Result<usize, WireError> {
         if dst.is_empty() {

@@ -206,7 +206,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Tasks sent again, and copies of overdue tasks, in a job.
+/// Tasks sent again, and copies of tasks (overdue, or at the tail), in a job.
 #[derive(Debug, Clone, Copy)]
 struct Tasks {
     resent: u64,
@@ -232,7 +232,7 @@ fn lost_since(cluster: &skelpi::cluster::Cluster, began: Instant) -> Vec<Lost> {
 }
 
 /// "; 2 agents lost during the job (pi-2 at 10.0.0.2:7871, back in it;
-/// pi-3 at ...), 14 tasks sent again, 2 overdue tasks copied", or nothing.
+/// pi-3 at ...), 14 tasks sent again, 2 tasks copied", or nothing.
 fn lost_line(lost: &[Lost], tasks: Tasks) -> String {
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     let mut resent = match tasks.resent {
@@ -242,7 +242,7 @@ fn lost_line(lost: &[Lost], tasks: Tasks) -> String {
     if tasks.copies > 0 {
         let n = tasks.copies;
         resent.push_str(&format!(
-            ", {n} overdue task{} copied to other agents (the first result kept)",
+            ", {n} task{} copied to other agents (the first result kept)",
             plural(n)
         ));
     }
@@ -518,7 +518,7 @@ mod tests {
         };
         assert_eq!(
             lost_line(&[], copied),
-            "; 2 overdue tasks copied to other agents (the first result kept)"
+            "; 2 tasks copied to other agents (the first result kept)"
         );
         let addr = "10.0.0.2:7871".parse().unwrap();
         let lost = [("pi-2".to_owned(), addr, true)];

@@ -4,7 +4,7 @@
 
 use super::autonomic::metrics::Totals;
 use super::offered;
-use super::schedule::{OVERDUE_FACTOR, OVERDUE_FLOOR, Scheduler, window_per_worker};
+use super::schedule::{OVERDUE_FACTOR, Scheduler, window_per_worker};
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError, Redial};
@@ -40,8 +40,13 @@ pub use skelpi_proto::{MAX_TASKS_PER_WORKER, SMALL_TASK_BYTES};
 /// slice) only move it.
 const LONG_TASK: Duration = Duration::from_millis(10);
 
-/// How often a job looks for overdue tasks to copy.
+/// How often a job looks for tasks to copy (overdue, or at its tail).
 const SPECULATE_EVERY: Duration = Duration::from_millis(10);
+
+/// How long a job that ends with copies still out waits, at least, for
+/// each link to stop between frames (see [`Dispatcher::drain`]): a link
+/// still writing a frame to its agent then is given up.
+const END_GRACE: Duration = Duration::from_secs(1);
 
 /// Frames a link's writer queues before writing them at once: enough to
 /// amortise a write over many small tasks, few enough that the first
@@ -190,6 +195,12 @@ struct Link<'c> {
     /// Small tasks its agent queues per worker beyond
     /// [`CREDITS_PER_WORKER`] (none: an older agent).
     queued_per_worker: usize,
+    /// At the job's end (see [`Dispatcher::drain`]): its writer and its
+    /// reader stopped between frames, and the tasks its writer dropped
+    /// unsent then.
+    writer_parked: Cell<bool>,
+    reader_parked: Cell<bool>,
+    unsent: RefCell<Vec<u64>>,
 }
 
 /// Hands kernel calls to the agents of a cluster for the duration of one
@@ -211,10 +222,16 @@ pub struct Dispatcher<'c> {
     /// Tasks handed to an agent again (theirs was lost, or had lost their
     /// module).
     resent: Cell<u64>,
-    /// Copies of overdue tasks sent (see [`Scheduler::speculate`]).
+    /// Copies of tasks sent (overdue, or at the tail: see
+    /// [`Scheduler::speculate`]).
     copies: Cell<u64>,
     /// Each task's deadline on its agent, milliseconds.
     deadline_ms: Cell<Option<u32>>,
+    /// The job ended with copies still out: the links' loops stop between
+    /// frames (see [`Dispatcher::drain`]). `end` tells them, and tells
+    /// `drain` as each one stops.
+    ending: Cell<bool>,
+    end: event_listener::Event,
 }
 
 impl std::fmt::Debug for Dispatcher<'_> {
@@ -255,7 +272,7 @@ impl<'c> Dispatcher<'c> {
             .iter()
             .map(|c| CREDITS_PER_WORKER * (c.info().cores as usize).max(1))
             .collect();
-        let links = conns
+        let links: Vec<Link<'c>> = conns
             .iter_mut()
             .enumerate()
             .map(|(index, conn)| {
@@ -290,15 +307,22 @@ impl<'c> Dispatcher<'c> {
                     kernels: RefCell::new(kernels),
                     mean_busy: Cell::new(None),
                     queued_per_worker,
+                    writer_parked: Cell::new(false),
+                    reader_parked: Cell::new(false),
+                    unsent: RefCell::new(Vec::new()),
                 }
             })
             .collect();
         let (progress_tx, progress_rx) = async_channel::bounded(1);
+        let mut sched = Scheduler::new(&credits);
+        for link in &links {
+            sched.set_workers(link.index, link.cores);
+        }
         Dispatcher {
             job,
             trace,
             links,
-            sched: RefCell::new(Scheduler::new(&credits)),
+            sched: RefCell::new(sched),
             calls: RefCell::new(HashMap::new()),
             next_call: Cell::new(0),
             progress_tx,
@@ -307,6 +331,8 @@ impl<'c> Dispatcher<'c> {
             resent: Cell::new(0),
             copies: Cell::new(0),
             deadline_ms: Cell::new(None),
+            ending: Cell::new(false),
+            end: event_listener::Event::new(),
         }
     }
 
@@ -617,13 +643,17 @@ impl<'c> Dispatcher<'c> {
         std::future::pending::<()>().await;
     }
 
-    /// Every [`SPECULATE_EVERY`], sends copies of the tasks overdue (see
+    /// Every [`SPECULATE_EVERY`], sends copies of the tasks overdue or that
+    /// an idle agent would end sooner at the job's tail (see
     /// [`Scheduler::speculate`]) to other agents. Never returns.
     async fn speculate(&self) {
         let mut told = false;
         let mut every = async_io::Timer::interval(SPECULATE_EVERY);
         loop {
             futures_lite::StreamExt::next(&mut every).await;
+            if self.ending.get() {
+                continue;
+            }
             let copies = self.sched.borrow_mut().speculate(Instant::now());
             if copies == 0 {
                 continue;
@@ -631,12 +661,12 @@ impl<'c> Dispatcher<'c> {
             let mean = self.sched.borrow().mean_out().unwrap_or_default();
             let job = self.job;
             if std::mem::replace(&mut told, true) {
-                log::debug!("job {job}: {copies} more overdue tasks copied to other agents");
+                log::debug!("job {job}: {copies} more tasks copied to other agents");
             } else {
                 log::info!(
-                    "job {job}: {copies} task(s) out far longer than tasks of their kernel are \
-                     (up to {mean:.1?} on average, queueing included): copies go to other agents, \
-                     the first result counts"
+                    "job {job}: {copies} task(s) copied to other agents, out far longer than \
+                     tasks of their kernel are (up to {mean:.1?} on average, queueing included) \
+                     or, at the job's tail, ending sooner on an idle agent: the first result counts"
                 );
             }
             self.pump();
@@ -756,12 +786,31 @@ impl<'c> Dispatcher<'c> {
             if beats.take_due(Instant::now()) && !link.dead.get() && beating {
                 self.send_beat(link, sender).await;
             }
-            let task = async { Some(link.outbox_rx.recv().await) };
-            let timer = async {
-                alarm.ring_by(beats.next()).await;
-                None
+            if self.ending.get() {
+                return self.park_writer(link).await;
+            }
+            let next = match link.outbox_rx.try_recv() {
+                Ok(first) => Some(Ok(first)),
+                Err(async_channel::TryRecvError::Closed) => break,
+                Err(async_channel::TryRecvError::Empty) => {
+                    // Idle: also woken when the job ends.
+                    let ending = self.end.listen();
+                    if self.ending.get() {
+                        continue;
+                    }
+                    let task = async { Some(link.outbox_rx.recv().await) };
+                    let timer = async {
+                        alarm.ring_by(beats.next()).await;
+                        None
+                    };
+                    let end = async {
+                        ending.await;
+                        None
+                    };
+                    futures_lite::future::or(task, futures_lite::future::or(timer, end)).await
+                }
             };
-            match futures_lite::future::or(task, timer).await {
+            match next {
                 Some(Ok(first)) if !link.dead.get() => {
                     self.send_batch(link, sender, first).await;
                     beats.postpone(Instant::now());
@@ -770,6 +819,20 @@ impl<'c> Dispatcher<'c> {
                 Some(Err(_)) => break,
             }
         }
+    }
+
+    /// The writer's end at the job's end (see [`Dispatcher::drain`]),
+    /// between frames: the frames still queued (copies of tasks another
+    /// copy finished) are dropped unsent. Never returns: the job drops it.
+    async fn park_writer(&self, link: &Link<'c>) {
+        while let Ok(out) = link.outbox_rx.try_recv() {
+            if let Out::Task(task) = out {
+                link.unsent.borrow_mut().push(task.id);
+            }
+        }
+        link.writer_parked.set(true);
+        self.end.notify(usize::MAX);
+        std::future::pending().await
     }
 
     /// Queues `first` and the frames queued behind it (up to
@@ -861,9 +924,36 @@ impl<'c> Dispatcher<'c> {
             return;
         }
         loop {
+            // Between frames: the job may be ending.
+            if self.ending.get() {
+                return self.park_reader(link, receiver).await;
+            }
+            let begun = match futures_lite::future::poll_once(receiver.frame_begun()).await {
+                Some(begun) => begun,
+                None => {
+                    let ending = self.end.listen();
+                    if self.ending.get() {
+                        continue;
+                    }
+                    let begun = async { Some(receiver.frame_begun().await) };
+                    let end = async {
+                        ending.await;
+                        None
+                    };
+                    match futures_lite::future::or(begun, end).await {
+                        Some(begun) => begun,
+                        None => continue,
+                    }
+                }
+            };
             let mut data = Vec::new();
-            let received = match receiver.recv(&mut data).await {
-                Ok(r) => r,
+            let received = match begun {
+                Ok(()) => receiver.recv_frame(&mut data).await,
+                Err(e) => Err(e),
+            };
+            let received = match received {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
                 Err(source) => {
                     self.kill(
                         link,
@@ -968,8 +1058,17 @@ impl<'c> Dispatcher<'c> {
     /// that took a credit count. (Large tasks never take more than
     /// [`CREDITS_PER_WORKER`] per worker: see [`Scheduler::submit_sized`].)
     fn observe(&self, link: &Link<'c>, key: u64, busy: Option<Duration>) {
-        if self.calls.borrow().get(&key).is_none_or(|c| c.pinned) {
+        let Some(class) = self
+            .calls
+            .borrow()
+            .get(&key)
+            .filter(|c| !c.pinned)
+            .map(|c| c.class)
+        else {
             return;
+        };
+        if let Some(b) = busy {
+            self.sched.borrow_mut().ran(link.index, class, b);
         }
         let long = LONG_TASK.as_secs_f64();
         let mean = busy.map(|b| {
@@ -1087,59 +1186,90 @@ impl<'c> Dispatcher<'c> {
         let _ = self.progress_tx.try_send(());
     }
 
-    /// Waits until no task is in flight on a live agent, so that a job that
-    /// ends early (an error) leaves every connection between frames. Run it
-    /// with the job's [`Dispatcher::run_io`] future still alive. When only
-    /// copies whose tasks another copy finished are left (on a stalled
-    /// board, they may never answer), it waits for them
-    /// [`OVERDUE_FACTOR`] mean task times (and [`OVERDUE_FLOOR`]) at a
-    /// time: then the agents among them that also missed a heartbeat
-    /// (stalled) are given up, their connections made anew for the next
-    /// job; those that beat (slow) are waited for.
+    /// Waits until no task of the job is out, with the job's
+    /// [`Dispatcher::run_io`] future still alive. When only copies whose
+    /// tasks another copy finished are left (on a slow agent, or a stalled
+    /// one that may never answer), it does not wait for them: each link's
+    /// writer stops between frames, dropping what it had not sent, and its
+    /// reader then stops between frames too, leaving the results still to
+    /// come to the connection, which skips them whenever they come (see
+    /// [`Receiver::leave_results`]). A link that does not stop within
+    /// [`END_GRACE`] (or [`OVERDUE_FACTOR`] mean task times, if longer) —
+    /// still writing a frame to an agent that does not read — is given up,
+    /// its connection made anew for the next job.
     pub async fn drain(&self) {
         while self.sched.borrow().out() > 0 {
-            if !self.sched.borrow().only_stale_out() {
-                let _ = self.progress_rx.recv().await;
-                continue;
+            if self.sched.borrow().only_stale_out() {
+                return self.end_io().await;
             }
-            let mean = self.sched.borrow().mean_out().unwrap_or_default();
-            let grace = mean.mul_f64(OVERDUE_FACTOR).max(OVERDUE_FLOOR);
-            let moved =
-                futures_lite::future::or(async { self.progress_rx.recv().await.is_ok() }, async {
-                    async_io::Timer::after(grace).await;
-                    false
-                })
-                .await;
-            if !moved {
-                self.abandon_silent(&format!(
-                    "it answered neither tasks that copies elsewhere finished nor \
-                     heartbeats within {grace:.1?} after the job"
-                ));
-            }
+            let _ = self.progress_rx.recv().await;
         }
     }
-}
 
-impl Dispatcher<'_> {
-    /// Marks dead every live agent that still has tasks in flight and has
-    /// missed a heartbeat (an agent that beats is waited for, within the
-    /// job's drain timeout: it is slow, not stalled).
-    fn abandon_silent(&self, why: &str) {
+    /// Stops every live link's loops between frames (see
+    /// [`Dispatcher::drain`]).
+    async fn end_io(&self) {
+        self.ending.set(true);
+        self.end.notify(usize::MAX);
+        let stopped = async {
+            loop {
+                let listener = self.end.listen();
+                if self
+                    .links
+                    .iter()
+                    .all(|l| l.dead.get() || l.reader_parked.get())
+                {
+                    return true;
+                }
+                listener.await;
+            }
+        };
+        let mean = self.sched.borrow().mean_out().unwrap_or_default();
+        let grace = mean.mul_f64(OVERDUE_FACTOR).max(END_GRACE);
+        let late = async {
+            async_io::Timer::after(grace).await;
+            false
+        };
+        if futures_lite::future::or(stopped, late).await {
+            return;
+        }
         for link in &self.links {
-            let busy = self.sched.borrow().out_on(link.index) > 0;
-            let silent = link.liveness.borrow().silent_for() > link.heartbeat;
-            if !link.dead.get() && busy && silent && !link.heartbeat.is_zero() {
+            if !link.dead.get() && !link.reader_parked.get() {
                 self.kill(
                     link,
                     ClientError::GivenUp {
                         addr: link.addr,
-                        what: format!("was given up: {why}"),
+                        what: format!(
+                            "was given up: it did not take the job's last frames within {grace:.1?}"
+                        ),
                     },
                 );
             }
         }
     }
 
+    /// The reader's end at the job's end (see [`Dispatcher::drain`]),
+    /// between frames: once the writer has stopped, the results of the
+    /// tasks still out on the link that were sent are left to `receiver`.
+    /// Never returns: the job drops it.
+    async fn park_reader(&self, link: &Link<'c>, receiver: &mut Receiver) {
+        loop {
+            let listener = self.end.listen();
+            if link.writer_parked.get() || link.dead.get() {
+                break;
+            }
+            listener.await;
+        }
+        let unsent = link.unsent.take();
+        let out = self.sched.borrow().attempts_on(link.index);
+        receiver.leave_results(out.into_iter().filter(|id| !unsent.contains(id)));
+        link.reader_parked.set(true);
+        self.end.notify(usize::MAX);
+        std::future::pending().await
+    }
+}
+
+impl Dispatcher<'_> {
     /// Marks every live agent that still has tasks in flight dead (the job
     /// gave up waiting for them).
     pub fn abandon_busy(&self, why: &str) {

@@ -19,6 +19,14 @@
 //! times, not the seconds until it is declared down. The first result
 //! counts; the other copy's is dropped like a late one. Copies are bounded
 //! by [`SPECULATION_SHARE`] of the pool's credits.
+//!
+//! At a job's tail — no task waits and an agent has a free credit — a task
+//! that would end sooner on that idle agent than where it is gets a copy
+//! there ([`Scheduler::speculate`], as LATE's "longest approximate time to
+//! end" in Hadoop): a slow board's last chunks then end on a fast one,
+//! instead of holding the job until the slow board is done. Each agent's
+//! kernel time per kind of task ([`Scheduler::ran`]) says where a task
+//! would end, queueing behind the agent's other tasks included.
 
 use skelpi_proto::{MAX_TASKS_PER_WORKER, TASKS_PER_WORKER};
 use std::collections::{HashMap, VecDeque};
@@ -58,6 +66,11 @@ pub const OVERDUE_FACTOR: f64 = 4.0;
 /// ...and at least this long: tasks of microseconds are not copied for a
 /// scheduling hiccup.
 pub const OVERDUE_FLOOR: Duration = Duration::from_millis(20);
+
+/// A tail copy goes to an idle agent only if it would end sooner there by
+/// this share of its kernel time there (and [`OVERDUE_FLOOR`]): estimates
+/// are means, and a copy costs the other agent its run.
+pub const TAIL_GAIN: f64 = 0.5;
 
 /// Credits per worker of an agent that queues `queued` small tasks per
 /// worker beyond [`TASKS_PER_WORKER`], for kernels that run `mean` on
@@ -126,6 +139,8 @@ struct Attempt {
     /// Another attempt of its task answered first: its result will be
     /// dropped.
     stale: bool,
+    /// Its task's class.
+    class: u32,
 }
 
 /// The dispatcher's state: agents, credits, tasks waiting and tasks out.
@@ -153,6 +168,14 @@ pub struct Scheduler {
     /// The moving mean of how long a task of each class is out, seconds
     /// (none before the first result of that class).
     mean_out: HashMap<u32, f64>,
+    /// Worker threads of each agent: how many of its tasks run at once.
+    workers: Vec<usize>,
+    /// The moving mean of each agent's kernel time for tasks of each
+    /// class, seconds (see [`Scheduler::ran`]).
+    busy: HashMap<(usize, u32), f64>,
+    /// Tail copies waiting in `backups` for the idle agent they were asked
+    /// for.
+    target: HashMap<u64, usize>,
 }
 
 impl Scheduler {
@@ -182,7 +205,26 @@ impl Scheduler {
             backups: VecDeque::new(),
             copies_out: 0,
             mean_out: HashMap::new(),
+            workers: vec![1; credits.len()],
+            busy: HashMap::new(),
+            target: HashMap::new(),
         }
+    }
+
+    /// Sets how many tasks `agent` runs at once (one until told).
+    pub fn set_workers(&mut self, agent: usize, workers: usize) {
+        if let Some(w) = self.workers.get_mut(agent) {
+            *w = workers.max(1);
+        }
+    }
+
+    /// A task of class `class` ran `busy` in its kernel on `agent` (as the
+    /// agent measured it, queueing not included): the agent's speed at
+    /// that kind of task, which places tail copies.
+    pub fn ran(&mut self, agent: usize, class: u32, busy: Duration) {
+        let b = busy.as_secs_f64();
+        let mean = self.busy.entry((agent, class)).or_insert(b);
+        *mean += (b - *mean) / 8.0;
     }
 
     /// Takes task `task` (a key new to this scheduler), to run on `home`
@@ -250,8 +292,10 @@ impl Scheduler {
                 }
             },
         };
+        let mut class = 0;
         if let Some(t) = self.tasks.get_mut(&task) {
             t.out += 1;
+            class = t.class;
         }
         self.copies_out += usize::from(copy);
         let id = attempt();
@@ -264,6 +308,7 @@ impl Scheduler {
                 sent: now,
                 copy,
                 stale: false,
+                class,
             },
         );
         debug_assert!(old.is_none(), "attempt id {id} reused");
@@ -287,13 +332,21 @@ impl Scheduler {
                 .find(|a| a.task == task)
                 .map(|a| a.agent);
             let large = self.tasks.get(&task).is_some_and(|t| t.large);
-            let ok = |a: usize| Some(a) != running && (!large || self.held[a] < self.base[a]);
+            // A tail copy waits for the agent it was asked for, while that
+            // agent lives.
+            let target = self.target.get(&task).copied().filter(|&b| self.live[b]);
+            let ok = |a: usize| {
+                Some(a) != running
+                    && target.is_none_or(|b| a == b)
+                    && (!large || self.held[a] < self.base[a])
+            };
             let Some(at) = self.least_loaded_credit(ok) else {
                 continue;
             };
             let agent = self.free.remove(at)?;
             self.held[agent] += 1;
             self.backups.remove(i);
+            self.target.remove(&task);
             if let Some(t) = self.tasks.get_mut(&task) {
                 t.copy_waiting = false;
             }
@@ -302,15 +355,40 @@ impl Scheduler {
         None
     }
 
-    /// Marks the tasks overdue at `now` for a copy on another agent: out
-    /// alone longer than [`OVERDUE_FACTOR`] times the mean time tasks of
-    /// their class are out (and [`OVERDUE_FLOOR`]), oldest first, while copies out or
+    /// Marks tasks for a copy on another agent (send them with
+    /// [`Scheduler::next_send`]); returns how many were marked. Tasks placed
+    /// at home are never copied, a task at most once, and copies out or
     /// waiting stay within [`SPECULATION_SHARE`] of the live credits (or
-    /// one agent's credits).
-    /// Tasks placed at home are not copied. Returns how many were marked
-    /// (send them with [`Scheduler::next_send`]).
+    /// one agent's credits). Marked, oldest first:
+    /// - tasks overdue at `now`: out alone longer than [`OVERDUE_FACTOR`]
+    ///   times the mean time tasks of their class are out (and
+    ///   [`OVERDUE_FLOOR`]): a stalled agent's;
+    /// - at the tail (no task waits), for each agent with a free credit,
+    ///   the task that would end latest where it is, if it would end
+    ///   sooner on that agent by [`TAIL_GAIN`] of its time there (and
+    ///   [`OVERDUE_FLOOR`]): a slow agent's.
     pub fn speculate(&mut self, now: Instant) -> usize {
-        if self.mean_out.is_empty() || self.live.iter().filter(|&&l| l).count() < 2 {
+        if self.live.iter().filter(|&&l| l).count() < 2 {
+            return 0;
+        }
+        let room = self.copy_room();
+        let overdue = self.mark_overdue(now, room);
+        overdue + self.mark_tail(now, room - overdue)
+    }
+
+    /// How many more copies may be out or waiting (see
+    /// [`Scheduler::speculate`]).
+    fn copy_room(&self) -> usize {
+        let live = || (0..self.live.len()).filter(|&a| self.live[a]);
+        let credits: usize = live().map(|a| self.credits[a]).sum();
+        let one_board = live().map(|a| self.credits[a]).max().unwrap_or(1);
+        let cap = ((credits as f64 * SPECULATION_SHARE) as usize).max(one_board);
+        cap.saturating_sub(self.copies_out + self.backups.len())
+    }
+
+    /// Marks up to `room` tasks overdue at `now` for a copy, oldest first.
+    fn mark_overdue(&mut self, now: Instant, room: usize) -> usize {
+        if room == 0 || self.mean_out.is_empty() {
             return 0;
         }
         let means = &self.mean_out;
@@ -318,40 +396,220 @@ impl Scheduler {
             let mean = means.get(&class)?;
             Some(Duration::from_secs_f64(mean * OVERDUE_FACTOR).max(OVERDUE_FLOOR))
         };
-        let live = || (0..self.live.len()).filter(|&a| self.live[a]);
-        let credits: usize = live().map(|a| self.credits[a]).sum();
-        let one_board = live().map(|a| self.credits[a]).max().unwrap_or(1);
-        let cap = ((credits as f64 * SPECULATION_SHARE) as usize).max(one_board);
-        let room = cap.saturating_sub(self.copies_out + self.backups.len());
-        if room == 0 {
-            return 0;
-        }
-        let tasks = &self.tasks;
         let mut late: Vec<(Instant, u64)> = self
             .attempts
             .values()
-            .filter(|a| a.credit)
-            .filter(|a| {
-                tasks.get(&a.task).is_some_and(|t| {
-                    t.out == 1
-                        && !t.copied
-                        && t.home.is_none()
-                        && overdue(t.class)
-                            .is_some_and(|o| now.saturating_duration_since(a.sent) > o)
-                })
-            })
+            .filter(|a| a.credit && self.copyable(a))
+            .filter(|a| overdue(a.class).is_some_and(|o| now.saturating_duration_since(a.sent) > o))
             .map(|a| (a.sent, a.task))
             .collect();
         late.sort_unstable();
         late.truncate(room);
         for &(_, task) in &late {
-            if let Some(t) = self.tasks.get_mut(&task) {
-                t.copy_waiting = true;
-                t.copied = true;
-            }
-            self.backups.push_back(task);
+            self.mark_copy(task, None);
         }
         late.len()
+    }
+
+    /// Whether `a`'s task may get a copy: it is out once (this attempt),
+    /// was never copied, and has no home.
+    fn copyable(&self, a: &Attempt) -> bool {
+        !a.stale
+            && self
+                .tasks
+                .get(&a.task)
+                .is_some_and(|t| t.out == 1 && !t.copied && t.home.is_none())
+    }
+
+    /// Marks `task` for a copy, on agent `target` if given.
+    fn mark_copy(&mut self, task: u64, target: Option<usize>) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.copy_waiting = true;
+            t.copied = true;
+        }
+        self.backups.push_back(task);
+        if let Some(b) = target {
+            self.target.insert(task, b);
+        }
+    }
+
+    /// At the tail (no task waits), marks up to `room` tasks for a copy on
+    /// an idle agent where they would end sooner (see
+    /// [`Scheduler::speculate`]).
+    fn mark_tail(&mut self, now: Instant, room: usize) -> usize {
+        if room == 0 || !self.queue.is_empty() || !self.homed.is_empty() {
+            return 0;
+        }
+        // Agents with a free credit, and how many, less the tail copies
+        // waiting for them.
+        let mut idle: HashMap<usize, usize> = HashMap::new();
+        for &a in &self.free {
+            *idle.entry(a).or_default() += 1;
+        }
+        for b in self.target.values() {
+            if let Some(n) = idle.get_mut(b) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        idle.retain(|_, n| *n > 0);
+        if idle.is_empty() {
+            return 0;
+        }
+        let (mut ends, mut free_at) = self.estimated_ends(now);
+        // The latest end first, each to the idle agent where it would end
+        // first.
+        ends.sort_unstable_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+        let mut marked = 0;
+        for (end, task, agent, class) in ends {
+            let large = self.tasks.get(&task).is_some_and(|t| t.large);
+            let best = idle
+                .keys()
+                .filter(|&&b| b != agent && (!large || self.held[b] < self.base[b]))
+                .filter_map(|&b| Some((self.copy_end(b, class, now, free_at.get(&b)?)?, b)))
+                .min();
+            let Some(((copy_end, there), b)) = best else {
+                continue;
+            };
+            let gain = end.saturating_duration_since(copy_end);
+            if gain <= there.mul_f64(TAIL_GAIN).max(OVERDUE_FLOOR) {
+                continue;
+            }
+            self.mark_copy(task, Some(b));
+            marked += 1;
+            if let Some(workers) = free_at.get_mut(&b) {
+                Self::occupy(workers, self.workers[b], copy_end);
+            }
+            if let Some(n) = idle.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    idle.remove(&b);
+                }
+            }
+            if marked == room || idle.is_empty() {
+                break;
+            }
+        }
+        marked
+    }
+
+    /// When a copy of a task of `class` would end on agent `b`, whose busy
+    /// workers are free at `workers`, and its kernel time there: `None`
+    /// if `b`'s speed at it cannot be told.
+    fn copy_end(
+        &self,
+        b: usize,
+        class: u32,
+        now: Instant,
+        workers: &[Instant],
+    ) -> Option<(Instant, Duration)> {
+        let start = if workers.len() < self.workers[b] {
+            now
+        } else {
+            workers.iter().copied().min()?.max(now)
+        };
+        // Of unknown speed, it is taken as slow as its oldest task says.
+        let running_for = self
+            .attempts
+            .values()
+            .filter(|a| a.agent == b)
+            .map(|a| now.saturating_duration_since(a.sent))
+            .max()
+            .unwrap_or_default();
+        let there = self.service(b, class, running_for)?;
+        Some((start + there, there))
+    }
+
+    /// Takes the worker of `workers` (free times of a `count`-worker
+    /// agent's busy workers) that is free first, until `end`.
+    fn occupy(workers: &mut Vec<Instant>, count: usize, end: Instant) {
+        if workers.len() >= count
+            && let Some(first) = workers.iter().enumerate().min_by_key(|&(_, t)| *t)
+        {
+            let at = first.0;
+            workers.swap_remove(at);
+        }
+        workers.push(end);
+    }
+
+    /// When each task out on a credit that may be copied would end where
+    /// it is, as `(end, task, agent, class)`, and when each worker of each
+    /// live agent is free again (agents of unknown speed left out): each
+    /// agent runs its tasks in the order sent, as many at once as it has
+    /// workers, each for its kernel time there (see
+    /// [`Scheduler::service`]); a task past its estimate ends now.
+    #[allow(clippy::type_complexity)]
+    fn estimated_ends(
+        &self,
+        now: Instant,
+    ) -> (
+        Vec<(Instant, u64, usize, u32)>,
+        HashMap<usize, Vec<Instant>>,
+    ) {
+        let mut by_agent: HashMap<usize, Vec<(u64, &Attempt)>> = (0..self.live.len())
+            .filter(|&a| self.live[a])
+            .map(|a| (a, Vec::new()))
+            .collect();
+        for (&id, a) in &self.attempts {
+            if let Some(out) = by_agent.get_mut(&a.agent) {
+                out.push((id, a));
+            }
+        }
+        let mut ends = Vec::new();
+        let mut free = HashMap::new();
+        'agents: for (agent, mut out) in by_agent {
+            out.sort_unstable_by_key(|&(id, a)| (a.sent, id));
+            let running_for = out.first().map_or(Duration::ZERO, |(_, a)| {
+                now.saturating_duration_since(a.sent)
+            });
+            let workers = self.workers[agent];
+            // When each busy worker is free again.
+            let mut free_at: Vec<Instant> = Vec::with_capacity(workers);
+            for (_, a) in out {
+                let Some(took) = self.service(agent, a.class, running_for) else {
+                    continue 'agents;
+                };
+                let start = if free_at.len() < workers {
+                    a.sent
+                } else {
+                    let (at, &first) = free_at
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|&(_, t)| *t)
+                        .expect("workers >= 1");
+                    free_at.swap_remove(at);
+                    first.max(a.sent)
+                };
+                let end = (start + took).max(now);
+                free_at.push(end);
+                if a.credit && self.copyable(a) {
+                    ends.push((end, a.task, agent, a.class));
+                }
+            }
+            free.insert(agent, free_at);
+        }
+        (ends, free)
+    }
+
+    /// The kernel time of a task of `class` on `agent`: its own mean if
+    /// known; else the mean of the agents that ran that class, or twice
+    /// `running_for` (how long its oldest task has been out: assumed half
+    /// done) if longer; `None` if no agent ran that class yet.
+    fn service(&self, agent: usize, class: u32, running_for: Duration) -> Option<Duration> {
+        if let Some(&b) = self.busy.get(&(agent, class)) {
+            return Some(Duration::from_secs_f64(b));
+        }
+        let (sum, n) = self
+            .busy
+            .iter()
+            .filter(|((_, c), _)| *c == class)
+            .fold((0.0, 0u32), |(s, n), (_, &b)| (s + b, n + 1));
+        let pool = (n > 0).then(|| Duration::from_secs_f64(sum / f64::from(n)));
+        let guess = running_for * 2;
+        match pool {
+            Some(p) => Some(p.max(guess)),
+            None if !guess.is_zero() => Some(guess),
+            None => None,
+        }
     }
 
     /// How long tasks of the slowest class are out on average (`None`
@@ -367,6 +625,7 @@ impl Scheduler {
             && std::mem::take(&mut t.copy_waiting)
         {
             self.backups.retain(|&b| b != task);
+            self.target.remove(&task);
         }
     }
 
@@ -471,6 +730,7 @@ impl Scheduler {
             }
             if std::mem::take(&mut t.copy_waiting) {
                 self.backups.retain(|&b| b != a.task);
+                self.target.remove(&a.task);
             }
             if t.lost.len() > MAX_REDISPATCH {
                 let lost = std::mem::take(&mut t.lost);
@@ -642,6 +902,12 @@ impl Scheduler {
                 "seed {seed}: task {t} waits for a copy wrongly"
             );
         }
+        for t in self.target.keys() {
+            assert!(
+                self.backups.contains(t),
+                "seed {seed}: task {t} has a target but waits for no copy"
+            );
+        }
     }
 
     /// Test view: whether the task first in line is large.
@@ -670,6 +936,12 @@ impl Scheduler {
     /// Attempts out on `agent`.
     pub fn out_on(&self, agent: usize) -> usize {
         self.attempts.values().filter(|a| a.agent == agent).count()
+    }
+
+    /// The ids of the attempts out on `agent`.
+    pub fn attempts_on(&self, agent: usize) -> Vec<u64> {
+        let on = self.attempts.iter().filter(|(_, a)| a.agent == agent);
+        on.map(|(&id, _)| id).collect()
     }
 
     /// Attempts out, all agents together (on live agents only: a lost
@@ -1026,6 +1298,12 @@ mod tests {
         let tasks = rng.random_range(1..=80u64);
         let faults = rng.random_range(0..=agents);
         let mut s = Scheduler::new(&credits);
+        // Agents of unlike speeds (kernel times they report), some with
+        // two workers: tail copies go to the faster ones.
+        let speeds: Vec<u64> = (0..agents).map(|_| rng.random_range(1..=40)).collect();
+        for a in 0..agents {
+            s.set_workers(a, rng.random_range(1..=2));
+        }
         let mut next_id = 0u64;
         // What each agent holds (attempt, task); agents down but running
         // (stopped) keep theirs and answer late.
@@ -1057,6 +1335,7 @@ mod tests {
             now += Duration::from_millis(rng.random_range(0..=3));
             if rng.random_bool(0.1) {
                 *tally.entry("copies").or_default() += s.speculate(now);
+                *tally.entry("tail copies waiting").or_default() += s.target.len();
             }
             s.check_copies(seed);
             // Send whatever can go.
@@ -1227,6 +1506,9 @@ mod tests {
                     } else {
                         s.on_result(now, a, attempt)
                     };
+                    if answered.is_some() && f == 'd' {
+                        s.ran(a, 0, Duration::from_millis(speeds[a]));
+                    }
                     match answered {
                         Some(task) => {
                             assert!(!declared[a], "seed {seed}: a late result was taken");
@@ -1270,6 +1552,102 @@ mod tests {
         }
     }
 
+    /// When the last of `chunks` equal tasks (`work` ms each at speed 1)
+    /// has a result, in ms, run through a scheduler on agents of `speeds`
+    /// (one worker and two credits each; each runs its tasks in the order
+    /// sent, copies that lost included), on a clock of 1 ms steps that
+    /// looks for copies every 10 ms as the dispatcher does; and the
+    /// copies sent.
+    fn makespan(speeds: &[f64], chunks: u64, work: f64) -> (u64, u64) {
+        let mut s = Scheduler::new(&vec![2; speeds.len()]);
+        for t in 0..chunks {
+            s.submit(t, None).unwrap();
+        }
+        // Each agent's queue: (attempt, task, ms left).
+        let mut queues: Vec<VecDeque<(u64, u64, f64)>> = vec![VecDeque::new(); speeds.len()];
+        let (mut ids, mut done, mut copies) = (0u64, 0u64, 0u64);
+        for ms in 0..1_000_000u64 {
+            let now = t0() + Duration::from_millis(ms);
+            if ms % 10 == 0 {
+                s.speculate(now);
+            }
+            while let Some(d) = s.next_send(now, || {
+                ids += 1;
+                ids
+            }) {
+                copies += u64::from(d.copy);
+                queues[d.agent].push_back((d.attempt, d.task, work / speeds[d.agent]));
+            }
+            for (a, q) in queues.iter_mut().enumerate() {
+                let Some(head) = q.front_mut() else { continue };
+                head.2 -= 1.0;
+                if head.2 > 0.0 {
+                    continue;
+                }
+                let (attempt, ..) = q.pop_front().unwrap();
+                if s.on_result(now, a, attempt).is_some() {
+                    s.ran(a, 0, Duration::from_secs_f64(work / speeds[a] / 1000.0));
+                    done += 1;
+                    if done == chunks {
+                        return (ms, copies);
+                    }
+                }
+            }
+        }
+        panic!("{chunks} tasks on {speeds:?} did not end");
+    }
+
+    /// The best makespan for `chunks` equal tasks on agents of `speeds`:
+    /// each task where it would end first (optimal for equal tasks).
+    fn best_makespan(speeds: &[f64], chunks: u64, work: f64) -> f64 {
+        let mut load = vec![0u64; speeds.len()];
+        for _ in 0..chunks {
+            let end = |a: usize| (load[a] + 1) as f64 * work / speeds[a];
+            let a = (0..speeds.len())
+                .min_by(|&x, &y| end(x).total_cmp(&end(y)))
+                .unwrap();
+            load[a] += 1;
+        }
+        (0..speeds.len())
+            .map(|a| load[a] as f64 * work / speeds[a])
+            .fold(0.0, f64::max)
+    }
+
+    /// Equal tasks on pools of unlike agents (2 to 6, one of speed 1, the
+    /// others 0.1 to 1), 1 to 40 tasks: against the best makespan, the
+    /// median pool ends within 5% and nine in ten within 35%, where
+    /// without tail copies the median took 26% longer and one in ten 87%.
+    #[test]
+    fn a_slow_agents_last_tasks_end_on_faster_agents_in_200_seeded_pools() {
+        use rand::{Rng, SeedableRng};
+        let mut ratios = Vec::new();
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let agents = rng.random_range(2..=6);
+            let mut speeds: Vec<f64> = (0..agents).map(|_| rng.random_range(0.1..=1.0)).collect();
+            speeds[0] = 1.0;
+            let chunks = rng.random_range(1..=40u64);
+            let work = 100.0;
+            let (took, copies) = makespan(&speeds, chunks, work);
+            let best = best_makespan(&speeds, chunks, work);
+            ratios.push(took as f64 / best);
+            // Copies stay within one agent's credits at a time, and a task
+            // is copied once at most.
+            assert!(
+                copies <= chunks,
+                "seed {seed}: {copies} copies of {chunks} tasks"
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        let (median, p90) = (ratios[100], ratios[180]);
+        eprintln!(
+            "makespan / best: median {median:.3}, p90 {p90:.3}, worst {:.3}",
+            ratios[199]
+        );
+        assert!(median <= 1.05, "median makespan / best {median:.3}");
+        assert!(p90 <= 1.35, "p90 makespan / best {p90:.3}");
+    }
+
     #[test]
     fn every_task_ends_exactly_once_under_600_seeded_fault_schedules() {
         let replay: Option<u64> = std::env::var("SKELPI_SCHEDULE_SEED")
@@ -1292,6 +1670,7 @@ mod tests {
                 "rejoined",
                 "credits changed",
                 "copies",
+                "tail copies waiting",
             ] {
                 assert!(
                     tally.get(what).copied().unwrap_or(0) >= 10,
