@@ -491,6 +491,36 @@ impl AgentConn {
         self.broken.is_some()
     }
 
+    /// Between jobs: reads what has come on this connection since the last
+    /// job without waiting for more — heartbeats, and late results a job
+    /// left ([`AgentConn::results_left`]), which are skipped — and marks it
+    /// broken if the agent closed it (an agent finishing copies that lost
+    /// takes a master that no longer beats for gone, and frees their work)
+    /// or sent anything else. [`crate::cluster::Cluster::rejoin`] then
+    /// connects it again before the next job.
+    pub async fn settle(&mut self) {
+        let limit = self.request_timeout;
+        let _ = self
+            .guarded(limit, async |c: &mut Self| {
+                let addr = c.addr;
+                loop {
+                    match futures_lite::future::poll_once(c.receiver.frame_begun()).await {
+                        None => return Ok(()),
+                        Some(Err(source)) => return Err(ClientError::Wire { addr, source }),
+                        Some(Ok(())) => {}
+                    }
+                    let got = c.receiver.recv_frame(&mut c.scratch).await;
+                    match got.map_err(|source| ClientError::Wire { addr, source })? {
+                        None => continue,
+                        Some(other) => {
+                            return Err(unexpected(addr, other.msg, "between jobs"));
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+
     /// Results of tasks that a job left on this connection when it ended
     /// (copies of tasks another copy finished first) and that have not
     /// come yet: they are skipped when they come.

@@ -709,6 +709,9 @@ impl Cluster {
     /// from a pause — rejoins the pool in its place and gets new work.
     /// Jobs do this first.
     pub async fn rejoin(&mut self) {
+        for conn in self.agents.iter_mut().filter(|c| !c.is_broken()) {
+            conn.settle().await;
+        }
         for conn in self.agents.iter_mut().filter(|c| c.is_broken()) {
             let addr = conn.addr();
             if self

@@ -64,8 +64,8 @@ pub struct JobStatus {
     /// Tasks handed to an agent again: theirs was lost, or had lost their
     /// module (routed and managed jobs).
     pub resent: u64,
-    /// Copies sent of tasks overdue on their agent (the first result
-    /// counts).
+    /// Copies sent of tasks overdue on their agent, or ending sooner on
+    /// an idle one at the tail (the first result counts).
     pub copies: u64,
     /// Its stages (a routed job: one per kernel it calls, and whether it
     /// runs as a placed `seq` stage or on any agent).

@@ -360,7 +360,14 @@ impl Receiver {
             return Ok(None);
         }
         if !self.unclaimed.is_empty() && self.is_unclaimed(&head.msg) {
-            self.r.skip(len - self.head.len()).await?;
+            // A long frame keeps its sender alive while its bytes arrive.
+            let mut rest = len - self.head.len();
+            while rest > 0 {
+                let chunk = rest.min(ALIVE_EVERY);
+                self.r.skip(chunk).await?;
+                self.liveness.heard(Instant::now());
+                rest -= chunk;
+            }
             return Ok(None);
         }
         Ok(Some((len, started, head)))

@@ -398,6 +398,54 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An agent stalled past the end of a job (its copies that lost still
+/// queued there) resumes after the master has been silent for more than
+/// four heartbeats: it takes the master for gone and closes the
+/// connection, freeing that work. The next job finds that out before it
+/// starts and connects again, so it runs on all three agents and loses
+/// none.
+#[test]
+fn an_agent_that_closed_between_jobs_is_connected_again_before_the_next_job() {
+    let (agents, mut cluster, dir) = agents("closed", 3);
+    let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
+    let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
+    let pid = agents[1].child.id().to_string();
+    let mut got = Vec::new();
+    let result = bounded(cluster.run_each(&tree, inputs.clone(), |index, a| {
+        got.push((index, a));
+        if got.len() == 150 {
+            signal("-STOP", &pid);
+        }
+    }));
+    result.unwrap();
+    assert_once_in_order(got, &inputs);
+    assert!(
+        cluster.agents()[1].results_left() > 0,
+        "copies were left out"
+    );
+    // The scenario is time passing: the master silent past 4 beats of
+    // 500 ms while the agent is stopped.
+    std::thread::sleep(Duration::from_millis(2500));
+    signal("-CONT", &pid);
+    wait_for(&agents[1], "taken for gone", Duration::from_secs(10));
+    let again: Vec<Array> = (0..60).map(|i| Array::list(vec![i as f64])).collect();
+    let mut next = Vec::new();
+    bounded(cluster.run_each(&tree, again.clone(), |index, a| next.push((index, a)))).unwrap();
+    assert_once_in_order(next, &again);
+    assert!(
+        cluster.agents().iter().all(|a| a.losses().is_empty()),
+        "no agent lost in a job: {:?}",
+        cluster
+            .agents()
+            .iter()
+            .map(|a| a.losses())
+            .collect::<Vec<_>>()
+    );
+    smol::block_on(cluster.close());
+    drop(agents);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A stalled agent (SIGSTOP) in an ordered farm: its overdue tasks are
 /// copied to the other agents, so the job ends with every result once and
 /// in order before its silence (8 s here) could have it declared down.

@@ -4,7 +4,7 @@
 
 use super::autonomic::metrics::Totals;
 use super::offered;
-use super::schedule::{OVERDUE_FACTOR, Scheduler, window_per_worker};
+use super::schedule::{Scheduler, window_per_worker};
 use super::stall::PartCounts;
 use super::{JobError, TaskError};
 use crate::client::{AgentConn, ClientError, Redial};
@@ -43,10 +43,11 @@ const LONG_TASK: Duration = Duration::from_millis(10);
 /// How often a job looks for tasks to copy (overdue, or at its tail).
 const SPECULATE_EVERY: Duration = Duration::from_millis(10);
 
-/// How long a job that ends with copies still out waits, at least, for
-/// each link to stop between frames (see [`Dispatcher::drain`]): a link
-/// still writing a frame to its agent then is given up.
-const END_GRACE: Duration = Duration::from_secs(1);
+/// How long a job that ends with copies still out waits for each link to
+/// stop between frames (see [`Dispatcher::drain`]): a link still writing
+/// or reading a frame then is given up. A 16 MiB frame takes 1.4 s at
+/// 100 Mb/s; below the default silence before an agent is declared down.
+const END_GRACE: Duration = Duration::from_secs(2);
 
 /// Frames a link's writer queues before writing them at once: enough to
 /// amortise a write over many small tasks, few enough that the first
@@ -595,7 +596,7 @@ impl<'c> Dispatcher<'c> {
         }
     }
 
-    /// Copies of overdue tasks sent so far (not counted in
+    /// Copies of tasks sent so far (overdue, or at the tail) (not counted in
     /// [`Dispatcher::resent`]).
     pub fn copies(&self) -> u64 {
         self.copies.get()
@@ -706,6 +707,10 @@ impl<'c> Dispatcher<'c> {
             *link.kernels.borrow_mut() = conn.info().kernels.clone();
             *link.again.borrow_mut() = Some(conn);
             *link.why_dead.borrow_mut() = None;
+            // Parked at the job's end, if it was, on the old connection.
+            link.writer_parked.set(false);
+            link.reader_parked.set(false);
+            link.unsent.borrow_mut().clear();
             link.dead.set(false);
             self.sched.borrow_mut().on_up(link.index);
             log::warn!(
@@ -753,7 +758,8 @@ impl<'c> Dispatcher<'c> {
     async fn watch(&self, link: &Link<'c>) {
         let liveness = link.liveness.borrow().clone();
         liveness.silent_past(link.heartbeat).await;
-        if !link.dead.get() {
+        // A reader stopped at the job's end no longer hears the agent.
+        if !link.dead.get() && !link.reader_parked.get() {
             let what = format!(
                 "fell silent for {:.1?} (a heartbeat was due every {:?}): declared down",
                 liveness.silent_for(),
@@ -1155,6 +1161,8 @@ impl<'c> Dispatcher<'c> {
         link.deaths.borrow_mut().push(death.clone());
         *link.why_dead.borrow_mut() = Some(death);
         link.died.notify(usize::MAX);
+        // A job that is ending counts it as stopped.
+        self.end.notify(usize::MAX);
         let down = self.sched.borrow_mut().on_down(link.index);
         for key in down.again {
             if let Some(call) = self.calls.borrow().get(&key) {
@@ -1194,9 +1202,9 @@ impl<'c> Dispatcher<'c> {
     /// reader then stops between frames too, leaving the results still to
     /// come to the connection, which skips them whenever they come (see
     /// [`Receiver::leave_results`]). A link that does not stop within
-    /// [`END_GRACE`] (or [`OVERDUE_FACTOR`] mean task times, if longer) —
-    /// still writing a frame to an agent that does not read — is given up,
-    /// its connection made anew for the next job.
+    /// [`END_GRACE`] — still writing a frame to an agent that does not
+    /// read, or reading a long one — is given up, its connection made anew
+    /// for the next job.
     pub async fn drain(&self) {
         while self.sched.borrow().out() > 0 {
             if self.sched.borrow().only_stale_out() {
@@ -1224,10 +1232,8 @@ impl<'c> Dispatcher<'c> {
                 listener.await;
             }
         };
-        let mean = self.sched.borrow().mean_out().unwrap_or_default();
-        let grace = mean.mul_f64(OVERDUE_FACTOR).max(END_GRACE);
         let late = async {
-            async_io::Timer::after(grace).await;
+            async_io::Timer::after(END_GRACE).await;
             false
         };
         if futures_lite::future::or(stopped, late).await {
@@ -1240,7 +1246,8 @@ impl<'c> Dispatcher<'c> {
                     ClientError::GivenUp {
                         addr: link.addr,
                         what: format!(
-                            "was given up: it did not take the job's last frames within {grace:.1?}"
+                            "was given up: its connection did not stop between frames within \
+                             {END_GRACE:?} of the job's end"
                         ),
                     },
                 );
@@ -1275,7 +1282,9 @@ impl Dispatcher<'_> {
     pub fn abandon_busy(&self, why: &str) {
         for link in &self.links {
             let busy = self.sched.borrow().out_on(link.index) > 0;
-            if !link.dead.get() && busy {
+            // A link stopped at the job's end left its late results to
+            // its connection: it is not waited for.
+            if !link.dead.get() && busy && !link.reader_parked.get() {
                 self.kill(
                     link,
                     ClientError::GivenUp {

@@ -267,7 +267,7 @@ async fn keep_watch<T>(watch: &Watch, d: &Dispatcher<'_>, cores: usize) -> T {
 
 /// Copies the dispatcher's counts into `watch`: each kernel's stage (a
 /// placed `seq` stage has one slot, a farm's or map's the pool's
-/// `cores`), agents lost, tasks sent again, copies of overdue tasks.
+/// `cores`), agents lost, tasks sent again, copies of tasks (overdue, or at the tail).
 fn copy_counts(watch: &Watch, d: &Dispatcher<'_>, cores: usize) {
     let stages: Vec<StageStatus> = d
         .stage_totals()

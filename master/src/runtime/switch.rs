@@ -12,7 +12,7 @@
 //! late, as a farm's items finish out of order), every task of an input
 //! from it on runs the new one: one switch point per swap, counted in job
 //! inputs, so a map's chunks of one input all run the same kernel. A task
-//! sent again (its agent lost) or copied (overdue) keeps the kernel it was
+//! sent again (its agent lost) or copied (overdue, or at the tail) keeps the kernel it was
 //! given. A swap to a kernel some agent of the job lacks is refused when
 //! the stage takes it, before any task runs it.
 
