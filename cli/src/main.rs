@@ -9,12 +9,10 @@ use skelpi_cli::{cmd, failure};
 use cmd::bench::{BenchArgs, BenchCommand};
 use cmd::pool_args::PoolArgs;
 use cmd::run::RunArgs;
-use skelpi::discover::{DiscoverOptions, discover};
 use skelpi::pool;
 use skelpi_wire::key::{self, ClusterKey};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// skelpi: parallel and distributed programming with algorithmic skeletons
 /// on a cluster of small boards.
@@ -57,17 +55,35 @@ enum Command {
         #[arg(long)]
         deploy: bool,
     },
-    /// List the agents that answer on mDNS.
+    /// List the agents that answer on mDNS, or that a DNS server lists
+    /// (--discover), and where each was found.
+    #[command(after_help = "Examples:
+  skelpi discover                                     # mDNS on every interface
+  skelpi discover --interface eth0
+  skelpi discover --discover dns-sd:cluster.example   # unicast DNS-SD, past routers
+  skelpi discover --discover mdns,srv:_skelpi._tcp.skelpi.pis.svc.cluster.local --dns-server 10.43.0.10")]
     Discover {
-        /// How long to listen.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        find: cmd::discover::FindArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Browse on this network interface only (e.g. eth0, lo).
-        #[arg(long, value_name = "NAME")]
-        interface: Option<String>,
+    },
+    /// Print DNS records for the agents found (on mDNS by default), so
+    /// that a DNS server can list them for masters beyond the local link
+    /// (`--discover dns-sd:DOMAIN`).
+    #[command(after_help = "Examples:
+  skelpi dns-records --domain cluster.example > skelpi.zone
+  skelpi dns-records --domain lab.test --format dnsmasq > /etc/dnsmasq.d/skelpi.conf")]
+    DnsRecords {
+        /// The domain the records go under: `_skelpi._tcp.DOMAIN`.
+        #[arg(long)]
+        domain: String,
+        /// Zone-file lines, or dnsmasq options.
+        #[arg(long, value_enum, default_value = "zone")]
+        format: cmd::discover::RecordFormat,
+        #[command(flatten)]
+        find: cmd::discover::FindArgs,
     },
     /// Measure each agent's small-message round-trip time.
     #[command(after_help = "Examples:
@@ -241,53 +257,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("copy it to each agent (e.g. /etc/skelpi/cluster.key, mode 0600)");
             Ok(())
         }
-        Command::Discover {
-            timeout,
-            json,
-            interface,
-        } => {
-            let agents = discover(&DiscoverOptions {
-                timeout,
-                expect: None,
-                interface,
-            })?;
-            if json {
-                let v: Vec<_> = agents
-                    .iter()
-                    .map(|a| {
-                        serde_json::json!({
-                            "id": a.info.id, "name": a.info.name, "address": a.socket_addr().to_string(),
-                            "addresses": a.addrs, "arch": a.info.arch, "cores": a.info.cores,
-                            "memory_bytes": a.info.memory_bytes, "protocol": a.info.version,
-                            "version": a.info.build.as_ref().map(|b| b.version.as_str()),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else if agents.is_empty() {
-                println!("no agents answered within {timeout:?}");
-            } else {
-                println!(
-                    "{:<16} {:<16} {:<22} {:<8} {:>5} {:>9} {:>8} {:>5}",
-                    "id", "name", "address", "arch", "cores", "memory", "version", "proto"
-                );
-                for a in &agents {
-                    let version = a.info.build.as_ref().map_or("?", |b| b.version.as_str());
-                    println!(
-                        "{:<16} {:<16} {:<22} {:<8} {:>5} {:>7.1} G {:>8} {:>5}",
-                        a.info.id,
-                        a.info.name,
-                        a.socket_addr().to_string(),
-                        a.info.arch,
-                        a.info.cores,
-                        a.info.memory_bytes as f64 / (1u64 << 30) as f64,
-                        version,
-                        a.info.version
-                    );
-                }
-            }
-            Ok(())
-        }
+        Command::Discover { find, json } => cmd::discover::discover(&find, json),
+        Command::DnsRecords {
+            domain,
+            format,
+            find,
+        } => cmd::discover::records(&find, &domain, format),
         Command::Ping { pool, count, json } => smol::block_on(async {
             let mut pool = pool::connect(&pool.options(false)).await?;
             eprintln!("{}", pool.origin);

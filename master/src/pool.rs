@@ -1,9 +1,10 @@
 //! Where the agents of a job come from: `--agents` (the `.hosts.erlang`
-//! replacement), `--local N`, or mDNS discovery.
+//! replacement), `--local N`, or the sources of [`crate::sources`] (mDNS
+//! by default; unicast DNS-SD and SRV records past the local link).
 
 use crate::client::ClientError;
 use crate::cluster::Cluster;
-use crate::discover::{DiscoverOptions, discover};
+use crate::sources::{FindOptions, Source, find};
 use skelpi_wire::handshake::ConnectOptions;
 use skelpi_wire::key::{self, ClusterKey};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -25,6 +26,12 @@ pub struct PoolOptions {
     pub discover_timeout: Duration,
     /// Browse on this network interface only.
     pub interface: Option<String>,
+    /// Where to find agents when none are named (empty: mDNS, on
+    /// `interface` if given).
+    pub sources: Vec<Source>,
+    /// The DNS server of `dns-sd:` and `srv:` sources (`None`: the
+    /// system's).
+    pub dns_server: Option<SocketAddr>,
     /// When discovery finds nobody, fall back to a local cluster of one
     /// agent per core (the main job does this; other commands fail). Only
     /// with the `local` feature.
@@ -54,8 +61,11 @@ pub enum PoolError {
     /// Discovery failed.
     #[error("mDNS discovery failed: {0}")]
     Discover(String),
+    /// The sources asked found no agent, each for the reason given.
+    #[error("no agents found: {}; name them with --agents or use --local N", .0.join("; "))]
+    NoneFoundIn(Vec<String>),
     /// Agents were discovered but none could be used.
-    #[error("agents answered on mDNS but none could be used: {0}")]
+    #[error("agents were found but none could be used: {0}")]
     NoneReachable(String),
     /// The key file is unusable.
     #[error("cannot use cluster key {path}: {reason}")]
@@ -158,17 +168,23 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
     }
     let (addrs, origin) = {
         let timeout = opts.discover_timeout;
-        let interface = opts.interface.clone();
-        let found = smol::unblock(move || {
-            discover(&DiscoverOptions {
+        let sources = match opts.sources.as_slice() {
+            [] => vec![Source::Mdns(opts.interface.clone())],
+            given => given.to_vec(),
+        };
+        let only_mdns = sources.iter().all(|s| matches!(s, Source::Mdns(_)));
+        let finding = find(
+            &sources,
+            &FindOptions {
                 timeout,
-                expect: None,
-                interface,
-            })
-        })
-        .await
-        .map_err(|e| PoolError::Discover(e.to_string()))?;
-        if found.is_empty() {
+                dns_server: opts.dns_server,
+            },
+        )
+        .await;
+        for problem in &finding.problems {
+            log::warn!("{problem}");
+        }
+        if finding.found.is_empty() {
             if opts.fallback_local && cfg!(feature = "local") {
                 let n = std::thread::available_parallelism().map_or(1, |n| n.get());
                 return local(
@@ -181,11 +197,23 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
                 )
                 .await;
             }
-            return Err(PoolError::NoneFound(timeout));
+            if only_mdns {
+                return Err(PoolError::NoneFound(timeout));
+            }
+            return Err(PoolError::NoneFoundIn(finding.problems));
         }
-        let origin = format!("{} found by mDNS", agents(found.len()));
+        let origin = if only_mdns {
+            format!("{} found by mDNS", agents(finding.found.len()))
+        } else {
+            let labels: Vec<String> = sources.iter().map(ToString::to_string).collect();
+            format!(
+                "{} found by {}",
+                agents(finding.found.len()),
+                labels.join(", ")
+            )
+        };
         (
-            found.iter().map(|a| a.socket_addr()).collect::<Vec<_>>(),
+            finding.found.iter().map(|f| f.addr).collect::<Vec<_>>(),
             origin,
         )
     };

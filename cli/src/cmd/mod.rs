@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod deploy;
+pub mod discover;
 pub mod health;
 pub mod image;
 pub mod jobs_view;

@@ -27,7 +27,18 @@ pub struct PoolArgs {
     /// Browse mDNS on this network interface only (e.g. eth0, lo).
     #[arg(long, value_name = "NAME", global = true)]
     pub interface: Option<String>,
-    /// How long to browse mDNS for agents.
+    /// Where to find agents when none are named (repeatable, or
+    /// comma-separated): `mdns` (the default), `mdns:INTERFACE`,
+    /// `dns-sd:DOMAIN` (unicast DNS-SD: `_skelpi._tcp.DOMAIN` on a DNS
+    /// server, past routers) or `srv:NAME` (SRV records, e.g. a Kubernetes
+    /// headless Service's `_skelpi._tcp.skelpi.NAMESPACE.svc.cluster.local`).
+    #[arg(long, value_name = "SOURCE", value_delimiter = ',', global = true)]
+    pub discover: Vec<skelpi::sources::Source>,
+    /// The DNS server of `dns-sd:` and `srv:` sources, `IP[:PORT]`
+    /// [default: the first nameserver of /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR", global = true, value_parser = skelpi::dnssd::parse_server)]
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// How long to look for agents (each source).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     pub discover_timeout: Duration,
     /// Skip encryption after authenticating (agents must run with
@@ -56,6 +67,8 @@ impl PoolArgs {
             local: self.local,
             discover_timeout: self.discover_timeout,
             interface: self.interface.clone(),
+            sources: self.discover.clone(),
+            dns_server: self.dns_server,
             fallback_local,
             key_file: self.key_file.clone(),
             plaintext: self.plaintext,

@@ -50,6 +50,204 @@ pub fn in_lab(id: &str, args: &[&str]) -> (Option<i32>, String, String) {
     skelpi(&[&["lab", "exec", "--id", id, "--", exe][..], args].concat())
 }
 
+/// Kills a daemon from its pid file when dropped.
+struct Daemon(std::path::PathBuf);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            skelpi_testkit::signal("-TERM", pid.trim());
+        }
+    }
+}
+
+/// The agents of lab `id` that mDNS found (`by_mdns`, `discover --json`)
+/// are found again through Debian's dnsmasq in the master's namespace,
+/// serving what `skelpi dns-records` printed: by unicast DNS-SD (the same
+/// ids, addresses and ports, each agent once with both sources when mDNS
+/// is asked too) and by SRV records in a Kubernetes headless Service's
+/// shape, one of which points at an address where nothing answers. Bad
+/// input: a domain without records, a closed port, a silent server.
+fn found_through_a_dns_server(id: &str, by_mdns: &serde_json::Value, dir: &Scratch) {
+    let (code, records, err) = in_lab(
+        id,
+        &[
+            "dns-records",
+            "--domain",
+            "lab.test",
+            "--format",
+            "dnsmasq",
+            "--timeout",
+            "3s",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(records.matches("ptr-record=").count(), 4, "{records}");
+    // The SRV records of a headless Service `skelpi` in namespace `pis`,
+    // as Kubernetes' DNS serves them; one target is gone.
+    // Names under .test that it lacks are NXDOMAIN (not REFUSED).
+    let mut conf = format!("local=/test/\n{records}");
+    let service = "_skelpi._tcp.skelpi.pis.svc.cluster.local";
+    for n in 1..=4 {
+        conf.push_str(&format!(
+            "srv-host={service},pod{n}.skelpi.pis.svc.cluster.local,7871\n\
+             host-record=pod{n}.skelpi.pis.svc.cluster.local,10.77.{id}.{n}\n"
+        ));
+    }
+    conf.push_str(&format!(
+        "srv-host={service},gone.skelpi.pis.svc.cluster.local,7871\n\
+         host-record=gone.skelpi.pis.svc.cluster.local,10.77.{id}.250\n"
+    ));
+    let conf_file = dir.path("dnsmasq.conf");
+    std::fs::write(&conf_file, conf).unwrap();
+    let pid_file = dir.path("dnsmasq.pid");
+    let (code, _, err) = skelpi(&[
+        "lab",
+        "exec",
+        "--id",
+        id,
+        "--",
+        "dnsmasq",
+        "--port=5300",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        &format!("--conf-file={conf_file}"),
+        &format!("--pid-file={pid_file}"),
+    ]);
+    assert_eq!(code, Some(0), "dnsmasq: {err}");
+    let _dnsmasq = Daemon(pid_file.into());
+    let server = "127.0.0.1:5300";
+
+    // Unicast DNS-SD: the same agents as mDNS.
+    let (code, out, err) = in_lab(
+        id,
+        &[
+            "discover",
+            "--json",
+            "--discover",
+            "dns-sd:lab.test",
+            "--dns-server",
+            server,
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let by_dns: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let key = |v: &serde_json::Value| {
+        let mut rows: Vec<(String, String, String)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let s = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+                (s("id"), s("name"), s("address"))
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(key(&by_dns), key(by_mdns), "{out}");
+    assert!(out.contains("\"dns-sd:lab.test\""), "{out}");
+    // Both sources: each agent once, found by both.
+    let (code, out, err) = in_lab(
+        id,
+        &[
+            "discover",
+            "--json",
+            "--timeout",
+            "3s",
+            "--discover",
+            "mdns,dns-sd:lab.test",
+            "--dns-server",
+            server,
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let both: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(key(&both), key(by_mdns), "{out}");
+    for agent in both.as_array().unwrap() {
+        assert_eq!(
+            agent["sources"],
+            serde_json::json!(["mdns", "dns-sd:lab.test"]),
+            "{out}"
+        );
+    }
+    // SRV records: the pool is the four that answer; the gone one is
+    // named and skipped.
+    let srv = format!("srv:{service}");
+    let (code, out, err) = in_lab(
+        id,
+        &[
+            "ping",
+            "--count",
+            "1",
+            "--discover",
+            &srv,
+            "--dns-server",
+            server,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains(&format!("5 agents found by {srv} (1 skipped")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("10.77.{id}.250:7871")), "{err}");
+    assert_eq!(out.matches(&format!("lab{id}-h")).count(), 4, "{out}");
+
+    // Bad input: each a clear message, naming what was asked.
+    let (code, _, err) = in_lab(
+        id,
+        &[
+            "ping",
+            "--discover",
+            "dns-sd:nothing.test",
+            "--dns-server",
+            server,
+        ],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("_skelpi._tcp.nothing.test. has no PTR records at 127.0.0.1:5300"),
+        "{err}"
+    );
+    let (code, _, err) = in_lab(
+        id,
+        &[
+            "ping",
+            "--discover",
+            "dns-sd:lab.test",
+            "--dns-server",
+            "127.0.0.1:5399",
+        ],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("nothing answers DNS at 127.0.0.1:5399"),
+        "{err}"
+    );
+    let (code, _, err) = in_lab(
+        id,
+        &[
+            "ping",
+            "--discover",
+            "dns-sd:lab.test",
+            "--dns-server",
+            &format!("10.77.{id}.250"),
+            "--discover-timeout",
+            "1s",
+        ],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains(&format!(
+            "the DNS server 10.77.{id}.250:53 did not answer within 1s"
+        )),
+        "{err}"
+    );
+}
+
 fn netns_list() -> String {
     let out = std::process::Command::new("ip")
         .args(["netns", "list"])
@@ -139,6 +337,7 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
 
     // A pmap and a pipeline on the discovered agents.
     let dir = Scratch::new("lab");
+    found_through_a_dns_server(&id, &found, &dir);
     for (name, tree, check) in [
         (
             "pmap",

@@ -1,0 +1,740 @@
+//! Finding agents through an ordinary DNS server, past the first router
+//! where mDNS stops: unicast DNS-SD (RFC 6763) under a domain, and the SRV
+//! records of a name (a Kubernetes headless Service's).
+//!
+//! - [`browse`] asks for the PTR records of `_skelpi._tcp.DOMAIN`, then
+//!   each instance's SRV and TXT records and its target's addresses. The
+//!   TXT record is the one agents announce on mDNS
+//!   ([`skelpi_proto::dnssd::txt_properties`]), and agents are merged by
+//!   its `id` as mDNS discovery merges them: one agent under two names is
+//!   one agent.
+//! - [`srv`] asks for the SRV records of a name and their targets'
+//!   addresses: agents known by address only (their identity comes with
+//!   their hello).
+//! - [`zone_lines`] and [`dnsmasq_lines`] write the records for agents
+//!   found, for an operator to put in their DNS server.
+//!
+//! # Implementation
+//! hickory-proto builds and parses the messages; one query goes over UDP
+//! (tried [`TRIES`] times within the timeout), and again over TCP when the
+//! answer came truncated. The server is recursive or authoritative for the
+//! names asked: no iteration is done here.
+
+use crate::discover::DiscoveredAgent;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use skelpi_proto::AgentInfo;
+use skelpi_proto::dnssd::{parse_txt, txt_properties};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// The DNS-SD service of agents, without its domain.
+pub const SERVICE: &str = "_skelpi._tcp";
+
+/// UDP sends of one query within its timeout.
+pub const TRIES: u32 = 3;
+
+/// The TTL of the records [`zone_lines`] writes, seconds.
+pub const RECORD_TTL: u32 = 120;
+
+/// Where and how long to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsOptions {
+    /// The DNS server.
+    pub server: SocketAddr,
+    /// The longest time one lookup ([`browse`], [`srv`]) may take.
+    pub timeout: Duration,
+}
+
+/// Why a lookup failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// No DNS server was named and none could be read from the system.
+    #[error("no DNS server: {0} (name one with --dns-server ADDR)")]
+    NoServer(String),
+    /// A name given is not a DNS name.
+    #[error("{name:?} is not a DNS name: {why}")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// Why not.
+        why: String,
+    },
+    /// The server did not answer in time.
+    #[error(
+        "the DNS server {server} did not answer within {waited:?} (is it running, and reachable from here?)"
+    )]
+    NoAnswer {
+        /// The server.
+        server: SocketAddr,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// Nothing listens at the server's address (the port is closed).
+    #[error("nothing answers DNS at {server} (its port is closed: is the server's address right?)")]
+    Closed {
+        /// The server.
+        server: SocketAddr,
+    },
+    /// The server answered with an error.
+    #[error(
+        "the DNS server {server} answered {code} for {name} {kind}{}",
+        refused_hint(code)
+    )]
+    Refused {
+        /// The server.
+        server: SocketAddr,
+        /// The name asked.
+        name: String,
+        /// The record type asked.
+        kind: String,
+        /// Its answer (`SERVFAIL`, `REFUSED`...).
+        code: String,
+    },
+    /// The name has no records of the kind asked.
+    #[error("{name} has no {kind} records at {server}{hint}")]
+    NoRecords {
+        /// The server.
+        server: SocketAddr,
+        /// The name asked.
+        name: String,
+        /// The record type asked.
+        kind: String,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// A message could not be made or read.
+    #[error("DNS message to or from {server}: {why}")]
+    Malformed {
+        /// The server.
+        server: SocketAddr,
+        /// What went wrong.
+        why: String,
+    },
+    /// The socket failed.
+    #[error("DNS exchange with {server}: {source}")]
+    Io {
+        /// The server.
+        server: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn refused_hint(code: &str) -> &'static str {
+    if code.contains("Refused") {
+        " (it serves no such name and forwards nowhere, or refuses this address: is the domain right?)"
+    } else {
+        ""
+    }
+}
+
+/// What [`browse`] found: the agents, and each instance it could not
+/// resolve, with why.
+#[derive(Debug, Default)]
+pub struct Browsed {
+    /// Agents, merged by id, sorted by (name, id).
+    pub agents: Vec<DiscoveredAgent>,
+    /// Instances left out, e.g. `pi3._skelpi._tcp.lab.: no SRV record`.
+    pub skipped: Vec<String>,
+}
+
+/// The first `nameserver` of `/etc/resolv.conf` (port 53).
+pub fn system_server() -> Result<SocketAddr, DnsError> {
+    let path = "/etc/resolv.conf";
+    let text = std::fs::read(path).map_err(|e| DnsError::NoServer(format!("{path}: {e}")))?;
+    let conf = resolv_conf::Config::parse(&text)
+        .map_err(|e| DnsError::NoServer(format!("{path}: {e}")))?;
+    let first = conf
+        .nameservers
+        .first()
+        .ok_or_else(|| DnsError::NoServer(format!("{path} names no nameserver")))?;
+    Ok(SocketAddr::new(IpAddr::from(first), 53))
+}
+
+/// `host[:port]` (port 53 by default) as a server address.
+pub fn parse_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = s.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    Err(format!(
+        "{s:?} is not a DNS server address (an IP address, optionally with :port)"
+    ))
+}
+
+fn name(s: &str) -> Result<Name, DnsError> {
+    let mut n = Name::from_utf8(s).map_err(|e| DnsError::BadName {
+        name: s.to_owned(),
+        why: e.to_string(),
+    })?;
+    n.set_fqdn(true);
+    Ok(n)
+}
+
+/// The service name browsed under `domain`: `_skelpi._tcp.DOMAIN.`.
+pub fn service_name(domain: &str) -> Result<Name, DnsError> {
+    name(&format!("{SERVICE}.{}", domain.trim_end_matches('.')))
+}
+
+/// Browses `_skelpi._tcp.DOMAIN` at the server of `opts`: every instance
+/// its PTR records name, resolved by SRV, TXT and address records.
+/// Instances that do not resolve are left out (and listed in
+/// [`Browsed::skipped`]); a domain with no PTR record is an error naming it.
+pub async fn browse(domain: &str, opts: &DnsOptions) -> Result<Browsed, DnsError> {
+    let deadline = Instant::now() + opts.timeout;
+    let service = service_name(domain)?;
+    let ptrs = lookup(&service, RecordType::PTR, opts, deadline).await?;
+    let instances: BTreeSet<Name> = ptrs
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::PTR(PTR(target)) => Some(target.clone()),
+            _ => None,
+        })
+        .collect();
+    if instances.is_empty() {
+        return Err(no_records(opts, &service, RecordType::PTR));
+    }
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    for instance in instances {
+        match resolve_instance(&instance, &service, opts, deadline).await {
+            Ok(agent) => found.push(agent),
+            Err(why) => skipped.push(format!("{instance}: {why}")),
+        }
+    }
+    Ok(Browsed {
+        agents: merge_by_id(found),
+        skipped,
+    })
+}
+
+/// One instance's agent: its SRV record's port and target's addresses,
+/// its TXT record's info.
+async fn resolve_instance(
+    instance: &Name,
+    service: &Name,
+    opts: &DnsOptions,
+    deadline: Instant,
+) -> Result<DiscoveredAgent, DnsError> {
+    let srv = lookup(instance, RecordType::SRV, opts, deadline).await?;
+    let Some((port, target)) = srv.answers.iter().find_map(|r| match &r.data {
+        RData::SRV(s) => Some((s.port, s.target.clone())),
+        _ => None,
+    }) else {
+        return Err(no_records(opts, instance, RecordType::SRV));
+    };
+    let txt = lookup(instance, RecordType::TXT, opts, deadline).await?;
+    let props: Vec<(String, String)> = txt
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(t),
+            _ => None,
+        })
+        .flat_map(|t| t.txt_data.iter())
+        .map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            match entry.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (entry.into_owned(), String::new()),
+            }
+        })
+        .collect();
+    let label = instance_label(instance, service);
+    let mut info: AgentInfo = parse_txt(&label, &props).map_err(|e| DnsError::Malformed {
+        server: opts.server,
+        why: format!("TXT record of {instance}: {e}"),
+    })?;
+    info.port = port;
+    let mut addrs: BTreeSet<IpAddr> = addresses_in(&srv, &target);
+    if addrs.is_empty() {
+        addrs = addresses(&target, opts, deadline).await?;
+    }
+    Ok(DiscoveredAgent {
+        info,
+        addrs: addrs.into_iter().collect(),
+        instance: label,
+    })
+}
+
+/// `pi1` of `pi1._skelpi._tcp.lab.` (the instance's first label when it
+/// is not under `service`).
+fn instance_label(instance: &Name, service: &Name) -> String {
+    let first = instance
+        .iter()
+        .next()
+        .map(|l| String::from_utf8_lossy(l).into_owned());
+    if service.zone_of(instance) && instance.num_labels() == service.num_labels() + 1 {
+        return first.unwrap_or_default();
+    }
+    first.unwrap_or_else(|| instance.to_utf8())
+}
+
+/// The addresses of `target` that came with `msg` (in its additional
+/// section, as servers often send with SRV answers).
+fn addresses_in(msg: &Message, target: &Name) -> BTreeSet<IpAddr> {
+    msg.additionals
+        .iter()
+        .chain(&msg.answers)
+        .filter(|r| &r.name == target)
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(IpAddr::V4(*ip)),
+            RData::AAAA(AAAA(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `target`'s A and AAAA records (none of either: an error).
+async fn addresses(
+    target: &Name,
+    opts: &DnsOptions,
+    deadline: Instant,
+) -> Result<BTreeSet<IpAddr>, DnsError> {
+    let mut addrs = BTreeSet::new();
+    for kind in [RecordType::A, RecordType::AAAA] {
+        match lookup(target, kind, opts, deadline).await {
+            Ok(msg) => addrs.extend(addresses_in(&msg, target)),
+            Err(DnsError::NoRecords { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if addrs.is_empty() {
+        return Err(no_records(opts, target, RecordType::A));
+    }
+    Ok(addrs)
+}
+
+/// The SRV records of `srv_name` (e.g. `_skelpi._tcp.skelpi.NS.svc.cluster.local`),
+/// each as its target and the socket address of its target's first
+/// address (IPv4 first) and port, in priority order. Targets without an
+/// address are left out, and listed second, with why.
+pub async fn srv(
+    srv_name: &str,
+    opts: &DnsOptions,
+) -> Result<(Vec<(String, SocketAddr)>, Vec<String>), DnsError> {
+    let deadline = Instant::now() + opts.timeout;
+    let asked = name(srv_name)?;
+    let msg = lookup(&asked, RecordType::SRV, opts, deadline).await?;
+    let mut records: Vec<&SRV> = msg
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if records.is_empty() {
+        return Err(no_records(opts, &asked, RecordType::SRV));
+    }
+    records.sort_by_key(|s| (s.priority, std::cmp::Reverse(s.weight)));
+    let (mut found, mut skipped) = (Vec::new(), Vec::new());
+    for s in records {
+        let mut addrs = addresses_in(&msg, &s.target);
+        if addrs.is_empty() {
+            match addresses(&s.target, opts, deadline).await {
+                Ok(a) => addrs = a,
+                Err(e @ (DnsError::NoRecords { .. } | DnsError::Refused { .. })) => {
+                    skipped.push(format!("{}: {e}", s.target));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(ip) = addrs.first() {
+            found.push((s.target.to_utf8(), SocketAddr::new(*ip, s.port)));
+        }
+    }
+    Ok((found, skipped))
+}
+
+fn no_records(opts: &DnsOptions, name: &Name, kind: RecordType) -> DnsError {
+    DnsError::NoRecords {
+        server: opts.server,
+        name: name.to_utf8(),
+        kind: kind.to_string(),
+        hint: match kind {
+            RecordType::PTR => {
+                " (is the domain right, and does the server serve its agents' records? `skelpi dns-records` prints them)"
+            }
+            _ => "",
+        },
+    }
+}
+
+/// One query, answered: over UDP, again over TCP if truncated. An empty
+/// answer or NXDOMAIN is [`DnsError::NoRecords`].
+async fn lookup(
+    asked: &Name,
+    kind: RecordType,
+    opts: &DnsOptions,
+    deadline: Instant,
+) -> Result<Message, DnsError> {
+    let server = opts.server;
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(asked.clone(), kind));
+    let bytes = query.to_vec().map_err(|e| DnsError::Malformed {
+        server,
+        why: e.to_string(),
+    })?;
+    let mut answer = exchange_udp(&bytes, query.metadata.id, opts, deadline).await?;
+    if answer.metadata.truncation {
+        answer = exchange_tcp(&bytes, query.metadata.id, opts, deadline).await?;
+    }
+    match answer.metadata.response_code {
+        ResponseCode::NoError if answer.answers.iter().any(|r| r.record_type() == kind) => {
+            Ok(answer)
+        }
+        ResponseCode::NoError | ResponseCode::NXDomain => Err(no_records(opts, asked, kind)),
+        code => Err(DnsError::Refused {
+            server,
+            name: asked.to_utf8(),
+            kind: kind.to_string(),
+            code: code.to_string(),
+        }),
+    }
+}
+
+fn io(server: SocketAddr) -> impl Fn(std::io::Error) -> DnsError {
+    move |source| DnsError::Io { server, source }
+}
+
+/// Sends `bytes` over UDP until an answer with `id` comes (up to
+/// [`TRIES`] sends, spread over the time left).
+async fn exchange_udp(
+    bytes: &[u8],
+    id: u16,
+    opts: &DnsOptions,
+    deadline: Instant,
+) -> Result<Message, DnsError> {
+    let server = opts.server;
+    let local: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = async_net::UdpSocket::bind(local)
+        .await
+        .map_err(io(server))?;
+    socket.connect(server).await.map_err(io(server))?;
+    let mut buf = vec![0u8; 65_535];
+    for tries_left in (1..=TRIES).rev() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        socket.send(bytes).await.map_err(io(server))?;
+        let wait = left / tries_left;
+        let got = skelpi_wire::within(wait, async {
+            loop {
+                // A refused port (ICMP) is an error here, as no answer.
+                let n = socket.recv(&mut buf).await?;
+                match Message::from_vec(&buf[..n]) {
+                    Ok(m) if m.metadata.id == id => return Ok::<_, std::io::Error>(Some(m)),
+                    // Another query's answer, or garbage: keep waiting.
+                    _ => continue,
+                }
+            }
+        })
+        .await;
+        match got {
+            Some(Ok(Some(m))) => return Ok(m),
+            Some(Ok(None)) | None => {}
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(DnsError::Closed { server });
+            }
+            Some(Err(e)) => return Err(io(server)(e)),
+        }
+    }
+    Err(DnsError::NoAnswer {
+        server,
+        waited: opts.timeout,
+    })
+}
+
+/// Sends `bytes` over TCP (two-byte length first) and reads the answer.
+async fn exchange_tcp(
+    bytes: &[u8],
+    id: u16,
+    opts: &DnsOptions,
+    deadline: Instant,
+) -> Result<Message, DnsError> {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let server = opts.server;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let exchange = async {
+        let mut stream = async_net::TcpStream::connect(server).await?;
+        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+        stream.write_all(&len.to_be_bytes()).await?;
+        stream.write_all(bytes).await?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = skelpi_wire::within(left, exchange)
+        .await
+        .ok_or(DnsError::NoAnswer {
+            server,
+            waited: opts.timeout,
+        })?
+        .map_err(io(server))?;
+    match Message::from_vec(&answer) {
+        Ok(m) if m.metadata.id == id => Ok(m),
+        Ok(_) => Err(DnsError::Malformed {
+            server,
+            why: "a TCP answer to another query".into(),
+        }),
+        Err(e) => Err(DnsError::Malformed {
+            server,
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// One agent per id, as mDNS discovery merges them: the addresses of all
+/// its instances, the info and instance of the first by instance name.
+fn merge_by_id(mut found: Vec<DiscoveredAgent>) -> Vec<DiscoveredAgent> {
+    found.sort_by(|a, b| a.instance.cmp(&b.instance));
+    let mut by_id: BTreeMap<String, (DiscoveredAgent, BTreeSet<IpAddr>)> = BTreeMap::new();
+    for agent in found {
+        let (_, addrs) = by_id
+            .entry(agent.info.id.clone())
+            .or_insert_with(|| (agent.clone(), BTreeSet::new()));
+        addrs.extend(agent.addrs);
+    }
+    let mut agents: Vec<DiscoveredAgent> = by_id
+        .into_values()
+        .filter(|(_, addrs)| !addrs.is_empty())
+        .map(|(mut agent, addrs)| {
+            agent.addrs = addrs.into_iter().collect();
+            agent
+        })
+        .collect();
+    agents.sort_by(|a, b| (&a.info.name, &a.info.id).cmp(&(&b.info.name, &b.info.id)));
+    agents
+}
+
+/// The host name an agent's SRV record points at under `domain`: its
+/// instance name as a label.
+fn host_name(agent: &DiscoveredAgent, domain: &Name) -> Result<Name, DnsError> {
+    let label = dns_label(&agent.instance);
+    Name::from_utf8(&label)
+        .and_then(|n| n.append_domain(domain))
+        .map_err(|e| DnsError::BadName {
+            name: label,
+            why: e.to_string(),
+        })
+}
+
+/// `name` as one DNS host label: letters, digits and `-`, others as `-`.
+fn dns_label(name: &str) -> String {
+    let label: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    if label.is_empty() {
+        "agent".into()
+    } else {
+        label
+    }
+}
+
+/// The DNS-SD records of `agents` under `domain` (what [`browse`] reads),
+/// as records.
+fn records(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<Record>, DnsError> {
+    let service = service_name(domain)?;
+    let zone = name(domain.trim_end_matches('.'))?;
+    let mut out = Vec::new();
+    for agent in agents {
+        let instance = Name::from_labels([dns_label(&agent.instance).as_bytes()])
+            .and_then(|n| n.append_domain(&service))
+            .map_err(|e| DnsError::BadName {
+                name: agent.instance.clone(),
+                why: e.to_string(),
+            })?;
+        let host = host_name(agent, &zone)?;
+        let ptr = RData::PTR(PTR(instance.clone()));
+        out.push(Record::from_rdata(service.clone(), RECORD_TTL, ptr));
+        let srv = RData::SRV(SRV::new(0, 0, agent.info.port, host.clone()));
+        out.push(Record::from_rdata(instance.clone(), RECORD_TTL, srv));
+        let txt: Vec<String> = txt_properties(&agent.info)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        out.push(Record::from_rdata(
+            instance,
+            RECORD_TTL,
+            RData::TXT(TXT::new(txt)),
+        ));
+        for ip in &agent.addrs {
+            let data = match ip {
+                IpAddr::V4(v4) => RData::A(A(*v4)),
+                IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+            };
+            out.push(Record::from_rdata(host.clone(), RECORD_TTL, data));
+        }
+    }
+    Ok(out)
+}
+
+/// Zone-file lines (RFC 1035 master file) for `agents` under `domain`:
+/// the PTR, SRV, TXT and address records that [`browse`] reads.
+pub fn zone_lines(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<String>, DnsError> {
+    Ok(records(agents, domain)?
+        .iter()
+        .map(ToString::to_string)
+        .collect())
+}
+
+/// The same records as dnsmasq options (`ptr-record=`, `srv-host=`,
+/// `txt-record=`, `host-record=`), for a `dnsmasq.conf` or `--conf-file`.
+pub fn dnsmasq_lines(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<String>, DnsError> {
+    let mut lines = Vec::new();
+    for record in records(agents, domain)? {
+        let owner = record.name.to_utf8();
+        let owner = owner.trim_end_matches('.');
+        let line = match &record.data {
+            RData::PTR(PTR(target)) => {
+                format!(
+                    "ptr-record={owner},{}",
+                    target.to_utf8().trim_end_matches('.')
+                )
+            }
+            RData::SRV(s) => format!(
+                "srv-host={owner},{},{},{},{}",
+                s.target.to_utf8().trim_end_matches('.'),
+                s.port,
+                s.priority,
+                s.weight
+            ),
+            RData::TXT(t) => {
+                let parts: Vec<String> = t
+                    .txt_data
+                    .iter()
+                    .map(|p| format!("\"{}\"", String::from_utf8_lossy(p).replace('"', "\\\"")))
+                    .collect();
+                format!("txt-record={owner},{}", parts.join(","))
+            }
+            RData::A(A(ip)) => format!("host-record={owner},{ip}"),
+            RData::AAAA(AAAA(ip)) => format!("host-record={owner},{ip}"),
+            _ => continue,
+        };
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(instance: &str, id: &str, ip: [u8; 4]) -> DiscoveredAgent {
+        let info = AgentInfo {
+            id: id.into(),
+            name: instance.into(),
+            version: skelpi_proto::PROTOCOL_VERSION,
+            arch: "aarch64".into(),
+            cores: 4,
+            memory_bytes: 1 << 30,
+            port: 7871,
+            kernels: Vec::new(),
+            build: None,
+            queued_per_worker: 0,
+        };
+        DiscoveredAgent {
+            info,
+            addrs: vec![IpAddr::from(ip)],
+            instance: instance.into(),
+        }
+    }
+
+    #[test]
+    fn zone_lines_name_the_service_the_instance_and_its_host() {
+        let lines = zone_lines(&[agent("pi1", "a1", [10, 0, 0, 5])], "lab.test").unwrap();
+        let all = lines.join("\n");
+        assert!(
+            all.contains("_skelpi._tcp.lab.test. 120 IN PTR pi1._skelpi._tcp.lab.test."),
+            "{all}"
+        );
+        assert!(
+            all.contains("pi1._skelpi._tcp.lab.test. 120 IN SRV 0 0 7871 pi1.lab.test."),
+            "{all}"
+        );
+        assert!(all.contains("pi1.lab.test. 120 IN A 10.0.0.5"), "{all}");
+        assert!(all.contains("id=a1"), "{all}");
+    }
+
+    #[test]
+    fn dnsmasq_lines_carry_the_same_records() {
+        let lines = dnsmasq_lines(&[agent("pi 2", "a2", [10, 0, 1, 6])], "lab.test.").unwrap();
+        assert_eq!(
+            lines[0],
+            "ptr-record=_skelpi._tcp.lab.test,pi-2._skelpi._tcp.lab.test"
+        );
+        assert_eq!(
+            lines[1],
+            "srv-host=pi-2._skelpi._tcp.lab.test,pi-2.lab.test,7871,0,0"
+        );
+        assert!(
+            lines[2].starts_with("txt-record=pi-2._skelpi._tcp.lab.test,\""),
+            "{lines:?}"
+        );
+        assert_eq!(lines[3], "host-record=pi-2.lab.test,10.0.1.6");
+    }
+
+    #[test]
+    fn one_agent_under_two_instances_is_one_agent_with_both_addresses() {
+        let mut second = agent("pi1-b", "a1", [10, 0, 1, 5]);
+        second.info.name = "pi1".into();
+        let merged = merge_by_id(vec![second, agent("pi1", "a1", [10, 0, 0, 5])]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].instance, "pi1");
+        assert_eq!(merged[0].addrs.len(), 2);
+    }
+
+    #[test]
+    fn a_server_is_an_ip_with_an_optional_port() {
+        assert_eq!(
+            parse_server("10.0.0.1").unwrap(),
+            "10.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_server("10.0.0.1:5353").unwrap(),
+            "10.0.0.1:5353".parse().unwrap()
+        );
+        assert_eq!(parse_server("[::1]").unwrap(), "[::1]:53".parse().unwrap());
+        assert!(
+            parse_server("dns.example")
+                .unwrap_err()
+                .contains("not a DNS server address")
+        );
+    }
+
+    #[test]
+    fn a_silent_server_is_named_with_the_time_waited() {
+        // A bound UDP socket that never answers, on loopback.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let opts = DnsOptions {
+            server: silent.local_addr().unwrap(),
+            timeout: Duration::from_millis(300),
+        };
+        let err = smol::block_on(browse("lab.test", &opts)).unwrap_err();
+        assert!(matches!(err, DnsError::NoAnswer { .. }), "{err}");
+        assert!(
+            err.to_string().contains("did not answer within 300ms"),
+            "{err}"
+        );
+    }
+}

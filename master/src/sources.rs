@@ -1,0 +1,252 @@
+//! Where a pool's agents are found: mDNS on the local link, unicast
+//! DNS-SD under a domain, or the SRV records of a name (a Kubernetes
+//! headless Service's). [`find`] asks every source given and merges what
+//! they found: an agent found by two sources is used once.
+
+use crate::discover::{DiscoverOptions, DiscoveredAgent, discover};
+use crate::dnssd::{self, DnsOptions};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One place agents are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// mDNS, on one interface or all (`mdns`, `mdns:eth0`).
+    Mdns(Option<String>),
+    /// Unicast DNS-SD: `_skelpi._tcp.DOMAIN` (`dns-sd:DOMAIN`).
+    DnsSd(String),
+    /// The SRV records of a name (`srv:NAME`), e.g.
+    /// `_skelpi._tcp.skelpi.NAMESPACE.svc.cluster.local`.
+    Srv(String),
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Source, String> {
+        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        let rest = rest.trim();
+        match (kind.trim(), rest) {
+            ("mdns", "") => Ok(Source::Mdns(None)),
+            ("mdns", iface) => Ok(Source::Mdns(Some(iface.to_owned()))),
+            ("dns-sd", "") | ("srv", "") => Err(format!(
+                "{s:?} names no {}: write {kind}:{}",
+                if kind == "srv" {
+                    "record name"
+                } else {
+                    "domain"
+                },
+                if kind == "srv" {
+                    "_skelpi._tcp.skelpi.NAMESPACE.svc.cluster.local"
+                } else {
+                    "DOMAIN"
+                }
+            )),
+            ("dns-sd", domain) => Ok(Source::DnsSd(domain.to_owned())),
+            ("srv", name) => Ok(Source::Srv(name.to_owned())),
+            _ => Err(format!(
+                "{s:?} is not a source of agents: give mdns, mdns:INTERFACE, dns-sd:DOMAIN or srv:NAME"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Mdns(None) => write!(f, "mdns"),
+            Source::Mdns(Some(i)) => write!(f, "mdns:{i}"),
+            Source::DnsSd(d) => write!(f, "dns-sd:{d}"),
+            Source::Srv(n) => write!(f, "srv:{n}"),
+        }
+    }
+}
+
+/// An agent a source found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// What it announced (mDNS and DNS-SD; an SRV record says nothing:
+    /// its identity comes with its hello).
+    pub agent: Option<DiscoveredAgent>,
+    /// The SRV target it was found as (SRV sources only).
+    pub target: Option<String>,
+    /// The sources that found it, first first (`mdns`, `dns-sd:lab`...).
+    pub sources: Vec<String>,
+}
+
+/// What [`find`] found, and what it could not use, with why.
+#[derive(Debug, Default)]
+pub struct Finding {
+    /// Agents, one per identity (or address, for SRV targets).
+    pub found: Vec<Found>,
+    /// Sources that failed and records that did not resolve, each a
+    /// sentence naming it.
+    pub problems: Vec<String>,
+}
+
+/// How [`find`] asks.
+#[derive(Debug, Clone)]
+pub struct FindOptions {
+    /// How long each source may take.
+    pub timeout: Duration,
+    /// The DNS server for `dns-sd:` and `srv:` sources (`None`: the
+    /// system's, from `/etc/resolv.conf`).
+    pub dns_server: Option<SocketAddr>,
+}
+
+/// Asks every source in turn. A source that fails is a problem, not an
+/// error: the others still count. Agents found twice (same id, or same
+/// address) are kept once, with both sources.
+pub async fn find(sources: &[Source], opts: &FindOptions) -> Finding {
+    let mut finding = Finding::default();
+    for source in sources {
+        let label = source.to_string();
+        match find_one(source, opts).await {
+            Ok((found, problems)) => {
+                if found.is_empty() && problems.is_empty() {
+                    finding.problems.push(format!(
+                        "{label}: no agents answered within {:?}",
+                        opts.timeout
+                    ));
+                }
+                for f in found {
+                    merge(&mut finding.found, f);
+                }
+                let named = problems.into_iter().map(|p| format!("{label}: {p}"));
+                finding.problems.extend(named);
+            }
+            Err(e) => finding.problems.push(format!("{label}: {e}")),
+        }
+    }
+    finding
+}
+
+/// What one source found, and what it skipped.
+async fn find_one(
+    source: &Source,
+    opts: &FindOptions,
+) -> Result<(Vec<Found>, Vec<String>), String> {
+    let label = source.to_string();
+    let announced = |agent: DiscoveredAgent| Found {
+        addr: agent.socket_addr(),
+        agent: Some(agent),
+        target: None,
+        sources: vec![label.clone()],
+    };
+    let dns = || -> Result<DnsOptions, String> {
+        let server = match opts.dns_server {
+            Some(s) => s,
+            None => dnssd::system_server().map_err(|e| e.to_string())?,
+        };
+        Ok(DnsOptions {
+            server,
+            timeout: opts.timeout,
+        })
+    };
+    match source {
+        Source::Mdns(interface) => {
+            let (timeout, interface) = (opts.timeout, interface.clone());
+            let found = smol::unblock(move || {
+                discover(&DiscoverOptions {
+                    timeout,
+                    expect: None,
+                    interface,
+                })
+            })
+            .await
+            .map_err(|e| format!("mDNS discovery failed: {e}"))?;
+            Ok((found.into_iter().map(announced).collect(), Vec::new()))
+        }
+        Source::DnsSd(domain) => {
+            let browsed = dnssd::browse(domain, &dns()?)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((
+                browsed.agents.into_iter().map(announced).collect(),
+                browsed.skipped,
+            ))
+        }
+        Source::Srv(name) => {
+            let (targets, skipped) = dnssd::srv(name, &dns()?).await.map_err(|e| e.to_string())?;
+            let found = targets
+                .into_iter()
+                .map(|(target, addr)| Found {
+                    addr,
+                    agent: None,
+                    target: Some(target),
+                    sources: vec![label.clone()],
+                })
+                .collect();
+            Ok((found, skipped))
+        }
+    }
+}
+
+/// Adds `new` to `found`, or its source to the agent already there (same
+/// id, or same address).
+fn merge(found: &mut Vec<Found>, new: Found) {
+    let id = |f: &Found| f.agent.as_ref().map(|a| a.info.id.clone());
+    let same = found
+        .iter_mut()
+        .find(|f| f.addr == new.addr || (id(f).is_some() && id(f) == id(&new)));
+    match same {
+        Some(f) => {
+            for s in new.sources {
+                if !f.sources.contains(&s) {
+                    f.sources.push(s);
+                }
+            }
+            if f.agent.is_none() {
+                f.agent = new.agent;
+            }
+        }
+        None => found.push(new),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_and_print_back() {
+        for s in [
+            "mdns",
+            "mdns:eth0",
+            "dns-sd:lab.test",
+            "srv:_skelpi._tcp.skelpi.pis.svc.cluster.local",
+        ] {
+            assert_eq!(s.parse::<Source>().unwrap().to_string(), s);
+        }
+        let e = "dns-sd:".parse::<Source>().unwrap_err();
+        assert!(e.contains("names no domain"), "{e}");
+        let e = "consul:x".parse::<Source>().unwrap_err();
+        assert!(
+            e.contains("give mdns, mdns:INTERFACE, dns-sd:DOMAIN or srv:NAME"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_agent_found_twice_is_kept_once_with_both_sources() {
+        let by_srv = Found {
+            addr: "10.0.0.5:7871".parse().unwrap(),
+            agent: None,
+            target: Some("pi1.lab.".into()),
+            sources: vec!["srv:x".into()],
+        };
+        let mut found = vec![by_srv.clone()];
+        merge(
+            &mut found,
+            Found {
+                sources: vec!["mdns".into()],
+                target: None,
+                ..by_srv
+            },
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].sources, ["srv:x", "mdns"]);
+    }
+}
