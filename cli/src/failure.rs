@@ -46,6 +46,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn is_usage(cause: &(dyn std::error::Error + 'static)) -> bool {
     use skelpi::trace::TraceError;
+    if cause.downcast_ref::<crate::pools::PoolsError>().is_some() {
+        return true;
+    }
     if let Some(p) = cause.downcast_ref::<PoolError>() {
         return matches!(p, PoolError::Key { .. } | PoolError::BadAddress(_));
     }

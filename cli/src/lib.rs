@@ -10,3 +10,4 @@ pub mod failure;
 pub mod image;
 pub mod jobfile;
 pub mod lab;
+pub mod pools;

@@ -264,7 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             find,
         } => cmd::discover::records(&find, &domain, format),
         Command::Ping { pool, count, json } => smol::block_on(async {
-            let mut pool = pool::connect(&pool.options(false)).await?;
+            let mut pool = pool::connect(&pool.options(false)?).await?;
             eprintln!("{}", pool.origin);
             let mut rows = Vec::new();
             for agent in pool.cluster.agents_mut() {
@@ -278,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::ping::print(&rows, json)
         }),
         Command::Health { pool, json } => smol::block_on(async {
-            let mut pool = pool::connect(&cmd::health::pool_options(&pool)).await?;
+            let mut pool = pool::connect(&cmd::health::pool_options(&pool)?).await?;
             eprintln!("{}", pool.origin);
             let mut tried = std::collections::HashMap::new();
             let mut rows = cmd::health::ask_all(pool.cluster.agents_mut(), &mut tried).await;

@@ -18,6 +18,9 @@ pub enum Source {
     /// The SRV records of a name (`srv:NAME`), e.g.
     /// `_skelpi._tcp.skelpi.NAMESPACE.svc.cluster.local`.
     Srv(String),
+    /// Agents by address, `host[:port]` (a pool file's `agents`; shown
+    /// as `agents`).
+    Agents(Vec<String>),
 }
 
 impl std::str::FromStr for Source {
@@ -58,6 +61,7 @@ impl std::fmt::Display for Source {
             Source::Mdns(Some(i)) => write!(f, "mdns:{i}"),
             Source::DnsSd(d) => write!(f, "dns-sd:{d}"),
             Source::Srv(n) => write!(f, "srv:{n}"),
+            Source::Agents(_) => write!(f, "agents"),
         }
     }
 }
@@ -167,6 +171,22 @@ async fn find_one(
                 browsed.agents.into_iter().map(announced).collect(),
                 browsed.skipped,
             ))
+        }
+        Source::Agents(list) => {
+            let mut found = Vec::new();
+            let mut skipped = Vec::new();
+            for entry in list {
+                match crate::pool::parse_agents(std::slice::from_ref(entry)) {
+                    Ok(addrs) => found.extend(addrs.into_iter().map(|addr| Found {
+                        addr,
+                        agent: None,
+                        target: Some(entry.clone()),
+                        sources: vec![label.clone()],
+                    })),
+                    Err(e) => skipped.push(e.to_string()),
+                }
+            }
+            Ok((found, skipped))
         }
         Source::Srv(name) => {
             let (targets, skipped) = dnssd::srv(name, &dns()?).await.map_err(|e| e.to_string())?;

@@ -242,7 +242,7 @@ pub fn run(which: Option<BenchCommand>, pool: &PoolArgs, args: &BenchArgs) -> an
         return run_roll(pool, args, roll);
     }
     smol::block_on(async {
-        let mut pool = pool::connect(&pool.options(true)).await?;
+        let mut pool = pool::connect(&pool.options(true)?).await?;
         eprintln!("{}", pool.origin);
         let all = which.is_none();
         let wants = |b: &BenchCommand| all || which.as_ref().is_some_and(|w| same(w, b));
@@ -420,7 +420,7 @@ fn run_roll(pool: &PoolArgs, args: &BenchArgs, r: &RollArgs) -> anyhow::Result<(
     roll::check(&opts)?;
     let csv_path = out_file(args, "roll.csv")?;
     smol::block_on(async {
-        let pool = pool::connect(&pool.options(false)).await?;
+        let pool = pool::connect(&pool.options(false)?).await?;
         eprintln!("{}", pool.origin);
         let got = roll::run(&pool.cluster, &pool.origin, &opts, &key, |what| {
             eprintln!("{what}")

@@ -71,7 +71,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         .map(|p| Binary::read(p))
         .collect::<Result<Vec<_>, _>>()?;
     smol::block_on(async {
-        let mut pool = pool::connect(&args.pool.options(false)).await?;
+        let mut pool = pool::connect(&args.pool.options(false)?).await?;
         eprintln!("{}", pool.origin);
         let boards: Vec<Board> = pool.cluster.agents().iter().map(Board::of).collect();
         let binaries = if args.build {

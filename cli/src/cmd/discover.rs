@@ -28,30 +28,49 @@ pub struct FindArgs {
     /// [default: the first nameserver of /etc/resolv.conf].
     #[arg(long, value_name = "ADDR", value_parser = dnssd::parse_server)]
     pub dns_server: Option<SocketAddr>,
+    /// Look where the pool NAME of the pool file says (its sources and
+    /// agents; see --pools-file).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["discover", "interface"])]
+    pub pool: Option<String>,
+    /// The pool file [default: $SKELPI_POOLS_FILE or
+    /// ~/.config/skelpi/pools.toml].
+    #[arg(long, value_name = "PATH")]
+    pub pools_file: Option<std::path::PathBuf>,
 }
 
 impl FindArgs {
-    /// Asks the sources (mDNS by default), saying each problem on stderr.
-    pub fn find(&self) -> Finding {
-        let sources = match self.discover.as_slice() {
-            [] => vec![Source::Mdns(self.interface.clone())],
-            given => given.to_vec(),
+    /// Asks the sources (mDNS by default, or a named pool's), saying each
+    /// problem on stderr.
+    pub fn find(&self) -> Result<Finding, crate::pools::PoolsError> {
+        let mut dns_server = self.dns_server;
+        let sources = match (&self.pool, self.discover.as_slice()) {
+            (Some(name), _) => {
+                let path = self
+                    .pools_file
+                    .clone()
+                    .unwrap_or_else(crate::pools::default_path);
+                let pool = crate::pools::load(&path, name)?;
+                dns_server = dns_server.or(pool.dns_server);
+                pool.sources
+            }
+            (None, []) => vec![Source::Mdns(self.interface.clone())],
+            (None, given) => given.to_vec(),
         };
         let opts = FindOptions {
             timeout: self.timeout,
-            dns_server: self.dns_server,
+            dns_server,
         };
         let finding = smol::block_on(find(&sources, &opts));
         for problem in &finding.problems {
             eprintln!("skelpi: {problem}");
         }
-        finding
+        Ok(finding)
     }
 }
 
 /// `skelpi discover`: a table, or JSON, of the agents found.
 pub fn discover(args: &FindArgs, json: bool) -> anyhow::Result<()> {
-    let found = args.find().found;
+    let found = args.find()?.found;
     if json {
         let v: Vec<_> = found.iter().map(json_row).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -127,7 +146,7 @@ pub enum RecordFormat {
 /// `skelpi dns-records`: the DNS-SD records of the agents found, under
 /// `domain`.
 pub fn records(args: &FindArgs, domain: &str, format: RecordFormat) -> anyhow::Result<()> {
-    let finding = args.find();
+    let finding = args.find()?;
     let mut agents = Vec::new();
     for f in finding.found {
         match f.agent {

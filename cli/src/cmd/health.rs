@@ -73,10 +73,12 @@ pub async fn ask_all(
 
 /// The pool options of `health` and `top`: an explicit agent that cannot
 /// be reached is shown down, not a reason to show nothing.
-pub fn pool_options(pool: &super::pool_args::PoolArgs) -> skelpi::pool::PoolOptions {
-    let mut opts = pool.options(false);
+pub fn pool_options(
+    pool: &super::pool_args::PoolArgs,
+) -> Result<skelpi::pool::PoolOptions, crate::pools::PoolsError> {
+    let mut opts = pool.options(false)?;
     opts.skip_unreachable = true;
-    opts
+    Ok(opts)
 }
 
 /// The rows of boards not reached: down, with why.

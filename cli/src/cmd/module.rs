@@ -35,7 +35,7 @@ pub fn run(command: &ModuleCommand) -> anyhow::Result<()> {
         .map(|f| read_module(f).with_context(|| format!("cannot push {}", f.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
     smol::block_on(async {
-        let mut pool = pool::connect(&pool.options(false)).await?;
+        let mut pool = pool::connect(&pool.options(false)?).await?;
         eprintln!("{}", pool.origin);
         for (file, bytes) in files.iter().zip(&modules) {
             let pushed = pool

@@ -38,6 +38,15 @@ pub struct PoolArgs {
     /// [default: the first nameserver of /etc/resolv.conf].
     #[arg(long, value_name = "ADDR", global = true, value_parser = skelpi::dnssd::parse_server)]
     pub dns_server: Option<std::net::SocketAddr>,
+    /// Use the pool NAME of the pool file (its sources, agents, DNS server
+    /// and key file; see --pools-file).
+    #[arg(long, value_name = "NAME", global = true,
+          conflicts_with_all = ["agents", "local", "discover"])]
+    pub pool: Option<String>,
+    /// The pool file [default: $SKELPI_POOLS_FILE or
+    /// ~/.config/skelpi/pools.toml].
+    #[arg(long, value_name = "PATH", global = true)]
+    pub pools_file: Option<PathBuf>,
     /// How long to look for agents (each source).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     pub discover_timeout: Duration,
@@ -59,9 +68,26 @@ pub struct PoolArgs {
 }
 
 impl PoolArgs {
-    /// The pool options; `fallback_local`: an embedded cluster when no
-    /// agent answers.
-    pub fn options(&self, fallback_local: bool) -> PoolOptions {
+    /// The pool options (a named pool's read from the pool file);
+    /// `fallback_local`: an embedded cluster when no agent answers (not
+    /// for a named pool).
+    pub fn options(&self, fallback_local: bool) -> Result<PoolOptions, crate::pools::PoolsError> {
+        if let Some(name) = &self.pool {
+            let path = self
+                .pools_file
+                .clone()
+                .unwrap_or_else(crate::pools::default_path);
+            let pool = crate::pools::load(&path, name)?;
+            let mut opts = self.plain_options(false);
+            opts.sources = pool.sources;
+            opts.dns_server = self.dns_server.or(pool.dns_server);
+            opts.key_file = self.key_file.clone().or(pool.key_file);
+            return Ok(opts);
+        }
+        Ok(self.plain_options(fallback_local))
+    }
+
+    fn plain_options(&self, fallback_local: bool) -> PoolOptions {
         PoolOptions {
             agents: self.agents.clone(),
             local: self.local,

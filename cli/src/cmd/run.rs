@@ -161,7 +161,7 @@ pub fn run(pool_args: &PoolArgs, args: &RunArgs) -> anyhow::Result<()> {
     builder.plan()?;
     let mut sink = Sink::create(args)?;
     smol::block_on(async {
-        let mut pool = pool::connect(&pool_args.options(true)).await?;
+        let mut pool = pool::connect(&pool_args.options(true)?).await?;
         eprintln!("{}", pool.origin);
         pool.cluster.set_stall_timeout(args.stall_timeout.0);
         pool.cluster.set_task_deadline(args.task_deadline.0);

@@ -62,7 +62,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let interval = args.interval.max(Duration::from_millis(100));
     let (tx, rx) = mpsc::sync_channel::<Snapshot>(1);
     let jobs_dir = watch::jobs_dir();
-    let opts = health::pool_options(&args.pool);
+    let opts = health::pool_options(&args.pool)?;
     let once = args.once;
     let poller = std::thread::spawn(move || -> anyhow::Result<()> {
         smol::block_on(async {

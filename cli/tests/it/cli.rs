@@ -262,3 +262,57 @@ fn heartbeat_is_asked_of_the_pool_within_what_agents_grant() {
         "{err}"
     );
 }
+
+/// A named pool: the pool file's agents and key form the pool of `ping`;
+/// `discover --pool` says where each agent came from; a typo in the file
+/// is named with its line, an unknown pool with the pools there are (exit
+/// code 2), and a pool whose one agent does not answer says so.
+#[test]
+fn a_named_pool_from_the_pool_file_forms_the_pool_and_errors_name_the_line() {
+    let dir = Scratch::new("pools");
+    let key = dir.path("cluster.key");
+    skelpi_wire::key::ClusterKey::generate()
+        .unwrap()
+        .write(std::path::Path::new(&key), true)
+        .unwrap();
+    let agent = crate::agents::start_agent(std::path::Path::new(&key), "pooled", &["--no-mdns"]);
+    let file = dir.path("pools.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[lab]\nagents = [\"{}\"]\nkey-file = \"{key}\"\n\n[gone]\nagents = [\"127.0.0.1:1\"]\nkey-file = \"{key}\"\n",
+            agent.addr
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = skelpi(&["ping", "--pool", "lab", "--pools-file", &file, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("1 agent found by agents"), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["agent"], "pooled", "{out}");
+    let (code, out, err) = skelpi(&["discover", "--pool", "lab", "--pools-file", &file, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("\"sources\": [\n      \"agents\"\n    ]"),
+        "{out}"
+    );
+    // Unknown pool, a typo, a pool that cannot be reached.
+    let (code, _, err) = skelpi(&["ping", "--pool", "office", "--pools-file", &file]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("has no pool named \"office\" (it has: gone, lab)"),
+        "{err}"
+    );
+    let typo = dir.path("typo.toml");
+    std::fs::write(&typo, "[lab]\nagents = [\"pi1\"]\ndicsover = [\"mdns\"]\n").unwrap();
+    let (code, _, err) = skelpi(&["ping", "--pool", "lab", "--pools-file", &typo]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("line 3, column 1: unknown field `dicsover`"),
+        "{err}"
+    );
+    let (code, _, err) = skelpi(&["ping", "--pool", "gone", "--pools-file", &file]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    drop(agent);
+}

@@ -1,0 +1,264 @@
+//! Named pools: a file (`~/.config/skelpi/pools.toml`) where a user writes
+//! their cluster down once — each pool a mix of sources (mDNS on an
+//! interface, unicast DNS-SD, SRV records) and agents by address, the
+//! `.hosts.erlang` successor — and `--pool NAME` uses it.
+//!
+//! ```toml
+//! [home]
+//! discover = ["mdns:eth0", "dns-sd:cluster.example"]
+//! agents = ["pi-old:7871", "10.0.0.9"]
+//! dns-server = "192.168.1.1"
+//! key-file = "/home/me/.config/skelpi/home.key"
+//! ```
+
+use serde::Deserialize;
+use skelpi::sources::Source;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// One pool of the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PoolSpec {
+    /// Where to find agents: `mdns`, `mdns:IF`, `dns-sd:DOMAIN`, `srv:NAME`.
+    #[serde(default)]
+    pub discover: Vec<String>,
+    /// Agents by address, `host[:port]`.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// The DNS server of `dns-sd:` and `srv:` sources, `IP[:PORT]`.
+    pub dns_server: Option<String>,
+    /// The cluster key of this pool's agents.
+    pub key_file: Option<PathBuf>,
+}
+
+/// A pool of the file, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Its sources, the addresses among them.
+    pub sources: Vec<Source>,
+    /// The DNS server, if named.
+    pub dns_server: Option<SocketAddr>,
+    /// The key file, if named.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Why a pool could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolsError {
+    /// The file cannot be read.
+    #[error(
+        "cannot read the pool file {path}: {source} (write pools there, or name another with --pools-file)"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a pool file (the message names the line).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with the line and column.
+        message: String,
+    },
+    /// No pool of that name.
+    #[error("{path} has no pool named {name:?} (it has: {known})")]
+    Unknown {
+        /// The file.
+        path: PathBuf,
+        /// The name asked.
+        name: String,
+        /// The names it has.
+        known: String,
+    },
+    /// A value of the pool is wrong.
+    #[error("{path}: pool {name:?}: {message}")]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// The pool.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The pool file: `$SKELPI_POOLS_FILE`, else
+/// `$XDG_CONFIG_HOME/skelpi/pools.toml`, else `~/.config/skelpi/pools.toml`.
+pub fn default_path() -> PathBuf {
+    path_from(|name| std::env::var_os(name))
+}
+
+fn path_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    let var = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(file) = var("SKELPI_POOLS_FILE") {
+        return file;
+    }
+    if let Some(dir) = var("XDG_CONFIG_HOME").filter(|d| d.is_absolute()) {
+        return dir.join("skelpi").join("pools.toml");
+    }
+    if let Some(home) = var("HOME") {
+        return home.join(".config").join("skelpi").join("pools.toml");
+    }
+    PathBuf::from("pools.toml")
+}
+
+/// Pool `name` of the file at `path`.
+pub fn load(path: &Path, name: &str) -> Result<Pool, PoolsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PoolsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, name).map_err(|e| match e {
+        Parse::Syntax(message) => PoolsError::Syntax {
+            path: path.to_owned(),
+            message,
+        },
+        Parse::Unknown(known) => PoolsError::Unknown {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            known,
+        },
+        Parse::Bad(message) => PoolsError::Bad {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            message,
+        },
+    })
+}
+
+/// What [`parse`] found wrong.
+#[derive(Debug, PartialEq, Eq)]
+enum Parse {
+    Syntax(String),
+    Unknown(String),
+    Bad(String),
+}
+
+fn parse(text: &str, name: &str) -> Result<Pool, Parse> {
+    let pools: BTreeMap<String, PoolSpec> =
+        toml::from_str(text).map_err(|e| Parse::Syntax(located(text, &e)))?;
+    let Some(spec) = pools.get(name) else {
+        let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+        return Err(Parse::Unknown(if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        }));
+    };
+    if spec.discover.is_empty() && spec.agents.is_empty() {
+        return Err(Parse::Bad(
+            "names no agents and no source: give `discover = [...]` or `agents = [...]`".into(),
+        ));
+    }
+    let mut sources = Vec::new();
+    for s in &spec.discover {
+        sources.push(s.parse::<Source>().map_err(Parse::Bad)?);
+    }
+    if !spec.agents.is_empty() {
+        sources.push(Source::Agents(spec.agents.clone()));
+    }
+    let dns_server = match &spec.dns_server {
+        Some(s) => Some(skelpi::dnssd::parse_server(s).map_err(Parse::Bad)?),
+        None => None,
+    };
+    Ok(Pool {
+        sources,
+        dns_server,
+        key_file: spec.key_file.clone(),
+    })
+}
+
+/// toml's message, led by the line and column it points at.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().to_owned();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[home]
+discover = ["mdns:eth0", "dns-sd:cluster.example"]
+agents = ["pi-old:7871"]
+dns-server = "192.168.1.1"
+
+[k3s]
+discover = ["srv:_skelpi._tcp.skelpi.pis.svc.cluster.local"]
+"#;
+
+    #[test]
+    fn a_pool_mixes_sources_and_agents() {
+        let home = parse(FILE, "home").unwrap();
+        assert_eq!(
+            home.sources,
+            vec![
+                Source::Mdns(Some("eth0".into())),
+                Source::DnsSd("cluster.example".into()),
+                Source::Agents(vec!["pi-old:7871".into()]),
+            ]
+        );
+        assert_eq!(home.dns_server, Some("192.168.1.1:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_line_or_the_pools_there_are() {
+        let bad = "[home]\ndiscover = [\"mdns\"]\nagent = [\"pi1\"]\n";
+        let Err(Parse::Syntax(m)) = parse(bad, "home") else {
+            panic!("a typo is an error")
+        };
+        assert!(
+            m.starts_with("line 3, column 1: unknown field `agent`"),
+            "{m}"
+        );
+        assert_eq!(
+            parse(FILE, "office"),
+            Err(Parse::Unknown("home, k3s".into()))
+        );
+        let Err(Parse::Bad(m)) = parse("[x]\ndiscover = [\"consul:a\"]\n", "x") else {
+            panic!("a bad source is an error")
+        };
+        assert!(m.contains("not a source of agents"), "{m}");
+        let Err(Parse::Bad(m)) = parse("[x]\n", "x") else {
+            panic!("an empty pool is an error")
+        };
+        assert!(m.contains("names no agents and no source"), "{m}");
+    }
+
+    #[test]
+    fn the_file_is_found_as_the_key_is() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            path_from(env(&[("SKELPI_POOLS_FILE", "/p.toml"), ("HOME", "/h")])),
+            PathBuf::from("/p.toml")
+        );
+        assert_eq!(
+            path_from(env(&[("HOME", "/h")])),
+            PathBuf::from("/h/.config/skelpi/pools.toml")
+        );
+    }
+}
