@@ -39,6 +39,10 @@ pub enum AnnounceError {
         #[source]
         source: mdns_sd::Error,
     },
+    /// `--interface` names an interface this machine lacks, or comes with
+    /// an agent bound to one address.
+    #[error("{0}")]
+    Interface(String),
     /// The mDNS daemon did not answer within the allowed time.
     #[error("mdns daemon did not confirm {op} within {waited:?}")]
     Timeout {
@@ -77,10 +81,19 @@ impl Announcer {
     /// another specific IP => announce that IP only.
     ///
     /// The announced port is `info.port`, in SRV and in TXT.
-    pub fn start(info: &AgentInfo, listen: SocketAddr) -> Result<Announcer, AnnounceError> {
+    ///
+    /// `interfaces` (names, e.g. `eth0`), if any, limit an agent listening
+    /// on 0.0.0.0 / :: to announcing, and answering queries, on those
+    /// interfaces with their addresses; each must exist here.
+    pub fn start(
+        info: &AgentInfo,
+        listen: SocketAddr,
+        interfaces: &[String],
+    ) -> Result<Announcer, AnnounceError> {
         let host = host_name(info);
-        let props = txt_properties(info);
         let ip = listen.ip();
+        check_interfaces(interfaces, ip)?;
+        let props = txt_properties(info);
         let service = if ip.is_unspecified() {
             let mut service = ServiceInfo::new(
                 SERVICE_TYPE,
@@ -92,7 +105,10 @@ impl Announcer {
             )
             .map_err(AnnounceError::daemon("build service info"))?
             .enable_addr_auto();
-            if ip.is_ipv4() {
+            if !interfaces.is_empty() {
+                let named = interfaces.iter().map(|n| IfKind::Name(n.clone()));
+                service.set_interfaces(named.collect());
+            } else if ip.is_ipv4() {
                 // A socket bound to 0.0.0.0 does not accept IPv6 connections.
                 service.set_interfaces(vec![IfKind::IPv4]);
             }
@@ -118,7 +134,18 @@ impl Announcer {
             fullname,
         };
         let daemon = announcer.daemon.as_ref().expect("just set");
-        if !ip.is_unspecified() {
+        if !interfaces.is_empty() {
+            // Queries are answered, and announcements made, on the named
+            // interfaces only (IPv4 only for 0.0.0.0, as above).
+            let mut select = daemon.disable_interface(IfKind::All);
+            for name in interfaces {
+                select = select.and_then(|()| daemon.enable_interface(IfKind::Name(name.clone())));
+            }
+            if ip.is_ipv4() {
+                select = select.and_then(|()| daemon.disable_interface(IfKind::IPv6));
+            }
+            select.map_err(AnnounceError::daemon("select the announcing interfaces"))?;
+        } else if !ip.is_unspecified() {
             // An agent bound to one address speaks mDNS on that address's
             // interface only: no queries or announcements leak onto other
             // networks (and a loopback agent stays on loopback).
@@ -208,6 +235,38 @@ impl Drop for Announcer {
 }
 
 /// Asks `daemon` to exit and waits at most [`STOP_WAIT`] for it to confirm.
+/// Checks that `interfaces` exist here (in `/sys/class/net`) and that the
+/// agent listens on every address (`ip` unspecified) if any are named.
+fn check_interfaces(interfaces: &[String], ip: std::net::IpAddr) -> Result<(), AnnounceError> {
+    if interfaces.is_empty() {
+        return Ok(());
+    }
+    if !ip.is_unspecified() {
+        return Err(AnnounceError::Interface(format!(
+            "--interface needs --listen on 0.0.0.0 or :: (an agent bound to {ip} announces on \
+             that address's interface only)"
+        )));
+    }
+    let dir = std::path::Path::new("/sys/class/net");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // Not Linux's sysfs: the daemon says whether the names are known.
+        return Ok(());
+    };
+    let mut here: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    here.sort();
+    for name in interfaces {
+        if !here.contains(name) {
+            return Err(AnnounceError::Interface(format!(
+                "--interface {name}: no such network interface here (there are: {})",
+                here.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn shutdown(daemon: &ServiceDaemon) -> Result<(), AnnounceError> {
     let status = daemon
         .shutdown()

@@ -57,6 +57,12 @@ pub struct Args {
     /// Do not announce over mDNS; masters must name this agent with --agents.
     #[arg(long)]
     no_mdns: bool,
+    /// Announce over mDNS on this network interface only (repeatable;
+    /// e.g. eth0 for the cluster on a board whose wlan0 is the home
+    /// network) [default: every interface]. Needs --listen on 0.0.0.0 or
+    /// :: (an agent bound to one address announces on its interface only).
+    #[arg(long, value_name = "NAME", conflicts_with = "no_mdns")]
+    interface: Vec<String>,
     /// Worker threads for kernels [default: number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -364,6 +370,7 @@ pub fn run(args: Args, kernels: Registry) -> Result<node::Stopped, CliError> {
         key,
         workers,
         mdns: !args.no_mdns,
+        mdns_interfaces: args.interface,
         allow_plaintext: args.allow_plaintext,
         kernels,
         kernel_memory: args.kernel_memory.map(|mib| mib.saturating_mul(1 << 20)),

@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub workers: usize,
     /// Announce over mDNS/DNS-SD.
     pub mdns: bool,
+    /// Announce on these network interfaces only (none: every one), for an
+    /// agent listening on 0.0.0.0 or `::`.
+    pub mdns_interfaces: Vec<String>,
     /// Grant masters' requests for a plaintext transport.
     pub allow_plaintext: bool,
     /// The kernels it offers.
@@ -99,7 +102,7 @@ pub fn run(config: NodeConfig) -> Result<Stopped, NodeError> {
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
             .map_err(NodeError::Signals)?;
     let announcer = if config.mdns {
-        Some(Announcer::start(&info, local)?)
+        Some(Announcer::start(&info, local, &config.mdns_interfaces)?)
     } else {
         None
     };

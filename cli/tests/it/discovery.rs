@@ -38,7 +38,7 @@ fn agents() -> Vec<AgentInfo> {
 }
 
 fn announce(info: &AgentInfo) -> Announcer {
-    Announcer::start(info, SocketAddr::new(LOCALHOST, info.port)).expect("announce")
+    Announcer::start(info, SocketAddr::new(LOCALHOST, info.port), &[]).expect("announce")
 }
 
 /// The discovered agents with the ids of `ours`, in the order of `ours`.

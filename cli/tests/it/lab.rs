@@ -50,6 +50,53 @@ pub fn in_lab(id: &str, args: &[&str]) -> (Option<i32>, String, String) {
     skelpi(&[&["lab", "exec", "--id", id, "--", exe][..], args].concat())
 }
 
+/// Two more agents in host 1's namespace, listening on 0.0.0.0, one
+/// announcing on `lo` only and one on `eth0` only (`--interface`): the
+/// master, across the bridge, finds the second and not the first.
+fn announced_on_named_interfaces_only(id: &str, agent: &std::path::Path) {
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let key = format!("/tmp/skelpi-lab-{id}/cluster.key");
+    let start = |name: &str, port: u16, interface: &str| {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &format!("skl{id}-h1")])
+            .arg(agent)
+            .args([
+                "--listen",
+                &format!("0.0.0.0:{port}"),
+                "--name",
+                name,
+                "--id",
+                name,
+            ])
+            .args([
+                "--key-file",
+                &key,
+                "--workers",
+                "1",
+                "--interface",
+                interface,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Killed(child)
+    };
+    let _on_lo = start("extra-lo", 7901, "lo");
+    let _on_eth0 = start("extra-eth0", 7902, "eth0");
+    let (code, out, err) = in_lab(id, &["discover", "--json", "--timeout", "3s"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"extra-eth0\""), "announced on eth0: {out}");
+    assert!(out.contains(&format!("10.77.{id}.1:7902")), "{out}");
+    assert!(!out.contains("extra-lo"), "announced on lo only: {out}");
+}
+
 /// Kills a daemon from its pid file when dropped.
 struct Daemon(std::path::PathBuf);
 
@@ -338,6 +385,7 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
     // A pmap and a pipeline on the discovered agents.
     let dir = Scratch::new("lab");
     found_through_a_dns_server(&id, &found, &dir);
+    announced_on_named_interfaces_only(&id, &agent);
     for (name, tree, check) in [
         (
             "pmap",
