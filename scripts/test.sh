@@ -181,6 +181,19 @@ CARGO_TARGET_DIR=target/msrv cargo "+$MSRV" check --workspace --all-targets --lo
 step "architecture invariants"
 ./scripts/check-invariants.sh
 
+# No Kubernetes cluster runs here: the manifests are checked against the
+# API's schemas (bundled in the kubernetes-validate package from PyPI),
+# strictly (an unknown field fails), for the oldest version k3s still
+# ships on Raspberry Pi OS and the newest the package knows.
+step "kubernetes-validate --strict k8s/skelpi.yaml"
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+    pip=(python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate)
+    "${pip[@]}" || "${pip[@]}" --break-system-packages ||
+        die 2 "cannot install kubernetes-validate from PyPI"
+fi
+python3 -m kubernetes_validate --strict --quiet -k 1.31.0 k8s/skelpi.yaml
+python3 -m kubernetes_validate --strict --quiet k8s/skelpi.yaml
+
 # Tests that need root are #[ignore]d, so a plain `cargo test` as a user
 # passes without pretending to have run them; as root (CI) this script runs
 # them with the rest, so its pass means they ran. Ignored tests are only

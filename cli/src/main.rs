@@ -73,8 +73,8 @@ enum Command {
     /// that a DNS server can list them for masters beyond the local link
     /// (`--discover dns-sd:DOMAIN`).
     #[command(after_help = "Examples:
-  skelpi dns-records --domain cluster.example > skelpi.zone
-  skelpi dns-records --domain lab.test --format dnsmasq > /etc/dnsmasq.d/skelpi.conf")]
+  skelpi dns-records --domain cluster.example                   # zone-file lines, on stdout
+  skelpi dns-records --domain lab.test --format dnsmasq          # for /etc/dnsmasq.d/")]
     DnsRecords {
         /// The domain the records go under: `_skelpi._tcp.DOMAIN`.
         #[arg(long)]
