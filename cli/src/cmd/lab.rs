@@ -67,6 +67,19 @@ pub enum LabCommand {
         /// -rpt _skelpi._tcp`.
         #[arg(long)]
         avahi: bool,
+        /// Spread the hosts over N subnets (1 to 8), each a bridge of its
+        /// own (10.<77+s>.<id>.0/24; host n in subnet (n-1) mod N, the
+        /// master in the first), joined by a router namespace that
+        /// forwards IP but not multicast: mDNS answers only within a
+        /// subnet, as past a real router.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        subnets: usize,
+        /// Run Debian's avahi-daemon on the router as an mDNS reflector
+        /// (`enable-reflector=yes`), the usual way across subnets: the
+        /// master then finds the agents of every subnet. Needs --subnets 2
+        /// or more.
+        #[arg(long)]
+        reflector: bool,
     },
     /// Stop the lab's agents and remove its namespaces (safe to repeat, and
     /// after a crash).
@@ -105,6 +118,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             cpu_quota,
             deploy_pubkey,
             avahi,
+            subnets,
+            reflector,
         } => {
             let agent_binary = agent_binary.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -127,6 +142,8 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 cpu_quotas: cpu_quota.clone(),
                 deploy_pubkey,
                 avahi,
+                subnets,
+                reflector,
             })?;
             println!(
                 "lab {} is up: {} hosts ({}), master namespace {}",
@@ -139,6 +156,16 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                     .join(", "),
                 lab.master_ns
             );
+            if let Some(r) = &lab.router_ns {
+                println!(
+                    "{subnets} subnets joined by the router namespace {r}{}",
+                    if reflector {
+                        " (an avahi-daemon reflector carries mDNS across)"
+                    } else {
+                        " (mDNS stays within each subnet)"
+                    }
+                );
+            }
             for q in &cpu_quota {
                 println!(
                     "host {}: its agent held to {}% of one core (a cgroup CPU quota)",

@@ -7,6 +7,10 @@
 //! `/run/avahi-daemon` (its pid file), so labs and a host's own daemon do
 //! not see each other; it publishes nothing. Both processes live in the
 //! master namespace: [`super::down`] stops them with the rest.
+//!
+//! [`start_reflector`] runs another avahi-daemon on a lab's router, with
+//! `enable-reflector=yes` and no bus: it repeats mDNS between the subnets,
+//! as a home or office router does.
 
 use super::{LabError, running};
 use std::os::unix::process::CommandExt;
@@ -54,26 +58,47 @@ pub fn start(ns: &str, dir: &Path) -> Result<(), LabError> {
         what,
     )?;
     wait(bus, what, || socket.exists())?;
-    let log = dir.join("avahi-daemon.log");
+    daemon(
+        ns,
+        &avahi_conf,
+        &dir.join("avahi-daemon.log"),
+        Some(&socket),
+    )
+}
+
+/// Starts avahi-daemon as a reflector in namespace `ns` (a lab's router),
+/// its files in `dir`: every interface, no bus, nothing published.
+pub fn start_reflector(ns: &str, dir: &Path) -> Result<(), LabError> {
+    let conf = dir.join("avahi-reflector.conf");
+    write(
+        &conf,
+        "[server]\nuse-ipv4=yes\nuse-ipv6=no\nenable-dbus=no\n\
+         [publish]\ndisable-publishing=yes\n[reflector]\nenable-reflector=yes\n",
+    )?;
+    daemon(ns, &conf, &dir.join("avahi-reflector.log"), None)
+}
+
+/// Runs avahi-daemon with `conf` in namespace `ns` (on the bus at `bus`,
+/// if any), its output in `log`; returns once it is up.
+fn daemon(ns: &str, conf: &Path, log: &Path, bus: Option<&Path>) -> Result<(), LabError> {
     // A /run of its own: its pid file and socket, nothing on the host's.
     let daemon = "mount -t tmpfs skelpi-lab /run && mkdir /run/avahi-daemon && \
                   exec avahi-daemon --no-chroot --no-drop-root --no-rlimits -f \"$1\"";
     let what = "avahi-daemon (Debian package avahi-daemon)";
-    let avahi = spawn(
-        Command::new("ip")
-            .args([
-                "netns", "exec", ns, "unshare", "--mount", "sh", "-c", daemon, "sh",
-            ])
-            .arg(&avahi_conf)
-            .env(
-                "DBUS_SYSTEM_BUS_ADDRESS",
-                format!("unix:path={}", socket.display()),
-            ),
-        &log,
-        what,
-    )?;
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", ns, "unshare", "--mount", "sh", "-c", daemon, "sh",
+    ])
+    .arg(conf);
+    if let Some(socket) = bus {
+        cmd.env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            format!("unix:path={}", socket.display()),
+        );
+    }
+    let avahi = spawn(&mut cmd, log, what)?;
     wait(avahi, what, || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Server startup complete"))
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("Server startup complete"))
     })
 }
 

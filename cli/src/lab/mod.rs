@@ -10,6 +10,14 @@
 //! without any state. Addresses are `10.77.<id>.<n>/24`: host n is `.n`
 //! (from 1), the master `.254`.
 //!
+//! With `subnets` > 1, hosts are spread over that many subnets, each a
+//! bridge of its own (`10.<77+s>.<id>.0/24`, host n in subnet
+//! `(n-1) % subnets`, the master in subnet 0), joined by a router namespace
+//! (`skl<id>-router`, `.253` in each, IP forwarding on, no multicast
+//! routing): mDNS answers only within a subnet, as past a real router. An
+//! avahi-daemon reflector on the router (`reflector`) carries mDNS across,
+//! the usual home and office answer.
+//!
 //! It is a subcommand of `skelpi` rather than a script because it starts
 //! and supervises the agent binary, reuses the key handling and is tested
 //! like the rest of the tool.
@@ -113,6 +121,12 @@ pub struct LabOptions {
     /// Run avahi-daemon (on a D-Bus bus of its own) in the master
     /// namespace, for `avahi-browse` through `skelpi lab exec`.
     pub avahi: bool,
+    /// Subnets the hosts are spread over, joined by a router (1: one
+    /// bridge, no router).
+    pub subnets: usize,
+    /// Run an avahi-daemon reflector on the router (needs 2 subnets or
+    /// more).
+    pub reflector: bool,
 }
 
 /// A lab that is up: where to find its parts.
@@ -126,6 +140,8 @@ pub struct Lab {
     pub host_ns: Vec<String>,
     /// The hosts' addresses, in order.
     pub host_addrs: Vec<Ipv4Addr>,
+    /// The router's namespace, if the lab has subnets.
+    pub router_ns: Option<String>,
     /// The agents' process ids, in order.
     pub agent_pids: Vec<u32>,
     /// The cluster key file of the lab.
@@ -188,6 +204,14 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
             "--hosts must be 0 to 200 and --boards 0 to 20, at least one of either".into(),
         ));
     }
+    if !(1..=8).contains(&opts.subnets) {
+        return Err(LabError::Invalid("--subnets must be 1 to 8".into()));
+    }
+    if opts.reflector && opts.subnets < 2 {
+        return Err(LabError::Invalid(
+            "--reflector needs --subnets 2 or more: it carries mDNS across the router".into(),
+        ));
+    }
     if opts.boards > 0 && opts.board_base.is_none() {
         return Err(LabError::Invalid(
             "--boards needs --board-base: the directory scripts/board-base.sh prints".into(),
@@ -242,18 +266,25 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
     let sw = format!("{p}sw");
     let master = master_ns(id);
     let hosts: Vec<String> = (1..=opts.hosts).map(|n| format!("{p}h{n}")).collect();
-    let addr = |n: u8| Ipv4Addr::new(10, 77, id, n);
+    let subnets = opts.subnets.max(1);
+    // Host n's subnet, and an address in subnet s.
+    let subnet_of = |n: usize| (n - 1) % subnets;
+    let in_subnet = |s: usize, n: u8| Ipv4Addr::new(10, 77 + s as u8, id, n);
+    let addr = |n: u8| in_subnet(subnet_of(usize::from(n)), n);
 
-    // The switch: a bridge alone in its namespace.
+    // The switch: a bridge per subnet, alone in their namespace.
     sh::ip(&["netns", "add", &sw])?;
     sh::ip_in(&sw, &["link", "set", "lo", "up"])?;
-    sh::ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
-    sh::ip_in(&sw, &["link", "set", "br0", "up"])?;
-    let mut members: Vec<(String, Ipv4Addr)> = vec![(master.clone(), addr(254))];
-    for (i, h) in hosts.iter().enumerate() {
-        members.push((h.clone(), addr(i as u8 + 1)));
+    for s in 0..subnets {
+        let br = format!("br{s}");
+        sh::ip_in(&sw, &["link", "add", &br, "type", "bridge"])?;
+        sh::ip_in(&sw, &["link", "set", &br, "up"])?;
     }
-    for (k, (ns, ip)) in members.iter().enumerate() {
+    let mut members: Vec<(String, Ipv4Addr, usize)> = vec![(master.clone(), in_subnet(0, 254), 0)];
+    for (i, h) in hosts.iter().enumerate() {
+        members.push((h.clone(), addr(i as u8 + 1), subnet_of(i + 1)));
+    }
+    for (k, (ns, ip, s)) in members.iter().enumerate() {
         sh::ip(&["netns", "add", ns])?;
         sh::ip_in(ns, &["link", "set", "lo", "up"])?;
         // A veth pair made in the switch: one end on the bridge, the other
@@ -264,7 +295,7 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
             &sw,
             &["link", "add", &port, "type", "veth", "peer", "name", &far],
         )?;
-        sh::ip_in(&sw, &["link", "set", &port, "master", "br0"])?;
+        sh::ip_in(&sw, &["link", "set", &port, "master", &format!("br{s}")])?;
         sh::ip_in(&sw, &["link", "set", &port, "up"])?;
         sh::ip_in(&sw, &["link", "set", &far, "netns", ns])?;
         sh::ip_in(ns, &["link", "set", &far, "name", "eth0"])?;
@@ -274,7 +305,16 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
         // Shape the switch side too, so traffic towards the host is held
         // to the same rate as traffic from it.
         shape_dev(&sw, &port, opts)?;
+        if subnets > 1 {
+            let gateway = in_subnet(*s, ROUTER_HOST).to_string();
+            sh::ip_in(ns, &["route", "add", "default", "via", &gateway])?;
+        }
     }
+    let router_ns = if subnets > 1 {
+        Some(router(&sw, &p, subnets, |s| in_subnet(s, ROUTER_HOST))?)
+    } else {
+        None
+    };
 
     let dir = dir(id);
     std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
@@ -297,6 +337,9 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
     if opts.avahi {
         avahi::start(&master, &dir)?;
     }
+    if let (true, Some(r)) = (opts.reflector, &router_ns) {
+        avahi::start_reflector(r, &dir)?;
+    }
     let mut booted = Vec::new();
     if opts.boards > 0 {
         boards::start_dhcp(&sw, id, &dir)?;
@@ -312,11 +355,58 @@ fn build(opts: &LabOptions) -> Result<Lab, LabError> {
         master_ns: master,
         host_ns: hosts,
         host_addrs: (1..=opts.hosts).map(|n| addr(n as u8)).collect(),
+        router_ns,
         agent_pids: pids,
         key_file,
         dir,
         boards: booted,
     })
+}
+
+/// The router's host number in each subnet.
+const ROUTER_HOST: u8 = 253;
+
+/// The router of a lab of `subnets` subnets (bridges `br<s>` in the switch
+/// namespace `sw`): a namespace with an interface `eth<s>` on each, at
+/// `addr(s)`, forwarding IPv4 between them (and no multicast routing).
+fn router(
+    sw: &str,
+    prefix: &str,
+    subnets: usize,
+    addr: impl Fn(usize) -> Ipv4Addr,
+) -> Result<String, LabError> {
+    let ns = format!("{prefix}router");
+    sh::ip(&["netns", "add", &ns])?;
+    sh::ip_in(&ns, &["link", "set", "lo", "up"])?;
+    for s in 0..subnets {
+        let (port, far, dev) = (format!("r{s}"), format!("q{s}"), format!("eth{s}"));
+        sh::ip_in(
+            sw,
+            &["link", "add", &port, "type", "veth", "peer", "name", &far],
+        )?;
+        sh::ip_in(sw, &["link", "set", &port, "master", &format!("br{s}")])?;
+        sh::ip_in(sw, &["link", "set", &port, "up"])?;
+        sh::ip_in(sw, &["link", "set", &far, "netns", &ns])?;
+        sh::ip_in(&ns, &["link", "set", &far, "name", &dev])?;
+        sh::ip_in(
+            &ns,
+            &["addr", "add", &format!("{}/24", addr(s)), "dev", &dev],
+        )?;
+        sh::ip_in(&ns, &["link", "set", &dev, "up"])?;
+    }
+    sh::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
+    Ok(ns)
 }
 
 /// tbf at the link rate (32 KiB of burst, 50 ms of queue), with netem
