@@ -178,6 +178,7 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
             &FindOptions {
                 timeout,
                 dns_server: opts.dns_server,
+                expect: None,
             },
         )
         .await;

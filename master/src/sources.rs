@@ -98,6 +98,8 @@ pub struct FindOptions {
     /// The DNS server for `dns-sd:` and `srv:` sources (`None`: the
     /// system's, from `/etc/resolv.conf`).
     pub dns_server: Option<SocketAddr>,
+    /// mDNS: stop browsing once this many agents answered.
+    pub expect: Option<usize>,
 }
 
 /// Asks every source in turn. A source that fails is a problem, not an
@@ -151,11 +153,11 @@ async fn find_one(
     };
     match source {
         Source::Mdns(interface) => {
-            let (timeout, interface) = (opts.timeout, interface.clone());
+            let (timeout, expect, interface) = (opts.timeout, opts.expect, interface.clone());
             let found = smol::unblock(move || {
                 discover(&DiscoverOptions {
                     timeout,
-                    expect: None,
+                    expect,
                     interface,
                 })
             })

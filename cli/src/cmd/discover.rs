@@ -14,6 +14,10 @@ pub struct FindArgs {
     /// How long to look (each source).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Stop browsing mDNS as soon as N agents answered (the time it took
+    /// is then how long discovery of N agents takes).
+    #[arg(long, value_name = "N")]
+    pub expect: Option<usize>,
     /// Browse mDNS on this network interface only (e.g. eth0, lo); the
     /// same as `--discover mdns:NAME`.
     #[arg(long, value_name = "NAME")]
@@ -59,6 +63,7 @@ impl FindArgs {
         let opts = FindOptions {
             timeout: self.timeout,
             dns_server,
+            expect: self.expect,
         };
         let finding = smol::block_on(find(&sources, &opts));
         for problem in &finding.problems {

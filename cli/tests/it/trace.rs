@@ -103,7 +103,15 @@ fn agents_whose_clocks_disagree_are_merged_with_every_message_causal() {
     ] {
         let trace = traced(&mut cluster, tree, items);
         let pairs = trace::merge::messages(&trace.events);
-        assert_eq!(pairs.len(), messages, "{tree}: both ends of every message");
+        // A routed task copied (a scheduling hiccup on a loaded machine
+        // can make one overdue) adds its own messages: at least every
+        // task's and result's, then.
+        let copies = pairs.len().saturating_sub(messages);
+        assert!(
+            pairs.len() >= messages && (copies == 0 || tree.starts_with("farm")),
+            "{tree}: both ends of every message: {} pairs for {messages}",
+            pairs.len()
+        );
         for (s, r) in pairs {
             let (s, r) = (&trace.events[s], &trace.events[r]);
             assert!(
