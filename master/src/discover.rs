@@ -208,22 +208,27 @@ fn instance_name(fullname: &str) -> &str {
 /// One agent per id: addresses of all its fullnames, info and instance of
 /// the first fullname in order. Agents with no address are left out.
 fn merge_by_id(seen: HashMap<String, Seen>) -> Vec<DiscoveredAgent> {
-    let mut by_fullname: Vec<(String, Seen)> = seen.into_iter().collect();
-    by_fullname.sort_by(|a, b| a.0.cmp(&b.0));
+    let found = seen.into_iter().map(|(fullname, seen)| DiscoveredAgent {
+        info: seen.info,
+        addrs: seen.addrs.into_iter().collect(),
+        instance: instance_name(&fullname).to_owned(),
+    });
+    merge_agents(found.collect())
+}
 
+/// One agent per id (how mDNS and unicast DNS-SD agree on who is who):
+/// the addresses of all its instances, the info and instance of the first
+/// by instance name; agents with no address left out; sorted by (name,
+/// id), every IPv4 address before every IPv6 one.
+pub(crate) fn merge_agents(mut found: Vec<DiscoveredAgent>) -> Vec<DiscoveredAgent> {
+    found.sort_by(|a, b| a.instance.cmp(&b.instance));
     let mut by_id: BTreeMap<String, (DiscoveredAgent, BTreeSet<IpAddr>)> = BTreeMap::new();
-    for (fullname, seen) in by_fullname {
-        let (_, addrs) = by_id.entry(seen.info.id.clone()).or_insert_with(|| {
-            let agent = DiscoveredAgent {
-                info: seen.info.clone(),
-                addrs: Vec::new(),
-                instance: instance_name(&fullname).to_owned(),
-            };
-            (agent, BTreeSet::new())
-        });
-        addrs.extend(seen.addrs);
+    for agent in found {
+        let (_, addrs) = by_id
+            .entry(agent.info.id.clone())
+            .or_insert_with(|| (agent.clone(), BTreeSet::new()));
+        addrs.extend(agent.addrs);
     }
-
     let mut agents: Vec<DiscoveredAgent> = by_id
         .into_values()
         .filter(|(_, addrs)| !addrs.is_empty())

@@ -26,7 +26,7 @@ use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use skelpi_proto::AgentInfo;
 use skelpi_proto::dnssd::{parse_txt, txt_properties};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -211,7 +211,7 @@ pub async fn browse(domain: &str, opts: &DnsOptions) -> Result<Browsed, DnsError
         }
     }
     Ok(Browsed {
-        agents: merge_by_id(found),
+        agents: crate::discover::merge_agents(found),
         skipped,
     })
 }
@@ -502,29 +502,6 @@ async fn exchange_tcp(
     }
 }
 
-/// One agent per id, as mDNS discovery merges them: the addresses of all
-/// its instances, the info and instance of the first by instance name.
-fn merge_by_id(mut found: Vec<DiscoveredAgent>) -> Vec<DiscoveredAgent> {
-    found.sort_by(|a, b| a.instance.cmp(&b.instance));
-    let mut by_id: BTreeMap<String, (DiscoveredAgent, BTreeSet<IpAddr>)> = BTreeMap::new();
-    for agent in found {
-        let (_, addrs) = by_id
-            .entry(agent.info.id.clone())
-            .or_insert_with(|| (agent.clone(), BTreeSet::new()));
-        addrs.extend(agent.addrs);
-    }
-    let mut agents: Vec<DiscoveredAgent> = by_id
-        .into_values()
-        .filter(|(_, addrs)| !addrs.is_empty())
-        .map(|(mut agent, addrs)| {
-            agent.addrs = addrs.into_iter().collect();
-            agent
-        })
-        .collect();
-    agents.sort_by(|a, b| (&a.info.name, &a.info.id).cmp(&(&b.info.name, &b.info.id)));
-    agents
-}
-
 /// The host name an agent's SRV record points at under `domain`: its
 /// instance name as a label.
 fn host_name(agent: &DiscoveredAgent, domain: &Name) -> Result<Name, DnsError> {
@@ -698,7 +675,7 @@ mod tests {
     fn one_agent_under_two_instances_is_one_agent_with_both_addresses() {
         let mut second = agent("pi1-b", "a1", [10, 0, 1, 5]);
         second.info.name = "pi1".into();
-        let merged = merge_by_id(vec![second, agent("pi1", "a1", [10, 0, 0, 5])]);
+        let merged = crate::discover::merge_agents(vec![second, agent("pi1", "a1", [10, 0, 0, 5])]);
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].instance, "pi1");
         assert_eq!(merged[0].addrs.len(), 2);

@@ -398,6 +398,32 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Runs a farm of 300 `sleep_ms(5)` tasks on `cluster`, stopping (SIGSTOP)
+/// the agent of `pid` at half the results; checks every result came once
+/// and in order.
+fn farm_stopping_one_halfway(cluster: &mut Cluster, pid: &str) {
+    let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
+    let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
+    let mut got = Vec::new();
+    let result = bounded(cluster.run_each(&tree, inputs.clone(), |index, a| {
+        got.push((index, a));
+        if got.len() == 150 {
+            signal("-STOP", pid);
+        }
+    }));
+    result.unwrap();
+    assert_once_in_order(got, &inputs);
+}
+
+/// Checks that no job lost any agent of `cluster`.
+fn assert_none_lost(cluster: &Cluster) {
+    let losses: Vec<_> = cluster.agents().iter().map(|a| a.losses()).collect();
+    assert!(
+        losses.iter().all(|l| l.is_empty()),
+        "agents lost: {losses:?}"
+    );
+}
+
 /// An agent stalled past the end of a job (its copies that lost still
 /// queued there) resumes after the master has been silent for more than
 /// four heartbeats: it takes the master for gone and closes the
@@ -407,18 +433,8 @@ fn a_stopped_agent_is_declared_down_within_5_s_and_rejoins_when_it_resumes() {
 #[test]
 fn an_agent_that_closed_between_jobs_is_connected_again_before_the_next_job() {
     let (agents, mut cluster, dir) = agents("closed", 3);
-    let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
-    let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
     let pid = agents[1].child.id().to_string();
-    let mut got = Vec::new();
-    let result = bounded(cluster.run_each(&tree, inputs.clone(), |index, a| {
-        got.push((index, a));
-        if got.len() == 150 {
-            signal("-STOP", &pid);
-        }
-    }));
-    result.unwrap();
-    assert_once_in_order(got, &inputs);
+    farm_stopping_one_halfway(&mut cluster, &pid);
     assert!(
         cluster.agents()[1].results_left() > 0,
         "copies were left out"
@@ -428,19 +444,12 @@ fn an_agent_that_closed_between_jobs_is_connected_again_before_the_next_job() {
     std::thread::sleep(Duration::from_millis(2500));
     signal("-CONT", &pid);
     wait_for(&agents[1], "taken for gone", Duration::from_secs(10));
+    let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
     let again: Vec<Array> = (0..60).map(|i| Array::list(vec![i as f64])).collect();
     let mut next = Vec::new();
     bounded(cluster.run_each(&tree, again.clone(), |index, a| next.push((index, a)))).unwrap();
     assert_once_in_order(next, &again);
-    assert!(
-        cluster.agents().iter().all(|a| a.losses().is_empty()),
-        "no agent lost in a job: {:?}",
-        cluster
-            .agents()
-            .iter()
-            .map(|a| a.losses())
-            .collect::<Vec<_>>()
-    );
+    assert_none_lost(&cluster);
     smol::block_on(cluster.close());
     drop(agents);
     let _ = std::fs::remove_dir_all(dir);
@@ -460,28 +469,11 @@ fn a_stalled_agents_tasks_are_copied_and_the_farm_ends_before_it_is_declared_dow
         ..Default::default()
     };
     let (agents, mut cluster, dir) = agents_with("copies", 3, &slow_beats);
-    let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
-    let inputs: Vec<Array> = (0..300).map(|i| Array::list(vec![i as f64])).collect();
     let pid = agents[1].child.id().to_string();
-    let mut got = Vec::new();
-    let result = bounded(cluster.run_each(&tree, inputs.clone(), |index, a| {
-        got.push((index, a));
-        if got.len() == 150 {
-            signal("-STOP", &pid);
-        }
-    }));
+    farm_stopping_one_halfway(&mut cluster, &pid);
     signal("-CONT", &pid);
-    result.unwrap();
-    assert_once_in_order(got, &inputs);
-    assert!(
-        cluster.agents().iter().all(|a| a.losses().is_empty()),
-        "no agent was given up: {:?}",
-        cluster
-            .agents()
-            .iter()
-            .map(|a| a.losses())
-            .collect::<Vec<_>>()
-    );
+    assert_none_lost(&cluster);
+    let tree: Skeleton = "farm(seq(sleep_ms(5)))".parse().unwrap();
     // Resumed, it answers its copies late: requests between jobs skip
     // those results (pings until they all came), and it serves the next
     // job.

@@ -244,55 +244,39 @@ fn found_through_a_dns_server(id: &str, by_mdns: &serde_json::Value, dir: &Scrat
     assert_eq!(out.matches(&format!("lab{id}-h")).count(), 4, "{out}");
 
     // Bad input: each a clear message, naming what was asked.
-    let (code, _, err) = in_lab(
-        id,
-        &[
-            "ping",
-            "--discover",
+    let silent = format!("10.77.{id}.250");
+    for (source, server, says) in [
+        (
             "dns-sd:nothing.test",
-            "--dns-server",
             server,
-        ],
-    );
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("_skelpi._tcp.nothing.test. has no PTR records at 127.0.0.1:5300"),
-        "{err}"
-    );
-    let (code, _, err) = in_lab(
-        id,
-        &[
-            "ping",
-            "--discover",
+            "_skelpi._tcp.nothing.test. has no PTR records at 127.0.0.1:5300".to_owned(),
+        ),
+        (
             "dns-sd:lab.test",
-            "--dns-server",
             "127.0.0.1:5399",
-        ],
-    );
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains("nothing answers DNS at 127.0.0.1:5399"),
-        "{err}"
-    );
-    let (code, _, err) = in_lab(
-        id,
-        &[
-            "ping",
-            "--discover",
+            "nothing answers DNS at 127.0.0.1:5399".to_owned(),
+        ),
+        (
             "dns-sd:lab.test",
-            "--dns-server",
-            &format!("10.77.{id}.250"),
-            "--discover-timeout",
-            "1s",
-        ],
-    );
-    assert_ne!(code, Some(0));
-    assert!(
-        err.contains(&format!(
-            "the DNS server 10.77.{id}.250:53 did not answer within 1s"
-        )),
-        "{err}"
-    );
+            &silent,
+            format!("the DNS server {silent}:53 did not answer within 1s"),
+        ),
+    ] {
+        let (code, _, err) = in_lab(
+            id,
+            &[
+                "ping",
+                "--discover",
+                source,
+                "--dns-server",
+                server,
+                "--discover-timeout",
+                "1s",
+            ],
+        );
+        assert_ne!(code, Some(0), "{source} at {server}");
+        assert!(err.contains(&says), "{source} at {server}: {err}");
+    }
 }
 
 fn netns_list() -> String {
