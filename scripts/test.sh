@@ -30,6 +30,7 @@ APT_PACKAGES=(
     mtools      # mdir, mcopy: read those partitions without mounting them
     cloud-init  # cloud-init schema: validates the user-data those images carry
     python3-yaml # parses their network-config
+    python3-venv # a venv for kubernetes-validate (PyPI), which checks k8s/
     python3     # runs the example port program (examples/ports/scale.py)
     mmdebstrap  # builds the virtual boards' base (scripts/board-base.sh)
     e2fsprogs   # mkfs.ext4 -d for that base; debugfs reads a board's disk back
@@ -186,13 +187,16 @@ step "architecture invariants"
 # strictly (an unknown field fails), for the oldest version k3s still
 # ships on Raspberry Pi OS and the newest the package knows.
 step "kubernetes-validate --strict k8s/skelpi.yaml"
-if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
-    pip=(python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate)
-    "${pip[@]}" || "${pip[@]}" --break-system-packages ||
-        die 2 "cannot install kubernetes-validate from PyPI"
+K8S_VENV=target/k8s-venv
+if ! "$K8S_VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
+    python3 -m venv "$K8S_VENV" ||
+        die 2 "cannot make a Python venv in $K8S_VENV (Debian package python3-venv)"
+    "$K8S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        kubernetes-validate==1.37.0 ||
+        die 2 "cannot install kubernetes-validate 1.37.0 from PyPI"
 fi
-python3 -m kubernetes_validate --strict --quiet -k 1.31.0 k8s/skelpi.yaml
-python3 -m kubernetes_validate --strict --quiet k8s/skelpi.yaml
+"$K8S_VENV/bin/python" -m kubernetes_validate --strict --quiet -k 1.31.0 k8s/skelpi.yaml
+"$K8S_VENV/bin/python" -m kubernetes_validate --strict --quiet k8s/skelpi.yaml
 
 # Tests that need root are #[ignore]d, so a plain `cargo test` as a user
 # passes without pretending to have run them; as root (CI) this script runs

@@ -234,7 +234,6 @@ impl Drop for Announcer {
     }
 }
 
-/// Asks `daemon` to exit and waits at most [`STOP_WAIT`] for it to confirm.
 /// Checks that `interfaces` exist here (in `/sys/class/net`) and that the
 /// agent listens on every address (`ip` unspecified) if any are named.
 fn check_interfaces(interfaces: &[String], ip: std::net::IpAddr) -> Result<(), AnnounceError> {
@@ -267,6 +266,7 @@ fn check_interfaces(interfaces: &[String], ip: std::net::IpAddr) -> Result<(), A
     Ok(())
 }
 
+/// Asks `daemon` to exit and waits at most [`STOP_WAIT`] for it to confirm.
 fn shutdown(daemon: &ServiceDaemon) -> Result<(), AnnounceError> {
     let status = daemon
         .shutdown()

@@ -116,7 +116,7 @@ pub fn load(path: &Path, name: &str) -> Result<Pool, PoolsError> {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, name).map_err(|e| match e {
+    let pool = parse(&text, name).map_err(|e| match e {
         Parse::Syntax(message) => PoolsError::Syntax {
             path: path.to_owned(),
             message,
@@ -131,7 +131,23 @@ pub fn load(path: &Path, name: &str) -> Result<Pool, PoolsError> {
             name: name.to_owned(),
             message,
         },
+    })?;
+    Ok(Pool {
+        key_file: pool.key_file.map(|k| beside(path, &k)),
+        ..pool
     })
+}
+
+/// `file` as the pool file at `pools` names it: `~/` is the home folder,
+/// a relative path is the pool file's folder's.
+fn beside(pools: &Path, file: &Path) -> PathBuf {
+    if let (Ok(rest), Some(home)) = (file.strip_prefix("~"), std::env::var_os("HOME")) {
+        return PathBuf::from(home).join(rest);
+    }
+    if file.is_relative() {
+        return pools.parent().unwrap_or(Path::new(".")).join(file);
+    }
+    file.to_owned()
 }
 
 /// What [`parse`] found wrong.
@@ -240,6 +256,23 @@ discover = ["srv:_skelpi._tcp.skelpi.pis.svc.cluster.local"]
             panic!("an empty pool is an error")
         };
         assert!(m.contains("names no agents and no source"), "{m}");
+    }
+
+    #[test]
+    fn a_key_file_is_the_pool_files_neighbour_or_under_home() {
+        let pools = Path::new("/etc/skelpi/pools.toml");
+        assert_eq!(
+            beside(pools, Path::new("home.key")),
+            PathBuf::from("/etc/skelpi/home.key")
+        );
+        assert_eq!(
+            beside(pools, Path::new("/k/home.key")),
+            PathBuf::from("/k/home.key")
+        );
+        if let Some(home) = std::env::var_os("HOME") {
+            let want = PathBuf::from(home).join(".config/skelpi/home.key");
+            assert_eq!(beside(pools, Path::new("~/.config/skelpi/home.key")), want);
+        }
     }
 
     #[test]

@@ -117,11 +117,26 @@ impl Cluster {
                 smol::spawn(async move { AgentConn::connect(addr, &key, &opts).await })
             })
             .collect();
-        let mut agents = Vec::new();
+        let mut agents: Vec<AgentConn> = Vec::new();
         let mut failed = Vec::new();
         for t in tasks {
             match t.await {
-                Ok(a) => agents.push(a),
+                // One agent reached at two addresses (a board on two
+                // networks, found by two sources) is used once.
+                Ok(a) => match agents.iter().find(|b| b.info().id == a.info().id) {
+                    Some(first) => {
+                        log::warn!(
+                            "agent {} (id {}) answered at {} and at {}: using it once, at {}",
+                            a.info().name,
+                            a.info().id,
+                            first.addr(),
+                            a.addr(),
+                            first.addr()
+                        );
+                        a.close().await;
+                    }
+                    None => agents.push(a),
+                },
                 Err(e) => failed.push(e),
             }
         }

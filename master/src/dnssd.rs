@@ -36,6 +36,9 @@ pub const SERVICE: &str = "_skelpi._tcp";
 /// UDP sends of one query within its timeout.
 pub const TRIES: u32 = 3;
 
+/// Instances (or SRV targets) resolved at once.
+pub const AT_ONCE: usize = 32;
+
 /// The TTL of the records [`zone_lines`] writes, seconds.
 pub const RECORD_TTL: u32 = 120;
 
@@ -204,10 +207,14 @@ pub async fn browse(domain: &str, opts: &DnsOptions) -> Result<Browsed, DnsError
     }
     let mut found = Vec::new();
     let mut skipped = Vec::new();
-    for instance in instances {
-        match resolve_instance(&instance, &service, opts, deadline).await {
-            Ok(agent) => found.push(agent),
-            Err(why) => skipped.push(format!("{instance}: {why}")),
+    let instances: Vec<Name> = instances.into_iter().collect();
+    for batch in instances.chunks(AT_ONCE) {
+        let lookups = batch.iter().map(|i| resolve_instance(i, opts, deadline));
+        for (instance, got) in batch.iter().zip(join_all(lookups.collect()).await) {
+            match got {
+                Ok(agent) => found.push(agent),
+                Err(why) => skipped.push(format!("{instance}: {why}")),
+            }
         }
     }
     Ok(Browsed {
@@ -220,7 +227,6 @@ pub async fn browse(domain: &str, opts: &DnsOptions) -> Result<Browsed, DnsError
 /// its TXT record's info.
 async fn resolve_instance(
     instance: &Name,
-    service: &Name,
     opts: &DnsOptions,
     deadline: Instant,
 ) -> Result<DiscoveredAgent, DnsError> {
@@ -248,16 +254,13 @@ async fn resolve_instance(
             }
         })
         .collect();
-    let label = instance_label(instance, service);
+    let label = instance_label(instance);
     let mut info: AgentInfo = parse_txt(&label, &props).map_err(|e| DnsError::Malformed {
         server: opts.server,
         why: format!("TXT record of {instance}: {e}"),
     })?;
     info.port = port;
-    let mut addrs: BTreeSet<IpAddr> = addresses_in(&srv, &target);
-    if addrs.is_empty() {
-        addrs = addresses(&target, opts, deadline).await?;
-    }
+    let addrs = target_addresses(&srv, &target, opts, deadline).await?;
     Ok(DiscoveredAgent {
         info,
         addrs: addrs.into_iter().collect(),
@@ -265,26 +268,60 @@ async fn resolve_instance(
     })
 }
 
-/// `pi1` of `pi1._skelpi._tcp.lab.` (the instance's first label when it
-/// is not under `service`).
-fn instance_label(instance: &Name, service: &Name) -> String {
-    let first = instance
-        .iter()
-        .next()
-        .map(|l| String::from_utf8_lossy(l).into_owned());
-    if service.zone_of(instance) && instance.num_labels() == service.num_labels() + 1 {
-        return first.unwrap_or_default();
-    }
-    first.unwrap_or_else(|| instance.to_utf8())
+/// `pi1` of `pi1._skelpi._tcp.lab.`: the instance's first label (raw: an
+/// RFC 6763 instance name may hold spaces and dots).
+fn instance_label(instance: &Name) -> String {
+    let first = instance.iter().next();
+    first.map_or_else(
+        || instance.to_utf8(),
+        |l| String::from_utf8_lossy(l).into_owned(),
+    )
+}
+
+/// Runs `futures` at once; their outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(o) => *out = Some(o),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// The addresses of `target` that came with `msg` (in its additional
-/// section, as servers often send with SRV answers).
+/// section, as servers often send with SRV answers), through the CNAME
+/// records it holds for that name.
 fn addresses_in(msg: &Message, target: &Name) -> BTreeSet<IpAddr> {
-    msg.additionals
-        .iter()
-        .chain(&msg.answers)
-        .filter(|r| &r.name == target)
+    let records = || msg.additionals.iter().chain(&msg.answers);
+    let mut names = vec![target.clone()];
+    // A chain of aliases, bounded by the records there are.
+    for _ in 0..records().count() {
+        let last = names.last().expect("one name at least");
+        let alias = records().find_map(|r| match &r.data {
+            RData::CNAME(c) if &r.name == last && !names.contains(&c.0) => Some(c.0.clone()),
+            _ => None,
+        });
+        match alias {
+            Some(next) => names.push(next),
+            None => break,
+        }
+    }
+    records()
+        .filter(|r| names.contains(&r.name))
         .filter_map(|r| match &r.data {
             RData::A(A(ip)) => Some(IpAddr::V4(*ip)),
             RData::AAAA(AAAA(ip)) => Some(IpAddr::V6(*ip)),
@@ -304,6 +341,9 @@ async fn addresses(
         match lookup(target, kind, opts, deadline).await {
             Ok(msg) => addrs.extend(addresses_in(&msg, target)),
             Err(DnsError::NoRecords { .. }) => {}
+            // An IPv6 question some resolvers drop costs nothing when the
+            // IPv4 one was answered.
+            Err(_) if kind == RecordType::AAAA && !addrs.is_empty() => {}
             Err(e) => return Err(e),
         }
     }
@@ -337,23 +377,39 @@ pub async fn srv(
     }
     records.sort_by_key(|s| (s.priority, std::cmp::Reverse(s.weight)));
     let (mut found, mut skipped) = (Vec::new(), Vec::new());
-    for s in records {
-        let mut addrs = addresses_in(&msg, &s.target);
-        if addrs.is_empty() {
-            match addresses(&s.target, opts, deadline).await {
-                Ok(a) => addrs = a,
-                Err(e @ (DnsError::NoRecords { .. } | DnsError::Refused { .. })) => {
-                    skipped.push(format!("{}: {e}", s.target));
-                    continue;
+    for batch in records.chunks(AT_ONCE) {
+        let lookups = batch
+            .iter()
+            .map(|s| target_addresses(&msg, &s.target, opts, deadline));
+        for (s, got) in batch.iter().zip(join_all(lookups.collect()).await) {
+            match got {
+                Ok(addrs) => {
+                    if let Some(ip) = addrs.first() {
+                        found.push((s.target.to_utf8(), SocketAddr::new(*ip, s.port)));
+                    }
                 }
-                Err(e) => return Err(e),
+                // A target that does not resolve is skipped, named; the
+                // others still count.
+                Err(e) => skipped.push(format!("{}: {e}", s.target)),
             }
-        }
-        if let Some(ip) = addrs.first() {
-            found.push((s.target.to_utf8(), SocketAddr::new(*ip, s.port)));
         }
     }
     Ok((found, skipped))
+}
+
+/// The addresses of an SRV record's `target`: those that came with `msg`,
+/// else asked.
+async fn target_addresses(
+    msg: &Message,
+    target: &Name,
+    opts: &DnsOptions,
+    deadline: Instant,
+) -> Result<BTreeSet<IpAddr>, DnsError> {
+    let addrs = addresses_in(msg, target);
+    if addrs.is_empty() {
+        return addresses(target, opts, deadline).await;
+    }
+    Ok(addrs)
 }
 
 fn no_records(opts: &DnsOptions, name: &Name, kind: RecordType) -> DnsError {
@@ -534,8 +590,21 @@ fn records(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<Record>, DnsE
     let service = service_name(domain)?;
     let zone = name(domain.trim_end_matches('.'))?;
     let mut out = Vec::new();
+    let mut labels: Vec<(String, &str)> = Vec::new();
     for agent in agents {
-        let instance = Name::from_labels([dns_label(&agent.instance).as_bytes()])
+        // Two instance names that make one label would make one agent of
+        // two: refused, naming both.
+        let label = dns_label(&agent.instance);
+        if let Some((_, other)) = labels.iter().find(|(l, _)| *l == label) {
+            return Err(DnsError::BadName {
+                name: agent.instance.clone(),
+                why: format!(
+                    "it and {other:?} both make the DNS label {label:?}: rename one agent (--name)"
+                ),
+            });
+        }
+        labels.push((label.clone(), &agent.instance));
+        let instance = Name::from_labels([label.as_bytes()])
             .and_then(|n| n.append_domain(&service))
             .map_err(|e| DnsError::BadName {
                 name: agent.instance.clone(),
@@ -555,7 +624,10 @@ fn records(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<Record>, DnsE
             RECORD_TTL,
             RData::TXT(TXT::new(txt)),
         ));
-        for ip in &agent.addrs {
+        // Loopback and link-local addresses mean nothing to a master
+        // elsewhere (and one on loopback would be its own).
+        let routable = agent.addrs.iter().filter(|ip| !is_local_only(ip));
+        for ip in routable {
             let data = match ip {
                 IpAddr::V4(v4) => RData::A(A(*v4)),
                 IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
@@ -566,13 +638,41 @@ fn records(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<Record>, DnsE
     Ok(out)
 }
 
+/// Whether `ip` is reachable only on this machine or link: loopback, or
+/// link-local (its scope is not written in a record).
+fn is_local_only(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unicast_link_local(),
+    }
+}
+
+/// `text` as one quoted character-string of a zone file or a dnsmasq
+/// option: `"` and `\` escaped.
+fn quoted(text: &[u8]) -> String {
+    let text = String::from_utf8_lossy(text);
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 /// Zone-file lines (RFC 1035 master file) for `agents` under `domain`:
-/// the PTR, SRV, TXT and address records that [`browse`] reads.
+/// the PTR, SRV, TXT and address records that [`browse`] reads. Agents'
+/// loopback and link-local addresses are left out.
 pub fn zone_lines(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<String>, DnsError> {
-    Ok(records(agents, domain)?
-        .iter()
-        .map(ToString::to_string)
-        .collect())
+    let line = |r: &Record| match &r.data {
+        // Each string quoted (hickory's form runs them together).
+        RData::TXT(t) => {
+            let strings: Vec<String> = t.txt_data.iter().map(|p| quoted(p)).collect();
+            format!(
+                "{} {} {} TXT {}",
+                r.name,
+                r.ttl,
+                r.dns_class,
+                strings.join(" ")
+            )
+        }
+        _ => r.to_string(),
+    };
+    Ok(records(agents, domain)?.iter().map(line).collect())
 }
 
 /// The same records as dnsmasq options (`ptr-record=`, `srv-host=`,
@@ -597,11 +697,7 @@ pub fn dnsmasq_lines(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<Str
                 s.weight
             ),
             RData::TXT(t) => {
-                let parts: Vec<String> = t
-                    .txt_data
-                    .iter()
-                    .map(|p| format!("\"{}\"", String::from_utf8_lossy(p).replace('"', "\\\"")))
-                    .collect();
+                let parts: Vec<String> = t.txt_data.iter().map(|p| quoted(p)).collect();
                 format!("txt-record={owner},{}", parts.join(","))
             }
             RData::A(A(ip)) => format!("host-record={owner},{ip}"),
@@ -650,7 +746,60 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("pi1.lab.test. 120 IN A 10.0.0.5"), "{all}");
-        assert!(all.contains("id=a1"), "{all}");
+        // One quoted string per TXT entry, as zone files read them.
+        assert!(
+            all.contains("pi1._skelpi._tcp.lab.test. 120 IN TXT \"id=a1\" \"proto=2\""),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn records_leave_out_local_addresses_and_refuse_names_that_collide() {
+        let mut a = agent("pi1", "a1", [10, 0, 0, 5]);
+        a.addrs.push("127.0.0.1".parse().unwrap());
+        a.addrs.push("169.254.1.1".parse().unwrap());
+        a.addrs.push("fe80::1".parse().unwrap());
+        let lines = zone_lines(&[a], "lab.test").unwrap();
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(" A ")).count(),
+            1,
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("AAAA")), "{lines:?}");
+        let twins = [
+            agent("pi 1", "a1", [10, 0, 0, 5]),
+            agent("pi.1", "a2", [10, 0, 0, 6]),
+        ];
+        let e = zone_lines(&twins, "lab.test").unwrap_err().to_string();
+        assert!(e.contains("both make the DNS label \"pi-1\""), "{e}");
+    }
+
+    #[test]
+    fn a_targets_addresses_are_found_through_its_aliases() {
+        let mut msg = Message::query();
+        let target = name("pod1.lab.test").unwrap();
+        let real = name("node1.lab.test").unwrap();
+        let cname = hickory_proto::rr::rdata::CNAME(real.clone());
+        msg.answers
+            .push(Record::from_rdata(target.clone(), 60, RData::CNAME(cname)));
+        msg.answers.push(Record::from_rdata(
+            real,
+            60,
+            RData::A(A([10, 0, 0, 7].into())),
+        ));
+        let other = name("other.lab.test").unwrap();
+        msg.answers.push(Record::from_rdata(
+            other,
+            60,
+            RData::A(A([10, 0, 0, 8].into())),
+        ));
+        let got: Vec<IpAddr> = addresses_in(&msg, &target).into_iter().collect();
+        assert_eq!(got, [IpAddr::from([10, 0, 0, 7])]);
+    }
+
+    #[test]
+    fn quoted_strings_escape_quotes_and_backslashes() {
+        assert_eq!(quoted(br#"a"b\c"#), r#""a\"b\\c""#);
     }
 
     #[test]

@@ -186,7 +186,9 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
             log::warn!("{problem}");
         }
         if finding.found.is_empty() {
-            if opts.fallback_local && cfg!(feature = "local") {
+            // Only where no source was asked for: sources named and found
+            // empty are an error, not a reason to run elsewhere.
+            if opts.fallback_local && opts.sources.is_empty() && cfg!(feature = "local") {
                 let n = std::thread::available_parallelism().map_or(1, |n| n.get());
                 return local(
                     n,
@@ -198,7 +200,7 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
                 )
                 .await;
             }
-            if only_mdns {
+            if only_mdns && finding.failed == 0 {
                 return Err(PoolError::NoneFound(timeout));
             }
             return Err(PoolError::NoneFoundIn(finding.problems));

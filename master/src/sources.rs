@@ -88,6 +88,8 @@ pub struct Finding {
     /// Sources that failed and records that did not resolve, each a
     /// sentence naming it.
     pub problems: Vec<String>,
+    /// How many sources failed outright (not merely found nobody).
+    pub failed: usize,
 }
 
 /// How [`find`] asks.
@@ -123,7 +125,10 @@ pub async fn find(sources: &[Source], opts: &FindOptions) -> Finding {
                 let named = problems.into_iter().map(|p| format!("{label}: {p}"));
                 finding.problems.extend(named);
             }
-            Err(e) => finding.problems.push(format!("{label}: {e}")),
+            Err(e) => {
+                finding.failed += 1;
+                finding.problems.push(format!("{label}: {e}"));
+            }
         }
     }
     finding
@@ -175,10 +180,30 @@ async fn find_one(
             ))
         }
         Source::Agents(list) => {
+            // Host names resolve by the system's resolver, which blocks:
+            // off this thread, and within the time given.
+            let entries = list.clone();
+            let resolved = skelpi_wire::within(
+                opts.timeout,
+                smol::unblock(move || {
+                    let one = |e: &String| crate::pool::parse_agents(std::slice::from_ref(e));
+                    entries
+                        .iter()
+                        .map(|e| (e.clone(), one(e)))
+                        .collect::<Vec<_>>()
+                }),
+            )
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "the agents' names did not resolve within {:?}",
+                    opts.timeout
+                )
+            })?;
             let mut found = Vec::new();
             let mut skipped = Vec::new();
-            for entry in list {
-                match crate::pool::parse_agents(std::slice::from_ref(entry)) {
+            for (entry, got) in resolved {
+                match got {
                     Ok(addrs) => found.extend(addrs.into_iter().map(|addr| Found {
                         addr,
                         agent: None,

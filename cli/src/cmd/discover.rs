@@ -18,9 +18,9 @@ pub struct FindArgs {
     /// is then how long discovery of N agents takes).
     #[arg(long, value_name = "N")]
     pub expect: Option<usize>,
-    /// Browse mDNS on this network interface only (e.g. eth0, lo); the
-    /// same as `--discover mdns:NAME`.
-    #[arg(long, value_name = "NAME")]
+    /// Browse mDNS on this network interface only (e.g. eth0, lo); with
+    /// --discover, write `mdns:NAME` among the sources instead.
+    #[arg(long, value_name = "NAME", conflicts_with = "discover")]
     pub interface: Option<String>,
     /// Where to look (repeatable, or comma-separated): `mdns` (the
     /// default), `mdns:INTERFACE`, `dns-sd:DOMAIN` (unicast DNS-SD on a DNS

@@ -24,8 +24,9 @@ pub struct PoolArgs {
     /// Cluster key file.
     #[arg(long, value_name = "PATH", global = true)]
     pub key_file: Option<PathBuf>,
-    /// Browse mDNS on this network interface only (e.g. eth0, lo).
-    #[arg(long, value_name = "NAME", global = true)]
+    /// Browse mDNS on this network interface only (e.g. eth0, lo); with
+    /// --discover, write `mdns:NAME` among the sources instead.
+    #[arg(long, value_name = "NAME", global = true, conflicts_with_all = ["discover", "pool"])]
     pub interface: Option<String>,
     /// Where to find agents when none are named (repeatable, or
     /// comma-separated): `mdns` (the default), `mdns:INTERFACE`,

@@ -212,6 +212,11 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
             "--reflector needs --subnets 2 or more: it carries mDNS across the router".into(),
         ));
     }
+    if opts.boards > 0 && opts.subnets > 1 {
+        return Err(LabError::Invalid(
+            "--boards joins the first subnet's bridge alone: use one subnet with boards".into(),
+        ));
+    }
     if opts.boards > 0 && opts.board_base.is_none() {
         return Err(LabError::Invalid(
             "--boards needs --board-base: the directory scripts/board-base.sh prints".into(),

@@ -290,6 +290,20 @@ fn a_named_pool_from_the_pool_file_forms_the_pool_and_errors_name_the_line() {
     assert!(err.contains("1 agent found by agents"), "{err}");
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["agent"], "pooled", "{out}");
+    // The same agent at two addresses (IPv4, and IPv4-mapped IPv6): used
+    // once, said so.
+    let twice = dir.path("twice.toml");
+    let port = agent.addr.port();
+    std::fs::write(
+        &twice,
+        format!("[lab]\nagents = [\"127.0.0.1:{port}\", \"[::ffff:127.0.0.1]:{port}\"]\nkey-file = \"{key}\"\n"),
+    )
+    .unwrap();
+    let (code, out, err) = skelpi(&["ping", "--pool", "lab", "--pools-file", &twice, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("using it once"), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{out}");
     let (code, out, err) = skelpi(&["discover", "--pool", "lab", "--pools-file", &file, "--json"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(

@@ -105,10 +105,16 @@ fn agents_whose_clocks_disagree_are_merged_with_every_message_causal() {
         let pairs = trace::merge::messages(&trace.events);
         // A routed task copied (a scheduling hiccup on a loaded machine
         // can make one overdue) adds its own messages: at least every
-        // task's and result's, then.
-        let copies = pairs.len().saturating_sub(messages);
+        // task's and result's, then, and a few copies' at most (copies are
+        // bounded by the pool's share; a streamed pipeline has none).
+        let extra = pairs.len().saturating_sub(messages);
+        let copies_allowed = if tree.starts_with("farm") {
+            messages / 20
+        } else {
+            0
+        };
         assert!(
-            pairs.len() >= messages && (copies == 0 || tree.starts_with("farm")),
+            pairs.len() >= messages && extra <= copies_allowed,
             "{tree}: both ends of every message: {} pairs for {messages}",
             pairs.len()
         );
