@@ -257,6 +257,30 @@ mod tests {
     }
 
     #[test]
+    fn one_agent_under_two_instances_is_one_agent_with_both_addresses() {
+        let agent = |instance: &str, ip: &str| DiscoveredAgent {
+            info: AgentInfo {
+                id: "a1".into(),
+                name: "pi1".into(),
+                version: 1,
+                arch: "arm".into(),
+                cores: 4,
+                memory_bytes: 1,
+                port: 7871,
+                kernels: Vec::new(),
+                build: None,
+                queued_per_worker: 0,
+            },
+            addrs: vec![ip.parse().unwrap()],
+            instance: instance.into(),
+        };
+        let merged = merge_agents(vec![agent("pi1-b", "10.0.1.5"), agent("pi1", "10.0.0.5")]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].instance, "pi1");
+        assert_eq!(merged[0].addrs.len(), 2);
+    }
+
+    #[test]
     fn socket_addr_prefers_ipv4() {
         let agent = DiscoveredAgent {
             info: AgentInfo {
