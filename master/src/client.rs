@@ -121,7 +121,14 @@ pub struct AgentConn {
     /// Each time a job lost the agent (its connection failed or it fell
     /// silent), and why, oldest first.
     losses: Vec<(String, Instant)>,
+    /// What its kernels took there (see [`KernelTimes`]), kept across jobs.
+    kernel_times: KernelTimes,
 }
+
+/// The mean kernel time of each kernel (name and arguments) on one agent,
+/// seconds, as its jobs measured it: a job starts knowing how fast each
+/// agent is at what it ran before (see `runtime::schedule`'s tail copies).
+pub type KernelTimes = Arc<std::sync::Mutex<std::collections::HashMap<String, f64>>>;
 
 /// How to connect again to an agent whose connection failed (see
 /// [`AgentConn::redial`]).
@@ -235,6 +242,7 @@ impl AgentConn {
             pushed: Vec::new(),
             made_with: Arc::new((key.clone(), opts.clone())),
             losses: Vec::new(),
+            kernel_times: KernelTimes::default(),
         })
     }
 
@@ -526,6 +534,11 @@ impl AgentConn {
     /// come yet: they are skipped when they come.
     pub fn results_left(&self) -> usize {
         self.receiver.results_left()
+    }
+
+    /// What its kernels took on this agent in earlier jobs.
+    pub(crate) fn kernel_times(&self) -> KernelTimes {
+        self.kernel_times.clone()
     }
 
     /// The connection's two halves, for a job's dispatcher.

@@ -196,6 +196,8 @@ struct Link<'c> {
     /// Small tasks its agent queues per worker beyond
     /// [`CREDITS_PER_WORKER`] (none: an older agent).
     queued_per_worker: usize,
+    /// What each kernel took on its agent, this job and earlier ones.
+    kernel_times: crate::client::KernelTimes,
     /// At the job's end (see [`Dispatcher::drain`]): its writer and its
     /// reader stopped between frames, and the tasks its writer dropped
     /// unsent then.
@@ -245,6 +247,17 @@ impl std::fmt::Debug for Dispatcher<'_> {
     }
 }
 
+/// A kernel's name and arguments (their bits), as [`crate::client::KernelTimes`]
+/// keys them.
+fn kernel_key(kernel: &Kernel) -> String {
+    let args: Vec<String> = kernel
+        .args
+        .iter()
+        .map(|a| format!("{:x}", a.to_bits()))
+        .collect();
+    format!("{}({})", kernel.name, args.join(","))
+}
+
 /// Forgets a call whose caller stopped waiting (a job that ends early).
 struct Waiting<'d, 'c> {
     d: &'d Dispatcher<'c>,
@@ -282,6 +295,7 @@ impl<'c> Dispatcher<'c> {
                 let (heartbeat, liveness) = conn.heartbeat();
                 let cores = (conn.info().cores as usize).max(1);
                 let queued_per_worker = conn.info().queued_per_worker as usize;
+                let kernel_times = conn.kernel_times();
                 let modules = conn.pushed_modules().to_vec();
                 let kernels = conn.info().kernels.clone();
                 let redial = conn.redial();
@@ -308,6 +322,7 @@ impl<'c> Dispatcher<'c> {
                     kernels: RefCell::new(kernels),
                     mean_busy: Cell::new(None),
                     queued_per_worker,
+                    kernel_times,
                     writer_parked: Cell::new(false),
                     reader_parked: Cell::new(false),
                     unsent: RefCell::new(Vec::new()),
@@ -379,6 +394,20 @@ impl<'c> Dispatcher<'c> {
                     ended: 0,
                     pinned,
                 });
+                let class = u32::try_from(counts.len() - 1).unwrap_or(u32::MAX);
+                // Each agent's speed at it, as earlier jobs measured.
+                let key = kernel_key(kernel);
+                let mut sched = self.sched.borrow_mut();
+                for link in &self.links {
+                    let known = link
+                        .kernel_times
+                        .lock()
+                        .ok()
+                        .and_then(|t| t.get(&key).copied());
+                    if let Some(secs) = known {
+                        sched.seed_busy(link.index, class, secs);
+                    }
+                }
                 counts.len() - 1
             }
         };
@@ -1074,7 +1103,21 @@ impl<'c> Dispatcher<'c> {
             return;
         };
         if let Some(b) = busy {
-            self.sched.borrow_mut().ran(link.index, class, b);
+            let mut sched = self.sched.borrow_mut();
+            sched.ran(link.index, class, b);
+            // Kept for the agent's next jobs.
+            let kernel = self
+                .counts
+                .borrow()
+                .get(class as usize)
+                .map(|c| kernel_key(&c.kernel));
+            if let (Some(key), Some(secs), Ok(mut times)) = (
+                kernel,
+                sched.busy_of(link.index, class),
+                link.kernel_times.lock(),
+            ) {
+                times.insert(key, secs);
+            }
         }
         let long = LONG_TASK.as_secs_f64();
         let mean = busy.map(|b| {
@@ -1217,6 +1260,7 @@ impl<'c> Dispatcher<'c> {
     /// Stops every live link's loops between frames (see
     /// [`Dispatcher::drain`]).
     async fn end_io(&self) {
+        self.remember_unfinished();
         self.ending.set(true);
         self.end.notify(usize::MAX);
         let stopped = async {
@@ -1251,6 +1295,30 @@ impl<'c> Dispatcher<'c> {
                         ),
                     },
                 );
+            }
+        }
+    }
+
+    /// At a job's end with copies that lost still out: an agent's oldest
+    /// one has taken at least as long as it has been out, which its agent
+    /// is remembered to take for that kernel if it is more than known (a
+    /// slow agent whose tasks a faster one always finishes first is never
+    /// heard to finish one: its next job copies them sooner).
+    fn remember_unfinished(&self) {
+        let now = Instant::now();
+        let sched = self.sched.borrow();
+        let counts = self.counts.borrow();
+        for link in self.links.iter().filter(|l| !l.dead.get()) {
+            let Some((sent, class)) = sched.oldest_out(link.index) else {
+                continue;
+            };
+            let Some(kernel) = counts.get(class as usize).map(|c| kernel_key(&c.kernel)) else {
+                continue;
+            };
+            let at_least = now.saturating_duration_since(sent).as_secs_f64();
+            if let Ok(mut times) = link.kernel_times.lock() {
+                let known = times.entry(kernel).or_insert(at_least);
+                *known = known.max(at_least);
             }
         }
     }

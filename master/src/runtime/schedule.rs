@@ -231,6 +231,17 @@ impl Scheduler {
         }
     }
 
+    /// What an earlier job measured: tasks of class `class` take `secs` in
+    /// their kernel on `agent` (unless this job knows better already).
+    pub fn seed_busy(&mut self, agent: usize, class: u32, secs: f64) {
+        self.busy.entry((agent, class)).or_insert(secs);
+    }
+
+    /// The mean kernel time of tasks of class `class` on `agent`, seconds.
+    pub fn busy_of(&self, agent: usize, class: u32) -> Option<f64> {
+        self.busy.get(&(agent, class)).copied()
+    }
+
     /// A task of class `class` ran `busy` in its kernel on `agent` (as the
     /// agent measured it, queueing not included): the agent's speed at
     /// that kind of task, which places tail copies.
@@ -970,6 +981,14 @@ impl Scheduler {
         self.attempts.values().filter(|a| a.agent == agent).count()
     }
 
+    /// When the oldest attempt out on `agent` was sent, and its class.
+    pub fn oldest_out(&self, agent: usize) -> Option<(Instant, u32)> {
+        let on = self.attempts.iter().filter(|(_, a)| a.agent == agent);
+        on.map(|(&id, a)| (a.sent, id, a.class))
+            .min()
+            .map(|(sent, _, class)| (sent, class))
+    }
+
     /// The ids of the attempts out on `agent`.
     pub fn attempts_on(&self, agent: usize) -> Vec<u64> {
         let on = self.attempts.iter().filter(|(_, a)| a.agent == agent);
@@ -1678,6 +1697,30 @@ mod tests {
         );
         assert!(median <= 1.05, "median makespan / best {median:.3}");
         assert!(p90 <= 1.35, "p90 makespan / best {p90:.3}");
+    }
+
+    /// A slow agent's speed known from an earlier job: its task is copied
+    /// to the idle fast agent at the first look; not known, the agent is
+    /// not guessed slow that soon.
+    #[test]
+    fn a_speed_known_from_an_earlier_job_copies_a_slow_agents_task_at_once() {
+        let ms = Duration::from_millis;
+        for (known, copies) in [(true, 1), (false, 0)] {
+            let mut s = Scheduler::new(&[2, 2]);
+            s.seed_busy(0, 0, 0.1);
+            if known {
+                s.seed_busy(1, 0, 0.4);
+            }
+            let t = t0();
+            let mut next = ids();
+            s.submit(0, None).unwrap();
+            s.submit(1, None).unwrap();
+            let first = s.next_send(t, &mut next).unwrap();
+            let second = s.next_send(t, &mut next).unwrap();
+            assert_eq!((first.agent, second.agent), (0, 1));
+            assert!(s.on_result(t + ms(100), 0, first.attempt).is_some());
+            assert_eq!(s.speculate(t + ms(110)), copies, "known: {known}");
+        }
     }
 
     /// Pools of nearly equal agents (speeds within 5%): jobs end within
