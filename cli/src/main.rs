@@ -77,7 +77,7 @@ enum Command {
   skelpi dns-records --domain lab.test --format dnsmasq          # for /etc/dnsmasq.d/")]
     DnsRecords {
         /// The domain the records go under: `_skelpi._tcp.DOMAIN`.
-        #[arg(long)]
+        #[arg(long, value_parser = domain)]
         domain: String,
         /// Zone-file lines, or dnsmasq options.
         #[arg(long, value_enum, default_value = "zone")]
@@ -222,6 +222,11 @@ fn main() -> ExitCode {
             ExitCode::from(failure::exit_code(&e))
         }
     }
+}
+
+/// `--domain`: a DNS name that can hold agents' records.
+fn domain(s: &str) -> Result<String, String> {
+    skelpi::dnssd::check_domain(s).map(|()| s.to_owned())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

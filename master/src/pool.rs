@@ -166,6 +166,11 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
             unreachable: Vec::new(),
         });
     }
+    // Sources named (a pool file, --discover): a key that cannot be used
+    // is said before any time is spent looking.
+    if !opts.sources.is_empty() {
+        load_key(opts)?;
+    }
     let (addrs, origin) = {
         let timeout = opts.discover_timeout;
         let sources = match opts.sources.as_slice() {
@@ -208,7 +213,12 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         let origin = if only_mdns {
             format!("{} found by mDNS", agents(finding.found.len()))
         } else {
-            let labels: Vec<String> = sources.iter().map(ToString::to_string).collect();
+            // The sources that found agents, in the order asked.
+            let labels: Vec<String> = sources
+                .iter()
+                .map(ToString::to_string)
+                .filter(|l| finding.found.iter().any(|f| f.sources.contains(l)))
+                .collect();
             format!(
                 "{} found by {}",
                 agents(finding.found.len()),

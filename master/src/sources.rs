@@ -30,7 +30,10 @@ impl std::str::FromStr for Source {
         let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
         let rest = rest.trim();
         match (kind.trim(), rest) {
-            ("mdns", "") => Ok(Source::Mdns(None)),
+            ("mdns", "") if !s.contains(':') => Ok(Source::Mdns(None)),
+            ("mdns", "") => Err(format!(
+                "{s:?} names no interface: write mdns (every interface) or mdns:INTERFACE"
+            )),
             ("mdns", iface) => Ok(Source::Mdns(Some(iface.to_owned()))),
             ("dns-sd", "") | ("srv", "") => Err(format!(
                 "{s:?} names no {}: write {kind}:{}",
@@ -45,8 +48,14 @@ impl std::str::FromStr for Source {
                     "DOMAIN"
                 }
             )),
-            ("dns-sd", domain) => Ok(Source::DnsSd(domain.to_owned())),
-            ("srv", name) => Ok(Source::Srv(name.to_owned())),
+            ("dns-sd", domain) => {
+                crate::dnssd::check_domain(domain)?;
+                Ok(Source::DnsSd(domain.to_owned()))
+            }
+            ("srv", name) => {
+                crate::dnssd::check_name(name)?;
+                Ok(Source::Srv(name.to_owned()))
+            }
             _ => Err(format!(
                 "{s:?} is not a source of agents: give mdns, mdns:INTERFACE, dns-sd:DOMAIN or srv:NAME"
             )),
@@ -269,6 +278,14 @@ mod tests {
         }
         let e = "dns-sd:".parse::<Source>().unwrap_err();
         assert!(e.contains("names no domain"), "{e}");
+        let e = "mdns:".parse::<Source>().unwrap_err();
+        assert!(e.contains("names no interface"), "{e}");
+        let e = "dns-sd:x..test".parse::<Source>().unwrap_err();
+        assert!(e.contains("\"x..test\" is not a DNS name"), "{e}");
+        let e = "dns-sd:_skelpi._tcp.lab.test"
+            .parse::<Source>()
+            .unwrap_err();
+        assert!(e.contains("write the domain alone (lab.test)"), "{e}");
         let e = "consul:x".parse::<Source>().unwrap_err();
         assert!(
             e.contains("give mdns, mdns:INTERFACE, dns-sd:DOMAIN or srv:NAME"),

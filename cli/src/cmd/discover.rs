@@ -38,7 +38,7 @@ pub struct FindArgs {
     pub pool: Option<String>,
     /// The pool file [default: $SKELPI_POOLS_FILE or
     /// ~/.config/skelpi/pools.toml].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "pool")]
     pub pools_file: Option<std::path::PathBuf>,
 }
 
@@ -155,11 +155,17 @@ pub fn records(args: &FindArgs, domain: &str, format: RecordFormat) -> anyhow::R
     let mut agents = Vec::new();
     for f in finding.found {
         match f.agent {
-            Some(a) => agents.push(a),
+            Some(a) if dnssd::has_routable_address(&a) => agents.push(a),
+            Some(a) => eprintln!(
+                "skelpi: {} ({}) left out: it announced only loopback or link-local addresses, \
+                 which a master elsewhere cannot use",
+                a.info.name, f.addr
+            ),
             None => eprintln!(
-                "skelpi: {} ({}) left out: an SRV record does not say what the agent announces",
+                "skelpi: {} ({}) left out: found by address ({}), it announced nothing to write",
                 f.target.as_deref().unwrap_or("?"),
-                f.addr
+                f.addr,
+                f.sources.join(", ")
             ),
         }
     }

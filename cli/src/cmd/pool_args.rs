@@ -46,7 +46,7 @@ pub struct PoolArgs {
     pub pool: Option<String>,
     /// The pool file [default: $SKELPI_POOLS_FILE or
     /// ~/.config/skelpi/pools.toml].
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH", global = true, requires = "pool")]
     pub pools_file: Option<PathBuf>,
     /// How long to look for agents (each source).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, global = true)]

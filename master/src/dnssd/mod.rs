@@ -22,7 +22,7 @@
 
 mod records;
 
-pub use records::{dnsmasq_lines, zone_lines};
+pub use records::{dnsmasq_lines, has_routable_address, zone_lines};
 
 use crate::discover::DiscoveredAgent;
 use hickory_proto::op::{Message, Query, ResponseCode};
@@ -183,6 +183,40 @@ fn name(s: &str) -> Result<Name, DnsError> {
     })?;
     n.set_fqdn(true);
     Ok(n)
+}
+
+/// Checks that `domain` can hold agents' records: a DNS name, not empty,
+/// not already under `_skelpi._tcp` (the service is added to it).
+pub fn check_domain(domain: &str) -> Result<(), String> {
+    let bare = domain.trim_end_matches('.');
+    if bare.is_empty() {
+        return Err("the domain is empty: give one, e.g. cluster.example".into());
+    }
+    if let Some(rest) = bare.strip_prefix(&format!("{SERVICE}.")) {
+        return Err(format!(
+            "{domain:?} starts with {SERVICE}, which is added to the domain: write the domain alone ({rest})"
+        ));
+    }
+    check_name(bare)
+}
+
+/// Checks that `s` is a DNS name (labels of 1 to 63 bytes, no spaces).
+pub fn check_name(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{s:?} is not a DNS name: {why}"));
+    let bare = s.trim_end_matches('.');
+    if bare.is_empty() {
+        return bad("it is empty");
+    }
+    if bare.split('.').any(str::is_empty) {
+        return bad("it has an empty label (two dots in a row)");
+    }
+    if bare.split('.').any(|l| l.len() > 63) {
+        return bad("a label is longer than 63 bytes");
+    }
+    if bare.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("it holds a space");
+    }
+    name(bare).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// The service name browsed under `domain`: `_skelpi._tcp.DOMAIN.`.

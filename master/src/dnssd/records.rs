@@ -42,7 +42,7 @@ fn records(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<Record>, DnsE
     let zone = name(domain.trim_end_matches('.'))?;
     let mut out = Vec::new();
     let mut labels: Vec<(String, &str)> = Vec::new();
-    for agent in agents {
+    for agent in agents.iter().filter(|a| has_routable_address(a)) {
         // Two instance names that make one label would make one agent of
         // two: refused, naming both.
         let label = dns_label(&agent.instance);
@@ -87,6 +87,13 @@ fn records(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<Record>, DnsE
         }
     }
     Ok(out)
+}
+
+/// Whether `agent` has an address a master elsewhere can use (its records
+/// are written only then: an SRV record whose target has no address
+/// resolves nowhere).
+pub fn has_routable_address(agent: &DiscoveredAgent) -> bool {
+    agent.addrs.iter().any(|ip| !is_local_only(ip))
 }
 
 /// Whether `ip` is reachable only on this machine or link: loopback, or
