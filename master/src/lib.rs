@@ -31,6 +31,7 @@ pub mod deploy;
 pub mod discover;
 pub mod dnssd;
 pub mod jobs;
+pub mod join;
 pub mod modules;
 pub mod pool;
 pub mod runtime;

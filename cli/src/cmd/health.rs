@@ -123,27 +123,7 @@ async fn ask(conn: &mut AgentConn, retry: bool) -> (Row, Option<AgentConn>) {
 pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Runs every future at once; their outputs, in order.
-pub async fn join_all<'a, T>(mut all: Vec<Pending<'a, T>>) -> Vec<T> {
-    let mut out: Vec<Option<T>> = all.iter().map(|_| None).collect();
-    futures_lite::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in all.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
-}
+pub use skelpi::join::join_all;
 
 /// Prints the rows as a table, or as JSON (absent figures as null; a down
 /// board as `"up": false` with its `error`).

@@ -344,18 +344,9 @@ fn a_four_host_lab_discovers_runs_skeletons_and_leaves_nothing_behind() {
     assert!(cpu_group(&id, 3).is_none(), "host 3 runs at full speed");
 
     // mDNS across the bridge, from the master's namespace, within 3 s.
-    let (code, out, err) = in_lab(&id, &["discover", "--json", "--timeout", "3s"]);
-    assert_eq!(code, Some(0), "{err}");
-    let found: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut names: Vec<String> = found
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
+    let found = discovered(&id);
     let want: Vec<String> = (1..=4).map(|n| format!("lab{id}-h{n}")).collect();
-    assert_eq!(names, want, "{out}");
+    assert_eq!(names_of(&found), want, "{found}");
     // An independent DNS-SD browser (avahi) resolves the same agents.
     for (n, name) in want.iter().enumerate() {
         let line = avahi_resolves(&id, name);
@@ -525,11 +516,15 @@ fn cpu_group(id: &str, n: usize) -> Option<std::path::PathBuf> {
         .find(|p| p.is_dir())
 }
 
-/// Names of the agents `discover --json` finds in lab `id`, sorted.
-fn discovered_names(id: &str) -> Vec<String> {
+/// What `discover --json` finds in lab `id`'s master namespace (mDNS, 3 s).
+fn discovered(id: &str) -> serde_json::Value {
     let (code, out, err) = in_lab(id, &["discover", "--json", "--timeout", "3s"]);
     assert_eq!(code, Some(0), "{err}");
-    let found: serde_json::Value = serde_json::from_str(&out).unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The agents' names in `discover --json`'s output, sorted.
+fn names_of(found: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = found
         .as_array()
         .unwrap()
@@ -590,7 +585,11 @@ fn a_routed_lab_finds_agents_past_the_router_only_through_an_avahi_reflector() {
     );
     assert!(out.contains("mDNS stays within each subnet"), "{out}");
     let subnet0: Vec<String> = [1, 3].iter().map(|n| format!("lab{id}-h{n}")).collect();
-    assert_eq!(discovered_names(&id), subnet0, "mDNS stops at the router");
+    assert_eq!(
+        names_of(&discovered(&id)),
+        subnet0,
+        "mDNS stops at the router"
+    );
     // Routed: every agent answers by address.
     let all = format!("10.77.{id}.1,10.78.{id}.2,10.77.{id}.3,10.78.{id}.4");
     let (code, out, err) = in_lab(&id, &["ping", "--agents", &all, "--count", "1"]);
@@ -606,7 +605,7 @@ fn a_routed_lab_finds_agents_past_the_router_only_through_an_avahi_reflector() {
     );
     let want: Vec<String> = (1..=4).map(|n| format!("lab{id}-h{n}")).collect();
     assert_eq!(
-        discovered_names(&id),
+        names_of(&discovered(&id)),
         want,
         "the reflector carries mDNS across"
     );

@@ -248,7 +248,10 @@ pub async fn browse(domain: &str, opts: &DnsOptions) -> Result<Browsed, DnsError
     let instances: Vec<Name> = instances.into_iter().collect();
     for batch in instances.chunks(AT_ONCE) {
         let lookups = batch.iter().map(|i| resolve_instance(i, opts, deadline));
-        for (instance, got) in batch.iter().zip(join_all(lookups.collect()).await) {
+        for (instance, got) in batch
+            .iter()
+            .zip(crate::join::join_all(lookups.collect()).await)
+        {
             match got {
                 Ok(agent) => found.push(agent),
                 Err(why) => skipped.push(format!("{instance}: {why}")),
@@ -314,30 +317,6 @@ fn instance_label(instance: &Name) -> String {
         || instance.to_utf8(),
         |l| String::from_utf8_lossy(l).into_owned(),
     )
-}
-
-/// Runs `futures` at once; their outputs in order.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    futures_lite::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(o) => *out = Some(o),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 /// The addresses of `target` that came with `msg` (in its additional
@@ -419,7 +398,10 @@ pub async fn srv(
         let lookups = batch
             .iter()
             .map(|s| target_addresses(&msg, &s.target, opts, deadline));
-        for (s, got) in batch.iter().zip(join_all(lookups.collect()).await) {
+        for (s, got) in batch
+            .iter()
+            .zip(crate::join::join_all(lookups.collect()).await)
+        {
             match got {
                 Ok(addrs) => {
                     if let Some(ip) = addrs.first() {
