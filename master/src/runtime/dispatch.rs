@@ -1103,21 +1103,7 @@ impl<'c> Dispatcher<'c> {
             return;
         };
         if let Some(b) = busy {
-            let mut sched = self.sched.borrow_mut();
-            sched.ran(link.index, class, b);
-            // Kept for the agent's next jobs.
-            let kernel = self
-                .counts
-                .borrow()
-                .get(class as usize)
-                .map(|c| kernel_key(&c.kernel));
-            if let (Some(key), Some(secs), Ok(mut times)) = (
-                kernel,
-                sched.busy_of(link.index, class),
-                link.kernel_times.lock(),
-            ) {
-                times.insert(key, secs);
-            }
+            self.sched.borrow_mut().ran(link.index, class, b);
         }
         let long = LONG_TASK.as_secs_f64();
         let mean = busy.map(|b| {
@@ -1260,7 +1246,6 @@ impl<'c> Dispatcher<'c> {
     /// Stops every live link's loops between frames (see
     /// [`Dispatcher::drain`]).
     async fn end_io(&self) {
-        self.remember_unfinished();
         self.ending.set(true);
         self.end.notify(usize::MAX);
         let stopped = async {
@@ -1299,15 +1284,28 @@ impl<'c> Dispatcher<'c> {
         }
     }
 
-    /// At a job's end with copies that lost still out: an agent's oldest
-    /// one has taken at least as long as it has been out, which its agent
-    /// is remembered to take for that kernel if it is more than known (a
-    /// slow agent whose tasks a faster one always finishes first is never
-    /// heard to finish one: its next job copies them sooner).
-    fn remember_unfinished(&self) {
+    /// At the job's end (after [`Dispatcher::drain`]): what each kernel
+    /// took on each agent is kept on its connection for its next jobs;
+    /// and where copies that lost are still out, an agent's oldest one has
+    /// taken at least as long as it has been out, which is kept if more
+    /// than known (a slow agent whose tasks a faster one always finishes
+    /// first is never heard to finish one: its next job copies them
+    /// sooner).
+    pub fn remember_kernel_times(&self) {
         let now = Instant::now();
         let sched = self.sched.borrow();
         let counts = self.counts.borrow();
+        for link in &self.links {
+            let Ok(mut times) = link.kernel_times.lock() else {
+                continue;
+            };
+            for (class, c) in counts.iter().enumerate() {
+                let class = u32::try_from(class).unwrap_or(u32::MAX);
+                if let Some(secs) = sched.busy_of(link.index, class) {
+                    times.insert(kernel_key(&c.kernel), secs);
+                }
+            }
+        }
         for link in self.links.iter().filter(|l| !l.dead.get()) {
             let Some((sent, class)) = sched.oldest_out(link.index) else {
                 continue;

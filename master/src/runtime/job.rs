@@ -225,6 +225,7 @@ pub async fn run_graph(
     };
     future::or(future::or(dispatcher.drain(), deadline), io.as_mut()).await;
     drop(io);
+    dispatcher.remember_kernel_times();
     if let Some(w) = &limits.watch {
         // The last counts, tasks sent again while draining included.
         copy_counts(w, &dispatcher, cores);
