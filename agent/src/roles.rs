@@ -94,6 +94,7 @@ pub async fn serve_session(
         config,
         peer,
         local_addr: local_addr.ip(),
+        closer: sender.closer(),
         sender: Mutex::new(sender),
         session: RefCell::new(Session::new(slots, queue_room)),
         changed: Event::new(),
@@ -160,6 +161,8 @@ struct Driver<'a> {
     /// The address the master reached: the raw echo socket listens there.
     local_addr: IpAddr,
     sender: Mutex<Sender>,
+    /// Closes the connection even while a writer holds `sender`.
+    closer: skelpi_wire::Closer,
     session: RefCell<Session>,
     /// The session's timeout may have moved.
     changed: Event,
@@ -424,10 +427,10 @@ impl Driver<'_> {
             // Logged as it was read.
             Ending::BadInput => {}
             Ending::Silent(_) | Ending::NotReading => {
+                // Closed before it is said (a writer may hold the
+                // sender): whoever reads the line finds it closed.
+                self.closer.close();
                 log::warn!("master {peer} {why}");
-                if let Some(sender) = self.sender.try_lock() {
-                    sender.close();
-                }
                 return;
             }
         }

@@ -122,6 +122,25 @@ impl Sender {
     pub fn close(&self) {
         self.w.shutdown();
     }
+
+    /// What closes this connection's sending half from elsewhere, without
+    /// the sender (which a writer may hold).
+    pub fn closer(&self) -> Closer {
+        Closer(self.w.socket())
+    }
+}
+
+/// Closes a connection's sending half (the peer reads its end), from
+/// wherever: see [`Sender::closer`].
+#[derive(Debug, Clone)]
+pub struct Closer(async_net::TcpStream);
+
+impl Closer {
+    /// Shuts the sending half; a frame being written is cut (the peer is
+    /// being dropped anyway).
+    pub fn close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
+    }
 }
 
 /// A message as received, with the shape of the array that came with it.

@@ -18,7 +18,7 @@ pub mod key;
 pub mod self_check;
 mod stream;
 
-pub use channel::{Liveness, Received, Receiver, Sender};
+pub use channel::{Closer, Liveness, Received, Receiver, Sender};
 pub use error::WireError;
 pub use stream::WireStats;
 

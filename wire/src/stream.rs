@@ -321,4 +321,9 @@ impl ByteWriter {
     pub(crate) fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
+
+    /// The socket, to shut from elsewhere (see [`crate::Closer`]).
+    pub(crate) fn socket(&self) -> TcpStream {
+        self.stream.clone()
+    }
 }
