@@ -427,11 +427,13 @@ fn assert_none_lost(cluster: &Cluster) {
 /// An agent stalled past the end of a job (its copies that lost still
 /// queued there) resumes after the master has been silent for more than
 /// four heartbeats: it takes the master for gone and closes the
-/// connection, freeing that work. The next job finds that out before it
-/// starts and connects again, so it runs on all three agents and loses
-/// none.
+/// connection, freeing that work. The next jobs run exact: the close is
+/// found before a job starts (`AgentConn::settle`, then `rejoin`) or,
+/// when it comes as a job runs, by the job, which sends its tasks again
+/// and connects again. (Which happens depends on timing, so the test asks
+/// for the outcome both give: every result once, the agent serving.)
 #[test]
-fn an_agent_that_closed_between_jobs_is_connected_again_before_the_next_job() {
+fn an_agent_that_closed_a_silent_masters_connection_between_jobs_loses_no_result() {
     let (agents, mut cluster, dir) = agents("closed", 3);
     let pid = agents[1].child.id().to_string();
     farm_stopping_one_halfway(&mut cluster, &pid);
@@ -449,7 +451,19 @@ fn an_agent_that_closed_between_jobs_is_connected_again_before_the_next_job() {
     let mut next = Vec::new();
     bounded(cluster.run_each(&tree, again.clone(), |index, a| next.push((index, a)))).unwrap();
     assert_once_in_order(next, &again);
-    assert_none_lost(&cluster);
+    let losses = cluster.agents()[1].losses().to_vec();
+    assert!(
+        losses.iter().all(|(why, _)| why.contains("closed by peer")),
+        "only the close it made: {losses:?}"
+    );
+    // Whenever the close came, a later job has the agent back.
+    cluster.set_tracing(true);
+    let mut last = Vec::new();
+    bounded(cluster.run_each(&tree, again.clone(), |index, a| last.push((index, a)))).unwrap();
+    assert_once_in_order(last, &again);
+    let trace = cluster.take_trace().unwrap().unwrap();
+    let on_1 = trace.events.iter().filter(|e| e.pid == 2).count();
+    assert!(on_1 > 0, "the agent that closed serves again");
     smol::block_on(cluster.close());
     drop(agents);
     let _ = std::fs::remove_dir_all(dir);
