@@ -168,9 +168,10 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
     }
     // Sources named (a pool file, --discover): a key that cannot be used
     // is said before any time is spent looking.
-    if !opts.sources.is_empty() {
-        load_key(opts)?;
-    }
+    let named_key = match opts.sources.is_empty() {
+        true => None,
+        false => Some(load_key(opts)?),
+    };
     let (addrs, origin) = {
         let timeout = opts.discover_timeout;
         let sources = match opts.sources.as_slice() {
@@ -232,7 +233,10 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
     };
     // Discovered agents are hints: one that refuses our key belongs to
     // another cluster, one that does not answer is gone. Skip them.
-    let key = load_key(opts)?;
+    let key = match named_key {
+        Some(key) => key,
+        None => load_key(opts)?,
+    };
     let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
     reachable(cluster, &failed, origin, "skipping a discovered agent")
 }
