@@ -83,7 +83,8 @@ pub async fn serve_session(
     // read (nor holds up other masters' tasks).
     let slots = TASKS_PER_WORKER * config.workers.len();
     let queue_room = (MAX_TASKS_PER_WORKER - TASKS_PER_WORKER) * config.workers.len();
-    let (done_tx, done_rx) = async_channel::bounded::<Outcome>(slots);
+    let session = Session::new(slots, queue_room).deepening(config.workers.len());
+    let (done_tx, done_rx) = async_channel::bounded::<Outcome>(session.most_slots());
     let (raw_tx, raw_rx) = async_channel::bounded(1);
     let (stage_tx, stage_rx) = async_channel::bounded(1);
     // Kernel swaps for that stage, applied between two items.
@@ -96,7 +97,7 @@ pub async fn serve_session(
         local_addr: local_addr.ip(),
         closer: sender.closer(),
         sender: Mutex::new(sender),
-        session: RefCell::new(Session::new(slots, queue_room)),
+        session: RefCell::new(session),
         changed: Event::new(),
         freed: Event::new(),
         arrived: RefCell::new(VecDeque::new()),

@@ -11,7 +11,10 @@
 
 use skelpi_proto::beat::{self, Beats};
 use skelpi_proto::code::StageSwap;
-use skelpi_proto::{Array, ErrorCode, ErrorReply, JobId, Message, StageOpen, StreamItem, TaskHead};
+use skelpi_proto::{
+    Array, ErrorCode, ErrorReply, JobId, MAX_TASKS_PER_WORKER, Message, StageOpen, StreamItem,
+    TaskHead, credits_per_worker,
+};
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -104,6 +107,11 @@ pub struct Session {
     /// Tasks it may have on the workers (queued, running, or their
     /// outcome waiting to be sent): what bounds the outcomes it holds.
     slots: usize,
+    /// Worker threads, if short small tasks may take more slots than
+    /// `slots` (see [`Session::deepening`]).
+    workers: Option<usize>,
+    /// Recent kernel time of this master's tasks (a moving mean).
+    kernel_mean: Option<Duration>,
     in_flight: usize,
     /// Small tasks that came with every slot taken, in arrival order: each
     /// runs when a slot frees, and reading goes on meanwhile.
@@ -147,6 +155,8 @@ impl Session {
     pub fn new(slots: usize, queue_room: usize) -> Session {
         Session {
             slots: slots.max(1),
+            workers: None,
+            kernel_mean: None,
             in_flight: 0,
             queued: VecDeque::new(),
             queue_room,
@@ -164,6 +174,43 @@ impl Session {
             reading_held: false,
             reading_since: None,
             ended: false,
+        }
+    }
+
+    /// Lets small tasks whose kernels have been short take more slots than
+    /// the session's own, as many per worker (of `workers`) as make
+    /// [`WINDOW_WORK`](skelpi_proto::WINDOW_WORK) of their recent kernel time, up to
+    /// [`MAX_TASKS_PER_WORKER`]: a worker then runs a batch of them
+    /// without waiting to be woken for each, and another master's task
+    /// still waits behind about that much of this one's per worker.
+    pub fn deepening(mut self, workers: usize) -> Session {
+        self.workers = Some(workers.max(1));
+        self
+    }
+
+    /// Most tasks it may ever have on the workers: what the channel of
+    /// their outcomes must hold.
+    pub fn most_slots(&self) -> usize {
+        self.workers
+            .map_or(self.slots, |w| (w * MAX_TASKS_PER_WORKER).max(self.slots))
+    }
+
+    /// A task of this master ran `busy` on a worker.
+    pub fn kernel_ran(&mut self, busy: Duration) {
+        self.kernel_mean = Some(match self.kernel_mean {
+            Some(mean) => (mean * 7 + busy) / 8,
+            None => busy,
+        });
+    }
+
+    /// Slots a task may take: the session's own, or more for a small one
+    /// while kernels have been short (see [`Session::deepening`]).
+    fn slots_for(&self, task: &TaskHead, input: &Array) -> usize {
+        match (self.workers, self.kernel_mean) {
+            (Some(workers), Some(mean)) if is_small(task, input) => {
+                (workers * credits_per_worker(mean)).max(self.slots)
+            }
+            _ => self.slots,
         }
     }
 
@@ -273,7 +320,7 @@ impl Session {
             actions.push(Action::EndJob(ended));
         }
         let input = bulk.unwrap_or_else(|| Array::list(Vec::new()));
-        if self.in_flight < self.slots && self.queued.is_empty() {
+        if self.in_flight < self.slots_for(&task, &input) && self.queued.is_empty() {
             self.in_flight += 1;
             actions.push(Action::RunTask(task, input));
         } else if self.fits_queue(&task, &input) {
@@ -287,8 +334,7 @@ impl Session {
     /// Whether a task may wait in the queue now: small (its head counted
     /// too, see [`skelpi_proto::task_bytes`]) and with room left.
     fn fits_queue(&self, task: &TaskHead, input: &Array) -> bool {
-        let bytes = skelpi_proto::task_bytes(&task.kernel, task.args.len(), input.data.len());
-        self.queued.len() < self.queue_room && bytes <= skelpi_proto::SMALL_TASK_BYTES
+        self.queued.len() < self.queue_room && is_small(task, input)
     }
 
     fn on_raw_echo(&mut self) -> Vec<Action> {
@@ -334,7 +380,8 @@ impl Session {
     /// queued (the held one then takes its place in the queue if it fits,
     /// so reading goes on), else the held one (and reading goes on).
     pub fn release_next(&mut self) -> Option<Action> {
-        if self.in_flight >= self.slots {
+        let (task, input) = self.queued.front().or(self.held.as_ref())?;
+        if self.in_flight >= self.slots_for(task, input) {
             return None;
         }
         let (task, input) = match self.queued.pop_front() {
@@ -465,6 +512,13 @@ pub struct Leftovers {
 }
 
 /// An error reply (see [`error`]) for a bad request.
+/// Whether a task is small (its head counted too, see
+/// [`skelpi_proto::task_bytes`]): it may wait in the session's queue.
+fn is_small(task: &TaskHead, input: &Array) -> bool {
+    let bytes = skelpi_proto::task_bytes(&task.kernel, task.args.len(), input.data.len());
+    bytes <= skelpi_proto::SMALL_TASK_BYTES
+}
+
 fn bad_request(what: &str) -> Action {
     error(ErrorCode::BadRequest, what.to_owned())
 }

@@ -117,12 +117,14 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` worker threads (at least one); the queue holds `2 n` jobs.
+    /// Starts `n` worker threads (at least one); the queue holds
+    /// [`MAX_TASKS_PER_WORKER`](skelpi_proto::MAX_TASKS_PER_WORKER) jobs
+    /// per thread, as a session of short tasks may have that many there.
     /// Traced calls are recorded in a new [`Recorder`].
     pub fn new(n: usize) -> std::io::Result<Workers> {
         let n = n.max(1);
         let recorder = Arc::new(Recorder::new(n));
-        let (queue, jobs) = async_channel::bounded::<Job>(2 * n);
+        let (queue, jobs) = async_channel::bounded::<Job>(skelpi_proto::MAX_TASKS_PER_WORKER * n);
         let stopping = Arc::new(AtomicBool::new(false));
         let memory = Arc::new(MemoryBudget::new(default_kernel_memory()));
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));

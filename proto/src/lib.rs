@@ -76,6 +76,25 @@ pub const TASKS_PER_WORKER: usize = 2;
 /// its session (an older agent stops reading instead: nothing is lost).
 pub const MAX_TASKS_PER_WORKER: usize = 16;
 
+/// The work a window of credits aims to keep queued behind each agent
+/// worker's running task: a round trip's worth and more on a LAN, yet
+/// short enough that a queue on a stalled agent holds little. An agent
+/// keeps as much of one master's work on its workers, at most, so
+/// another master's task waits behind little.
+pub const WINDOW_WORK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Tasks per worker for kernels that run `busy` on average: one running
+/// and enough queued behind it to make [`WINDOW_WORK`], from
+/// [`TASKS_PER_WORKER`] (long tasks) to [`MAX_TASKS_PER_WORKER`] (tasks of
+/// microseconds, which then travel many to a write).
+pub fn credits_per_worker(busy: std::time::Duration) -> usize {
+    let behind = WINDOW_WORK.as_nanos().div_ceil(busy.as_nanos().max(1));
+    let behind = usize::try_from(behind).unwrap_or(usize::MAX);
+    behind
+        .saturating_add(1)
+        .clamp(TASKS_PER_WORKER, MAX_TASKS_PER_WORKER)
+}
+
 /// Largest *small* task ([`task_bytes`]), which an agent may queue in its
 /// session beyond [`TASKS_PER_WORKER`]: the queue holds at most
 /// `MAX_TASKS_PER_WORKER - TASKS_PER_WORKER` of them per worker, under

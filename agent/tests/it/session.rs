@@ -453,6 +453,123 @@ fn seeded_arrivals_and_finishes_run_every_task_once_in_order_within_bounds() {
     }
 }
 
+/// Short small tasks go deeper onto the workers (a worker runs a batch
+/// of them without being woken for each), long or large ones do not.
+#[test]
+fn small_tasks_of_short_kernels_take_more_slots_and_long_ones_do_not() {
+    let (workers, slots, room) = (2, 4, 28);
+    let mut session = Session::new(slots, room).deepening(workers);
+    assert_eq!(session.most_slots(), 32, "16 per worker at most");
+    let now = Instant::now();
+    let mut id = 0;
+    let mut send = |session: &mut Session, n: usize, floats: usize| {
+        (0..n)
+            .map(|_| {
+                id += 1;
+                session.handle(now, task(id, 1), input(floats)).len()
+            })
+            .sum::<usize>()
+    };
+    // Unknown kernel times: the session's own slots, the rest queued.
+    assert_eq!(send(&mut session, 6, 1), slots);
+    assert_eq!((session.in_flight(), session.queued()), (4, 2));
+    // Kernels of 10 µs: 1 ms of them is 101 per worker, 16 at most.
+    for _ in 0..4 {
+        session.kernel_ran(Duration::from_micros(10));
+        session.task_finished();
+    }
+    let mut released = 0;
+    while session.release_next().is_some() {
+        released += 1;
+    }
+    assert_eq!(released, 2, "the queued ones run");
+    assert_eq!(send(&mut session, 40, 1), 30, "32 on the workers");
+    assert_eq!((session.in_flight(), session.queued()), (32, 10));
+    // A large task never goes past the session's own slots.
+    let mut big = Session::new(slots, room).deepening(workers);
+    big.kernel_ran(Duration::from_micros(10));
+    for i in 1..=5 {
+        big.handle(now, task(i, 1), input(SMALL + 1));
+    }
+    assert_eq!(big.in_flight(), slots, "large tasks: the own slots only");
+    // Kernels of 400 µs: 1 ms of them is 3 and a half per worker: 4 each.
+    let mut mid = Session::new(slots, room).deepening(workers);
+    for _ in 0..32 {
+        mid.kernel_ran(Duration::from_micros(400));
+    }
+    for i in 1..=12 {
+        mid.handle(now, task(i, 1), input(1));
+    }
+    assert_eq!((mid.in_flight(), mid.queued()), (8, 4));
+}
+
+/// Seeded runs as above, with deeper slots while kernels are short and
+/// kernel times that change between short and long: every task runs once
+/// in order, never more on the workers than the deepest slots, large
+/// ones only within the session's own, and long ones within them too
+/// once the mean has followed.
+#[test]
+fn seeded_deeper_slots_run_every_task_once_in_order_within_bounds() {
+    let mut deeper_runs = 0;
+    for seed in 0..300u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let workers = rng.random_range(1..4);
+        let (slots, room) = (2 * workers, 14 * workers);
+        let mut session = Session::new(slots, room).deepening(workers);
+        let now = Instant::now();
+        let (mut sent, mut ran, mut running) = (0u64, Vec::new(), Vec::<bool>::new());
+        let (total, mut long_streak, mut deepest) = (200, 0, 0);
+        for _ in 0..20_000 {
+            if ran.len() == total {
+                break;
+            }
+            let arrive = sent < total as u64 && session.can_read() && rng.random_bool(0.6);
+            let mut actions = Vec::new();
+            if arrive {
+                sent += 1;
+                let floats = if rng.random_bool(0.9) { 1 } else { SMALL + 1 };
+                actions = session.handle(now, task(sent, 1), input(floats));
+            } else if !running.is_empty() {
+                let was_long = running.remove(0);
+                let us = if was_long { 50_000 } else { 5 };
+                long_streak = if was_long { long_streak + 1 } else { 0 };
+                session.kernel_ran(Duration::from_micros(us));
+                session.task_finished();
+                actions.extend(session.release_next());
+            }
+            for a in actions {
+                if let skelpi_agent::session::Action::RunTask(t, input) = a {
+                    let large = input.data.len() > SMALL;
+                    assert!(
+                        !large || session.in_flight() <= slots,
+                        "seed {seed}: a large task past the own slots"
+                    );
+                    assert!(
+                        long_streak == 0 || session.in_flight() <= slots,
+                        "seed {seed}: deeper slots after a long kernel"
+                    );
+                    ran.push(t.id);
+                    running.push((t.id - 1) / 50 % 2 == 1);
+                }
+            }
+            assert!(
+                session.in_flight() <= 16 * workers,
+                "seed {seed}: slots exceeded"
+            );
+            deepest = deepest.max(session.in_flight());
+            assert!(session.queued() <= room, "seed {seed}: queue exceeded");
+            assert_eq!(running.len(), session.in_flight(), "seed {seed}");
+        }
+        let want: Vec<u64> = (1..=total as u64).collect();
+        assert_eq!(ran, want, "seed {seed}: every task once, in order");
+        deeper_runs += usize::from(deepest > slots);
+    }
+    assert!(
+        deeper_runs > 150,
+        "short tasks went deeper in {deeper_runs} runs of 300"
+    );
+}
+
 #[test]
 fn a_task_of_another_job_ends_the_previous_job_here() {
     let mut sim = Sim::new(8);

@@ -36,22 +36,7 @@ use std::time::{Duration, Instant};
 /// before the job fails naming it (a task that keeps killing agents).
 pub const MAX_REDISPATCH: usize = 3;
 
-/// The work a window of credits aims to keep queued behind each agent
-/// worker's running task: a round trip's worth and more on a LAN, yet
-/// short enough that a queue on a stalled agent holds little.
-pub const WINDOW_WORK: Duration = Duration::from_millis(1);
-
-/// Credits per worker for tasks whose kernels run `busy` on average: one
-/// running and enough queued behind it to make [`WINDOW_WORK`], from
-/// [`TASKS_PER_WORKER`] (long tasks) to [`MAX_TASKS_PER_WORKER`]
-/// (tasks of microseconds, which then travel many to a write).
-pub fn credits_per_worker(busy: Duration) -> usize {
-    let behind = WINDOW_WORK.as_nanos().div_ceil(busy.as_nanos().max(1));
-    let behind = usize::try_from(behind).unwrap_or(usize::MAX);
-    behind
-        .saturating_add(1)
-        .clamp(TASKS_PER_WORKER, MAX_TASKS_PER_WORKER)
-}
+pub use skelpi_proto::{WINDOW_WORK, credits_per_worker};
 
 /// Copies out or waiting, as a share of the live pool's credits; in a pool
 /// so small that this is less than one agent's credits, as many copies as
