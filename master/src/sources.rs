@@ -155,15 +155,17 @@ async fn find_one(
         target: None,
         sources: vec![label.clone()],
     };
-    let dns = || -> Result<DnsOptions, String> {
-        let server = match opts.dns_server {
-            Some(s) => s,
-            None => dnssd::system_server().map_err(|e| e.to_string())?,
+    // The servers to ask in turn, sharing the time given.
+    let dns = || -> Result<Vec<DnsOptions>, String> {
+        let servers = match opts.dns_server {
+            Some(s) => vec![s],
+            None => dnssd::system_servers().map_err(|e| e.to_string())?,
         };
-        Ok(DnsOptions {
-            server,
-            timeout: opts.timeout,
-        })
+        let timeout = opts.timeout / u32::try_from(servers.len()).unwrap_or(u32::MAX);
+        Ok(servers
+            .into_iter()
+            .map(|server| DnsOptions { server, timeout })
+            .collect())
     };
     match source {
         Source::Mdns(interface) => {
@@ -180,7 +182,8 @@ async fn find_one(
             Ok((found.into_iter().map(announced).collect(), Vec::new()))
         }
         Source::DnsSd(domain) => {
-            let browsed = dnssd::browse(domain, &dns()?)
+            let browse = |o: DnsOptions| async move { dnssd::browse(domain, &o).await };
+            let browsed = dnssd::ask_in_turn(&dns()?, browse)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok((
@@ -225,7 +228,10 @@ async fn find_one(
             Ok((found, skipped))
         }
         Source::Srv(name) => {
-            let (targets, skipped) = dnssd::srv(name, &dns()?).await.map_err(|e| e.to_string())?;
+            let srv = |o: DnsOptions| async move { dnssd::srv(name, &o).await };
+            let (targets, skipped) = dnssd::ask_in_turn(&dns()?, srv)
+                .await
+                .map_err(|e| e.to_string())?;
             let found = targets
                 .into_iter()
                 .map(|(target, addr)| Found {

@@ -29,7 +29,7 @@ pub struct FindArgs {
     #[arg(long, value_name = "SOURCE", value_delimiter = ',')]
     pub discover: Vec<Source>,
     /// The DNS server of `dns-sd:` and `srv:` sources, `IP[:PORT]`
-    /// [default: the first nameserver of /etc/resolv.conf].
+    /// [default: the nameservers of /etc/resolv.conf, in turn].
     #[arg(long, value_name = "ADDR", value_parser = dnssd::parse_server)]
     pub dns_server: Option<SocketAddr>,
     /// Look where the pool NAME of the pool file says (its sources and

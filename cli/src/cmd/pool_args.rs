@@ -36,7 +36,7 @@ pub struct PoolArgs {
     #[arg(long, value_name = "SOURCE", value_delimiter = ',', global = true)]
     pub discover: Vec<skelpi::sources::Source>,
     /// The DNS server of `dns-sd:` and `srv:` sources, `IP[:PORT]`
-    /// [default: the first nameserver of /etc/resolv.conf].
+    /// [default: the nameservers of /etc/resolv.conf, in turn].
     #[arg(long, value_name = "ADDR", global = true, value_parser = skelpi::dnssd::parse_server)]
     pub dns_server: Option<std::net::SocketAddr>,
     /// Use the pool NAME of the pool file (its sources, agents, DNS server

@@ -20,12 +20,15 @@
 //! answer came truncated. The server is recursive or authoritative for the
 //! names asked: no iteration is done here.
 
+mod exchange;
 mod records;
+
+use exchange::lookup;
 
 pub use records::{dnsmasq_lines, has_routable_address, zone_lines};
 
 use crate::discover::DiscoveredAgent;
-use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV};
 use hickory_proto::rr::{Name, RData, RecordType};
 use skelpi_proto::AgentInfo;
@@ -132,6 +135,16 @@ pub enum DnsError {
     },
 }
 
+impl DnsError {
+    /// Whether the server could not be reached at all (another may be).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            DnsError::NoAnswer { .. } | DnsError::Closed { .. } | DnsError::Io { .. }
+        )
+    }
+}
+
 fn refused_hint(code: &str) -> &'static str {
     if code.contains("Refused") {
         " (it serves no such name and forwards nowhere, or refuses this address: is the domain right?)"
@@ -150,17 +163,49 @@ pub struct Browsed {
     pub skipped: Vec<String>,
 }
 
-/// The first `nameserver` of `/etc/resolv.conf` (port 53).
-pub fn system_server() -> Result<SocketAddr, DnsError> {
+/// The `nameserver`s of `/etc/resolv.conf` (port 53), in its order.
+/// Lines it does not know are skipped, as the system's resolver skips
+/// them.
+pub fn system_servers() -> Result<Vec<SocketAddr>, DnsError> {
     let path = "/etc/resolv.conf";
     let text = std::fs::read(path).map_err(|e| DnsError::NoServer(format!("{path}: {e}")))?;
-    let conf = resolv_conf::Config::parse(&text)
-        .map_err(|e| DnsError::NoServer(format!("{path}: {e}")))?;
-    let first = conf
+    servers_in(path, &text)
+}
+
+/// The `nameserver`s of a resolv.conf's `text` (read from `path`).
+fn servers_in(path: &str, text: &[u8]) -> Result<Vec<SocketAddr>, DnsError> {
+    let (conf, errors) = resolv_conf::Config::parse_with_errors(text);
+    let servers: Vec<SocketAddr> = conf
         .nameservers
-        .first()
-        .ok_or_else(|| DnsError::NoServer(format!("{path} names no nameserver")))?;
-    Ok(SocketAddr::new(IpAddr::from(first), 53))
+        .iter()
+        .map(|ip| SocketAddr::new(IpAddr::from(ip), 53))
+        .collect();
+    if servers.is_empty() {
+        let why = errors.first().map_or(String::new(), |e| format!(" ({e})"));
+        return Err(DnsError::NoServer(format!(
+            "{path} names no nameserver{why}"
+        )));
+    }
+    Ok(servers)
+}
+
+/// Runs `ask` with each of `servers` in turn, going to the next only
+/// while one cannot be reached (no answer in its time, its port closed,
+/// a socket error), as a stub resolver goes down resolv.conf's list.
+/// The last server's error is returned if none answered.
+pub async fn ask_in_turn<T, F, Fut>(servers: &[DnsOptions], mut ask: F) -> Result<T, DnsError>
+where
+    F: FnMut(DnsOptions) -> Fut,
+    Fut: std::future::Future<Output = Result<T, DnsError>>,
+{
+    let mut last = DnsError::NoServer("no DNS server given".into());
+    for opts in servers {
+        match ask(*opts).await {
+            Err(e) if e.is_unreachable() => last = e,
+            done => return done,
+        }
+    }
+    Err(last)
 }
 
 /// `host[:port]` (port 53 by default) as a server address.
@@ -446,138 +491,6 @@ fn no_records(opts: &DnsOptions, name: &Name, kind: RecordType) -> DnsError {
     }
 }
 
-/// One query, answered: over UDP, again over TCP if truncated. An empty
-/// answer or NXDOMAIN is [`DnsError::NoRecords`].
-async fn lookup(
-    asked: &Name,
-    kind: RecordType,
-    opts: &DnsOptions,
-    deadline: Instant,
-) -> Result<Message, DnsError> {
-    let server = opts.server;
-    let mut query = Message::query();
-    query.metadata.recursion_desired = true;
-    query.add_query(Query::query(asked.clone(), kind));
-    let bytes = query.to_vec().map_err(|e| DnsError::Malformed {
-        server,
-        why: e.to_string(),
-    })?;
-    let mut answer = exchange_udp(&bytes, query.metadata.id, opts, deadline).await?;
-    if answer.metadata.truncation {
-        answer = exchange_tcp(&bytes, query.metadata.id, opts, deadline).await?;
-    }
-    match answer.metadata.response_code {
-        ResponseCode::NoError if answer.answers.iter().any(|r| r.record_type() == kind) => {
-            Ok(answer)
-        }
-        ResponseCode::NoError | ResponseCode::NXDomain => Err(no_records(opts, asked, kind)),
-        code => Err(DnsError::Refused {
-            server,
-            name: asked.to_utf8(),
-            kind: kind.to_string(),
-            code: code.to_string(),
-        }),
-    }
-}
-
-fn io(server: SocketAddr) -> impl Fn(std::io::Error) -> DnsError {
-    move |source| DnsError::Io { server, source }
-}
-
-/// Sends `bytes` over UDP until an answer with `id` comes (up to
-/// [`TRIES`] sends, spread over the time left).
-async fn exchange_udp(
-    bytes: &[u8],
-    id: u16,
-    opts: &DnsOptions,
-    deadline: Instant,
-) -> Result<Message, DnsError> {
-    let server = opts.server;
-    let local: SocketAddr = if server.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = async_net::UdpSocket::bind(local)
-        .await
-        .map_err(io(server))?;
-    socket.connect(server).await.map_err(io(server))?;
-    let mut buf = vec![0u8; 65_535];
-    for tries_left in (1..=TRIES).rev() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        socket.send(bytes).await.map_err(io(server))?;
-        let wait = left / tries_left;
-        let got = skelpi_wire::within(wait, async {
-            loop {
-                // A refused port (ICMP) is an error here, as no answer.
-                let n = socket.recv(&mut buf).await?;
-                match Message::from_vec(&buf[..n]) {
-                    Ok(m) if m.metadata.id == id => return Ok::<_, std::io::Error>(Some(m)),
-                    // Another query's answer, or garbage: keep waiting.
-                    _ => continue,
-                }
-            }
-        })
-        .await;
-        match got {
-            Some(Ok(Some(m))) => return Ok(m),
-            Some(Ok(None)) | None => {}
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(DnsError::Closed { server });
-            }
-            Some(Err(e)) => return Err(io(server)(e)),
-        }
-    }
-    Err(DnsError::NoAnswer {
-        server,
-        waited: opts.timeout,
-    })
-}
-
-/// Sends `bytes` over TCP (two-byte length first) and reads the answer.
-async fn exchange_tcp(
-    bytes: &[u8],
-    id: u16,
-    opts: &DnsOptions,
-    deadline: Instant,
-) -> Result<Message, DnsError> {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    let server = opts.server;
-    let left = deadline.saturating_duration_since(Instant::now());
-    let exchange = async {
-        let mut stream = async_net::TcpStream::connect(server).await?;
-        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
-        stream.write_all(&len.to_be_bytes()).await?;
-        stream.write_all(bytes).await?;
-        let mut len = [0u8; 2];
-        stream.read_exact(&mut len).await?;
-        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = skelpi_wire::within(left, exchange)
-        .await
-        .ok_or(DnsError::NoAnswer {
-            server,
-            waited: opts.timeout,
-        })?
-        .map_err(io(server))?;
-    match Message::from_vec(&answer) {
-        Ok(m) if m.metadata.id == id => Ok(m),
-        Ok(_) => Err(DnsError::Malformed {
-            server,
-            why: "a TCP answer to another query".into(),
-        }),
-        Err(e) => Err(DnsError::Malformed {
-            server,
-            why: e.to_string(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +535,61 @@ mod tests {
                 .unwrap_err()
                 .contains("not a DNS server address")
         );
+    }
+
+    #[test]
+    fn every_nameserver_of_resolv_conf_is_read_past_lines_it_does_not_know() {
+        let text = b"# a comment\nnameserver 10.0.0.53\nsortlist 130.155.160.0/255.255.240.0\n\
+                     options edns0 trust-ad\nnameserver fd00::53\nlookup file bind\n";
+        let got = servers_in("resolv.conf", text).unwrap();
+        let want: Vec<SocketAddr> = vec![
+            "10.0.0.53:53".parse().unwrap(),
+            "[fd00::53]:53".parse().unwrap(),
+        ];
+        assert_eq!(got, want);
+        let err = servers_in("resolv.conf", b"search lab.test\nlookup file\n").unwrap_err();
+        assert!(
+            err.to_string().contains("resolv.conf names no nameserver"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_next_server_is_asked_only_while_one_cannot_be_reached() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        // Its port is closed once the socket is gone.
+        drop(closed);
+        let opts = |server| DnsOptions {
+            server,
+            timeout: Duration::from_millis(200),
+        };
+        let servers = [opts(silent.local_addr().unwrap()), opts(closed_addr)];
+        let asked = std::cell::RefCell::new(Vec::new());
+        let ask = |o: DnsOptions| {
+            asked.borrow_mut().push(o.server);
+            async move { browse("lab.test", &o).await }
+        };
+        let err = smol::block_on(ask_in_turn(&servers, ask)).unwrap_err();
+        assert!(matches!(err, DnsError::Closed { .. }), "{err}");
+        assert_eq!(*asked.borrow(), [servers[0].server, servers[1].server]);
+        // A refusal is an answer: the next server is not asked.
+        asked.borrow_mut().clear();
+        let refuse = |o: DnsOptions| {
+            asked.borrow_mut().push(o.server);
+            async move {
+                Err::<(), _>(DnsError::Refused {
+                    server: o.server,
+                    name: "lab.test".into(),
+                    kind: "PTR".into(),
+                    code: "REFUSED".into(),
+                })
+            }
+        };
+        let err = smol::block_on(ask_in_turn(&servers, refuse)).unwrap_err();
+        assert!(matches!(err, DnsError::Refused { .. }), "{err}");
+        assert_eq!(asked.borrow().len(), 1);
     }
 
     #[test]
