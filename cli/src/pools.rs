@@ -15,21 +15,22 @@ use serde::Deserialize;
 use skelpi::sources::Source;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use toml::Spanned;
 
-/// One pool of the file.
+/// One pool of the file (each value with where it is in the file).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PoolSpec {
     /// Where to find agents: `mdns`, `mdns:IF`, `dns-sd:DOMAIN`, `srv:NAME`.
     #[serde(default)]
-    pub discover: Vec<String>,
+    pub discover: Vec<Spanned<String>>,
     /// Agents by address, `host[:port]`.
     #[serde(default)]
-    pub agents: Vec<String>,
+    pub agents: Vec<Spanned<String>>,
     /// The DNS server of `dns-sd:` and `srv:` sources, `IP[:PORT]`.
-    pub dns_server: Option<String>,
+    pub dns_server: Option<Spanned<String>>,
     /// The cluster key of this pool's agents.
     pub key_file: Option<PathBuf>,
 }
@@ -174,15 +175,24 @@ fn parse(text: &str, name: &str) -> Result<Pool, Parse> {
             "names no agents and no source: give `discover = [...]` or `agents = [...]`".into(),
         ));
     }
+    // A value's error, led by its line.
+    let at = |value: &Spanned<String>, message: String| {
+        let line = line_of(text, value.span().start);
+        Parse::Bad(format!("line {line}: {message}"))
+    };
     let mut sources = Vec::new();
     for s in &spec.discover {
-        sources.push(s.parse::<Source>().map_err(Parse::Bad)?);
+        sources.push(s.get_ref().parse::<Source>().map_err(|e| at(s, e))?);
+    }
+    for a in &spec.agents {
+        check_agent(a.get_ref()).map_err(|e| at(a, e))?;
     }
     if !spec.agents.is_empty() {
-        sources.push(Source::Agents(spec.agents.clone()));
+        let agents = spec.agents.iter().map(|a| a.get_ref().trim().to_owned());
+        sources.push(Source::Agents(agents.collect()));
     }
     let dns_server = match &spec.dns_server {
-        Some(s) => Some(skelpi::dnssd::parse_server(s).map_err(Parse::Bad)?),
+        Some(s) => Some(skelpi::dnssd::parse_server(s.get_ref()).map_err(|e| at(s, e))?),
         None => None,
     };
     Ok(Pool {
@@ -192,13 +202,42 @@ fn parse(text: &str, name: &str) -> Result<Pool, Parse> {
     })
 }
 
+/// Whether `agent` is written as an agent's address, `host[:port]` (a
+/// name or an IP address; `[v6]:port` for IPv6 with a port). Whether the
+/// name resolves is known only when the pool is formed.
+fn check_agent(agent: &str) -> Result<(), String> {
+    let a = agent.trim();
+    let bad = |why: String| Err(format!("agent {agent:?} is not host[:port]: {why}"));
+    if a.parse::<SocketAddr>().is_ok() || a.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host = match a.rsplit_once(':') {
+        Some((host, _)) if host.contains(':') => {
+            return bad("an IPv6 address with a port is written [address]:port".into());
+        }
+        Some((host, port)) => {
+            if port.parse::<u16>().is_err() {
+                return bad(format!("its port {port:?} is not a number up to 65535"));
+            }
+            host
+        }
+        None => a,
+    };
+    skelpi::dnssd::check_name(host).or_else(bad)
+}
+
+/// The line (from 1) of byte `at` of `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
 /// toml's message, led by the line and column it points at.
 fn located(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim_end().to_owned();
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
+            let line = line_of(text, span.start);
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             format!("line {line}, column {column}: {message}")
         }
@@ -251,7 +290,33 @@ discover = ["srv:_skelpi._tcp.skelpi.pis.svc.cluster.local"]
         let Err(Parse::Bad(m)) = parse("[x]\ndiscover = [\"consul:a\"]\n", "x") else {
             panic!("a bad source is an error")
         };
+        assert!(m.starts_with("line 2: "), "{m}");
         assert!(m.contains("not a source of agents"), "{m}");
+        let file = "[x]\nagents = [\n  \"pi1\",\n  \"pi2:http\",\n]\n";
+        let Err(Parse::Bad(m)) = parse(file, "x") else {
+            panic!("a bad agent address is an error")
+        };
+        assert!(m.starts_with("line 4: agent \"pi2:http\""), "{m}");
+        assert!(m.contains("its port \"http\" is not a number"), "{m}");
+        let Err(Parse::Bad(m)) = parse("[x]\nagents = [\"pi 1\"]\n", "x") else {
+            panic!("a name with a space is an error")
+        };
+        assert!(m.starts_with("line 2: agent \"pi 1\""), "{m}");
+        let Err(Parse::Bad(m)) = parse("[x]\nagents = [\"a\"]\ndns-server = \"dns\"\n", "x") else {
+            panic!("a server by name is an error")
+        };
+        assert!(m.starts_with("line 3: "), "{m}");
+        for good in [
+            "pi1",
+            "pi1:7871",
+            "10.0.0.9",
+            "10.0.0.9:7871",
+            "[fd00::9]:7871",
+            "fd00::9",
+        ] {
+            assert_eq!(check_agent(good), Ok(()), "{good}");
+        }
+        assert!(check_agent("fd00::9:7871x").is_err());
         let Err(Parse::Bad(m)) = parse("[x]\n", "x") else {
             panic!("an empty pool is an error")
         };

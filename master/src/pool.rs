@@ -41,7 +41,9 @@ pub struct PoolOptions {
     /// Ask for plaintext transport after authentication.
     pub plaintext: bool,
     /// Explicit agents that cannot be reached are left out (and said so in
-    /// the pool's origin) instead of failing the pool.
+    /// the pool's origin) instead of failing the pool; they, and agents
+    /// found by named sources that could not be reached, are listed in
+    /// [`Pool::unreachable`].
     pub skip_unreachable: bool,
     /// The heartbeat to ask of every agent (see
     /// [`ConnectOptions::heartbeat`]); `None`: the default.
@@ -93,8 +95,8 @@ pub struct Pool {
     pub cluster: Cluster,
     /// One line saying where the agents came from.
     pub origin: String,
-    /// Explicit agents left out as unreachable (`skip_unreachable`), with
-    /// why.
+    /// Agents left out as unreachable (with `skip_unreachable`: explicit
+    /// ones, and those found by named sources), with why.
     pub unreachable: Vec<(SocketAddr, String)>,
 }
 
@@ -238,7 +240,11 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         None => load_key(opts)?,
     };
     let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
-    reachable(cluster, &failed, origin, "skipping a discovered agent")
+    let pool = reachable(cluster, &failed, origin, "skipping a discovered agent")?;
+    Ok(match opts.skip_unreachable {
+        true => with_unreachable(pool, &addrs, &failed),
+        false => pool,
+    })
 }
 
 /// The pool of the agents that answered (`failed`: those that did not,

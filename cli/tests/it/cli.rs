@@ -328,5 +328,36 @@ fn a_named_pool_from_the_pool_file_forms_the_pool_and_errors_name_the_line() {
     let (code, _, err) = skelpi(&["ping", "--pool", "gone", "--pools-file", &file]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("127.0.0.1:1"), "{err}");
+    // health shows a pool's agent that cannot be reached as a down row.
+    let mixed = dir.path("mixed.toml");
+    std::fs::write(
+        &mixed,
+        format!(
+            "[lab]\nagents = [\"{}\", \"127.0.0.1:1\"]\nkey-file = \"{key}\"\n",
+            agent.addr
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = skelpi(&["health", "--pool", "lab", "--pools-file", &mixed, "--json"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("1 of 2 boards did not answer"), "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[1]["address"], "127.0.0.1:1", "{out}");
+    assert_eq!(rows[1]["up"], false, "{out}");
+    // An agent's address written wrong is the file's error, with its line.
+    let wrong = dir.path("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[lab]\nagents = [\n  \"pi1:7871\",\n  \"pi2:78x1\",\n]\n",
+    )
+    .unwrap();
+    let (code, _, err) = skelpi(&["ping", "--pool", "lab", "--pools-file", &wrong]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("pool \"lab\": line 4: agent \"pi2:78x1\" is not host[:port]"),
+        "{err}"
+    );
     drop(agent);
 }
