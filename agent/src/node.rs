@@ -67,7 +67,7 @@ pub enum NodeError {
         source: std::io::Error,
     },
     /// mDNS registration failed.
-    #[error("cannot announce over mDNS (use --no-mdns to run without it): {0}")]
+    #[error("cannot announce over mDNS{hint}: {0}", hint = no_mdns_hint(.0))]
     Announce(#[from] AnnounceError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
@@ -75,6 +75,15 @@ pub enum NodeError {
     /// The server failed.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+}
+
+/// The way out of an announcing failure: a wrong `--interface` is
+/// mended where it is written, a failing daemon by going without mDNS.
+fn no_mdns_hint(e: &AnnounceError) -> &'static str {
+    match e {
+        AnnounceError::Interface(_) => "",
+        _ => " (use --no-mdns to run without it)",
+    }
 }
 
 /// Runs the agent until SIGTERM, SIGINT or a deploy's restart; returns

@@ -31,6 +31,31 @@ fn refuses_a_group_or_world_readable_key() {
     }
 }
 
+/// A wrong `--interface` is said as such, without pointing at
+/// `--no-mdns` (mDNS is not what failed). Bound to loopback, the agent
+/// refuses before announcing anything.
+#[test]
+fn a_wrong_interface_flag_is_named_without_the_no_mdns_hint() {
+    let dir = TempDir::new("interface");
+    let path = key_file(&dir.0, "cluster.key", &ClusterKey::generate().unwrap());
+    let key = path.to_str().unwrap();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--interface",
+        "lo",
+        "--key-file",
+        key,
+    ];
+    let (code, stderr) = run_agent(&args);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--interface needs --listen on 0.0.0.0 or ::"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--no-mdns"), "{stderr}");
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_with_exit_zero() {
     let dir = TempDir::new("term");
