@@ -182,7 +182,11 @@ fn parse(text: &str, name: &str) -> Result<Pool, Parse> {
     };
     let mut sources = Vec::new();
     for s in &spec.discover {
-        sources.push(s.get_ref().parse::<Source>().map_err(|e| at(s, e))?);
+        sources.push(
+            s.get_ref()
+                .parse::<Source>()
+                .map_err(|e| at(s, e.to_string()))?,
+        );
     }
     for a in &spec.agents {
         check_agent(a.get_ref()).map_err(|e| at(a, e))?;

@@ -3,8 +3,8 @@
 //! headless Service's). [`find`] asks every source given and merges what
 //! they found: an agent found by two sources is used once.
 
-use crate::discover::{DiscoverOptions, DiscoveredAgent, discover};
-use crate::dnssd::{self, DnsOptions};
+use crate::discover::{DiscoverError, DiscoverOptions, DiscoveredAgent, discover};
+use crate::dnssd::{self, DnsError, DnsOptions};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,42 +24,47 @@ pub enum Source {
 }
 
 impl std::str::FromStr for Source {
-    type Err = String;
+    type Err = SourceError;
 
-    fn from_str(s: &str) -> Result<Source, String> {
-        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
-        let rest = rest.trim();
-        match (kind.trim(), rest) {
-            ("mdns", "") if !s.contains(':') => Ok(Source::Mdns(None)),
-            ("mdns", "") => Err(format!(
-                "{s:?} names no interface: write mdns (every interface) or mdns:INTERFACE"
-            )),
-            ("mdns", iface) => Ok(Source::Mdns(Some(iface.to_owned()))),
-            ("dns-sd", "") | ("srv", "") => Err(format!(
-                "{s:?} names no {}: write {kind}:{}",
-                if kind == "srv" {
-                    "record name"
-                } else {
-                    "domain"
-                },
-                if kind == "srv" {
-                    "_skelpi._tcp.skelpi.NAMESPACE.svc.cluster.local"
-                } else {
-                    "DOMAIN"
-                }
-            )),
-            ("dns-sd", domain) => {
-                crate::dnssd::check_domain(domain)?;
-                Ok(Source::DnsSd(domain.to_owned()))
+    fn from_str(s: &str) -> Result<Source, SourceError> {
+        parse_source(s).map_err(SourceError::Syntax)
+    }
+}
+
+/// A source from its written form, or how to write it.
+fn parse_source(s: &str) -> Result<Source, String> {
+    let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+    let rest = rest.trim();
+    match (kind.trim(), rest) {
+        ("mdns", "") if !s.contains(':') => Ok(Source::Mdns(None)),
+        ("mdns", "") => Err(format!(
+            "{s:?} names no interface: write mdns (every interface) or mdns:INTERFACE"
+        )),
+        ("mdns", iface) => Ok(Source::Mdns(Some(iface.to_owned()))),
+        ("dns-sd", "") | ("srv", "") => Err(format!(
+            "{s:?} names no {}: write {kind}:{}",
+            if kind == "srv" {
+                "record name"
+            } else {
+                "domain"
+            },
+            if kind == "srv" {
+                "_skelpi._tcp.skelpi.NAMESPACE.svc.cluster.local"
+            } else {
+                "DOMAIN"
             }
-            ("srv", name) => {
-                crate::dnssd::check_name(name)?;
-                Ok(Source::Srv(name.to_owned()))
-            }
-            _ => Err(format!(
-                "{s:?} is not a source of agents: give mdns, mdns:INTERFACE, dns-sd:DOMAIN or srv:NAME"
-            )),
+        )),
+        ("dns-sd", domain) => {
+            crate::dnssd::check_domain(domain)?;
+            Ok(Source::DnsSd(domain.to_owned()))
         }
+        ("srv", name) => {
+            crate::dnssd::check_name(name)?;
+            Ok(Source::Srv(name.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is not a source of agents: give mdns, mdns:INTERFACE, dns-sd:DOMAIN or srv:NAME"
+        )),
     }
 }
 
@@ -73,6 +78,26 @@ impl std::fmt::Display for Source {
             Source::Agents(_) => write!(f, "agents"),
         }
     }
+}
+
+/// A source written wrong, or one that could not be asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// Not a source (`mdns`, `mdns:IF`, `dns-sd:DOMAIN`, `srv:NAME`), or
+    /// one whose domain or name is not a DNS name; the message says how
+    /// to write it.
+    #[error("{0}")]
+    Syntax(String),
+    /// mDNS browsing could not run.
+    #[error("mDNS discovery failed: {0}")]
+    Mdns(#[from] DiscoverError),
+    /// A DNS lookup failed (no server, no answer, no records...).
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    /// Agents named by host name did not resolve in the time given.
+    #[error("the agents' names did not resolve within {0:?}")]
+    NamesTimeout(Duration),
 }
 
 /// An agent a source found.
@@ -147,7 +172,7 @@ pub async fn find(sources: &[Source], opts: &FindOptions) -> Finding {
 async fn find_one(
     source: &Source,
     opts: &FindOptions,
-) -> Result<(Vec<Found>, Vec<String>), String> {
+) -> Result<(Vec<Found>, Vec<String>), SourceError> {
     let label = source.to_string();
     let announced = |agent: DiscoveredAgent| Found {
         addr: agent.socket_addr(),
@@ -156,10 +181,10 @@ async fn find_one(
         sources: vec![label.clone()],
     };
     // The servers to ask in turn, sharing the time given.
-    let dns = || -> Result<Vec<DnsOptions>, String> {
+    let dns = || -> Result<Vec<DnsOptions>, DnsError> {
         let servers = match opts.dns_server {
             Some(s) => vec![s],
-            None => dnssd::system_servers().map_err(|e| e.to_string())?,
+            None => dnssd::system_servers()?,
         };
         let timeout = opts.timeout / u32::try_from(servers.len()).unwrap_or(u32::MAX);
         Ok(servers
@@ -177,15 +202,12 @@ async fn find_one(
                     interface,
                 })
             })
-            .await
-            .map_err(|e| format!("mDNS discovery failed: {e}"))?;
+            .await?;
             Ok((found.into_iter().map(announced).collect(), Vec::new()))
         }
         Source::DnsSd(domain) => {
             let browse = |o: DnsOptions| async move { dnssd::browse(domain, &o).await };
-            let browsed = dnssd::ask_in_turn(&dns()?, browse)
-                .await
-                .map_err(|e| e.to_string())?;
+            let browsed = dnssd::ask_in_turn(&dns()?, browse).await?;
             Ok((
                 browsed.agents.into_iter().map(announced).collect(),
                 browsed.skipped,
@@ -206,12 +228,7 @@ async fn find_one(
                 }),
             )
             .await
-            .ok_or_else(|| {
-                format!(
-                    "the agents' names did not resolve within {:?}",
-                    opts.timeout
-                )
-            })?;
+            .ok_or(SourceError::NamesTimeout(opts.timeout))?;
             let mut found = Vec::new();
             let mut skipped = Vec::new();
             for (entry, got) in resolved {
@@ -229,9 +246,7 @@ async fn find_one(
         }
         Source::Srv(name) => {
             let srv = |o: DnsOptions| async move { dnssd::srv(name, &o).await };
-            let (targets, skipped) = dnssd::ask_in_turn(&dns()?, srv)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (targets, skipped) = dnssd::ask_in_turn(&dns()?, srv).await?;
             let found = targets
                 .into_iter()
                 .map(|(target, addr)| Found {
@@ -282,17 +297,18 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Source>().unwrap().to_string(), s);
         }
-        let e = "dns-sd:".parse::<Source>().unwrap_err();
+        let e = "dns-sd:".parse::<Source>().unwrap_err().to_string();
         assert!(e.contains("names no domain"), "{e}");
-        let e = "mdns:".parse::<Source>().unwrap_err();
+        let e = "mdns:".parse::<Source>().unwrap_err().to_string();
         assert!(e.contains("names no interface"), "{e}");
-        let e = "dns-sd:x..test".parse::<Source>().unwrap_err();
+        let e = "dns-sd:x..test".parse::<Source>().unwrap_err().to_string();
         assert!(e.contains("\"x..test\" is not a DNS name"), "{e}");
         let e = "dns-sd:_skelpi._tcp.lab.test"
             .parse::<Source>()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("write the domain alone (lab.test)"), "{e}");
-        let e = "consul:x".parse::<Source>().unwrap_err();
+        let e = "consul:x".parse::<Source>().unwrap_err().to_string();
         assert!(
             e.contains("give mdns, mdns:INTERFACE, dns-sd:DOMAIN or srv:NAME"),
             "{e}"
