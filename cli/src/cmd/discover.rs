@@ -73,9 +73,29 @@ impl FindArgs {
     }
 }
 
-/// `skelpi discover`: a table, or JSON, of the agents found.
+/// `skelpi discover`: a table, or JSON, of the agents found. Nothing
+/// found where a source failed (not merely found nobody) is an error.
 pub fn discover(args: &FindArgs, json: bool) -> anyhow::Result<()> {
-    let found = args.find()?.found;
+    let finding = args.find()?;
+    let found = finding.found;
+    let failed = finding.failed;
+    if found.is_empty() && failed > 0 {
+        if json {
+            println!("[]");
+        }
+        anyhow::bail!(
+            "no agents found: {} (see above)",
+            match failed {
+                1 => "a source failed".to_owned(),
+                n => format!("{n} sources failed"),
+            }
+        );
+    }
+    print_found(args, &found, json)
+}
+
+/// The agents found, as a table or JSON.
+fn print_found(args: &FindArgs, found: &[Found], json: bool) -> anyhow::Result<()> {
     if json {
         let v: Vec<_> = found.iter().map(json_row).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -89,7 +109,7 @@ pub fn discover(args: &FindArgs, json: bool) -> anyhow::Result<()> {
         "{:<16} {:<16} {:<22} {:<8} {:>5} {:>9} {:>8} {:>5}  source",
         "id", "name", "address", "arch", "cores", "memory", "version", "proto"
     );
-    for f in &found {
+    for f in found {
         let sources = f.sources.join(",");
         match &f.agent {
             Some(a) => {

@@ -346,6 +346,25 @@ fn a_named_pool_from_the_pool_file_forms_the_pool_and_errors_name_the_line() {
     assert_eq!(rows.len(), 2, "{out}");
     assert_eq!(rows[1]["address"], "127.0.0.1:1", "{out}");
     assert_eq!(rows[1]["up"], false, "{out}");
+    // A pool whose only source fails: discover says so and exits 1
+    // (found nobody would be 0). A UDP port just freed is closed.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let failing = dir.path("failing.toml");
+    std::fs::write(
+        &failing,
+        format!("[lab]\ndiscover = [\"dns-sd:lab.test\"]\ndns-server = \"{closed_addr}\"\n"),
+    )
+    .unwrap();
+    let (code, out, err) = skelpi(&["discover", "--pool", "lab", "--pools-file", &failing]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains(&format!("nothing answers DNS at {closed_addr}")),
+        "{err}"
+    );
+    assert!(err.contains("no agents found: a source failed"), "{err}");
+    assert!(!out.contains("no agents found within"), "{out}");
     // An agent's address written wrong is the file's error, with its line.
     let wrong = dir.path("wrong.toml");
     std::fs::write(
