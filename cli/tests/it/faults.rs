@@ -576,6 +576,78 @@ fn agent_frees_the_work_of_a_lost_master(signal: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A master suspended (SIGSTOP, as Ctrl-Z or a laptop's lid) while its
+/// tasks run, long enough for both its agents to take it for gone and
+/// drop its work, resumes and finishes the job on the same agents: every
+/// result once, and its stall said as its own, not blamed on the agents.
+#[test]
+fn a_master_suspended_past_its_agents_patience_finishes_its_job_on_resume() {
+    let dir = crate::support::Scratch::new("master-pause");
+    let key_path = dir.0.join("cluster.key");
+    ClusterKey::generate()
+        .unwrap()
+        .write(&key_path, true)
+        .unwrap();
+    let agents: Vec<AgentProcess> = ["p1", "p2"]
+        .iter()
+        .map(|name| start_agent(&key_path, name, &["--no-mdns", "--workers", "1"]))
+        .collect();
+    let job = dir.0.join("slow.toml");
+    std::fs::write(
+        &job,
+        "skeleton = \"farm(seq(sleep_ms(1500)))\"\n\
+         [input]\ngenerate = \"range\"\nitems = 6\nlength = 1\n",
+    )
+    .unwrap();
+    let out = dir.0.join("out.jsonl");
+    let addrs = format!("{},{}", agents[0].addr, agents[1].addr);
+    let mut master = crate::support::Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_skelpi"))
+            .args(["run", "--agents", &addrs, "--key-file"])
+            .arg(&key_path)
+            .arg("--out")
+            .arg(&out)
+            .arg(&job)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Its log, whole once it exits.
+    let mut stderr = master.0.stderr.take().unwrap();
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        let _ = tx.send(text);
+    });
+    let pid = master.0.id().to_string();
+    for agent in &agents {
+        wait_for(agent, "tasks from master", Duration::from_secs(30));
+    }
+    signal("-STOP", &pid);
+    for agent in &agents {
+        wait_for(agent, "with work unfinished: taken for gone", Duration::from_secs(10));
+    }
+    signal("-CONT", &pid);
+    let err = log
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the job ends within a minute of its resume");
+    let status = master.0.wait().unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("this master was stalled for"), "{err}");
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let mut got: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["index"].as_u64().unwrap()
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2, 3, 4, 5], "every result once: {lines}");
+}
+
 #[test]
 fn an_agent_frees_the_work_of_a_killed_master() {
     agent_frees_the_work_of_a_lost_master("-KILL");

@@ -2,6 +2,10 @@
 //! [`Scheduler`], which makes every decision
 //! (which agent, what to send again, which result counts).
 
+mod outage;
+
+pub use outage::ALL_DOWN_GRACE;
+
 use super::autonomic::metrics::Totals;
 use super::offered;
 use super::schedule::{Scheduler, window_per_worker};
@@ -235,6 +239,8 @@ pub struct Dispatcher<'c> {
     /// `drain` as each one stops.
     ending: Cell<bool>,
     end: event_listener::Event,
+    /// An agent went down or came back (see [`ALL_DOWN_GRACE`]).
+    liveness_changed: event_listener::Event,
 }
 
 impl std::fmt::Debug for Dispatcher<'_> {
@@ -349,6 +355,7 @@ impl<'c> Dispatcher<'c> {
             deadline_ms: Cell::new(None),
             ending: Cell::new(false),
             end: event_listener::Event::new(),
+            liveness_changed: event_listener::Event::new(),
         }
     }
 
@@ -669,6 +676,9 @@ impl<'c> Dispatcher<'c> {
                 std::task::Poll::Pending
             }
         });
+        let watched =
+            futures_lite::future::or(self.strand_when_none_returns(), self.note_own_stalls());
+        let served = futures_lite::future::or(served, watched);
         futures_lite::future::or(served, self.speculate()).await;
         std::future::pending::<()>().await;
     }
@@ -742,6 +752,7 @@ impl<'c> Dispatcher<'c> {
             link.unsent.borrow_mut().clear();
             link.dead.set(false);
             self.sched.borrow_mut().on_up(link.index);
+            self.liveness_changed.notify(usize::MAX);
             log::warn!(
                 "job {}: {} is back: it takes tasks again",
                 self.job,
@@ -1216,9 +1227,14 @@ impl<'c> Dispatcher<'c> {
                 })
             });
         }
-        for key in down.stranded {
-            self.settle(key, |_| Err(JobError::NoAgents));
+        if down.all_down && !self.ending.get() {
+            log::warn!(
+                "job {}: every agent is down: waiting up to {ALL_DOWN_GRACE:?} for one to answer \
+                 again",
+                self.job
+            );
         }
+        self.liveness_changed.notify(usize::MAX);
         self.pump();
         let _ = self.progress_tx.try_send(());
     }

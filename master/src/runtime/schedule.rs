@@ -86,8 +86,9 @@ pub struct Down {
     /// Tasks given up: lost more than [`MAX_REDISPATCH`] times, with the
     /// agents lost while running them, in order.
     pub lost: Vec<(u64, Vec<usize>)>,
-    /// Tasks that can run nowhere: every agent is down.
-    pub stranded: Vec<u64>,
+    /// Every agent is down now: the tasks wait for one to come back
+    /// ([`Scheduler::on_up`]) or for [`Scheduler::strand_all`].
+    pub all_down: bool,
 }
 
 #[derive(Debug)]
@@ -145,6 +146,9 @@ struct Estimate {
 #[derive(Debug)]
 pub struct Scheduler {
     live: Vec<bool>,
+    /// Every agent went down and tasks wait (and may be submitted) for
+    /// one to come back, until [`Scheduler::strand_all`].
+    waiting_for_any: bool,
     /// Free credits, as agent numbers, in the order they came free.
     free: VecDeque<usize>,
     /// Credits each agent has, and how many of them are taken.
@@ -192,6 +196,7 @@ impl Scheduler {
         }
         Scheduler {
             live: vec![true; credits.len()],
+            waiting_for_any: false,
             free,
             credits: credits.to_vec(),
             held: vec![0; credits.len()],
@@ -256,7 +261,7 @@ impl Scheduler {
         large: bool,
         class: u32,
     ) -> Result<(), u64> {
-        if !self.any_live() {
+        if !self.any_live() && !self.waiting_for_any {
             return Err(task);
         }
         let old = self.tasks.insert(
@@ -791,13 +796,27 @@ impl Scheduler {
         self.homed.extend(home_up);
         down.again = again;
         if !self.any_live() {
-            down.stranded = self.queue.drain(..).collect();
-            down.again.clear();
-            for t in &down.stranded {
-                self.tasks.remove(t);
-            }
+            self.waiting_for_any = true;
+            down.all_down = true;
         }
         down
+    }
+
+    /// Gives up on every task waiting while every agent is down (none came
+    /// back in time): they can run nowhere. Later submissions are refused
+    /// until an agent is up again. Nothing, if an agent is up.
+    pub fn strand_all(&mut self) -> Vec<u64> {
+        if self.any_live() {
+            return Vec::new();
+        }
+        self.waiting_for_any = false;
+        let stranded: Vec<u64> = self.queue.drain(..).chain(self.homed.drain(..)).collect();
+        for t in &stranded {
+            self.tasks.remove(t);
+        }
+        self.backups.retain(|b| !stranded.contains(b));
+        self.target.retain(|b, _| !stranded.contains(b));
+        stranded
     }
 
     /// Declares `agent` up again (its connection made anew): it gets its
@@ -808,6 +827,7 @@ impl Scheduler {
             return;
         }
         self.live[agent] = true;
+        self.waiting_for_any = false;
         self.held[agent] = 0;
         self.free
             .extend(std::iter::repeat_n(agent, self.credits[agent]));
@@ -1286,16 +1306,30 @@ mod tests {
     }
 
     #[test]
-    fn when_every_agent_is_down_waiting_tasks_are_stranded() {
+    fn when_every_agent_is_down_tasks_wait_for_one_until_stranded() {
         let mut s = Scheduler::new(&[1]);
         let mut id = ids();
         s.submit(1, None).unwrap();
         s.submit(2, None).unwrap();
         s.next_send(t0(), &mut id).unwrap();
         let down = s.on_down(0);
-        assert_eq!(down.stranded, [1, 2]);
-        assert!(down.again.is_empty() && down.lost.is_empty());
-        assert_eq!(s.submit(3, None), Err(3));
+        assert!(down.all_down);
+        assert_eq!(down.again, [1], "sent again once an agent is back");
+        assert!(down.lost.is_empty());
+        // Tasks still come while it waits; the agent comes back.
+        s.submit(3, None).unwrap();
+        s.on_up(0);
+        let sent: Vec<u64> = std::iter::from_fn(|| s.next_send(t0(), &mut id))
+            .map(|a| a.task)
+            .take(3)
+            .collect();
+        assert_eq!(sent, [1], "one credit: the oldest first");
+        // Down again, and none comes back in time: every waiting task is
+        // given up, and new ones are refused.
+        assert!(s.on_down(0).all_down);
+        assert_eq!(s.strand_all(), [1, 2, 3]);
+        assert_eq!(s.submit(4, None), Err(4));
+        assert!(s.strand_all().is_empty());
     }
 
     #[test]
@@ -1488,8 +1522,12 @@ mod tests {
                     for t in down.again {
                         lost_with.entry(t).or_default().push(a);
                     }
-                    for t in down.stranded {
-                        assert!(declared.iter().all(|&d| d), "seed {seed}");
+                    assert_eq!(down.all_down, declared.iter().all(|&d| d), "seed {seed}");
+                }
+                // Every agent is down and none came back in time: the
+                // waiting tasks are given up.
+                39..41 if declared.iter().all(|&d| d) => {
+                    for t in s.strand_all() {
                         settle(&mut fate, t, 's');
                     }
                 }
