@@ -213,6 +213,10 @@ impl Driver<'_> {
                 shape,
                 data: std::mem::take(&mut bulk),
             });
+            if let Message::Task(task) = &received.msg {
+                let alone = !self.config.workers.others_busy(task.job);
+                self.session.borrow_mut().set_alone(alone);
+            }
             let (actions, moved) = {
                 let mut session = self.session.borrow_mut();
                 let before = session.poll_timeout();
@@ -261,6 +265,11 @@ impl Driver<'_> {
     async fn feed(&self) {
         loop {
             let freed = self.freed.listen();
+            let job = self.session.borrow().current_job();
+            if let Some(job) = job {
+                let alone = !self.config.workers.others_busy(job);
+                self.session.borrow_mut().set_alone(alone);
+            }
             let next = self.session.borrow_mut().release_next();
             let Some(run) = next else {
                 freed.await;

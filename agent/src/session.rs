@@ -110,8 +110,11 @@ pub struct Session {
     /// Worker threads, if short small tasks may take more slots than
     /// `slots` (see [`Session::deepening`]).
     workers: Option<usize>,
-    /// Recent kernel time of this master's tasks (a moving mean).
+    /// Recent kernel time of this job's tasks that ran to a result (a
+    /// moving mean that takes a much longer one at once).
     kernel_mean: Option<Duration>,
+    /// No other job has calls on the workers (as the driver last said).
+    alone: bool,
     in_flight: usize,
     /// Small tasks that came with every slot taken, in arrival order: each
     /// runs when a slot frees, and reading goes on meanwhile.
@@ -157,6 +160,7 @@ impl Session {
             slots: slots.max(1),
             workers: None,
             kernel_mean: None,
+            alone: true,
             in_flight: 0,
             queued: VecDeque::new(),
             queue_room,
@@ -179,10 +183,13 @@ impl Session {
 
     /// Lets small tasks whose kernels have been short take more slots than
     /// the session's own, as many per worker (of `workers`) as make
-    /// [`WINDOW_WORK`](skelpi_proto::WINDOW_WORK) of their recent kernel time, up to
-    /// [`MAX_TASKS_PER_WORKER`]: a worker then runs a batch of them
-    /// without waiting to be woken for each, and another master's task
-    /// still waits behind about that much of this one's per worker.
+    /// [`WINDOW_WORK`](skelpi_proto::WINDOW_WORK) of their job's recent
+    /// kernel time, up to [`MAX_TASKS_PER_WORKER`]: a worker then runs a
+    /// batch of them without being woken for each. Only while no other
+    /// job has calls on the workers ([`Session::set_alone`]) and no result
+    /// waits to be written: another master's first task waits behind at
+    /// most the batch, and from then on each keeps to its own slots; a
+    /// master that stops reading holds no more results than before.
     pub fn deepening(mut self, workers: usize) -> Session {
         self.workers = Some(workers.max(1));
         self
@@ -195,19 +202,37 @@ impl Session {
             .map_or(self.slots, |w| (w * MAX_TASKS_PER_WORKER).max(self.slots))
     }
 
-    /// A task of this master ran `busy` on a worker.
-    pub fn kernel_ran(&mut self, busy: Duration) {
+    /// A task of this master ran `busy` on a worker, to a result (`ok`)
+    /// or not (a failure, or a deadline passed in the queue: not counted,
+    /// as it says nothing of how long the kernel runs).
+    pub fn kernel_ran(&mut self, busy: Duration, ok: bool) {
+        if !ok {
+            return;
+        }
         self.kernel_mean = Some(match self.kernel_mean {
-            Some(mean) => (mean * 7 + busy) / 8,
-            None => busy,
+            // A much longer one is taken at once: kernels got longer.
+            Some(mean) if busy <= mean * 2 => (mean * 7 + busy) / 8,
+            _ => busy,
         });
+    }
+
+    /// Whether no other job has calls on the workers now (the driver asks
+    /// the workers before each task it hands the session).
+    pub fn set_alone(&mut self, alone: bool) {
+        self.alone = alone;
+    }
+
+    /// The job of the last task that came.
+    pub fn current_job(&self) -> Option<JobId> {
+        self.last_job
     }
 
     /// Slots a task may take: the session's own, or more for a small one
     /// while kernels have been short (see [`Session::deepening`]).
     fn slots_for(&self, task: &TaskHead, input: &Array) -> usize {
+        let deep = self.alone && self.writing_since.is_none() && is_small(task, input);
         match (self.workers, self.kernel_mean) {
-            (Some(workers), Some(mean)) if is_small(task, input) => {
+            (Some(workers), Some(mean)) if deep => {
                 (workers * credits_per_worker(mean)).max(self.slots)
             }
             _ => self.slots,
@@ -318,6 +343,8 @@ impl Session {
             && ended != task.job
         {
             actions.push(Action::EndJob(ended));
+            // Another job, other kernels: their times are not known yet.
+            self.kernel_mean = None;
         }
         let input = bulk.unwrap_or_else(|| Array::list(Vec::new()));
         if self.in_flight < self.slots_for(&task, &input) && self.queued.is_empty() {
@@ -511,7 +538,6 @@ pub struct Leftovers {
     pub unfinished: usize,
 }
 
-/// An error reply (see [`error`]) for a bad request.
 /// Whether a task is small (its head counted too, see
 /// [`skelpi_proto::task_bytes`]): it may wait in the session's queue.
 fn is_small(task: &TaskHead, input: &Array) -> bool {
@@ -519,6 +545,7 @@ fn is_small(task: &TaskHead, input: &Array) -> bool {
     bytes <= skelpi_proto::SMALL_TASK_BYTES
 }
 
+/// An error reply (see [`error`]) for a bad request.
 fn bad_request(what: &str) -> Action {
     error(ErrorCode::BadRequest, what.to_owned())
 }

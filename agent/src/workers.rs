@@ -114,6 +114,35 @@ pub struct Workers {
     memory: Arc<MemoryBudget>,
     /// Threads running a kernel now.
     busy: Arc<std::sync::atomic::AtomicUsize>,
+    /// Calls queued or running, by job.
+    jobs: Arc<JobCounts>,
+}
+
+/// Calls queued or running on the workers, by job: whether other jobs'
+/// calls wait behind a job's (see [`Workers::others_busy`]).
+#[derive(Debug, Default)]
+struct JobCounts(std::sync::Mutex<std::collections::HashMap<JobId, usize>>);
+
+impl JobCounts {
+    fn add(&self, job: JobId) {
+        let mut jobs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *jobs.entry(job).or_default() += 1;
+    }
+
+    fn done(&self, job: JobId) {
+        let mut jobs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = jobs.get_mut(&job) {
+            *n -= 1;
+            if *n == 0 {
+                jobs.remove(&job);
+            }
+        }
+    }
+
+    fn others(&self, job: JobId) -> bool {
+        let jobs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.keys().any(|&j| j != job)
+    }
 }
 
 impl Workers {
@@ -128,9 +157,11 @@ impl Workers {
         let stopping = Arc::new(AtomicBool::new(false));
         let memory = Arc::new(MemoryBudget::new(default_kernel_memory()));
         let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counts = Arc::new(JobCounts::default());
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
+                let counts = counts.clone();
                 let recorder = recorder.clone();
                 let (stopping, memory) = (stopping.clone(), memory.clone());
                 let busy = busy.clone();
@@ -141,6 +172,7 @@ impl Workers {
                             if job.reply.is_closed() {
                                 // Its caller is gone (a master that left):
                                 // the call would be wasted.
+                                counts.done(job.tag.job);
                                 continue;
                             }
                             let at = Instant::now();
@@ -174,6 +206,7 @@ impl Workers {
                             };
                             drop(scope);
                             busy.fetch_sub(1, Ordering::Relaxed);
+                            counts.done(job.tag.job);
                             let busy = at.elapsed();
                             if let Some(t) = job.tag.trace {
                                 let tag = job.tag;
@@ -209,7 +242,15 @@ impl Workers {
             stopping,
             memory,
             busy,
+            jobs: counts,
         })
+    }
+
+    /// Whether calls of jobs other than `job` are queued or running: a
+    /// session then keeps to its own slots (see
+    /// [`Session::deepening`](crate::session::Session::deepening)).
+    pub fn others_busy(&self, job: JobId) -> bool {
+        self.jobs.others(job)
     }
 
     /// Threads running a kernel now, and calls queued for a thread.
@@ -257,6 +298,7 @@ impl Workers {
             input,
             reply,
         };
+        self.jobs.add(tag.job);
         // The queue closes only when `self` is dropped, which cannot happen
         // while `self` is borrowed here.
         let _ = self.queue.send(job).await;
@@ -373,6 +415,37 @@ mod tests {
                 "{e}"
             );
         });
+    }
+
+    #[test]
+    fn the_workers_know_which_jobs_have_calls_on_them() {
+        let workers = Workers::new(1).unwrap();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let reg = Registry::builtin().with("held", move |_: &[f64], x: Array| {
+            let _ = release_rx.lock().unwrap().recv();
+            Ok(x)
+        });
+        let tag = |job| Tag {
+            id: 1,
+            job: JobId(job),
+            trace: None,
+            deadline: None,
+        };
+        assert!(!workers.others_busy(JobId(1)), "none at first");
+        smol::block_on(async {
+            let (tx, rx) = async_channel::bounded(2);
+            let held = reg.get("held").unwrap();
+            workers
+                .submit(tag(7), held, vec![], Array::list(vec![]), tx)
+                .await;
+            assert!(workers.others_busy(JobId(1)), "job 7 runs");
+            assert!(!workers.others_busy(JobId(7)), "its own do not count");
+            release_tx.send(()).unwrap();
+            rx.recv().await.unwrap();
+        });
+        // Counted down once run, before its outcome is sent.
+        assert!(!workers.others_busy(JobId(1)), "job 7 is done");
     }
 
     #[test]

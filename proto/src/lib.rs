@@ -79,8 +79,7 @@ pub const MAX_TASKS_PER_WORKER: usize = 16;
 /// The work a window of credits aims to keep queued behind each agent
 /// worker's running task: a round trip's worth and more on a LAN, yet
 /// short enough that a queue on a stalled agent holds little. An agent
-/// keeps as much of one master's work on its workers, at most, so
-/// another master's task waits behind little.
+/// alone with one job's short tasks puts as many of them on its workers.
 pub const WINDOW_WORK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Tasks per worker for kernels that run `busy` on average: one running
@@ -98,7 +97,8 @@ pub fn credits_per_worker(busy: std::time::Duration) -> usize {
 /// Largest *small* task ([`task_bytes`]), which an agent may queue in its
 /// session beyond [`TASKS_PER_WORKER`]: the queue holds at most
 /// `MAX_TASKS_PER_WORKER - TASKS_PER_WORKER` of them per worker, under
-/// 1 MiB per worker. A master sends a larger task to an agent only while
+/// 1 MiB per worker (and, while the agent puts short ones deeper onto its
+/// workers, as many again there). A master sends a larger task to an agent only while
 /// it has fewer than [`TASKS_PER_WORKER`] per worker out there, so the
 /// agent never stops reading for want of room.
 pub const SMALL_TASK_BYTES: usize = 64 << 10;

@@ -55,7 +55,7 @@ impl Driver<'_> {
     async fn queue(&self, s: &mut Sender, outcome: Outcome) -> Result<(), WireError> {
         {
             let mut session = self.session.borrow_mut();
-            session.kernel_ran(outcome.busy);
+            session.kernel_ran(outcome.busy, outcome.result.is_ok());
             session.task_finished();
             session.writing(Instant::now());
         }

@@ -475,7 +475,7 @@ fn small_tasks_of_short_kernels_take_more_slots_and_long_ones_do_not() {
     assert_eq!((session.in_flight(), session.queued()), (4, 2));
     // Kernels of 10 µs: 1 ms of them is 101 per worker, 16 at most.
     for _ in 0..4 {
-        session.kernel_ran(Duration::from_micros(10));
+        session.kernel_ran(Duration::from_micros(10), true);
         session.task_finished();
     }
     let mut released = 0;
@@ -487,20 +487,71 @@ fn small_tasks_of_short_kernels_take_more_slots_and_long_ones_do_not() {
     assert_eq!((session.in_flight(), session.queued()), (32, 10));
     // A large task never goes past the session's own slots.
     let mut big = Session::new(slots, room).deepening(workers);
-    big.kernel_ran(Duration::from_micros(10));
+    big.kernel_ran(Duration::from_micros(10), true);
     for i in 1..=5 {
         big.handle(now, task(i, 1), input(SMALL + 1));
     }
     assert_eq!(big.in_flight(), slots, "large tasks: the own slots only");
-    // Kernels of 400 µs: 1 ms of them is 3 and a half per worker: 4 each.
+    // Kernels of 400 µs: 3 behind the running one make 1 ms: 4 each.
     let mut mid = Session::new(slots, room).deepening(workers);
-    for _ in 0..32 {
-        mid.kernel_ran(Duration::from_micros(400));
-    }
+    mid.kernel_ran(Duration::from_micros(400), true);
     for i in 1..=12 {
         mid.handle(now, task(i, 1), input(1));
     }
     assert_eq!((mid.in_flight(), mid.queued()), (8, 4));
+}
+
+/// Deeper slots end at once when a kernel runs long (the mean takes it),
+/// when another job has calls on the workers, when a result waits to be
+/// written, and with a new job; failures do not make kernels look short.
+#[test]
+fn deeper_slots_end_with_a_long_kernel_another_job_a_blocked_writer_or_a_new_job() {
+    let (workers, slots, room) = (1, 2, 14);
+    let now = Instant::now();
+    // Up to 20 tasks, while the session reads.
+    let fill = |session: &mut Session, from: u64, job: u64| {
+        for id in from..from + 20 {
+            if session.can_read() {
+                session.handle(now, task(id, job), input(1));
+            }
+        }
+        session.in_flight()
+    };
+    let short = |session: &mut Session| session.kernel_ran(Duration::from_micros(5), true);
+    // A long kernel after short ones.
+    let mut s = Session::new(slots, room).deepening(workers);
+    short(&mut s);
+    s.kernel_ran(Duration::from_millis(50), true);
+    assert_eq!(fill(&mut s, 1, 1), 2, "a long kernel: the own slots");
+    // Another job's calls on the workers.
+    let mut s = Session::new(slots, room).deepening(workers);
+    short(&mut s);
+    s.set_alone(false);
+    assert_eq!(fill(&mut s, 1, 1), 2, "not alone: the own slots");
+    s.set_alone(true);
+    for _ in 0..2 {
+        s.task_finished();
+    }
+    while s.release_next().is_some() {}
+    assert_eq!(s.in_flight(), 15, "alone again: every waiting one runs");
+    // A result waiting to be written.
+    let mut s = Session::new(slots, room).deepening(workers);
+    short(&mut s);
+    s.writing(now);
+    assert_eq!(fill(&mut s, 1, 1), 2, "writing: the own slots");
+    // A new job: its kernels are not known yet.
+    let mut s = Session::new(slots, room).deepening(workers);
+    short(&mut s);
+    s.handle(now, task(1, 1), input(1));
+    assert_eq!(fill(&mut s, 2, 2), 2, "a new job: the own slots");
+    // Failures (or tasks past their deadline in the queue) of no time.
+    let mut s = Session::new(slots, room).deepening(workers);
+    s.kernel_ran(Duration::ZERO, false);
+    assert_eq!(
+        fill(&mut s, 1, 1),
+        2,
+        "failures say nothing of kernel times"
+    );
 }
 
 /// Seeded runs as above, with deeper slots while kernels are short and
@@ -533,7 +584,7 @@ fn seeded_deeper_slots_run_every_task_once_in_order_within_bounds() {
                 let was_long = running.remove(0);
                 let us = if was_long { 50_000 } else { 5 };
                 long_streak = if was_long { long_streak + 1 } else { 0 };
-                session.kernel_ran(Duration::from_micros(us));
+                session.kernel_ran(Duration::from_micros(us), true);
                 session.task_finished();
                 actions.extend(session.release_next());
             }

@@ -627,7 +627,11 @@ fn a_master_suspended_past_its_agents_patience_finishes_its_job_on_resume() {
     }
     signal("-STOP", &pid);
     for agent in &agents {
-        wait_for(agent, "with work unfinished: taken for gone", Duration::from_secs(10));
+        wait_for(
+            agent,
+            "with work unfinished: taken for gone",
+            Duration::from_secs(10),
+        );
     }
     signal("-CONT", &pid);
     let err = log
