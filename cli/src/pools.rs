@@ -212,22 +212,60 @@ fn parse(text: &str, name: &str) -> Result<Pool, Parse> {
 fn check_agent(agent: &str) -> Result<(), String> {
     let a = agent.trim();
     let bad = |why: String| Err(format!("agent {agent:?} is not host[:port]: {why}"));
-    if a.parse::<SocketAddr>().is_ok() || a.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let host = match a.rsplit_once(':') {
-        Some((host, _)) if host.contains(':') => {
-            return bad("an IPv6 address with a port is written [address]:port".into());
+    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+        // [IPv6]:port
+        let Some((inside, after)) = rest.split_once(']') else {
+            return bad("a [ without its ]".into());
+        };
+        if !is_ipv6(inside) {
+            return bad(format!("{inside:?} is not an IPv6 address"));
         }
-        Some((host, port)) => {
-            if port.parse::<u16>().is_err() {
-                return bad(format!("its port {port:?} is not a number up to 65535"));
-            }
-            host
+        match (after, after.strip_prefix(':')) {
+            ("", _) => return Ok(()),
+            (_, Some(port)) => (None, port),
+            _ => return bad("write [address]:port".into()),
         }
-        None => a,
+    } else if a.matches(':').count() > 1 {
+        // A bare IPv6 address: a port needs the brackets.
+        return match is_ipv6(a) {
+            true => Ok(()),
+            false => bad("an IPv6 address with a port is written [address]:port".into()),
+        };
+    } else {
+        match a.split_once(':') {
+            Some((host, port)) => (Some(host), port),
+            None => (Some(a), "7871"),
+        }
     };
-    skelpi::dnssd::check_name(host).or_else(bad)
+    if port.parse::<u16>().is_err() {
+        return bad(format!("its port {port:?} is not a number up to 65535"));
+    }
+    match host {
+        Some(h) if h.parse::<IpAddr>().is_err() && !is_host_name(h) => bad(format!(
+            "{h:?} is neither an IP address nor a host name (letters, digits, -, _ and dots)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An IPv6 address, perhaps with a `%scope`.
+fn is_ipv6(s: &str) -> bool {
+    let address = s.split_once('%').map_or(s, |(a, _)| a);
+    address.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+/// A host name the system's resolver takes: dot-separated labels of
+/// letters, digits, `-` and `_` (a trailing dot allowed).
+fn is_host_name(s: &str) -> bool {
+    let bare = s.strip_suffix('.').unwrap_or(s);
+    !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 /// The line (from 1) of byte `at` of `text`.
@@ -313,14 +351,28 @@ discover = ["srv:_skelpi._tcp.skelpi.pis.svc.cluster.local"]
         for good in [
             "pi1",
             "pi1:7871",
+            "proj_agent_1.lab.",
             "10.0.0.9",
             "10.0.0.9:7871",
             "[fd00::9]:7871",
+            "[fd00::9]",
             "fd00::9",
+            "fe80::1%eth0",
+            "[fe80::1%eth0]:7871",
         ] {
             assert_eq!(check_agent(good), Ok(()), "{good}");
         }
-        assert!(check_agent("fd00::9:7871x").is_err());
+        for (bad, says) in [
+            ("fd00::9:7871x", "written [address]:port"),
+            ("[fd00::9]:http", "its port \"http\""),
+            ("[10.0.0.9]", "not an IPv6 address"),
+            ("[fd00::9", "without its ]"),
+            ("pi..lab", "neither an IP address nor a host name"),
+            ("pi 1", "neither an IP address nor a host name"),
+        ] {
+            let e = check_agent(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         let Err(Parse::Bad(m)) = parse("[x]\n", "x") else {
             panic!("an empty pool is an error")
         };

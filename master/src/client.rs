@@ -95,6 +95,25 @@ pub enum ClientError {
     LocalStart(std::io::Error),
 }
 
+impl ClientError {
+    /// The agent's address (none for an embedded agent that did not
+    /// start).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            ClientError::Connect { addr, .. }
+            | ClientError::Handshake { addr, .. }
+            | ClientError::Wire { addr, .. }
+            | ClientError::Agent { addr, .. }
+            | ClientError::Protocol { addr, .. }
+            | ClientError::GivenUp { addr, .. }
+            | ClientError::Timeout { addr, .. }
+            | ClientError::Broken { addr, .. }
+            | ClientError::Baseline { addr, .. } => Some(*addr),
+            ClientError::LocalStart(_) => None,
+        }
+    }
+}
+
 /// A connection to one agent.
 #[derive(Debug)]
 pub struct AgentConn {

@@ -159,7 +159,7 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
         if opts.skip_unreachable {
             let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
             return reachable(cluster, &failed, origin, "skipping an unreachable agent")
-                .map(|pool| with_unreachable(pool, &addrs, &failed));
+                .map(|pool| with_unreachable(pool, &failed));
         }
         let cluster = Cluster::connect(&addrs, &key, &connect_opts).await?;
         return Ok(Pool {
@@ -241,8 +241,10 @@ pub async fn connect(opts: &PoolOptions) -> Result<Pool, PoolError> {
     };
     let (cluster, failed) = Cluster::connect_reachable(&addrs, &key, &connect_opts).await;
     let pool = reachable(cluster, &failed, origin, "skipping a discovered agent")?;
-    Ok(match opts.skip_unreachable {
-        true => with_unreachable(pool, &addrs, &failed),
+    // Agents named (in a pool file, or by --discover) are the user's;
+    // agents that merely answered mDNS may be another cluster's.
+    Ok(match opts.skip_unreachable && !opts.sources.is_empty() {
+        true => with_unreachable(pool, &failed),
         false => pool,
     })
 }
@@ -274,21 +276,12 @@ fn reachable(
     })
 }
 
-/// `pool`, with the agents of `addrs` it did not reach, each with the
-/// error of `failed` that names it.
-fn with_unreachable(mut pool: Pool, addrs: &[SocketAddr], failed: &[ClientError]) -> Pool {
-    let reached: Vec<SocketAddr> = pool.cluster.agents().iter().map(|a| a.addr()).collect();
-    pool.unreachable = addrs
+/// `pool`, with the agents it could not reach (`failed`), each with why.
+/// An agent reached at another address too is not among them.
+fn with_unreachable(mut pool: Pool, failed: &[ClientError]) -> Pool {
+    pool.unreachable = failed
         .iter()
-        .filter(|a| !reached.contains(a))
-        .map(|a| {
-            let why = failed
-                .iter()
-                .map(ToString::to_string)
-                .find(|e| e.contains(&a.to_string()))
-                .unwrap_or_else(|| "unreachable".to_owned());
-            (*a, why)
-        })
+        .filter_map(|e| Some((e.addr()?, e.to_string())))
         .collect();
     pool
 }

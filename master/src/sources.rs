@@ -181,16 +181,11 @@ async fn find_one(
         sources: vec![label.clone()],
     };
     // The servers to ask in turn, sharing the time given.
-    let dns = || -> Result<Vec<DnsOptions>, DnsError> {
-        let servers = match opts.dns_server {
-            Some(s) => vec![s],
-            None => dnssd::system_servers()?,
-        };
-        let timeout = opts.timeout / u32::try_from(servers.len()).unwrap_or(u32::MAX);
-        Ok(servers
-            .into_iter()
-            .map(|server| DnsOptions { server, timeout })
-            .collect())
+    let dns = || -> Result<Vec<SocketAddr>, DnsError> {
+        match opts.dns_server {
+            Some(s) => Ok(vec![s]),
+            None => dnssd::system_servers(),
+        }
     };
     match source {
         Source::Mdns(interface) => {
@@ -207,7 +202,7 @@ async fn find_one(
         }
         Source::DnsSd(domain) => {
             let browse = |o: DnsOptions| async move { dnssd::browse(domain, &o).await };
-            let browsed = dnssd::ask_in_turn(&dns()?, browse).await?;
+            let browsed = dnssd::ask_in_turn(&dns()?, opts.timeout, browse).await?;
             Ok((
                 browsed.agents.into_iter().map(announced).collect(),
                 browsed.skipped,
@@ -246,7 +241,7 @@ async fn find_one(
         }
         Source::Srv(name) => {
             let srv = |o: DnsOptions| async move { dnssd::srv(name, &o).await };
-            let (targets, skipped) = dnssd::ask_in_turn(&dns()?, srv).await?;
+            let (targets, skipped) = dnssd::ask_in_turn(&dns()?, opts.timeout, srv).await?;
             let found = targets
                 .into_iter()
                 .map(|(target, addr)| Found {

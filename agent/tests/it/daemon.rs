@@ -48,7 +48,7 @@ fn a_wrong_interface_flag_is_named_without_the_no_mdns_hint() {
         key,
     ];
     let (code, stderr) = run_agent(&args);
-    assert_ne!(code, Some(0), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("--interface needs --listen on 0.0.0.0 or ::"),
         "{stderr}"

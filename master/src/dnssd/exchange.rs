@@ -67,20 +67,23 @@ enum Datagram {
 }
 
 /// Whether `m` answers `query`: a response with its id and question
-/// (names compared without case, as DNS does).
+/// (names compared without case, as DNS does), or an error without a
+/// question (servers need not echo it in a FORMERR, NOTIMP...).
 fn answers(query: &Message, m: &Message) -> bool {
     let same = |a: &Query, b: &Query| {
         a.query_type() == b.query_type()
             && a.query_class() == b.query_class()
             && a.name().eq_ignore_root(b.name())
     };
-    m.metadata.message_type == MessageType::Response
-        && m.metadata.id == query.metadata.id
-        && m.queries.len() == query.queries.len()
+    let asked = m.queries.len() == query.queries.len()
         && m.queries
             .iter()
             .zip(&query.queries)
-            .all(|(a, b)| same(a, b))
+            .all(|(a, b)| same(a, b));
+    let bare_error = m.queries.is_empty() && m.metadata.response_code != ResponseCode::NoError;
+    m.metadata.message_type == MessageType::Response
+        && m.metadata.id == query.metadata.id
+        && (asked || bare_error)
 }
 
 /// Reads a datagram as an answer to `query`, if it is one.
@@ -243,6 +246,12 @@ mod tests {
         stray.metadata.id = q.metadata.id.wrapping_add(1);
         assert!(matches!(classify(&q, &bytes(&stray)), Datagram::Other));
         assert!(matches!(classify(&q, b"\x01\x02"), Datagram::Other));
+        // An error without the question is its answer; a success is not.
+        let mut bare = answer.clone();
+        bare.queries.clear();
+        assert!(matches!(classify(&q, &bytes(&bare)), Datagram::Other));
+        bare.metadata.response_code = ResponseCode::NotImp;
+        assert!(matches!(classify(&q, &bytes(&bare)), Datagram::Answer(_)));
     }
 
     #[test]

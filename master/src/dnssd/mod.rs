@@ -17,8 +17,10 @@
 //! # Implementation
 //! hickory-proto builds and parses the messages; one query goes over UDP
 //! (tried [`TRIES`] times within the timeout), and again over TCP when the
-//! answer came truncated. The server is recursive or authoritative for the
-//! names asked: no iteration is done here.
+//! answer came truncated (`exchange.rs`). The server is recursive or
+//! authoritative for the names asked: no iteration is done here. Without
+//! a server named, resolv.conf's are asked in turn ([`system_servers`],
+//! [`ask_in_turn`]).
 
 mod exchange;
 mod records;
@@ -28,7 +30,7 @@ use exchange::lookup;
 pub use records::{dnsmasq_lines, has_routable_address, zone_lines};
 
 use crate::discover::DiscoveredAgent;
-use hickory_proto::op::Message;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV};
 use hickory_proto::rr::{Name, RData, RecordType};
 use skelpi_proto::AgentInfo;
@@ -54,7 +56,8 @@ pub const RECORD_TTL: u32 = 120;
 pub struct DnsOptions {
     /// The DNS server.
     pub server: SocketAddr,
-    /// The longest time one lookup ([`browse`], [`srv`]) may take.
+    /// The longest time one lookup ([`browse`], [`srv`]) may take on this
+    /// server ([`ask_in_turn`] gives each server a share of the time).
     pub timeout: Duration,
 }
 
@@ -136,12 +139,25 @@ pub enum DnsError {
 }
 
 impl DnsError {
-    /// Whether the server could not be reached at all (another may be).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            DnsError::NoAnswer { .. } | DnsError::Closed { .. } | DnsError::Io { .. }
-        )
+    /// Whether another server may do better: this one could not be
+    /// reached, or failed, refused or does not implement the query (as a
+    /// stub resolver then tries the next; a name without records is an
+    /// answer).
+    pub fn worth_another_server(&self) -> bool {
+        let failed = |code: &str| {
+            [
+                ResponseCode::ServFail,
+                ResponseCode::Refused,
+                ResponseCode::NotImp,
+            ]
+            .iter()
+            .any(|c| c.to_string() == code)
+        };
+        match self {
+            DnsError::NoAnswer { .. } | DnsError::Closed { .. } | DnsError::Io { .. } => true,
+            DnsError::Refused { code, .. } => failed(code),
+            _ => false,
+        }
     }
 }
 
@@ -189,19 +205,41 @@ fn servers_in(path: &str, text: &[u8]) -> Result<Vec<SocketAddr>, DnsError> {
     Ok(servers)
 }
 
-/// Runs `ask` with each of `servers` in turn, going to the next only
-/// while one cannot be reached (no answer in its time, its port closed,
-/// a socket error), as a stub resolver goes down resolv.conf's list.
-/// The last server's error is returned if none answered.
-pub async fn ask_in_turn<T, F, Fut>(servers: &[DnsOptions], mut ask: F) -> Result<T, DnsError>
+/// Servers of resolv.conf a stub resolver asks, at most (glibc's MAXNS).
+pub const MAX_SERVERS: usize = 3;
+
+/// Runs `ask` with each of `servers` (the first [`MAX_SERVERS`]) in turn,
+/// within `timeout` in all, as a stub resolver goes down resolv.conf's
+/// list: the next only while one is no good
+/// ([`DnsError::worth_another_server`]; said as a warning), each with an
+/// equal share of the time left. The last server's error is returned if
+/// none answered.
+pub async fn ask_in_turn<T, F, Fut>(
+    servers: &[SocketAddr],
+    timeout: Duration,
+    mut ask: F,
+) -> Result<T, DnsError>
 where
     F: FnMut(DnsOptions) -> Fut,
     Fut: std::future::Future<Output = Result<T, DnsError>>,
 {
+    let servers = &servers[..servers.len().min(MAX_SERVERS)];
+    let deadline = Instant::now() + timeout;
     let mut last = DnsError::NoServer("no DNS server given".into());
-    for opts in servers {
-        match ask(*opts).await {
-            Err(e) if e.is_unreachable() => last = e,
+    for (i, &server) in servers.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / u32::try_from(servers.len() - i).unwrap_or(1);
+        match ask(DnsOptions {
+            server,
+            timeout: share,
+        })
+        .await
+        {
+            Err(e) if e.worth_another_server() && i + 1 < servers.len() => {
+                log::warn!("{e}; asking the next nameserver");
+                last = e;
+            }
+            Err(e) if e.worth_another_server() => last = e,
             done => return done,
         }
     }
@@ -539,8 +577,11 @@ mod tests {
 
     #[test]
     fn every_nameserver_of_resolv_conf_is_read_past_lines_it_does_not_know() {
-        let text = b"# a comment\nnameserver 10.0.0.53\nsortlist 130.155.160.0/255.255.240.0\n\
+        // `nameserver bogus` and `frobnicate` are errors to resolv-conf
+        // (its strict parse refuses the whole file).
+        let text = b"# a comment\nnameserver 10.0.0.53\nnameserver bogus\nfrobnicate yes\n\
                      options edns0 trust-ad\nnameserver fd00::53\nlookup file bind\n";
+        assert!(resolv_conf::Config::parse(&text[..]).is_err());
         let got = servers_in("resolv.conf", text).unwrap();
         let want: Vec<SocketAddr> = vec![
             "10.0.0.53:53".parse().unwrap(),
@@ -555,41 +596,59 @@ mod tests {
     }
 
     #[test]
-    fn the_next_server_is_asked_only_while_one_cannot_be_reached() {
+    fn the_next_server_is_asked_only_while_one_is_no_good() {
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let closed_addr = closed.local_addr().unwrap();
         // Its port is closed once the socket is gone.
         drop(closed);
-        let opts = |server| DnsOptions {
-            server,
-            timeout: Duration::from_millis(200),
-        };
-        let servers = [opts(silent.local_addr().unwrap()), opts(closed_addr)];
+        let (silent, extra) = (
+            silent.local_addr().unwrap(),
+            "127.0.0.9:53".parse().unwrap(),
+        );
+        // Four servers: the fourth is never asked (glibc asks three).
+        let servers = [silent, closed_addr, silent, extra];
         let asked = std::cell::RefCell::new(Vec::new());
         let ask = |o: DnsOptions| {
-            asked.borrow_mut().push(o.server);
+            asked.borrow_mut().push((o.server, o.timeout));
             async move { browse("lab.test", &o).await }
         };
-        let err = smol::block_on(ask_in_turn(&servers, ask)).unwrap_err();
-        assert!(matches!(err, DnsError::Closed { .. }), "{err}");
-        assert_eq!(*asked.borrow(), [servers[0].server, servers[1].server]);
-        // A refusal is an answer: the next server is not asked.
-        asked.borrow_mut().clear();
-        let refuse = |o: DnsOptions| {
-            asked.borrow_mut().push(o.server);
-            async move {
-                Err::<(), _>(DnsError::Refused {
-                    server: o.server,
-                    name: "lab.test".into(),
-                    kind: "PTR".into(),
-                    code: "REFUSED".into(),
-                })
-            }
-        };
-        let err = smol::block_on(ask_in_turn(&servers, refuse)).unwrap_err();
-        assert!(matches!(err, DnsError::Refused { .. }), "{err}");
-        assert_eq!(asked.borrow().len(), 1);
+        let took = Instant::now();
+        let err =
+            smol::block_on(ask_in_turn(&servers, Duration::from_millis(600), ask)).unwrap_err();
+        let took = took.elapsed();
+        assert!(matches!(err, DnsError::NoAnswer { .. }), "{err}");
+        let asked = asked.into_inner();
+        let order: Vec<SocketAddr> = asked.iter().map(|a| a.0).collect();
+        assert_eq!(order, [silent, closed_addr, silent]);
+        // Shares of the time left: a third, then the closed port's unused
+        // share goes to the last.
+        let first = asked[0].1.as_millis();
+        assert!((195..=200).contains(&first), "{asked:?}");
+        assert!(asked[2].1 > Duration::from_millis(300), "{asked:?}");
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        // A refusal or a server failure: the next; no records: an answer.
+        for (code, tries) in [("Query Refused", 2), ("Server Failure", 2), ("No Error", 1)] {
+            let asked = std::cell::Cell::new(0);
+            let answer = |o: DnsOptions| {
+                asked.set(asked.get() + 1);
+                let code = code.to_owned();
+                async move {
+                    Err::<(), _>(match code.as_str() {
+                        "No Error" => no_records(&o, &name("lab.test").unwrap(), RecordType::PTR),
+                        _ => DnsError::Refused {
+                            server: o.server,
+                            name: "lab.test".into(),
+                            kind: "PTR".into(),
+                            code,
+                        },
+                    })
+                }
+            };
+            let two = [silent, closed_addr];
+            let _ = smol::block_on(ask_in_turn(&two, Duration::from_secs(1), answer));
+            assert_eq!(asked.get(), tries, "{code}");
+        }
     }
 
     #[test]
