@@ -30,7 +30,7 @@ use futures_lite::future;
 use skelpi_proto::code::StageSwap;
 use skelpi_proto::text::{MESSAGE_MAX, clip, quoted};
 use skelpi_proto::trace::{NO_STAGE, TraceKind};
-use skelpi_proto::{ErrorCode, Message, StageOpen};
+use skelpi_proto::{ErrorCode, JobId, Message, StageOpen};
 use skelpi_wire::alarm::Alarm;
 use skelpi_wire::handshake::{DOWN_AFTER_BEATS, Established};
 use skelpi_wire::{Liveness, Receiver, Sender, WireError};
@@ -214,8 +214,7 @@ impl Driver<'_> {
                 data: std::mem::take(&mut bulk),
             });
             if let Message::Task(task) = &received.msg {
-                let alone = !self.config.workers.others_busy(task.job);
-                self.session.borrow_mut().set_alone(alone);
+                self.ask_alone(task.job);
             }
             let (actions, moved) = {
                 let mut session = self.session.borrow_mut();
@@ -261,14 +260,23 @@ impl Driver<'_> {
         }
     }
 
+    /// Tells the session whether `job` is alone on the workers (asked
+    /// only when the session holds its own slots' worth: before, it does
+    /// not matter).
+    fn ask_alone(&self, job: JobId) {
+        if self.session.borrow().deepening_job().is_some() {
+            let alone = !self.config.workers.others_busy(job);
+            self.session.borrow_mut().set_alone(alone);
+        }
+    }
+
     /// Runs the tasks waiting for a slot as slots free, oldest first.
     async fn feed(&self) {
         loop {
             let freed = self.freed.listen();
-            let job = self.session.borrow().current_job();
+            let job = self.session.borrow().deepening_job();
             if let Some(job) = job {
-                let alone = !self.config.workers.others_busy(job);
-                self.session.borrow_mut().set_alone(alone);
+                self.ask_alone(job);
             }
             let next = self.session.borrow_mut().release_next();
             let Some(run) = next else {

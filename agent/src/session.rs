@@ -202,11 +202,12 @@ impl Session {
             .map_or(self.slots, |w| (w * MAX_TASKS_PER_WORKER).max(self.slots))
     }
 
-    /// A task of this master ran `busy` on a worker, to a result (`ok`)
-    /// or not (a failure, or a deadline passed in the queue: not counted,
-    /// as it says nothing of how long the kernel runs).
-    pub fn kernel_ran(&mut self, busy: Duration, ok: bool) {
-        if !ok {
+    /// A task of this master's `job` ran `busy` on a worker, to a result
+    /// (`ok`) or not (a failure, or a deadline passed in the queue: not
+    /// counted, as it says nothing of how long the kernel runs). An
+    /// earlier job's (a copy finishing late) is not counted either.
+    pub fn kernel_ran(&mut self, job: JobId, busy: Duration, ok: bool) {
+        if !ok || self.last_job.is_some_and(|j| j != job) {
             return;
         }
         self.kernel_mean = Some(match self.kernel_mean {
@@ -222,9 +223,12 @@ impl Session {
         self.alone = alone;
     }
 
-    /// The job of the last task that came.
-    pub fn current_job(&self) -> Option<JobId> {
+    /// The job whose tasks may go deeper than the session's own slots
+    /// now, if any: the last task's job, once the session holds its own
+    /// slots' worth (only then does [`Session::set_alone`] matter).
+    pub fn deepening_job(&self) -> Option<JobId> {
         self.last_job
+            .filter(|_| self.workers.is_some() && self.in_flight >= self.slots)
     }
 
     /// Slots a task may take: the session's own, or more for a small one

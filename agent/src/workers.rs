@@ -55,6 +55,32 @@ struct Job {
     args: Vec<f64>,
     input: Array,
     reply: async_channel::Sender<Outcome>,
+    /// Counts the call for its job until the call is run or dropped (also
+    /// when a submit waiting for room is cancelled).
+    counted: Counted,
+}
+
+/// One call counted in [`JobCounts`] while it lives.
+#[derive(Debug)]
+struct Counted {
+    counts: Arc<JobCounts>,
+    job: JobId,
+}
+
+impl Counted {
+    fn new(counts: &Arc<JobCounts>, job: JobId) -> Counted {
+        counts.add(job);
+        Counted {
+            counts: counts.clone(),
+            job,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.counts.done(self.job);
+    }
 }
 
 /// How long a pool being dropped waits for kernels still running (they
@@ -161,7 +187,6 @@ impl Workers {
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
-                let counts = counts.clone();
                 let recorder = recorder.clone();
                 let (stopping, memory) = (stopping.clone(), memory.clone());
                 let busy = busy.clone();
@@ -172,7 +197,6 @@ impl Workers {
                             if job.reply.is_closed() {
                                 // Its caller is gone (a master that left):
                                 // the call would be wasted.
-                                counts.done(job.tag.job);
                                 continue;
                             }
                             let at = Instant::now();
@@ -206,7 +230,8 @@ impl Workers {
                             };
                             drop(scope);
                             busy.fetch_sub(1, Ordering::Relaxed);
-                            counts.done(job.tag.job);
+                            // Done with, before its outcome is sent.
+                            drop(job.counted);
                             let busy = at.elapsed();
                             if let Some(t) = job.tag.trace {
                                 let tag = job.tag;
@@ -297,8 +322,8 @@ impl Workers {
             args,
             input,
             reply,
+            counted: Counted::new(&self.jobs, tag.job),
         };
-        self.jobs.add(tag.job);
         // The queue closes only when `self` is dropped, which cannot happen
         // while `self` is borrowed here.
         let _ = self.queue.send(job).await;
@@ -446,6 +471,54 @@ mod tests {
         });
         // Counted down once run, before its outcome is sent.
         assert!(!workers.others_busy(JobId(1)), "job 7 is done");
+    }
+
+    #[test]
+    fn a_submit_cancelled_while_waiting_for_room_leaves_no_count() {
+        let workers = Workers::new(1).unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let gate = open.clone();
+        let reg = Registry::builtin().with("gated", move |_: &[f64], x: Array| {
+            let at = Instant::now();
+            while !gate.load(Ordering::Relaxed) && at.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(x)
+        });
+        let tag = |job, id| Tag {
+            id,
+            job: JobId(job),
+            trace: None,
+            deadline: None,
+        };
+        let gated = reg.get("gated").unwrap();
+        let (tx, rx) = async_channel::bounded(32);
+        smol::block_on(async {
+            // One running and a full queue behind it.
+            for id in 0..=skelpi_proto::MAX_TASKS_PER_WORKER as u64 {
+                let input = Array::list(vec![]);
+                workers
+                    .submit(tag(7, id), gated.clone(), vec![], input, tx.clone())
+                    .await;
+            }
+            // Job 9's call waits for room, and its caller goes.
+            let waiting = workers.submit(
+                tag(9, 0),
+                gated.clone(),
+                vec![],
+                Array::list(vec![]),
+                tx.clone(),
+            );
+            assert!(futures_lite::future::poll_once(waiting).await.is_none());
+            open.store(true, Ordering::Relaxed);
+            for _ in 0..=skelpi_proto::MAX_TASKS_PER_WORKER {
+                rx.recv().await.unwrap();
+            }
+        });
+        assert!(
+            !workers.others_busy(JobId(1)),
+            "no call of job 9 is counted"
+        );
     }
 
     #[test]

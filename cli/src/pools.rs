@@ -212,6 +212,13 @@ fn parse(text: &str, name: &str) -> Result<Pool, Parse> {
 fn check_agent(agent: &str) -> Result<(), String> {
     let a = agent.trim();
     let bad = |why: String| Err(format!("agent {agent:?} is not host[:port]: {why}"));
+    if a.contains('%') {
+        return bad(
+            "a scoped IPv6 address (fe80::...%IF) cannot be used here: give a global \
+             address or a host name"
+                .into(),
+        );
+    }
     let (host, port) = if let Some(rest) = a.strip_prefix('[') {
         // [IPv6]:port
         let Some((inside, after)) = rest.split_once(']') else {
@@ -248,10 +255,9 @@ fn check_agent(agent: &str) -> Result<(), String> {
     }
 }
 
-/// An IPv6 address, perhaps with a `%scope`.
+/// An IPv6 address.
 fn is_ipv6(s: &str) -> bool {
-    let address = s.split_once('%').map_or(s, |(a, _)| a);
-    address.parse::<std::net::Ipv6Addr>().is_ok()
+    s.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 /// A host name the system's resolver takes: dot-separated labels of
@@ -357,8 +363,6 @@ discover = ["srv:_skelpi._tcp.skelpi.pis.svc.cluster.local"]
             "[fd00::9]:7871",
             "[fd00::9]",
             "fd00::9",
-            "fe80::1%eth0",
-            "[fe80::1%eth0]:7871",
         ] {
             assert_eq!(check_agent(good), Ok(()), "{good}");
         }
@@ -369,6 +373,8 @@ discover = ["srv:_skelpi._tcp.skelpi.pis.svc.cluster.local"]
             ("[fd00::9", "without its ]"),
             ("pi..lab", "neither an IP address nor a host name"),
             ("pi 1", "neither an IP address nor a host name"),
+            ("[fe80::1%eth0]:7871", "scoped IPv6 address"),
+            ("fe80::1%eth0", "scoped IPv6 address"),
         ] {
             let e = check_agent(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -43,6 +43,8 @@ impl Driver<'_> {
             }
             drop(s);
             self.session.borrow_mut().written();
+            // A task refused deeper slots while this was written may go.
+            self.freed.notify(usize::MAX);
             if let Err(e) = sent {
                 log::warn!("cannot send a task result to master {}: {e}", self.peer);
                 return;
@@ -55,7 +57,7 @@ impl Driver<'_> {
     async fn queue(&self, s: &mut Sender, outcome: Outcome) -> Result<(), WireError> {
         {
             let mut session = self.session.borrow_mut();
-            session.kernel_ran(outcome.busy, outcome.result.is_ok());
+            session.kernel_ran(outcome.tag.job, outcome.busy, outcome.result.is_ok());
             session.task_finished();
             session.writing(Instant::now());
         }

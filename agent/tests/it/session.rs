@@ -475,7 +475,7 @@ fn small_tasks_of_short_kernels_take_more_slots_and_long_ones_do_not() {
     assert_eq!((session.in_flight(), session.queued()), (4, 2));
     // Kernels of 10 µs: 1 ms of them is 101 per worker, 16 at most.
     for _ in 0..4 {
-        session.kernel_ran(Duration::from_micros(10), true);
+        session.kernel_ran(JobId(1), Duration::from_micros(10), true);
         session.task_finished();
     }
     let mut released = 0;
@@ -487,14 +487,14 @@ fn small_tasks_of_short_kernels_take_more_slots_and_long_ones_do_not() {
     assert_eq!((session.in_flight(), session.queued()), (32, 10));
     // A large task never goes past the session's own slots.
     let mut big = Session::new(slots, room).deepening(workers);
-    big.kernel_ran(Duration::from_micros(10), true);
+    big.kernel_ran(JobId(1), Duration::from_micros(10), true);
     for i in 1..=5 {
         big.handle(now, task(i, 1), input(SMALL + 1));
     }
     assert_eq!(big.in_flight(), slots, "large tasks: the own slots only");
     // Kernels of 400 µs: 3 behind the running one make 1 ms: 4 each.
     let mut mid = Session::new(slots, room).deepening(workers);
-    mid.kernel_ran(Duration::from_micros(400), true);
+    mid.kernel_ran(JobId(1), Duration::from_micros(400), true);
     for i in 1..=12 {
         mid.handle(now, task(i, 1), input(1));
     }
@@ -517,11 +517,12 @@ fn deeper_slots_end_with_a_long_kernel_another_job_a_blocked_writer_or_a_new_job
         }
         session.in_flight()
     };
-    let short = |session: &mut Session| session.kernel_ran(Duration::from_micros(5), true);
+    let short =
+        |session: &mut Session| session.kernel_ran(JobId(1), Duration::from_micros(5), true);
     // A long kernel after short ones.
     let mut s = Session::new(slots, room).deepening(workers);
     short(&mut s);
-    s.kernel_ran(Duration::from_millis(50), true);
+    s.kernel_ran(JobId(1), Duration::from_millis(50), true);
     assert_eq!(fill(&mut s, 1, 1), 2, "a long kernel: the own slots");
     // Another job's calls on the workers.
     let mut s = Session::new(slots, room).deepening(workers);
@@ -539,14 +540,17 @@ fn deeper_slots_end_with_a_long_kernel_another_job_a_blocked_writer_or_a_new_job
     short(&mut s);
     s.writing(now);
     assert_eq!(fill(&mut s, 1, 1), 2, "writing: the own slots");
-    // A new job: its kernels are not known yet.
+    // A new job: its kernels are not known yet, and the last job's late
+    // outcomes do not count for it.
     let mut s = Session::new(slots, room).deepening(workers);
     short(&mut s);
     s.handle(now, task(1, 1), input(1));
-    assert_eq!(fill(&mut s, 2, 2), 2, "a new job: the own slots");
+    s.handle(now, task(2, 2), input(1));
+    s.kernel_ran(JobId(1), Duration::from_micros(5), true);
+    assert_eq!(fill(&mut s, 3, 2), 2, "a new job: the own slots");
     // Failures (or tasks past their deadline in the queue) of no time.
     let mut s = Session::new(slots, room).deepening(workers);
-    s.kernel_ran(Duration::ZERO, false);
+    s.kernel_ran(JobId(1), Duration::ZERO, false);
     assert_eq!(
         fill(&mut s, 1, 1),
         2,
@@ -584,7 +588,7 @@ fn seeded_deeper_slots_run_every_task_once_in_order_within_bounds() {
                 let was_long = running.remove(0);
                 let us = if was_long { 50_000 } else { 5 };
                 long_streak = if was_long { long_streak + 1 } else { 0 };
-                session.kernel_ran(Duration::from_micros(us), true);
+                session.kernel_ran(JobId(1), Duration::from_micros(us), true);
                 session.task_finished();
                 actions.extend(session.release_next());
             }

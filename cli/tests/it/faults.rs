@@ -576,7 +576,34 @@ fn agent_frees_the_work_of_a_lost_master(signal: &str) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A master suspended (SIGSTOP, as Ctrl-Z or a laptop's lid) while its
+/// A job whose only agent is killed waits [`ALL_DOWN_GRACE`] for it to
+/// answer again (it does not), then fails saying no agent is left.
+#[test]
+fn a_job_whose_every_agent_is_gone_fails_after_the_grace() {
+    use skelpi::runtime::dispatch::ALL_DOWN_GRACE;
+    let (mut agents, mut cluster, dir) = agents("all-gone", 1);
+    let tree: Skeleton = "farm(seq(sleep_ms(60000)))".parse().unwrap();
+    let inputs = (0..2).map(|i| Array::list(vec![f64::from(i)]));
+    let killer = std::thread::spawn(move || {
+        wait_for(&agents[0], "tasks from master", Duration::from_secs(30));
+        agents[0].child.kill().unwrap();
+        let _ = agents[0].child.wait();
+        Instant::now()
+    });
+    let err = bounded(cluster.run(&tree, inputs)).unwrap_err();
+    let ended = Instant::now();
+    let killed = killer.join().unwrap();
+    assert!(matches!(err, JobError::NoAgents), "{err}");
+    let waited = ended.duration_since(killed);
+    eprintln!("failed {waited:.2?} after the kill");
+    assert!(
+        waited >= ALL_DOWN_GRACE - Duration::from_millis(500),
+        "{waited:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A master suspended (SIGSTOP, as Ctrl-Z) while its
 /// tasks run, long enough for both its agents to take it for gone and
 /// drop its work, resumes and finishes the job on the same agents: every
 /// result once, and its stall said as its own, not blamed on the agents.
@@ -640,6 +667,7 @@ fn a_master_suspended_past_its_agents_patience_finishes_its_job_on_resume() {
     let status = master.0.wait().unwrap();
     assert!(status.success(), "{err}");
     assert!(err.contains("this master was stalled for"), "{err}");
+    assert!(err.contains("every agent is down"), "{err}");
     let lines = std::fs::read_to_string(&out).unwrap();
     let mut got: Vec<u64> = lines
         .lines()

@@ -41,7 +41,7 @@ pub(super) async fn lookup(
             server,
             name: asked.to_utf8(),
             kind: kind.to_string(),
-            code: code.to_string(),
+            code,
         }),
     }
 }

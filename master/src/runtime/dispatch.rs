@@ -241,6 +241,10 @@ pub struct Dispatcher<'c> {
     end: event_listener::Event,
     /// An agent went down or came back (see [`ALL_DOWN_GRACE`]).
     liveness_changed: event_listener::Event,
+    /// When this master last looked at its own clock, and when it last
+    /// found it had been stalled (see `outage.rs`).
+    looked: Cell<Instant>,
+    stalled_at: Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Dispatcher<'_> {
@@ -356,6 +360,8 @@ impl<'c> Dispatcher<'c> {
             ending: Cell::new(false),
             end: event_listener::Event::new(),
             liveness_changed: event_listener::Event::new(),
+            looked: Cell::new(Instant::now()),
+            stalled_at: Cell::new(None),
         }
     }
 
@@ -731,7 +737,7 @@ impl<'c> Dispatcher<'c> {
         }
         let mut pause = REDIAL_FIRST;
         loop {
-            async_io::Timer::after(pause).await;
+            self.redial_pause(pause).await;
             pause = (pause * 2).min(REDIAL_MAX);
             let conn = match link.redial.connect(REDIAL_TIMEOUT).await {
                 Ok(conn) => conn,
@@ -1190,7 +1196,9 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Marks a link dead: its tasks out are sent again elsewhere (or fail
-    /// the job, when lost too often or when no agent is left).
+    /// the job when lost too often; with every agent down they wait, see
+    /// [`ALL_DOWN_GRACE`]). Losses while this master was itself stalled
+    /// are not held against the tasks.
     fn kill(&self, link: &Link<'c>, why: ClientError) {
         if link.dead.replace(true) {
             return;
@@ -1203,7 +1211,11 @@ impl<'c> Dispatcher<'c> {
         link.died.notify(usize::MAX);
         // A job that is ending counts it as stopped.
         self.end.notify(usize::MAX);
-        let down = self.sched.borrow_mut().on_down(link.index);
+        let blameless = self.stalled_lately();
+        let down = self
+            .sched
+            .borrow_mut()
+            .on_down_counting(link.index, !blameless);
         for key in down.again {
             if let Some(call) = self.calls.borrow().get(&key) {
                 log::warn!(

@@ -106,6 +106,10 @@ pub struct Look {
     pub parts: Option<Vec<PartCounts>>,
 }
 
+/// A watchdog's look this much later than asked: the master itself was
+/// stalled.
+pub const OWN_STALL: Duration = Duration::from_secs(1);
+
 /// `bound`, or four of a feed's intervals `every` if longer: a job fed at
 /// a set pace must not be taken for stalled between two items.
 pub fn paced(bound: Option<Duration>, every: Option<Duration>) -> Option<Duration> {
@@ -115,7 +119,10 @@ pub fn paced(bound: Option<Duration>, every: Option<Duration>) -> Option<Duratio
 /// Returns the job's [`JobError::Stalled`] once two looks a `bound` apart
 /// saw the same counts; never if `bound` is `None`. `look` is given the
 /// totals of the look the bound runs from (`None`: none yet): if its own
-/// differ, the job moved and it need not ask for the parts.
+/// differ, the job moved and it need not ask for the parts. A look that
+/// comes [`OWN_STALL`] or more later than asked found this master itself
+/// stalled (suspended, starved of CPU): the bound runs again from it, as
+/// the job could not move meanwhile.
 pub async fn watch<F, L>(bound: Option<Duration>, mut look: L) -> JobError
 where
     L: FnMut(Option<(u64, u64)>) -> F,
@@ -128,7 +135,11 @@ where
     // The look the bound runs from, and when it was taken.
     let mut since: Option<(Look, Instant)> = None;
     loop {
+        let asked = Instant::now();
         async_io::Timer::after(tick).await;
+        if asked.elapsed() >= tick + OWN_STALL {
+            since = None;
+        }
         let now = look(since.as_ref().map(|(l, _)| l.totals)).await;
         match &since {
             Some((before, at)) if *before == now => {
@@ -160,6 +171,32 @@ mod tests {
             sent: Some(done),
             note: String::new(),
         }]
+    }
+
+    #[test]
+    fn a_stall_of_the_master_itself_is_no_stall_of_the_job() {
+        // Counts that never move; the thread stops for 1.3 s (as a
+        // suspended master) while the watchdog waits for its look.
+        let bound = Duration::from_millis(200);
+        let watched = watch(Some(bound), |_| async {
+            Look {
+                totals: (1, 0),
+                parts: Some(counts(0)),
+            }
+        });
+        // After the first looks (every 50 ms), so the bound runs already.
+        let stop_the_thread = async {
+            async_io::Timer::after(Duration::from_millis(120)).await;
+            std::thread::sleep(Duration::from_millis(1300));
+            std::future::pending::<JobError>().await
+        };
+        let err = smol::block_on(futures_lite::future::or(watched, stop_the_thread));
+        let JobError::Stalled(stall) = err else {
+            panic!("{err}")
+        };
+        // The bound ran again from the resume: the quiet time is the
+        // bound's, not the stop's.
+        assert!(stall.quiet < Duration::from_secs(1), "{:?}", stall.quiet);
     }
 
     #[test]
