@@ -409,6 +409,24 @@ fn a_large_task_past_the_slots_is_held_behind_the_queued_ones() {
     assert_eq!(sim.session.release_next(), None);
 }
 
+/// In a seeded run, the master's next task (of `total`, `sent` so far)
+/// comes now if one is left, the session reads, and the dice say so (a
+/// small one with odds `small`): what the session does with it.
+fn arrive(
+    rng: &mut StdRng,
+    session: &mut Session,
+    now: Instant,
+    (sent, total): (&mut u64, usize),
+    small: f64,
+) -> Option<Vec<skelpi_agent::session::Action>> {
+    if *sent >= total as u64 || !session.can_read() || !rng.random_bool(0.6) {
+        return None;
+    }
+    *sent += 1;
+    let floats = if rng.random_bool(small) { 1 } else { SMALL + 1 };
+    Some(session.handle(now, task(*sent, 1), input(floats)))
+}
+
 /// Seeded runs of a master sending small and large tasks while slots free
 /// at random: tasks run in arrival order, each once; the workers never
 /// have more than the slots, the queue never more than its room; reading
@@ -426,12 +444,9 @@ fn seeded_arrivals_and_finishes_run_every_task_once_in_order_within_bounds() {
             if ran.len() == total {
                 break;
             }
-            let arrive = sent < total as u64 && session.can_read() && rng.random_bool(0.6);
             let mut actions = Vec::new();
-            if arrive {
-                sent += 1;
-                let floats = if rng.random_bool(0.8) { 1 } else { SMALL + 1 };
-                actions = session.handle(now, task(sent, 1), input(floats));
+            if let Some(came) = arrive(&mut rng, &mut session, now, (&mut sent, total), 0.8) {
+                actions = came;
             } else if running > 0 {
                 running -= 1;
                 session.task_finished();
@@ -578,12 +593,9 @@ fn seeded_deeper_slots_run_every_task_once_in_order_within_bounds() {
             if ran.len() == total {
                 break;
             }
-            let arrive = sent < total as u64 && session.can_read() && rng.random_bool(0.6);
             let mut actions = Vec::new();
-            if arrive {
-                sent += 1;
-                let floats = if rng.random_bool(0.9) { 1 } else { SMALL + 1 };
-                actions = session.handle(now, task(sent, 1), input(floats));
+            if let Some(came) = arrive(&mut rng, &mut session, now, (&mut sent, total), 0.9) {
+                actions = came;
             } else if !running.is_empty() {
                 let was_long = running.remove(0);
                 let us = if was_long { 50_000 } else { 5 };
