@@ -3,14 +3,15 @@
 //!
 //! An agent drops the work of a master silent for its heartbeats and
 //! closes the connection. A master that was suspended (Ctrl-Z, or the
-//! whole machine, a laptop's lid) or starved of CPU longer than that comes
-//! back to find every connection closed, though every agent is alive. So a job whose every
-//! agent is down waits up to [`ALL_DOWN_GRACE`] for one to answer again
-//! (each is connected anew meanwhile, see `serve_link`) before its
-//! waiting tasks fail, and a stall of the master is said as such rather
-//! than blamed on the agents (not a suspend of the whole machine: the
-//! monotonic clock read here stops with it), nor counted against its
-//! tasks' losses.
+//! whole machine, a laptop's lid) or starved of CPU longer than that
+//! comes back to find every connection closed, though every agent is
+//! alive. So a job whose every agent is down waits up to
+//! [`ALL_DOWN_GRACE`] for one to answer again (each is connected anew
+//! meanwhile, see `serve_link` and `redial_pause`) before its waiting
+//! tasks fail, and a stall of the master is said as such rather than
+//! blamed on the agents, nor counted against its tasks' losses (not a
+//! suspend of the whole machine: the monotonic clock read here stops
+//! with it).
 
 use super::{Dispatcher, REDIAL_FIRST};
 use crate::runtime::JobError;
