@@ -229,7 +229,7 @@ fn check_agent(agent: &str) -> Result<(), String> {
         }
         match (after, after.strip_prefix(':')) {
             ("", _) => return Ok(()),
-            (_, Some(port)) => (None, port),
+            (_, Some(port)) => (None, Some(port)),
             _ => return bad("write [address]:port".into()),
         }
     } else if a.matches(':').count() > 1 {
@@ -240,11 +240,11 @@ fn check_agent(agent: &str) -> Result<(), String> {
         };
     } else {
         match a.split_once(':') {
-            Some((host, port)) => (Some(host), port),
-            None => (Some(a), "7871"),
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(a), None),
         }
     };
-    if port.parse::<u16>().is_err() {
+    if let Some(port) = port.filter(|p| p.parse::<u16>().is_err()) {
         return bad(format!("its port {port:?} is not a number up to 65535"));
     }
     match host {

@@ -98,9 +98,9 @@ pub fn credits_per_worker(busy: std::time::Duration) -> usize {
 /// session beyond [`TASKS_PER_WORKER`]: the queue holds at most
 /// `MAX_TASKS_PER_WORKER - TASKS_PER_WORKER` of them per worker, under
 /// 1 MiB per worker (and, while the agent puts short ones deeper onto its
-/// workers, as many again there). A master sends a larger task to an agent only while
-/// it has fewer than [`TASKS_PER_WORKER`] per worker out there, so the
-/// agent never stops reading for want of room.
+/// workers, as many again there). A master sends a larger task to an
+/// agent only while it has fewer than [`TASKS_PER_WORKER`] per worker out
+/// there, so the agent never stops reading for want of room.
 pub const SMALL_TASK_BYTES: usize = 64 << 10;
 
 /// The bytes a task holds while it waits on an agent, as

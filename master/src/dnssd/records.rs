@@ -113,7 +113,7 @@ fn quoted(text: &[u8]) -> String {
 }
 
 /// Zone-file lines (RFC 1035 master file) for `agents` under `domain`:
-/// the PTR, SRV, TXT and address records that [`browse`] reads. Agents'
+/// the PTR, SRV, TXT and address records that [`browse`](super::browse) reads. Agents'
 /// loopback and link-local addresses are left out.
 pub fn zone_lines(agents: &[DiscoveredAgent], domain: &str) -> Result<Vec<String>, DnsError> {
     let line = |r: &Record| match &r.data {

@@ -34,7 +34,7 @@ pub use super::schedule::MAX_REDISPATCH;
 
 /// Credits per agent worker at first and for long or large tasks: one
 /// task running, one queued behind it. Small short tasks get more, up to
-/// [`MAX_TASKS_PER_WORKER`] (see [`credits_per_worker`]).
+/// [`MAX_TASKS_PER_WORKER`] (see [`credits_per_worker`](skelpi_proto::credits_per_worker)).
 pub const CREDITS_PER_WORKER: usize = skelpi_proto::TASKS_PER_WORKER;
 pub use skelpi_proto::{MAX_TASKS_PER_WORKER, SMALL_TASK_BYTES};
 
@@ -1142,7 +1142,7 @@ impl<'c> Dispatcher<'c> {
     }
 
     /// Task credits of the agents still live, as their windows are now
-    /// (see [`Dispatcher::observe`]): what a farm keeps in flight.
+    /// (see `Dispatcher::observe`): what a farm keeps in flight.
     pub fn credit_window(&self) -> usize {
         let sched = self.sched.borrow();
         let live = self.links.iter().filter(|l| !l.dead.get());
@@ -1259,7 +1259,7 @@ impl<'c> Dispatcher<'c> {
     /// reader then stops between frames too, leaving the results still to
     /// come to the connection, which skips them whenever they come (see
     /// [`Receiver::leave_results`]). A link that does not stop within
-    /// [`END_GRACE`] — still writing a frame to an agent that does not
+    /// `END_GRACE` — still writing a frame to an agent that does not
     /// read, or reading a long one — is given up, its connection made anew
     /// for the next job.
     pub async fn drain(&self) {

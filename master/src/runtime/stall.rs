@@ -107,7 +107,8 @@ pub struct Look {
 }
 
 /// A watchdog's look this much later than asked: the master itself was
-/// stalled.
+/// stalled (a tenth of the default silence before an agent is taken for
+/// gone would be noise; a second is not).
 pub const OWN_STALL: Duration = Duration::from_secs(1);
 
 /// `bound`, or four of a feed's intervals `every` if longer: a job fed at

@@ -15,6 +15,7 @@
 
 use super::{Dispatcher, REDIAL_FIRST};
 use crate::runtime::JobError;
+use crate::runtime::stall::OWN_STALL as STALL_NOTICE;
 use skelpi_proto::beat::DOWN_AFTER_BEATS;
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,9 @@ use std::time::{Duration, Instant};
 /// again before its waiting tasks fail.
 pub const ALL_DOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How often the master looks at its own clock for a stall...
+/// How often the master looks at its own clock for a stall (a look
+/// [`STALL_NOTICE`] later than asked is one, as for the stall watchdog).
 const STALL_LOOK_EVERY: Duration = Duration::from_millis(100);
-
-/// ...and a wake-up this much later than asked is a stall of the master
-/// (a tenth of the default silence before an agent is taken for gone
-/// would be noise; a second is not).
-const STALL_NOTICE: Duration = Duration::from_secs(1);
 
 /// Agents lost this long after a stall of the master were lost to it.
 const AFTER_STALL: Duration = Duration::from_secs(3);
